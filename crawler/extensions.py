@@ -1,0 +1,143 @@
+"""Crawl extensions: a progress line while the crawl runs, and the artifact
+manifest when it ends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from scrapy import signals
+from twisted.internet import task
+
+from crawler import accounting
+from corpus.jsonl import list_parts
+from infra import storage
+
+logger = logging.getLogger("gpt2ja.crawl")
+
+
+class ProgressLine:
+    """Every ``GPT2JA_PROGRESS_INTERVAL`` seconds: pages, documents, drops and the page rate."""
+
+    def __init__(self, crawler, interval: float):
+        self.crawler = crawler
+        self.interval = interval
+        self.started = time.monotonic()
+        self.loop: task.LoopingCall | None = None
+        crawler.signals.connect(self.opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler, crawler.settings.getfloat("GPT2JA_PROGRESS_INTERVAL", 10.0))
+
+    def opened(self, spider):
+        self.started = time.monotonic()
+        if self.interval > 0:
+            self.loop = task.LoopingCall(self.report, spider)
+            self.loop.start(self.interval, now=False)
+
+    def line(self, spider) -> str:
+        stats = self.crawler.stats.get_stats()
+        pages = stats.get("response_received_count", 0)
+        docs = stats.get("item_scraped_count", 0)
+        dropped = sum(accounting.drops(stats).values())
+        rate = pages / max(time.monotonic() - self.started, 1e-9)
+        return f"crawl {spider.name}: {pages} pages, {docs} docs, {dropped} dropped, {rate:.1f} pages/s"
+
+    def report(self, spider):
+        print(self.line(spider), file=sys.stderr, flush=True)
+
+    def closed(self, spider, reason):
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        print(self.line(spider) + f" (closed: {reason})", file=sys.stderr, flush=True)
+
+
+class CrawlManifest:
+    """Counts what the crawl keeps and drops; writes ``_MANIFEST.json`` when the crawl is complete.
+
+    A crawl can take several sessions (interrupted, then resumed from its JOBDIR).
+    Each session's counts are saved in the crawl's state directory; when a
+    session ends with reason ``finished`` the manifest sums them all and is
+    written last, atomically. An interrupted session writes no manifest, so
+    the output stays marked as partial until the crawl is resumed to its end.
+    """
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+        settings = crawler.settings
+        self.out_uri = settings.get("GPT2JA_OUT")
+        self.state_dir = settings.get("GPT2JA_STATE")
+        self.config = settings.getdict("GPT2JA_CONFIG")
+        self.started = time.time()
+        crawler.signals.connect(self.item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(self.item_dropped, signal=signals.item_dropped)
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def item_scraped(self, item, response, spider):
+        self.crawler.stats.inc_value("gpt2ja/documents")
+        self.crawler.stats.inc_value("gpt2ja/characters", len(item.text))
+
+    def item_dropped(self, item, response, exception, spider):
+        self.crawler.stats.inc_value(accounting.DROP_PREFIX + str(exception))
+
+    def session_counts(self) -> dict:
+        stats = self.crawler.stats.get_stats()
+        return {
+            "pages_fetched": stats.get("response_received_count", 0),
+            "bytes_fetched": stats.get("downloader/response_bytes", 0),
+            "documents": stats.get("gpt2ja/documents", 0),
+            "characters": stats.get("gpt2ja/characters", 0),
+            "drops": accounting.drops(stats),
+            "http_status": accounting.http_statuses(stats),
+            "robots_forbidden": stats.get("robotstxt/forbidden", 0),
+            "seconds": round(time.time() - self.started, 3),
+        }
+
+    def closed(self, spider, reason):
+        if not (self.out_uri and self.state_dir):
+            return
+        sessions_dir = os.path.join(self.state_dir, "sessions")
+        os.makedirs(sessions_dir, exist_ok=True)
+        n = len([f for f in os.listdir(sessions_dir) if f.endswith(".json")])
+        session = {"reason": reason, **self.session_counts()}
+        with open(os.path.join(sessions_dir, f"{n:04d}.json"), "w", encoding="utf-8") as fh:
+            json.dump(session, fh, ensure_ascii=False, indent=1)
+        if reason != "finished":
+            logger.warning("crawl stopped (%s) after writing %d documents; rerun the same command to resume it",
+                           reason, session["documents"])
+            return
+        sessions = []
+        for name in sorted(os.listdir(sessions_dir)):
+            with open(os.path.join(sessions_dir, name), encoding="utf-8") as fh:
+                sessions.append(json.load(fh))
+        counts = sum_counts(sessions)
+        files = [storage.file_info(uri) for uri in list_parts(self.out_uri)]
+        manifest = storage.build_manifest(
+            stage="crawl", config=self.config, counts=counts, files=files,
+            timings={"seconds": counts.pop("seconds"), "sessions": len(sessions)},
+            extra={"close_reasons": [s["reason"] for s in sessions]})
+        storage.write_manifest(self.out_uri, manifest)
+        logger.info("crawl complete: %d documents in %s", counts["documents"], self.out_uri)
+
+
+def sum_counts(sessions: list[dict]) -> dict:
+    """Add up per-session counts (numbers, and dicts of numbers key by key)."""
+    total: dict = {}
+    for s in sessions:
+        for key, value in s.items():
+            if isinstance(value, dict):
+                bucket = total.setdefault(key, {})
+                for k, v in value.items():
+                    bucket[k] = bucket.get(k, 0) + v
+            elif isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+    return total

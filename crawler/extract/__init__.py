@@ -1,0 +1,14 @@
+"""Turn downloaded bytes (Aozora .txt/.zip/XHTML, …) into plain text.
+
+No Scrapy imports here: extraction is a pure bytes → text step that the
+crawler's pipelines, the CLI and the tests all call the same way.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ExtractError"]
+
+
+class ExtractError(ValueError):
+    """A file could not be turned into text. The message is one line: what went
+    wrong, in which file (and where in it), and what to do about it."""

@@ -1,0 +1,172 @@
+"""The ``files`` source: a user's own directory of text becomes raw Documents.
+
+Accepted files (found recursively, in sorted order so output is reproducible):
+
+* ``.txt``  — UTF-8 (with or without BOM), else cp932 / Shift_JIS-2004, else EUC-JP;
+  an Aozora-format text (ruby 《》, ［＃…］ notes, the 底本： footer) is cleaned of
+  its notation the same way as a crawled one;
+* ``.zip``  — an Aozora-style zip holding one .txt;
+* ``.jsonl`` / ``.jsonl.gz`` — one JSON object per line with at least ``text``
+  (other Document fields are kept when present).
+
+Anything else is counted under ``unsupported_file``. No Scrapy here: reading a
+directory needs no crawler. Output and manifest are those of a crawl:
+``{root}/raw/files/{crawl_id}/part-*.jsonl.gz``.
+
+Example::
+
+    gpt2ja crawl files ~/my-japanese-texts --root data
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from corpus.aozora import strip_notation
+from corpus.document import Document
+from corpus.jsonl import ShardWriter, list_parts
+from crawler.extract import ExtractError
+from crawler.extract import aozora as aozora_extract
+from infra import storage
+
+logger = logging.getLogger("gpt2ja.crawl")
+AOZORA_MARKS = re.compile(r"《[^》\n]+》|［＃[^］\n]+］|^底本：", re.MULTILINE)
+SUFFIXES = (".txt", ".zip", ".jsonl", ".jsonl.gz")
+
+
+def decode_text(data: bytes, where: str) -> tuple[str, str]:
+    """Decode a local text file: UTF-8 first, then the Japanese legacy encodings; ExtractError if none fits."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return aozora_extract.decode_sjis(data, where)
+    except ExtractError:
+        pass
+    try:
+        return data.decode("euc_jp"), "euc_jp"
+    except UnicodeDecodeError:
+        raise ExtractError(f"{where}: not UTF-8, Shift_JIS (cp932/2004) or EUC-JP; "
+                           "convert it to UTF-8 and run again") from None
+
+
+def _docs_from_file(path: str, drops: Counter) -> Iterator[Document]:
+    url = "file://" + os.path.abspath(path)
+    name = os.path.basename(path)
+    try:
+        if name.endswith(".zip"):
+            with open(path, "rb") as fh:
+                got = aozora_extract.from_zip(fh.read(), path)
+            yield Document.new(source="files", url=url, text=got.text, title=got.title, author=got.author,
+                               meta={"path": path, "encoding": got.encoding, "notation": got.counts,
+                                     "aozora_notation_removed": True})
+        elif name.endswith(".txt"):
+            with open(path, "rb") as fh:
+                data = fh.read()
+            text, encoding = decode_text(data, path)
+            if AOZORA_MARKS.search(text):
+                body = strip_notation(text)
+                yield Document.new(source="files", url=url, text=body.text, title=body.title, author=body.author,
+                                   meta={"path": path, "encoding": encoding, "notation": body.counts,
+                                         "aozora_notation_removed": True})
+            else:
+                yield Document.new(source="files", url=url, text=text, title=os.path.splitext(name)[0],
+                                   meta={"path": path, "encoding": encoding})
+        elif name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _docs_from_jsonl(path, url, drops)
+        else:
+            drops["unsupported_file"] += 1
+            logger.warning("drop unsupported_file: %s (accepted: %s)", path, ", ".join(SUFFIXES))
+    except ExtractError as exc:
+        reason = "bad_zip" if name.endswith(".zip") else "undecodable"
+        drops[reason] += 1
+        logger.warning("drop %s: %s", reason, exc)
+
+
+def _docs_from_jsonl(path: str, url: str, drops: Counter) -> Iterator[Document]:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    text = record["text"]
+                    if not isinstance(text, str):
+                        raise TypeError("text is not a string")
+                except (ValueError, KeyError, TypeError) as exc:
+                    drops["bad_jsonl_line"] += 1
+                    logger.warning("drop bad_jsonl_line: %s:%d (%s; each line needs a JSON object with \"text\")",
+                                   path, lineno, exc)
+                    continue
+                line_url = record.get("url") or f"{url}#L{lineno}"
+                meta = dict(record.get("meta") or {})
+                meta.update({"path": path, "line": lineno})
+                yield Document.new(source="files", url=line_url, text=text, title=record.get("title", ""),
+                                   author=record.get("author", ""), license=record.get("license", ""), meta=meta)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        drops["undecodable"] += 1
+        logger.warning("drop undecodable: %s (%s; expected UTF-8 JSON Lines, optionally gzip)", path, exc)
+
+
+def iter_paths(directory: str) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)
+
+
+def crawl_files(directory: str, root: str = "data", crawl_id: str | None = None, part_docs: int = 500) -> str:
+    """Turn a directory of text into ``{root}/raw/files/{crawl_id}/``; returns that URI.
+
+    Skipped when the output already has a manifest for the same directory and
+    options; a directory with no usable file is an error (nothing is published).
+    """
+    from crawler.runner import default_crawl_id
+
+    if not os.path.isdir(directory):
+        raise SystemExit(f"error: {directory} is not a directory; give the folder that holds your .txt/.zip/.jsonl files")
+    crawl_id = crawl_id or default_crawl_id()
+    out = storage.join(root, "raw", "files", crawl_id)
+    config = {"source": "files", "directory": os.path.abspath(directory), "crawl_id": crawl_id}
+    fp = storage.fingerprint(config)
+    if storage.is_complete(out, fp):
+        print(f"crawl files/{crawl_id}: already complete in {out}; skipped", file=sys.stderr)
+        return out
+    if list_parts(out):
+        storage.delete(out)  # a partial earlier run: files are re-read from the start, cheaply
+    started = time.time()
+    drops: Counter = Counter()
+    files_read = 0
+    with ShardWriter(out, max_docs=part_docs) as writer:
+        for path in iter_paths(directory):
+            files_read += 1
+            for doc in _docs_from_file(path, drops):
+                if not doc.text.strip():
+                    drops["empty_text"] += 1
+                    logger.warning("drop empty_text: %s", doc.meta.get("path"))
+                    continue
+                writer.write(doc)
+    if writer.documents == 0:
+        raise SystemExit(f"error: no usable text in {directory} ({files_read} files read, drops: {dict(drops)}); "
+                         f"accepted: {', '.join(SUFFIXES)}")
+    counts = {"files_read": files_read, "documents": writer.documents, "characters": writer.characters,
+              "drops": dict(sorted(drops.items()))}
+    files = [storage.file_info(uri) for uri in list_parts(out)]
+    storage.write_manifest(out, storage.build_manifest(stage="crawl", config=config, counts=counts, files=files,
+                                                       timings={"seconds": round(time.time() - started, 3)}))
+    print(f"crawl files: {writer.documents} documents from {files_read} files → {out}", file=sys.stderr)
+    return out

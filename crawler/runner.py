@@ -1,0 +1,185 @@
+"""Run one crawl: typed config in, ``{root}/raw/{source}/{crawl_id}/`` out.
+
+Each crawl runs in its own process because Twisted's reactor cannot be
+restarted: :func:`run_crawl` runs in the calling process (the ``gpt2ja crawl``
+command is such a process), :func:`crawl_in_subprocess` starts a fresh Python
+for callers that live on (Prefect tasks, tests).
+
+A crawl is resumable: Scrapy's JOBDIR (scheduler queue and seen-request
+fingerprints on disk) lives in the crawl's state directory, so rerunning the
+same command after an interruption fetches only what was not fetched yet. A
+crawl whose output already has a manifest with the same fingerprint is skipped.
+
+Example::
+
+    cfg = CrawlConfig(source="aozora", start_urls=["http://127.0.0.1:8000/index_pages/person879.html"],
+                      root="data", crawl_id="demo", polite=False)
+    out_uri = run_crawl(cfg)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from infra import storage
+
+
+def default_crawl_id() -> str:
+    """Today's UTC date: rerunning a crawl the same day resumes it."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+class CrawlConfig(BaseModel):
+    """One crawl. ``polite=False`` is for local mirrors only (no delays, more concurrency)."""
+
+    source: Literal["aozora", "web"] = Field(description="which spider: aozora (author/card pages) or web (seeds, sitemaps)")
+    start_urls: list[str] = Field(default_factory=list, description="aozora: author pages or card pages; web: seed pages")
+    sitemaps: list[str] = Field(default_factory=list, description="web: sitemap URLs (or robots.txt URLs listing sitemaps)")
+    root: str = Field("data", description="run root: a local directory or gs://bucket/prefix")
+    crawl_id: str = Field(default_factory=default_crawl_id, pattern=r"^[A-Za-z0-9._-]+$",
+                          description="names the output directory; the same id resumes an interrupted crawl")
+    editions: list[Literal["txt", "xhtml"]] = Field(default_factory=lambda: ["txt", "xhtml"],
+                                                    description="aozora: editions to fetch, preferred first")
+    polite: bool = Field(True, description="robots delays, AutoThrottle, 1 request at a time per domain; off only for local mirrors")
+    obey_robots: bool = Field(True, description="honour robots.txt (always on for polite crawls)")
+    max_pages: int = Field(0, ge=0, description="stop after this many responses (0: no limit)")
+    depth_limit: int = Field(4, ge=0, le=50, description="how many links deep from a start page (0: no limit)")
+    download_delay: float = Field(1.0, ge=0, description="seconds between requests to one domain when polite (>= 1)")
+    download_timeout: float = Field(30.0, gt=0, description="seconds before a request is given up")
+    download_maxsize: int = Field(32 * 1024 * 1024, gt=0, description="bytes; larger responses are dropped")
+    min_kana_ratio: float = Field(0.05, ge=0, le=1, description="web: pages with fewer hiragana+katakana are not Japanese")
+    part_docs: int = Field(500, ge=1, description="documents per output part")
+    progress_interval: float = Field(10.0, ge=0, description="seconds between progress lines (0: off)")
+    contact: str = Field("", description="added to the User-Agent so site owners can reach you")
+    state_dir: str | None = Field(None, description="local directory for the resumable state (default under the root, or ./.gpt2ja-state for gs://)")
+    settings: dict = Field(default_factory=dict, description="extra Scrapy settings (advanced)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CrawlConfig":
+        if not self.start_urls and not self.sitemaps:
+            raise ValueError("give at least one start URL (--start-url / --seed) or sitemap (--sitemap)")
+        if self.polite and self.download_delay < 1.0:
+            raise ValueError("a polite crawl waits at least 1 s between requests to a domain "
+                             "(use polite=False only for a local mirror)")
+        if self.polite and not self.obey_robots:
+            raise ValueError("a polite crawl honours robots.txt; set polite=False to change that")
+        return self
+
+    # -- derived paths -----------------------------------------------------------
+    @property
+    def out_uri(self) -> str:
+        return storage.join(self.root, "raw", self.source, self.crawl_id)
+
+    @property
+    def state_path(self) -> str:
+        if self.state_dir:
+            return self.state_dir
+        local = storage.local_path(self.root)
+        if local is not None:
+            return os.path.join(local, "_state", "crawl", self.source, self.crawl_id)
+        digest = hashlib.sha256(self.out_uri.encode()).hexdigest()[:12]
+        return os.path.join(".gpt2ja-state", "crawl", f"{self.source}-{self.crawl_id}-{digest}")
+
+    def fingerprint_config(self) -> dict:
+        """What defines the crawl's output (not where state lives, nor how chatty it is)."""
+        return self.model_dump(exclude={"state_dir", "progress_interval", "root"})
+
+
+def scrapy_settings(cfg: CrawlConfig) -> dict:
+    """Scrapy settings for one crawl, on top of :mod:`crawler.settings`."""
+    s: dict = {
+        "GPT2JA_OUT": cfg.out_uri,
+        "GPT2JA_STATE": cfg.state_path,
+        "GPT2JA_CONFIG": cfg.fingerprint_config(),
+        "GPT2JA_PART_DOCS": cfg.part_docs,
+        "GPT2JA_PROGRESS_INTERVAL": cfg.progress_interval,
+        "GPT2JA_MIN_KANA_RATIO": cfg.min_kana_ratio,
+        "JOBDIR": os.path.join(cfg.state_path, "jobdir"),
+        "DEPTH_LIMIT": cfg.depth_limit,
+        "CLOSESPIDER_PAGECOUNT": cfg.max_pages,
+        "DOWNLOAD_TIMEOUT": cfg.download_timeout,
+        "DOWNLOAD_MAXSIZE": cfg.download_maxsize,
+        "DOWNLOAD_WARNSIZE": min(cfg.download_maxsize, 8 * 1024 * 1024),
+        "ROBOTSTXT_OBEY": cfg.obey_robots,
+    }
+    if cfg.contact:
+        from crawler.settings import USER_AGENT
+        s["USER_AGENT"] = USER_AGENT.rstrip(")") + f"; contact: {cfg.contact})"
+    if cfg.polite:
+        s["DOWNLOAD_DELAY"] = cfg.download_delay
+        s["AUTOTHROTTLE_START_DELAY"] = cfg.download_delay
+    else:
+        # A local mirror: no delays, several requests at once. robots.txt is still honoured.
+        s.update({"DOWNLOAD_DELAY": 0, "AUTOTHROTTLE_ENABLED": False, "CONCURRENT_REQUESTS": 16,
+                  "CONCURRENT_REQUESTS_PER_DOMAIN": 8, "RETRY_TIMES": 0})
+    s.update(cfg.settings)
+    return s
+
+
+def spider_kwargs(cfg: CrawlConfig) -> dict:
+    if cfg.source == "aozora":
+        return {"start_urls": cfg.start_urls, "editions": list(cfg.editions)}
+    return {"start_urls": cfg.start_urls, "sitemap_urls": cfg.sitemaps}
+
+
+def run_crawl(cfg: CrawlConfig) -> str:
+    """Run the crawl in this process (once per process); returns the output URI.
+
+    Returns at once when the output is already complete for this config.
+    """
+    fp = storage.fingerprint(cfg.fingerprint_config())
+    if storage.is_complete(cfg.out_uri, fp):
+        print(f"crawl {cfg.source}/{cfg.crawl_id}: already complete in {cfg.out_uri} (manifest matches); skipped",
+              file=sys.stderr)
+        return cfg.out_uri
+    manifest = storage.read_manifest(cfg.out_uri)
+    if manifest is not None:
+        raise SystemExit(f"error: {cfg.out_uri} already holds a finished crawl made with another config; "
+                         "choose another --crawl-id (or delete that directory)")
+    os.makedirs(cfg.state_path, exist_ok=True)
+
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.settings import Settings
+
+    from crawler import settings as defaults
+
+    settings = Settings()
+    settings.setmodule(defaults, priority="project")
+    settings.setdict(scrapy_settings(cfg), priority="cmdline")
+    process = CrawlerProcess(settings)
+    process.crawl(cfg.source, **spider_kwargs(cfg))
+    process.start()
+    return cfg.out_uri
+
+
+def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None) -> str:
+    """Run the crawl in a fresh Python process (the reactor cannot restart); returns the output URI.
+
+    Raises RuntimeError with the crawl's last log lines when the process fails.
+    """
+    cmd = [sys.executable, "-m", "crawler.runner", cfg.model_dump_json()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}):\n{tail}")
+    return cfg.out_uri
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m crawler.runner '<CrawlConfig as JSON>'")
+    run_crawl(CrawlConfig.model_validate(json.loads(argv[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Spiders: ``aozora`` (Aozora Bunko) and ``web`` (seed URLs and sitemaps)."""

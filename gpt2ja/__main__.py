@@ -1,0 +1,3 @@
+from gpt2ja.cli import main
+
+main()

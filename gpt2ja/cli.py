@@ -1,0 +1,193 @@
+"""The ``gpt2ja`` command line.
+
+Every command is a thin layer over a package function; heavy libraries
+(Scrapy, TensorFlow, MeCab) are imported inside the command that needs them,
+so ``gpt2ja --help`` is instant. A bad argument gets one line that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="gpt2ja",
+    help="Train Japanese GPT-2 models end to end: crawl → clean → tokenizer → TFRecord shards → "
+         "train → evaluate / generate / export. Every stage reads and writes artifacts under a run root "
+         "(a local directory or gs://bucket/prefix).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+crawl_app = typer.Typer(help="Collect raw Japanese text into {root}/raw/{source}/{crawl_id}/.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(crawl_app, name="crawl")
+
+ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
+CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
+                                               "The same id resumes an interrupted crawl.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _crawl(**kwargs) -> None:
+    from pydantic import ValidationError
+
+    from crawler.runner import CrawlConfig, run_crawl
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        cfg = CrawlConfig(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        _fail(f"{where}: {err['msg']}")
+    out = run_crawl(cfg)
+    _print_summary(out)
+
+
+def _print_summary(out_uri: str) -> None:
+    from infra import storage
+
+    manifest = storage.read_manifest(out_uri)
+    if manifest is None:
+        print(f"{out_uri}: no manifest yet (crawl interrupted?): rerun the same command to resume", file=sys.stderr)
+        raise typer.Exit(1)
+    c = manifest["counts"]
+    print(f"{c.get('documents', 0)} documents, {c.get('characters', 0):,} characters → {out_uri}")
+    if c.get("drops"):
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
+
+
+@crawl_app.command("aozora")
+def crawl_aozora(
+    start_url: list[str] = typer.Option(..., "--start-url", help="An author page (…/index_pages/personN.html) "
+                                                                 "or a card page; repeat for several."),
+    root: str = ROOT,
+    crawl_id: Optional[str] = CRAWL_ID,
+    editions: str = typer.Option("txt,xhtml", help="Editions to fetch, preferred first: txt (the zip), xhtml."),
+    polite: bool = typer.Option(True, "--polite/--no-polite", help="--no-polite only for a local mirror."),
+    max_pages: int = typer.Option(0, help="Stop after this many responses (0: no limit)."),
+    depth_limit: int = typer.Option(4, help="Links deep from a start page (0: no limit)."),
+    progress_interval: float = typer.Option(10.0, help="Seconds between progress lines (0: off)."),
+    contact: str = typer.Option("", help="Contact added to the User-Agent."),
+) -> None:
+    """Crawl Aozora Bunko: author pages → card pages → text zips and XHTML editions."""
+    _crawl(source="aozora", start_urls=start_url, root=root, crawl_id=crawl_id,
+           editions=[e.strip() for e in editions.split(",") if e.strip()], polite=polite, max_pages=max_pages,
+           depth_limit=depth_limit, progress_interval=progress_interval, contact=contact)
+
+
+@crawl_app.command("web")
+def crawl_web(
+    seed: list[str] = typer.Option([], "--seed", help="A seed page; links are followed on the same site."),
+    sitemap: list[str] = typer.Option([], "--sitemap", help="A sitemap.xml (or robots.txt listing sitemaps)."),
+    root: str = ROOT,
+    crawl_id: Optional[str] = CRAWL_ID,
+    polite: bool = typer.Option(True, "--polite/--no-polite", help="--no-polite only for a local mirror."),
+    max_pages: int = typer.Option(1000, help="Stop after this many responses (0: no limit)."),
+    depth_limit: int = typer.Option(4, help="Links deep from a seed (0: no limit)."),
+    min_kana_ratio: float = typer.Option(0.05, help="Pages with a smaller hiragana+katakana share are not Japanese."),
+    progress_interval: float = typer.Option(10.0, help="Seconds between progress lines (0: off)."),
+    contact: str = typer.Option("", help="Contact added to the User-Agent."),
+) -> None:
+    """Crawl web pages from seeds or sitemaps, keeping the main text of Japanese pages."""
+    _crawl(source="web", start_urls=seed, sitemaps=sitemap, root=root, crawl_id=crawl_id, polite=polite,
+           max_pages=max_pages, depth_limit=depth_limit, min_kana_ratio=min_kana_ratio,
+           progress_interval=progress_interval, contact=contact)
+
+
+@crawl_app.command("files")
+def crawl_files(
+    directory: Path = typer.Argument(..., help="A folder of .txt / .zip / .jsonl(.gz) files (searched recursively)."),
+    root: str = ROOT,
+    crawl_id: Optional[str] = CRAWL_ID,
+) -> None:
+    """Turn your own text files into raw Documents."""
+    from crawler.files import crawl_files as run
+
+    out = run(str(directory), root=root, crawl_id=crawl_id)
+    _print_summary(out)
+
+
+@app.command()
+def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
+    """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""
+    from crawler.extract import ExtractError
+    from crawler.extract.aozora import extract_path
+
+    try:
+        got = extract_path(str(path))
+    except ExtractError as exc:
+        _fail(str(exc), 1)
+    sys.stdout.write(got.text + "\n")
+
+
+@app.command()
+def show(uri: str = typer.Argument(..., help="An artifact directory (local or gs://).")) -> None:
+    """Print an artifact's manifest: stage, counts, drops, files."""
+    from infra import storage
+
+    manifest = storage.read_manifest(uri)
+    if manifest is None:
+        _fail(f"{uri} has no _MANIFEST.json: it is missing or partial; rerun the stage that writes it", 1)
+    print(json.dumps({k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at")
+                      if k in manifest}, ensure_ascii=False, indent=2))
+    print(f"{len(manifest.get('files', []))} files, fingerprint {manifest.get('fingerprint', '')[:16]}")
+
+
+@app.command("serve-mirror")
+def serve_mirror(
+    directory: Path = typer.Argument(Path("examples/aozora-mirror"), help="The folder to serve."),
+    port: int = typer.Option(8000, help="Port on 127.0.0.1."),
+) -> None:
+    """Serve a local site mirror on 127.0.0.1 (for crawling it) until Ctrl-C."""
+    import time
+
+    from crawler.mirror import MirrorServer
+
+    if not directory.is_dir():
+        _fail(f"{directory} is not a directory")
+    with MirrorServer(str(directory), port=port) as server:
+        print(f"serving {directory} at {server.url('/')} (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def demo(root: str = typer.Option("data/demo", "--root", help="Where the demo writes its artifacts.")) -> None:
+    """Run the pipeline on the bundled Aozora Bunko slice (what exists of it so far)."""
+    from gpt2ja.demo import run_demo
+
+    run_demo(root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's errors become one line, not a usage block or a traceback."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer
+            print(exc.format_message())
+            raise SystemExit(0) from None
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    if isinstance(rv, int):  # click returns the code of a typer.Exit when not standalone
+        raise SystemExit(rv)

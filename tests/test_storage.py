@@ -1,0 +1,396 @@
+"""Behavioural tests for infra/storage.py on local paths and on the GCS emulator.
+
+Most tests take ``storage_root`` (tests/conftest_gcs.py) and so run twice: on a
+local tmp dir and on ``gs://bucket/prefix`` served by gcp-storage-emulator.
+Create-only on GCS is tested through tests/gcs_precondition_proxy.py because
+the emulator does not enforce ``ifGenerationMatch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+import pytest
+
+from infra import storage
+from infra.storage import AlreadyExistsError, StorageError, join
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text, f"error message spans lines: {text!r}"
+    return text
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_join_and_is_gcs():
+    assert storage.is_gcs("gs://b/p") and not storage.is_gcs("/data/p")
+    assert join("gs://b/runs/", "r1", "/x.bin") == "gs://b/runs/r1/x.bin"
+    assert join("gs://b", "x") == "gs://b/x"
+    assert join("/data", "r1", "x.bin") == os.path.join("/data", "r1", "x.bin")
+    assert storage.local_path("gs://b/x") is None
+    assert storage.local_path("/data/x") == "/data/x"
+
+
+# ---------------------------------------------------------------- read/write
+
+
+def test_write_read_text_and_bytes(storage_root):
+    text_uri = join(storage_root, "a", "hello.txt")
+    storage.write_text(text_uri, "こんにちは、世界\n")
+    assert storage.read_text(text_uri) == "こんにちは、世界\n"
+    with storage.open(text_uri, "r") as f:
+        assert f.read() == "こんにちは、世界\n"
+
+    data = bytes(range(256)) * 10
+    bin_uri = join(storage_root, "b.bin")
+    storage.write_bytes(bin_uri, data)
+    assert storage.read_bytes(bin_uri) == data
+    with storage.open(bin_uri) as f:  # default mode is rb, streamed on GCS
+        assert f.read(10) == data[:10]
+        assert f.read() == data[10:]
+    assert storage.size(bin_uri) == len(data)
+
+    storage.write_bytes(bin_uri, b"replaced")  # plain writes overwrite
+    assert storage.read_bytes(bin_uri) == b"replaced"
+
+
+def test_exists(storage_root):
+    uri = join(storage_root, "d", "x.txt")
+    assert not storage.exists(uri)
+    assert not storage.exists(join(storage_root, "d"))
+    storage.write_text(uri, "x")
+    assert storage.exists(uri)
+    assert storage.exists(join(storage_root, "d"))  # a "directory" with files exists
+    assert not storage.exists(join(storage_root, "d", "y.txt"))
+
+
+def test_list_files_recursive_sorted(storage_root):
+    assert storage.list_files(storage_root) == []
+    for rel in ["b.txt", "a.txt", "sub/z.txt", "sub/deeper/y.txt"]:
+        storage.write_text(join(storage_root, *rel.split("/")), rel)
+    # A sibling whose name extends the prefix must not be listed.
+    storage.write_text(storage_root + "-sibling.txt", "no")
+
+    expected = [join(storage_root, *r.split("/")) for r in ["a.txt", "b.txt", "sub/deeper/y.txt", "sub/z.txt"]]
+    assert storage.list_files(storage_root) == sorted(expected)
+    assert storage.list_files(storage_root, recursive=False) == [join(storage_root, "a.txt"), join(storage_root, "b.txt")]
+    assert storage.list_files(join(storage_root, "missing")) == []
+
+
+def test_failed_write_publishes_nothing(storage_root):
+    uri = join(storage_root, "atomic.bin")
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.open(uri, "wb") as f:
+            f.write(b"half of it")
+            raise RuntimeError("boom")
+    assert not storage.exists(uri)
+    assert storage.list_files(storage_root) == []
+
+    # An existing file keeps its old content when a rewrite fails.
+    storage.write_bytes(uri, b"old")
+    with pytest.raises(RuntimeError):
+        with storage.open(uri, "wb") as f:
+            f.write(b"new")
+            raise RuntimeError("boom")
+    assert storage.read_bytes(uri) == b"old"
+    if storage.local_path(storage_root):  # no temp files left beside it
+        assert os.listdir(storage.local_path(storage_root)) == ["atomic.bin"]
+
+
+def test_open_rejects_bad_modes(storage_root):
+    with pytest.raises(ValueError):
+        storage.open(join(storage_root, "x"), "a")
+    with pytest.raises(ValueError):
+        storage.open(join(storage_root, "x"), "rb", create_only=True)
+
+
+def test_missing_file_errors_name_the_uri(storage_root):
+    uri = join(storage_root, "nope.txt")
+    for call in (storage.read_bytes, storage.size, storage.file_info):
+        with pytest.raises(StorageError) as info:
+            call(uri)
+        assert uri in _one_line(info.value) and "not found" in str(info.value)
+    with pytest.raises(StorageError):
+        with storage.open(uri, "rb"):
+            pass
+
+
+def test_local_create_only(tmp_path):
+    uri = str(tmp_path / "once" / "x.txt")
+    storage.write_text(uri, "first", create_only=True)
+    with pytest.raises(AlreadyExistsError) as info:
+        storage.write_text(uri, "second", create_only=True)
+    assert uri in _one_line(info.value)
+    assert storage.read_text(uri) == "first"
+    src = tmp_path / "src.txt"
+    src.write_text("third")
+    with pytest.raises(AlreadyExistsError):
+        storage.publish(str(src), uri, create_only=True)
+    assert storage.read_text(uri) == "first"
+    assert os.listdir(tmp_path / "once") == ["x.txt"]  # the temp file is gone
+
+
+def test_local_publish_permissions(tmp_path):
+    # Temp files are created 0600; the published file must get the usual mode.
+    uri = str(tmp_path / "mode.txt")
+    storage.write_text(uri, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(uri).st_mode & 0o777 == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------- directories
+
+
+def test_upload_download_dir_round_trip(storage_root, tmp_path):
+    src = tmp_path / "src"
+    files = {
+        "top.txt": b"top",
+        "a/one.bin": b"\x00\x01",
+        "a/b/c/deep.txt": "深い".encode(),
+        storage.MANIFEST: b"{}",
+    }
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+
+    dest = join(storage_root, "artifact")
+    uploaded = storage.upload_dir(str(src), dest)
+    assert uploaded == sorted(join(dest, *rel.split("/")) for rel in files)
+    assert storage.list_files(dest) == uploaded
+
+    out = tmp_path / "out"
+    downloaded = storage.download_dir(dest, str(out))
+    assert downloaded == sorted(str(out.joinpath(*rel.split("/"))) for rel in files)
+    for rel, data in files.items():
+        assert (out / rel).read_bytes() == data
+
+
+def test_upload_dir_writes_manifest_last(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for rel in ["z.bin", storage.MANIFEST, "sub/" + storage.MANIFEST, "sub/a.bin"]:
+        (src / rel).write_text(rel)
+    order = []
+    real_publish = storage.publish
+    monkeypatch.setattr(storage, "publish", lambda s, d, **kw: (order.append(os.path.relpath(s, src)), real_publish(s, d, **kw)))
+    storage.upload_dir(str(src), str(tmp_path / "dest"))
+    assert order == ["sub/a.bin", "z.bin", "sub/" + storage.MANIFEST, storage.MANIFEST]
+
+
+def test_download_dir_of_nothing_raises(storage_root, tmp_path):
+    with pytest.raises(StorageError) as info:
+        storage.download_dir(join(storage_root, "missing"), str(tmp_path / "out"))
+    assert join(storage_root, "missing") in _one_line(info.value)
+
+
+def test_delete_prefix(storage_root):
+    run1 = join(storage_root, "run1")
+    for rel in ["a.txt", "sub/b.txt"]:
+        storage.write_text(join(run1, *rel.split("/")), rel)
+    keep = join(storage_root, "run10", "c.txt")
+    storage.write_text(keep, "keep")
+
+    storage.delete(run1)
+    assert storage.list_files(run1) == []
+    assert not storage.exists(run1)
+    assert storage.read_text(keep) == "keep"  # run10 is not under run1
+
+    storage.delete(run1)  # already gone: no error
+    storage.delete(keep)  # a single file
+    assert storage.list_files(storage_root) == []
+
+
+def test_file_info(storage_root):
+    data = b"gpt2ja" * 1000
+    root = join(storage_root, "art")
+    uri = join(root, "sub", "f.bin")
+    storage.write_bytes(uri, data)
+    assert storage.file_info(uri) == {"path": "f.bin", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert storage.file_info(uri, root=root)["path"] == "sub/f.bin"
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def test_fingerprint_stable_and_sensitive():
+    a = storage.fingerprint({"lr": 0.1, "layers": 12, "data": {"x": 1, "y": [1, 2]}})
+    b = storage.fingerprint({"data": {"y": [1, 2], "x": 1}, "layers": 12, "lr": 0.1})
+    assert a == b and re.fullmatch(r"[0-9a-f]{64}", a)
+    assert storage.fingerprint({"lr": 0.2, "layers": 12, "data": {"x": 1, "y": [1, 2]}}) != a
+    inp1, inp2 = {"fingerprint": "f1"}, {"fingerprint": "f2"}
+    assert storage.fingerprint({"k": 1}, [inp1]) != storage.fingerprint({"k": 1}, [inp2])
+    assert storage.fingerprint({"k": 1}, [inp1]) != storage.fingerprint({"k": 1})
+    with pytest.raises(StorageError):
+        storage.fingerprint({"k": 1}, [None])
+
+
+def test_code_version():
+    import gpt2ja
+
+    version = storage.code_version()
+    assert re.fullmatch(re.escape(gpt2ja.__version__) + r"(\+g[0-9a-f]{4,40})?", version), version
+
+
+def test_manifest_write_read_is_complete(storage_root):
+    upstream = join(storage_root, "tokenized")
+    assert storage.read_manifest(upstream) is None
+    up_config = {"vocab": 32000}
+    up_manifest = storage.build_manifest(
+        stage="tokenize", config=up_config, counts={"docs": 3}, files=[], timings={"total_s": 0.5}
+    )
+    assert storage.write_manifest(upstream, up_manifest) == join(upstream, storage.MANIFEST)
+    up_read = storage.read_manifest(upstream)
+    assert up_read["uri"] == upstream
+    assert {k: v for k, v in up_read.items() if k != "uri"} == up_manifest
+
+    out = join(storage_root, "shards")
+    config = {"shard_size": 1024, "seed": 0}
+    fp = storage.fingerprint(config, [up_read])
+    assert not storage.is_complete(out, fp)  # nothing there yet
+
+    storage.write_bytes(join(out, "shard-0.bin"), b"\x01\x02")
+    assert not storage.is_complete(out, fp)  # files but no manifest: partial
+    files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
+    manifest = storage.build_manifest(
+        stage="shard", config=config, inputs=[up_read], counts={"shards": 1}, files=files,
+        timings={"total_s": 1.0}, extra={"notes": "テスト"},
+    )
+    assert manifest["fingerprint"] == fp
+    assert manifest["inputs"] == [{"uri": upstream, "fingerprint": up_manifest["fingerprint"]}]
+    assert manifest["code_version"] == storage.code_version()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["created_at"])
+    storage.write_manifest(out, manifest)
+
+    assert storage.is_complete(out, fp)
+    assert not storage.is_complete(out, storage.fingerprint({**config, "seed": 1}, [up_read]))
+    assert storage.read_manifest(out)["notes"] == "テスト"
+    with pytest.raises(ValueError):
+        storage.build_manifest(stage="x", config={}, counts={}, files=[], timings={}, extra={"stage": "y"})
+
+
+def test_corrupt_manifest_names_the_file(storage_root):
+    d = join(storage_root, "broken")
+    storage.write_text(join(d, storage.MANIFEST), '{"stage": "shard", ')
+    with pytest.raises(StorageError) as info:
+        storage.read_manifest(d)
+    assert join(d, storage.MANIFEST) in _one_line(info.value)
+    with pytest.raises(StorageError):
+        storage.is_complete(d, "whatever")
+    storage.write_text(join(d, storage.MANIFEST), "[1, 2]")
+    with pytest.raises(StorageError, match="expected a JSON object"):
+        storage.read_manifest(d)
+
+
+# ---------------------------------------------------------------- GCS specifics
+
+
+def test_emulator_ignores_generation_preconditions(gcs_emulator):
+    # Why the proxy exists: the emulator answers 200 to ifGenerationMatch=0
+    # uploads onto existing objects and overwrites them.
+    uri = f"gs://{gcs_emulator.bucket}/emulator-precondition-probe.txt"
+    storage.write_text(uri, "first")
+    try:
+        storage.write_text(uri, "second", create_only=True)
+    except AlreadyExistsError:
+        pytest.skip("gcp-storage-emulator now enforces ifGenerationMatch; tests/gcs_precondition_proxy.py can go")
+    assert storage.read_text(uri) == "second"
+
+
+def test_gcs_create_only_multipart(gcs_proxy_root, gcs_precondition_proxy):
+    uri = join(gcs_proxy_root, "once.txt")
+    storage.write_text(uri, "first", create_only=True)
+    with pytest.raises(AlreadyExistsError) as info:
+        storage.write_text(uri, "second", create_only=True)
+    assert uri in _one_line(info.value)
+    assert storage.read_text(uri) == "first"
+    assert gcs_precondition_proxy.rejected == [uri.split("/", 3)[3]]
+    assert any("uploadType=multipart" in path for _m, path in gcs_precondition_proxy.requests)
+
+    storage.write_text(uri, "overwrite")  # without create_only the object is replaced
+    assert storage.read_text(uri) == "overwrite"
+
+
+def test_gcs_create_only_resumable(gcs_proxy_root, gcs_precondition_proxy, monkeypatch, tmp_path):
+    # Files above 8 MiB go through a resumable upload; with a 4 MiB chunk size
+    # this one takes three chunked PUTs through the proxy.
+    monkeypatch.setattr(storage, "_CHUNK_SIZE", 4 * 1024 * 1024)
+    big = tmp_path / "big.bin"
+    first = os.urandom(1024) * (9 * 1024)
+    big.write_bytes(first)
+    uri = join(gcs_proxy_root, "big.bin")
+
+    storage.publish(str(big), uri, create_only=True)
+    big.write_bytes(b"\xff" * len(first))
+    with pytest.raises(AlreadyExistsError):
+        storage.publish(str(big), uri, create_only=True)
+    assert storage.file_info(uri)["sha256"] == hashlib.sha256(first).hexdigest()
+    posts = [p for m, p in gcs_precondition_proxy.requests if m == "POST" and "uploadType=resumable" in p]
+    chunks = [p for m, p in gcs_precondition_proxy.requests if m == "PUT" and "upload_id=" in p]
+    assert len(posts) == 2 and len(chunks) == 3
+
+
+def test_gcs_upload_dir_create_only(gcs_proxy_root, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("a")
+    (src / storage.MANIFEST).write_text("{}")
+    storage.upload_dir(str(src), gcs_proxy_root, create_only=True)
+    with pytest.raises(AlreadyExistsError):
+        storage.upload_dir(str(src), gcs_proxy_root, create_only=True)
+
+
+def test_gcs_uri_errors(gcs_emulator):
+    with pytest.raises(StorageError, match="names a bucket"):
+        storage.read_bytes(f"gs://{gcs_emulator.bucket}")
+    with pytest.raises(StorageError, match="refusing to delete the whole bucket"):
+        storage.delete(f"gs://{gcs_emulator.bucket}/")
+    with pytest.raises(StorageError) as info:
+        storage.read_bytes("gs://no-such-bucket-gpt2ja/x.txt")
+    assert "gs://no-such-bucket-gpt2ja/x.txt" in _one_line(info.value)
+
+
+def test_gcs_client_follows_emulator_env(gcs_emulator, monkeypatch):
+    client = storage._gcs_client()
+    assert storage._gcs_client() is client  # cached
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "other-project")
+    other = storage._gcs_client()
+    assert other is not client and other.project == "other-project"
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
+    assert storage._gcs_client().project == "gpt2ja-test"
+
+
+def test_manifest_json_is_readable(storage_root):
+    d = join(storage_root, "m")
+    storage.write_manifest(d, {"stage": "x", "fingerprint": "f", "名前": "値"})
+    text = storage.read_text(join(d, storage.MANIFEST))
+    assert "名前" in text and text.endswith("\n")  # UTF-8, not \u escapes
+    assert json.loads(text)["stage"] == "x"
+
+
+@pytest.mark.parametrize(
+    "exc_name, expected",
+    [
+        ("Forbidden", "gcloud auth application-default login"),
+        ("Unauthorized", "GOOGLE_APPLICATION_CREDENTIALS"),
+        ("NotFound", "check the bucket and prefix"),
+        ("PreconditionFailed", "already exists"),
+        ("ServiceUnavailable", "retry later"),
+    ],
+)
+def test_gcs_error_messages(exc_name, expected):
+    # Real GCS answers these; the emulator never does (it has no auth).
+    from google.api_core import exceptions as gexc
+
+    uri = "gs://bucket/run/x.bin"
+    with pytest.raises(StorageError) as info:
+        with storage._gcs_errors(uri, "read"):
+            raise getattr(gexc, exc_name)("multi\nline server text")
+    assert uri in _one_line(info.value) and expected in str(info.value)
+    assert isinstance(info.value, AlreadyExistsError) == (exc_name == "PreconditionFailed")
