@@ -7,14 +7,19 @@ later, in the clean stage). Decoding bytes and reading zips/XHTML live in
 What is removed (see https://www.aozora.gr.jp/annotation/ for the notation):
 
 * the header: title/author lines, then the ``-------`` block that explains the
-  notation (``【テキスト中に現れる記号について】``);
+  notation (``【テキスト中に現れる記号について】``, or an early ``［表記について］``
+  list closed by one rule); title, author and other roles go to ``header``;
 * the footer: the first line starting with ``底本：`` (or a ``［＃本文終わり］``
-  line) and everything after it;
-* ruby ``《…》`` and its base marker ``｜`` (the base is kept);
+  line, or a rule followed by the typist's ``●入力者注`` glossary) and
+  everything after it;
+* ruby ``《…》`` and every ``｜`` (Aozora's converter never prints ``｜``: it only
+  marks where a ruby base starts); the base is kept;
 * annotations ``［＃…］``; a line made only of annotations disappears;
+  ``5［＃「5」はローマ数字、1-13-25］`` puts the coded character (Ⅴ) in place;
 * gaiji ``※［＃…］``: replaced by the character when the note gives a JIS X 0213
   men-ku-ten or a ``U+XXXX`` code point, dropped otherwise;
-* accent notation ``〔cafe'〕`` → ``café`` (Aozora's accent table).
+* accent notation ``〔cafe'〕`` → ``café`` (Aozora's accent table); brackets with
+  nothing to convert (``〔雨ニモマケズ〕``) stay as they are.
 
 Example::
 
@@ -49,11 +54,14 @@ NOTATION_MARK = "\x00"
 
 _RULE = re.compile(r"^-{10,}\s*$")
 _FOOTER_START = re.compile(r"^(底本：|［＃本文終わり］)")
+_OLD_NOTATION_BLOCK = ("［表記について］", "【表記について】")
+_TRANSCRIBER_NOTES = ("●入力者注", "［入力者注］", "【入力者注】")
 _RUBY = re.compile(r"《[^《》\n]+》")
 # A ｜ marks where the base of a later ruby on the same line starts.
 _RUBY_BAR = re.compile(r"｜(?=[^｜《》\n]*《[^《》\n]+》)")
 _KUTEN = re.compile(r"(?<![\d-])([12])-(\d{1,2})-(\d{1,2})(?![\d-])")
 _UCS = re.compile(r"U\+([0-9A-Fa-f]{4,6})")
+_REFERENCE_CODE = re.compile(r"［＃「([^「」［］\n]+)」は[^「」［］\n]*?(?<![\d-])([12])-(\d{1,2})-(\d{1,2})］")
 _ACCENT_SPAN = re.compile(r"〔([^〔〕\n]*)〕")
 
 # Aozora's accent decomposition table (accent_separation.html, as implemented by
@@ -135,10 +143,16 @@ def strip_inline(text: str, counts: dict[str, int]) -> str:
         '所々丹塗の'
     """
     # Order matters: a gaiji note is itself ［＃…］, so gaiji go before
-    # annotations; an annotation may quote ruby, so annotations go before ruby;
+    # annotations, and so do the coded references that put a character in
+    # place; an annotation may quote ruby, so annotations go before ruby;
     # accents are matched on what the reader sees, so they come last.
     text = _replace_bracketed(text, "※［＃", lambda note: _gaiji_replacement(note, counts))
+    text = _substitute_references(text, counts)
     text = _replace_bracketed(text, "［＃", lambda note: _annotation_replacement(note, counts))
+    unclosed = text.count("［＃")
+    if unclosed:
+        # A typo such as ［＃「…」に傍点」 never closes; it stays, counted.
+        _bump(counts, "annotation_unclosed", unclosed)
     text = _strip_ruby(text, counts)
     return _ACCENT_SPAN.sub(lambda m: _accent_replacement(m.group(1), counts), text)
 
@@ -267,18 +281,15 @@ def parse_header(lines: list[str]) -> dict[str, Any]:
     if not lines:
         return header
     header["title"] = lines[0]
-    middle, people = lines[1:], []
-    # The last line, and the one before it when the last is not the author,
-    # name people; everything between title and people is (original) subtitle.
+    middle = lines[1:]
+    # The last line names a person; when it is a translator or editor, the
+    # line before it is the author. What lies between is (original) subtitle.
     if middle:
-        role = _person_role(middle[-1])
-        people = [middle.pop()]
+        last = middle.pop()
+        role = _person_role(last)
         if role != "author" and middle:
-            people.insert(0, middle.pop())
-            header["author"] = people[0]
-            header[role] = people[1]
-        else:
-            header[role] = people[0]
+            header["author"] = middle.pop()
+        header[role] = last
     if middle and _is_latin_line(middle[0]):
         header["original_title"] = middle.pop(0)
     if middle:
@@ -300,22 +311,46 @@ def _split_header(lines: list[str]) -> tuple[list[str], int, bool]:
     while end < len(lines) and lines[end].strip() and not _RULE.match(lines[end]):
         end += 1
     header = lines[:end]
-    i = end
-    while i < len(lines) and not lines[i].strip():
-        i += 1
+    start, closed = end, True
+    i = _skip_blank(lines, end)
     if i < len(lines) and _RULE.match(lines[i]):
-        for j in range(i + 1, len(lines)):
-            if _RULE.match(lines[j]):
-                return header, j + 1, True
-        return header, i + 1, False
-    return header, end, True
+        closing = _next_rule(lines, i + 1)
+        start, closed = (closing + 1, True) if closing >= 0 else (i + 1, False)
+    # Some early texts explain their notation in a ［表記について］ list that
+    # only a closing rule ends (with or without the usual block before it).
+    i = _skip_blank(lines, start)
+    if i < len(lines) and lines[i].startswith(_OLD_NOTATION_BLOCK):
+        closing = _next_rule(lines, i + 1)
+        if closing >= 0:
+            start = closing + 1
+    return header, start, closed
 
 
 def _cut_footer(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
-        if _FOOTER_START.match(line):
+        if _FOOTER_START.match(line) or (_RULE.match(line) and _starts_transcriber_notes(lines, i + 1)):
             return lines[:i]
     return lines
+
+
+def _starts_transcriber_notes(lines: list[str], index: int) -> bool:
+    """A rule followed by ●入力者注 starts the typist's glossary, placed between
+    the work and the 底本 footer in some texts; it is not part of the work."""
+    i = _skip_blank(lines, index)
+    return i < len(lines) and lines[i].startswith(_TRANSCRIBER_NOTES)
+
+
+def _skip_blank(lines: list[str], index: int) -> int:
+    while index < len(lines) and not lines[index].strip():
+        index += 1
+    return index
+
+
+def _next_rule(lines: list[str], index: int) -> int:
+    for j in range(index, len(lines)):
+        if _RULE.match(lines[j]):
+            return j
+    return -1
 
 
 def _replace_bracketed(text: str, opener: str, replace: Callable[[str], str]) -> str:
@@ -363,6 +398,24 @@ def _gaiji_replacement(note: str, counts: dict[str, int]) -> str:
         return NOTATION_MARK
     _bump(counts, "gaiji_mapped")
     return char
+
+
+def _substitute_references(text: str, counts: dict[str, int]) -> str:
+    """``5［＃「5」はローマ数字、1-13-25］`` says the quoted text just before the
+    note stands for a JIS X 0213 character: put the character in its place."""
+    out: list[str] = []
+    pos = 0
+    for match in _REFERENCE_CODE.finditer(text):
+        target, before = match.group(1), text[pos : match.start()]
+        char = jis_x0213_char(*(int(g) for g in match.group(2, 3, 4)))
+        if char and before.endswith(target):
+            out.append(before[: -len(target)] + char)
+            _bump(counts, "reference_mapped")
+        else:
+            out.append(text[pos : match.end()])
+        pos = match.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _annotation_replacement(note: str, counts: dict[str, int]) -> str:

@@ -89,8 +89,9 @@ class CrawlConfig(BaseModel):
         return os.path.join(".gpt2ja-state", "crawl", f"{self.source}-{self.crawl_id}-{digest}")
 
     def fingerprint_config(self) -> dict:
-        """What defines the crawl's output (not where state lives, nor how chatty it is)."""
-        return self.model_dump(exclude={"state_dir", "progress_interval", "root"})
+        """What defines the crawl's output: not where state lives, how chatty it is, nor the
+        page limit of one session (raising it continues the same crawl)."""
+        return self.model_dump(exclude={"state_dir", "progress_interval", "root", "max_pages"})
 
 
 def scrapy_settings(cfg: CrawlConfig) -> dict:

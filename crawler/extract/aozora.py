@@ -10,8 +10,10 @@ start a new line like the annotation lines they come from).
 Example::
 
     >>> doc = extract_path("examples/aozora-mirror/cards/000879/files/127_ruby_150.zip")
-    >>> doc.title, doc.author, doc.edition, doc.text[:12]
-    ('羅生門', '芥川龍之介', 'txt', '　ある日の暮方の事である。')
+    >>> doc.title, doc.author, doc.edition
+    ('羅生門', '芥川龍之介', 'txt')
+    >>> doc.text.splitlines()[0][:13]
+    '\u3000ある日の暮方の事である。'
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "from_zip",
 ]
 
+_CP932_STRAY_BYTES = re.compile("[\u0080\uf8f0-\uf8f3]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _DECLARED_CHARSET = re.compile(rb"""(?:encoding|charset)\s*=\s*["']?([A-Za-z0-9_.:-]+)""")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
@@ -48,6 +51,11 @@ _UCS_PNG = re.compile(r"/u([0-9a-fA-F]{4,6})\.png$")
 # 訓点送り仮名) are ［＃…］ annotations in the .txt and are removed there too.
 _NOTATION_CLASSES = frozenset({"kaeriten", "okurigana"})
 _SKIPPED_TAGS = frozenset({"rt", "rp", "script", "style"})
+# What a damaged or unusual zip raises inside zipfile (truncated data, bad CRC,
+# unsupported compression, encryption, …).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError, OSError,
+)
 _SUFFIXES = {".txt": "txt", ".zip": "zip", ".html": "xhtml", ".xhtml": "xhtml", ".htm": "xhtml"}
 
 
@@ -85,17 +93,17 @@ def decode_sjis(data: bytes, where: str) -> tuple[str, str]:
     Raises :class:`ExtractError` naming ``where`` and the offset of the first
     byte that neither codec accepts.
     """
+    text, bad = _decode_cp932(data)
+    if text is not None:
+        return text, "cp932"
     try:
-        return data.decode("cp932"), "cp932"
-    except UnicodeDecodeError as first:
-        try:
-            return data.decode("shift_jis_2004"), "shift_jis_2004"
-        except UnicodeDecodeError as second:
-            raise ExtractError(
-                f"{where}: not Shift_JIS text: byte 0x{data[first.start]:02X} at offset {first.start} "
-                f"is invalid in cp932 (shift_jis_2004 fails at offset {second.start}); "
-                "check that the file is a complete, unconverted Aozora download"
-            ) from None
+        return data.decode("shift_jis_2004"), "shift_jis_2004"
+    except UnicodeDecodeError as error:
+        raise ExtractError(
+            f"{where}: not Shift_JIS text: byte 0x{data[bad]:02X} at offset {bad} is invalid in cp932 "
+            f"(shift_jis_2004 fails at offset {error.start}); "
+            "check that the file is a complete, unconverted Aozora download"
+        ) from None
 
 
 def from_txt(data: bytes, where: str) -> AozoraText:
@@ -113,7 +121,9 @@ def from_txt(data: bytes, where: str) -> AozoraText:
         text, encoding = decode_sjis(data, where)
     body = strip_notation(text)
     if not body.text:
-        raise ExtractError(f"{where}: no body text after removing the Aozora header and footer; check that it is an Aozora text")
+        raise ExtractError(
+            f"{where}: no body text after removing the Aozora header and footer; check that it is an Aozora text"
+        )
     return AozoraText(
         title=body.title,
         author=body.author,
@@ -141,11 +151,16 @@ def from_zip(data: bytes, where: str) -> AozoraText:
             members = [m for m in archive.infolist() if m.filename.lower().endswith(".txt") and not m.is_dir()]
             if not members:
                 names = ", ".join(archive.namelist()) or "nothing"
-                raise ExtractError(f"{where}: zip holds no .txt file (it holds {names}); download the text zip of the work, not an image or XHTML archive")
+                raise ExtractError(
+                    f"{where}: zip holds no .txt file (it holds {names}); "
+                    "download the text zip of the work, not an image or XHTML archive"
+                )
             members.sort(key=lambda m: m.file_size, reverse=True)
             raw = archive.read(members[0])
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError, OSError) as error:
-        raise ExtractError(f"{where}: unreadable zip ({error}); the download is truncated or corrupt, fetch it again") from None
+    except _ZIP_ERRORS as error:
+        raise ExtractError(
+            f"{where}: unreadable zip ({error}); the download is truncated or corrupt, fetch it again"
+        ) from None
     doc = from_txt(raw, f"{where}!{members[0].filename}")
     doc.meta["source"] = where
     doc.meta["member"] = members[0].filename
@@ -171,11 +186,16 @@ def from_xhtml(data: bytes, where: str) -> AozoraText:
     root = _parse_html(text, where)
     main = _first_by_class(root, "div", "main_text")
     if main is None:
-        raise ExtractError(f"{where}: no <div class=\"main_text\">; this is not an Aozora XHTML edition (use the card's text zip instead)")
+        raise ExtractError(
+            f"{where}: no <div class=\"main_text\">; this is not an Aozora XHTML edition "
+            "(use the card's text zip instead)"
+        )
     counts: dict[str, int] = {}
     body = tidy_lines(_render_children(main, counts))
     if not body:
-        raise ExtractError(f"{where}: <div class=\"main_text\"> is empty; check that the file is a complete Aozora XHTML edition")
+        raise ExtractError(
+            f"{where}: <div class=\"main_text\"> is empty; check that the file is a complete Aozora XHTML edition"
+        )
     header = _xhtml_header(root)
     return AozoraText(
         title=header.get("title", ""),
@@ -200,18 +220,39 @@ def extract_path(path: str) -> AozoraText:
     file = Path(path)
     kind = _SUFFIXES.get(file.suffix.lower())
     if kind is None:
-        raise ExtractError(f"{path}: unknown file type {file.suffix or '(no suffix)'!r}; expected .txt, .zip, .html, .xhtml or .htm")
+        raise ExtractError(
+            f"{path}: unknown file type {file.suffix or '(no suffix)'!r}; expected .txt, .zip, .html, .xhtml or .htm"
+        )
     try:
         data = file.read_bytes()
     except FileNotFoundError:
         raise ExtractError(f"{path}: no such file; check the path") from None
     except OSError as error:
-        raise ExtractError(f"{path}: cannot read the file ({error.strerror}); check the path and its permissions") from None
+        raise ExtractError(
+            f"{path}: cannot read the file ({error.strerror}); check the path and its permissions"
+        ) from None
     reader = {"txt": from_txt, "zip": from_zip, "xhtml": from_xhtml}[kind]
     return reader(data, path)
 
 
 # --- decoding ----------------------------------------------------------------
+
+
+def _decode_cp932(data: bytes) -> tuple[str | None, int]:
+    """The cp932 text, or None and the offset of the first byte it rejects.
+
+    Python's cp932 also accepts five single bytes that no Shift_JIS text holds
+    (0x80, 0xA0, 0xFD-0xFF → U+0080, U+F8F0-U+F8F3): they are refused too, so
+    that binary junk cannot pass for text."""
+    try:
+        text = data.decode("cp932")
+    except UnicodeDecodeError as error:
+        return None, error.start
+    stray = _CP932_STRAY_BYTES.search(text)
+    if stray:
+        # Every cp932 character re-encodes to as many bytes as it came from.
+        return None, len(text[: stray.start()].encode("cp932"))
+    return text, -1
 
 
 def _decode_strict(data: bytes, codec: str, where: str) -> str:
@@ -244,7 +285,9 @@ def _parse_html(text: str, where: str) -> lxml.html.HtmlElement:
     try:
         return lxml.html.document_fromstring(text)
     except (lxml.etree.ParserError, ValueError) as error:
-        raise ExtractError(f"{where}: cannot parse the HTML ({error}); check that the file is a complete XHTML page") from None
+        raise ExtractError(
+            f"{where}: cannot parse the HTML ({error}); check that the file is a complete XHTML page"
+        ) from None
 
 
 # --- XHTML rendering ---------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Shared fixtures: the bundled Aozora mirror served by a real HTTP server, and crawl helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from crawler.mirror import MirrorServer, RecordingHandler
+
+pytest_plugins = ["tests.conftest_gcs"]
+
+REPO = Path(__file__).resolve().parent.parent
+MIRROR = REPO / "examples" / "aozora-mirror"
+AUTHORS = ("879", "81", "121", "74")
+
+
+class TestSiteHandler(RecordingHandler):
+    __test__ = False  # a handler, not a test class
+
+    """The static handler plus the misbehaviours a crawler must survive:
+    ``/slow/…`` answers after ``server.slow_seconds`` (a timeout), and
+    ``/typeless/…`` serves a file with no Content-Type charset (an undeclared encoding)."""
+
+    def do_GET(self):
+        if self.path.startswith("/slow/"):
+            time.sleep(self.server.slow_seconds)
+        if self.path.startswith("/typeless/"):
+            path = self.translate_path(self.path)
+            if os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    body = fh.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+        super().do_GET()
+
+
+@pytest.fixture
+def serve():
+    """serve(directory) → a started MirrorServer on 127.0.0.1; stopped after the test."""
+    servers = []
+
+    def start(directory, slow_seconds: float = 5.0):
+        server = MirrorServer(str(directory), handler=TestSiteHandler)
+        server.httpd.slow_seconds = slow_seconds
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def mirror_copy(tmp_path):
+    """A private copy of the bundled mirror that a test may damage."""
+    dst = tmp_path / "mirror"
+    shutil.copytree(MIRROR, dst)
+    return dst
+
+
+def author_urls(server) -> list[str]:
+    return [server.url(f"/index_pages/person{a}.html") for a in AUTHORS]
