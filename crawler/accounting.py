@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from scrapy import exceptions as scrapy_exceptions
 from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet.error import (ConnectError, ConnectionRefusedError, DNSLookupError, TCPTimedOutError,
@@ -17,6 +18,19 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
 logger = logging.getLogger("gpt2ja.crawl")
+
+
+def _scrapy_exc(name: str) -> tuple[type, ...]:
+    """Scrapy ≥ 2.14 wraps download failures in its own exception classes; older ones use Twisted's."""
+    exc = getattr(scrapy_exceptions, name, None)
+    return (exc,) if exc is not None else ()
+
+
+TIMEOUTS = (TimeoutError, TCPTimedOutError, *_scrapy_exc("DownloadTimeoutError"))
+DNS_ERRORS = (DNSLookupError, *_scrapy_exc("CannotResolveHostError"))
+CONNECT_ERRORS = (ConnectionRefusedError, ConnectError, *_scrapy_exc("DownloadConnectionRefusedError"))
+CANCELLED = _scrapy_exc("DownloadCancelledError")
+DATA_LOSS = _scrapy_exc("ResponseDataLossError")
 DROP_PREFIX = "gpt2ja/drop/"
 
 
@@ -40,12 +54,17 @@ def failure_reason(failure: Failure) -> tuple[str, str]:
         if "robots.txt" in text:
             return "robots_disallowed", ""
         return "ignored", text
-    if failure.check(TimeoutError, TCPTimedOutError):
+    if failure.check(*TIMEOUTS):
         return "timeout", str(exc)
-    if failure.check(DNSLookupError):
+    if failure.check(*DNS_ERRORS):
         return "dns_error", str(exc)
-    if failure.check(ConnectionRefusedError, ConnectError):
+    if failure.check(*CONNECT_ERRORS):
         return "connection_error", str(exc)
+    if CANCELLED and failure.check(*CANCELLED):
+        # Scrapy cancels a download that grows past DOWNLOAD_MAXSIZE
+        return "too_large", str(exc)
+    if DATA_LOSS and failure.check(*DATA_LOSS):
+        return "truncated_response", str(exc)
     if failure.check(ResponseNeverReceived):
         # Scrapy cancels a download past DOWNLOAD_MAXSIZE this way, among others
         return "no_response", str(exc.reasons[0].value if getattr(exc, "reasons", None) else exc)

@@ -56,6 +56,7 @@ class CrawlConfig(BaseModel):
     download_timeout: float = Field(30.0, gt=0, description="seconds before a request is given up")
     download_maxsize: int = Field(32 * 1024 * 1024, gt=0, description="bytes; larger responses are dropped")
     min_kana_ratio: float = Field(0.05, ge=0, le=1, description="web: pages with fewer hiragana+katakana are not Japanese")
+    min_chars: int = Field(25, ge=1, description="documents with fewer characters are dropped (too_short)")
     part_docs: int = Field(500, ge=1, description="documents per output part")
     progress_interval: float = Field(10.0, ge=0, description="seconds between progress lines (0: off)")
     contact: str = Field("", description="added to the User-Agent so site owners can reach you")
@@ -101,6 +102,7 @@ def scrapy_settings(cfg: CrawlConfig) -> dict:
         "GPT2JA_STATE": cfg.state_path,
         "GPT2JA_CONFIG": cfg.fingerprint_config(),
         "GPT2JA_PART_DOCS": cfg.part_docs,
+        "GPT2JA_MIN_CHARS": cfg.min_chars,
         "GPT2JA_PROGRESS_INTERVAL": cfg.progress_interval,
         "GPT2JA_MIN_KANA_RATIO": cfg.min_kana_ratio,
         "JOBDIR": os.path.join(cfg.state_path, "jobdir"),

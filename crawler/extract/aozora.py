@@ -109,6 +109,9 @@ def decode_sjis(data: bytes, where: str) -> tuple[str, str]:
 def from_txt(data: bytes, where: str) -> AozoraText:
     """Clean text from the bytes of an Aozora .txt (Shift_JIS, CRLF, notation).
 
+    Bytes are decoded by :func:`decode_sjis`; a file that starts with a UTF-8
+    BOM (a re-saved copy, never an Aozora download) is read as strict UTF-8.
+
     Example::
 
         >>> doc = from_txt("鼻\\r\\n芥川龍之介\\r\\n\\r\\n　禅智内供《ぜんちないぐ》\\r\\n".encode("cp932"), "hana.txt")

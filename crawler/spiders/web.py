@@ -42,7 +42,8 @@ class WebSpider(scrapy.Spider):
         if not self.start_urls and not self.sitemap_urls:
             raise ValueError("the web spider needs a seed URL or a sitemap URL")
         self.allowed_domains = sorted({urlsplit(u).hostname for u in self.start_urls + self.sitemap_urls})
-        self.links = LinkExtractor(allow_domains=self.allowed_domains, deny_extensions=NON_HTML_EXTENSIONS)
+        # Same-site filtering is by host name below: LinkExtractor's allow_domains compares host:port.
+        self.links = LinkExtractor(deny_extensions=NON_HTML_EXTENSIONS)
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
@@ -90,6 +91,8 @@ class WebSpider(scrapy.Spider):
         # from the explicitly decoded HTML rather than Scrapy's cp1252 guess.
         decoded = HtmlResponse(response.url, body=response.body, encoding=encoding, headers=response.headers)
         for link in self.links.extract_links(decoded):
+            if not self._same_site(link.url):
+                continue
             yield scrapy.Request(link.url, callback=self.parse_page, errback=self.on_error)
         try:
             page = page_from_html(html, response.url, encoding, source)
@@ -102,7 +105,7 @@ class WebSpider(scrapy.Spider):
         url = response.url
         if page.canonical_url:
             candidate = urljoin(response.url, page.canonical_url)
-            if urlsplit(candidate).hostname in self.allowed_domains:
+            if self._same_site(candidate):
                 url = candidate
         yield Document.new(source="web", url=canonical_url(url), text=page.text, title=page.title,
                            author=page.author, license=page.meta.get("license", ""),
@@ -110,6 +113,10 @@ class WebSpider(scrapy.Spider):
                                  "encoding_source": page.encoding_source, "kana_ratio": page.kana_ratio,
                                  "depth": response.meta.get("depth", 0),
                                  **{k: v for k, v in page.meta.items() if k != "license"}})
+
+    def _same_site(self, url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
 
     def on_error(self, failure):
         reason, detail = accounting.failure_reason(failure)
