@@ -103,10 +103,10 @@ def _docs_from_jsonl(path: str, url: str, drops: Counter) -> Iterator[Document]:
                     continue
                 try:
                     record = json.loads(line)
-                    text = record["text"]
+                    text = record.get("text") if isinstance(record, dict) else None
                     if not isinstance(text, str):
-                        raise TypeError("text is not a string")
-                except (ValueError, KeyError, TypeError) as exc:
+                        raise TypeError('no "text" string')
+                except (ValueError, TypeError) as exc:
                     drops["bad_jsonl_line"] += 1
                     logger.warning("drop bad_jsonl_line: %s:%d (%s; each line needs a JSON object with \"text\")",
                                    path, lineno, exc)

@@ -163,17 +163,40 @@ def run_crawl(cfg: CrawlConfig) -> str:
     return cfg.out_uri
 
 
-def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None) -> str:
+def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None,
+                        show_progress: bool = False) -> str:
     """Run the crawl in a fresh Python process (the reactor cannot restart); returns the output URI.
 
-    Raises RuntimeError with the crawl's last log lines when the process fails.
+    The child's log is read line by line (never left to fill a pipe); with
+    ``show_progress`` its progress lines are echoed to stderr. Raises
+    RuntimeError with the crawl's last log lines when the process fails.
     """
+    import collections
+    import threading
+
     cmd = [sys.executable, "-m", "crawler.runner", cfg.model_dump_json()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if show_progress and line.startswith(f"crawl {cfg.source}:"):
+                print("  " + line.rstrip("\n"), file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} did not finish in {timeout} s") from None
+    reader.join()
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}):\n{tail}")
+        lines = "\n".join(tail)
+        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}):\n{lines}")
     return cfg.out_uri
 
 

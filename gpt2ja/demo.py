@@ -33,7 +33,7 @@ def run_demo(root: str = "data/demo") -> str:
         storage.delete(cfg.state_path)
         print(f"[1/1] crawl: serving {MIRROR.relative_to(Path.cwd()) if MIRROR.is_relative_to(Path.cwd()) else MIRROR} "
               f"at {server.url('/')} and crawling it …", flush=True)
-        out = crawl_in_subprocess(cfg)
+        out = crawl_in_subprocess(cfg, show_progress=True)
     manifest = storage.read_manifest(out)
     c = manifest["counts"]
     print(f"\ncrawl: {c['documents']} documents, {c['characters']:,} characters, "
@@ -41,7 +41,7 @@ def run_demo(root: str = "data/demo") -> str:
     print("  dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
     print(f"  documents: {out}/part-*.jsonl.gz   manifest: {out}/_MANIFEST.json")
     for doc in list(read_documents(out))[:3]:
-        first = doc.text.strip().splitlines()[0][:40]
+        first = next((ln.strip() for ln in doc.text.splitlines() if len(ln.strip()) >= 10), "")[:40]
         print(f"  · {doc.title} / {doc.author} ({len(doc.text):,} chars, {doc.meta['edition']}): {first}…")
     print(f"\nNot built yet: {', '.join(NOT_YET)}. The demo runs what exists; see README.md.", file=sys.stderr)
     return out
