@@ -476,3 +476,11 @@ def _is_latin_line(line: str) -> bool:
 
 def _bump(counts: dict[str, int], key: str, by: int = 1) -> None:
     counts[key] = counts.get(key, 0) + by
+
+
+_AOZORA_MARKS = re.compile(r"《[^》\n]+》|［＃[^］\n]+］|^底本：", re.MULTILINE)
+
+
+def looks_like_aozora(text: str) -> bool:
+    """Whether a text carries Aozora notation (ruby 《》, ［＃…］ notes or a 底本： footer)."""
+    return _AOZORA_MARKS.search(text) is not None

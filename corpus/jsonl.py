@@ -55,15 +55,17 @@ class ShardWriter:
     """
 
     def __init__(self, dir_uri: str, *, prefix: str = "part", max_docs: int = 2000,
-                 max_bytes: int = 64 * 1024 * 1024, compresslevel: int = 6):
+                 max_bytes: int = 64 * 1024 * 1024, compresslevel: int = 6, start_index: int | None = None):
         self.dir_uri = dir_uri
         self.prefix = prefix
         self.max_docs = max_docs
         self.max_bytes = max_bytes
         self.compresslevel = compresslevel
-        existing = list_parts(dir_uri, prefix)
-        self.next_index = 1 + max((int(PART_RE.match(u.rsplit("/", 1)[-1]).group("index")) for u in existing),
+        if start_index is None:  # continue after the parts already there
+            existing = list_parts(dir_uri, prefix)
+            start_index = 1 + max((int(PART_RE.match(u.rsplit("/", 1)[-1]).group("index")) for u in existing),
                                   default=-1)
+        self.next_index = start_index
         self.published: list[str] = []
         self.documents = 0
         self.characters = 0
@@ -145,6 +147,27 @@ def iter_part(uri: str) -> Iterator[Document]:
                                          "rebuild this part by rerunning the stage that wrote it") from None
     except (EOFError, OSError, zlib.error) as exc:
         raise ShardError(f"{uri}: corrupt or truncated gzip ({exc}); delete it and rerun the stage that wrote it") from None
+
+
+def iter_part_tolerant(uri: str) -> Iterator[tuple[Document | None, str | None, str]]:
+    """Like :func:`iter_part`, but a bad record does not stop the reading.
+
+    Yields ``(doc, None, "")`` for good records and ``(None, reason, detail)`` for
+    problems: ``bad_json_line`` (the line is skipped, reading goes on) and
+    ``truncated_shard`` (the gzip stream ends early or is corrupt: what was
+    read before is kept, the rest of the part is lost and reported).
+    """
+    try:
+        with storage.open(uri, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+            for lineno, line in enumerate(io.TextIOWrapper(gz, encoding="utf-8", errors="strict"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield Document.from_json(line), None, ""
+                except (ValueError, TypeError, AttributeError) as exc:
+                    yield None, "bad_json_line", f"{uri}: line {lineno}: {exc}"
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as exc:
+        yield None, "truncated_shard", f"{uri}: {exc}"
 
 
 def read_documents(uris: str | Iterable[str], prefix: str = "part") -> Iterator[Document]:

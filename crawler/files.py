@@ -24,13 +24,12 @@ import gzip
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 
-from corpus.aozora import strip_notation
+from corpus.aozora import looks_like_aozora, strip_notation
 from corpus.document import Document
 from corpus.jsonl import ShardWriter, list_parts
 from crawler.extract import ExtractError
@@ -38,7 +37,6 @@ from crawler.extract import aozora as aozora_extract
 from infra import storage
 
 logger = logging.getLogger("gpt2ja.crawl")
-AOZORA_MARKS = re.compile(r"《[^》\n]+》|［＃[^］\n]+］|^底本：", re.MULTILINE)
 SUFFIXES = (".txt", ".zip", ".jsonl", ".jsonl.gz")
 
 
@@ -75,7 +73,7 @@ def _docs_from_file(path: str, drops: Counter) -> Iterator[Document]:
             with open(path, "rb") as fh:
                 data = fh.read()
             text, encoding = decode_text(data, path)
-            if AOZORA_MARKS.search(text):
+            if looks_like_aozora(text):
                 body = strip_notation(text)
                 yield Document.new(source="files", url=url, text=body.text, title=body.title, author=body.author,
                                    meta={"path": path, "encoding": encoding, "notation": body.counts,

@@ -1,0 +1,322 @@
+"""The clean stage: raw Document shards in, a deduplicated train/validation corpus out.
+
+For each raw document, in this order (:data:`STEPS`)::
+
+    aozora notation → malformed-notation check → normalise (NFKC, once) → quality filters (by source preset)
+
+then, over the whole corpus, exact and near-duplicate removal (MinHash LSH over
+character 5-grams, the oldest copy kept), then a split by id hash.
+
+It runs in three phases so that memory stays bounded (one shard per worker
+plus the dedup index) and every phase resumes per shard:
+
+1. *per raw part, in parallel processes*: clean and filter; write the kept
+   documents and their dedup records (signature, exact hash, priority) to
+   ``{out}/_work/{fingerprint}/``; a part's ``.json`` record, written last,
+   marks it done;
+2. *once, sequentially*: feed all dedup records in (fetched_at, id) order to
+   the index; which document of a cluster is kept does not depend on the
+   order of the inputs;
+3. *per part, in parallel*: write the survivors to ``{out}/{split}/part-NNNNN.jsonl.gz``.
+
+Rerunning with the same inputs and config gives byte-identical outputs.
+
+Example::
+
+    cfg = CleanConfig(inputs=["data/raw/aozora/2026-11-28"], out="data/clean/aozora")
+    run_clean(cfg)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from corpus import aozora
+from corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
+from corpus.document import Document
+from corpus.filters import PRESETS, QualityConfig, build_filters, first_failure, preset_for_source
+from corpus.jsonl import ShardWriter, iter_part_tolerant, list_parts
+from corpus.normalize import normalize
+from corpus.split import SPLITS, SplitConfig, split_of
+from infra import storage
+
+logger = logging.getLogger("gpt2ja.clean")
+EXAMPLE_CHARS = 120
+# Notation left in a text after removal means the source's markup was broken
+# (an unclosed 《 or ［＃): such a text is dropped rather than kept half-cleaned.
+MALFORMED_RE = re.compile(r"［＃|《|》")
+
+
+class CleanConfig(BaseModel):
+    """The clean stage's configuration (also the Prefect flow's parameters)."""
+
+    inputs: list[str] = Field(description="raw crawl directories ({root}/raw/{source}/{crawl_id}), each with a manifest")
+    out: str = Field(description="the clean corpus directory, e.g. {root}/clean/{corpus}")
+    presets: dict[str, QualityConfig] = Field(default_factory=lambda: {k: v.model_copy() for k, v in PRESETS.items()},
+                                              description="quality-filter presets by name")
+    source_presets: dict[str, str] = Field(default_factory=lambda: {"aozora": "literature", "files": "literature",
+                                                                    "web": "web"},
+                                           description="which preset each source uses")
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
+                         description="processes for the per-shard phases")
+    part_docs: int = Field(2000, ge=1, description="documents per work part (memory bound of a worker)")
+
+    def fingerprint_config(self) -> dict:
+        return self.model_dump(exclude={"workers", "inputs", "out"})
+
+
+# --------------------------------------------------------------------------- phase 1
+@dataclass
+class PartResult:
+    """What one worker saw in one raw part (saved as the part's completion record)."""
+
+    index: int
+    source_uri: str
+    docs_in: int = 0
+    chars_in: int = 0
+    docs_kept: int = 0
+    chars_kept: int = 0
+    drops: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)      # reason -> {title, url, snippet, detail}
+
+    def drop(self, reason: str, doc: Document | None, detail: str = "") -> None:
+        self.drops[reason] += 1
+        if reason not in self.examples:
+            self.examples[reason] = {"title": doc.title if doc else "", "url": doc.url if doc else "",
+                                     "snippet": doc.text[:EXAMPLE_CHARS] if doc else "", "detail": detail[:300]}
+            logger.warning("drop %s: %s%s", reason, (doc.url if doc else detail), " (first of its kind)")
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "source_uri": self.source_uri, "docs_in": self.docs_in,
+                "chars_in": self.chars_in, "docs_kept": self.docs_kept, "chars_kept": self.chars_kept,
+                "drops": dict(sorted(self.drops.items())), "examples": self.examples}
+
+
+def clean_document(doc: Document, cfg: CleanConfig, filters: dict) -> tuple[Document | None, str | None, str]:
+    """One document through :data:`STEPS`: (cleaned document, None, "") or (None, reason, detail)."""
+    text = doc.text
+    if not doc.meta.get("aozora_notation_removed") and aozora.looks_like_aozora(text):
+        body = aozora.strip_notation(text)
+        text = body.text
+        doc.meta["notation"] = body.counts
+        doc.meta["aozora_notation_removed"] = True
+    unclosed = {k: v for k, v in (doc.meta.get("notation") or {}).items() if "unclosed" in k and v}
+    if unclosed or MALFORMED_RE.search(text):
+        return None, "malformed_notation", f"{unclosed or MALFORMED_RE.search(text).group(0)}"
+    text = normalize(text)
+    if not text.strip():
+        return None, "empty_after_cleaning", ""
+    preset = preset_for_source(doc.source, cfg.source_presets)
+    cleaned = Document(**{**doc.__dict__, "text": text,
+                          "meta": {**doc.meta, "clean": {"preset": preset, "chars_raw": len(doc.text)}}})
+    reason = first_failure(cleaned, filters[preset])
+    if reason:
+        return None, reason, ""
+    return cleaned, None, ""
+
+
+STEPS = ("aozora_notation", "malformed_notation", "normalize", "quality_filters")
+
+
+def _work_dir(cfg: CleanConfig, fp: str) -> str:
+    return storage.join(cfg.out, "_work", fp[:16])
+
+
+def process_part(args: tuple) -> dict:
+    """Phase 1 for one raw part (runs in a worker process)."""
+    index, part_uri, cfg_json, work = args
+    cfg = CleanConfig.model_validate_json(cfg_json)
+    filters = {name: build_filters(q) for name, q in cfg.presets.items()}
+    res = PartResult(index=index, source_uri=part_uri)
+    keys, prios, exacts, sigs, metas = [], [], [], [], []
+    for stale in list_parts(work, prefix=f"kept{index:05d}"):  # an earlier attempt that did not finish
+        storage.delete(stale)
+    with ShardWriter(work, prefix=f"kept{index:05d}", max_docs=10**9) as writer:
+        for doc, problem, detail in iter_part_tolerant(part_uri):
+            if problem:
+                res.drop(problem, None, detail)
+                continue
+            res.docs_in += 1
+            res.chars_in += len(doc.text)
+            cleaned, reason, detail = clean_document(doc, cfg, filters)
+            if cleaned is None:
+                res.drop(reason, doc, detail)
+                continue
+            writer.write(cleaned)
+            res.docs_kept += 1
+            res.chars_kept += len(cleaned.text)
+            keys.append(cleaned.id)
+            prios.append(cleaned.fetched_at or "")
+            exacts.append(exact_key(cleaned.text) if cfg.dedup.exact else "")
+            if cfg.dedup.near:
+                sigs.append(signature(cleaned.text, cfg.dedup))
+            metas.append({"title": cleaned.title, "url": cleaned.url, "chars": len(cleaned.text)})
+    if res.docs_in == 0 and not res.drops:
+        res.drops["empty_shard"] += 1
+        logger.warning("drop empty_shard: %s holds no documents", part_uri)
+    buf = io.BytesIO()
+    np.savez(buf, sigs=np.array(sigs, dtype=np.uint64).reshape(len(sigs), -1))
+    storage.write_bytes(storage.join(work, f"dedup{index:05d}.npz"), buf.getvalue())
+    storage.write_text(storage.join(work, f"dedup{index:05d}.json"),
+                       json.dumps({"keys": keys, "prios": prios, "exacts": exacts, "metas": metas},
+                                  ensure_ascii=False))
+    # the completion record, last
+    storage.write_text(storage.join(work, f"done{index:05d}.json"), json.dumps(res.to_json(), ensure_ascii=False))
+    return res.to_json()
+
+
+# --------------------------------------------------------------------------- phase 2
+def load_records(work: str, index: int) -> list[DedupRecord]:
+    meta = json.loads(storage.read_text(storage.join(work, f"dedup{index:05d}.json")))
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(work, f"dedup{index:05d}.npz")))) as npz:
+        sigs = npz["sigs"]
+    out = []
+    for i, key in enumerate(meta["keys"]):
+        out.append(DedupRecord(key=key, priority=(meta["prios"][i], key), exact=meta["exacts"][i],
+                               sig=sigs[i] if len(sigs) else None, meta=meta["metas"][i]))
+    return out
+
+
+def find_duplicates(work: str, indices: list[int], cfg: DedupConfig) -> tuple[dict, list[dict], dict]:
+    records = [rec for i in indices for rec in load_records(work, i)]
+    records.sort(key=lambda r: (r.priority, r.key))
+    dedup = Deduplicator(cfg)
+    dropped = {}
+    for rec in records:
+        reason, kept = dedup.add(rec)
+        if reason:
+            dropped[rec.key] = (reason, kept)
+    return dropped, dedup.clusters(), dedup.stats()
+
+
+# --------------------------------------------------------------------------- phase 3
+def write_part(args: tuple) -> dict:
+    """Phase 3 for one work part: drop duplicates, split, write final parts."""
+    index, work, out, dropped_keys, split_json = args
+    split_cfg = SplitConfig.model_validate_json(split_json)
+    dropped = set(dropped_keys)
+    # One final part per input part, numbered like it: parallel writers never collide, and
+    # a split that gets no document from a part simply skips that number.
+    writers = {s: ShardWriter(storage.join(out, s), max_docs=10**9, start_index=index) for s in SPLITS}
+    counts = {s: {"documents": 0, "characters": 0} for s in SPLITS}
+    lengths = []
+    for uri in list_parts(work, prefix=f"kept{index:05d}"):
+        for doc, problem, detail in iter_part_tolerant(uri):
+            if problem:  # our own work file: broken only if the disk failed
+                raise RuntimeError(f"work file damaged: {detail}; delete {work} and rerun")
+            if doc.id in dropped:
+                continue
+            s = split_of(doc.id, doc.author, doc.url, split_cfg)
+            writers[s].write(doc)
+            counts[s]["documents"] += 1
+            counts[s]["characters"] += len(doc.text)
+            lengths.append(len(doc.text))
+    for w in writers.values():
+        w.close()
+    return {"splits": counts, "lengths": lengths}
+
+
+# --------------------------------------------------------------------------- the stage
+def _inputs(cfg: CleanConfig) -> tuple[list[str], list[dict]]:
+    parts, manifests = [], []
+    for uri in cfg.inputs:
+        manifest = storage.read_manifest(uri)
+        if manifest is None:
+            raise SystemExit(f"error: {uri} has no _MANIFEST.json: the crawl is partial or missing; "
+                             "finish (resume) it first, or drop it from --in")
+        manifests.append(manifest)
+        parts.extend(list_parts(uri))
+    return parts, manifests
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: a forked child would share the parent's GCS client and its threads
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_clean(cfg: CleanConfig) -> str:
+    """Run the clean stage; returns ``cfg.out``. Skipped when the output manifest matches."""
+    started = time.time()
+    parts, manifests = _inputs(cfg)
+    content = hashlib.sha256(json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests])
+                             .encode()).hexdigest()
+    fp = storage.fingerprint({**cfg.fingerprint_config(), "inputs_content": content}, manifests)
+    if storage.is_complete(cfg.out, fp):
+        print(f"clean: {cfg.out} is complete for these inputs and config; skipped", file=sys.stderr)
+        return cfg.out
+    for s in SPLITS:  # a partial earlier output is rebuilt
+        storage.delete(storage.join(cfg.out, s))
+    work = _work_dir(cfg, fp)
+    if not parts:
+        raise SystemExit(f"error: no raw parts in {', '.join(cfg.inputs)}: nothing to clean")
+
+    cfg_json = cfg.model_dump_json()
+    todo = [(i, uri, cfg_json, work) for i, uri in enumerate(parts)
+            if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
+    t1 = time.time()
+    if todo:
+        with _pool(min(cfg.workers, len(todo))) as pool:
+            for _ in pool.map(process_part, todo):
+                pass
+    results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
+    t2 = time.time()
+    dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup)
+    t3 = time.time()
+    by_part = [[k for k in r_keys if k in dropped] for r_keys in
+               (json.loads(storage.read_text(storage.join(work, f"dedup{i:05d}.json")))["keys"]
+                for i in range(len(parts)))]
+    jobs = [(i, work, cfg.out, by_part[i], cfg.split.model_dump_json()) for i in range(len(parts))]
+    with _pool(min(cfg.workers, len(jobs))) as pool:
+        split_counts = list(pool.map(write_part, jobs))
+    t4 = time.time()
+
+    from corpus.report import write_report
+
+    counts = summarize(results, dropped, split_counts)
+    lengths = sorted(n for c in split_counts for n in c["lengths"])
+    report = write_report(cfg.out, counts, results, clusters, dedup_stats, cfg, lengths)
+    files = [storage.file_info(u, root=cfg.out) for s in SPLITS for u in list_parts(storage.join(cfg.out, s))]
+    files += [storage.file_info(u, root=cfg.out) for u in report]
+    manifest = storage.build_manifest(
+        stage="clean", config={**cfg.fingerprint_config(), "inputs_content": content}, inputs=manifests,
+        counts=counts, files=files,
+        timings={"filter_s": round(t2 - t1, 3), "dedup_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3),
+                 "total_s": round(time.time() - started, 3)},
+        extra={"steps": list(STEPS), "dedup": dedup_stats})
+    storage.write_manifest(cfg.out, manifest)
+    storage.delete(work)
+    return cfg.out
+
+
+def summarize(results: list[dict], dropped: dict, split_counts: list[dict]) -> dict:
+    drops: Counter = Counter()
+    for r in results:
+        drops.update(r["drops"])
+    drops.update(reason for reason, _ in dropped.values())
+    splits = {s: {"documents": sum(c["splits"][s]["documents"] for c in split_counts),
+                  "characters": sum(c["splits"][s]["characters"] for c in split_counts)} for s in SPLITS}
+    return {
+        "parts_in": len(results),
+        "documents_in": sum(r["docs_in"] for r in results),
+        "characters_in": sum(r["chars_in"] for r in results),
+        "documents_out": sum(v["documents"] for v in splits.values()),
+        "characters_out": sum(v["characters"] for v in splits.values()),
+        "splits": splits,
+        "drops": dict(sorted(drops.items())),
+    }
