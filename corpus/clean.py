@@ -43,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from corpus import aozora
 from corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
@@ -76,6 +76,27 @@ class CleanConfig(BaseModel):
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
                          description="processes for the per-shard phases")
     part_docs: int = Field(2000, ge=1, description="documents per work part (memory bound of a worker)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_presets(cls, data):
+        """A config may name only the thresholds it changes: they go on top of the built-in preset."""
+        if isinstance(data, dict) and isinstance(data.get("presets"), dict):
+            merged = {k: v.model_copy() for k, v in PRESETS.items()}
+            for name, given in data["presets"].items():
+                if isinstance(given, dict) and name in PRESETS:
+                    merged[name] = QualityConfig.preset(name, **given)
+                else:
+                    merged[name] = given
+            data = {**data, "presets": merged}
+        return data
+
+    @model_validator(mode="after")
+    def _check_presets(self) -> "CleanConfig":
+        unknown = {src: p for src, p in self.source_presets.items() if p not in self.presets}
+        if unknown:
+            raise ValueError(f"source_presets names unknown presets {unknown}; known: {sorted(self.presets)}")
+        return self
 
     def fingerprint_config(self) -> dict:
         return self.model_dump(exclude={"workers", "inputs", "out"})
@@ -171,7 +192,7 @@ def process_part(args: tuple) -> dict:
         res.drops["empty_shard"] += 1
         logger.warning("drop empty_shard: %s holds no documents", part_uri)
     buf = io.BytesIO()
-    np.savez(buf, sigs=np.array(sigs, dtype=np.uint64).reshape(len(sigs), -1))
+    np.savez(buf, sigs=np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32))
     storage.write_bytes(storage.join(work, f"dedup{index:05d}.npz"), buf.getvalue())
     storage.write_text(storage.join(work, f"dedup{index:05d}.json"),
                        json.dumps({"keys": keys, "prios": prios, "exacts": exacts, "metas": metas},

@@ -47,8 +47,7 @@ def render_markdown(counts: dict, results: list[dict], clusters: list[dict], ded
         for reason, ex in r["examples"].items():
             examples.setdefault(reason, ex)
     lines = ["# Clean corpus report", "",
-             f"Inputs: {', '.join(f'`{u}`' for u in cfg.inputs)} ({counts['parts_in']} parts)  ",
-             f"Output: `{cfg.out}`", "",
+             f"Inputs: {', '.join(f'`{u}`' for u in cfg.inputs)} ({counts['parts_in']} parts)", "",
              "| | documents | characters |", "| --- | ---: | ---: |",
              f"| in | {counts['documents_in']:,} | {counts['characters_in']:,} |"]
     for split, c in counts["splits"].items():
@@ -60,7 +59,7 @@ def render_markdown(counts: dict, results: list[dict], clusters: list[dict], ded
         ex = examples.get(reason)
         if ex is None and reason in ("exact_duplicate", "near_duplicate"):
             ex = next(({"title": m["meta"].get("title", ""), "url": m["meta"].get("url", ""),
-                        "snippet": f"duplicate of {c['kept_meta'].get('title', '')} (J≈{m.get('jaccard', 1.0):.2f})"}
+                        "snippet": f"duplicate of {c['meta'].get('title', '')} (J≈{m.get('jaccard', 1.0):.2f})"}
                        for c in clusters for m in c["members"] if m["reason"] == reason), None)
         desc = ""
         if ex:
@@ -77,7 +76,7 @@ def render_markdown(counts: dict, results: list[dict], clusters: list[dict], ded
         for c in clusters[:TOP_CLUSTERS]:
             members = "; ".join(f"{m['meta'].get('title') or m['key'][:8]} ({m['reason'].split('_')[0]}, "
                                 f"{m.get('jaccard', 1.0):.2f})" for m in c["members"])
-            lines.append(f"| {c['kept_meta'].get('title') or c['kept'][:8]} | {members} |")
+            lines.append(f"| {c['meta'].get('title') or c['kept'][:8]} | {members} |")
     lines += ["", f"Dedup: {', '.join(f'{k} {v}' for k, v in dedup_stats.items())}", ""]
     return "\n".join(lines)
 

@@ -39,17 +39,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _crawl(**kwargs) -> None:
-    from pydantic import ValidationError
-
     from crawler.runner import CrawlConfig, run_crawl
 
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    try:
-        cfg = CrawlConfig(**kwargs)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        _fail(f"{where}: {err['msg']}")
+    cfg = _validated(CrawlConfig, {k: v for k, v in kwargs.items() if v is not None})
     out = run_crawl(cfg)
     _print_summary(out)
 
@@ -116,6 +108,58 @@ def crawl_files(
 
     out = run(str(directory), root=root, crawl_id=crawl_id)
     _print_summary(out)
+
+
+@app.command()
+def clean(
+    inputs: list[str] = typer.Option(..., "--in", help="A raw crawl directory ({root}/raw/{source}/{crawl_id}); "
+                                                      "repeat for several crawls and sources."),
+    out: str = typer.Option(..., "--out", help="The clean corpus directory, e.g. data/clean/aozora."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `clean:` section (presets, dedup, "
+                                                                 "split); see configs/clean.yaml."),
+    workers: Optional[int] = typer.Option(None, help="Processes for the per-shard phases (default: all cores)."),
+) -> None:
+    """Clean raw crawls: Aozora notation, NFKC, Japanese quality filters, dedup, train/validation split."""
+    from corpus.clean import CleanConfig, run_clean
+
+    section = _yaml_section(config, "clean") if config else {}
+    cfg = _validated(CleanConfig, {**section, "inputs": inputs, "out": out,
+                                   **({"workers": workers} if workers else {})})
+    run_clean(cfg)
+    from infra import storage
+
+    c = storage.read_manifest(out)["counts"]
+    print(f"{c['documents_in']:,} documents in → {c['documents_out']:,} out "
+          f"(train {c['splits']['train']['documents']:,}, validation {c['splits']['validation']['documents']:,}); "
+          f"{c['characters_out']:,} characters → {out}")
+    if c["drops"]:
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
+    print(f"report: {storage.join(out, 'report.md')}")
+
+
+def _yaml_section(path: Path, section: str) -> dict:
+    import yaml
+
+    if not path.is_file():
+        _fail(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        _fail(f"{path}: not valid YAML ({str(exc).splitlines()[0]})")
+    if not isinstance(data, dict):
+        _fail(f"{path}: expected a mapping at the top level")
+    return data.get(section, {}) or {}
+
+
+def _validated(model, data: dict):
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        _fail(f"{where}: {err['msg']}")
 
 
 @app.command()
