@@ -155,6 +155,10 @@ def clean_document(doc: Document, cfg: CleanConfig, filters: dict) -> tuple[Docu
 STEPS = ("aozora_notation", "malformed_notation", "normalize", "quality_filters")
 
 
+def record_key(index: int, position: int) -> str:
+    return f"{index:05d}:{position:07d}"
+
+
 def _work_dir(cfg: CleanConfig, fp: str) -> str:
     return storage.join(cfg.out, "_work", fp[:16])
 
@@ -182,12 +186,14 @@ def process_part(args: tuple) -> dict:
             writer.write(cleaned)
             res.docs_kept += 1
             res.chars_kept += len(cleaned.text)
-            keys.append(cleaned.id)
-            prios.append(cleaned.fetched_at or "")
+            # A record key is unique even when two crawls hold the same document id (the same URL
+            # fetched twice): part index and position among the part's kept documents.
+            keys.append(record_key(index, len(keys)))
+            prios.append([cleaned.fetched_at or "", cleaned.id])
             exacts.append(exact_key(cleaned.text) if cfg.dedup.exact else "")
             if cfg.dedup.near:
                 sigs.append(signature(cleaned.text, cfg.dedup))
-            metas.append({"title": cleaned.title, "url": cleaned.url, "chars": len(cleaned.text)})
+            metas.append({"title": cleaned.title, "url": cleaned.url, "id": cleaned.id, "chars": len(cleaned.text)})
     if res.docs_in == 0 and not res.drops:
         res.drops["empty_shard"] += 1
         logger.warning("drop empty_shard: %s holds no documents", part_uri)
@@ -209,17 +215,23 @@ def load_records(work: str, index: int) -> list[DedupRecord]:
         sigs = npz["sigs"]
     out = []
     for i, key in enumerate(meta["keys"]):
-        out.append(DedupRecord(key=key, priority=(meta["prios"][i], key), exact=meta["exacts"][i],
+        out.append(DedupRecord(key=key, priority=tuple(meta["prios"][i]), exact=meta["exacts"][i],
                                sig=sigs[i] if len(sigs) else None, meta=meta["metas"][i]))
     return out
 
 
 def find_duplicates(work: str, indices: list[int], cfg: DedupConfig) -> tuple[dict, list[dict], dict]:
     records = [rec for i in indices for rec in load_records(work, i)]
-    records.sort(key=lambda r: (r.priority, r.key))
+    records.sort(key=lambda r: (r.priority, r.key))  # oldest first: the copy a corpus already had is kept
     dedup = Deduplicator(cfg)
     dropped = {}
+    first_with_id: dict[str, str] = {}
     for rec in records:
+        doc_id = rec.meta["id"]
+        if doc_id in first_with_id:  # the same URL in two crawls: the older fetch stays
+            dropped[rec.key] = ("duplicate_id", first_with_id[doc_id])
+            continue
+        first_with_id[doc_id] = rec.key
         reason, kept = dedup.add(rec)
         if reason:
             dropped[rec.key] = (reason, kept)
@@ -237,11 +249,14 @@ def write_part(args: tuple) -> dict:
     writers = {s: ShardWriter(storage.join(out, s), max_docs=10**9, start_index=index) for s in SPLITS}
     counts = {s: {"documents": 0, "characters": 0} for s in SPLITS}
     lengths = []
+    position = 0
     for uri in list_parts(work, prefix=f"kept{index:05d}"):
         for doc, problem, detail in iter_part_tolerant(uri):
             if problem:  # our own work file: broken only if the disk failed
                 raise RuntimeError(f"work file damaged: {detail}; delete {work} and rerun")
-            if doc.id in dropped:
+            key = record_key(index, position)
+            position += 1
+            if key in dropped:
                 continue
             s = split_of(doc.id, doc.author, doc.url, split_cfg)
             writers[s].write(doc)
@@ -299,10 +314,10 @@ def run_clean(cfg: CleanConfig) -> str:
     t2 = time.time()
     dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup)
     t3 = time.time()
-    by_part = [[k for k in r_keys if k in dropped] for r_keys in
-               (json.loads(storage.read_text(storage.join(work, f"dedup{i:05d}.json")))["keys"]
-                for i in range(len(parts)))]
-    jobs = [(i, work, cfg.out, by_part[i], cfg.split.model_dump_json()) for i in range(len(parts))]
+    by_part: dict[int, list[str]] = {i: [] for i in range(len(parts))}
+    for key in dropped:
+        by_part[int(key.split(":")[0])].append(key)
+    jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in range(len(parts))]
     with _pool(min(cfg.workers, len(jobs))) as pool:
         split_counts = list(pool.map(write_part, jobs))
     t4 = time.time()

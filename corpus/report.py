@@ -24,7 +24,7 @@ def _histogram_png(lengths: list[int]) -> bytes:
     if lengths:
         data = np.log10(np.maximum(np.array(lengths), 1))
         ax.hist(data, bins=40, color="#4a7ab8")
-        ticks = [t for t in range(0, int(data.max()) + 2)]
+        ticks = list(range(int(data.min()), int(data.max()) + 2))
         ax.set_xticks(ticks, [f"{10 ** t:,}" for t in ticks])
     ax.set_xlabel("characters per document (log scale)")
     ax.set_ylabel("documents")
@@ -47,14 +47,18 @@ def render_markdown(counts: dict, results: list[dict], clusters: list[dict], ded
         for reason, ex in r["examples"].items():
             examples.setdefault(reason, ex)
     lines = ["# Clean corpus report", "",
-             f"Inputs: {', '.join(f'`{u}`' for u in cfg.inputs)} ({counts['parts_in']} parts)", "",
+             f"Inputs: {', '.join(f'`{u}`' for u in cfg.inputs)} ({counts['parts_in']} part{'s' if counts['parts_in'] != 1 else ''})", "",
              "| | documents | characters |", "| --- | ---: | ---: |",
              f"| in | {counts['documents_in']:,} | {counts['characters_in']:,} |"]
     for split, c in counts["splits"].items():
         lines.append(f"| out: {split} | {c['documents']:,} | {c['characters']:,} |")
     lines.append(f"| out: total | {counts['documents_out']:,} ({_pct(counts['documents_out'], counts['documents_in'])}) "
                  f"| {counts['characters_out']:,} ({_pct(counts['characters_out'], counts['characters_in'])}) |")
-    lines += ["", "## Drops by reason", "", "| reason | documents | example |", "| --- | ---: | --- |"]
+    lines += ["", "## Drops by reason", ""]
+    if counts["drops"]:
+        lines += ["| reason | documents | example |", "| --- | ---: | --- |"]
+    else:
+        lines.append("No document was dropped.")
     for reason, n in sorted(counts["drops"].items(), key=lambda kv: (-kv[1], kv[0])):
         ex = examples.get(reason)
         if ex is None and reason in ("exact_duplicate", "near_duplicate"):

@@ -139,7 +139,8 @@ def test_cross_crawl_and_cross_source_duplicates(tmp_path):
     new = raw_crawl(tmp_path, "2026-11", [[
         doc("羅生門", url="https://mirror.example/rashomon", fetched_at="2026-11-20T00:00:00Z"),
         doc("鼻", edited, url="https://mirror.example/hana", fetched_at="2026-11-20T00:00:00Z"),
-        doc("蜘蛛の糸", fetched_at="2026-11-20T00:00:00Z")]])
+        doc("蜘蛛の糸", fetched_at="2026-11-20T00:00:00Z"),
+        doc("鼻", fetched_at="2026-11-20T00:00:00Z")]])  # the same URL as in the old crawl: the same id
     mine = raw_crawl(tmp_path, "mine", [[doc("ごん狐", source="files", url="file:///home/u/gon.txt",
                                               fetched_at="2026-11-25T00:00:00Z")]], source="files")
     cfg = CleanConfig(inputs=[new, old, mine], out=str(tmp_path / "clean"), workers=2)
@@ -149,7 +150,8 @@ def test_cross_crawl_and_cross_source_duplicates(tmp_path):
     kept = {d.title: d for d in docs}
     assert kept["羅生門"].fetched_at.startswith("2026-11-01") and kept["鼻"].fetched_at.startswith("2026-11-01")
     drops = storage.read_manifest(cfg.out)["counts"]["drops"]
-    assert drops == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert drops == {"exact_duplicate": 1, "near_duplicate": 1, "duplicate_id": 1}
+    assert len({d.id for d in docs}) == len(docs)
     report = Path(cfg.out, "report.md").read_text(encoding="utf-8")
     assert "Largest duplicate clusters" in report and "鼻" in report
 
