@@ -172,7 +172,8 @@ def process_part(args: tuple) -> dict:
     keys, prios, exacts, sigs, metas = [], [], [], [], []
     for stale in list_parts(work, prefix=f"kept{index:05d}"):  # an earlier attempt that did not finish
         storage.delete(stale)
-    with ShardWriter(work, prefix=f"kept{index:05d}", max_docs=10**9) as writer:
+    # work files are read once more and deleted: fast compression (level 1) is the right trade
+    with ShardWriter(work, prefix=f"kept{index:05d}", max_docs=10**9, compresslevel=1) as writer:
         for doc, problem, detail in iter_part_tolerant(part_uri):
             if problem:
                 res.drop(problem, None, detail)

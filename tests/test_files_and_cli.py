@@ -121,3 +121,32 @@ def test_demo_crawls_the_bundled_mirror(tmp_path):
     assert "crawl: 36 documents" in got.stdout
     assert f"{tmp_path / 'demo'}/raw/aozora/demo" in got.stdout
     assert "Not built yet" in got.stderr
+
+
+def test_clean_command_with_config(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for name in ("127_ruby_150.zip", "42_ruby_154.zip", "92_ruby_164.zip"):
+        shutil.copy(MIRROR / "cards/000879/files" / name, texts / name)
+    shutil.copy(MIRROR / "cards/000879/files/92_ruby_164.zip", texts / "copy-of-92.zip")  # an exact duplicate
+    root = tmp_path / "root"
+    crawl = gpt2ja("crawl", "files", str(texts), "--root", str(root), "--crawl-id", "mine")
+    assert crawl.returncode == 0, crawl.stderr
+    raw = root / "raw" / "files" / "mine"
+    got = gpt2ja("clean", "--in", str(raw), "--out", str(root / "clean" / "mine"),
+                 "--config", str(Path(__file__).resolve().parent.parent / "configs" / "clean.yaml"))
+    assert got.returncode == 0, got.stderr
+    assert "4 documents in → 3 out" in got.stdout
+    assert "exact_duplicate 1" in got.stdout
+    assert (root / "clean" / "mine" / "report.md").exists()
+
+
+def test_clean_command_bad_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("clean:\n  source_presets:\n    aozora: poetry\n")
+    got = gpt2ja("clean", "--in", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg))
+    lines = got.stderr.strip().splitlines()
+    assert got.returncode == 2 and len(lines) == 1 and "unknown presets" in lines[0], got.stderr
+    missing = gpt2ja("clean", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode != 0 and "has no _MANIFEST.json" in missing.stderr
+    assert "Traceback" not in missing.stderr
