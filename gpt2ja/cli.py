@@ -27,6 +27,9 @@ app = typer.Typer(
 crawl_app = typer.Typer(help="Collect raw Japanese text into {root}/raw/{source}/{crawl_id}/.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(crawl_app, name="crawl")
+tokenizer_app = typer.Typer(help="Train and inspect tokenizers ({root}/tokenizers/{name}/).",
+                            no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(tokenizer_app, name="tokenizer")
 
 ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
 CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
@@ -160,6 +163,52 @@ def _validated(model, data: dict):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         _fail(f"{where}: {err['msg']}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory (its train split is used)."),
+    kind: str = typer.Option("sentencepiece", "--kind", help="bytes, sentencepiece or mecab+sentencepiece."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="1,000 to 64,000 (bytes: 257)."),
+    out: str = typer.Option(..., "--out", help="Where the tokenizer goes, e.g. data/tokenizers/sp16k."),
+    model_type: str = typer.Option("unigram", "--model-type", help="sentencepiece kinds: unigram or bpe."),
+) -> None:
+    """Train a tokenizer on a clean corpus; report characters per token on its validation split."""
+    from tokenization.tokenizer import TokenizerError
+    from tokenization.train import cli_train
+
+    if kind != "bytes" and vocab_size is None:
+        _fail("--vocab-size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
+    try:
+        cli_train(corpus, kind, vocab_size if vocab_size is not None else 257, out, model_type=model_type)
+    except TokenizerError as exc:
+        _fail(str(exc), 1)
+
+
+@tokenizer_app.command("encode")
+def tokenizer_encode(
+    tokenizer: str = typer.Argument(..., help="A tokenizer directory."),
+    text: str = typer.Argument(..., help="The text to encode."),
+) -> None:
+    """Show how a tokenizer splits a text: ids and pieces."""
+    from tokenization.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        tok = Tokenizer.load(tokenizer)
+    except TokenizerError as exc:
+        _fail(str(exc), 1)
+    ids = tok.encode(text)
+    print(" ".join(str(i) for i in ids))
+    # Byte-fallback tokens are parts of one character: show each character once, with its token count.
+    pieces, pending = [], []
+    for i in ids:
+        pending.append(i)
+        piece = tok.decode(pending)
+        if "\ufffd" not in piece or len(pending) == 4:
+            pieces.append(piece if len(pending) == 1 else f"{piece}({len(pending)} bytes)")
+            pending = []
+    print(" | ".join(p.replace("\n", "\\n") or "∅" for p in pieces))
+    print(f"{len(text)} characters, {len(ids)} tokens, {len(text) / max(1, len(ids)):.2f} characters per token")
 
 
 @app.command()

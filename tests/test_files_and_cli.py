@@ -140,6 +140,18 @@ def test_clean_command_with_config(tmp_path):
     assert "exact_duplicate 1" in got.stdout
     assert (root / "clean" / "mine" / "report.md").exists()
 
+    # and a tokenizer on it
+    tok = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "sentencepiece",
+                 "--vocab-size", "100", "--out", str(root / "tok"))
+    assert tok.returncode == 1 and len(tok.stderr.strip().splitlines()) == 1
+    assert "too small" in tok.stderr and "Traceback" not in tok.stderr
+    tok = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "bytes",
+                 "--out", str(root / "tok"))
+    assert tok.returncode == 0, tok.stderr
+    shown = gpt2ja("tokenizer", "encode", str(root / "tok"), "羅生門")
+    assert shown.returncode == 0
+    assert "羅(3 bytes) | 生(3 bytes) | 門(3 bytes)" in shown.stdout and "9 tokens" in shown.stdout
+
 
 def test_clean_command_bad_config(tmp_path):
     cfg = tmp_path / "bad.yaml"

@@ -1,7 +1,7 @@
 """Tokenizers: the three kinds trained on a small real corpus (the bundled Aozora mirror).
 
 The corpus is built once per session from examples/aozora-mirror (48 works,
-~120k characters, NFKC as the clean stage leaves it); every tokenizer is trained
+~120k characters, NFKC-normalised); every tokenizer is trained
 once (about a second each) and shared by the tests.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import unicodedata
@@ -216,6 +217,14 @@ def test_save_load_local_and_gcs(trained, loaded, clean_corpus, gcs_emulator, tm
         assert again.stats == tok.stats and again.corpus == tok.corpus
 
 
+@pytest.mark.parametrize("name", list(SPECS))
+def test_tokenizers_pickle_for_worker_processes(loaded, name):
+    tok = loaded[name]
+    again = pickle.loads(pickle.dumps(tok))
+    assert [again.encode(t) for t in HARD_STRINGS] == [tok.encode(t) for t in HARD_STRINGS]
+    assert again.kind == tok.kind and again.stats == tok.stats
+
+
 def test_copy_on_gcs_has_the_same_fingerprint_so_training_skips(trained, clean_corpus, gcs_emulator):
     uri = f"gs://{gcs_emulator.bucket}/tok-test/skip"
     Tokenizer.load(trained["sentencepiece-bpe"]).save(uri)
@@ -227,9 +236,14 @@ def test_copy_on_gcs_has_the_same_fingerprint_so_training_skips(trained, clean_c
 
 def test_training_is_deterministic_and_reruns_skip(clean_corpus, tmp_path):
     # sample_sentences below the corpus's ~1,460 lines: the seeded reservoir sample is exercised.
+    # The second run is another process: sentencepiece's own sampling differs across processes.
     kwargs = dict(model_type="unigram", sample_sentences=900, seed=7)
     a = train_tokenizer(clean_corpus, "sentencepiece", 2600, str(tmp_path / "a"), **kwargs)
-    b = train_tokenizer(clean_corpus, "sentencepiece", 2600, str(tmp_path / "b"), **kwargs)
+    b = str(tmp_path / "b")
+    code = ("from tokenization.train import train_tokenizer\n"
+            f"train_tokenizer({clean_corpus!r}, 'sentencepiece', 2600, {b!r}, **{kwargs!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
     for name in ("spm.vocab", "spm.model"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert storage.read_manifest(a)["counts"]["sampled_sentences"] == 900

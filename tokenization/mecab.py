@@ -7,6 +7,12 @@ boundary ("食べ|て|い|まし|た" never yields a piece "ました"). The mod
 then encodes and decodes: MeCab is needed in training only, and is imported
 only when a :class:`Segmenter` is made.
 
+A consequence for vocabulary size: candidate pieces are substrings of single
+words, so fewer exist, and a unigram model may not reach a large vocabulary
+(on aozora-bulk's 330k training lines, 25,005 pieces at most; on a
+100k-line sample, 16,105). Training then stops with a one-line error giving
+the largest size possible; BPE reaches 32k there.
+
 Example::
 
     >>> seg = Segmenter()

@@ -188,7 +188,8 @@ class Tokenizer(abc.ABC):
         tok = cls.from_files(meta, read)
         if tok.vocab_size != meta.get("vocab_size"):
             raise TokenizerError(f"tokenizer {uri}: vocab size {tok.vocab_size} of the model differs from "
-                                 f"{meta.get('vocab_size')} in {TOKENIZER_JSON}; the artifact is damaged, train it again")
+                                 f"{meta.get('vocab_size')} in {TOKENIZER_JSON}; "
+                                 "the artifact is damaged, train it again")
         tok.config = meta.get("config") or tok.config
         tok.corpus = meta.get("corpus")
         tok.stats = meta.get("stats") or {}

@@ -149,7 +149,8 @@ def tokenizer_config(kind: str, vocab_size: int | None, *, model_type: str, samp
         raise TokenizerError(f"{where}: unknown model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}")
     if not isinstance(vocab_size, int) or vocab_size <= N_META_PIECES:
         raise TokenizerError(f"{where}: vocab size {vocab_size} is too small for byte fallback, which needs "
-                             f"{N_META_PIECES} fixed pieces plus the corpus's characters; pass --vocab-size 1000 or more")
+                             f"{N_META_PIECES} fixed pieces plus the corpus's characters; "
+                             "pass --vocab-size 1000 or more")
     if not 0.98 <= character_coverage <= 1.0:  # sentencepiece's own bounds
         raise TokenizerError(f"{where}: character_coverage {character_coverage} is outside 0.98–1.0; "
                              "use e.g. 0.9995 for Japanese")
@@ -189,40 +190,7 @@ def _train(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, **s
             raise _empty(corpus_uri, "has no text in its train split")
         tok = cls(**provenance)
     else:
-        with tempfile.TemporaryDirectory(prefix="gpt2ja-tok-train-") as tmp:
-            sample_path = os.path.join(tmp, "sentences.txt")
-            t0 = time.monotonic()
-            sample, counts = _sample(read_documents(train_dir), config)
-            if not sample:
-                raise _empty(corpus_uri, f"has no text in its train split ({counts['train_documents']} documents)")
-            timings["sample_s"] = time.monotonic() - t0
-            chars = Counter()
-            t0 = time.monotonic()
-            segmenter, delimiter = None, ""
-            if kind == "mecab+sentencepiece":
-                from tokenization.mecab import DELIMITER, Segmenter
-
-                segmenter, delimiter = Segmenter(), DELIMITER
-            with open(sample_path, "w", encoding="utf-8") as f:
-                for sentence in sample:
-                    chars.update(sentence)
-                    f.write((segmenter.segment(sentence) if segmenter else sentence) + "\n")
-            del sample
-            if segmenter:
-                timings["mecab_s"] = time.monotonic() - t0
-                counts["mecab_unsplit_sentences"] = segmenter.unsplit
-            _check_vocab(config, chars, corpus_uri, where)
-            counts["distinct_characters"] = len(chars)
-            from tokenization.spm import train_model
-
-            t0 = time.monotonic()
-            model = train_model(
-                sample_path, where=f"{where} (corpus {corpus_uri})", vocab_size=config["vocab_size"], model_type=config["model_type"],
-                character_coverage=config["character_coverage"], num_threads=config["num_threads"],
-                max_sentence_length=8 * config["max_sentence_chars"],
-                pretokenization_delimiter=delimiter,
-            )
-            timings["sentencepiece_s"] = time.monotonic() - t0
+        model, counts, timings = _train_sentencepiece(train_dir, config, corpus_uri, where)
         tok = cls(model, **provenance)
     timings["training_s"] = sum(timings.values())
     t0 = time.monotonic()
@@ -245,6 +213,48 @@ def _train(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, **s
     log.info("%s: %s tokenizer, vocab %d, %.3f chars/token on validation", out_uri, kind, tok.vocab_size,
              validation["chars_per_token"] or 0.0)
     return out_uri, False
+
+
+def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: str) -> tuple[bytes, dict, dict]:
+    """Sample, (segment,) check the vocab size, train: the model bytes, counts and timings."""
+    from tokenization.spm import train_model
+
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gpt2ja-tok-train-") as tmp:
+        t0 = time.monotonic()
+        sample, counts = _sample(read_documents(train_dir), config)
+        if not sample:
+            raise _empty(corpus_uri, f"has no text in its train split ({counts['train_documents']} documents)")
+        timings["sample_s"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        segmenter, delimiter = None, ""
+        if config["kind"] == "mecab+sentencepiece":
+            from tokenization.mecab import DELIMITER, Segmenter
+
+            segmenter, delimiter = Segmenter(), DELIMITER
+        chars: Counter = Counter()  # for the vocab-size check, as sentencepiece counts them
+        sample_path = os.path.join(tmp, "sentences.txt")
+        with open(sample_path, "w", encoding="utf-8") as f:
+            for sentence in sample:
+                chars.update(sentence)
+                f.write((segmenter.segment(sentence) if segmenter else sentence) + "\n")
+        del sample
+        if segmenter:
+            timings["mecab_s"] = time.monotonic() - t0
+            counts["mecab_unsplit_sentences"] = segmenter.unsplit
+        counts["distinct_characters"] = len(chars)
+        _check_vocab(config, chars, corpus_uri, where)
+
+        t0 = time.monotonic()
+        model = train_model(
+            sample_path, where=f"{where} (corpus {corpus_uri})",
+            vocab_size=config["vocab_size"], model_type=config["model_type"],
+            character_coverage=config["character_coverage"], num_threads=config["num_threads"],
+            max_sentence_length=8 * config["max_sentence_chars"], pretokenization_delimiter=delimiter,
+        )
+        timings["sentencepiece_s"] = time.monotonic() - t0
+    return model, counts, timings
 
 
 def _corpus_manifest(corpus_uri: str) -> dict:

@@ -1,0 +1,206 @@
+"""Bits per character and per UTF-8 byte on raw text: the numbers that compare models across vocabularies.
+
+Token perplexity depends on the tokenizer (a bytes model predicts three easy
+tokens per kanji, a 32k sentencepiece model one hard one), so models are
+compared on the text itself: the total negative log-likelihood of a text, in
+bits, divided by its characters (or bytes). A text is scored as one document
+the way training saw documents: ``EOS text`` (the EOS is context, not scored),
+every token of the text is predicted once.
+
+Sliding window. Texts longer than the context ``C`` are scored in windows that
+start every ``stride`` tokens; each window scores only the targets that no
+earlier window scored, so the first window's targets see ``1…C`` tokens of
+context and every later target sees at least ``C - stride`` (with the default
+``stride = C // 2``, at least half a context). Padding ids' logits are masked
+(-inf): probabilities are over the tokenizer's real ids.
+
+Example::
+
+    result = bits_per_character(lm, tok, ["吾輩は猫である。", "名前はまだ無い。"])
+    result["bits_per_character"], result["bits_per_byte"], result["token_perplexity"]
+    s = score(lm, tok, "吾輩は猫である。")
+    s.tokens[:3]   # [("吾", -5.1), ("輩", -7.9), ...]  (piece, natural-log probability)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from infra import storage
+from model.presets import ModelError
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Window:
+    text: int              # index of the text
+    start: int             # position in the text's sequence [EOS, ids...] of the first input
+    inputs: list[int]      # ≤ C ids
+    targets: list[int]     # same length; -1 where this window does not score the target
+
+
+def windows(seq: Sequence[int], context: int, stride: int, text: int = 0) -> list[Window]:
+    """The scoring windows of one sequence ``[EOS, ids…]``: each target (positions 1…N-1) scored exactly once."""
+    if not 0 < stride <= context:
+        raise ModelError(f"stride {stride} must be between 1 and the context {context}")
+    out: list[Window] = []
+    n = len(seq)
+    scored_upto, start = 0, 0  # targets seq[1..scored_upto] are done
+    while scored_upto < n - 1:
+        end = min(start + context, n - 1)  # the window predicts seq[start+1 .. end]
+        targets = [seq[j] if j > scored_upto else -1 for j in range(start + 1, end + 1)]
+        out.append(Window(text, start, list(seq[start:end]), targets))
+        scored_upto = end
+        start += stride
+    return out
+
+
+class _Scorer:
+    """Batches windows through one compiled forward pass of fixed shape (batch, C)."""
+
+    def __init__(self, lm, vocab_size: int, context: int, batch_size: int) -> None:
+        import tensorflow as tf
+
+        from model import gpt2
+
+        self.context, self.batch_size = context, batch_size
+
+        @tf.function(input_signature=[tf.TensorSpec([batch_size, context], tf.int32)] * 2)
+        def logprobs(inputs, targets):
+            scores = gpt2.mask_padding(gpt2.logits(lm, inputs), vocab_size)       # (B, C, V)
+            logp = tf.nn.log_softmax(scores, axis=-1)
+            picked = tf.gather(logp, tf.maximum(targets, 0), batch_dims=2)        # (B, C)
+            return tf.where(targets >= 0, picked, 0.0)
+
+        self.fn = logprobs
+
+    def run(self, wins: list[Window]) -> list[np.ndarray]:
+        """Per window, the log-probabilities (nats) of its targets (0 where not scored)."""
+        out = []
+        for i in range(0, len(wins), self.batch_size):
+            chunk = wins[i:i + self.batch_size]
+            inputs = np.zeros((self.batch_size, self.context), np.int32)
+            targets = np.full((self.batch_size, self.context), -1, np.int32)
+            for row, w in enumerate(chunk):
+                inputs[row, :len(w.inputs)] = w.inputs
+                targets[row, :len(w.targets)] = w.targets
+            lp = self.fn(inputs, targets).numpy().astype(np.float64)
+            out.extend(lp[row, :len(w.targets)] for row, w in enumerate(chunk))
+        return out
+
+
+def _context_and_stride(lm, context: int | None, stride: int | None) -> tuple[int, int]:
+    limit = lm.backbone.max_sequence_length
+    context = context or limit
+    if not 2 <= context <= limit:
+        raise ModelError(f"context {context} must be between 2 and the model's {limit} positions")
+    return context, stride or max(1, context // 2)
+
+
+def token_logprobs(lm, tokenizer, texts: Sequence[str], *, context: int | None = None, stride: int | None = None,
+                   batch_size: int = 8) -> list[tuple[list[int], np.ndarray]]:
+    """For each text, its token ids and each token's log-probability (nats) under sliding-window scoring."""
+    context, stride = _context_and_stride(lm, context, stride)
+    seqs = [[tokenizer.eos_id] + tokenizer.encode(t) for t in texts]
+    wins = [w for i, seq in enumerate(seqs) for w in windows(seq, context, stride, i)]
+    scorer = _Scorer(lm, tokenizer.vocab_size, context, batch_size)
+    per_text: list[list[float]] = [[] for _ in seqs]
+    for w, lp in zip(wins, scorer.run(wins)):
+        per_text[w.text].extend(float(v) for v, t in zip(lp, w.targets) if t >= 0)
+    return [(seq[1:], np.asarray(lp, np.float64)) for seq, lp in zip(seqs, per_text)]
+
+
+def bits_per_character(lm, tokenizer, texts: Sequence[str], *, context: int | None = None,
+                       stride: int | None = None, batch_size: int = 8) -> dict:
+    """Bits per character and per UTF-8 byte of ``texts`` (summed over all), token perplexity, and the counts.
+
+    ``bits = total NLL (nats) / ln 2``; ``bits_per_character = bits / characters``
+    (Python ``len``: code points of the text, not tokens); ``bits_per_byte =
+    bits / len(text.encode("utf-8"))``; ``token_perplexity = exp(NLL / tokens)``.
+    """
+    context, stride = _context_and_stride(lm, context, stride)
+    scored = token_logprobs(lm, tokenizer, texts, context=context, stride=stride, batch_size=batch_size)
+    nats = -sum(float(lp.sum()) for _, lp in scored)
+    tokens = sum(len(ids) for ids, _ in scored)
+    chars = sum(len(t) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    bits = nats / LN2
+    return {
+        "texts": len(texts), "characters": chars, "bytes": nbytes, "tokens": tokens,
+        "nll_nats": nats, "bits": bits,
+        "bits_per_character": bits / chars if chars else None,
+        "bits_per_byte": bits / nbytes if nbytes else None,
+        "bits_per_token": bits / tokens if tokens else None,
+        "token_perplexity": math.exp(nats / tokens) if tokens else None,
+        "tokens_per_character": tokens / chars if chars else None,
+        "context": context, "stride": stride, "min_context": context - stride,
+    }
+
+
+@dataclass
+class Score:
+    """Per-token log-probabilities of one text (natural log) and their total."""
+
+    tokens: list[tuple[str, float]]   # (piece as decoded text, log-probability)
+    ids: list[int]
+    total: float                       # sum of log-probabilities (nats)
+
+    @property
+    def bits(self) -> float:
+        return -self.total / LN2
+
+
+def score(lm, tokenizer, text: str, *, context: int | None = None, stride: int | None = None) -> Score:
+    """Every token of ``text`` with its log-probability given the text before it (and an EOS before that).
+
+    A piece is ``tokenizer.decode([id])``: a byte that is part of a multi-byte
+    character shows as U+FFFD.
+    """
+    [(ids, lp)] = token_logprobs(lm, tokenizer, [text], context=context, stride=stride, batch_size=1)
+    pieces = [(tokenizer.decode([i]), float(v)) for i, v in zip(ids, lp)]
+    return Score(tokens=pieces, ids=list(ids), total=float(lp.sum()))
+
+
+# ----------------------------------------------------------------- runs and files
+
+
+def read_texts(uris: Iterable[str]) -> list[str]:
+    """Texts from URIs: a ``.txt`` file is one text; a clean-corpus directory (or split) gives its documents' texts."""
+    from corpus.jsonl import ShardError, list_parts, read_documents
+
+    texts: list[str] = []
+    for uri in uris:
+        try:
+            if uri.endswith((".jsonl", ".jsonl.gz")) or list_parts(uri):
+                texts.extend(doc.text for doc in read_documents(uri))
+            else:
+                texts.append(storage.read_text(uri))
+        except (storage.StorageError, ShardError, UnicodeDecodeError) as err:
+            raise ModelError(f"evaluation text {uri}: {err}; give UTF-8 .txt files or a clean corpus split "
+                             "directory") from None
+    if not any(texts):
+        raise ModelError(f"evaluation texts {', '.join(uris)} hold no text")
+    return texts
+
+
+def evaluate_run(run_uri: str, text_uris: Sequence[str], *, context: int | None = None, stride: int | None = None,
+                 batch_size: int = 8, write: bool = True) -> dict:
+    """Score ``text_uris`` with the run's newest checkpoint; writes ``{run}/eval.json`` and returns its content."""
+    from model import runs
+
+    run = runs.load_run(run_uri)
+    texts = read_texts(text_uris)
+    result = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
+                                batch_size=batch_size)
+    result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
+              "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **result}
+    if write:
+        storage.write_text(storage.join(run_uri, runs.EVAL_JSON),
+                           json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    return result

@@ -1,0 +1,283 @@
+"""Sampling: temperature → top-k → top-p (Hugging Face's order and semantics), greedy, a fixed-size KV cache.
+
+Filters, applied to each step's logits in this order exactly like
+``transformers``' ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and
+``TopPLogitsWarper``:
+
+1. padding ids (≥ the tokenizer's vocab size) → -inf: never sampled;
+2. temperature: ``logits / T``;
+3. top-k (``k = 0``: off): keep the logits ≥ the k-th largest (ties at the
+   boundary are all kept; ``k > V`` keeps everything);
+4. top-p (``p = 1``: off): over the top-k-filtered distribution, renormalised,
+   sort ascending (ties by token id), drop the tokens whose cumulative
+   probability is ≤ ``1 - p``; the most likely token is always kept;
+5. sample from the softmax of what is left (``greedy``: argmax of step 1).
+
+Decoding. Every sequence starts with EOS (a document start, as in training)
+followed by its prompt. Prompts of different lengths share one buffer of the
+model's ``C`` positions: all rows step together from the shortest prompt's
+end, and a row whose prompt is longer keeps its own tokens until it ends
+(KerasHub's scheme). With the cache (default), a prefill pass stores every
+layer's keys and values in a fixed ``(B, layers, 2, C, heads, head_dim)``
+tensor (KerasHub's ``GPT2CausalLM.call_with_cache``) and each new token costs
+one single-position step; without it, each token is a full forward pass over
+the window (the reference the cache is tested against). Steps run in chunks
+inside one ``tf.function`` (XLA with ``jit_compile``); between chunks Python
+checks the stops: EOS, a number of new tokens, or a length in characters of
+the decoded text. When the window is full, the oldest ``C - keep`` tokens are
+dropped (default ``keep = C // 2``) and the cache is rebuilt from the rest, so
+generation continues past the context.
+
+Example::
+
+    samples = generate(lm, tok, "吾輩は", num=3, max_chars=100, top_k=40, top_p=0.95, seed=1)
+    samples[0].text, samples[0].stopped        # '猫である。…', 'max_chars'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.presets import ModelError
+
+
+def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool = False) -> None:
+    """One clear line for sampling settings outside their range."""
+    if not greedy and not temperature > 0:
+        raise ModelError(f"temperature {temperature} must be > 0 (use greedy for argmax decoding)")
+    if top_k < 0:
+        raise ModelError(f"top_k {top_k} must be ≥ 0 (0 turns top-k off)")
+    if not 0 < top_p <= 1:
+        raise ModelError(f"top_p {top_p} must be in (0, 1] (1 turns top-p off)")
+
+
+def filter_logits(scores, temperature, top_k, top_p):
+    """Temperature, then top-k, then top-p on ``(B, V)`` float logits; removed tokens get -inf.
+
+    ``temperature`` > 0, ``top_k`` ≥ 0 (0 = off), ``top_p`` in (0, 1] (1 = off),
+    scalars or tensors (XLA-friendly: k and p may change without retracing).
+    """
+    import tensorflow as tf
+
+    neg_inf = tf.constant(float("-inf"), tf.float32)
+    scores = tf.cast(scores, tf.float32) / tf.cast(temperature, tf.float32)
+    vocab = tf.shape(scores)[-1]
+
+    # top-k: the k-th largest value is the threshold
+    k = tf.minimum(tf.cast(top_k, tf.int32), vocab)
+    descending = tf.sort(scores, axis=-1, direction="DESCENDING")
+    kth = tf.gather(descending, tf.maximum(k - 1, 0), axis=-1)[:, None]     # (B, 1)
+    kth = tf.where(k > 0, kth, neg_inf)
+    scores = tf.where(scores < kth, neg_inf, scores)
+
+    # top-p over the top-k survivors (softmax renormalises them)
+    order = tf.argsort(scores, axis=-1, direction="ASCENDING", stable=True)  # ties: lower id first
+    ascending = tf.gather(scores, order, batch_dims=1)
+    cumulative = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)
+    drop_sorted = (cumulative <= 1.0 - tf.cast(top_p, tf.float32)) & (tf.range(vocab) < vocab - 1)[None, :]
+    drop = tf.gather(drop_sorted, tf.argsort(order, axis=-1, stable=True), batch_dims=1)  # back to id order
+    drop = drop & (tf.cast(top_p, tf.float32) < 1.0)
+    return tf.where(drop, neg_inf, scores)
+
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str              # the generated continuation (prompt not included; cut at max_chars)
+    ids: list[int]         # the token ids generated (EOS not included; may run past max_chars)
+    stopped: str           # "eos", "max_chars" or "max_tokens"
+
+
+class Generator:
+    """Compiled decoding for one model; reuse it to avoid retracing between calls.
+
+    ``jit_compile=None`` compiles with XLA when a GPU or TPU is visible.
+    """
+
+    def __init__(self, lm, *, vocab_size: int, eos_id: int, jit_compile: bool | None = None) -> None:
+        import tensorflow as tf
+
+        self.lm, self.vocab_size, self.eos_id = lm, vocab_size, eos_id
+        self.context = lm.backbone.max_sequence_length
+        if jit_compile is None:
+            jit_compile = bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+        self.jit_compile = jit_compile
+        self._prefill = tf.function(self._prefill_fn, jit_compile=jit_compile)
+        self._decoders: dict[tuple[bool, bool], Callable] = {}
+
+    # ------------------------------------------------------------ compiled pieces
+
+    def _prefill_fn(self, buffer):
+        """Keys and values of every position of ``buffer`` (B, C): the cache for the steps after it."""
+        import tensorflow as tf
+
+        b = self.lm.backbone
+        shape = [tf.shape(buffer)[0], b.num_layers, 2, self.context, b.num_heads, b.hidden_dim // b.num_heads]
+        cache = tf.zeros(shape, self.lm.compute_dtype)
+        _, _, cache = self.lm.call_with_cache(buffer, cache, 0)
+        return cache
+
+    def _decoder(self, use_cache: bool, greedy: bool):
+        key = (use_cache, greedy)
+        if key not in self._decoders:
+            import tensorflow as tf
+
+            self._decoders[key] = tf.function(self._make_decode(use_cache, greedy), jit_compile=self.jit_compile)
+        return self._decoders[key]
+
+    def _make_decode(self, use_cache: bool, greedy: bool):
+        import tensorflow as tf
+
+        from model import gpt2
+
+        lm, context, eos, vocab = self.lm, self.context, self.eos_id, self.vocab_size
+
+        def decode(buffer, fixed, cache, index, n, done, t, seed, temperature, top_k, top_p):
+            """Up to ``n`` steps writing positions index, index+1, …; stops early when every row is done."""
+
+            def cond(i, buffer, cache, index, done, t):
+                return (i < n) & tf.logical_not(tf.reduce_all(done))
+
+            def body(i, buffer, cache, index, done, t):
+                pos = index - 1  # the last filled position predicts the next one
+                if use_cache:
+                    last = tf.gather(buffer, tf.reshape(pos, [1]), axis=1)           # (B, 1)
+                    out, _, cache = lm.call_with_cache(last, cache, pos)
+                    scores = out[:, 0, :]                                            # (B, V_padded)
+                else:
+                    scores = tf.gather(gpt2.logits(lm, buffer), pos, axis=1)          # full pass (B, C, V) → (B, V)
+                scores = gpt2.mask_padding(tf.cast(scores, tf.float32), vocab)
+                if greedy:
+                    picked = tf.argmax(scores, axis=-1, output_type=tf.int32)
+                else:
+                    warped = filter_logits(scores, temperature, top_k, top_p)
+                    picked = tf.random.stateless_categorical(warped, 1, seed=tf.stack([seed, t]),
+                                                             dtype=tf.int32)[:, 0]
+                column = tf.equal(tf.range(context), index)[None, :]                 # (1, C)
+                forced = tf.reduce_any(fixed & column, axis=1)                       # (B,) still in the prompt
+                current = tf.reduce_sum(tf.where(column, buffer, 0), axis=1)
+                picked = tf.where(forced, current, picked)
+                picked = tf.where(done, eos, picked)
+                buffer = tf.where(column, picked[:, None], buffer)
+                done = done | (~forced & tf.equal(picked, eos))
+                return i + 1, buffer, cache, index + 1, done, t + 1
+
+            _, buffer, cache, index, done, t = tf.while_loop(
+                cond, body, (tf.constant(0), buffer, cache, index, done, t))
+            return buffer, cache, index, done, t
+
+        return decode
+
+    # ------------------------------------------------------------ the loop
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 1.0,
+                     top_k: int = 0, top_p: float = 1.0, greedy: bool = False, seed: int = 0,
+                     use_cache: bool = True, keep: int | None = None, chunk: int = 32,
+                     stop: Callable[[int, list[int]], bool] | None = None) -> list[tuple[list[int], str]]:
+        """New ids for each prompt (a non-empty id list, usually starting with EOS) and why each stopped.
+
+        ``stop(row, ids)`` is asked after each chunk; True ends that row ("max_chars").
+        """
+        import tensorflow as tf
+
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        c = self.context
+        keep = keep if keep is not None else c // 2
+        if not 1 <= keep < c:
+            raise ModelError(f"keep {keep} must be between 1 and the context {c} - 1")
+        if any(len(p) == 0 for p in prompts):
+            raise ModelError("every prompt needs at least one id (start it with the EOS id)")
+        rows = [list(p)[-(c - 1):] for p in prompts]  # leave room for one new token
+        batch = len(rows)
+        buffer = np.zeros((batch, c), np.int32)
+        fixed = np.zeros((batch, c), bool)
+        for b, ids in enumerate(rows):
+            buffer[b, :len(ids)] = ids
+            fixed[b, :len(ids)] = True
+        index = min(len(r) for r in rows)
+        out: list[list[int]] = [[] for _ in rows]
+        reason: list[str | None] = [None] * batch
+        cache = tf.zeros([1])  # replaced by the prefill when the cache is used
+        stale, t = True, 0
+        decode = self._decoder(use_cache, greedy)
+        params = (tf.constant(seed % (2**31), tf.int32), tf.constant(float(temperature), tf.float32),
+                  tf.constant(int(min(top_k, 2**31 - 1)), tf.int32), tf.constant(float(top_p), tf.float32))
+        while any(r is None for r in reason):
+            if index == c:  # the window is full: keep its last `keep` tokens
+                buffer = np.concatenate([buffer[:, c - keep:], np.zeros((batch, c - keep), np.int32)], axis=1)
+                fixed = np.concatenate([fixed[:, c - keep:], np.zeros((batch, c - keep), bool)], axis=1)
+                index, stale = keep, True
+            if use_cache and stale:
+                cache, stale = self._prefill(tf.constant(buffer)), False
+            n = min(chunk, c - index)
+            done = np.array([r is not None for r in reason])
+            new_buffer, cache, new_index, _, new_t = decode(
+                tf.constant(buffer), tf.constant(fixed), cache, tf.constant(index, tf.int32),
+                tf.constant(n, tf.int32), tf.constant(done), tf.constant(t, tf.int32), *params)
+            buffer, new_index, t = new_buffer.numpy(), int(new_index), int(new_t)
+            for b in range(batch):
+                for p in range(index, new_index):
+                    if reason[b] is not None:
+                        break
+                    if fixed[b, p]:
+                        continue
+                    token = int(buffer[b, p])
+                    if token == self.eos_id:
+                        reason[b] = "eos"
+                        break
+                    out[b].append(token)
+                    if len(out[b]) >= max_new_tokens:
+                        reason[b] = "max_tokens"
+                if reason[b] is None and stop is not None and stop(b, out[b]):
+                    reason[b] = "max_chars"
+            index = new_index
+        return [(ids, r) for ids, r in zip(out, reason)]
+
+
+def generate(lm, tokenizer, prompts: str | Sequence[str], *, num: int = 1, max_chars: int | None = None,
+             max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             greedy: bool = False, seed: int = 0, use_cache: bool = True, keep: int | None = None,
+             generator: Generator | None = None) -> list[Sample]:
+    """``num`` continuations of each prompt (rows ordered prompt by prompt), stopped at EOS or a length.
+
+    ``max_chars`` cuts the decoded continuation at that many characters;
+    ``max_new_tokens`` bounds the tokens (default ``4 × max_chars + 16``: room
+    for byte-level tokenizers). One of them is required.
+    """
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if num < 1 or not prompts:
+        raise ModelError(f"num {num} must be ≥ 1 and at least one prompt is needed (it may be empty: \"\")")
+    if max_chars is None and max_new_tokens is None:
+        raise ModelError("give max_chars or max_new_tokens: generation needs a length limit")
+    if (max_chars is not None and max_chars < 1) or (max_new_tokens is not None and max_new_tokens < 1):
+        raise ModelError(f"max_chars {max_chars} and max_new_tokens {max_new_tokens} must be ≥ 1")
+    limit = max_new_tokens if max_new_tokens is not None else 4 * max_chars + 16
+    gen = generator or Generator(lm, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
+    rows = [p for p in prompts for _ in range(num)]
+    encoded = [[tokenizer.eos_id] + tokenizer.encode(p) for p in rows]
+
+    def stop(row: int, ids: list[int]) -> bool:
+        # strictly more than max_chars: the first max_chars characters are then complete
+        return max_chars is not None and len(tokenizer.decode(ids)) > max_chars
+
+    results = gen.generate_ids(encoded, max_new_tokens=limit, temperature=temperature, top_k=top_k, top_p=top_p,
+                               greedy=greedy, seed=seed, use_cache=use_cache, keep=keep, stop=stop)
+    samples = []
+    for prompt, (ids, why) in zip(rows, results):
+        text = tokenizer.decode(ids)
+        if max_chars is not None and len(text) > max_chars:
+            text, why = text[:max_chars], "max_chars"
+        samples.append(Sample(prompt=prompt, text=text, ids=ids, stopped=why))
+    return samples
+
+
+def generate_run(run_uri: str, prompts: str | Sequence[str], **kwargs) -> list[Sample]:
+    """:func:`generate` with the newest checkpoint and tokenizer of ``run_uri``."""
+    from model import runs
+
+    run = runs.load_run(run_uri)
+    return generate(run.model, run.tokenizer, prompts, **kwargs)

@@ -1,0 +1,161 @@
+"""The run directory: what training writes and what evaluation, generation and export read.
+
+::
+
+    {root}/runs/{run}/
+        hparams.json          {"model": ModelConfig, "train": TrainConfig, "data": {...}, ...}
+        tokenizer/            a copy of the tokenizer artifact (with its manifest)
+        checkpoints/          tf.train.Checkpoint files ckpt-{step}.*, the last K kept
+        metrics.jsonl         one JSON object per logged step (and per validation)
+        tensorboard/          tf.summary event files
+        eval.json             written by ``gpt2ja eval``
+        _MANIFEST.json        written when training finishes
+
+A run is self-describing: :func:`load_run` rebuilds the model from
+``hparams.json`` (no preset names needed), restores the newest checkpoint and
+loads the copied tokenizer. A ``gs://`` run is read through a local cache
+directory (only hparams, tokenizer and the newest checkpoint are fetched).
+
+Example::
+
+    run = load_run("data/runs/demo")
+    run.model, run.config, run.tokenizer, run.step
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from infra import storage
+from model.presets import ModelConfig, ModelError
+
+HPARAMS = "hparams.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = "ckpt"
+METRICS = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_JSON = "eval.json"
+FORMAT = "gpt2ja-run/1"
+
+
+def local_dir(run_uri: str) -> str:
+    """Where the run lives on this machine: the path itself, or a cache directory for a ``gs://`` run."""
+    if not storage.is_gcs(run_uri):
+        return storage.local_path(run_uri) or run_uri
+    digest = hashlib.sha256(run_uri.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "gpt2ja-runs", digest)
+
+
+def read_hparams(run_uri: str) -> dict:
+    """The run's ``hparams.json``; a ModelError naming the run when it is missing or unreadable."""
+    uri = storage.join(run_uri, HPARAMS)
+    try:
+        data = json.loads(storage.read_text(uri))
+    except storage.StorageError:
+        raise ModelError(f"run {run_uri}: no readable {HPARAMS}; is this a run directory written by "
+                         "`gpt2ja train`? Check the URI") from None
+    except json.JSONDecodeError as err:
+        raise ModelError(f"run {run_uri}: {HPARAMS} is not valid JSON ({err}); the run is damaged") from None
+    if "model" not in data:
+        raise ModelError(f"run {run_uri}: {HPARAMS} has no \"model\" section; the run is damaged")
+    return data
+
+
+def model_config(hparams: dict, *, run_uri: str = "run") -> ModelConfig:
+    try:
+        return ModelConfig(**hparams["model"])
+    except (TypeError, ValueError) as err:
+        first = str(err).splitlines()[0]
+        raise ModelError(f"{run_uri}: the model in {HPARAMS} is not valid ({first}); the run is damaged") from None
+
+
+def latest_checkpoint(local_run: str) -> str | None:
+    """The prefix of the newest checkpoint under ``{local_run}/checkpoints`` (``…/ckpt-1200``), or None."""
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(os.path.join(local_run, CHECKPOINT_DIR))
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The step number of a checkpoint prefix ``…/ckpt-1200`` → 1200."""
+    return int(prefix.rsplit("-", 1)[-1])
+
+
+def restore_weights(lm, prefix: str, *, what: str) -> None:
+    """Load the model weights of checkpoint ``prefix`` into ``lm`` (optimizer and data state ignored).
+
+    A damaged or mismatching checkpoint is one ModelError line naming it.
+    """
+    import tensorflow as tf
+
+    try:
+        status = tf.train.Checkpoint(backbone=lm.backbone).restore(prefix)
+        status.expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ModelError(f"{what}: checkpoint {prefix} cannot be loaded into this model ({first}); it is damaged "
+                         "or from a model of another shape: delete it to fall back to the previous one") from None
+
+
+@dataclass
+class LoadedRun:
+    uri: str
+    model: Any            # keras_hub GPT2CausalLM
+    config: ModelConfig
+    tokenizer: Any        # tokenization.tokenizer.Tokenizer
+    hparams: dict
+    checkpoint: str
+    step: int
+
+
+def fetch(run_uri: str) -> str:
+    """Make the newest checkpoint of ``run_uri`` (and its tokenizer) available locally; the local dir."""
+    local = local_dir(run_uri)
+    if not storage.is_gcs(run_uri):
+        return local
+    os.makedirs(local, exist_ok=True)
+    storage.download_dir(storage.join(run_uri, TOKENIZER_DIR), os.path.join(local, TOKENIZER_DIR))
+    ckpt_uri = storage.join(run_uri, CHECKPOINT_DIR)
+    index = storage.read_text(storage.join(ckpt_uri, "checkpoint"))
+    newest = index.split('"')[1].rsplit("/", 1)[-1]  # model_checkpoint_path: "ckpt-1200"
+    os.makedirs(os.path.join(local, CHECKPOINT_DIR), exist_ok=True)
+    for uri in storage.list_files(ckpt_uri, recursive=False):
+        name = uri.rsplit("/", 1)[-1]
+        if name == "checkpoint" or name.startswith(newest + "."):
+            with open(os.path.join(local, CHECKPOINT_DIR, name), "wb") as f:
+                f.write(storage.read_bytes(uri))
+    return local
+
+
+def load_run(run_uri: str, *, dtype: str | None = None) -> LoadedRun:
+    """The trained model of ``run_uri`` (newest checkpoint), its config and tokenizer."""
+    from model import gpt2
+    from tokenization.tokenizer import Tokenizer, TokenizerError
+
+    hparams = read_hparams(run_uri)
+    cfg = model_config(hparams, run_uri=f"run {run_uri}")
+    try:
+        local = fetch(run_uri)
+    except storage.StorageError as err:
+        raise ModelError(f"run {run_uri}: {err}") from None
+    prefix = latest_checkpoint(local)
+    if prefix is None:
+        raise ModelError(f"run {run_uri}: no checkpoint under {CHECKPOINT_DIR}/; train it first "
+                         f"(`gpt2ja train --run {run_uri} ...`) or wait for its first checkpoint")
+    try:
+        tok = Tokenizer.load(storage.join(run_uri, TOKENIZER_DIR))
+    except (TokenizerError, storage.StorageError) as err:
+        raise ModelError(f"run {run_uri}: its tokenizer copy cannot be loaded ({err})") from None
+    if tok.vocab_size != cfg.vocab_size:
+        raise ModelError(f"run {run_uri}: tokenizer has {tok.vocab_size} ids but the model {cfg.vocab_size}; "
+                         "the run is damaged")
+    lm = gpt2.build_model(cfg, dtype=dtype)
+    restore_weights(lm, prefix, what=f"run {run_uri}")
+    return LoadedRun(uri=run_uri, model=lm, config=cfg, tokenizer=tok, hparams=hparams, checkpoint=prefix,
+                     step=checkpoint_step(prefix))

@@ -1,0 +1,196 @@
+"""Training on CPU: the tiny preset on real shards (bytes tokenizer, one short Japanese sentence pair repeated).
+
+The shards come from the real stages (clean-corpus artifact → ``write_shards``),
+36 examples of 33 byte ids; runs are 8–120 steps of 256–512 tokens. The
+exact-resume test kills a training process with SIGKILL mid-run and compares
+the resumed run's final weights with an unbroken run's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corpus.document import Document
+from corpus.jsonl import ShardWriter
+from infra import storage
+from tokenization.bytes_tokenizer import ByteTokenizer
+from tokenization.shards import ShardsConfig, write_shards
+
+tf = pytest.importorskip("tensorflow")
+
+from model import runs  # noqa: E402
+from model.train import TrainConfig, TrainError, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT = "吾輩は猫である。名前はまだ無い。"
+SEQ_LEN = 32
+
+
+def make_shards(root: Path) -> str:
+    """A clean corpus of one repeated text (train 40 docs, validation 6) → bytes-tokenizer shards of seq_len 32."""
+    corpus = str(root / "clean")
+    for split, n in (("train", 40), ("validation", 6)):
+        with ShardWriter(storage.join(corpus, split)) as out:
+            for i in range(n):
+                out.write(Document.new(source="test", url=f"{split}/{i}", text=TEXT * 2))
+    files = [storage.file_info(u, root=corpus) for u in storage.list_files(corpus)]
+    storage.write_manifest(corpus, storage.build_manifest(stage="clean", config={"test": "model"}, counts={},
+                                                          files=files, timings={}))
+    tok = ByteTokenizer().save(str(root / "tokenizer"))
+    return write_shards(corpus, tok, str(root / "shards"),
+                        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 2, "validation": 1}, workers=1))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return make_shards(tmp_path_factory.mktemp("model-data"))
+
+
+def config(shards: str, run: Path, **kw) -> TrainConfig:
+    base = dict(data=shards, run=str(run), preset="tiny", batch_tokens=8 * SEQ_LEN, micro_batch=8, steps=8,
+                learning_rate=3e-3, warmup_steps=2, checkpoint_every=4, eval_every=4, eval_batches=2, log_every=1,
+                deterministic=True, seed=7)
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / runs.METRICS).read_text().splitlines()]
+
+
+def weights(run: Path, step: int) -> dict[str, np.ndarray]:
+    prefix = str(run / runs.CHECKPOINT_DIR / f"ckpt-{step}")
+    return {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)
+            if name.startswith(("backbone/", "optimizer/"))}
+
+
+def test_config_errors_are_one_line(shards, tmp_path):
+    with pytest.raises(ValueError, match="warmup_steps 8 must be fewer than steps 8"):
+        config(shards, tmp_path, warmup_steps=8)
+    with pytest.raises(ValueError, match="choose a model"):
+        config(shards, tmp_path, preset=None)
+    cfg = config(shards, tmp_path / "r", batch_tokens=300)
+    with pytest.raises(TrainError, match=r"not a multiple of micro_batch × seq_len = 8 × 32 = 256; use batch_tokens 256"):
+        train(cfg, progress=None)
+    assert config(shards, tmp_path, batch_tokens=4 * 256).accumulation_steps(SEQ_LEN) == 4
+    with pytest.raises(TrainError, match="unknown model preset 'huge'"):
+        train(config(shards, tmp_path / "r2", preset="huge"), progress=None)
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_repeated_text(shards, tmp_path):
+    run = tmp_path / "overfit"
+    lines: list[str] = []
+    cfg = config(shards, run, steps=100, warmup_steps=10, learning_rate=3e-3, log_every=10, eval_every=50,
+                 checkpoint_every=50, steps_per_execution=10, deterministic=False)
+    assert train(cfg, progress=lines.append) == str(run)
+    rows = metrics(run)
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert first > 3.0 and last < 0.5, (first, last)  # ln(320) ≈ 5.8 at init; the text is learned
+    assert rows[-1]["val_loss"] < 0.5  # validation holds the same text
+    assert [r["step"] for r in rows if "loss" in r] == list(range(10, 101, 10))
+    assert any(line.startswith("step 100/100") and "tok/s" in line and "ETA" in line for line in lines)
+    # a self-describing run directory, manifest last
+    hp = json.loads((run / runs.HPARAMS).read_text())
+    assert hp["model"]["preset"] == "tiny" and hp["model"]["vocab_size"] == 257 and hp["padded_vocab_size"] == 320
+    assert hp["model"]["context_length"] == SEQ_LEN and hp["train"]["steps"] == 100
+    assert (run / runs.TOKENIZER_DIR / "tokenizer.json").exists()
+    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).glob("*.index")) == ["ckpt-100.index", "ckpt-50.index"]
+    assert list((run / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    manifest = storage.read_manifest(str(run))
+    assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 100 * 256
+    # the same config again: complete, nothing to do
+    again: list[str] = []
+    train(cfg, progress=again.append)
+    assert again and "nothing to do" in again[0]
+
+    # --init-from: a fresh run that starts from these weights (fresh optimizer)
+    tuned = tmp_path / "tuned"
+    train(config(shards, tuned, preset=None, init_from=str(run), steps=2, warmup_steps=1, learning_rate=1e-5,
+                 eval_every=2, checkpoint_every=2), progress=None)
+    rows = metrics(tuned)
+    assert rows[0]["loss"] < 0.5  # starts trained (a random model is at ≈ 5.8)
+    assert json.loads((tuned / runs.HPARAMS).read_text())["train"]["init_from"] == str(run)
+    assert int(tf.train.load_variable(str(tuned / runs.CHECKPOINT_DIR / "ckpt-2"), "optimizer/_iterations/"
+                                      ".ATTRIBUTES/VARIABLE_VALUE")) == 2  # the optimizer started at 0
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    from model.train import TrainConfig, train
+    cfg = TrainConfig(**json.loads(sys.argv[1]))
+    kill_at = int(sys.argv[2])
+
+    def on_log(step, record):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+
+    train(cfg, progress=None, on_log=on_log)
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
+    # dropout on (its random state must resume too), 2 micro-batches per step, AdamW + warmup + cosine
+    kw = dict(steps=12, checkpoint_every=4, eval_batches=0, dropout=0.1, batch_tokens=2 * 4 * SEQ_LEN, micro_batch=4)
+    straight = tmp_path / "straight"
+    train(config(shards, straight, **kw), progress=None)
+
+    killed = tmp_path / "killed"
+    cfg = config(shards, killed, **kw)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, cfg.model_dump_json(), "7"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert runs.latest_checkpoint(str(killed)).endswith("ckpt-4")  # steps 5–7 were lost
+    assert [r["step"] for r in metrics(killed)][-1] == 7
+    assert storage.read_manifest(str(killed)) is None  # unfinished
+
+    lines: list[str] = []
+    train(cfg, progress=lines.append)
+    assert "resuming run" in lines[0] and "from step 4" in lines[0]
+    a, b = weights(straight, 12), weights(killed, 12)
+    assert a.keys() == b.keys() and len(a) > 30
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # metrics.jsonl of the resumed run: the lost steps 5–7 were dropped and redone, values identical
+    assert [(r["step"], r["loss"]) for r in metrics(killed)] == [(r["step"], r["loss"]) for r in metrics(straight)]
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from model.train import TrainConfig, train
+    train(TrainConfig(**json.loads(sys.argv[1])), progress=None)
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_two_cpu_replicas_match_one_device(shards, tmp_path):
+    """MirroredStrategy over 2 logical CPUs (each replica half of every micro-batch) = the default strategy."""
+    kw = dict(steps=6, checkpoint_every=6, eval_batches=0, batch_tokens=2 * 8 * SEQ_LEN, micro_batch=8)
+    one = tmp_path / "one"
+    train(config(shards, one, **kw), progress=None)
+    two = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cfg = config(shards, two, strategy="mirrored", **kw)
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, cfg.model_dump_json()], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r1, r2 in zip(metrics(one), metrics(two), strict=True):
+        assert r1["step"] == r2["step"]
+        assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)
+    a, b = weights(one, 6), weights(two, 6)
+    for name in a:
+        if name.startswith("backbone/"):
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=5e-5, err_msg=name)
