@@ -212,6 +212,28 @@ def tokenizer_encode(
 
 
 @app.command()
+def shards(
+    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="A tokenizer directory."),
+    seq_len: int = typer.Option(..., "--seq-len", help="Context length: examples hold seq_len + 1 ids."),
+    out: str = typer.Option(..., "--out", help="Where the TFRecords go, e.g. data/datasets/ja/sp16k-1024."),
+    workers: Optional[int] = typer.Option(None, help="Encoding processes (default: all cores)."),
+) -> None:
+    """Encode a clean corpus and pack it into GZIP TFRecord shards (train and validation)."""
+    from pydantic import ValidationError
+
+    from tokenization.shards import ShardsError, cli_shards
+
+    try:
+        cli_shards(corpus, tokenizer, seq_len, out, workers=workers)
+    except ShardsError as exc:
+        _fail(str(exc), 1)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+
+
+@app.command()
 def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
     """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""
     from crawler.extract import ExtractError
