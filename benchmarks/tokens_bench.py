@@ -11,7 +11,7 @@ Usage (the clean corpus comes from ``gpt2ja crawl files`` + ``gpt2ja clean``
 over ``../shared/aozora-bulk``; see README)::
 
     .venv/bin/python benchmarks/tokens_bench.py --corpus data/bulk/clean/aozora-bulk \\
-        [--kinds bytes,sp-unigram-16k,mecab-unigram-16k] [--sample 100000] [--seq-len 1024]
+        [--kinds bytes,sp-unigram-16k,mecab-unigram-8k] [--sample 100000] [--seq-len 1024]
 """
 
 from __future__ import annotations
@@ -36,19 +36,20 @@ KINDS = {  # name: (kind, vocab, model_type)
     "sp-unigram-16k": ("sentencepiece", 16000, "unigram"),
     "sp-unigram-32k": ("sentencepiece", 32000, "unigram"),
     "sp-bpe-32k": ("sentencepiece", 32000, "bpe"),
+    "mecab-unigram-8k": ("mecab+sentencepiece", 8000, "unigram"),
     "mecab-unigram-16k": ("mecab+sentencepiece", 16000, "unigram"),
 }
 
-_TOK = None
+_TOKENIZERS: dict = {}  # per process, by URI
 
 
 def _encode_chunk(args):
     uri, texts = args
-    global _TOK
-    if _TOK is None:
+    if uri not in _TOKENIZERS:
         from tokenization.tokenizer import Tokenizer
-        _TOK = Tokenizer.load(uri)
-    return sum(len(_TOK.encode(t)) for t in texts)
+        _TOKENIZERS[uri] = Tokenizer.load(uri)
+    tok = _TOKENIZERS[uri]
+    return sum(len(tok.encode(t)) for t in texts)
 
 
 def encode_rate(uri: str, texts: list[str], processes: int) -> float:
@@ -69,6 +70,7 @@ def encode_rate(uri: str, texts: list[str], processes: int) -> float:
 def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> dict[str, str]:
     from corpus.jsonl import read_documents
     from infra import storage
+    from tokenization.tokenizer import TokenizerError
     from tokenization.train import train_tokenizer
 
     texts = [d.text for d in read_documents(storage.join(corpus, "validation"))]
@@ -78,7 +80,11 @@ def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> d
         kind, vocab, model_type = KINDS[name]
         out = os.path.join(root, name)
         t0 = time.perf_counter()
-        train_tokenizer(corpus, kind, vocab, out, model_type=model_type, sample_sentences=sample)
+        try:
+            train_tokenizer(corpus, kind, vocab, out, model_type=model_type, sample_sentences=sample)
+        except TokenizerError as exc:
+            print(f"tokenizer {name}: not trained: {exc}")
+            continue
         train_s = time.perf_counter() - t0
         from tokenization.tokenizer import Tokenizer
 
@@ -127,7 +133,7 @@ def bench_read(shards: str, seq_len: int, batch: int = 8, seconds: float = 10.0)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=str(REPO / "data" / "bulk" / "clean" / "aozora-bulk"))
-    ap.add_argument("--kinds", default="bytes,sp-unigram-16k,mecab-unigram-16k")
+    ap.add_argument("--kinds", default="bytes,sp-unigram-16k,mecab-unigram-8k")
     ap.add_argument("--sample", type=int, default=100_000, help="sentences sampled for tokenizer training")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--shards-with", default="sp-unigram-16k", help="which trained tokenizer builds the shards")

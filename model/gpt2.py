@@ -29,7 +29,6 @@ from model.presets import ModelConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -67,7 +66,7 @@ def logits(lm, token_ids, *, training: bool = False):
 
 
 def mask_padding(scores, vocab_size: int):
-    """Set the logits of padding ids (``≥ vocab_size``) to -inf: never sampled, never scored. Any shape ``(..., V_padded)``."""
+    """Logits ``(..., V_padded)`` with those of padding ids (``≥ vocab_size``) at -inf: never sampled or scored."""
     ids = tf.range(tf.shape(scores)[-1])
     return tf.where(ids < vocab_size, scores, tf.constant(float("-inf"), scores.dtype))
 

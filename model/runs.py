@@ -97,7 +97,7 @@ def restore_weights(lm, prefix: str, *, what: str) -> None:
     try:
         status = tf.train.Checkpoint(backbone=lm.backbone).restore(prefix)
         status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as err:
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
         first = " ".join(str(err).split())[:200]
         raise ModelError(f"{what}: checkpoint {prefix} cannot be loaded into this model ({first}); it is damaged "
                          "or from a model of another shape: delete it to fall back to the previous one") from None
@@ -159,3 +159,36 @@ def load_run(run_uri: str, *, dtype: str | None = None) -> LoadedRun:
     restore_weights(lm, prefix, what=f"run {run_uri}")
     return LoadedRun(uri=run_uri, model=lm, config=cfg, tokenizer=tok, hparams=hparams, checkpoint=prefix,
                      step=checkpoint_step(prefix))
+
+
+# ----------------------------------------------------------------- writing (training's side)
+
+
+def truncate_metrics(local_run: str, step: int) -> None:
+    """Drop metrics.jsonl lines logged after ``step`` (a resumed run redoes that work and logs it again)."""
+    path = os.path.join(local_run, METRICS)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def download(run_uri: str, local_run: str) -> None:
+    """Replace ``local_run`` with the ``gs://`` run's files, when the run exists there (to resume it)."""
+    import shutil
+
+    if storage.exists(storage.join(run_uri, HPARAMS)):
+        shutil.rmtree(local_run, ignore_errors=True)
+        storage.download_dir(run_uri, local_run)
+
+
+def sync_up(local_run: str, run_uri: str) -> None:
+    """Upload the local run directory; delete the remote model checkpoints the local manager has dropped."""
+    storage.upload_dir(local_run, run_uri)
+    keep = {os.path.relpath(p, local_run).replace(os.sep, "/") for p in storage.list_files(local_run)}
+    for uri in storage.list_files(storage.join(run_uri, CHECKPOINT_DIR), recursive=False):
+        rel = uri[len(run_uri.rstrip("/")) + 1:]
+        if rel.startswith(f"{CHECKPOINT_DIR}/{CHECKPOINT_NAME}-") and rel not in keep:
+            storage.delete(uri)

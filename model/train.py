@@ -5,14 +5,8 @@ split into ``accumulation_steps`` micro-batches of ``micro_batch`` sequences
 (summed over replicas); each replica sums the gradient of the summed NLL of its
 micro-batches, the replicas' sums are all-reduced once, divided by the number of
 scored targets in the whole batch (an exact masked mean however the batch is
-split), clipped by their global norm and applied by AdamW. The schedule is
-linear warmup to ``learning_rate`` then cosine decay to
-``learning_rate × min_lr_ratio`` at ``steps``.
-
-Weight decay is applied to the matmul kernels only (attention Q/K/V/output,
-MLP in/out): not to LayerNorm scales and shifts, biases, or the token and
-position embeddings. Decaying the tied embedding would also shrink the output
-logits' scale; minGPT and the GPT-3 paper's practice exclude them.
+split), clipped by their global norm and applied by AdamW (weight decay on
+matmul kernels only; warmup then cosine decay: see :mod:`model.optim`).
 
 Exact resume: a checkpoint holds the model, AdamW's moments and step counter
 (hence the learning-rate schedule), our step counter, every dropout layer's
@@ -56,7 +50,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infra import storage
 from model import runs
-from model.presets import (ModelConfig, ModelError, host_memory_bytes, param_count, training_memory_bytes)
+from model.distribute import StrategyError, make_strategy, worker_info
+from model.optim import lr_schedule, make_optimizer
+from model.presets import ModelConfig, ModelError, host_memory_bytes, param_count, training_memory_bytes
 
 log = logging.getLogger("gpt2ja.train")
 
@@ -139,87 +135,6 @@ class TrainConfig(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 
-# ----------------------------------------------------------------- pieces
-
-
-def make_strategy(cfg: TrainConfig):
-    """The ``tf.distribute`` strategy named by ``cfg.strategy``."""
-    import tensorflow as tf
-
-    if cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if cfg.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if cfg.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError) as err:
-        raise TrainError(f"strategy tpu: no TPU reachable as {cfg.tpu or 'this VM'!r} ({err}); run on a TPU VM "
-                         "or set tpu to the TPU's name") from None
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def _worker(strategy) -> tuple[int, int, bool]:
-    """(this host's index, number of hosts, is this the chief that writes the run directory)."""
-    import tensorflow as tf
-
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return 0, 1, True
-    resolver = strategy.cluster_resolver
-    spec = resolver.cluster_spec().as_dict() if resolver else {}
-    if not spec:
-        return 0, 1, True
-    chiefs = len(spec.get("chief", []))
-    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
-    return index, chiefs + len(spec.get("worker", [])), index == 0
-
-
-def lr_schedule(cfg: TrainConfig):
-    """Linear warmup over ``warmup_steps`` (first step at peak/warmup), cosine to the floor at ``steps``."""
-    import keras
-    import tensorflow as tf
-
-    peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-    warmup, total = cfg.warmup_steps, cfg.steps
-
-    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-        def __call__(self, step):
-            s = tf.cast(step, tf.float32)
-            warm = peak * (s + 1.0) / max(warmup, 1)
-            progress = tf.clip_by_value((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
-            cosine = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-            return tf.where(s < warmup, warm, cosine)
-
-        def get_config(self):
-            return {"peak": peak, "floor": floor, "warmup": warmup, "total": total}
-
-    return WarmupCosine()
-
-
-def make_optimizer(cfg: TrainConfig, lm):
-    """AdamW (decay on matmul kernels only), wrapped for loss scaling under fp16; built for ``lm``'s weights."""
-    import keras
-
-    class AdamW(keras.optimizers.AdamW):
-        # Our step all-reduces and clips the *global* gradient itself (Keras would
-        # clip each replica's share before summing, which is not global-norm
-        # clipping, then sum again): gradients reaching apply() are final.
-        def _all_reduce_sum_gradients(self, grads_and_vars):
-            return list(grads_and_vars)
-
-    opt = AdamW(learning_rate=lr_schedule(cfg), weight_decay=cfg.weight_decay, beta_1=cfg.beta1,
-                beta_2=cfg.beta2, epsilon=cfg.epsilon)
-    variables = lm.trainable_variables
-    opt.exclude_from_weight_decay(var_list=[v for v in variables if not v.path.endswith("kernel")])
-    if cfg.mixed_precision == "fp16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    opt.build(variables)
-    return opt
-
-
 # ----------------------------------------------------------------- the loop
 
 
@@ -251,10 +166,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     accum = cfg.accumulation_steps(seq_len)
 
     model_cfg, init_prefix = _model_config(cfg, tok.vocab_size, seq_len)
-    tok_manifest = storage.read_manifest(tok_uri) or {}
-    inputs = [manifest, tok_manifest] + ([runs.read_hparams(cfg.init_from)] if cfg.init_from else [])
-    fp = storage.fingerprint({"train": cfg.fingerprint_config(), "model": model_cfg.model_dump()},
-                             [m for m in inputs[:2]])
+    input_manifests = [manifest, storage.read_manifest(tok_uri) or {}]
+    fp = storage.fingerprint({"train": cfg.fingerprint_config(), "model": model_cfg.model_dump()}, input_manifests)
     if storage.is_complete(cfg.run, fp):
         say(f"run {cfg.run} is complete ({cfg.steps} steps, fingerprint {fp[:12]}): nothing to do")
         return cfg.run
@@ -267,9 +180,12 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     schedule = lr_schedule(cfg)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(cfg)
+    try:
+        strategy = make_strategy(cfg.strategy, cfg.tpu)
+    except StrategyError as err:
+        raise TrainError(str(err)) from None
     replicas = strategy.num_replicas_in_sync
-    worker, workers, chief = _worker(strategy)
+    worker, workers, chief = worker_info(strategy)
     local_replicas = replicas // workers
     if cfg.micro_batch % replicas:
         raise TrainError(f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} replicas of strategy "
@@ -279,7 +195,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
 
     local = runs.local_dir(cfg.run) if chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{worker}-")
     if chief and storage.is_gcs(cfg.run):
-        _download_run(cfg.run, local)
+        runs.download(cfg.run, local)
     os.makedirs(local, exist_ok=True)
     _check_same_model(local, model_cfg, cfg.run)
 
@@ -303,8 +219,9 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=runs.CHECKPOINT_NAME)
     data_manager = None
-    if workers > 1:  # each host's iterator reads its own files: one data checkpoint per host
-        data_dir = os.path.join(runs.local_dir(cfg.run), runs.CHECKPOINT_DIR, f"data-worker{worker}")
+    if workers > 1:  # each host's iterator reads its own files: one data checkpoint per host, written
+        # straight to the run URI (TensorFlow writes gs:// itself) so that any machine can resume it
+        data_dir = storage.join(cfg.run, runs.CHECKPOINT_DIR, f"data-worker{worker}")
         data_manager = tf.train.CheckpointManager(tf.train.Checkpoint(data=iterator), data_dir,
                                                   max_to_keep=cfg.keep_checkpoints, checkpoint_name="data")
     resumed = _restore(manager, data_manager, cfg.run)
@@ -318,7 +235,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         say(f"resuming run {cfg.run} from step {resumed}")
         if chief:
             _write_run_files(local, cfg, model_cfg, manifest, tok, lm, keep_tokenizer=True)
-            _truncate_metrics(local, resumed)
+            runs.truncate_metrics(local, resumed)
     if chief:  # training (again): the run is partial until the end
         for directory in {local, cfg.run}:
             if storage.read_manifest(directory) is not None:
@@ -455,14 +372,14 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         if current % cfg.checkpoint_every == 0 or current == cfg.steps:
             _save(manager, data_manager, current)
             if chief and storage.is_gcs(cfg.run):
-                _sync_up(local, cfg.run)
+                runs.sync_up(local, cfg.run)
 
     # ---- finish: manifest last
     if chief:
         writer.close()
-        _write_manifest(local, cfg, fp, inputs[:2], lm, time.monotonic() - session_start)
+        _write_manifest(local, cfg, fp, input_manifests, lm, time.monotonic() - session_start)
         if storage.is_gcs(cfg.run):
-            _sync_up(local, cfg.run)
+            runs.sync_up(local, cfg.run)
         say(f"run {cfg.run}: {cfg.steps:,} steps done, newest checkpoint {manager.latest_checkpoint}")
     else:
         shutil.rmtree(local, ignore_errors=True)
@@ -539,7 +456,7 @@ def _restore(manager, data_manager, run_uri: str) -> int | None:
             step = runs.checkpoint_step(prefix)
             data_prefix = f"{data_manager.directory}/data-{step}"
             data_manager.checkpoint.restore(data_prefix).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as err:
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
         first = " ".join(str(err).split())[:200]
         raise TrainError(f"run {run_uri}: checkpoint {prefix} cannot be restored ({first}); it is damaged: delete "
                          f"its files to resume from the previous checkpoint") from None
@@ -574,17 +491,6 @@ def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manif
         tok.save(tok_dir)
 
 
-def _truncate_metrics(local: str, step: int) -> None:
-    """Drop metrics.jsonl lines logged after the checkpoint we resume from (that work is redone)."""
-    path = os.path.join(local, runs.METRICS)
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-
-
 def _write_manifest(local: str, cfg: TrainConfig, fp: str, inputs: list[dict], lm, seconds: float) -> None:
     files = [storage.file_info(p, root=local) for p in storage.list_files(local)]
     counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
@@ -593,23 +499,6 @@ def _write_manifest(local: str, cfg: TrainConfig, fp: str, inputs: list[dict], l
                                       timings={"last_session_s": round(seconds, 3)})
     manifest["fingerprint"] = fp  # the fingerprint train() checks (includes the model shape)
     storage.write_manifest(local, manifest)
-
-
-def _download_run(run_uri: str, local: str) -> None:
-    if storage.exists(storage.join(run_uri, runs.HPARAMS)):
-        shutil.rmtree(local, ignore_errors=True)
-        storage.download_dir(run_uri, local)
-
-
-def _sync_up(local: str, run_uri: str) -> None:
-    """Upload the local run directory; delete remote checkpoint files that the manager has dropped."""
-    storage.upload_dir(local, run_uri)
-    remote = storage.join(run_uri, runs.CHECKPOINT_DIR)
-    keep = {os.path.relpath(p, local).replace(os.sep, "/") for p in storage.list_files(local)}
-    for uri in storage.list_files(remote):
-        rel = uri[len(run_uri.rstrip("/")) + 1:]
-        if rel not in keep:
-            storage.delete(uri)
 
 
 def _duration(seconds: float) -> str:

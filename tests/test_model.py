@@ -46,7 +46,7 @@ def steered(token: int, strength: float, context: int = CONTEXT):
     unit = np.zeros(b.hidden_dim, np.float32)
     unit[0] = 1.0
     b.token_embedding.embeddings[token].assign(unit)   # E[token] = e₀
-    b.layer_norm.beta.assign(strength * unit)          # final hidden state = strength · e₀ → logits = strength at token
+    b.layer_norm.beta.assign(strength * unit)          # final state strength · e₀: logit `strength` at token
     return lm
 
 
@@ -119,8 +119,8 @@ def test_loss_masks_ignored_targets():
 # ----------------------------------------------------------------- bits per character
 
 
-TEXTS = ["吾輩は猫である。名前はまだ無い。", "Hello, world!", "どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
-         "ニャーニャー泣いていた事だけは記憶している。"]
+TEXTS = ["吾輩は猫である。名前はまだ無い。", "Hello, world!",
+         "どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。"]
 
 
 def test_bits_per_character_of_a_uniform_model():
@@ -198,8 +198,9 @@ def reference_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: 
 
 def test_filters_match_the_reference_on_random_logits():
     rng = np.random.default_rng(2024)
+    warp = tf.function(filter_logits)  # one trace per vocabulary size
     cases = 0
-    for seed in range(60):
+    for seed in range(40):
         vocab = [1, 2, 7, 50, 320][seed % 5]
         logits = rng.normal(scale=3.0, size=(4, vocab)).astype(np.float32)
         if seed % 3 == 0:
@@ -209,14 +210,15 @@ def test_filters_match_the_reference_on_random_logits():
         for temperature in (0.7, 1.0, 1.6):
             for top_k in (0, 1, 3, vocab, vocab + 5):
                 for top_p in (1.0, 0.95, 0.5, 1e-9):
-                    got = filter_logits(tf.constant(logits), temperature, top_k, top_p).numpy()
+                    got = warp(tf.constant(logits), tf.constant(temperature), tf.constant(top_k),
+                               tf.constant(top_p)).numpy()
                     want = reference_filter(logits, temperature, top_k, top_p)
                     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want),
                                                   err_msg=f"seed {seed} T {temperature} k {top_k} p {top_p}")
                     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
                     assert np.isfinite(got).any(axis=1).all()  # at least one token always kept
                     cases += 1
-    assert cases == 60 * 3 * 5 * 4
+    assert cases == 40 * 3 * 5 * 4
 
 
 def test_filter_semantics_by_hand():
@@ -289,9 +291,14 @@ def test_cache_matches_full_forward_and_seeds_repeat(random_lm):
 
 
 @pytest.mark.slow
-def test_xla_generation_matches_eager_graph(random_lm):
+def test_xla_generation_matches_the_plain_graph(random_lm):
     prompts = [[256] + TOK.encode("吾輩"), [256]]
-    kw = dict(max_new_tokens=40, keep=16, seed=2, top_k=20, top_p=0.9)
-    xla = Generator(random_lm, vocab_size=257, eos_id=256, jit_compile=True).generate_ids(prompts, **kw)
-    plain = Generator(random_lm, vocab_size=257, eos_id=256, jit_compile=False).generate_ids(prompts, **kw)
-    assert xla == plain
+    kw = dict(max_new_tokens=40, keep=16)
+    xla = Generator(random_lm, vocab_size=257, eos_id=256, jit_compile=True)
+    plain = Generator(random_lm, vocab_size=257, eos_id=256, jit_compile=False)
+    assert xla.generate_ids(prompts, greedy=True, **kw) == plain.generate_ids(prompts, greedy=True, **kw)
+    # XLA draws its own random numbers (another generator than TF's CPU kernels): same seed, other samples,
+    # but repeatable, and only from the top-k
+    sampled = xla.generate_ids(prompts, seed=2, top_k=3, **kw)
+    assert sampled == xla.generate_ids(prompts, seed=2, top_k=3, **kw)
+    assert all(len(ids) == 40 for ids, _ in sampled)

@@ -28,6 +28,8 @@ from tokenization.shards import ShardsConfig, write_shards
 tf = pytest.importorskip("tensorflow")
 
 from model import runs  # noqa: E402
+from model.evaluate import evaluate_run  # noqa: E402
+from model.generate import generate_run  # noqa: E402
 from model.train import TrainConfig, TrainError, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,17 +74,23 @@ def weights(run: Path, step: int) -> dict[str, np.ndarray]:
             if name.startswith(("backbone/", "optimizer/"))}
 
 
-def test_config_errors_are_one_line(shards, tmp_path):
+def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="warmup_steps 8 must be fewer than steps 8"):
         config(shards, tmp_path, warmup_steps=8)
     with pytest.raises(ValueError, match="choose a model"):
         config(shards, tmp_path, preset=None)
     cfg = config(shards, tmp_path / "r", batch_tokens=300)
-    with pytest.raises(TrainError, match=r"not a multiple of micro_batch × seq_len = 8 × 32 = 256; use batch_tokens 256"):
+    with pytest.raises(TrainError, match=r"not a multiple of micro_batch × seq_len = 8 × 32 = 256; "
+                                         r"use batch_tokens 256$"):
         train(cfg, progress=None)
     assert config(shards, tmp_path, batch_tokens=4 * 256).accumulation_steps(SEQ_LEN) == 4
     with pytest.raises(TrainError, match="unknown model preset 'huge'"):
         train(config(shards, tmp_path / "r2", preset="huge"), progress=None)
+    monkeypatch.setattr("model.train.host_memory_bytes", lambda: 8 * 2**30)
+    with pytest.raises(TrainError, match=r"preset xl with micro_batch 8 needs about 2\d\.\d GiB to train "
+                                         r"\(1,4\d\d,\d{3},\d{3} parameters\), this machine has 8\.0 GiB"):
+        train(config(shards, tmp_path / "r3", preset="xl"), progress=None)
+    assert not (tmp_path / "r3").exists()  # stopped before writing anything
 
 
 @pytest.mark.slow
@@ -107,6 +115,16 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     assert list((run / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     manifest = storage.read_manifest(str(run))
     assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 100 * 256
+    # the run evaluates and generates on its own (hparams + tokenizer copy + newest checkpoint)
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(TEXT * 3, encoding="utf-8")
+    result = evaluate_run(str(run), [str(held_out)])
+    assert json.loads((run / runs.EVAL_JSON).read_text())["bits_per_character"] == result["bits_per_character"]
+    assert (result["characters"], result["tokens"], result["step"]) == (len(TEXT) * 3, len(TEXT.encode()) * 3, 100)
+    assert result["bits_per_character"] < 3.0  # a random model: log2(257) × 3 bytes per character ≈ 24
+    [sample] = generate_run(str(run), TEXT[:3], greedy=True, max_chars=6)
+    assert sample.stopped == "max_chars" and len(sample.text) == 6
+    assert sample.text.startswith(TEXT[3])  # "猫": the text is (partly) memorised after 100 steps
     # the same config again: complete, nothing to do
     again: list[str] = []
     train(cfg, progress=again.append)
@@ -164,6 +182,14 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
     # metrics.jsonl of the resumed run: the lost steps 5–7 were dropped and redone, values identical
     assert [(r["step"], r["loss"]) for r in metrics(killed)] == [(r["step"], r["loss"]) for r in metrics(straight)]
 
+    # a damaged checkpoint: one line naming it, for training and for loading
+    data_file = next((killed / runs.CHECKPOINT_DIR).glob("ckpt-12.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    with pytest.raises(TrainError, match=r"checkpoint .*ckpt-12 cannot be restored .*delete its files"):
+        train(config(shards, killed, **{**kw, "steps": 14}), progress=None)
+    with pytest.raises(runs.ModelError, match=r"checkpoint .*ckpt-12 cannot be loaded"):
+        runs.load_run(str(killed))
+
 
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -194,3 +220,28 @@ def test_mirrored_two_cpu_replicas_match_one_device(shards, tmp_path):
     for name in a:
         if name.startswith("backbone/"):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=5e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_run_on_gcs_uploads_resumes_and_loads(shards, gcs_emulator, tmp_path):
+    """A gs:// run (GCS emulator): staged locally, uploaded at checkpoints, resumed from the bucket alone."""
+    import shutil
+    import uuid
+
+    run = f"gs://{gcs_emulator.bucket}/runs-{uuid.uuid4().hex[:8]}/r"
+    kw = dict(checkpoint_every=2, keep_checkpoints=1, eval_batches=0, log_every=2)
+    train(config(shards, run, steps=4, **kw), progress=None)
+    remote = {u[len(run) + 1:] for u in storage.list_files(run)}
+    assert {runs.HPARAMS, runs.METRICS, storage.MANIFEST, "tokenizer/tokenizer.json",
+            "checkpoints/ckpt-4.index", "checkpoints/checkpoint"} <= remote
+    assert not any(name.startswith("checkpoints/ckpt-2") for name in remote)  # keep-last-1 holds remotely too
+
+    shutil.rmtree(runs.local_dir(run))  # another machine: only the bucket has the run
+    lines: list[str] = []
+    train(config(shards, run, steps=6, **kw), progress=lines.append)
+    assert "from step 4" in lines[0]
+    assert [r["step"] for r in map(json.loads, storage.read_text(storage.join(run, runs.METRICS)).splitlines())] \
+        == [2, 4, 6]
+    shutil.rmtree(runs.local_dir(run))
+    loaded = runs.load_run(run)
+    assert loaded.step == 6 and loaded.config.context_length == SEQ_LEN and loaded.tokenizer.vocab_size == 257
