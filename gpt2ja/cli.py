@@ -233,6 +233,110 @@ def shards(
         _fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
 
 
+def _model_errors() -> tuple[type, ...]:
+    """The errors the model stages raise for people (bad config, missing artifact, damaged file)."""
+    from model.data import DataError
+    from model.distribute import StrategyError
+    from model.presets import ModelError
+    from model.train import TrainError
+    from tokenization.tokenizer import TokenizerError
+
+    return (DataError, StrategyError, ModelError, TrainError, TokenizerError)
+
+
+@app.command()
+def train(
+    data: str = typer.Option(..., "--data", help="A shards directory (gpt2ja shards)."),
+    run: str = typer.Option(..., "--run", help="The run directory, local or gs://; an existing run resumes."),
+    preset: Optional[str] = typer.Option(None, help="tiny, mini, small (117M), medium, large or xl."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune from this run's weights."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Global batch in tokens (gradient accumulation reaches it)."),
+    micro_batch: Optional[int] = typer.Option(None, help="Sequences per forward/backward pass."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
+    strategy: Optional[str] = typer.Option(None, help="default, mirrored, multi_worker (TF_CONFIG) or tpu."),
+    mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
+    jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `train:` section (any TrainConfig field)."),
+) -> None:
+    """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
+    from model.train import TrainConfig, train as run_train
+
+    given = {"data": data, "run": run, "preset": preset, "steps": steps, "init_from": init_from,
+             "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
+             "warmup_steps": warmup_steps, "strategy": strategy, "mixed_precision": mixed_precision,
+             "jit_compile": jit_compile}
+    section = _yaml_section(config, "train") if config else {}
+    cfg = _validated(TrainConfig, {**section, **{k: v for k, v in given.items() if v is not None}})
+    try:
+        uri = run_train(cfg)
+    except _model_errors() as exc:
+        _fail(str(exc), 1)
+    print(f"run: {uri}")
+
+
+@app.command("eval")
+def evaluate(
+    run: str = typer.Option(..., "--run", help="A run directory."),
+    text: list[str] = typer.Option(..., "--text", help="Held-out text: .txt files or a clean corpus split folder."),
+    stride: Optional[int] = typer.Option(None, help="Sliding-window stride in tokens (default: half the context)."),
+) -> None:
+    """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies); writes eval.json."""
+    from model.evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(run, text, stride=stride)
+    except _model_errors() as exc:
+        _fail(str(exc), 1)
+    keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
+    print(json.dumps({k: result[k] for k in keys if k in result}, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def score(
+    text: str = typer.Argument(..., help="The text to score."),
+    run: str = typer.Option(..., "--run", help="A run directory."),
+) -> None:
+    """Per-token log-probabilities of a text and their total."""
+    from model import runs
+    from model.evaluate import score as score_text
+
+    try:
+        loaded = runs.load_run(run)
+        got = score_text(loaded.model, loaded.tokenizer, text)
+    except _model_errors() as exc:
+        _fail(str(exc), 1)
+    for piece, logprob in got.tokens:
+        print(f"{logprob:9.3f}  {piece!r}")
+    print(f"total {got.total:.3f} nats = {got.bits:.2f} bits; {got.bits / max(1, len(text)):.3f} bits per character")
+
+
+@app.command()
+def generate(
+    run: str = typer.Option(..., "--run", help="A run directory."),
+    prompt: list[str] = typer.Option([""], "--prompt", help="A prompt (repeat for several; empty: unconditional)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0: off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Keep the smallest set whose probability reaches p (1: off)."),
+    temperature: float = typer.Option(1.0, help="Divide the logits by this first."),
+    greedy: bool = typer.Option(False, help="Always take the most likely token."),
+    max_chars: int = typer.Option(200, "--max-chars", help="Stop after this many characters."),
+    num: int = typer.Option(1, help="Samples per prompt."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
+    from model.generate import generate_run
+
+    try:
+        samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
+                               top_p=top_p, greedy=greedy, seed=seed)
+    except _model_errors() as exc:
+        _fail(str(exc), 1)
+    for sample in samples:
+        print(f"--- prompt {sample.prompt!r} (stopped: {sample.stopped})")
+        print(sample.prompt + sample.text)
+
+
 @app.command()
 def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
     """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""

@@ -175,6 +175,12 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     import keras
     import tensorflow as tf
 
+    # Grappler's AddOpsRewrite turns gradient sums inside our nested while loops (steps ×
+    # micro-batches) into TemporaryVariable ops that collide between loop iterations
+    # ("AlreadyExistsError … AddOpsRewrite … tmp_var … iter:1", seen on CPU with tiny/128 and
+    # batch 32). Turning that one optimiser pass off costs nothing measurable here.
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+
     from model import gpt2
 
     schedule = lr_schedule(cfg)
@@ -266,8 +272,12 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
             return i + 1, [a + b for a, b in zip(grads, g)], nll + total, count + n
 
         zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
+        # parallel_iterations=1: micro-batches are sequential anyway (and it bounds memory); with
+        # TF's default of 10, Grappler's AddOpsRewrite puts TemporaryVariable ops in the loop body that
+        # collide between iterations ("AlreadyExistsError ... tmp_var ... iter:1") on some batch shapes.
         _, grads, nll, count = tf.while_loop(lambda i, *_: i < accum, micro,
-                                             (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0)))
+                                             (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0)),
+                                             parallel_iterations=1)
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         nll, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [nll, count])
@@ -287,6 +297,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     def train_chunk(it, n):
         loss_sum, loss, norm = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
         for _ in tf.range(n):
+            # one optimizer step after the other (the step reads and writes variables)
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
             inputs, targets = next(it)
             loss, norm = strategy.run(replica_step, args=(inputs, targets))
             loss = strategy.experimental_local_results(loss)[0]

@@ -121,6 +121,7 @@ def test_demo_crawls_the_bundled_mirror(tmp_path):
     assert "crawl: 36 documents" in got.stdout
     assert f"{tmp_path / 'demo'}/raw/aozora/demo" in got.stdout
     assert "Not built yet" in got.stderr
+    assert "bits/character" in got.stdout and "[7/7] generate" in got.stdout
 
 
 def test_clean_command_with_config(tmp_path):

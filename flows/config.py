@@ -1,0 +1,206 @@
+"""The pipeline's configuration: one YAML file, validated by pydantic models.
+
+The same models are the Prefect flows' parameters, so the UI shows them as forms.
+Each section reuses the stage's own config model (``CrawlConfig``, ``CleanConfig``,
+``ShardsConfig``); only what the pipeline decides itself (the run root, where each
+stage writes) is left out of the sections. Example (``configs/pipeline-demo.yaml``)::
+
+    root: data/pipeline-demo
+    corpus: aozora-demo
+    tokenizer_name: sp-unigram-3000
+    dataset: sp3000-128
+    crawl:
+      - source: aozora
+        crawl_id: demo
+        serve_mirror: examples/aozora-mirror
+        polite: false
+        start_urls: [http://mirror.local/index_pages/person879.html]
+    tokenizer: {kind: sentencepiece, vocab_size: 3000}
+    shards: {seq_len: 128, num_shards: {train: 8, validation: 2}, workers: 1}
+
+Paths (``root``, ``serve_mirror``, ``directory``) are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from corpus.clean import CleanConfig
+from crawler.runner import CrawlConfig
+from infra import storage
+from tokenization.shards import ShardsConfig
+from tokenization.train import DEFAULT_SAMPLE_SENTENCES
+
+#: The host name that start URLs of a ``serve_mirror`` crawl use; replaced by the local server's address.
+MIRROR_HOST = "mirror.local"
+NAME = r"^[A-Za-z0-9._-]+$"
+
+
+class ConfigError(ValueError):
+    """A bad pipeline config: one line naming the file, the field and the fix."""
+
+
+# ----------------------------------------------------------------- crawl
+
+
+class SpiderCrawl(CrawlConfig):
+    """One Scrapy crawl (``aozora`` or ``web``): every ``CrawlConfig`` field, the root aside.
+
+    ``serve_mirror`` names a local directory served on 127.0.0.1 for the duration of
+    the crawl; start URLs and sitemaps on the host ``mirror.local`` are rewritten to
+    the server's address (this is how the demo crawls the bundled Aozora mirror).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/{source}/{crawl_id}; "
+                                                    "a fixed id lets a rerun skip a finished crawl")
+    serve_mirror: str | None = Field(None, description="a local directory to serve on 127.0.0.1 while crawling; "
+                                                       f"URLs on http://{MIRROR_HOST}/ point at it")
+
+    @field_validator("serve_mirror")
+    @classmethod
+    def _mirror_exists(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isdir(value):
+            raise ValueError(f"serve_mirror: {value} is not a directory (paths are relative to the working directory)")
+        return value
+
+    def crawl_config(self, root: str, mirror_url: str | None = None) -> CrawlConfig:
+        """The stage's ``CrawlConfig`` under ``root``; ``mirror_url`` replaces ``http://mirror.local``."""
+        data = self.model_dump(exclude={"serve_mirror"})
+        if mirror_url is not None:
+            placeholder = f"http://{MIRROR_HOST}"
+            for key in ("start_urls", "sitemaps"):
+                data[key] = [u.replace(placeholder, mirror_url.rstrip("/"), 1) if u.startswith(placeholder) else u
+                             for u in data[key]]
+        return CrawlConfig(**{**data, "root": root})
+
+
+class FilesCrawl(BaseModel):
+    """A directory of .txt/.zip/.jsonl files turned into a raw crawl (``crawler.files.crawl_files``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["files"] = "files"
+    directory: str = Field(description="the folder that holds your .txt/.zip/.jsonl files")
+    crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/files/{crawl_id}")
+    part_docs: int = Field(500, ge=1, description="documents per output part")
+
+    def out_uri(self, root: str) -> str:
+        return storage.join(root, "raw", "files", self.crawl_id)
+
+
+CrawlEntry = Annotated[Union[SpiderCrawl, FilesCrawl], Field(discriminator="source")]
+
+
+# ----------------------------------------------------------------- clean
+
+
+class _CleanSectionBase(BaseModel):
+    """Validated through ``CleanConfig`` itself, so partial presets merge exactly as ``gpt2ja clean`` does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _via_clean_config(cls, data):
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"unknown clean setting(s) {unknown}; known: {sorted(cls.model_fields)}")
+        try:
+            full = CleanConfig.model_validate({**data, "inputs": [], "out": "-"})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ValueError(f"{_where(first['loc'])}: {first['msg'].removeprefix('Value error, ')}") from None
+        return full.model_dump(exclude={"inputs", "out"})
+
+    def clean_config(self, inputs: list[str], out: str) -> CleanConfig:
+        return CleanConfig.model_validate({**self.model_dump(), "inputs": inputs, "out": out})
+
+
+#: ``CleanConfig`` without ``inputs`` and ``out`` (the pipeline fills them from the crawl and the corpus name).
+CleanSection = create_model(
+    "CleanSection", __base__=_CleanSectionBase, __doc__="The clean stage's settings (corpus/clean.py CleanConfig).",
+    **{name: (f.annotation, f) for name, f in CleanConfig.model_fields.items() if name not in ("inputs", "out")},
+)
+
+
+# ----------------------------------------------------------------- tokenizer
+
+
+class TokenizerSection(BaseModel):
+    """The tokenizer stage's settings (``tokenization.train.train_tokenizer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["bytes", "sentencepiece", "mecab+sentencepiece"] = Field(description="tokenizer family")
+    vocab_size: int | None = Field(ge=257, le=1_000_000, description="pieces (257 or null for bytes)")
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="sentencepiece model type")
+    sample_sentences: int = Field(DEFAULT_SAMPLE_SENTENCES, ge=1, description="sentences sampled for training")
+
+
+# ----------------------------------------------------------------- the pipeline
+
+
+class PipelineConfig(BaseModel):
+    """crawl → clean → tokenizer → shards, with the URIs each stage writes derived from ``root`` and the names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(description="run root: a local directory or gs://bucket/prefix")
+    corpus: str = Field(pattern=NAME, description="clean corpus name: {root}/clean/{corpus}")
+    tokenizer_name: str = Field(pattern=NAME, description="tokenizer name: {root}/tokenizers/{tokenizer_name}")
+    dataset: str = Field(pattern=NAME, description="shards name: {root}/datasets/{corpus}/{dataset}")
+    crawl: list[CrawlEntry] = Field(min_length=1, description="the crawls whose documents make the corpus")
+    clean: CleanSection = Field(default_factory=CleanSection)  # type: ignore[valid-type]
+    tokenizer: TokenizerSection
+    shards: ShardsConfig
+
+    @property
+    def clean_uri(self) -> str:
+        return storage.join(self.root, "clean", self.corpus)
+
+    @property
+    def tokenizer_uri(self) -> str:
+        return storage.join(self.root, "tokenizers", self.tokenizer_name)
+
+    @property
+    def shards_uri(self) -> str:
+        return storage.join(self.root, "datasets", self.corpus, self.dataset)
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_config(path: str) -> PipelineConfig:
+    """Read and validate a pipeline YAML file; any problem raises :class:`ConfigError` (one line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: file not found; give a YAML file such as configs/pipeline-demo.yaml") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config {path}: cannot read it ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of settings (root, corpus, crawl, ...), "
+                          f"got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            msg = "required but missing"
+        raise ConfigError(f"config {path}: {_where(first['loc'])}: {msg}{more}") from None
