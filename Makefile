@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Offline-friendly Prefect (no telemetry), quieter TensorFlow.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv test test-fast demo ui bench clean-venv
 

@@ -28,6 +28,7 @@ from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
@@ -57,10 +58,18 @@ class SpiderCrawl(CrawlConfig):
 
     model_config = ConfigDict(extra="forbid")
 
+    root: SkipJsonSchema[str] = Field("data", exclude=True)  # set by the pipeline (PipelineConfig.root)
     crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/{source}/{crawl_id}; "
                                                     "a fixed id lets a rerun skip a finished crawl")
     serve_mirror: str | None = Field(None, description="a local directory to serve on 127.0.0.1 while crawling; "
                                                        f"URLs on http://{MIRROR_HOST}/ point at it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_root(cls, data):
+        if isinstance(data, dict) and "root" in data:
+            raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
+        return data
 
     @field_validator("serve_mirror")
     @classmethod
@@ -185,7 +194,8 @@ def load_config(path: str) -> PipelineConfig:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: file not found; give a YAML file such as configs/pipeline-demo.yaml") from None
+        raise ConfigError(f"config {path}: file not found; give a YAML file such as "
+                          "configs/pipeline-demo.yaml") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config {path}: cannot read it ({err})") from None
     except yaml.YAMLError as err:

@@ -337,6 +337,14 @@ def generate(
         print(sample.prompt + sample.text)
 
 
+@app.command("run")
+def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.")) -> None:
+    """Run the Prefect pipeline crawl → clean → tokenizer → shards from one config (no server needed)."""
+    from flows.pipeline import cli_run
+
+    cli_run(str(config))
+
+
 @app.command()
 def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
     """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""

@@ -13,6 +13,10 @@ from crawler.mirror import MirrorServer, RecordingHandler
 
 pytest_plugins = ["tests.conftest_gcs"]
 
+# No network here: Prefect's telemetry would print an error line on every flow run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 MIRROR = REPO / "examples" / "aozora-mirror"
 AUTHORS = ("879", "81", "121", "74")

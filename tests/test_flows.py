@@ -130,6 +130,9 @@ def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
      "crawl: [{source: files, directory: ., crawl_id: f}]\n"
      "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 4}\n", "shards.seq_len:"),
     ("root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
+     "crawl: [{source: aozora, crawl_id: a, root: y, start_urls: [http://mirror.local/]}]\n"
+     "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n", "root is set once"),
+    ("root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
      "crawl: [{source: files, directory: ., crawl_id: f}]\nclean: {dedupe: {}}\n"
      "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n", "unknown clean setting"),
 ])
