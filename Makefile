@@ -32,8 +32,11 @@ ui: venv
 	@echo "make ui: the Prefect server and deployments arrive with the orchestration issue; nothing to serve yet." >&2
 	@exit 2
 
+# Speed figures with the machine they ran on (see README "Speed"); tokens_bench and
+# train_bench need the aozora-bulk clean corpus / a shards artifact: see their docstrings.
 bench: venv
 	$(BIN)/python benchmarks/crawl_bench.py
+	$(BIN)/python benchmarks/clean_bench.py --skip-10x
 
 clean-venv:
 	rm -rf $(VENV)
