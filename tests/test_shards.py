@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from corpus.document import Document
-from corpus.jsonl import ShardWriter, read_documents
-from crawler.extract.aozora import from_zip
+from corpus.jsonl import read_documents
 from infra import storage
+from tests.corpora import mirror_split, write_clean_corpus
 from model.data import (AUTOTUNE, DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked,
                         shard_files, verify_shards)
 from tokenization.shards import (ShardsConfig, ShardsError, cli_shards, import_tensorflow, pack_tokens,
@@ -27,35 +25,13 @@ from tokenization.shards import (ShardsConfig, ShardsError, cli_shards, import_t
 from tokenization.tokenizer import Tokenizer
 from tokenization.train import train_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-ZIPS = sorted((REPO / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip"))
 SEQ_LEN = 64
 CFG = dict(seq_len=SEQ_LEN, num_shards={"train": 4, "validation": 2}, workers=1)
 
 
-def write_clean_corpus(root: Path, train: list[Document], validation: list[Document]) -> str:
-    """A clean-stage artifact: train/ and validation/ parts plus a manifest."""
-    uri = str(root)
-    for split, docs in (("train", train), ("validation", validation)):
-        with ShardWriter(storage.join(uri, split), max_docs=20) as out:
-            for doc in docs:
-                out.write(doc)
-    files = [storage.file_info(u, root=uri) for u in storage.list_files(uri)]
-    storage.write_manifest(uri, storage.build_manifest(
-        stage="clean", config={"test": root.name}, counts={"documents": len(train) + len(validation)},
-        files=files, timings={}))
-    return uri
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    docs = []
-    for path in ZIPS:
-        work = from_zip(path.read_bytes(), path.name)
-        docs.append(Document.new(source="aozora", url=str(path.relative_to(REPO)), title=work.title,
-                                 author=work.author, text=unicodedata.normalize("NFKC", work.text)))
-    validation = [d for d in docs if int(d.id, 16) % 8 == 0]  # by id hash, as the clean stage does
-    train = [d for d in docs if int(d.id, 16) % 8 != 0]
+    train, validation = mirror_split()
     return write_clean_corpus(tmp_path_factory.mktemp("clean") / "mirror", train, validation)
 
 

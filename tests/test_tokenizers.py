@@ -12,23 +12,20 @@ import os
 import pickle
 import subprocess
 import sys
-import unicodedata
 from pathlib import Path
 
 import pytest
 
 from corpus.document import Document
-from corpus.jsonl import ShardWriter, read_documents
-from crawler.extract.aozora import from_zip
+from corpus.jsonl import read_documents
 from infra import storage
+from tests.corpora import REPO, mirror_split, write_clean_corpus
 from tokenization.bytes_tokenizer import ByteTokenizer
 from tokenization.mecab import Segmenter
 from tokenization.spm import BYTE_IDS, N_META_PIECES
 from tokenization.tokenizer import EOS, TOKENIZER_JSON, Tokenizer, TokenizerError
 from tokenization.train import Reservoir, cli_train, train_tokenizer, training_sentences
 
-REPO = Path(__file__).resolve().parent.parent
-ZIPS = sorted((REPO / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip"))
 VOCAB = 3000  # the mirror has ~2,100 characters at 99.95% coverage; byte fallback adds 259 fixed pieces
 
 # name → (kind, vocab_size, model_type)
@@ -54,32 +51,9 @@ HARD_STRINGS = [
 ]
 
 
-def write_clean_corpus(root: Path, train: list[Document], validation: list[Document]) -> str:
-    """A clean-stage artifact: train/ and validation/ parts plus a manifest."""
-    uri = str(root)
-    with ShardWriter(storage.join(uri, "train"), max_docs=20) as out:
-        for doc in train:
-            out.write(doc)
-    with ShardWriter(storage.join(uri, "validation")) as out:
-        for doc in validation:
-            out.write(doc)
-    files = [storage.file_info(u, root=uri) for u in storage.list_files(uri)]
-    storage.write_manifest(uri, storage.build_manifest(
-        stage="clean", config={"test": root.name}, counts={"documents": len(train) + len(validation)},
-        files=files, timings={}))
-    return uri
-
-
 @pytest.fixture(scope="session")
 def clean_corpus(tmp_path_factory) -> str:
-    docs = []
-    for path in ZIPS:
-        work = from_zip(path.read_bytes(), path.name)
-        docs.append(Document.new(source="aozora", url=str(path.relative_to(REPO)), title=work.title,
-                                 author=work.author, text=unicodedata.normalize("NFKC", work.text)))
-    # Split by id hash, as the clean stage does (never by position).
-    validation = [d for d in docs if int(d.id, 16) % 8 == 0]
-    train = [d for d in docs if int(d.id, 16) % 8 != 0]
+    train, validation = mirror_split()
     assert len(validation) >= 3 and len(train) >= 30
     return write_clean_corpus(tmp_path_factory.mktemp("clean") / "mirror", train, validation)
 
