@@ -337,6 +337,23 @@ def generate(
         print(sample.prompt + sample.text)
 
 
+@app.command()
+def export(
+    run: str = typer.Option(..., "--run", help="A run directory."),
+    out: str = typer.Option(..., "--out", help="Where the Hugging Face model goes (local or gs://)."),
+) -> None:
+    """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors), verified by logits."""
+    from model.export import export_hf
+
+    try:
+        uri = export_hf(run, out)
+    except ImportError as exc:  # torch / transformers / safetensors are the `export` extra
+        _fail(f"the export needs torch and transformers ({exc.name} is missing): pip install -e '.[export]'", 1)
+    except _model_errors() as exc:
+        _fail(str(exc), 1)
+    print(f"exported {run} → {uri} (logits checked against transformers' GPT2LMHeadModel)")
+
+
 @app.command("run")
 def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.")) -> None:
     """Run the Prefect pipeline crawl → clean → tokenizer → shards from one config (no server needed)."""

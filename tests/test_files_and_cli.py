@@ -120,8 +120,8 @@ def test_demo_crawls_the_bundled_mirror(tmp_path):
     assert got.returncode == 0, got.stderr[-2000:]
     assert "crawl: 36 documents" in got.stdout
     assert f"{tmp_path / 'demo'}/raw/aozora/demo" in got.stdout
-    assert "Not built yet" in got.stderr
-    assert "bits/character" in got.stdout and "[7/7] generate" in got.stdout
+    assert "bits/character" in got.stdout and "[7/8] generate" in got.stdout
+    assert "[8/8] export" in got.stdout and (tmp_path / "demo" / "export" / "tiny-demo-hf" / "config.json").exists()
 
 
 def test_clean_command_with_config(tmp_path):

@@ -1,0 +1,257 @@
+"""Export a run to the Hugging Face ``transformers`` layout (``GPT2LMHeadModel``), verified before publishing.
+
+::
+
+    export_hf("data/runs/demo", "data/export/demo")        # or gs://bucket/export/demo
+
+    {out}/
+        config.json               GPT2Config: n_embd, n_layer, n_head, n_inner, n_positions,
+                                  vocab_size = the padded size, activation "gelu_new", eps 1e-5
+        model.safetensors         float32 weights under HF names (transformer.wte, …, transformer.ln_f)
+        generation_config.json    bos = eos = pad = our eos_id; padding ids ≥ vocab_size suppressed
+        spm.model                 (sentencepiece kinds) the tokenizer's model, as-is
+        gpt2ja_tokenizer/         a full copy of our tokenizer artifact (Tokenizer.load reads it)
+        README.md                 how to load it, and what is and is not a transformers tokenizer
+
+Weight mapping. KerasHub's GPT-2 is OpenAI's GPT-2 with the same maths:
+pre-LayerNorm blocks (eps 1e-5), tanh-approximated GELU (``gelu_approximate``,
+HF ``gelu_new``), attention scaled by 1/√head_dim, a final LayerNorm and the
+LM head tied to the token embedding. Only the layout differs: KerasHub's
+query/key/value kernels are ``(hidden, heads, head_dim)`` and the output
+kernel ``(heads, head_dim, hidden)``; HF's ``Conv1D`` keeps ``(in, out)``
+matrices with q|k|v concatenated along ``out`` in ``c_attn``. Dense kernels
+are already ``(in, out)``, so the MLP maps as-is.
+
+Padding ids. The embedding has ``padded_vocab_size`` rows (a multiple of 64);
+the exported model has them too, so its logits have the padded width exactly
+like :func:`model.gpt2.logits`. Neither masks them in the raw logits; the
+generation config lists them in ``suppress_tokens`` so ``generate`` never picks
+them (as :mod:`model.generate` masks them to -inf).
+
+Tokenizer. No ``transformers`` tokenizer class is shipped: our sentencepiece
+kinds use the raw model with identity normalisation and no dummy prefix, encode
+a literal "▁" as byte pieces and treat ``<|endoftext|>`` in text as ordinary
+characters; transformers' sentencepiece wrappers add prefix/special-token
+handling of their own, and none was verified to reproduce our ids exactly. So
+the export carries ``spm.model`` (plain ``sentencepiece`` reproduces our ids
+except for the literal-"▁" case) and our artifact, and says so in README.md.
+
+Verification: the staged directory is loaded with
+``GPT2LMHeadModel.from_pretrained(dir, local_files_only=True)`` and its logits
+on a fixed batch of ids are compared with ours; a difference ≥ 1e-4 is an
+:class:`ExportError` and nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from infra import storage
+from model.presets import ModelError
+
+ACTIVATION = "gelu_new"     # KerasHub's GPT2Backbone uses keras_utils.gelu_approximate (tanh form)
+LAYER_NORM_EPS = 1e-5       # KerasHub's GPT2Backbone: TransformerDecoder(layer_norm_epsilon=1e-05), final LN 1e-05
+TOLERANCE = 1e-4            # max abs logit difference (float32) accepted by the verification
+TOKENIZER_COPY = "gpt2ja_tokenizer"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ExportError(ModelError):
+    """An export that cannot be written or does not reproduce the run: one line naming the run and the fix."""
+
+
+def hf_config(cfg, eos_id: int) -> dict:
+    """The ``config.json`` of a ``GPT2LMHeadModel`` with the shape of ``cfg`` (a ModelConfig)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.padded_vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.hidden_dim,
+        "n_layer": cfg.num_layers,
+        "n_head": cfg.num_heads,
+        "n_inner": cfg.intermediate_dim,
+        "activation_function": ACTIVATION,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "gpt2ja_vocab_size": cfg.vocab_size,  # ids ≥ this are padding rows, never produced by the tokenizer
+    }
+
+
+def hf_state_dict(backbone) -> dict[str, np.ndarray]:
+    """KerasHub ``GPT2Backbone`` weights → ``{HF GPT2LMHeadModel name: float32 array}`` (lm_head is tied)."""
+    def arr(v) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32))
+
+    hidden = backbone.hidden_dim
+    out = {
+        "transformer.wte.weight": arr(backbone.token_embedding.embeddings),
+        "transformer.wpe.weight": arr(backbone.position_embedding.position_embeddings),
+        "transformer.ln_f.weight": arr(backbone.layer_norm.gamma),
+        "transformer.ln_f.bias": arr(backbone.layer_norm.beta),
+    }
+    for i, layer in enumerate(backbone.transformer_layers):
+        p = f"transformer.h.{i}."
+        att = layer._self_attention_layer
+        q, k, v = att._query_dense, att._key_dense, att._value_dense
+        out[p + "attn.c_attn.weight"] = np.concatenate(
+            [arr(d.kernel).reshape(hidden, hidden) for d in (q, k, v)], axis=1)           # (H, 3H)
+        out[p + "attn.c_attn.bias"] = np.concatenate([arr(d.bias).reshape(hidden) for d in (q, k, v)])
+        out[p + "attn.c_proj.weight"] = arr(att._output_dense.kernel).reshape(hidden, hidden)  # (heads·hd, H)
+        out[p + "attn.c_proj.bias"] = arr(att._output_dense.bias)
+        out[p + "ln_1.weight"] = arr(layer._self_attention_layer_norm.gamma)
+        out[p + "ln_1.bias"] = arr(layer._self_attention_layer_norm.beta)
+        out[p + "ln_2.weight"] = arr(layer._feedforward_layer_norm.gamma)
+        out[p + "ln_2.bias"] = arr(layer._feedforward_layer_norm.beta)
+        out[p + "mlp.c_fc.weight"] = arr(layer._feedforward_intermediate_dense.kernel)      # (H, I)
+        out[p + "mlp.c_fc.bias"] = arr(layer._feedforward_intermediate_dense.bias)
+        out[p + "mlp.c_proj.weight"] = arr(layer._feedforward_output_dense.kernel)          # (I, H)
+        out[p + "mlp.c_proj.bias"] = arr(layer._feedforward_output_dense.bias)
+    return {name: np.ascontiguousarray(a) for name, a in out.items()}
+
+
+def generation_config(cfg, eos_id: int) -> dict:
+    return {
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "suppress_tokens": list(range(cfg.vocab_size, cfg.padded_vocab_size)),
+        "max_length": cfg.context_length,
+    }
+
+
+def verification_ids(cfg, batch: int = 2, length: int = 16) -> np.ndarray:
+    """A fixed ``(batch, T)`` batch of real (non-padding) ids used to compare logits."""
+    rng = np.random.default_rng(1234)
+    return rng.integers(0, cfg.vocab_size, size=(batch, min(length, cfg.context_length)), dtype=np.int64)
+
+
+def load_hf(export_dir: str):
+    """``GPT2LMHeadModel`` from a local export directory (no network), float32, eval mode."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(export_dir, local_files_only=True, dtype=torch.float32)
+    return model.eval()
+
+
+def hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(ids, dtype=np.int64))).logits.float().numpy()
+
+
+def max_logit_diff(run, export_dir: str, ids: np.ndarray | None = None) -> float:
+    """Max abs difference between the run's logits and the exported model's on ``ids``."""
+    from model import gpt2
+
+    ids = verification_ids(run.config) if ids is None else np.asarray(ids)
+    ours = gpt2.logits(run.model, ids.astype(np.int32)).numpy()
+    theirs = hf_logits(load_hf(export_dir), ids)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    return float(np.max(np.abs(ours - theirs)))
+
+
+def _readme(run, cfg, tok) -> str:
+    spm_line = ("* `spm.model`: our sentencepiece model. `sentencepiece.SentencePieceProcessor(model_file=...)`"
+                " `.encode(text)` gives our ids, except that we encode a literal \"▁\" (U+2581) as its three"
+                " UTF-8 byte pieces (plain sentencepiece would turn it into a space).\n"
+                if os.path.exists(os.path.join(run, "spm.model")) else "")
+    return f"""# gpt2ja export ({tok.kind} tokenizer, {cfg.vocab_size} ids)
+
+A GPT-2 trained by gpt2ja, exported for Hugging Face `transformers`:
+
+```python
+from transformers import GPT2LMHeadModel
+model = GPT2LMHeadModel.from_pretrained("path/to/this/dir")
+```
+
+* Shape: {cfg.num_layers} layers, {cfg.hidden_dim} wide, {cfg.num_heads} heads, MLP {cfg.intermediate_dim},
+  {cfg.context_length} positions, activation `gelu_new` (KerasHub's tanh-approximated GELU), LayerNorm eps 1e-5.
+* `vocab_size` in config.json is {cfg.padded_vocab_size}: the tokenizer's {cfg.vocab_size} ids padded to a
+  multiple of 64. Ids ≥ {cfg.vocab_size} are never produced by the tokenizer; the raw logits include them,
+  `generation_config.json` suppresses them.
+* `<|endoftext|>` = id {tok.eos_id} is bos, eos and pad.
+* The export was verified: logits of this directory match the original run's (max abs diff < 1e-4, float32).
+
+## Tokenizer: not a transformers tokenizer
+
+No `AutoTokenizer` is shipped: no transformers tokenizer class was verified to reproduce our ids exactly,
+so none is claimed. Encode and decode with:
+
+{spm_line}* `{TOKENIZER_COPY}/`: the complete gpt2ja tokenizer artifact (with its manifest):
+  `tokenization.tokenizer.Tokenizer.load("{TOKENIZER_COPY}")` gives exactly the ids the model was trained on.
+"""
+
+
+def export_hf(run_uri: str, out_uri: str) -> str:
+    """Export the newest checkpoint of ``run_uri`` to ``out_uri`` (local dir or ``gs://``); returns ``out_uri``.
+
+    Staged in a local temp dir, verified against the run (logits on a fixed
+    batch), then published with :func:`infra.storage.upload_dir`. A run that
+    cannot be loaded is the ModelError of :func:`model.runs.load_run`; an
+    export that does not match is an :class:`ExportError`.
+    """
+    try:
+        import safetensors.numpy
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"export of {run_uri}: {err.name} is not installed; "
+                          "pip install torch transformers safetensors") from None
+    from model.runs import load_run
+
+    run = load_run(run_uri, dtype="float32")
+    cfg, tok = run.config, run.tokenizer
+    with tempfile.TemporaryDirectory(prefix="gpt2ja-export-") as tmp:
+        def write_json(name: str, value: dict) -> None:
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(value, f, indent=2, ensure_ascii=False)
+                f.write("\n")
+
+        write_json("config.json", hf_config(cfg, tok.eos_id))
+        write_json("generation_config.json", generation_config(cfg, tok.eos_id))
+        safetensors.numpy.save_file(hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE),
+                                    metadata={"format": "pt", "source": "gpt2ja", "run": run_uri,
+                                              "step": str(run.step)})
+        copy = os.path.join(tmp, TOKENIZER_COPY)
+        tok.save(copy)
+        if os.path.exists(os.path.join(copy, "spm.model")):
+            shutil.copyfile(os.path.join(copy, "spm.model"), os.path.join(tmp, "spm.model"))
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(_readme(tmp, cfg, tok))
+
+        try:
+            diff = max_logit_diff(run, tmp)
+        except Exception as err:  # noqa: BLE001 - any loader failure is one line
+            first = " ".join(str(err).split())[:200]
+            raise ExportError(f"export of {run_uri}: transformers cannot load the exported model "
+                              f"({type(err).__name__}: {first}); nothing was published") from None
+        if not diff < TOLERANCE:
+            raise ExportError(f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
+                              f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published")
+        try:
+            storage.upload_dir(tmp, out_uri)
+        except storage.StorageError as err:
+            raise ExportError(f"export of {run_uri}: {err}") from None
+    return out_uri
