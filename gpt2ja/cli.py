@@ -337,8 +337,12 @@ def generate(
         print(sample.prompt + sample.text)
 
 
-@app.command()
-def export(
+export_app = typer.Typer(help="Export a trained run to other formats.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("hf")
+def export_hf_command(
     run: str = typer.Option(..., "--run", help="A run directory."),
     out: str = typer.Option(..., "--out", help="Where the Hugging Face model goes (local or gs://)."),
 ) -> None:
