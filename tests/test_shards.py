@@ -17,6 +17,7 @@ import pytest
 from corpus.document import Document
 from corpus.jsonl import read_documents
 from infra import storage
+from tests.assertions import one_line_error
 from tests.corpora import mirror_split, write_clean_corpus
 from model.data import (AUTOTUNE, DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked,
                         shard_files, verify_shards)
@@ -56,14 +57,6 @@ def shards(corpus, tokenizers, tmp_path_factory) -> dict[str, str]:
 
 def examples(uri: str, split: str, shard: int | None = None) -> list[tuple[int, ...]]:
     return [tuple(e.tolist()) for e in iter_examples(uri, split, shard)]
-
-
-def one_line_error(excinfo, *names: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for name in names:
-        assert name in message, (name, message)
-    return message
 
 
 # ----------------------------------------------------------------- packing

@@ -19,6 +19,7 @@ import pytest
 from corpus.document import Document
 from corpus.jsonl import read_documents
 from infra import storage
+from tests.assertions import one_line_error
 from tests.corpora import REPO, mirror_split, write_clean_corpus
 from tokenization.bytes_tokenizer import ByteTokenizer
 from tokenization.mecab import Segmenter
@@ -300,14 +301,6 @@ def test_mecab_kind_needs_no_mecab_at_inference(trained):
 
 
 # ----------------------------------------------------------------- bad input
-
-
-def one_line_error(excinfo, *names: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for name in names:
-        assert name in message, (name, message)
-    return message
 
 
 def test_missing_corpus_manifest(tmp_path):
