@@ -302,3 +302,25 @@ def test_xla_generation_matches_the_plain_graph(random_lm):
     sampled = xla.generate_ids(prompts, seed=2, top_k=3, **kw)
     assert sampled == xla.generate_ids(prompts, seed=2, top_k=3, **kw)
     assert all(len(ids) == 40 for ids, _ in sampled)
+
+
+def test_a_prompt_outside_the_vocabulary_goes_through_byte_fallback(tmp_path):
+    """Characters the sentencepiece vocabulary never saw (emoji, a non-BMP kanji) are byte pieces, not <unk>:
+    generation and scoring take such a prompt as it is and give it back unchanged."""
+    import keras
+
+    from tokenization.spm import BYTE_IDS, UNK_ID, SentencePieceTokenizer, train_model
+
+    sample = tmp_path / "sample.txt"
+    sample.write_text("吾輩は猫である。名前はまだ無い。\nどこで生れたかとんと見当がつかぬ。\n" * 40, encoding="utf-8")
+    tok = SentencePieceTokenizer(train_model(str(sample), where="test", vocab_size=286, model_type="unigram",
+                                             character_coverage=1.0, num_threads=1, max_sentence_length=4096))
+    prompt = "🍣と𠮷の猫"
+    ids = tok.encode(prompt)
+    assert UNK_ID not in ids and sum(i in BYTE_IDS for i in ids) == 4 + 4 + 3  # 🍣, 𠮷, の: never seen
+    keras.utils.set_random_seed(0)
+    lm = gpt2.build_model(ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=CONTEXT))
+    [sample_] = generate(lm, tok, prompt, max_chars=4, seed=2, top_k=10)
+    assert sample_.prompt == prompt and 1 <= len(sample_.text) <= 4  # random weights: any bytes may follow
+    scored = score(lm, tok, prompt)
+    assert scored.ids == ids and np.isfinite(scored.total) and scored.total < 0
