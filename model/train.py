@@ -19,8 +19,9 @@ replica takes its rows of the host batch.
 
 Strategies: ``default`` (CPU or one GPU), ``mirrored`` (all local GPUs),
 ``multi_worker`` (``TF_CONFIG``; every worker saves its own data iterator),
-``tpu`` (``tpu`` names the TPU; data and run on ``gs://``). Only ``default`` and
-``mirrored`` over CPU devices are exercised by the tests here.
+``tpu`` (``tpu`` names the TPU; data and run on ``gs://``). The tests exercise
+``default``, ``mirrored`` over two logical CPUs and ``multi_worker`` with two
+worker processes on 127.0.0.1; GPUs and TPUs have not been available here.
 
 Run directory: written locally; for a ``gs://`` run it is staged in a local
 cache directory and uploaded with :func:`infra.storage.upload_dir` after each
