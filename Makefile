@@ -28,12 +28,13 @@ test-fast: venv
 demo: venv
 	$(BIN)/python -m gpt2ja demo
 
+# A Prefect server on http://127.0.0.1:4200 (started if none answers; SQLite) serving the demo's
+# deployments: corpus-refresh on its cron, pipeline, train and one per stage. Ctrl-C stops both.
 ui: venv
-	@echo "make ui: the Prefect server and deployments arrive with the orchestration issue; nothing to serve yet." >&2
-	@exit 2
+	$(BIN)/python -m gpt2ja serve configs/serve-demo.yaml
 
 # Speed figures with the machine they ran on (see README "Speed"); tokens_bench and
-# train_bench need the aozora-bulk clean corpus / a shards artifact: see their docstrings.
+# model_bench need the aozora-bulk clean corpus / a shards artifact: see their docstrings.
 bench: venv
 	$(BIN)/python benchmarks/crawl_bench.py
 	$(BIN)/python benchmarks/clean_bench.py --skip-10x

@@ -2,13 +2,16 @@
 
 The same models are the Prefect flows' parameters, so the UI shows them as forms.
 Each section reuses the stage's own config model (``CrawlConfig``, ``CleanConfig``,
-``ShardsConfig``); only what the pipeline decides itself (the run root, where each
-stage writes) is left out of the sections. Example (``configs/pipeline-demo.yaml``)::
+``ShardsConfig``, ``TrainConfig``); only what the pipeline decides itself (the run
+root, where each stage writes) is left out of the sections. The data stages are
+required; ``train``, ``evaluate``, ``generate`` and ``export`` are optional (a
+pipeline without ``train`` stops after the shards). Example (``configs/demo.yaml``)::
 
-    root: data/pipeline-demo
+    root: data/demo
     corpus: aozora-demo
     tokenizer_name: sp-unigram-3000
     dataset: sp3000-128
+    run: tiny-demo
     crawl:
       - source: aozora
         crawl_id: demo
@@ -17,8 +20,13 @@ stage writes) is left out of the sections. Example (``configs/pipeline-demo.yaml
         start_urls: [http://mirror.local/index_pages/person879.html]
     tokenizer: {kind: sentencepiece, vocab_size: 3000}
     shards: {seq_len: 128, num_shards: {train: 8, validation: 2}, workers: 1}
+    train: {preset: tiny, steps: 120, batch_tokens: 2048, micro_batch: 16, learning_rate: 2.0e-3, warmup_steps: 10}
+    evaluate: {}
+    generate: {prompts: [ある日の暮方の事である。], num: 3, max_chars: 60, top_k: 40, top_p: 0.9}
+    export: {format: hf}
 
-Paths (``root``, ``serve_mirror``, ``directory``) are relative to the working directory.
+Paths (``root``, ``serve_mirror``, ``directory``, evaluation ``texts``) are relative
+to the working directory.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pydantic.json_schema import SkipJsonSchema
 from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
 from infra import storage
+from model.train import TrainConfig
 from tokenization.shards import ShardsConfig
 from tokenization.train import DEFAULT_SAMPLE_SENTENCES
 
@@ -154,11 +163,93 @@ class TokenizerSection(BaseModel):
     sample_sentences: int = Field(DEFAULT_SAMPLE_SENTENCES, ge=1, description="sentences sampled for training")
 
 
+# ----------------------------------------------------------------- train
+
+
+class _TrainSectionBase(BaseModel):
+    """Validated through ``TrainConfig`` itself, so its cross-field checks (warmup < steps, a model) apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _via_train_config(cls, data):
+        if not isinstance(data, dict):
+            return data
+        placed = sorted({"data", "run"} & set(data))
+        if placed:
+            raise ValueError(f"{', '.join(placed)} is set by the pipeline (the shards it built, "
+                             "{root}/runs/{run}), not in the train section")
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(cls.model_fields)}")
+        try:
+            TrainConfig.model_validate({**data, "data": "-", "run": "-"})
+        except ValidationError as err:
+            first = err.errors()[0]
+            msg = "required but missing" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{_where(first['loc'])}: {msg}") from None
+        return data
+
+    def train_config(self, data: str, run: str) -> TrainConfig:
+        return TrainConfig.model_validate({**self.model_dump(), "data": data, "run": run})
+
+
+#: ``TrainConfig`` without ``data`` and ``run`` (the pipeline fills them from the shards and the run name).
+TrainSection = create_model(
+    "TrainSection", __base__=_TrainSectionBase,
+    __doc__="The train stage's settings (model/train.py TrainConfig): preset, steps, batch, optimizer, strategy.",
+    **{name: (f.annotation, f) for name, f in TrainConfig.model_fields.items() if name not in ("data", "run")},
+)
+
+
+# ----------------------------------------------------------------- evaluate, generate, export
+
+
+class EvaluateSection(BaseModel):
+    """The evaluate stage: bits per character and per byte, token perplexity (``model.evaluate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] | None = Field(None, min_length=1, description="held-out text: .txt files or clean-corpus split "
+                                                                    "folders; default: the corpus's validation split")
+    context: int | None = Field(None, ge=2, description="tokens per scoring window (default: the model's context)")
+    stride: int | None = Field(None, ge=1, description="window start every this many tokens (default: context / 2)")
+    batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass (speed only, not fingerprinted)")
+
+
+class GenerateSection(BaseModel):
+    """Sampled continuations (``model.generate``): temperature, then top-k, then top-p; fixed seed.
+
+    In the pipeline they are part of the evaluate stage (``{run}/eval/samples.jsonl``,
+    the report and the UI); the ``generate`` flow samples from any run on demand.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(min_length=1, description="prompts to continue (an empty string: unconditional)")
+    num: int = Field(1, ge=1, le=64, description="continuations per prompt")
+    max_chars: int = Field(200, ge=1, le=100_000, description="stop after this many characters")
+    temperature: float = Field(1.0, gt=0, le=100, description="divide the logits by this first")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="keep the smallest set whose probability reaches p (1: off)")
+    seed: int = Field(0, ge=0, description="random seed (the same seed gives the same samples)")
+
+
+class ExportSection(BaseModel):
+    """The export stage (``model.export``): {root}/runs/{run}/export/{format}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["hf"] = Field("hf", description="hf: a transformers GPT2LMHeadModel with safetensors weights, "
+                                                    "verified by comparing logits")
+
+
 # ----------------------------------------------------------------- the pipeline
 
 
 class PipelineConfig(BaseModel):
-    """crawl → clean → tokenizer → shards, with the URIs each stage writes derived from ``root`` and the names."""
+    """crawl → clean → tokenizer → shards [→ train → evaluate + samples → export]; URIs from the names."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -166,10 +257,28 @@ class PipelineConfig(BaseModel):
     corpus: str = Field(pattern=NAME, description="clean corpus name: {root}/clean/{corpus}")
     tokenizer_name: str = Field(pattern=NAME, description="tokenizer name: {root}/tokenizers/{tokenizer_name}")
     dataset: str = Field(pattern=NAME, description="shards name: {root}/datasets/{corpus}/{dataset}")
+    run: str | None = Field(None, pattern=NAME, description="training run name: {root}/runs/{run} (with train)")
     crawl: list[CrawlEntry] = Field(min_length=1, description="the crawls whose documents make the corpus")
     clean: CleanSection = Field(default_factory=CleanSection)  # type: ignore[valid-type]
     tokenizer: TokenizerSection
     shards: ShardsConfig
+    train: TrainSection | None = Field(  # type: ignore[valid-type]
+        None, description="train a GPT-2 on the shards (omit: stop after the shards)")
+    evaluate: EvaluateSection | None = Field(None, description="bits per character of the trained run")
+    generate: GenerateSection | None = Field(None, description="samples of the trained run (with evaluate)")
+    export: ExportSection | None = Field(None, description="export the trained run (omit: no export)")
+
+    @model_validator(mode="after")
+    def _stages_need_their_inputs(self) -> "PipelineConfig":
+        if self.train is not None and self.run is None:
+            raise ValueError("run: required with a train section (it names {root}/runs/{run})")
+        later = [s for s in ("evaluate", "generate", "export") if getattr(self, s) is not None]
+        if later and self.train is None:
+            raise ValueError(f"{later[0]}: needs a train section (the run it works on)")
+        if self.generate is not None and self.evaluate is None:
+            raise ValueError("generate: the samples are written by the evaluate stage; add an evaluate section "
+                             "(evaluate: {} uses the validation split)")
+        return self
 
     @property
     def clean_uri(self) -> str:
@@ -183,6 +292,26 @@ class PipelineConfig(BaseModel):
     def shards_uri(self) -> str:
         return storage.join(self.root, "datasets", self.corpus, self.dataset)
 
+    @property
+    def run_uri(self) -> str | None:
+        return storage.join(self.root, "runs", self.run) if self.run else None
+
+    @property
+    def eval_uri(self) -> str | None:
+        from model.evaluate import EVAL_DIR
+
+        return storage.join(self.run_uri, EVAL_DIR) if self.run else None
+
+    @property
+    def eval_texts(self) -> list[str]:
+        """What the evaluate stage scores: the configured texts, or the corpus's validation split."""
+        return list(self.evaluate.texts) if self.evaluate and self.evaluate.texts else \
+            [storage.join(self.clean_uri, "validation")]
+
+    @property
+    def export_uri(self) -> str | None:
+        return storage.join(self.run_uri, "export", self.export.format) if self.run and self.export else None
+
 
 def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
@@ -194,16 +323,26 @@ def load_config(path: str) -> PipelineConfig:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: file not found; give a YAML file such as "
-                          "configs/pipeline-demo.yaml") from None
+        raise ConfigError(f"config {path}: file not found; give a YAML file such as configs/demo.yaml") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config {path}: cannot read it ({err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    return validate_config(data, path)
+
+
+def validate_config(data, where: str) -> PipelineConfig:
+    """Validate settings already read (a YAML mapping); problems raise :class:`ConfigError` naming ``where``.
+
+    Example::
+
+        data = yaml.safe_load(open("configs/demo.yaml"))
+        validate_config({**data, "root": "/tmp/demo"}, "configs/demo.yaml")
+    """
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: expected a mapping of settings (root, corpus, crawl, ...), "
+        raise ConfigError(f"config {where}: expected a mapping of settings (root, corpus, crawl, ...), "
                           f"got {type(data).__name__}")
     try:
         return PipelineConfig.model_validate(data)
@@ -213,4 +352,4 @@ def load_config(path: str) -> PipelineConfig:
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "missing":
             msg = "required but missing"
-        raise ConfigError(f"config {path}: {_where(first['loc'])}: {msg}{more}") from None
+        raise ConfigError(f"config {where}: {_where(first['loc'])}: {msg}{more}") from None

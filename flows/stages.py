@@ -1,32 +1,52 @@
-"""One Prefect flow per data stage: crawl, clean, tokenizer, shards.
+"""One Prefect flow per stage: crawl, clean, tokenizer, shards, train, evaluate, generate, export.
 
 Glue only: each ``@task`` calls the stage's package function, which decides by
 itself whether its output is up to date (manifest fingerprint) and skips if so.
 A task reads the output manifest before and after the call: an unchanged manifest
 means the stage skipped, and it logs ``skipped: up to date``. Tasks return
-``{"uri", "skipped"}``, never data; each stage publishes a table artifact with
-its counts. Retries (with backoff) only on the crawl, the one stage doing network
-I/O. Heavy libraries (Scrapy, TensorFlow, MeCab) are imported by the stages inside
-the tasks, never when this module is imported.
+``{"uri", "skipped"}``, never data; each stage publishes its artifacts in the UI
+(:mod:`flows.artifacts`). Retries (with backoff) only on the crawl, the one stage
+doing network I/O. Heavy libraries (Scrapy, TensorFlow, MeCab, torch) are imported
+by the stages inside the tasks, never when this module is imported.
+
+Each flow runs alone too, e.g. from the UI or::
+
+    train_flow("data/demo/datasets/aozora-demo/sp3000-128", "data/demo/runs/tiny-demo",
+               TrainSection(preset="tiny", steps=120, batch_tokens=2048, micro_batch=16))
 """
 
 from __future__ import annotations
 
-import os
-import re
+import logging
 import urllib.parse
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.config import CleanSection, CrawlEntry, FilesCrawl, SpiderCrawl, TokenizerSection
+from flows import artifacts
+from flows.artifacts import key as _key  # noqa: F401 - flows.refresh imports these names from here
+from flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSection, FilesCrawl, GenerateSection,
+                          SpiderCrawl, TokenizerSection, TrainSection)
 from infra import storage
 from tokenization.shards import ShardsConfig
 
 
 class StageError(RuntimeError):
     """A stage refused its input or config (one line); retrying would not help."""
+
+
+class _OneLineStageErrors(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; a StageError is a refusal for people: one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], StageError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ONE_LINE = _OneLineStageErrors()
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_ONE_LINE)
 
 
 def _created(uri: str) -> tuple | None:
@@ -45,24 +65,32 @@ def _outcome(stage: str, uri: str, before: tuple | None) -> dict:
 
 
 def _call(stage: str, fn, *args, **kwargs):
-    """Run a stage function; its one-line ``SystemExit("error: …")`` becomes a :class:`StageError`."""
+    """Run a stage function; its one-line errors become a :class:`StageError` ``"{stage}: …"``.
+
+    The data stages end with ``SystemExit("error: …")``; the model stages raise
+    their own ValueError subclasses (ModelError, TrainError, DataError, …).
+    """
     try:
         return fn(*args, **kwargs)
     except SystemExit as err:
         raise StageError(f"{stage}: {str(err.code).removeprefix('error: ')}") from None
+    except _stage_errors() as err:
+        raise StageError(f"{stage}: {err}") from None
 
 
-def _key(*parts: str) -> str:
-    """An artifact key (lowercase letters, digits, dashes)."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+def _stage_errors() -> tuple[type, ...]:
+    """The errors the packages raise for people: a bad config, a missing or damaged artifact.
 
+    Not ``StorageError``: a storage failure may be transient, and the crawl retries it.
+    """
+    from model.data import DataError
+    from model.distribute import StrategyError
+    from model.presets import ModelError
+    from model.train import TrainError
+    from tokenization.shards import ShardsError
+    from tokenization.tokenizer import TokenizerError
 
-def _table(key: str, rows: list[dict], description: str) -> None:
-    create_table_artifact(key=key, table=rows, description=description)
-
-
-def _drops_rows(counts: dict) -> list[dict]:
-    return [{"measure": f"dropped: {reason}", "value": n} for reason, n in sorted((counts.get("drops") or {}).items())]
+    return (DataError, StrategyError, ModelError, TrainError, ShardsError, TokenizerError)
 
 
 def _not_stage_error(task, task_run, state) -> bool:
@@ -85,6 +113,11 @@ def _mirror_port(manifest: dict | None) -> int | None:
     return urllib.parse.urlsplit(urls[0]).port if urls else None
 
 
+def _crawl_done(cfg) -> bool:
+    """The check ``run_crawl`` starts with, made here to spare a Python + Scrapy start when nothing is to do."""
+    return storage.is_complete(cfg.out_uri, storage.fingerprint(cfg.fingerprint_config()))
+
+
 @task(retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
       task_run_name="crawl-{entry.source}-{entry.crawl_id}")
 def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
@@ -97,30 +130,36 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
     """
     from crawler.runner import crawl_in_subprocess
 
+    show = entry.progress_interval > 0
     if entry.serve_mirror is None:
         cfg = entry.crawl_config(root)
         before = _created(cfg.out_uri)
-        _call("crawl", crawl_in_subprocess, cfg)
+        if not _crawl_done(cfg):
+            _call("crawl", crawl_in_subprocess, cfg, show_progress=show)
         result = _outcome("crawl", cfg.out_uri, before)
     else:
         from crawler.mirror import MirrorServer
 
         out = entry.crawl_config(root, "http://127.0.0.1").out_uri
         port = _mirror_port(storage.read_manifest(out))
-        try:
-            server = MirrorServer(entry.serve_mirror, port=port or 0)
-        except OSError:
-            get_run_logger().warning("port %s of the earlier mirror crawl is taken: crawling afresh", port)
-            server, port = MirrorServer(entry.serve_mirror), None
-        with server:
-            cfg = entry.crawl_config(root, server.url("/"))
-            if port is None:  # a new address: an earlier output or state cannot be reused
-                storage.delete(cfg.out_uri)
-                storage.delete(cfg.state_path)
-            before = _created(cfg.out_uri)
-            get_run_logger().info("serving %s at %s", entry.serve_mirror, server.url("/"))
-            _call("crawl", crawl_in_subprocess, cfg)
-        result = _outcome("crawl", cfg.out_uri, before)
+        done = port is not None and _crawl_done(entry.crawl_config(root, f"http://127.0.0.1:{port}/"))
+        if done:  # nothing to fetch: no server, no crawl process
+            result = _outcome("crawl", out, _created(out))
+        else:
+            try:
+                server = MirrorServer(entry.serve_mirror, port=port or 0)
+            except OSError:
+                get_run_logger().warning("port %s of the earlier mirror crawl is taken: crawling afresh", port)
+                server, port = MirrorServer(entry.serve_mirror), None
+            with server:
+                cfg = entry.crawl_config(root, server.url("/"))
+                if port is None:  # a new address: an earlier output or state cannot be reused
+                    storage.delete(cfg.out_uri)
+                    storage.delete(cfg.state_path)
+                before = _created(cfg.out_uri)
+                get_run_logger().info("serving %s at %s", entry.serve_mirror, server.url("/"))
+                _call("crawl", crawl_in_subprocess, cfg, show_progress=show)
+            result = _outcome("crawl", cfg.out_uri, before)
     _crawl_artifact(entry.source, entry.crawl_id, result["uri"])
     return result
 
@@ -140,9 +179,7 @@ def crawl_directory(entry: FilesCrawl, root: str) -> dict:
 
 
 def _crawl_artifact(source: str, crawl_id: str, uri: str) -> None:
-    c = storage.read_manifest(uri)["counts"]
-    rows = [{"measure": k, "value": c[k]} for k in ("documents", "characters", "pages_fetched", "files_read") if k in c]
-    _table(_key("crawl", source, crawl_id), rows + _drops_rows(c), f"crawl {source}/{crawl_id}: {uri}")
+    artifacts.crawl(source, crawl_id, uri)
 
 
 @flow(name="crawl", log_prints=True)
@@ -158,18 +195,14 @@ def crawl_flow(root: str, crawl: list[CrawlEntry]) -> list[dict]:
 # ----------------------------------------------------------------- clean
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="clean")
 def clean_task(inputs: list[str], out: str, settings: CleanSection) -> dict:  # type: ignore[valid-type]
     from corpus.clean import run_clean
 
     before = _created(out)
     _call("clean", run_clean, settings.clean_config(inputs, out))
     result = _outcome("clean", out, before)
-    c = storage.read_manifest(out)["counts"]
-    rows = [{"measure": "documents in", "value": c["documents_in"]},
-            *({"measure": f"{s} documents", "value": v["documents"]} for s, v in c["splits"].items()),
-            {"measure": "characters out", "value": c["characters_out"]}]
-    _table(_key("clean", os.path.basename(out.rstrip("/"))), rows + _drops_rows(c), f"clean corpus {out}")
+    artifacts.clean(out)
     return result
 
 
@@ -182,7 +215,7 @@ def clean_flow(inputs: list[str], out: str, settings: CleanSection) -> dict:  # 
 # ----------------------------------------------------------------- tokenizer
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="tokenizer")
 def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dict:
     from tokenization.train import train_tokenizer
 
@@ -190,12 +223,7 @@ def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
     _call("tokenizer", train_tokenizer, corpus_uri, settings.kind, settings.vocab_size, out,
           model_type=settings.model_type, sample_sentences=settings.sample_sentences)
     result = _outcome("tokenizer", out, before)
-    m = storage.read_manifest(out)
-    stats, counts = m.get("stats") or {}, m.get("counts") or {}
-    rows = [{"measure": "kind", "value": m.get("kind")},
-            *({"measure": k, "value": v} for k, v in counts.items() if not isinstance(v, dict)),
-            *({"measure": k, "value": v} for k, v in stats.items() if not isinstance(v, dict))]
-    _table(_key("tokenizer", os.path.basename(out.rstrip("/"))), rows, f"tokenizer {out}")
+    artifacts.tokenizer(out)
     return result
 
 
@@ -208,19 +236,14 @@ def tokenizer_flow(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
 # ----------------------------------------------------------------- shards
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="shards")
 def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsConfig) -> dict:
-    from tokenization.shards import ShardsError, write_shards
+    from tokenization.shards import write_shards
 
     before = _created(out)
-    try:
-        _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings)
-    except ShardsError as err:
-        raise StageError(f"shards: {err}") from None
+    _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings)
     result = _outcome("shards", out, before)
-    c = storage.read_manifest(out)["counts"]
-    rows = [{"split": s, **v} for s, v in c["splits"].items()]
-    _table(_key("shards", os.path.basename(out.rstrip("/"))), rows, f"TFRecord shards {out} ({c['shards']} files)")
+    artifacts.shards(out)
     return result
 
 
@@ -228,3 +251,121 @@ def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsC
 def shards_flow(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsConfig) -> dict:
     """Encode the corpus, pack fixed-length examples and write GZIP TFRecord shards."""
     return shards_task(corpus_uri, tokenizer_uri, out, settings)
+
+
+# ----------------------------------------------------------------- train
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train")
+def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  # type: ignore[valid-type]
+    """``model.train.train``; its progress lines (loss, tokens/s, ETA) go to the run's log."""
+    from model.train import train
+
+    _same_shards(run_uri, shards_uri)
+    before = _created(run_uri)
+    _call("train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info)
+    result = _outcome("train", run_uri, before)
+    artifacts.train(run_uri)
+    return result
+
+
+def _same_shards(run_uri: str, shards_uri: str) -> None:
+    """Refuse a run started on other shards: ``train`` would resume its checkpoints on the new data.
+
+    (``model.train.train`` checks the model's shape on resume, not the data; a
+    pipeline whose corpus changed must not report the old run as trained on it.)
+    """
+    import json
+
+    from model import runs
+
+    try:
+        hparams = json.loads(storage.read_text(storage.join(run_uri, runs.HPARAMS)))
+    except storage.StorageError:
+        return  # a new run
+    except ValueError:
+        raise StageError(f"train: {run_uri}/{runs.HPARAMS} is not valid JSON; the run is damaged: delete it or "
+                         "choose another run name") from None
+    shards = storage.read_manifest(shards_uri) or {}
+    had = (hparams.get("data") or {}).get("fingerprint")
+    if had and had != shards.get("fingerprint"):
+        raise StageError(f"train: run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
+                         f"{str(shards.get('fingerprint'))[:12]} at {shards_uri}); choose another run name, or delete "
+                         f"{run_uri} to train it again from scratch")
+
+
+@flow(name="train", log_prints=True)
+def train_flow(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  # type: ignore[valid-type]
+    """Train (or resume, or skip when finished) a GPT-2 on the shards; the run directory is ``run_uri``."""
+    return train_task(shards_uri, run_uri, settings)
+
+
+# ----------------------------------------------------------------- evaluate (with samples)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="evaluate")
+def evaluate_task(run_uri: str, texts: list[str], out: str, settings: EvaluateSection,
+                  sampling: GenerateSection | None = None) -> dict:
+    from model.evaluate import write_evaluation
+
+    before = _created(out)
+    _call("evaluate", write_evaluation, run_uri, texts, out, context=settings.context, stride=settings.stride,
+          batch_size=settings.batch_size, prompts=sampling.prompts if sampling else (),
+          sampling=sampling.model_dump(exclude={"prompts"}) if sampling else None)
+    result = _outcome("evaluate", out, before)
+    artifacts.evaluation(out)
+    return result
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(run_uri: str, texts: list[str], out: str, settings: EvaluateSection,
+                  sampling: GenerateSection | None = None) -> dict:
+    """Bits per character and per byte of held-out ``texts``, token perplexity, and samples; written to ``out``."""
+    return evaluate_task(run_uri, texts, out, settings, sampling)
+
+
+# ----------------------------------------------------------------- generate (on demand)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="generate")
+def generate_task(run_uri: str, settings: GenerateSection) -> int:
+    from model.generate import generate_run
+
+    samples = _call("generate", generate_run, run_uri, list(settings.prompts),
+                    **settings.model_dump(exclude={"prompts"}))
+    rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, **settings.model_dump(exclude={"prompts"})}
+            for s in samples]
+    artifacts.markdown(artifacts.key("generate", artifacts.name_of(run_uri)),
+                       artifacts.samples_markdown(run_uri, rows), f"samples of {run_uri}")
+    for r in rows:
+        get_run_logger().info("%s", (r["prompt"] + r["text"]).replace("\n", " ⏎ "))
+    return len(rows)
+
+
+@flow(name="generate", log_prints=True)
+def generate_flow(run_uri: str, settings: GenerateSection) -> dict:
+    """Sample continuations of the prompts from a run's newest checkpoint (a Markdown artifact; writes no files)."""
+    return {"uri": run_uri, "samples": generate_task(run_uri, settings)}
+
+
+# ----------------------------------------------------------------- export
+
+
+@task(cache_policy=NO_CACHE, task_run_name="export")
+def export_task(run_uri: str, out: str, settings: ExportSection) -> dict:
+    from model.export import export_hf
+
+    before = _created(out)
+    try:
+        _call("export", export_hf, run_uri, out)
+    except ImportError as err:  # torch / transformers / safetensors are the `export` extra
+        raise StageError(f"export: {err.name} is missing; pip install -e '.[export]'") from None
+    result = _outcome("export", out, before)
+    artifacts.export(out, run_uri)
+    return result
+
+
+@flow(name="export", log_prints=True)
+def export_flow(run_uri: str, out: str, settings: ExportSection = ExportSection()) -> dict:
+    """Export the run's newest checkpoint (Hugging Face GPT2LMHeadModel, logits verified) to ``out``."""
+    return export_task(run_uri, out, settings)

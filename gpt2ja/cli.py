@@ -30,6 +30,12 @@ app.add_typer(crawl_app, name="crawl")
 tokenizer_app = typer.Typer(help="Train and inspect tokenizers ({root}/tokenizers/{name}/).",
                             no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tokenizer_app, name="tokenizer")
+try:  # `gpt2ja study` (studies/); the installed script finds it once pyproject's packages.find lists "studies*"
+    from studies.cli import app as study_app
+    app.add_typer(study_app, name="study")
+except ModuleNotFoundError as exc:
+    if exc.name != "studies":
+        raise
 
 ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
 CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
@@ -390,6 +396,23 @@ def show(uri: str = typer.Argument(..., help="An artifact directory (local or gs
     print(json.dumps({k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at")
                       if k in manifest}, ensure_ascii=False, indent=2))
     print(f"{len(manifest.get('files', []))} files, fingerprint {manifest.get('fingerprint', '')[:16]}")
+
+
+@app.command()
+def serve(
+    config: Path = typer.Argument(Path("configs/serve-demo.yaml"), help="A serve config: the pipeline YAML and the "
+                                                                        "corpus-refresh schedule."),
+    port: int = typer.Option(4200, help="Port of the local Prefect server (127.0.0.1) started when none answers."),
+    check: bool = typer.Option(False, "--check", help="Build the deployments and list them; start nothing."),
+) -> None:
+    """Serve the Prefect deployments (scheduled corpus refresh, pipeline, train and each stage) until Ctrl-C.
+
+    Uses PREFECT_API_URL when it answers; otherwise starts a Prefect server (SQLite) on
+    127.0.0.1 and stops it again on Ctrl-C. Analytics are off.
+    """
+    from flows.deployments import cli_serve
+
+    cli_serve(str(config), port=port, check=check)
 
 
 @app.command("serve-mirror")

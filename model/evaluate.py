@@ -20,12 +20,21 @@ Example::
     result["bits_per_character"], result["bits_per_byte"], result["token_perplexity"]
     s = score(lm, tok, "吾輩は猫である。")
     s.tokens[:3]   # [("吾", -5.1), ("輩", -7.9), ...]  (piece, natural-log probability)
+
+The evaluate stage (:func:`write_evaluation`) puts the figures, sampled
+continuations, the loss curve and a Markdown report in ``{run}/eval/`` with a
+manifest, and skips itself when that manifest matches (same run, texts and
+settings).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +44,14 @@ from infra import storage
 from model.presets import ModelError
 
 LN2 = math.log(2.0)
+STAGE = "evaluate"
+STAGE_VERSION = 1
+EVAL_DIR = "eval"          # {run}/eval/: the evaluate stage's artifact
+SAMPLES = "samples.jsonl"
+LOSS_PNG = "loss.png"
+REPORT = "report.md"
+
+log = logging.getLogger("gpt2ja.evaluate")
 
 
 @dataclass
@@ -204,3 +221,162 @@ def evaluate_run(run_uri: str, text_uris: Sequence[str], *, context: int | None 
         storage.write_text(storage.join(run_uri, runs.EVAL_JSON),
                            json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     return result
+
+
+# ----------------------------------------------------------------- the evaluate stage
+
+
+def read_metrics(run_uri: str) -> list[dict]:
+    """The run's ``metrics.jsonl`` records (one per logged step); empty when there is none."""
+    from model import runs
+
+    try:
+        text = storage.read_text(storage.join(run_uri, runs.METRICS))
+    except storage.StorageError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def loss_curve_png(metrics: Sequence[dict], title: str = "") -> bytes:
+    """A PNG of the training loss (and validation loss) per step, in nats; the same metrics give the same bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    val = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
+    if train:
+        ax.plot(*zip(*train), color="#4a7ab8", label="training loss")
+    if val:
+        ax.plot(*zip(*val), "o-", color="#d08030", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title or "Loss")
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no timestamp: reruns give identical files
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, context: int | None = None,
+                     stride: int | None = None, batch_size: int = 8, prompts: Sequence[str] = (),
+                     sampling: dict | None = None) -> str:
+    """The evaluate stage: figures, samples, loss curve and report in ``out_uri``, manifest last; returns ``out_uri``.
+
+    Writes ``eval.json`` (:func:`evaluate_run`'s figures), ``samples.jsonl`` (one
+    line per continuation of ``prompts``, with the ``sampling`` settings given to
+    :func:`model.generate.generate`), ``loss.png`` and ``report.md``. Skipped when
+    ``out_uri`` holds a manifest with the same fingerprint: the run's manifest,
+    the texts (URIs and content) and the settings. The run must be finished (have
+    its manifest). Bad input raises ModelError (one line).
+
+    Example::
+
+        write_evaluation("data/demo/runs/tiny-demo", ["data/demo/clean/aozora-demo/validation"],
+                         "data/demo/runs/tiny-demo/eval", prompts=["ある日の暮方の事である。"],
+                         sampling={"num": 3, "max_chars": 60, "top_k": 40, "top_p": 0.9, "seed": 0})
+    """
+    from model import runs
+    from model.generate import check_sampling, generate
+
+    started = time.monotonic()
+    if out_uri.rstrip("/") == run_uri.rstrip("/"):
+        raise ModelError(f"evaluation of {run_uri}: give it a directory of its own (e.g. {run_uri}/{EVAL_DIR}), "
+                         "not the run itself (it has the run's manifest)")
+    sampling = dict(sampling or {})
+    if prompts:  # bad settings fail now, not after the scoring
+        check_sampling(temperature=sampling.get("temperature", 1.0), top_k=sampling.get("top_k", 0),
+                       top_p=sampling.get("top_p", 1.0), greedy=sampling.get("greedy", False))
+    try:
+        run_manifest = storage.read_manifest(run_uri)
+    except storage.StorageError as err:
+        raise ModelError(f"run {run_uri}: {err}") from None
+    if run_manifest is None:
+        raise ModelError(f"run {run_uri} has no {storage.MANIFEST}: its training is missing or unfinished; "
+                         "finish it (rerun the train stage) before evaluating it")
+    texts = read_texts(text_uris)
+    digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+    config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,
+              "stride": stride, "prompts": list(prompts), "sampling": sampling}
+    fp = storage.fingerprint(config, [run_manifest])
+    try:
+        if storage.is_complete(out_uri, fp):
+            log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
+            return out_uri
+        # rebuilt: the manifest goes first, then every file an earlier evaluation may have left
+        for name in (storage.MANIFEST, runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT):
+            storage.delete(storage.join(out_uri, name))
+    except storage.StorageError as err:
+        raise ModelError(f"evaluation {out_uri}: {err}") from None
+
+    run = runs.load_run(run_uri)
+    figures = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
+                                 batch_size=batch_size)
+    result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
+              "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **figures}
+    samples = generate(run.model, run.tokenizer, list(prompts), **sampling) if prompts else []
+    rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
+            for s in samples]
+    metrics = read_metrics(run_uri)
+
+    storage.write_text(storage.join(out_uri, runs.EVAL_JSON),
+                       json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    storage.write_text(storage.join(out_uri, SAMPLES),
+                       "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+    if metrics:
+        storage.write_bytes(storage.join(out_uri, LOSS_PNG), loss_curve_png(metrics, f"{run_uri} (training)"))
+    storage.write_text(storage.join(out_uri, REPORT), _report(result, rows, sampling, metrics))
+    files = [storage.file_info(storage.join(out_uri, name), root=out_uri)
+             for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT) if metrics or name != LOSS_PNG]
+    counts = {k: result[k] for k in ("texts", "characters", "bytes", "tokens")}
+    counts["samples"] = len(rows)
+    manifest = storage.build_manifest(
+        stage=STAGE, config=config, inputs=[run_manifest], counts=counts, files=files,
+        timings={"seconds": round(time.monotonic() - started, 3)},
+        extra={"results": {k: result[k] for k in ("bits_per_character", "bits_per_byte", "bits_per_token",
+                                                   "token_perplexity", "tokens_per_character")},
+               "step": run.step, "checkpoint": result["checkpoint"]})
+    storage.write_manifest(out_uri, manifest)
+    return out_uri
+
+
+def _report(result: dict, samples: list[dict], sampling: dict, metrics: list[dict]) -> str:
+    """``report.md``: the figures, the loss curve and the samples with their settings."""
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [f"# Evaluation of {result['run']}", "",
+             f"Checkpoint `{result['checkpoint']}` (step {result['step']:,}), scored on "
+             f"{', '.join(f'`{t}`' for t in result['texts_from'])}: {result['texts']:,} texts, "
+             f"{result['characters']:,} characters, {result['bytes']:,} UTF-8 bytes, {result['tokens']:,} tokens; "
+             f"windows of {result['context']} tokens every {result['stride']} "
+             f"(every target after the first window sees ≥ {result['min_context']} tokens).", "",
+             "| measure | value |", "|---|---|",
+             f"| bits per character | {num(result['bits_per_character'], '.4f')} |",
+             f"| bits per byte | {num(result['bits_per_byte'], '.4f')} |",
+             f"| token perplexity | {num(result['token_perplexity'], '.2f')} |",
+             f"| tokens per character | {num(result['tokens_per_character'], '.4f')} |", ""]
+    if metrics:
+        train = [m for m in metrics if "loss" in m]
+        val = [m for m in metrics if "val_loss" in m]
+        lines += ["## Training", "", f"![loss curve]({LOSS_PNG})", ""]
+        if train:
+            lines.append(f"Training loss {train[0]['loss']:.4f} at step {train[0]['step']:,} → "
+                         f"{train[-1]['loss']:.4f} at step {train[-1]['step']:,}.")
+        if val:
+            lines.append(f"Validation loss {val[-1]['val_loss']:.4f} at step {val[-1]['step']:,} "
+                         f"({val[-1]['val_loss'] / LN2:.4f} bits per token).")
+        lines.append("")
+    if samples:
+        settings = ", ".join(f"{k} {v}" for k, v in sorted(sampling.items()))
+        lines += ["## Samples", "", f"Sampling settings: {settings or 'defaults'}.", ""]
+        for i, s in enumerate(samples, 1):
+            lines += [f"{i}. prompt `{s['prompt']}`, stopped: {s['stopped']}", "", "```text",
+                      s["prompt"] + s["text"], "```", ""]
+    return "\n".join(lines)

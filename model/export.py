@@ -9,9 +9,11 @@
                                   vocab_size = the padded size, activation "gelu_new", eps 1e-5
         model.safetensors         float32 weights under HF names (transformer.wte, …, transformer.ln_f)
         generation_config.json    bos = eos = pad = our eos_id; padding ids ≥ vocab_size suppressed
+        tokenizer.json, tokenizer_config.json   AutoTokenizer (fast), checked against ours
         spm.model                 (sentencepiece kinds) the tokenizer's model, as-is
         gpt2ja_tokenizer/         a full copy of our tokenizer artifact (Tokenizer.load reads it)
         README.md                 how to load it, and what is and is not a transformers tokenizer
+        _MANIFEST.json            written last: fingerprint (the run's manifest + format), files, logit check
 
 Weight mapping. KerasHub's GPT-2 is OpenAI's GPT-2 with the same maths:
 pre-LayerNorm blocks (eps 1e-5), tanh-approximated GELU (``gelu_approximate``,
@@ -28,13 +30,12 @@ like :func:`model.gpt2.logits`. Neither masks them in the raw logits; the
 generation config lists them in ``suppress_tokens`` so ``generate`` never picks
 them (as :mod:`model.generate` masks them to -inf).
 
-Tokenizer. No ``transformers`` tokenizer class is shipped: our sentencepiece
-kinds use the raw model with identity normalisation and no dummy prefix, encode
-a literal "▁" as byte pieces and treat ``<|endoftext|>`` in text as ordinary
-characters; transformers' sentencepiece wrappers add prefix/special-token
-handling of their own, and none was verified to reproduce our ids exactly. So
-the export carries ``spm.model`` (plain ``sentencepiece`` reproduces our ids
-except for the literal-"▁" case) and our artifact, and says so in README.md.
+Tokenizer. ``tokenizer.json`` + ``tokenizer_config.json`` are a fast tokenizer
+built from ours by :mod:`model.hf_tokenizer` (bytes and unigram sentencepiece
+kinds) and loaded back with ``AutoTokenizer`` before publishing: any text of
+its check set that gets other ids is an :class:`ExportError`. The export also
+carries ``spm.model`` and our own artifact; README.md names the two inputs
+that differ on purpose.
 
 Verification: the staged directory is loaded with
 ``GPT2LMHeadModel.from_pretrained(dir, local_files_only=True)`` and its logits
@@ -44,10 +45,12 @@ on a fixed batch of ids are compared with ours; a difference ≥ 1e-4 is an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
@@ -59,6 +62,8 @@ LAYER_NORM_EPS = 1e-5       # KerasHub's GPT2Backbone: TransformerDecoder(layer_
 TOLERANCE = 1e-4            # max abs logit difference (float32) accepted by the verification
 TOKENIZER_COPY = "gpt2ja_tokenizer"
 WEIGHTS_FILE = "model.safetensors"
+STAGE = "export"
+STAGE_VERSION = 1           # bump when the exported files change for the same run
 
 
 class ExportError(ModelError):
@@ -172,7 +177,15 @@ def max_logit_diff(run, export_dir: str, ids: np.ndarray | None = None) -> float
     return float(np.max(np.abs(ours - theirs)))
 
 
-def _readme(run, cfg, tok) -> str:
+def _readme(run, cfg, tok, hf_tokenizer: str | None) -> str:
+    if hf_tokenizer is None:
+        tokenizer_section = (
+            "`AutoTokenizer.from_pretrained(\"path/to/this/dir\")` loads `tokenizer.json`, a fast tokenizer built "
+            "from ours and checked id for id (and decoded text) on a fixed set of texts before export. Two inputs "
+            "differ on purpose: the literal text `<|endoftext|>` is the special token here (ours reads it as "
+            "characters), and a literal \"▁\" (U+2581) reads as a space marker here (ours spells it in bytes).")
+    else:
+        tokenizer_section = f"No `AutoTokenizer` is shipped: {hf_tokenizer}."
     spm_line = ("* `spm.model`: our sentencepiece model. `sentencepiece.SentencePieceProcessor(model_file=...)`"
                 " `.encode(text)` gives our ids, except that we encode a literal \"▁\" (U+2581) as its three"
                 " UTF-8 byte pieces (plain sentencepiece would turn it into a space).\n"
@@ -194,14 +207,31 @@ model = GPT2LMHeadModel.from_pretrained("path/to/this/dir")
 * `<|endoftext|>` = id {tok.eos_id} is bos, eos and pad.
 * The export was verified: logits of this directory match the original run's (max abs diff < 1e-4, float32).
 
-## Tokenizer: not a transformers tokenizer
+## Tokenizer
 
-No `AutoTokenizer` is shipped: no transformers tokenizer class was verified to reproduce our ids exactly,
-so none is claimed. Encode and decode with:
+{tokenizer_section}
 
 {spm_line}* `{TOKENIZER_COPY}/`: the complete gpt2ja tokenizer artifact (with its manifest):
   `tokenization.tokenizer.Tokenizer.load("{TOKENIZER_COPY}")` gives exactly the ids the model was trained on.
 """
+
+
+def _write_hf_tokenizer(tok, out_dir: str, run_uri: str) -> str | None:
+    """``tokenizer.json`` + config for ``AutoTokenizer``, verified; the reason when the kind has none."""
+    from transformers import AutoTokenizer
+
+    from model import hf_tokenizer
+
+    try:
+        hf_tokenizer.build(tok).save_pretrained(out_dir)
+    except hf_tokenizer.HFTokenizerError as err:
+        return str(err)
+    loaded = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    bad = hf_tokenizer.mismatches(tok, loaded)
+    if bad:
+        raise ExportError(f"export of {run_uri}: the transformers tokenizer gives other ids than ours on "
+                          f"{len(bad)} check text(s), first {bad[0][:40]!r}; nothing was published")
+    return None
 
 
 def export_hf(run_uri: str, out_uri: str) -> str:
@@ -210,8 +240,21 @@ def export_hf(run_uri: str, out_uri: str) -> str:
     Staged in a local temp dir, verified against the run (logits on a fixed
     batch), then published with :func:`infra.storage.upload_dir`. A run that
     cannot be loaded is the ModelError of :func:`model.runs.load_run`; an
-    export that does not match is an :class:`ExportError`.
+    export that does not match is an :class:`ExportError`. ``_MANIFEST.json``
+    (fingerprint of the run's manifest and the export format) is published last;
+    an export whose manifest matches is not redone.
     """
+    started = time.monotonic()
+    if out_uri.rstrip("/") == run_uri.rstrip("/"):
+        raise ExportError(f"export of {run_uri}: give it a directory of its own (e.g. {run_uri}/export/hf), "
+                          "not the run itself")
+    config = {"format": "hf", "version": STAGE_VERSION}
+    try:
+        run_manifest = storage.read_manifest(run_uri)
+        if run_manifest is not None and storage.is_complete(out_uri, storage.fingerprint(config, [run_manifest])):
+            return out_uri  # up to date: this run, this format
+    except storage.StorageError as err:
+        raise ExportError(f"export of {run_uri}: {err}") from None
     try:
         import safetensors.numpy
         import torch  # noqa: F401
@@ -223,6 +266,9 @@ def export_hf(run_uri: str, out_uri: str) -> str:
 
     run = load_run(run_uri, dtype="float32")
     cfg, tok = run.config, run.tokenizer
+    # an unfinished run (no manifest yet) is identified by its hparams and newest checkpoint
+    source = run_manifest or {"uri": run_uri, "fingerprint": hashlib.sha256(
+        json.dumps([run.hparams, os.path.basename(run.checkpoint)], sort_keys=True).encode()).hexdigest()}
     with tempfile.TemporaryDirectory(prefix="gpt2ja-export-") as tmp:
         def write_json(name: str, value: dict) -> None:
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
@@ -238,8 +284,9 @@ def export_hf(run_uri: str, out_uri: str) -> str:
         tok.save(copy)
         if os.path.exists(os.path.join(copy, "spm.model")):
             shutil.copyfile(os.path.join(copy, "spm.model"), os.path.join(tmp, "spm.model"))
+        hf_refused = _write_hf_tokenizer(tok, tmp, run_uri)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(tmp, cfg, tok))
+            f.write(_readme(tmp, cfg, tok, hf_refused))
 
         try:
             diff = max_logit_diff(run, tmp)
@@ -250,7 +297,16 @@ def export_hf(run_uri: str, out_uri: str) -> str:
         if not diff < TOLERANCE:
             raise ExportError(f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
                               f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published")
+        files = [storage.file_info(p, root=tmp) for p in storage.list_files(tmp)]
+        manifest = storage.build_manifest(
+            stage=STAGE, config=config, inputs=[source], files=files,
+            counts={"parameters": int(run.model.count_params()), "step": run.step, "vocab_size": cfg.vocab_size},
+            timings={"seconds": round(time.monotonic() - started, 3)},
+            extra={"max_logit_diff": diff, "tolerance": TOLERANCE, "checkpoint": os.path.basename(run.checkpoint)})
+        storage.write_manifest(tmp, manifest)
         try:
+            if storage.read_manifest(out_uri) is not None:  # no old manifest over a mix of old and new files
+                storage.delete(storage.join(out_uri, storage.MANIFEST))
             storage.upload_dir(tmp, out_uri)
         except storage.StorageError as err:
             raise ExportError(f"export of {run_uri}: {err}") from None

@@ -74,7 +74,8 @@ def test_export_layout_and_logits_match(exported):
     assert conf["activation_function"] == "gelu_new" and conf["layer_norm_epsilon"] == 1e-5
     assert conf["bos_token_id"] == conf["eos_token_id"] == 256 and conf["tie_word_embeddings"] is True
     assert json.loads((out / "generation_config.json").read_text())["suppress_tokens"] == list(range(257, 320))
-    assert "not a transformers tokenizer" in (out / "README.md").read_text()
+    assert "AutoTokenizer.from_pretrained" in (out / "README.md").read_text()
+    assert {"tokenizer.json", "tokenizer_config.json"} <= names
 
     hf = load_hf(str(out))
     ids = np.random.default_rng(0).integers(0, 320, size=(3, CONTEXT))  # padding ids as inputs too
@@ -102,6 +103,18 @@ def test_greedy_generation_gives_the_same_ids(exported):
     assert all(0 <= i < run.config.vocab_size for i in ids[0, prompt.shape[1]:])
 
 
+def test_auto_tokenizer_gives_our_ids_and_text(exported):
+    from transformers import AutoTokenizer
+
+    run, out = exported
+    hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    for text in ["吾輩は猫である。\n名前は  まだ無い", "🍣 𠮷 ｶﾀｶﾅ 123", ""]:
+        ids = run.tokenizer.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids
+        assert hf.decode(ids) == text
+    assert hf.eos_token_id == run.tokenizer.eos_id == 256
+
+
 def test_bad_run_uri_is_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match=r"no readable hparams\.json; is this a run directory") as err:
         export_hf(str(tmp_path / "no-such-run"), str(tmp_path / "out"))
@@ -117,15 +130,15 @@ def test_mismatch_is_refused_and_nothing_published(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def spm_tokenizer(tmp_path: Path):
+def spm_tokenizer(tmp_path: Path, model_type: str = "bpe", vocab_size: int = 320):
     """A 320-id sentencepiece tokenizer (our trainer options) trained in ~0.1 s on a few repeated lines."""
     from tokenization.spm import SentencePieceTokenizer, train_model
 
     sample = tmp_path / "sample.txt"
-    sample.write_text("吾輩は猫である。名前はまだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
+    sample.write_text("吾輩は猫である。名前は まだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
                       "何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。\n" * 50,
                       encoding="utf-8")
-    proto = train_model(str(sample), where="test", vocab_size=320, model_type="bpe", character_coverage=1.0,
+    proto = train_model(str(sample), where="test", vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
                         num_threads=1, max_sentence_length=4096)
     return SentencePieceTokenizer(proto)
 
@@ -148,3 +161,22 @@ def test_sentencepiece_run_ships_spm_model_and_our_artifact(tmp_path):
     assert copy.kind == "sentencepiece" and copy.encode(text + "▁") == tok.encode(text + "▁")
     readme = (out / "README.md").read_text()
     assert "spm.model" in readme and "literal" in readme
+    # sentencepiece BPE merges by score: no verified fast equivalent, said instead of shipped
+    assert not (out / "tokenizer.json").exists()
+    assert "No `AutoTokenizer` is shipped: sentencepiece tokenizer: model type 'bpe'" in readme
+
+
+def test_unigram_sentencepiece_loads_with_auto_tokenizer(tmp_path):
+    """Unigram (the default kind): tokenizer.json gives our ids on text the vocabulary covers and does not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = spm_tokenizer(tmp_path, "unigram", vocab_size=304)  # the most this text allows
+    out = tmp_path / "hf"
+    export_hf(str(write_run(tmp_path, tok)), str(out))
+    hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    for text in ["吾輩は猫である。\n名前は まだ無い", "見当 123  がつかぬ\n\n", "猫🍣鬱 abc\t", " "]:
+        assert hf.encode(text, add_special_tokens=False) == tok.encode(text), text
+        assert hf.decode(tok.encode(text)) == text
+    assert hf.eos_token_id == tok.eos_id and hf.pad_token_id == tok.eos_id
+    model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
+    assert type(model).__name__ == "GPT2LMHeadModel"

@@ -1,0 +1,272 @@
+"""What each stage shows in the Prefect UI, and the pipeline's summary: read from the stages' manifests.
+
+Presentation only: every number here is read back from an artifact's
+``_MANIFEST.json`` (or the files it lists), never computed by the flows. Each
+stage publishes a table artifact keyed ``{stage}-{name}`` (lowercase, dashes):
+
+    crawl-{source}-{crawl_id}   documents, characters, pages, drops by reason
+    clean-{corpus}              documents in and per split, characters, drops by reason
+    tokenizer-{name}            kind, vocabulary, characters and bytes per token, byte fallback
+    shards-{dataset}            documents, tokens, examples and dropped tokens per split
+    train-{run}                 step, loss, validation loss, learning rate, tokens/s
+    train-{run}-loss-curve      Markdown: the loss curve (an embedded PNG)
+    evaluate-{run}              bits per character, bits per byte, token perplexity, counts
+    samples-{run}               Markdown: the continuations with their sampling settings
+    export-{run}                the export's files, size and logit check
+    pipeline-{root}             Markdown: the summary :func:`summary` prints
+
+Example::
+
+    summary(config, pipeline(config))   # the lines `make demo` ends with
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from infra import storage
+
+
+def key(*parts: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes), e.g. ``key("train", "tiny-demo")``."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def name_of(uri: str) -> str:
+    """The last path segment of an artifact URI (``data/runs/tiny-demo`` → ``tiny-demo``)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def table(artifact_key: str, rows: list[dict], description: str) -> None:
+    create_table_artifact(key=artifact_key, table=rows, description=description)
+
+
+def markdown(artifact_key: str, text: str, description: str) -> None:
+    create_markdown_artifact(key=artifact_key, markdown=text, description=description)
+
+
+def drops_rows(counts: dict) -> list[dict]:
+    return [{"measure": f"dropped: {reason}", "value": n} for reason, n in sorted((counts.get("drops") or {}).items())]
+
+
+def _manifest(uri: str) -> dict:
+    return storage.read_manifest(uri) or {}
+
+
+# ----------------------------------------------------------------- one artifact per stage
+
+
+def crawl(source: str, crawl_id: str, uri: str) -> None:
+    c = _manifest(uri).get("counts", {})
+    rows = [{"measure": k, "value": c[k]} for k in ("documents", "characters", "pages_fetched", "files_read") if k in c]
+    table(key("crawl", source, crawl_id), rows + drops_rows(c), f"crawl {source}/{crawl_id}: {uri}")
+
+
+def clean(uri: str) -> None:
+    c = _manifest(uri)["counts"]
+    rows = [{"measure": "documents in", "value": c["documents_in"]},
+            *({"measure": f"{s} documents", "value": v["documents"]} for s, v in c["splits"].items()),
+            *({"measure": f"{s} characters", "value": v["characters"]} for s, v in c["splits"].items()),
+            {"measure": "characters out", "value": c["characters_out"]}]
+    table(key("clean", name_of(uri)), rows + drops_rows(c), f"clean corpus {uri} (report: {uri}/report.md)")
+
+
+def tokenizer(uri: str) -> None:
+    m = _manifest(uri)
+    rows = [{"measure": "kind", "value": m.get("kind")},
+            *({"measure": k, "value": v} for k, v in (m.get("counts") or {}).items() if not isinstance(v, dict)),
+            *({"measure": k, "value": v} for k, v in (m.get("stats") or {}).items() if not isinstance(v, dict))]
+    val = (m.get("stats") or {}).get("validation") or {}
+    if val.get("tokens"):
+        rows += [{"measure": "validation bytes_per_token", "value": val.get("bytes_per_token")},
+                 {"measure": "validation byte_fallback_share",
+                  "value": round(val.get("byte_fallback_tokens", 0) / val["tokens"], 5)}]
+    table(key("tokenizer", name_of(uri)), rows, f"tokenizer {uri}")
+
+
+def shards(uri: str) -> None:
+    c = _manifest(uri)["counts"]
+    rows = [{"split": s, **v} for s, v in c["splits"].items()]
+    table(key("shards", name_of(uri)), rows, f"TFRecord shards {uri} ({c['shards']} files)")
+
+
+def train(run_uri: str) -> None:
+    """The loss per logged step (table) and the loss curve (Markdown with the PNG embedded as a data URI)."""
+    from model.evaluate import loss_curve_png, read_metrics
+
+    metrics = read_metrics(run_uri)
+    name = name_of(run_uri)
+    cols = ("step", "loss", "val_loss", "lr", "tokens_per_s")
+    rows = [{c: (round(m[c], 6) if isinstance(m.get(c), float) else m.get(c)) for c in cols} for m in metrics]
+    table(key("train", name), rows, f"training run {run_uri}: loss per logged step (metrics.jsonl)")
+    png = base64.b64encode(loss_curve_png(metrics, f"{name} (training)")).decode("ascii")
+    markdown(key("train", name, "loss-curve"),
+             f"# Loss of {run_uri}\n\n![loss curve](data:image/png;base64,{png})\n\n{_loss_words(metrics)}\n",
+             f"loss curve of {run_uri}")
+
+
+def evaluation(eval_uri: str) -> None:
+    """The figures (table) and the samples with their sampling settings (Markdown)."""
+    from model.evaluate import SAMPLES
+
+    result = json.loads(storage.read_text(storage.join(eval_uri, "eval.json")))
+    name = name_of(result["run"])
+    keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "bits_per_token", "tokens_per_character",
+            "texts", "characters", "bytes", "tokens", "context", "stride", "step")
+    table(key("evaluate", name), [{"measure": k, "value": result.get(k)} for k in keys],
+          f"evaluation of {result['run']} on {', '.join(result['texts_from'])} ({eval_uri}/report.md)")
+    samples = _samples(eval_uri, SAMPLES)
+    if samples:
+        markdown(key("samples", name), samples_markdown(result["run"], samples), f"samples of {result['run']}")
+
+
+def samples_markdown(run_uri: str, samples: list[dict]) -> str:
+    """Markdown: the sampling settings, then each prompt + continuation in a text block."""
+    lines = [f"# Samples of {run_uri}", "", f"Sampling: {sampling_words(samples[0])}.", ""]
+    for i, s in enumerate(samples, 1):
+        lines += [f"{i}. stopped: {s['stopped']}", "", "```text", s["prompt"] + s["text"], "```", ""]
+    return "\n".join(lines)
+
+
+def export(uri: str, run_uri: str) -> None:
+    m = _manifest(uri)
+    rows = [{"file": f["path"], "bytes": f["bytes"], "sha256": f["sha256"][:16]} for f in m.get("files", [])]
+    table(key("export", name_of(run_uri)), rows,
+          f"Hugging Face export of {run_uri} at {uri}: step {m.get('counts', {}).get('step')}, logits checked "
+          f"against transformers (max difference {m.get('max_logit_diff', float('nan')):.2g})")
+
+
+# ----------------------------------------------------------------- words
+
+
+def sampling_words(s: dict) -> str:
+    """``temperature 1.0, top-k 40, top-p 0.9, ≤ 60 characters, seed 0`` from a sample row."""
+    return (f"temperature {float(s.get('temperature', 1.0))}, top-k {s.get('top_k') or 'off'}, "
+            f"top-p {s.get('top_p', 1.0):g}, ≤ {s.get('max_chars')} characters, seed {s.get('seed', 0)}")
+
+
+def _loss_words(metrics: list[dict]) -> str:
+    train = [m for m in metrics if "loss" in m]
+    val = [m for m in metrics if "val_loss" in m]
+    words = []
+    if train:
+        words.append(f"training loss {train[0]['loss']:.3f} (step {train[0]['step']}) → {train[-1]['loss']:.3f} "
+                     f"(step {train[-1]['step']})")
+    if val:
+        words.append(f"validation loss {val[-1]['val_loss']:.3f} ({val[-1]['val_loss'] / math.log(2):.3f} bits/token)")
+    return "; ".join(words) or "no metrics logged"
+
+
+def _samples(eval_uri: str, name: str) -> list[dict]:
+    try:
+        text = storage.read_text(storage.join(eval_uri, name))
+    except storage.StorageError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _size(uri: str) -> str:
+    m = _manifest(uri)
+    total = sum(f.get("bytes", 0) for f in m.get("files", []))
+    return f"{len(m.get('files', []))} files, {total / 2**20:.1f} MiB" if total >= 2**20 else \
+        f"{len(m.get('files', []))} files, {total / 2**10:.0f} KiB"
+
+
+def _status(result: dict) -> str:
+    return "skipped: up to date" if result["skipped"] else "built"
+
+
+def summary(config, outcome: dict) -> str:
+    """What the pipeline made: documents and characters per stage, the model's figures, samples, where it all is.
+
+    ``config`` is the :class:`flows.config.PipelineConfig`, ``outcome`` what the
+    ``pipeline`` flow returned; everything else is read from the manifests.
+    """
+    out = ["", f"Pipeline summary ({config.root})", ""]
+    where = []
+    for r in outcome["crawl"]:
+        c = _manifest(r["uri"])["counts"]
+        drops = ", ".join(f"{k} {v}" for k, v in sorted((c.get("drops") or {}).items())) or "nothing"
+        pages = f", {c['pages_fetched']:,} pages fetched" if "pages_fetched" in c else ""
+        out.append(f"  crawl      {c['documents']:,} documents, {c['characters']:,} characters{pages}; "
+                   f"dropped: {drops}  [{_status(r)}]")
+        where.append(("crawl", f"{r['uri']}/part-*.jsonl.gz"))
+    c = _manifest(outcome["clean"]["uri"])["counts"]
+    splits = " + ".join(f"{v['documents']:,} {s} ({v['characters']:,} characters)" for s, v in c["splits"].items())
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(c["drops"].items())) or "nothing"
+    out.append(f"  clean      {c['documents_in']:,} documents in → {splits}; dropped: {drops}  "
+               f"[{_status(outcome['clean'])}]")
+    where.append(("clean", f"{outcome['clean']['uri']}/{{train,validation}}/part-*.jsonl.gz, report.md"))
+    m = _manifest(outcome["tokenizer"]["uri"])
+    stats, counts = m.get("stats") or {}, m.get("counts") or {}
+    val = stats.get("validation") or {}
+    fallback = f", {val['byte_fallback_tokens'] / val['tokens']:.2%} byte fallback" if val.get("tokens") else ""
+    kind = m.get("kind", "?") + (f" {(m.get('config') or {}).get('model_type')}"
+                                 if (m.get("config") or {}).get("model_type") else "")
+    out.append(f"  tokenizer  {kind}, {counts.get('vocab_size', '?'):,} ids; "
+               f"{stats.get('chars_per_token', float('nan')):.3f} characters/token on "
+               f"{val.get('characters', 0):,} validation characters{fallback}  [{_status(outcome['tokenizer'])}]")
+    where.append(("tokenizer", outcome["tokenizer"]["uri"]))
+    m = _manifest(outcome["shards"]["uri"])
+    c = m["counts"]
+    per = "; ".join(f"{s} {v['documents']:,} documents, {v['tokens']:,} tokens, {v['examples']:,} examples"
+                    for s, v in c["splits"].items())
+    out.append(f"  shards     {per}; examples of {m.get('example_len')} ids in {c['shards']} files  "
+               f"[{_status(outcome['shards'])}]")
+    where.append(("shards", f"{outcome['shards']['uri']} ({_size(outcome['shards']['uri'])})"))
+    if "train" in outcome:
+        from model.evaluate import read_metrics
+
+        run = outcome["train"]["uri"]
+        m = _manifest(run)
+        tc = m.get("counts", {})
+        out.append(f"  train      {config.train.preset or 'init_from'}, {tc.get('parameters', 0):,} parameters, "
+                   f"{tc.get('steps', 0):,} steps ({tc.get('tokens', 0):,} tokens): {_loss_words(read_metrics(run))}  "
+                   f"[{_status(outcome['train'])}]")
+        where.append(("train", f"{run} (checkpoints/, metrics.jsonl, tensorboard/, hparams.json)"))
+    if "evaluate" in outcome:
+        ev = outcome["evaluate"]["uri"]
+        r = json.loads(storage.read_text(storage.join(ev, "eval.json")))
+        out.append(f"  evaluate   {r['bits_per_character']:.3f} bits/character, {r['bits_per_byte']:.3f} bits/byte, "
+                   f"token perplexity {r['token_perplexity']:.1f} on {r['characters']:,} held-out characters "
+                   f"({r['tokens']:,} tokens)  [{_status(outcome['evaluate'])}]")
+        from model.evaluate import SAMPLES
+
+        samples = _samples(ev, SAMPLES)
+        if samples:
+            out.append(f"  generate   {len(samples)} continuation(s); {sampling_words(samples[0])}:")
+            for s in samples:
+                out.append("    · " + (s["prompt"] + s["text"]).replace("\n", " ⏎ "))
+        where.append(("evaluate", f"{ev} (eval.json, samples.jsonl, loss.png, report.md)"))
+    if "export" in outcome:
+        ex = outcome["export"]["uri"]
+        m = _manifest(ex)
+        out.append(f"  export     Hugging Face GPT2LMHeadModel, logits equal to the run's within "
+                   f"{m.get('max_logit_diff', float('nan')):.1g}  [{_status(outcome['export'])}]")
+        where.append(("export", f"{ex} ({_size(ex)})"))
+    out += ["", "Artifacts (each directory ends with its _MANIFEST.json):"]
+    out += [f"  {stage:<10} {path}" for stage, path in where]
+    out.append(f"  {'prefect':<10} one table or Markdown artifact per stage (loss curve, samples): {_prefect_where()}")
+    return "\n".join(out)
+
+
+def _prefect_where() -> str:
+    """Where this process's flow runs and artifacts are kept, in words."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    api = PREFECT_API_URL.value()
+    if api:
+        return f"on the Prefect server {api}"
+    db = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value() or "")
+    if db.startswith("sqlite"):  # ephemeral mode: the temporary server used this database
+        path = db.split(":///", 1)[-1]
+        user = os.path.expanduser("~")
+        path = "~" + path[len(user):] if path.startswith(user) else path
+        return f"in Prefect's local database {path}; `prefect server start` shows them"
+    return "in Prefect's database"
