@@ -30,12 +30,9 @@ app.add_typer(crawl_app, name="crawl")
 tokenizer_app = typer.Typer(help="Train and inspect tokenizers ({root}/tokenizers/{name}/).",
                             no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tokenizer_app, name="tokenizer")
-try:  # `gpt2ja study` (studies/); the installed script finds it once pyproject's packages.find lists "studies*"
-    from studies.cli import app as study_app
-    app.add_typer(study_app, name="study")
-except ModuleNotFoundError as exc:
-    if exc.name != "studies":
-        raise
+from studies.cli import app as study_app  # noqa: E402 - `gpt2ja study vocab|sampling` (studies/)
+
+app.add_typer(study_app, name="study")
 
 ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
 CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
