@@ -19,7 +19,11 @@ plus the dedup index) and every phase resumes per shard:
    order of the inputs;
 3. *per part, in parallel*: write the survivors to ``{out}/{split}/part-NNNNN.jsonl.gz``.
 
-Rerunning with the same inputs and config gives byte-identical outputs.
+Rerunning with the same inputs and config gives byte-identical outputs. The
+per-part phases run in a local process pool (``workers``) unless the caller
+passes ``map_parts`` (:data:`MapParts`): the Prefect flow passes one that runs
+each part as a task on the configured task runner (threads, processes, a Dask
+cluster); the files are the same either way.
 
 Example::
 
@@ -39,8 +43,10 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -287,8 +293,34 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def run_clean(cfg: CleanConfig) -> str:
-    """Run the clean stage; returns ``cfg.out``. Skipped when the output manifest matches."""
+#: ``map_parts(fn, items, names)`` → ``[fn(item) for item in items]``, in the order of ``items``,
+#: wherever the caller runs them; ``names`` label the calls (``"filter-00003"``, ``"write-00003"``).
+#: ``fn`` is a module-level function and ``items`` are plain data, so both pickle.
+MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
+
+
+def pool_map(workers: int) -> MapParts:
+    """The default :data:`MapParts`: a spawn process pool of up to ``workers`` processes per phase.
+
+    Example::
+
+        pool_map(2)(len, ["ab", "c"], ["a", "b"])   # [2, 1]
+    """
+    def run(fn: Callable[[Any], Any], items: list, names: list[str]) -> list:
+        if not items:
+            return []
+        with _pool(min(workers, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    return run
+
+
+def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
+    """Run the clean stage; returns ``cfg.out``. Skipped when the output manifest matches.
+
+    ``map_parts`` runs the per-part phases 1 and 3 (default: :func:`pool_map` of
+    ``cfg.workers``); whatever runs them, the output is byte-identical.
+    """
     started = time.time()
     parts, manifests = _inputs(cfg)
     content = hashlib.sha256(json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests])
@@ -307,10 +339,9 @@ def run_clean(cfg: CleanConfig) -> str:
     todo = [(i, uri, cfg_json, work) for i, uri in enumerate(parts)
             if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
     t1 = time.time()
-    if todo:
-        with _pool(min(cfg.workers, len(todo))) as pool:
-            for _ in pool.map(process_part, todo):
-                pass
+    map_parts = map_parts or pool_map(cfg.workers)
+    if todo:  # the parts' results are read back from their completion records, in part order
+        map_parts(process_part, todo, [f"filter-{job[0]:05d}" for job in todo])
     results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
     t2 = time.time()
     dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup)
@@ -319,8 +350,7 @@ def run_clean(cfg: CleanConfig) -> str:
     for key in dropped:
         by_part[int(key.split(":")[0])].append(key)
     jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in range(len(parts))]
-    with _pool(min(cfg.workers, len(jobs))) as pool:
-        split_counts = list(pool.map(write_part, jobs))
+    split_counts = map_parts(write_part, jobs, [f"write-{i:05d}" for i in range(len(parts))])
     t4 = time.time()
 
     from corpus.report import write_report

@@ -20,13 +20,16 @@ pipeline without ``train`` stops after the shards). Example (``configs/demo.yaml
         start_urls: [http://mirror.local/index_pages/person879.html]
     tokenizer: {kind: sentencepiece, vocab_size: 3000}
     shards: {seq_len: 128, num_shards: {train: 8, validation: 2}, workers: 1}
+    # task_runner: {kind: dask, address: tcp://10.0.0.5:8786}   # clean's and shards' parts on a Dask cluster
     train: {preset: tiny, steps: 120, batch_tokens: 2048, micro_batch: 16, learning_rate: 2.0e-3, warmup_steps: 10}
     evaluate: {}
     generate: {prompts: [ある日の暮方の事である。], num: 3, max_chars: 60, top_k: 40, top_p: 0.9}
     export: {format: hf}
 
 Paths (``root``, ``serve_mirror``, ``directory``, evaluation ``texts``) are relative
-to the working directory.
+to the working directory. ``task_runner`` (:mod:`flows.runners`) says where the
+clean and shards stages run their parts; a ``task_runner`` in the ``clean`` or
+``shards`` section overrides the top-level one for that stage.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
+from flows.runners import TaskRunnerConfig
 from infra import storage
 from model.train import TrainConfig
 from tokenization.shards import ShardsConfig
@@ -118,10 +122,16 @@ CrawlEntry = Annotated[Union[SpiderCrawl, FilesCrawl], Field(discriminator="sour
 # ----------------------------------------------------------------- clean
 
 
+_TASK_RUNNER_HELP = ("where the stage runs its parts: local (its own process pool), threads, processes or dask "
+                     "(flows/runners.py); default: the pipeline's task_runner, else local")
+
+
 class _CleanSectionBase(BaseModel):
     """Validated through ``CleanConfig`` itself, so partial presets merge exactly as ``gpt2ja clean`` does."""
 
     model_config = ConfigDict(extra="forbid")
+
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig, description=_TASK_RUNNER_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -131,15 +141,17 @@ class _CleanSectionBase(BaseModel):
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown clean setting(s) {unknown}; known: {sorted(cls.model_fields)}")
+        stage = {k: v for k, v in data.items() if k != "task_runner"}  # not a CleanConfig field
         try:
-            full = CleanConfig.model_validate({**data, "inputs": [], "out": "-"})
+            full = CleanConfig.model_validate({**stage, "inputs": [], "out": "-"})
         except ValidationError as err:
             first = err.errors()[0]
             raise ValueError(f"{_where(first['loc'])}: {first['msg'].removeprefix('Value error, ')}") from None
-        return full.model_dump(exclude={"inputs", "out"})
+        runner = {"task_runner": data["task_runner"]} if "task_runner" in data else {}
+        return {**full.model_dump(exclude={"inputs", "out"}), **runner}
 
     def clean_config(self, inputs: list[str], out: str) -> CleanConfig:
-        return CleanConfig.model_validate({**self.model_dump(), "inputs": inputs, "out": out})
+        return CleanConfig.model_validate({**self.model_dump(exclude={"task_runner"}), "inputs": inputs, "out": out})
 
 
 #: ``CleanConfig`` without ``inputs`` and ``out`` (the pipeline fills them from the crawl and the corpus name).
@@ -147,6 +159,26 @@ CleanSection = create_model(
     "CleanSection", __base__=_CleanSectionBase, __doc__="The clean stage's settings (corpus/clean.py CleanConfig).",
     **{name: (f.annotation, f) for name, f in CleanConfig.model_fields.items() if name not in ("inputs", "out")},
 )
+
+
+# ----------------------------------------------------------------- shards
+
+
+class ShardsSection(ShardsConfig):
+    """The shards stage's settings: ``ShardsConfig`` (tokenization/shards.py) and where its shards are built.
+
+    Example::
+
+        ShardsSection(seq_len=1024, task_runner={"kind": "dask", "address": "tcp://10.0.0.5:8786"})
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig, description=_TASK_RUNNER_HELP)
+
+    def shards_config(self) -> ShardsConfig:
+        """The package's config (the runner is the flow's business, and not part of the fingerprint)."""
+        return ShardsConfig.model_validate(self.model_dump(exclude={"task_runner"}))
 
 
 # ----------------------------------------------------------------- tokenizer
@@ -261,12 +293,24 @@ class PipelineConfig(BaseModel):
     crawl: list[CrawlEntry] = Field(min_length=1, description="the crawls whose documents make the corpus")
     clean: CleanSection = Field(default_factory=CleanSection)  # type: ignore[valid-type]
     tokenizer: TokenizerSection
-    shards: ShardsConfig
+    shards: ShardsSection
     train: TrainSection | None = Field(  # type: ignore[valid-type]
         None, description="train a GPT-2 on the shards (omit: stop after the shards)")
     evaluate: EvaluateSection | None = Field(None, description="bits per character of the trained run")
     generate: GenerateSection | None = Field(None, description="samples of the trained run (with evaluate)")
     export: ExportSection | None = Field(None, description="export the trained run (omit: no export)")
+    task_runner: TaskRunnerConfig | None = Field(
+        None, description="where clean and shards run their parts unless their section sets its own "
+                          "(flows/runners.py; omit: local, each stage's own process pool)")
+
+    @model_validator(mode="after")
+    def _sections_inherit_the_task_runner(self) -> "PipelineConfig":
+        if self.task_runner is not None:
+            for name in ("clean", "shards"):
+                section = getattr(self, name)
+                if "task_runner" not in section.model_fields_set:
+                    setattr(self, name, section.model_copy(update={"task_runner": self.task_runner}))
+        return self
 
     @model_validator(mode="after")
     def _stages_need_their_inputs(self) -> "PipelineConfig":

@@ -7,7 +7,10 @@ means the stage skipped, and it logs ``skipped: up to date``. Tasks return
 ``{"uri", "skipped"}``, never data; each stage publishes its artifacts in the UI
 (:mod:`flows.artifacts`). Retries (with backoff) only on the crawl, the one stage
 doing network I/O. Heavy libraries (Scrapy, TensorFlow, MeCab, torch) are imported
-by the stages inside the tasks, never when this module is imported.
+by the stages inside the tasks, never when this module is imported. The clean and
+shards stages run their parts where their settings' ``task_runner`` says
+(:mod:`flows.runners`): their own process pool, or one ``part_task`` per part on
+a Prefect task runner (threads, processes, a Dask cluster).
 
 Each flow runs alone too, e.g. from the UI or::
 
@@ -17,6 +20,7 @@ Each flow runs alone too, e.g. from the UI or::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import urllib.parse
 
@@ -26,9 +30,9 @@ from prefect.cache_policies import NO_CACHE
 from flows import artifacts
 from flows.artifacts import key as _key  # noqa: F401 - flows.refresh imports these names from here
 from flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSection, FilesCrawl, GenerateSection,
-                          SpiderCrawl, TokenizerSection, TrainSection)
+                          ShardsSection, SpiderCrawl, TokenizerSection, TrainSection)
+from flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from infra import storage
-from tokenization.shards import ShardsConfig
 
 
 class StageError(RuntimeError):
@@ -192,15 +196,44 @@ def crawl_flow(root: str, crawl: list[CrawlEntry]) -> list[dict]:
     return results
 
 
+# ----------------------------------------------------------------- the data stages' parts (clean, shards)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{name}")
+def part_task(stage: str, fn, item, name: str):
+    """One part of a data stage (a raw part to clean, a part to write, a shard): ``fn(item)``.
+
+    Submitted by :class:`flows.runners.PartMapper` to the stage's task runner
+    (threads, processes, a Dask cluster); its result is small (counts, a
+    completion record), the files it writes are the output.
+    """
+    return _call(stage, fn, item)
+
+
+@contextlib.contextmanager
+def _parts_on(stage: str, runner: TaskRunnerConfig, workers: int):
+    """The ``map_parts`` a stage's package function gets: None (its own process pool) or one task per part."""
+    if runner.kind == "local":
+        yield None
+        return
+    try:
+        with PartMapper(runner, part_task, stage, workers) as map_parts:
+            yield map_parts
+    except TaskRunnerError as err:
+        raise StageError(f"{stage}: {err}") from None
+
+
 # ----------------------------------------------------------------- clean
 
 
 @task(cache_policy=NO_CACHE, task_run_name="clean")
 def clean_task(inputs: list[str], out: str, settings: CleanSection) -> dict:  # type: ignore[valid-type]
+    """``corpus.clean.run_clean``; its per-part phases on ``settings.task_runner`` (one task per part)."""
     from corpus.clean import run_clean
 
     before = _created(out)
-    _call("clean", run_clean, settings.clean_config(inputs, out))
+    with _parts_on("clean", settings.task_runner, settings.workers) as map_parts:
+        _call("clean", run_clean, settings.clean_config(inputs, out), map_parts=map_parts)
     result = _outcome("clean", out, before)
     artifacts.clean(out)
     return result
@@ -237,18 +270,20 @@ def tokenizer_flow(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
 
 
 @task(cache_policy=NO_CACHE, task_run_name="shards")
-def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsConfig) -> dict:
+def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsSection) -> dict:
+    """``tokenization.shards.write_shards``; its shards built on ``settings.task_runner`` (one task per shard)."""
     from tokenization.shards import write_shards
 
     before = _created(out)
-    _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings)
+    with _parts_on("shards", settings.task_runner, settings.workers) as map_parts:
+        _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings.shards_config(), map_parts=map_parts)
     result = _outcome("shards", out, before)
     artifacts.shards(out)
     return result
 
 
 @flow(name="shards", log_prints=True)
-def shards_flow(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsConfig) -> dict:
+def shards_flow(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsSection) -> dict:
     """Encode the corpus, pack fixed-length examples and write GZIP TFRecord shards."""
     return shards_task(corpus_uri, tokenizer_uri, out, settings)
 

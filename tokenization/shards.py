@@ -30,7 +30,10 @@ After publishing, a small completion record ``_work/{split}-NNNNN.json``
 (counts, size, sha256, fingerprint) marks the shard done: a rerun after an
 interruption rebuilds only the shards without a valid record. The manifest
 (fingerprint = this config + the tokenizer's and the corpus's manifests) is
-written last; an output whose manifest matches is skipped.
+written last; an output whose manifest matches is skipped. A caller may run
+the shards elsewhere instead: with ``map_parts`` (:data:`MapParts`), each shard
+is one call (the Prefect flow makes it one task on its task runner: threads,
+processes, a Dask cluster); a shard's bytes do not depend on where it was built.
 
 TensorFlow is imported only inside the functions that write records.
 
@@ -50,9 +53,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -75,6 +79,10 @@ DTYPES = {"uint16": "<u2", "int32": "<i4"}  # manifest name → numpy little-end
 # Documents are encoded in batches of about this many characters (one encode_batch call).
 _BATCH_CHARS = 1 << 20
 _BATCH_DOCS = 256
+
+#: ``map_parts(fn, items, names)`` → ``[fn(item) for item in items]``, in order, wherever the caller runs
+#: them (``names``: ``"train-00003"``, one per shard); ``fn`` and ``items`` pickle.
+MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
 
 
 class ShardsError(ValueError):
@@ -274,18 +282,21 @@ def _build(job: dict) -> list[dict]:
 # ----------------------------------------------------------------- the stage
 
 
-def write_shards(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig) -> str:
+def write_shards(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
+                 map_parts: MapParts | None = None) -> str:
     """Tokenize ``corpus_uri`` with ``tokenizer_uri`` into TFRecord shards at ``out_uri``; returns ``out_uri``.
 
     Skipped when ``out_uri`` holds a manifest with the same fingerprint; after an
     interruption only the shards without a completion record are rebuilt. Bad
     input raises :class:`ShardsError` (one line naming the artifact) before
-    anything is published.
+    anything is published. The shards are built by ``cfg.workers`` local
+    processes, or, with ``map_parts``, one ``map_parts`` call per missing shard.
     """
-    return _write(corpus_uri, tokenizer_uri, out_uri, cfg)[0]
+    return _write(corpus_uri, tokenizer_uri, out_uri, cfg, map_parts)[0]
 
 
-def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig) -> tuple[str, dict]:
+def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
+           map_parts: MapParts | None = None) -> tuple[str, dict]:
     """``write_shards``; also returns what it did (for the CLI summary)."""
     started = time.monotonic()
     corpus_manifest = _input_manifest(corpus_uri, "corpus", "build it with `gpt2ja clean`")
@@ -322,7 +333,10 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig)
                "corpus": corpus_uri, "fingerprint": fp}
         workers = min(cfg.workers, len(todo))
         jobs = [{**job, "tasks": todo[w::workers]} for w in range(workers)]
-        if workers == 1:
+        if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
+            results = map_parts(_build, [{**job, "tasks": [key]} for key in todo],
+                                [f"{split}-{index:05d}" for split, index in todo])
+        elif workers == 1:
             results = [_build(jobs[0])]
         else:
             # spawn, not fork: a forked child would share the parent's GCS client and its threads
