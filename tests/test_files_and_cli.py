@@ -118,10 +118,11 @@ def test_help_reads_well():
 def test_demo_crawls_the_bundled_mirror(tmp_path):
     got = gpt2ja("demo", "--root", str(tmp_path / "demo"))
     assert got.returncode == 0, got.stderr[-2000:]
-    assert "crawl: 36 documents" in got.stdout
-    assert f"{tmp_path / 'demo'}/raw/aozora/demo" in got.stdout
-    assert "bits/character" in got.stdout and "[7/8] generate" in got.stdout
-    assert "[8/8] export" in got.stdout and (tmp_path / "demo" / "export" / "tiny-demo-hf" / "config.json").exists()
+    root = tmp_path / "demo"
+    assert "crawl      36 documents" in got.stdout and f"{root}/raw/aozora/demo/part-" in got.stdout
+    assert "bits/character" in got.stdout and got.stdout.count("    · ある日の暮方の事である。") == 3
+    assert (root / "runs" / "tiny-demo" / "export" / "hf" / "config.json").exists()
+    assert (root / "runs" / "tiny-demo" / "eval" / "eval.json").exists()
 
 
 def test_clean_command_with_config(tmp_path):
