@@ -147,6 +147,10 @@ def test_clean_command_with_config(tmp_path):
                  "--vocab-size", "100", "--out", str(root / "tok"))
     assert tok.returncode == 1 and len(tok.stderr.strip().splitlines()) == 1
     assert "too small" in tok.stderr and "Traceback" not in tok.stderr
+    none = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "sentencepiece",
+                  "--vocab-size", "400", "--sample-sentences", "0", "--out", str(root / "tok0"))
+    assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1
+    assert "sample_sentences" in none.stderr and "must be positive" in none.stderr
     tok = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "bytes",
                  "--out", str(root / "tok"))
     assert tok.returncode == 0, tok.stderr

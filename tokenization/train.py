@@ -345,10 +345,11 @@ def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1) -> dict[str, 
 # ----------------------------------------------------------------- CLI
 
 
-def cli_train(corpus: str, kind: str, vocab_size: int, out: str, model_type: str = "unigram") -> None:
+def cli_train(corpus: str, kind: str, vocab_size: int, out: str, model_type: str = "unigram",
+              sample_sentences: int = DEFAULT_SAMPLE_SENTENCES) -> None:
     """``gpt2ja tokenizer train``: train (or find up to date) and print a one-paragraph summary."""
     uri, skipped = _train(corpus, kind, vocab_size, out, model_type=model_type,
-                          sample_sentences=DEFAULT_SAMPLE_SENTENCES, seed=DEFAULT_SEED,
+                          sample_sentences=sample_sentences, seed=DEFAULT_SEED,
                           character_coverage=DEFAULT_CHARACTER_COVERAGE, max_sentence_chars=DEFAULT_MAX_SENTENCE_CHARS,
                           num_threads=DEFAULT_NUM_THREADS)
     print(summary(Tokenizer.load(uri), uri, skipped=skipped))
