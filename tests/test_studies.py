@@ -156,6 +156,19 @@ def test_vocab_config_errors_are_one_line(tmp_path, change, message):
     assert "\n" not in str(err.value)
 
 
+def test_the_shipped_vocab_config_loads_and_sizes_small_vocabularies_by_coverage(tmp_path):
+    """2k and 4k pieces cannot give every aozora-bulk character its own piece at 0.9995 coverage (≥ 4,393 ids):
+    the shipped config lowers their coverage (the rest of the text goes to byte fallback)."""
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(repo / "configs" / "studies" / "vocab.yaml", VocabStudyConfig)
+    coverage = {t.name: t.character_coverage for t in cfg.tokenizers}
+    assert coverage["sp2k"] == 0.98 and coverage["sp4k"] == 0.995 and coverage["sp16k"] is None
+    with pytest.raises(StudyError, match=r"character_coverage: Input should be greater than 0\.5"):
+        load_config(_write(tmp_path, {**VOCAB_BASE, "tokenizers": [
+            {"name": "sp", "kind": "sentencepiece", "vocab_size": 2000, "character_coverage": 0.1}]}),
+            VocabStudyConfig)
+
+
 def test_study_commands_print_one_error_line(tmp_path, capsys):
     from gpt2ja.cli import main
 
