@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
@@ -45,6 +44,7 @@ from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
 from flows.runners import TaskRunnerConfig
 from infra import storage
+from infra.yamlconfig import first_problem, read_yaml, validate
 from model.train import TrainConfig
 from tokenization.shards import ShardsConfig
 from tokenization.train import DEFAULT_SAMPLE_SENTENCES
@@ -145,8 +145,7 @@ class _CleanSectionBase(BaseModel):
         try:
             full = CleanConfig.model_validate({**stage, "inputs": [], "out": "-"})
         except ValidationError as err:
-            first = err.errors()[0]
-            raise ValueError(f"{_where(first['loc'])}: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ValueError(first_problem(err)) from None
         runner = {"task_runner": data["task_runner"]} if "task_runner" in data else {}
         return {**full.model_dump(exclude={"inputs", "out"}), **runner}
 
@@ -218,9 +217,7 @@ class _TrainSectionBase(BaseModel):
         try:
             TrainConfig.model_validate({**data, "data": "-", "run": "-"})
         except ValidationError as err:
-            first = err.errors()[0]
-            msg = "required but missing" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
-            raise ValueError(f"{_where(first['loc'])}: {msg}") from None
+            raise ValueError(first_problem(err)) from None
         return data
 
     def train_config(self, data: str, run: str) -> TrainConfig:
@@ -357,24 +354,9 @@ class PipelineConfig(BaseModel):
         return storage.join(self.run_uri, "export", self.export.format) if self.run and self.export else None
 
 
-def _where(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 def load_config(path: str) -> PipelineConfig:
     """Read and validate a pipeline YAML file; any problem raises :class:`ConfigError` (one line)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config {path}: file not found; give a YAML file such as configs/demo.yaml") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config {path}: cannot read it ({err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
-    return validate_config(data, path)
+    return validate_config(read_yaml(path, ConfigError, example="configs/demo.yaml"), path)
 
 
 def validate_config(data, where: str) -> PipelineConfig:
@@ -385,15 +367,5 @@ def validate_config(data, where: str) -> PipelineConfig:
         data = yaml.safe_load(open("configs/demo.yaml"))
         validate_config({**data, "root": "/tmp/demo"}, "configs/demo.yaml")
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {where}: expected a mapping of settings (root, corpus, crawl, ...), "
-                          f"got {type(data).__name__}")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            msg = "required but missing"
-        raise ConfigError(f"config {where}: {_where(first['loc'])}: {msg}{more}") from None
+    return validate(PipelineConfig, data, where, ConfigError, expected="root, corpus, crawl, ...",
+                    unknown_hint="see configs/demo.yaml for the sections")

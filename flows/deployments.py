@@ -41,10 +41,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from flows.config import ConfigError, PipelineConfig, load_config
+from infra.yamlconfig import read_yaml, validate
 
 HOST = "127.0.0.1"
 PORT = 4200
@@ -96,27 +96,8 @@ class ServeConfig(BaseModel):
 
 def load_serve_config(path: str) -> tuple[ServeConfig, PipelineConfig]:
     """Read a serve config and the pipeline config it names; any problem is one :class:`ConfigError` line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"serve config {path}: file not found; give a YAML file such as "
-                          "configs/serve-demo.yaml") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"serve config {path}: cannot read it ({err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"serve config {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"serve config {path}: expected a mapping (pipeline, refresh), got {type(data).__name__}")
-    try:
-        serve_config = ServeConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "required but missing" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"serve config {path}: {where}: {msg}") from None
+    data = read_yaml(path, ConfigError, example="configs/serve-demo.yaml", label="serve config")
+    serve_config = validate(ServeConfig, data, path, ConfigError, expected="pipeline, refresh", label="serve config")
     return serve_config, load_config(serve_config.pipeline)
 
 

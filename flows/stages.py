@@ -296,37 +296,11 @@ def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
     """``model.train.train``; its progress lines (loss, tokens/s, ETA) go to the run's log."""
     from model.train import train
 
-    _same_shards(run_uri, shards_uri)
-    before = _created(run_uri)
+    before = _created(run_uri)  # train() itself refuses a run that was started on other shards
     _call("train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info)
     result = _outcome("train", run_uri, before)
     artifacts.train(run_uri)
     return result
-
-
-def _same_shards(run_uri: str, shards_uri: str) -> None:
-    """Refuse a run started on other shards: ``train`` would resume its checkpoints on the new data.
-
-    (``model.train.train`` checks the model's shape on resume, not the data; a
-    pipeline whose corpus changed must not report the old run as trained on it.)
-    """
-    import json
-
-    from model import runs
-
-    try:
-        hparams = json.loads(storage.read_text(storage.join(run_uri, runs.HPARAMS)))
-    except storage.StorageError:
-        return  # a new run
-    except ValueError:
-        raise StageError(f"train: {run_uri}/{runs.HPARAMS} is not valid JSON; the run is damaged: delete it or "
-                         "choose another run name") from None
-    shards = storage.read_manifest(shards_uri) or {}
-    had = (hparams.get("data") or {}).get("fingerprint")
-    if had and had != shards.get("fingerprint"):
-        raise StageError(f"train: run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
-                         f"{str(shards.get('fingerprint'))[:12]} at {shards_uri}); choose another run name, or delete "
-                         f"{run_uri} to train it again from scratch")
 
 
 @flow(name="train", log_prints=True)

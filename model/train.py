@@ -172,6 +172,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     if storage.is_complete(cfg.run, fp):
         say(f"run {cfg.run} is complete ({cfg.steps} steps, fingerprint {fp[:12]}): nothing to do")
         return cfg.run
+    _check_same_data(cfg.run, cfg.data, manifest)
 
     import keras
     import tensorflow as tf
@@ -443,6 +444,22 @@ def _check_memory(model_cfg: ModelConfig, per_replica: int, cfg: TrainConfig) ->
                          f"{need / 2**30:.1f} GiB to train ({param_count(model_cfg):,} parameters), this machine "
                          f"has {have / 2**30:.1f} GiB; use a smaller preset or micro_batch (with more "
                          "accumulation steps)")
+
+
+def _check_same_data(run_uri: str, data_uri: str, manifest: dict) -> None:
+    """Refuse to resume a run started on other shards: its checkpoints would continue on the new data."""
+    try:
+        hparams = json.loads(storage.read_text(storage.join(run_uri, runs.HPARAMS)))
+    except storage.StorageError:
+        return  # a new run
+    except ValueError:
+        raise TrainError(f"run {run_uri}: {runs.HPARAMS} is not valid JSON; the run is damaged: delete it or "
+                         "choose another run URI") from None
+    had = (hparams.get("data") or {}).get("fingerprint")
+    if had and had != manifest.get("fingerprint"):
+        raise TrainError(f"run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
+                         f"{str(manifest.get('fingerprint'))[:12]} at {data_uri}); choose another run URI, or "
+                         f"delete {run_uri} to train it again from scratch")
 
 
 def _check_same_model(local: str, model_cfg: ModelConfig, run_uri: str) -> None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra import storage
-from studies.common import StudyError, say as default_say, slug
+from studies.common import StudyError, require_unique, say as default_say, slug
 from studies.metrics import text_metrics
 
 VERSION = 1
@@ -115,9 +115,7 @@ class SamplingStudyConfig(BaseModel):
     @classmethod
     def _methods(cls, value: list[Method]) -> list[Method]:
         names = [m.name for m in value]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"method names must be unique; repeated: {', '.join(dup)}")
+        require_unique(names, "method")
         slugs = [slug(n) for n in names]
         if len(set(slugs)) != len(slugs):
             raise ValueError("two method names give the same file name; make them differ in letters or digits")

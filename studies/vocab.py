@@ -42,7 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra import storage
-from studies.common import StudyError, say as default_say
+from studies.common import StudyError, require_unique, say as default_say
 from studies.report import machine
 from studies.vocab_data import ensure_corpus, ensure_eval_texts, ensure_pool, eval_split
 from studies.vocab_report import HELDOUT, VALIDATION, write_report
@@ -66,6 +66,9 @@ class TokenizerSpec(BaseModel):
     character_coverage: float | None = Field(
         None, gt=0.5, le=1.0, description="sentencepiece: share of the text whose characters get pieces (the rest is "
                                           "byte fallback); default 0.9995, which needs ~4,400 ids on aozora-bulk")
+    sample_sentences: int | None = Field(
+        None, ge=1, description="sentences sampled to train this tokenizer; default: tokenizer_sample_sentences "
+                                "(MeCab pre-segmentation needs more text for the same number of pieces)")
 
     @model_validator(mode="after")
     def _size(self) -> "TokenizerSpec":
@@ -137,10 +140,7 @@ class VocabStudyConfig(BaseModel):
     @field_validator("tokenizers")
     @classmethod
     def _unique(cls, value: list[TokenizerSpec]) -> list[TokenizerSpec]:
-        names = [t.name for t in value]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"tokenizer names must be unique; repeated: {', '.join(dup)}")
+        require_unique([t.name for t in value], "tokenizer")
         return value
 
     @model_validator(mode="after")
@@ -216,7 +216,7 @@ def run_vocab_study(cfg: VocabStudyConfig, *, command: str = "gpt2ja study vocab
             say(f"tokenizer {spec.name}: {spec.kind} {spec.size:,}")
             coverage = {"character_coverage": spec.character_coverage} if spec.character_coverage else {}
             train_tokenizer(cfg.corpus, spec.kind, spec.size, tok_uri, model_type=spec.model_type,
-                            sample_sentences=cfg.tokenizer_sample_sentences, num_threads=cfg.tokenizer_threads,
+                            sample_sentences=spec.sample_sentences or cfg.tokenizer_sample_sentences, num_threads=cfg.tokenizer_threads,
                             **coverage)
         shards_uri = storage.join(cfg.root, "shards", f"{spec.name}-{cfg.seq_len}")
         with _stage_errors(f"shards {spec.name}"):

@@ -144,7 +144,11 @@ def markdown(cfg: VocabStudyConfig, rows: list[dict], summary: list[dict], corpu
         f"{splits['validation']['documents']:,} validation documents. Every work of **{cfg.holdout_author}**"
         f"{' (also spelt ' + ', '.join(cfg.holdout_aliases) + ')' if cfg.holdout_aliases else ''} is in the "
         "validation split: no tokenizer and no model saw it.",
-        f"- Tokenizers: trained on the train split ({cfg.tokenizer_sample_sentences:,} sampled sentences each).",
+        f"- Tokenizers: trained on the train split ({cfg.tokenizer_sample_sentences:,} sampled sentences each"
+        + "".join(f"; {t.name}: {t.sample_sentences:,}" for t in cfg.tokenizers if t.sample_sentences)
+        + (", because pieces cannot cross MeCab's word boundaries and fewer sentences hold too few distinct "
+           "pieces" if any(t.sample_sentences and t.kind == "mecab+sentencepiece" for t in cfg.tokenizers) else "")
+        + ").",
         f"- Training text: the pool `{storage.join(cfg.root, 'pool')}`, {pool['counts']['documents']:,} chunks of "
         f"≤ {cfg.pool_chunk_chars:,} characters sampled by hash from the whole train split "
         f"({pool['counts']['characters']:,} characters, the same for every model). Every model trains on "

@@ -27,15 +27,10 @@ import uuid
 import pytest
 
 from tests.gcs_precondition_proxy import PreconditionProxy
+from tests.net import free_port
 
 BUCKET = "gpt2ja-test-bucket"
 _START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log_path: str) -> None:
@@ -65,7 +60,7 @@ def gcs_emulator():
     pytest.importorskip("gcp_storage_emulator", reason="install the dev extras: pip install -e '.[dev]'")
     from infra import storage
 
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
     cmd = [
         sys.executable, "-m", "gcp_storage_emulator", "start",

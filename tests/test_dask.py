@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from flows.config import ConfigError, validate_config
 from infra import storage
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CARDS = REPO / "examples" / "aozora-mirror" / "cards"
@@ -194,12 +194,6 @@ def test_an_up_to_date_stage_skips_and_a_deleted_shard_is_rebuilt_alone(two_runs
     assert _snapshot(str(shards)) == reference
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("task_runner, expected", [
     ({"kind": "spark"}, "task_runner.kind: Input should be 'local', 'threads', 'processes' or 'dask'"),
     ({"kind": "dask", "address": "10.0.0.5:8786"}, "task_runner.address: '10.0.0.5:8786' is not a Dask scheduler "
@@ -229,7 +223,7 @@ def test_an_unreachable_dask_scheduler_is_one_line(prefect_harness, tmp_path):
     from flows.stages import StageError, clean_flow
 
     raw = crawl_files(str(CARDS), root=str(tmp_path), crawl_id="mirror", part_docs=8)
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     settings = CleanSection(workers=1, task_runner={"kind": "dask", "address": address, "connect_timeout_s": 2})
     started = time.monotonic()
     with pytest.raises(StageError) as err:

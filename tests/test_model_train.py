@@ -22,6 +22,7 @@ import pytest
 from corpus.document import Document
 from corpus.jsonl import ShardWriter
 from infra import storage
+from tests.net import free_ports
 from tokenization.bytes_tokenizer import ByteTokenizer
 from tokenization.shards import ShardsConfig, write_shards
 
@@ -91,6 +92,12 @@ def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
                                          r"\(1,4\d\d,\d{3},\d{3} parameters\), this machine has 8\.0 GiB"):
         train(config(shards, tmp_path / "r3", preset="xl"), progress=None)
     assert not (tmp_path / "r3").exists()  # stopped before writing anything
+    old = tmp_path / "r4"  # a run started on other shards is not resumed on these (the CLI and the flow)
+    old.mkdir()
+    (old / runs.HPARAMS).write_text(json.dumps({"data": {"fingerprint": "0" * 64}}), encoding="utf-8")
+    with pytest.raises(TrainError, match=r"r4 was trained on other shards \(fingerprint 000000000000, now "):
+        train(config(shards, old), progress=None)
+    assert sorted(p.name for p in old.iterdir()) == [runs.HPARAMS]
 
 
 @pytest.mark.slow
@@ -255,18 +262,6 @@ MULTI_WORKER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_two_processes_reach_the_loss_of_one_worker(shards, tmp_path):
     """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 (gRPC collectives, each reading its own
@@ -285,7 +280,7 @@ def test_multi_worker_two_processes_reach_the_loss_of_one_worker(shards, tmp_pat
 
     run = tmp_path / "two"
     cfg = config(shards, run, strategy="multi_worker", **kw)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     procs = [subprocess.Popen([sys.executable, "-c", MULTI_WORKER_SCRIPT, cfg.model_dump_json(),
                                json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})],

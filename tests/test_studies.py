@@ -163,6 +163,9 @@ def test_the_shipped_vocab_config_loads_and_sizes_small_vocabularies_by_coverage
     cfg = load_config(repo / "configs" / "studies" / "vocab.yaml", VocabStudyConfig)
     coverage = {t.name: t.character_coverage for t in cfg.tokenizers}
     assert coverage["sp2k"] == 0.98 and coverage["sp4k"] == 0.995 and coverage["sp16k"] is None
+    # 50,000 sentences hold at most 12,442 MeCab-bounded pieces: the 16k MeCab tokenizer samples more
+    sentences = {t.name: t.sample_sentences for t in cfg.tokenizers}
+    assert sentences["mecab-sp16k"] == 150_000 and sentences["sp16k"] is None
     with pytest.raises(StudyError, match=r"character_coverage: Input should be greater than 0\.5"):
         load_config(_write(tmp_path, {**VOCAB_BASE, "tokenizers": [
             {"name": "sp", "kind": "sentencepiece", "vocab_size": 2000, "character_coverage": 0.1}]}),
@@ -181,7 +184,8 @@ def test_study_commands_print_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "vocab", "--config", str(tmp_path / "missing.yaml")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: config {tmp_path / 'missing.yaml'}: no such file;")
+    assert capsys.readouterr().err.startswith(
+        f"error: config {tmp_path / 'missing.yaml'}: file not found; give a YAML file such as configs/studies/")
     good = _write(tmp_path, {"texts": [str(tmp_path)], "methods": [{"name": "greedy", "greedy": True}]})
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "sampling", "--run", str(tmp_path / "no-run"), "--config", str(good)])

@@ -40,12 +40,7 @@ GPT2JA=(train --strategy mirrored --mixed-precision bf16 --xla
         --preset "$PRESET" --steps "$STEPS" --batch-tokens "$BATCH_TOKENS" --micro-batch "$MICRO_BATCH"
         --data "$DATA" --run "$RUN")
 
-DRY=false
-[[ "${1:-}" == "--dry-run" ]] && DRY=true
-
-run() {  # run a command, or print it shell-quoted (`+ cmd`) in a dry run
-  if $DRY; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
-}
+source "$HERE/common.sh" "$@"   # DRY (--dry-run) and run()
 
 args_file=$(mktemp)
 trap 'rm -f "$args_file"' EXIT

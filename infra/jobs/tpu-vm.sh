@@ -39,12 +39,7 @@ GPT2JA=(train --strategy tpu --mixed-precision bf16
         --preset "$PRESET" --steps "$STEPS" --batch-tokens "$BATCH_TOKENS" --micro-batch "$MICRO_BATCH"
         --data "$DATA" --run "$RUN")
 
-DRY=false
-[[ "${1:-}" == "--dry-run" ]] && DRY=true
-
-run() {  # run a command, or print it shell-quoted (`+ cmd`) in a dry run
-  if $DRY; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
-}
+source "$HERE/common.sh" "$@"   # DRY (--dry-run) and run()
 
 TPU_AT=(--project "$PROJECT" --zone "$ZONE")
 train_cmd=$(printf ' %q' "${GPT2JA[@]}")

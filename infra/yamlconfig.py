@@ -1,0 +1,75 @@
+"""YAML settings files read into pydantic models, every problem as one line.
+
+The pipeline config, the serve config and the two study configs all go through here, so a missing
+file, a YAML syntax error, a list where a mapping belongs and a bad field read the same everywhere:
+``{label} {path}: {what}; {what to do}``. Each caller passes its own error class and example file.
+
+Example::
+
+    data = read_yaml("configs/demo.yaml", ConfigError, example="configs/demo.yaml")
+    cfg = validate(PipelineConfig, data, "configs/demo.yaml", ConfigError, expected="root, corpus, crawl, ...")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path, error: type[Exception], *, example: str, label: str = "config") -> object:
+    """The parsed YAML document of ``path`` (``{}`` for an empty file); a problem raises ``error``."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{label} {path}: file not found; give a YAML file such as {example}") from None
+    except UnicodeDecodeError:
+        raise error(f"{label} {path}: not UTF-8 text; save it as UTF-8") from None
+    except OSError as err:
+        raise error(f"{label} {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(f"{label} {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}; "
+                    "fix the file") from None
+    return {} if data is None else data
+
+
+def field_path(loc: tuple) -> str:
+    """pydantic's error location as a dotted path with list indices: ``tokenizers[2].vocab_size``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def first_problem(err: ValidationError, *, unknown_hint: str = "check its spelling") -> str:
+    """The first validation error as ``field: message`` (and how many more there are)."""
+    first = err.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "required but missing"
+    elif first["type"] == "extra_forbidden":
+        msg = f"unknown setting ({unknown_hint})"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    field = field_path(first["loc"])
+    return f"{field + ': ' if field else ''}{msg}{more}"  # a whole-model rule names its fields itself
+
+
+def validate(model: type[M], data: object, where: str | Path, error: type[Exception], *, expected: str,
+             label: str = "config", unknown_hint: str = "check its spelling") -> M:
+    """``model`` from a parsed document; a non-mapping or the first bad field raises ``error`` (one line)."""
+    if not isinstance(data, dict):
+        raise error(f"{label} {where}: expected a mapping of settings ({expected}) at the top level, "
+                    f"got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise error(f"{label} {where}: {first_problem(err, unknown_hint=unknown_hint)}") from None
