@@ -7,7 +7,7 @@ every number, the exact command, the machine and a conclusion written from the
 numbers::
 
     gpt2ja study vocab --config configs/studies/vocab.yaml
-    gpt2ja study sampling --run data/studies/vocab/runs/sp16k-s0 --config configs/studies/sampling.yaml
+    gpt2ja study sampling --run data/bulk/runs/tiny-sp8k --config configs/studies/sampling.yaml
 
 Modules: :mod:`studies.metrics` (text metrics on characters, no model);
 :mod:`studies.vocab` (config and pipeline), :mod:`studies.vocab_data` (corpus,

@@ -3,7 +3,7 @@
 ::
 
     gpt2ja study vocab --config configs/studies/vocab.yaml
-    gpt2ja study sampling --run data/studies/vocab/runs/sp16k-s0 --config configs/studies/sampling.yaml
+    gpt2ja study sampling --run data/bulk/runs/tiny-sp8k --config configs/studies/sampling.yaml
 
 A bad config or a stage that refuses its input ends with one ``error: …``
 line naming the file, field or artifact and the fix (exit status 2 for a

@@ -32,7 +32,7 @@ reuses the cells it finished.
 Example::
 
     cfg = load_config("configs/studies/sampling.yaml", SamplingStudyConfig)
-    run_sampling_study("data/studies/vocab/runs/sp16k-s0", cfg)
+    run_sampling_study("data/bulk/runs/tiny-sp8k", cfg)
 """
 
 from __future__ import annotations

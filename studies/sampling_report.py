@@ -126,6 +126,12 @@ def hypothesis_top_p(agg: list[dict], contexts: Sequence[int]) -> tuple[list[str
     return lines, verdicts
 
 
+def _ranks(scored: list[tuple[float, object]]) -> list[tuple[object, float]]:
+    """Rank of each (distance, item) among the others, 0 = closest; ties share their mean rank."""
+    return [(item, sum(1 for other, _ in scored if other < d) + (sum(1 for other, _ in scored if other == d) - 1) / 2)
+            for d, item in scored]
+
+
 def best_k(agg: list[dict], L: int) -> tuple[int | None, dict[str, str]]:
     """The k closest to human over every measure (lowest mean rank, ties sharing their mean rank) and, per
     measure, the closest k alone (``"tie"`` when several are equally close)."""
@@ -142,14 +148,51 @@ def best_k(agg: list[dict], L: int) -> tuple[int | None, dict[str, str]]:
             continue
         closest = [k for d, k in scored if d == min(d for d, _ in scored)]
         per_measure[m] = str(closest[0]) if len(closest) == 1 else "tie"
-        for d, k in scored:
-            below = sum(1 for other, _ in scored if other < d)
-            equal = sum(1 for other, _ in scored if other == d)
-            ranks[k].append(below + (equal - 1) / 2)
+        for k, rank in _ranks(scored):
+            ranks[k].append(rank)
     means = {k: statistics.fmean(r) for k, r in ranks.items() if r}
     if not means:
         return None, per_measure
     return min(means, key=lambda k: (means[k], k)), per_measure
+
+
+def recommend(agg: list[dict], contexts: Sequence[int]) -> list[tuple[dict, float]]:
+    """Every decoding method with its mean rank of closeness to the human continuation, best first.
+
+    Ranks are taken among all methods at each context length on each measure of ``CLOSENESS`` and averaged
+    over both, so the choice holds across prompt lengths; ties go to the method listed first in the config.
+    """
+    methods = [e for e in agg if e["family"] != "human" and e["context"] == contexts[0]]
+    ranks: dict[str, list[float]] = {e["method"]: [] for e in methods}
+    for L in contexts:
+        human = _at(agg, L, "human")
+        if not human:
+            continue
+        entries = [e for e in _at(agg, L) if e["family"] != "human" and e["method"] in ranks]
+        for m in CLOSENESS:
+            scored = [(round(distance(e, human[0], m), 12), e["method"]) for e in entries
+                      if distance(e, human[0], m) is not None]
+            if len(scored) >= 2:
+                for name, rank in _ranks(scored):
+                    ranks[name].append(rank)
+    order = [e["method"] for e in methods]
+    means = {name: statistics.fmean(r) for name, r in ranks.items() if r}
+    best = sorted(means, key=lambda name: (means[name], order.index(name)))
+    return [(next(e for e in methods if e["method"] == name), means[name]) for name in best]
+
+
+def settings_line(entry: dict) -> str:
+    """The `gpt2ja generate` options of a method, e.g. ``--top-k 40 --temperature 0.7``."""
+    if entry["family"] == "greedy":
+        return "--greedy"
+    opts = []
+    if entry.get("top_k"):
+        opts.append(f"--top-k {entry['top_k']}")
+    if entry.get("top_p") is not None and entry["top_p"] < 1:
+        opts.append(f"--top-p {entry['top_p']:g}")
+    if entry.get("temperature") is not None and entry["temperature"] != 1:
+        opts.append(f"--temperature {entry['temperature']:g}")
+    return " ".join(opts) or "(no truncation: pure sampling)"
 
 
 def _trend(values: list[int]) -> str:
@@ -194,6 +237,18 @@ def conclusions(agg: list[dict], cfg, window: int, model_line: str) -> list[str]
                 "equally close on that measure) "
                 f"{_trend([k for _, k in bests])} as the context grows: "
                 + ", ".join(f"{k} at {L} characters" for L, k in bests) + ".", ""]
+    ranked = recommend(agg, contexts)
+    if ranked:
+        best, score = ranked[0]
+        out += ["### The defaults of `gpt2ja generate`", "",
+                "Every method ranked by its closeness to the human continuation on "
+                + ", ".join(LABEL[m] for m in CLOSENESS)
+                + f", at every context length ({_list(list(contexts))} characters); the mean rank (0 = closest of "
+                f"the {len(ranked)} methods every time):", "",
+                table(["method", "mean rank", "options"],
+                      [[e["method"], f"{r:.2f}", f"`{settings_line(e)}`"] for e, r in ranked], align={"method": "l"}),
+                "", f"The closest overall is **{best['method']}** (`{settings_line(best)}`, mean rank {score:.2f}).",
+                ""]
     human = [e for e in agg if e["family"] == "human"]
     over = [(e["context"], e["prompts_over_window"]) for e in human if e.get("prompts_over_window")]
     notes = []

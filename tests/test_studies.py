@@ -107,6 +107,26 @@ def test_text_metrics_has_every_column():
 # ----------------------------------------------------------------- helpers and config errors
 
 
+def test_the_method_closest_to_human_at_every_context_is_recommended():
+    """Hand-made table: 'near' is closest to the human row on every measure at both lengths, 'far' farthest."""
+    from studies.sampling_report import CLOSENESS, recommend, settings_line
+
+    def row(L, method, family, shift, **kw):
+        values = {m: 0.5 + shift for m in CLOSENESS}
+        values["perplexity"] = 10.0 * (1 + shift)
+        return {"context": L, "method": method, "family": family, "top_k": kw.get("top_k", 0),
+                "top_p": kw.get("top_p", 1.0), "temperature": kw.get("temperature", 1.0), **values}
+
+    agg = [r for L in (8, 128) for r in (
+        row(L, "human", "human", 0.0), row(L, "far", "top-k", 0.4, top_k=5),
+        row(L, "near", "top-p", 0.05, top_p=0.95), row(L, "mid", "other", 0.2, top_k=40, temperature=0.7))]
+    ranked = recommend(agg, [8, 128])
+    assert [(e["method"], r) for e, r in ranked] == [("near", 0.0), ("mid", 1.0), ("far", 2.0)]
+    assert [settings_line(e) for e, _ in ranked] == ["--top-p 0.95", "--top-k 40 --temperature 0.7", "--top-k 5"]
+    assert settings_line({"family": "greedy"}) == "--greedy"
+    assert settings_line({"family": "pure", "top_k": 0, "top_p": 1.0, "temperature": 1.0}).endswith("pure sampling)")
+
+
 def test_chunks_cut_at_line_ends_and_prompts_at_sentence_ends():
     assert chunks("一行目。\n二行目。\n三行目。", 10) == ["一行目。\n二行目。\n", "三行目。"]
     assert chunks("あ" * 25, 10) == ["あ" * 10, "あ" * 10, "あ" * 5]
@@ -325,6 +345,7 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
     assert "Closest to the human perplexity" in md
     assert "| context (chars) | best k (all measures) |" in md and "as the context grows: " in md
     assert "of the prompts are longer than the model's window of 32 tokens" in md
+    assert "### The defaults of `gpt2ja generate`" in md and "The closest overall is **" in md
 
     # the CLI reuses the finished cells (no generation) and writes the same numbers elsewhere
     from gpt2ja.cli import main
