@@ -31,12 +31,15 @@ logger = logging.getLogger("gpt2ja.crawl")
 class KnownDocumentsDupeFilter(RFPDupeFilter):
     """``RFPDupeFilter`` plus the document URLs of earlier crawls (never written to this crawl's JOBDIR)."""
 
-    def __init__(self, path=None, debug=False, *, fingerprinter=None, known_crawls=(), stats=None):
+    def __init__(self, path=None, debug=False, *, fingerprinter=None, known_crawls=(), stats=None, url_alias=None):
+        from crawler.pipelines import aliased
+
         super().__init__(path, debug, fingerprinter=fingerprinter)
         self.stats = stats
         self.known: set[bytes] = set()
+        back = {to: prefix for prefix, to in (url_alias or {}).items()}  # documents keep the site's address
         for doc in read_documents(list(known_crawls)):
-            self.known.add(self.fingerprinter.fingerprint(Request(doc.url)))
+            self.known.add(self.fingerprinter.fingerprint(Request(aliased(doc.url, back))))
         self.known_skipped = 0
         if known_crawls:
             logger.info("known documents: %d URLs from %d earlier crawl(s) will not be fetched again",
@@ -46,7 +49,8 @@ class KnownDocumentsDupeFilter(RFPDupeFilter):
     def from_crawler(cls, crawler):
         return cls(job_dir(crawler.settings), crawler.settings.getbool("DUPEFILTER_DEBUG"),
                    fingerprinter=crawler.request_fingerprinter,
-                   known_crawls=crawler.settings.getlist("GPT2JA_KNOWN_CRAWLS"), stats=crawler.stats)
+                   known_crawls=crawler.settings.getlist("GPT2JA_KNOWN_CRAWLS"), stats=crawler.stats,
+                   url_alias=crawler.settings.getdict("GPT2JA_URL_ALIAS"))
 
     def request_seen(self, request) -> bool:
         if self._fingerprint(request) in self.known:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from scrapy.exceptions import DropItem
 
-from corpus.document import Document, canonical_url
+from corpus.document import Document, canonical_url, document_id
 from corpus.jsonl import ShardWriter, read_documents
 
 
@@ -29,6 +29,39 @@ class ValidatePipeline:
             raise DropItem("empty_text")
         if len(item.text) < self.min_chars:
             raise DropItem("too_short")
+        return item
+
+
+def aliased(url: str, alias: dict[str, str]) -> str:
+    """``url`` with the first matching prefix (a key of ``alias``) replaced by its value.
+
+    >>> aliased("http://127.0.0.1:8123/cards/1.html", {"http://127.0.0.1:8123": "http://mirror.local"})
+    'http://mirror.local/cards/1.html'
+    """
+    for prefix, to in alias.items():
+        if url.startswith(prefix):
+            return to + url[len(prefix):]
+    return url
+
+
+class AliasPipeline:
+    """Records a document fetched from an aliased address under the site's own (``CrawlConfig.url_alias``).
+
+    The id is made again from the new URL; the address it was fetched from stays in ``meta["fetched_url"]``.
+    """
+
+    def __init__(self, alias: dict[str, str]):
+        self.alias = dict(alias)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler.settings.getdict("GPT2JA_URL_ALIAS"))
+
+    def process_item(self, item: Document, spider=None) -> Document:
+        url = aliased(item.url, self.alias)
+        if url != item.url:
+            item.meta["fetched_url"] = item.url
+            item.url, item.id = url, document_id(item.source, url)
         return item
 
 

@@ -62,6 +62,10 @@ class CrawlConfig(BaseModel):
     contact: str = Field("", description="added to the User-Agent so site owners can reach you")
     state_dir: str | None = Field(None, description="local directory for the resumable state (default under the root, or ./.gpt2ja-state for gs://)")
     settings: dict = Field(default_factory=dict, description="extra Scrapy settings (advanced)")
+    url_alias: dict[str, str] = Field(
+        default_factory=dict, description="documents fetched from a URL under a key are recorded under its value "
+                                          "(a local mirror on 127.0.0.1:PORT keeps the site's address, so document "
+                                          "ids do not depend on the port)")
 
     @model_validator(mode="after")
     def _check(self) -> "CrawlConfig":
@@ -105,6 +109,7 @@ def scrapy_settings(cfg: CrawlConfig) -> dict:
         "GPT2JA_MIN_CHARS": cfg.min_chars,
         "GPT2JA_PROGRESS_INTERVAL": cfg.progress_interval,
         "GPT2JA_MIN_KANA_RATIO": cfg.min_kana_ratio,
+        "GPT2JA_URL_ALIAS": dict(cfg.url_alias),
         "JOBDIR": os.path.join(cfg.state_path, "jobdir"),
         "DEPTH_LIMIT": cfg.depth_limit,
         "CLOSESPIDER_PAGECOUNT": cfg.max_pages,

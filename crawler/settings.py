@@ -48,6 +48,7 @@ EXTENSIONS = {
 ITEM_PIPELINES = {
     # The order of the stages an item goes through, in one place.
     "crawler.pipelines.ValidatePipeline": 100,
+    "crawler.pipelines.AliasPipeline": 150,
     "crawler.pipelines.DedupPipeline": 200,
     "crawler.pipelines.ShardWriterPipeline": 900,
 }

@@ -99,6 +99,9 @@ class SpiderCrawl(CrawlConfig):
             for key in ("start_urls", "sitemaps"):
                 data[key] = [u.replace(placeholder, mirror_url.rstrip("/"), 1) if u.startswith(placeholder) else u
                              for u in data[key]]
+            # documents keep http://mirror.local/... as their URL, so their ids (and the split) do not
+            # depend on the port the mirror happened to be served on
+            data["url_alias"] = {**data.get("url_alias", {}), mirror_url.rstrip("/"): placeholder}
         return CrawlConfig(**{**data, "root": root})
 
 

@@ -116,6 +116,11 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
     manifests = {s: storage.read_manifest(u) for s, u in first_run["uris"].items()}
     assert manifests["crawl"]["counts"]["documents"] == 36  # as `make demo`: 48 cards, 12 with no readable edition
     assert manifests["crawl"]["counts"]["drops"]["no_edition_readable"] == 12
+    # documents keep the mirror's site address, whatever port it was served on: ids and split are stable
+    from corpus.jsonl import read_documents
+
+    urls = [d.url for d in read_documents(first_run["uris"]["crawl"])]
+    assert len(urls) == 36 and all(u.startswith("http://mirror.local/cards/") for u in urls)
     assert manifests["clean"]["counts"]["splits"]["validation"]["documents"] > 0
     assert manifests["shards"]["counts"]["shards"] == 10
     assert manifests["train"]["counts"]["steps"] == 10

@@ -14,11 +14,13 @@ import zipfile
 
 import pytest
 
+from corpus.document import document_id
 from corpus.jsonl import read_documents
 from flows.config import PipelineConfig
 from infra import storage
 from tests.conftest import author_urls
 
+SITE = "http://mirror.local"
 NEW_CARD = "/cards/000879/card99001.html"
 NEW_ZIP = "/cards/000879/files/99001_ruby_1.zip"
 # An original text in Aozora Bunko's file format (title, author, body, 底本 footer), written for this test.
@@ -75,8 +77,9 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     server = serve(mirror_copy)
     config = PipelineConfig.model_validate({
         "root": str(tmp_path / "run"), "corpus": "aozora", "tokenizer_name": "sp", "dataset": "sp-128",
+        # documents are recorded under the site's address, not the port the mirror happens to be on
         "crawl": [{"source": "aozora", "crawl_id": "mirror", "polite": False, "progress_interval": 0,
-                   "start_urls": author_urls(server)}],
+                   "start_urls": author_urls(server), "url_alias": {server.url(""): SITE}}],
         "clean": {"workers": 1, "split": {"holdout_authors": ["新美 南吉"]}},
         "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000}, "shards": {"seq_len": 128}})
     base = storage.join(config.root, "raw", "aozora", "mirror")
@@ -86,7 +89,10 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     assert first["documents_before"] == 0 and first["documents_after"] > 0
     ids_before = corpus_ids(config.clean_uri)
     assert len(ids_before) == first["documents_after"]
-    cards_with_documents = {d.url.removeprefix(server.url("")) for d in read_documents(base)}
+    docs = list(read_documents(base))
+    assert all(d.id == document_id("aozora", d.url) and d.meta["fetched_url"] == server.url(d.url[len(SITE):])
+               for d in docs)
+    cards_with_documents = {d.url.removeprefix(SITE) for d in docs}
     assert len(cards_with_documents) == 36
 
     add_work(mirror_copy)
@@ -96,10 +102,10 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     assert [c["uri"] for c in second["crawl"]] == [refresh] and not second["clean"]["skipped"]
     fetched = {path for path, _status, _t in server.requests}
     assert {f"/index_pages/person{a}.html" for a in ("879", "81", "121", "74")} <= fetched  # authors again
-    assert not fetched & cards_with_documents  # no card that gave a document was fetched again
+    assert not fetched & cards_with_documents  # no card that gave a document was fetched again (alias undone)
     assert {NEW_CARD, NEW_ZIP} <= fetched
     new = list(read_documents(refresh))
-    assert [(d.title, d.url) for d in new] == [("春の川", server.url(NEW_CARD))]
+    assert [(d.title, d.url) for d in new] == [("春の川", SITE + NEW_CARD)]
     assert second["documents_before"] == first["documents_after"]
     assert second["documents_after"] == first["documents_after"] + 1
     assert corpus_ids(config.clean_uri) == ids_before | {new[0].id}
