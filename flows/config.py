@@ -45,6 +45,7 @@ from crawler.runner import CrawlConfig
 from flows.runners import TaskRunnerConfig
 from infra import storage
 from infra.yamlconfig import first_problem, read_yaml, validate
+from model.generate import DEFAULT_SAMPLING
 from model.train import TrainConfig
 from tokenization.shards import ShardsConfig
 from tokenization.train import DEFAULT_SAMPLE_SENTENCES
@@ -262,9 +263,12 @@ class GenerateSection(BaseModel):
     prompts: list[str] = Field(min_length=1, description="prompts to continue (an empty string: unconditional)")
     num: int = Field(1, ge=1, le=64, description="continuations per prompt")
     max_chars: int = Field(200, ge=1, le=100_000, description="stop after this many characters")
-    temperature: float = Field(1.0, gt=0, le=100, description="divide the logits by this first")
-    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0: off)")
-    top_p: float = Field(1.0, gt=0, le=1, description="keep the smallest set whose probability reaches p (1: off)")
+    # defaults: the sampling study's choice (model.generate.DEFAULT_SAMPLING, docs/studies/sampling.md)
+    temperature: float = Field(DEFAULT_SAMPLING["temperature"], gt=0, le=100,
+                               description="divide the logits by this first")
+    top_k: int = Field(DEFAULT_SAMPLING["top_k"], ge=0, description="keep the k most likely tokens (0: off)")
+    top_p: float = Field(DEFAULT_SAMPLING["top_p"], gt=0, le=1,
+                         description="keep the smallest set whose probability reaches p (1: off)")
     seed: int = Field(0, ge=0, description="random seed (the same seed gives the same samples)")
 
 

@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
+
 app = typer.Typer(
     name="gpt2ja",
     help="Train Japanese GPT-2 models end to end: crawl → clean → tokenizer → TFRecord shards → "
@@ -323,9 +325,13 @@ def score(
 def generate(
     run: str = typer.Option(..., "--run", help="A run directory."),
     prompt: list[str] = typer.Option([""], "--prompt", help="A prompt (repeat for several; empty: unconditional)."),
-    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0: off)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Keep the smallest set whose probability reaches p (1: off)."),
-    temperature: float = typer.Option(1.0, help="Divide the logits by this first."),
+    top_k: int = typer.Option(SAMPLING["top_k"], "--top-k",
+                              help="Keep the k most likely tokens (0: off; default: the sampling study's choice)."),
+    top_p: float = typer.Option(SAMPLING["top_p"], "--top-p",
+                                help="Keep the smallest set whose probability reaches p (1: off; default: the "
+                                     "sampling study's choice)."),
+    temperature: float = typer.Option(SAMPLING["temperature"],
+                                      help="Divide the logits by this first (default: the sampling study's choice)."),
     greedy: bool = typer.Option(False, help="Always take the most likely token."),
     max_chars: int = typer.Option(200, "--max-chars", help="Stop after this many characters."),
     num: int = typer.Option(1, help="Samples per prompt."),

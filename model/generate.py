@@ -43,6 +43,11 @@ import numpy as np
 
 from model.presets import ModelError
 
+#: The sampling defaults of ``gpt2ja generate`` and of the pipeline's generate section: the decoding method
+#: closest to human text in the sampling study (docs/studies/sampling.md, "The defaults of gpt2ja generate").
+#: tests/test_studies.py checks that they match the committed docs/studies/sampling.csv.
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 0.99}
+
 
 def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool = False) -> None:
     """One clear line for sampling settings outside their range."""

@@ -181,6 +181,20 @@ def recommend(agg: list[dict], contexts: Sequence[int]) -> list[tuple[dict, floa
     return [(next(e for e in methods if e["method"] == name), means[name]) for name in best]
 
 
+def read_aggregate(uri: str) -> list[dict]:
+    """The aggregated rows back from a report's ``sampling.csv`` (numbers as numbers, empty cells as None)."""
+    import csv
+    import io
+
+    def value(key: str, text: str):
+        if text == "" or key in ("method", "family"):
+            return text if key in ("method", "family") else None
+        return int(text) if key in ("context", "top_k", "seeds") else float(text)
+
+    return [{k: value(k, v) for k, v in row.items()}
+            for row in csv.DictReader(io.StringIO(storage.read_text(uri)))]
+
+
 def settings_line(entry: dict) -> str:
     """The `gpt2ja generate` options of a method, e.g. ``--top-k 40 --temperature 0.7``."""
     if entry["family"] == "greedy":

@@ -296,15 +296,16 @@ def limits(cfg: VocabStudyConfig, summary: list[dict]) -> list[str]:
     largest = max((e["vocab_size"] for e in summary), default=0)
     text = (f"One model shape ({cfg.preset}: {shape['num_layers']} × {shape['hidden_dim']}, {non_emb:,} "
             f"non-embedding parameters) and one training budget ({cfg.train_characters:,} characters) were "
-            "measured; the best vocabulary can move with the model size and with longer training (a larger "
-            "vocabulary has more embedding rows to learn from the same text, which favours small vocabularies in "
-            "short runs). ")
+            "measured; the best vocabulary can move with the model size and with longer training. A larger "
+            "vocabulary has more embedding rows to learn from the same text, but it also does more of the "
+            "compression in the tokenizer itself (more characters per token): which effect wins depends on how "
+            "far training has gone, so short runs cannot settle the question for converged models. ")
     if losses:
         text += (f"The runs end at training losses of {min(losses):.2f}–{max(losses):.2f} nats per token: they are "
                  "short runs, not converged models. ")
     if largest < 50_257:
         text += f"The largest vocabulary tried is {largest:,} ids; GPT-2's 50,257 was not run. "
-    text += ("The corpus is literature by a few authors (Aozora Bunko); web "
+    text += ("The corpus is public-domain literature (Aozora Bunko); web "
              "text may rank the tokenizers differently. Seeds were repeated only where the Setup says; where a "
              "difference is smaller than the measured seed spread, the figures do not separate the settings. "
              "tokens/s and train time depend on the machine and on what else ran on it.")

@@ -345,7 +345,11 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
     assert "Closest to the human perplexity" in md
     assert "| context (chars) | best k (all measures) |" in md and "as the context grows: " in md
     assert "of the prompts are longer than the model's window of 32 tokens" in md
-    assert "### The defaults of `gpt2ja generate`" in md and "The closest overall is **" in md
+    assert "### The defaults of `gpt2ja generate`" in md
+    from studies.sampling_report import read_aggregate, recommend
+
+    best = recommend(read_aggregate(written["csv"]), [4, 16])[0][0]  # the CSV gives back the report's choice
+    assert f"The closest overall is **{best['method']}** (`" in md
 
     # the CLI reuses the finished cells (no generation) and writes the same numbers elsewhere
     from gpt2ja.cli import main
@@ -357,3 +361,26 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
     assert (tmp_path / "docs2" / "sampling-zipf.png").read_bytes() == Path(written["png_zipf"]).read_bytes()
     cells = json.loads(next((Path(run) / "sampling-study").glob("c16-top-k-5-s1.json")).read_text())
     assert len(cells["texts"]) == 3 and len(cells["cond"]) == 3
+
+
+def test_generate_defaults_are_the_sampling_studys_choice():
+    """`gpt2ja generate` and the pipeline's generate section sample as the committed study recommends."""
+    from flows.config import GenerateSection
+    from model.generate import DEFAULT_SAMPLING
+    from studies.sampling_report import read_aggregate, recommend
+
+    repo = Path(__file__).resolve().parent.parent
+    agg = read_aggregate(str(repo / "docs" / "studies" / "sampling.csv"))
+    best = recommend(agg, sorted({e["context"] for e in agg}))[0][0]
+    assert best["family"] != "greedy"
+    assert DEFAULT_SAMPLING == {"temperature": best["temperature"], "top_k": best["top_k"], "top_p": best["top_p"]}
+    import inspect
+
+    from gpt2ja.cli import generate
+
+    options = inspect.signature(generate).parameters
+    assert {k: options[k].default.default for k in DEFAULT_SAMPLING} == DEFAULT_SAMPLING
+    section = GenerateSection(prompts=["x"])
+    assert (section.temperature, section.top_k, section.top_p) == (
+        DEFAULT_SAMPLING["temperature"], DEFAULT_SAMPLING["top_k"], DEFAULT_SAMPLING["top_p"])
+    assert f"**{best['method']}**" in (repo / "docs" / "studies" / "sampling.md").read_text(encoding="utf-8")
