@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     if storage.is_complete(cfg.run, fp):
         say(f"run {cfg.run} is complete ({cfg.steps} steps, fingerprint {fp[:12]}): nothing to do")
         return cfg.run
-    _check_same_data(cfg.run, cfg.data, manifest)
+    _check_resumable(cfg.run, cfg.data, manifest, model_cfg)
 
     import keras
     import tensorflow as tf
@@ -205,7 +205,6 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
     if chief and storage.is_gcs(cfg.run):
         runs.download(cfg.run, local)
     os.makedirs(local, exist_ok=True)
-    _check_same_model(local, model_cfg, cfg.run)
 
     # ---- model, optimizer, data, checkpoint
     keras.utils.set_random_seed(cfg.seed)
@@ -446,8 +445,8 @@ def _check_memory(model_cfg: ModelConfig, per_replica: int, cfg: TrainConfig) ->
                          "accumulation steps)")
 
 
-def _check_same_data(run_uri: str, data_uri: str, manifest: dict) -> None:
-    """Refuse to resume a run started on other shards: its checkpoints would continue on the new data."""
+def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: ModelConfig) -> None:
+    """Refuse to resume a run started on other shards or with another model (one read of its hparams)."""
     try:
         hparams = json.loads(storage.read_text(storage.join(run_uri, runs.HPARAMS)))
     except storage.StorageError:
@@ -460,14 +459,7 @@ def _check_same_data(run_uri: str, data_uri: str, manifest: dict) -> None:
         raise TrainError(f"run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
                          f"{str(manifest.get('fingerprint'))[:12]} at {data_uri}); choose another run URI, or "
                          f"delete {run_uri} to train it again from scratch")
-
-
-def _check_same_model(local: str, model_cfg: ModelConfig, run_uri: str) -> None:
-    path = os.path.join(local, runs.HPARAMS)
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f).get("model")
+    old = hparams.get("model")
     if old != model_cfg.model_dump():
         raise TrainError(f"run {run_uri} was started with another model ({old}); resume it with the same "
                          "preset, data and dropout, or choose a new run URI")
