@@ -41,6 +41,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import tempfile
@@ -48,13 +49,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Iterator
 
+from infra.errors import Gpt2jaError
+
 __all__ = [
     "MANIFEST",
     "AlreadyExistsError",
+    "GenerationMismatch",
     "StorageError",
     "build_manifest",
     "code_version",
     "delete",
+    "delete_if_generation",
     "download_dir",
     "exists",
     "file_info",
@@ -63,16 +68,21 @@ __all__ = [
     "is_gcs",
     "join",
     "list_files",
+    "list_sizes",
     "local_path",
     "open",
     "publish",
     "read_bytes",
+    "read_generation",
     "read_manifest",
     "read_text",
+    "relative_ref",
+    "resolve_ref",
     "reset_client",
     "size",
     "upload_dir",
     "write_bytes",
+    "write_if_generation",
     "write_manifest",
     "write_text",
 ]
@@ -95,7 +105,7 @@ _CREDENTIALS_HINT = (
 )
 
 
-class StorageError(Exception):
+class StorageError(Gpt2jaError):
     """A storage operation failed; the message says what, where and what to do."""
 
 
@@ -153,6 +163,39 @@ def join(uri: str, *parts: str) -> str:
         if part:
             out = f"{out}/{part}"
     return out
+
+
+def relative_ref(target: str, base: str) -> str:
+    """``target`` as a reference from the directory ``base``: relative when both are on one disk or bucket.
+
+    Manifests refer to their inputs this way, so a root moved to another
+    directory, or copied to ``gs://``, keeps its links; :func:`resolve_ref`
+    undoes it. A target elsewhere (another bucket, local vs GCS) stays absolute.
+
+    Example::
+
+        relative_ref("data/clean/x", "data/datasets/x/sp8k")      # '../../../clean/x'
+        relative_ref("gs://b/r/clean/x", "gs://b/r/datasets/x")   # '../../clean/x'
+    """
+    if is_gcs(target) != is_gcs(base):
+        return target if is_gcs(target) else os.path.abspath(_local(target))
+    if is_gcs(target):
+        (tb, tk), (bb, bk) = _split(target), _split(base)
+        if tb != bb:
+            return target
+        return posixpath.relpath("/" + tk.strip("/"), "/" + bk.strip("/"))
+    return os.path.relpath(os.path.abspath(_local(target)), os.path.abspath(_local(base))).replace(os.sep, "/")
+
+
+def resolve_ref(ref: str, base: str) -> str:
+    """The URI that the reference ``ref`` written in the directory ``base`` names (see :func:`relative_ref`)."""
+    if is_gcs(ref) or os.path.isabs(ref):
+        return ref
+    if is_gcs(base):
+        bucket, key = _split(base)
+        joined = posixpath.normpath(posixpath.join("/" + key.strip("/"), ref)).lstrip("/")
+        return _gcs_uri(bucket, joined)
+    return os.path.normpath(os.path.join(_local(base), ref))
 
 
 def local_path(uri: str) -> str | None:
@@ -296,8 +339,9 @@ def exists(uri: str) -> bool:
 
 
 def _is_temp_name(name: str) -> bool:
-    # Temp files of in-flight local writes (see _local_temp); never artifacts.
-    return name.startswith(".") and name.endswith(".tmp")
+    # Temp files of in-flight local writes (see _local_temp) and the lock files of
+    # infra.stage (``.NAME.lock`` beside an output): never artifacts.
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".lock"))
 
 
 def list_files(uri: str, recursive: bool = True) -> list[str]:
@@ -325,12 +369,24 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
                     )
         return sorted(out)
 
+    return sorted(list_sizes(uri, recursive=recursive))
+
+
+def list_sizes(uri: str, recursive: bool = True) -> dict[str, int]:
+    """``{file URI: size in bytes}`` under the directory/prefix ``uri`` (one listing request on GCS)."""
+    if not is_gcs(uri):
+        sizes = {}
+        for path in list_files(uri, recursive=recursive):
+            with contextlib.suppress(FileNotFoundError):  # removed since the listing
+                sizes[path] = os.stat(path).st_size
+        return sizes
     bucket, key = _split(uri)
     prefix = key + "/" if key else None
     with _gcs_errors(uri, "list"):
         blobs = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter=None if recursive else "/")
         # Names ending in "/" are folder placeholders made by the console, not files.
-        return sorted(_gcs_uri(bucket, b.name) for b in blobs if not b.name.endswith("/"))
+        return {_gcs_uri(bucket, b.name): int(b.size) for b in blobs
+                if not b.name.endswith("/") and not _is_temp_name(b.name.rsplit("/", 1)[-1])}
 
 
 def size(uri: str) -> int:
@@ -709,6 +765,69 @@ def delete(uri: str) -> None:
         # Deletes are one request each and latency-bound, so run several at once.
         with ThreadPoolExecutor(max_workers=_GCS_WORKERS) as pool:
             list(pool.map(delete_one, names))
+
+
+# ------------------------------------------------------------------ conditional objects (GCS locks)
+
+
+class GenerationMismatch(StorageError):
+    """A conditional write or delete found another generation of the object than the one it named."""
+
+
+def read_generation(uri: str) -> tuple[bytes, int] | None:
+    """``(content, generation)`` of a ``gs://`` object, or None when it does not exist.
+
+    The generation is what :func:`write_if_generation` and
+    :func:`delete_if_generation` compare against: GCS gives every write of an
+    object a new one, so "still the version I read" is one request.
+    """
+    from google.api_core.exceptions import NotFound
+
+    bucket, key = _require_key(uri)
+    with _gcs_errors(uri, "read"):
+        blob = _gcs_client().bucket(bucket).get_blob(key)
+        if blob is None:
+            return None
+        generation = int(blob.generation)
+        try:
+            data = blob.download_as_bytes(if_generation_match=generation)
+        except NotFound:  # deleted between the two requests
+            return None
+    return data, generation
+
+
+def write_if_generation(uri: str, data: bytes, generation: int) -> int:
+    """Write ``data`` to the ``gs://`` object only if its generation is ``generation`` (0: it must not exist).
+
+    Returns the new generation; raises :class:`GenerationMismatch` when another
+    writer got there first (GCS checks the condition atomically, server side).
+    """
+    from google.api_core import exceptions as gexc
+
+    bucket, key = _require_key(uri)
+    blob = _gcs_client().bucket(bucket).blob(key)
+    try:
+        with _gcs_errors(uri, "write"):
+            try:
+                blob.upload_from_string(data, if_generation_match=generation)
+            except gexc.PreconditionFailed as err:
+                raise GenerationMismatch(f"{uri} changed: it is no longer generation {generation}") from err
+    except AlreadyExistsError as err:  # the emulator's proxy answers 412 like GCS
+        raise GenerationMismatch(f"{uri} changed: it is no longer generation {generation}") from err
+    return int(blob.generation)
+
+
+def delete_if_generation(uri: str, generation: int) -> bool:
+    """Delete the ``gs://`` object if it is still ``generation``; False when it changed or is gone."""
+    from google.api_core import exceptions as gexc
+
+    bucket, key = _require_key(uri)
+    with _gcs_errors(uri, "delete"):
+        try:
+            _gcs_client().bucket(bucket).blob(key).delete(if_generation_match=generation)
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ manifests

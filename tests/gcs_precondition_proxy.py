@@ -1,4 +1,4 @@
-"""An HTTP proxy that adds GCS generation preconditions in front of the emulator.
+"""An HTTP proxy that adds GCS generation preconditions in front of the emulator (uploads and deletes).
 
 gcp-storage-emulator ignores ``ifGenerationMatch`` on uploads: an upload with
 ``ifGenerationMatch=0`` onto an existing object answers 200 and overwrites it
@@ -33,7 +33,7 @@ import json
 import threading
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 _PRECONDITION_MESSAGE = "At least one of the pre-conditions you specified did not hold."
@@ -52,6 +52,7 @@ class PreconditionProxy:
         self.upstream_port = parts.port or 80
         self.requests: list[tuple[str, str]] = []
         self.rejected: list[str] = []
+        self.conditional = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="gcs-precondition-proxy", daemon=True)
@@ -130,6 +131,15 @@ class PreconditionProxy:
             def _handle(self) -> None:
                 body = self._body()
                 proxy.requests.append((self.command, self.path))
+                if "ifGenerationMatch=" in self.path:
+                    # check and write as one step, as GCS does: two racing conditional
+                    # writes (lock takers) must not both see the condition hold
+                    with proxy.conditional:
+                        self._handle_checked(body)
+                    return
+                self._handle_checked(body)
+
+            def _handle_checked(self, body: bytes | None) -> None:
                 rejection = self._precondition_failure(body)
                 if rejection is not None:
                     proxy.rejected.append(rejection)
@@ -171,10 +181,17 @@ class PreconditionProxy:
                     and segments[4] == "b"
                     and segments[6] == "o"
                 )
-                if not is_upload or "ifGenerationMatch" not in query or "upload_id" in query:
+                # DELETE /storage/v1/b/{bucket}/o/{name}
+                is_delete = (self.command == "DELETE" and len(segments) == 7
+                             and segments[1:3] == ["storage", "v1"] and segments[5] == "o")
+                if "ifGenerationMatch" not in query or "upload_id" in query or not (is_upload or is_delete):
                     return None
                 expected = int(query["ifGenerationMatch"][0])
-                name = self._object_name(query, body)
+                if is_delete:
+                    segments = ["", "upload", *segments[1:]]  # the bucket where an upload has it
+                    name = unquote(parts.path.split("/")[6])
+                else:
+                    name = self._object_name(query, body)
                 if name is None:
                     return None
                 current = proxy.current_generation(segments[5], name)
