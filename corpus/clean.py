@@ -59,12 +59,18 @@ from corpus.jsonl import ShardWriter, iter_part_tolerant, list_parts
 from corpus.normalize import normalize
 from corpus.split import SPLITS, SplitConfig, split_of
 from infra import storage
+from infra.errors import Gpt2jaError
+from infra.stage import run_stage
 
 logger = logging.getLogger("gpt2ja.clean")
 EXAMPLE_CHARS = 120
 # Notation left in a text after removal means the source's markup was broken
 # (an unclosed 《 or ［＃): such a text is dropped rather than kept half-cleaned.
 MALFORMED_RE = re.compile(r"［＃|《|》")
+
+
+class CleanError(Gpt2jaError):
+    """The clean stage refused its inputs (one line)."""
 
 
 class CleanConfig(BaseModel):
@@ -281,7 +287,7 @@ def _inputs(cfg: CleanConfig) -> tuple[list[str], list[dict]]:
     for uri in cfg.inputs:
         manifest = storage.read_manifest(uri)
         if manifest is None:
-            raise SystemExit(f"error: {uri} has no _MANIFEST.json: the crawl is partial or missing; "
+            raise CleanError(f"{uri} has no _MANIFEST.json: the crawl is partial or missing; "
                              "finish (resume) it first, or drop it from --in")
         manifests.append(manifest)
         parts.extend(list_parts(uri))
@@ -316,30 +322,40 @@ def pool_map(workers: int) -> MapParts:
 
 
 def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
-    """Run the clean stage; returns ``cfg.out``. Skipped when the output manifest matches.
+    """Run the clean stage; returns ``cfg.out``. Skipped when the output verifies against its fingerprint.
 
     ``map_parts`` runs the per-part phases 1 and 3 (default: :func:`pool_map` of
-    ``cfg.workers``); whatever runs them, the output is byte-identical.
+    ``cfg.workers``); whatever runs them, the output is byte-identical. The
+    output is built under its lock (:func:`infra.stage.run_stage`).
     """
     started = time.time()
     parts, manifests = _inputs(cfg)
     content = hashlib.sha256(json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests])
                              .encode()).hexdigest()
-    fp = storage.fingerprint({**cfg.fingerprint_config(), "inputs_content": content}, manifests)
-    if storage.is_complete(cfg.out, fp):
-        print(f"clean: {cfg.out} is complete for these inputs and config; skipped", file=sys.stderr)
-        return cfg.out
-    for s in SPLITS:  # a partial earlier output is rebuilt
-        storage.delete(storage.join(cfg.out, s))
-    work = _work_dir(cfg, fp)
+    config = {**cfg.fingerprint_config(), "inputs_content": content}
+    fp = storage.fingerprint(config, manifests)
     if not parts:
-        raise SystemExit(f"error: no raw parts in {', '.join(cfg.inputs)}: nothing to clean")
+        raise CleanError(f"no raw parts in {', '.join(cfg.inputs)}: nothing to clean")
 
+    def build() -> dict:
+        for s in SPLITS:  # a partial earlier output is rebuilt (its parts would be appended to)
+            storage.delete(storage.join(cfg.out, s))
+        return _build(cfg, parts, manifests, config, fp, started, map_parts or pool_map(cfg.workers))
+
+    outcome = run_stage("clean", cfg.out, fingerprint=fp, build=build, inputs=cfg.inputs, keep=("_work/",))
+    if outcome.skipped:
+        print(f"clean: {cfg.out} is complete for these inputs and config; skipped", file=sys.stderr)
+    return cfg.out
+
+
+def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: dict, fp: str, started: float,
+           map_parts: MapParts) -> dict:
+    """Phases 1–3 and the report into ``cfg.out``; the manifest (written by run_stage)."""
+    work = _work_dir(cfg, fp)
     cfg_json = cfg.model_dump_json()
     todo = [(i, uri, cfg_json, work) for i, uri in enumerate(parts)
             if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
     t1 = time.time()
-    map_parts = map_parts or pool_map(cfg.workers)
     if todo:  # the parts' results are read back from their completion records, in part order
         map_parts(process_part, todo, [f"filter-{job[0]:05d}" for job in todo])
     results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
@@ -361,14 +377,12 @@ def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
     files = [storage.file_info(u, root=cfg.out) for s in SPLITS for u in list_parts(storage.join(cfg.out, s))]
     files += [storage.file_info(u, root=cfg.out) for u in report]
     manifest = storage.build_manifest(
-        stage="clean", config={**cfg.fingerprint_config(), "inputs_content": content}, inputs=manifests,
-        counts=counts, files=files,
+        stage="clean", config=config, inputs=manifests, counts=counts, files=files,
         timings={"filter_s": round(t2 - t1, 3), "dedup_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3),
                  "total_s": round(time.time() - started, 3)},
         extra={"steps": list(STEPS), "dedup": dedup_stats})
-    storage.write_manifest(cfg.out, manifest)
     storage.delete(work)
-    return cfg.out
+    return manifest
 
 
 def summarize(results: list[dict], dropped: dict, split_counts: list[dict]) -> dict:

@@ -57,8 +57,12 @@ class ProgressLine:
         print(self.line(spider) + f" (closed: {reason})", file=sys.stderr, flush=True)
 
 
+#: the manifest of each crawl that finished in this process, by output URI (a crawl runs once per process)
+FINISHED: dict[str, dict] = {}
+
+
 class CrawlManifest:
-    """Counts what the crawl keeps and drops; writes ``_MANIFEST.json`` when the crawl is complete.
+    """Counts what the crawl keeps and drops; makes the manifest when the crawl is complete.
 
     A crawl can take several sessions (interrupted, then resumed from its JOBDIR).
     Each session's counts are saved in the crawl's state directory; when a
@@ -121,11 +125,11 @@ class CrawlManifest:
                 sessions.append(json.load(fh))
         counts = sum_counts(sessions)
         files = [storage.file_info(uri) for uri in list_parts(self.out_uri)]
-        manifest = storage.build_manifest(
+        # published by crawler.runner.run_crawl through infra.stage.run_stage (verified, manifest last)
+        FINISHED[self.out_uri] = storage.build_manifest(
             stage="crawl", config=self.config, counts=counts, files=files,
             timings={"seconds": counts.pop("seconds"), "sessions": len(sessions)},
             extra={"close_reasons": [s["reason"] for s in sessions]})
-        storage.write_manifest(self.out_uri, manifest)
         logger.info("crawl complete: %d documents in %s", counts["documents"], self.out_uri)
 
 

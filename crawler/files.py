@@ -35,6 +35,8 @@ from corpus.jsonl import ShardWriter, list_parts
 from crawler.extract import ExtractError
 from crawler.extract import aozora as aozora_extract
 from infra import storage
+from infra.errors import Gpt2jaError
+from infra.stage import run_stage
 
 logger = logging.getLogger("gpt2ja.crawl")
 SUFFIXES = (".txt", ".zip", ".jsonl", ".jsonl.gz")
@@ -127,6 +129,10 @@ def iter_paths(directory: str) -> Iterator[str]:
                 yield os.path.join(dirpath, name)
 
 
+class FilesError(Gpt2jaError):
+    """The files source refused its directory (one line)."""
+
+
 def crawl_files(directory: str, root: str = "data", crawl_id: str | None = None, part_docs: int = 500) -> str:
     """Turn a directory of text into ``{root}/raw/files/{crawl_id}/``; returns that URI.
 
@@ -136,35 +142,42 @@ def crawl_files(directory: str, root: str = "data", crawl_id: str | None = None,
     from crawler.runner import default_crawl_id
 
     if not os.path.isdir(directory):
-        raise SystemExit(f"error: {directory} is not a directory; give the folder that holds your .txt/.zip/.jsonl files")
+        raise FilesError(f"{directory} is not a directory; give the folder that holds your .txt/.zip/.jsonl files")
     crawl_id = crawl_id or default_crawl_id()
     out = storage.join(root, "raw", "files", crawl_id)
     config = {"source": "files", "directory": os.path.abspath(directory), "crawl_id": crawl_id}
     fp = storage.fingerprint(config)
-    if storage.is_complete(out, fp):
-        print(f"crawl files/{crawl_id}: already complete in {out}; skipped", file=sys.stderr)
-        return out
-    if list_parts(out):
-        storage.delete(out)  # a partial earlier run: files are re-read from the start, cheaply
     started = time.time()
     drops: Counter = Counter()
     files_read = 0
-    with ShardWriter(out, max_docs=part_docs) as writer:
-        for path in iter_paths(directory):
-            files_read += 1
-            for doc in _docs_from_file(path, drops):
-                if not doc.text.strip():
-                    drops["empty_text"] += 1
-                    logger.warning("drop empty_text: %s", doc.meta.get("path"))
-                    continue
-                writer.write(doc)
-    if writer.documents == 0:
-        raise SystemExit(f"error: no usable text in {directory} ({files_read} files read, drops: {dict(drops)}); "
-                         f"accepted: {', '.join(SUFFIXES)}")
-    counts = {"files_read": files_read, "documents": writer.documents, "characters": writer.characters,
-              "drops": dict(sorted(drops.items()))}
-    files = [storage.file_info(uri) for uri in list_parts(out)]
-    storage.write_manifest(out, storage.build_manifest(stage="crawl", config=config, counts=counts, files=files,
-                                                       timings={"seconds": round(time.time() - started, 3)}))
-    print(f"crawl files: {writer.documents} documents from {files_read} files → {out}", file=sys.stderr)
+
+    def build() -> dict:
+        nonlocal files_read
+        if list_parts(out):
+            storage.delete(out)  # a partial earlier run: files are re-read from the start, cheaply
+        with ShardWriter(out, max_docs=part_docs) as writer:
+            for path in iter_paths(directory):
+                files_read += 1
+                for doc in _docs_from_file(path, drops):
+                    if not doc.text.strip():
+                        drops["empty_text"] += 1
+                        logger.warning("drop empty_text: %s", doc.meta.get("path"))
+                        continue
+                    writer.write(doc)
+        if writer.documents == 0:
+            raise FilesError(f"no usable text in {directory} ({files_read} files read, drops: {dict(drops)}); "
+                             f"accepted: {', '.join(SUFFIXES)}")
+        counts = {"files_read": files_read, "documents": writer.documents, "characters": writer.characters,
+                  "drops": dict(sorted(drops.items()))}
+        files = [storage.file_info(uri) for uri in list_parts(out)]
+        return storage.build_manifest(stage="crawl", config=config, counts=counts, files=files,
+                                      timings={"seconds": round(time.time() - started, 3)})
+
+    # the directory read is an input too: an output inside it would be read back as text
+    outcome = run_stage("crawl", out, fingerprint=fp, build=build, inputs=[directory])
+    if outcome.skipped:
+        print(f"crawl files/{crawl_id}: already complete in {out}; skipped", file=sys.stderr)
+        return out
+    documents = outcome.manifest["counts"]["documents"]
+    print(f"crawl files: {documents} documents from {files_read} files → {out}", file=sys.stderr)
     return out

@@ -30,6 +30,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from infra import storage
+from infra.errors import Gpt2jaError
+from infra.stage import run_stage
 
 
 def default_crawl_id() -> str:
@@ -138,38 +140,53 @@ def spider_kwargs(cfg: CrawlConfig) -> dict:
     return {"start_urls": cfg.start_urls, "sitemap_urls": cfg.sitemaps}
 
 
-def run_crawl(cfg: CrawlConfig) -> str:
-    """Run the crawl in this process (once per process); returns the output URI.
+class CrawlError(Gpt2jaError):
+    """A crawl that could not finish, or was refused (one line)."""
 
-    Returns at once when the output is already complete for this config.
+
+def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
+    """Run the crawl in this process (once per process), under its lock; returns the output URI.
+
+    Returns at once when the output verifies for this config. An output made
+    with another config is refused, unless ``fresh``: then it and the crawl's
+    state are deleted and the crawl starts over (a mirror served on a new port).
     """
     fp = storage.fingerprint(cfg.fingerprint_config())
-    if storage.is_complete(cfg.out_uri, fp):
-        print(f"crawl {cfg.source}/{cfg.crawl_id}: already complete in {cfg.out_uri} (manifest matches); skipped",
-              file=sys.stderr)
-        return cfg.out_uri
-    manifest = storage.read_manifest(cfg.out_uri)
-    if manifest is not None:
-        raise SystemExit(f"error: {cfg.out_uri} already holds a finished crawl made with another config; "
-                         "choose another --crawl-id (or delete that directory)")
-    os.makedirs(cfg.state_path, exist_ok=True)
+    where = f"crawl {cfg.source}/{cfg.crawl_id}"
 
-    from scrapy.crawler import CrawlerProcess
-    from scrapy.settings import Settings
+    def build() -> dict:
+        if fresh:
+            storage.delete(cfg.out_uri)
+            storage.delete(cfg.state_path)
+        os.makedirs(cfg.state_path, exist_ok=True)
+        from scrapy.crawler import CrawlerProcess
+        from scrapy.settings import Settings
 
-    from crawler import settings as defaults
+        from crawler import extensions
+        from crawler import settings as defaults
 
-    settings = Settings()
-    settings.setmodule(defaults, priority="project")
-    settings.setdict(scrapy_settings(cfg), priority="cmdline")
-    process = CrawlerProcess(settings)
-    process.crawl(cfg.source, **spider_kwargs(cfg))
-    process.start()
+        settings = Settings()
+        settings.setmodule(defaults, priority="project")
+        settings.setdict(scrapy_settings(cfg), priority="cmdline")
+        process = CrawlerProcess(settings)
+        process.crawl(cfg.source, **spider_kwargs(cfg))
+        process.start()
+        manifest = extensions.FINISHED.pop(cfg.out_uri, None)
+        if manifest is None:
+            raise CrawlError(f"{where} stopped before its end (see the log above); rerun the same command to "
+                             "resume it")
+        return manifest
+
+    refuse = (f"{cfg.out_uri} already holds a finished crawl made with another config; "
+              "choose another --crawl-id (or delete that directory)")
+    outcome = run_stage("crawl", cfg.out_uri, fingerprint=fp, build=build, replace=True if fresh else refuse)
+    if outcome.skipped:
+        print(f"{where}: already complete in {cfg.out_uri} (manifest matches); skipped", file=sys.stderr)
     return cfg.out_uri
 
 
 def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None,
-                        show_progress: bool = False) -> str:
+                        show_progress: bool = False, fresh: bool = False) -> str:
     """Run the crawl in a fresh Python process (the reactor cannot restart); returns the output URI.
 
     The child's log is read line by line (never left to fill a pipe); with
@@ -179,7 +196,7 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
     import collections
     import threading
 
-    cmd = [sys.executable, "-m", "crawler.runner", cfg.model_dump_json()]
+    cmd = [sys.executable, "-m", "crawler.runner", cfg.model_dump_json(), *(["--fresh"] if fresh else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     tail: collections.deque[str] = collections.deque(maxlen=15)
@@ -200,6 +217,9 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
         raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} did not finish in {timeout} s") from None
     reader.join()
     if proc.returncode != 0:
+        said = [line for line in tail if line.startswith("error: ")]
+        if proc.returncode == 1 and said:  # a refusal for people (a held lock, an unfinished crawl): no retry helps
+            raise CrawlError(said[-1].removeprefix("error: "))
         lines = "\n".join(tail)
         raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}):\n{lines}")
     return cfg.out_uri
@@ -207,9 +227,13 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m crawler.runner '<CrawlConfig as JSON>'")
-    run_crawl(CrawlConfig.model_validate(json.loads(argv[0])))
+    if len(argv) not in (1, 2) or argv[1:] not in ([], ["--fresh"]):
+        raise SystemExit("usage: python -m crawler.runner '<CrawlConfig as JSON>' [--fresh]")
+    try:
+        run_crawl(CrawlConfig.model_validate(json.loads(argv[0])), fresh=argv[1:] == ["--fresh"])
+    except Gpt2jaError as err:
+        print(f"error: {err}", flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

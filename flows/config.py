@@ -44,6 +44,7 @@ from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
 from flows.runners import TaskRunnerConfig
 from infra import storage
+from infra.errors import Gpt2jaError
 from infra.yamlconfig import first_problem, read_yaml, validate
 from model.generate import DEFAULT_SAMPLING
 from model.train import TrainConfig
@@ -55,7 +56,7 @@ MIRROR_HOST = "mirror.local"
 NAME = r"^[A-Za-z0-9._-]+$"
 
 
-class ConfigError(ValueError):
+class ConfigError(Gpt2jaError, ValueError):
     """A bad pipeline config: one line naming the file, the field and the fix."""
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from flows.config import ConfigError, PipelineConfig, load_config
+from infra.errors import Gpt2jaError
 from infra.yamlconfig import read_yaml, validate
 
 HOST = "127.0.0.1"
@@ -51,7 +52,7 @@ PORT = 4200
 SERVER_START_S = 180  # `prefect server start` migrates its SQLite database first: slow on a busy 2-core machine
 
 
-class ServeError(RuntimeError):
+class ServeError(Gpt2jaError, RuntimeError):
     """The Prefect server cannot be reached or started (one line: what, where, what to do)."""
 
 

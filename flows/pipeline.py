@@ -20,6 +20,7 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows import artifacts
+from infra.errors import Gpt2jaError
 from flows.config import ConfigError, PipelineConfig, load_config
 from flows.refresh import clean_inputs
 from flows.stages import (StageError, clean_flow, crawl_flow, evaluate_flow, export_flow, shards_flow, tokenizer_flow,
@@ -65,7 +66,7 @@ def run(config: PipelineConfig) -> dict:
     """:func:`pipeline` with its one-line errors as ``SystemExit("error: …")`` (for the command line)."""
     try:
         return pipeline(config)
-    except (ConfigError, StageError) as err:
+    except Gpt2jaError as err:  # a refused config or input, a held lock, a storage failure: one line
         raise SystemExit(f"error: {err}") from None
 
 

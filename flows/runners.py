@@ -35,11 +35,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from infra.errors import Gpt2jaError
+
 # tcp://host:port or tls://host:port; host a name, an IPv4 address or a [bracketed] IPv6 address
 _ADDRESS_RE = re.compile(r"^(tcp|tls)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
-class TaskRunnerError(RuntimeError):
+class TaskRunnerError(Gpt2jaError, RuntimeError):
     """The task runner cannot start or lost a worker (one line: what, where, what to do)."""
 
 

@@ -33,9 +33,11 @@ from flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSecti
                           ShardsSection, SpiderCrawl, TokenizerSection, TrainSection)
 from flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from infra import storage
+from infra.errors import Gpt2jaError
+from infra.stage import verify
 
 
-class StageError(RuntimeError):
+class StageError(Gpt2jaError, RuntimeError):
     """A stage refused its input or config (one line); retrying would not help."""
 
 
@@ -43,7 +45,7 @@ class _OneLineStageErrors(logging.Filter):
     """Prefect logs a failed run's exception with its traceback; a StageError is a refusal for people: one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], StageError):
+        if record.exc_info and isinstance(record.exc_info[1], Gpt2jaError):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -69,32 +71,16 @@ def _outcome(stage: str, uri: str, before: tuple | None) -> dict:
 
 
 def _call(stage: str, fn, *args, **kwargs):
-    """Run a stage function; its one-line errors become a :class:`StageError` ``"{stage}: …"``.
-
-    The data stages end with ``SystemExit("error: …")``; the model stages raise
-    their own ValueError subclasses (ModelError, TrainError, DataError, …).
-    """
-    try:
-        return fn(*args, **kwargs)
-    except SystemExit as err:
-        raise StageError(f"{stage}: {str(err.code).removeprefix('error: ')}") from None
-    except _stage_errors() as err:
-        raise StageError(f"{stage}: {err}") from None
-
-
-def _stage_errors() -> tuple[type, ...]:
-    """The errors the packages raise for people: a bad config, a missing or damaged artifact.
+    """Run a stage function; its one-line errors (:class:`Gpt2jaError`) become a :class:`StageError` ``"{stage}: …"``.
 
     Not ``StorageError``: a storage failure may be transient, and the crawl retries it.
     """
-    from model.data import DataError
-    from model.distribute import StrategyError
-    from model.presets import ModelError
-    from model.train import TrainError
-    from tokenization.shards import ShardsError
-    from tokenization.tokenizer import TokenizerError
-
-    return (DataError, StrategyError, ModelError, TrainError, ShardsError, TokenizerError)
+    try:
+        return fn(*args, **kwargs)
+    except storage.StorageError:
+        raise
+    except Gpt2jaError as err:
+        raise StageError(f"{stage}: {err}") from None
 
 
 def _not_stage_error(task, task_run, state) -> bool:
@@ -119,7 +105,7 @@ def _mirror_port(manifest: dict | None) -> int | None:
 
 def _crawl_done(cfg) -> bool:
     """The check ``run_crawl`` starts with, made here to spare a Python + Scrapy start when nothing is to do."""
-    return storage.is_complete(cfg.out_uri, storage.fingerprint(cfg.fingerprint_config()))
+    return not verify(cfg.out_uri, storage.fingerprint(cfg.fingerprint_config()))[1]
 
 
 @task(retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
@@ -157,12 +143,10 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
                 server, port = MirrorServer(entry.serve_mirror), None
             with server:
                 cfg = entry.crawl_config(root, server.url("/"))
-                if port is None:  # a new address: an earlier output or state cannot be reused
-                    storage.delete(cfg.out_uri)
-                    storage.delete(cfg.state_path)
                 before = _created(cfg.out_uri)
                 get_run_logger().info("serving %s at %s", entry.serve_mirror, server.url("/"))
-                _call("crawl", crawl_in_subprocess, cfg, show_progress=show)
+                # a new address: an earlier output or state cannot be reused (the crawl deletes them under its lock)
+                _call("crawl", crawl_in_subprocess, cfg, show_progress=show, fresh=port is None)
             result = _outcome("crawl", cfg.out_uri, before)
     _crawl_artifact(entry.source, entry.crawl_id, result["uri"])
     return result

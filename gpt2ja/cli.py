@@ -453,8 +453,13 @@ def demo(root: str = typer.Option("data/demo", "--root", help="Where the demo wr
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's errors become one line, not a usage block or a traceback."""
+    from infra.errors import Gpt2jaError
+
     try:
         rv = app(args=argv, standalone_mode=False)
+    except Gpt2jaError as exc:  # an error for people, from any command: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:

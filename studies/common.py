@@ -14,11 +14,12 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from infra import yamlconfig
+from infra.errors import Gpt2jaError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class StudyError(ValueError):
+class StudyError(Gpt2jaError, ValueError):
     """A study that cannot run: one line naming the thing (file, field, artifact) and the fix."""
 
 

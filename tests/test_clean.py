@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus.clean import CleanConfig, run_clean
+from corpus.clean import CleanConfig, CleanError, run_clean
 from corpus.document import Document
 from corpus.jsonl import ShardWriter, list_parts, read_documents
 from corpus.split import SplitConfig, split_of
@@ -190,7 +190,7 @@ def test_missing_input_manifest_is_one_clear_error(tmp_path):
     raw = str(tmp_path / "raw" / "aozora" / "partial")
     with ShardWriter(raw) as w:
         w.write(doc("鼻"))
-    with pytest.raises(SystemExit, match="has no _MANIFEST.json"):
+    with pytest.raises(CleanError, match="has no _MANIFEST.json"):
         run_clean(CleanConfig(inputs=[raw], out=str(tmp_path / "clean")))
     assert not Path(tmp_path / "clean" / "_MANIFEST.json").exists()
 

@@ -17,7 +17,7 @@ import pytest
 from corpus.document import document_id
 from corpus.jsonl import read_documents
 from flows.config import PipelineConfig
-from infra import storage
+from infra import stage, storage
 from tests.conftest import author_urls
 
 SITE = "http://mirror.local"
@@ -111,7 +111,7 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     assert corpus_ids(config.clean_uri) == ids_before | {new[0].id}
     clean = storage.read_manifest(config.clean_uri)
     assert clean["counts"]["drops"].get("duplicate_id", 0) == 0  # nothing fetched twice, so nothing to drop
-    assert [i["uri"] for i in clean["inputs"]] == [base, refresh]
+    assert [stage.input_uri(clean, i["uri"]) for i in clean["inputs"]] == [base, refresh]
 
     third = corpus_refresh(config, refresh_id="third")  # nothing new: an empty crawl, the corpus untouched
     assert storage.read_manifest(storage.join(config.root, "raw", "aozora", "mirror.refresh-third"))[

@@ -18,7 +18,7 @@ import pytest
 
 from corpus.document import Document
 from corpus.jsonl import read_documents
-from infra import storage
+from infra import stage, storage
 from tests.assertions import one_line_error
 from tests.corpora import REPO, mirror_split, write_clean_corpus
 from tokenization.bytes_tokenizer import ByteTokenizer
@@ -165,7 +165,10 @@ def test_tokenizer_json_describes_the_artifact(trained, clean_corpus):
     assert meta["stats"]["segmenter"]["dictionary"] == "unidic-lite"
     manifest = storage.read_manifest(trained["mecab-unigram"])
     assert manifest["stage"] == "tokenizer"
-    assert manifest["inputs"] == [{"uri": clean_corpus, "fingerprint": corpus_fp}]
+    # the input is named relative to the artifact, so the root can move
+    assert manifest["inputs"] == [{"uri": storage.relative_ref(clean_corpus, trained["mecab-unigram"]),
+                                   "fingerprint": corpus_fp}]
+    assert stage.input_uri(manifest, manifest["inputs"][0]["uri"]) == os.path.normpath(clean_corpus)
     assert {f["path"] for f in manifest["files"]} == {"spm.model", "spm.vocab", TOKENIZER_JSON}
     assert manifest["timings"]["mecab_s"] > 0
     vocab = storage.read_text(storage.join(trained["mecab-unigram"], "spm.vocab")).splitlines()

@@ -64,6 +64,8 @@ from pydantic import BaseModel, Field, field_validator
 from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
 from infra import storage
+from infra.errors import Gpt2jaError
+from infra.stage import input_uri, run_stage
 
 log = logging.getLogger("gpt2ja.shards")
 
@@ -85,7 +87,7 @@ _BATCH_DOCS = 256
 MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
 
 
-class ShardsError(ValueError):
+class ShardsError(Gpt2jaError, ValueError):
     """Shards that cannot be built: one line naming the artifact and the fix."""
 
 
@@ -310,74 +312,74 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
     dtype = token_dtype(tok.vocab_size, cfg.dtype, where=f"shards {out_uri} (tokenizer {tokenizer_uri})")
     config = cfg.fingerprint_config(dtype)
     fp = storage.fingerprint(config, [tok_manifest, corpus_manifest])
-    try:
-        if storage.is_complete(out_uri, fp):
-            log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
-            return out_uri, {"skipped": True, "built": 0}
-    except storage.StorageError as err:
-        raise ShardsError(f"shards {out_uri}: {err}") from None
-    for split in cfg.num_shards:
-        _require_documents(corpus_uri, split)
+    did: dict = {"skipped": True, "built": 0}
 
-    # From here on the output is being (re)built: an old manifest goes first, so no
-    # manifest ever stands over a mix of old and new files.
-    if storage.read_manifest(out_uri) is not None:
-        storage.delete(storage.join(out_uri, storage.MANIFEST))
-    expected = {(s, i) for s, n in cfg.num_shards.items() for i in range(n)}
-    _remove_strays(out_uri, cfg)
-    done = {key: rec for key in sorted(expected) if (rec := _valid_record(out_uri, *key, fp)) is not None}
-    todo = sorted(expected - set(done))
-    t0 = time.monotonic()
-    if todo:
-        job = {"tokenizer": tok, "config": config, "out": out_uri,
-               "corpus": corpus_uri, "fingerprint": fp}
-        workers = min(cfg.workers, len(todo))
-        jobs = [{**job, "tasks": todo[w::workers]} for w in range(workers)]
-        if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
-            results = map_parts(_build, [{**job, "tasks": [key]} for key in todo],
-                                [f"{split}-{index:05d}" for split, index in todo])
-        elif workers == 1:
-            results = [_build(jobs[0])]
-        else:
-            # spawn, not fork: a forked child would share the parent's GCS client and its threads
-            ctx = multiprocessing.get_context("spawn")
-            try:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                    results = list(pool.map(_build, jobs))
-            except BrokenProcessPool:
-                raise ShardsError(f"shards {out_uri}: a worker process died (killed for memory?); rerun the same "
-                                  "command with fewer workers: finished shards are kept") from None
-        for records in results:
-            for rec in records:
-                done[(rec["split"], rec["index"])] = rec
-    build_s = time.monotonic() - t0
+    def build() -> dict:
+        for split in cfg.num_shards:
+            _require_documents(corpus_uri, split)
+        expected = {(s, i) for s, n in cfg.num_shards.items() for i in range(n)}
+        _remove_strays(out_uri, cfg)
+        done = {key: rec for key in sorted(expected) if (rec := _valid_record(out_uri, *key, fp)) is not None}
+        todo = sorted(expected - set(done))
+        t0 = time.monotonic()
+        if todo:
+            job = {"tokenizer": tok, "config": config, "out": out_uri,
+                   "corpus": corpus_uri, "fingerprint": fp}
+            workers = min(cfg.workers, len(todo))
+            jobs = [{**job, "tasks": todo[w::workers]} for w in range(workers)]
+            if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
+                results = map_parts(_build, [{**job, "tasks": [key]} for key in todo],
+                                    [f"{split}-{index:05d}" for split, index in todo])
+            elif workers == 1:
+                results = [_build(jobs[0])]
+            else:
+                # spawn, not fork: a forked child would share the parent's GCS client and its threads
+                ctx = multiprocessing.get_context("spawn")
+                try:
+                    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                        results = list(pool.map(_build, jobs))
+                except BrokenProcessPool:
+                    raise ShardsError(f"shards {out_uri}: a worker process died (killed for memory?); rerun the "
+                                      "same command with fewer workers: finished shards are kept") from None
+            for records in results:
+                for rec in records:
+                    done[(rec["split"], rec["index"])] = rec
+        build_s = time.monotonic() - t0
 
-    records = [done[key] for key in sorted(expected, key=lambda k: (SPLITS.index(k[0]), k[1]))]
-    counts = _counts(records, cfg)
-    for split, c in counts["splits"].items():
-        if c["examples"] == 0:
-            raise ShardsError(
-                f"shards {out_uri}: the {split} split of corpus {corpus_uri} has only {c['tokens']:,} tokens, "
-                f"not one example of {cfg.seq_len + 1} ids in any of its {cfg.num_shards[split]} shards; "
-                "use fewer shards or a shorter seq_len")
-    files = [{**rec["file"], "split": rec["split"], "examples": rec["examples"], "tokens": rec["tokens"]}
-             for rec in records]
-    manifest = storage.build_manifest(
-        stage=STAGE, config=config, inputs=[tok_manifest, corpus_manifest], counts=counts, files=files,
-        timings={"build_s": round(build_s, 3), "total_s": round(time.monotonic() - started, 3),
-                 "encode_and_write_s": round(sum(r["seconds"] for r in records), 3)},
-        extra={
-            "seq_len": cfg.seq_len, "example_len": cfg.seq_len + 1, "dtype": dtype, "feature": FEATURE,
-            "compression": cfg.compression, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
-            "num_shards": cfg.num_shards,
-            "tokenizer": {"uri": tokenizer_uri, "kind": tok.kind, "fingerprint": tok_manifest["fingerprint"]},
-            "corpus": {"uri": corpus_uri, "fingerprint": corpus_manifest["fingerprint"]},
-            "packing": "documents in corpus order per shard, each followed by eos_id; disjoint windows of "
-                       "seq_len + 1 ids; each shard's last partial window dropped",
-        })
-    storage.write_manifest(out_uri, manifest)
-    return out_uri, {"skipped": False, "built": len(todo), "reused": len(expected) - len(todo),
-                     "seconds": time.monotonic() - started, "build_s": build_s}
+        records = [done[key] for key in sorted(expected, key=lambda k: (SPLITS.index(k[0]), k[1]))]
+        counts = _counts(records, cfg)
+        for split, c in counts["splits"].items():
+            if c["examples"] == 0:
+                raise ShardsError(
+                    f"shards {out_uri}: the {split} split of corpus {corpus_uri} has only {c['tokens']:,} tokens, "
+                    f"not one example of {cfg.seq_len + 1} ids in any of its {cfg.num_shards[split]} shards; "
+                    "use fewer shards or a shorter seq_len")
+        files = [{**rec["file"], "split": rec["split"], "examples": rec["examples"], "tokens": rec["tokens"]}
+                 for rec in records]
+        did.update({"skipped": False, "built": len(todo), "reused": len(expected) - len(todo),
+                    "seconds": time.monotonic() - started, "build_s": build_s})
+        return storage.build_manifest(
+            stage=STAGE, config=config, inputs=[tok_manifest, corpus_manifest], counts=counts, files=files,
+            timings={"build_s": round(build_s, 3), "total_s": round(time.monotonic() - started, 3),
+                     "encode_and_write_s": round(sum(r["seconds"] for r in records), 3)},
+            extra={
+                "seq_len": cfg.seq_len, "example_len": cfg.seq_len + 1, "dtype": dtype, "feature": FEATURE,
+                "compression": cfg.compression, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                "num_shards": cfg.num_shards,
+                # relative to this folder (refs: relative), so the root can move or go to a bucket
+                "tokenizer": {"uri": storage.relative_ref(tokenizer_uri, out_uri), "kind": tok.kind,
+                              "fingerprint": tok_manifest["fingerprint"]},
+                "corpus": {"uri": storage.relative_ref(corpus_uri, out_uri),
+                           "fingerprint": corpus_manifest["fingerprint"]},
+                "packing": "documents in corpus order per shard, each followed by eos_id; disjoint windows of "
+                           "seq_len + 1 ids; each shard's last partial window dropped",
+            })
+
+    outcome = run_stage("shards", out_uri, fingerprint=fp, build=build, inputs=[corpus_uri, tokenizer_uri],
+                        keep=(WORK_DIR + "/",), log=log.warning)
+    if outcome.skipped:
+        log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
+    return out_uri, did
 
 
 def _input_manifest(uri: str, what: str, fix: str) -> dict:
@@ -404,11 +406,13 @@ def _require_documents(corpus_uri: str, split: str) -> None:
 
 
 def _valid_record(out_uri: str, split: str, index: int, fp: str) -> dict | None:
-    """The shard's completion record if it is from this build and its file is there with the recorded size."""
+    """The shard's completion record if it is from this build and its file is there with its size and sha256."""
     try:
         rec = json.loads(storage.read_text(_record_uri(out_uri, split, index)))
         uri = storage.join(out_uri, rec["file"]["path"])
-        if rec.get("fingerprint") == fp and storage.size(uri) == rec["file"]["bytes"]:
+        # a reused shard is read whole: a file damaged since it was written is rebuilt, never re-recorded
+        if (rec.get("fingerprint") == fp and storage.size(uri) == rec["file"]["bytes"]
+                and storage.file_info(uri)["sha256"] == rec["file"]["sha256"]):
             return rec
     except (storage.StorageError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable or stale: the shard is rebuilt
@@ -453,7 +457,7 @@ def summary(manifest: dict, did: dict | None = None) -> str:
     text = (f"Shards at {manifest['uri']}: " + "; ".join(parts)
             + f". Examples of {manifest['example_len']} ids (seq_len {manifest['seq_len']}) stored as "
               f"{manifest['dtype']} in {manifest['compression']} TFRecords; vocab size {manifest['vocab_size']:,}, "
-              f"eos_id {manifest['eos_id']} ({tok['kind']} tokenizer {tok['uri']}).")
+              f"eos_id {manifest['eos_id']} ({tok['kind']} tokenizer {input_uri(manifest, tok['uri'])}).")
     if did.get("skipped"):
         text += " Already up to date (manifest fingerprint matches): nothing was rebuilt."
     elif did:

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from infra import storage
+from infra.errors import Gpt2jaError
 
 EOS = "<|endoftext|>"
 TOKENIZER_JSON = "tokenizer.json"
@@ -46,7 +47,7 @@ FORMAT = "gpt2ja-tokenizer/1"
 STAGE = "tokenizer"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(Gpt2jaError, ValueError):
     """A tokenizer that cannot be trained, loaded or used: one line naming the artifact and the fix."""
 
 
@@ -145,21 +146,25 @@ class Tokenizer(abc.ABC):
     def save(self, uri: str) -> str:
         """Write the artifact to ``uri`` (local dir or ``gs://``), ``_MANIFEST.json`` last; returns ``uri``.
 
-        Files are staged in a local temp dir and published one by one; an old
-        manifest at ``uri`` is removed first, so an interrupted save leaves a
-        directory without a manifest (partial, rebuilt by the next run), never a
-        manifest over a mix of old and new files.
+        An old manifest at ``uri`` is removed first, so an interrupted save leaves
+        a directory without a manifest (partial), never a manifest over a mix of
+        old and new files. The tokenizer stage uses :meth:`write_files` under
+        :func:`infra.stage.run_stage` instead, which also locks and verifies.
         """
+        if storage.read_manifest(uri) is not None:
+            storage.delete(storage.join(uri, storage.MANIFEST))
+        storage.write_manifest(uri, self.write_files(uri))
+        return uri
+
+    def write_files(self, uri: str) -> dict:
+        """Write every file of the artifact but the manifest to ``uri``; returns the manifest to write last."""
         with tempfile.TemporaryDirectory(prefix="gpt2ja-tokenizer-") as tmp:
             for name, data in {**self.files(), TOKENIZER_JSON: _json_bytes(self.describe())}.items():
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(data)
             infos = [storage.file_info(p, root=tmp) for p in storage.list_files(tmp)]
-            storage.write_manifest(tmp, self.manifest(infos))
-            if storage.read_manifest(uri) is not None:
-                storage.delete(storage.join(uri, storage.MANIFEST))
             storage.upload_dir(tmp, uri)
-        return uri
+        return self.manifest(infos)
 
     @staticmethod
     def load(uri: str) -> "Tokenizer":

@@ -44,6 +44,7 @@ from typing import Any
 
 from corpus.jsonl import list_parts, read_documents
 from infra import storage
+from infra.stage import run_stage
 from tokenization.tokenizer import KINDS, Tokenizer, TokenizerError, tokenizer_class
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,19 @@ def _train(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, **s
     config = tokenizer_config(kind, vocab_size, where=where, **settings)
     corpus_manifest = _corpus_manifest(corpus_uri)
     fp = storage.fingerprint(config, [corpus_manifest])
-    if storage.is_complete(out_uri, fp):
+    outcome = run_stage("tokenizer", out_uri, fingerprint=fp, inputs=[corpus_uri], log=log.warning,
+                        build=lambda: _build(corpus_uri, kind, out_uri, config, corpus_manifest, where, started))
+    if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
         return out_uri, True
+    log.info("%s: %s tokenizer, vocab %d, %.3f chars/token on validation", out_uri, kind,
+             outcome.manifest["counts"]["vocab_size"], outcome.manifest["stats"]["chars_per_token"] or 0.0)
+    return out_uri, False
 
+
+def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manifest: dict, where: str,
+           started: float) -> dict:
+    """Train and write the tokenizer's files into ``out_uri``; its manifest (run_stage writes it)."""
     train_dir = storage.join(corpus_uri, "train")
     if not list_parts(train_dir):
         raise _empty(corpus_uri, "has no train/part-*.jsonl.gz")
@@ -209,10 +219,7 @@ def _train(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, **s
                   "validation_characters": validation["characters"], "validation_tokens": validation["tokens"]}
     timings["total_s"] = time.monotonic() - started
     tok.timings = {k: round(v, 3) for k, v in timings.items()}
-    tok.save(out_uri)
-    log.info("%s: %s tokenizer, vocab %d, %.3f chars/token on validation", out_uri, kind, tok.vocab_size,
-             validation["chars_per_token"] or 0.0)
-    return out_uri, False
+    return tok.write_files(out_uri)
 
 
 def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: str) -> tuple[bytes, dict, dict]:

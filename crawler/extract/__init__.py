@@ -6,9 +6,11 @@ crawler's pipelines, the CLI and the tests all call the same way.
 
 from __future__ import annotations
 
+from infra.errors import Gpt2jaError
+
 __all__ = ["ExtractError"]
 
 
-class ExtractError(ValueError):
+class ExtractError(Gpt2jaError, ValueError):
     """A file could not be turned into text. The message is one line: what went
     wrong, in which file (and where in it), and what to do about it."""
