@@ -334,10 +334,10 @@ def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
                              .encode()).hexdigest()
     config = {**cfg.fingerprint_config(), "inputs_content": content}
     fp = storage.fingerprint(config, manifests)
-    if not parts:
-        raise CleanError(f"no raw parts in {', '.join(cfg.inputs)}: nothing to clean")
 
     def build() -> dict:
+        if not parts:
+            raise CleanError(f"no raw parts in {', '.join(cfg.inputs)}: nothing to clean")
         for s in SPLITS:  # a partial earlier output is rebuilt (its parts would be appended to)
             storage.delete(storage.join(cfg.out, s))
         return _build(cfg, parts, manifests, config, fp, started, map_parts or pool_map(cfg.workers))

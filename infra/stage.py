@@ -414,13 +414,43 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
             notes = problems  # damaged: say what, then rebuild (a resume re-checks every file it reuses)
             say(f"{stage}: rebuilding: " + "; ".join(problems))
         _withdraw(out)
+        seen = _builds(stage, inputs)
+        _failpoint(stage)
         new = build()
         lock.check()
+        if _builds(stage, inputs) != seen:
+            raise StageError(f"{stage}: an input of {out} was rebuilt while this stage read it "
+                             f"({', '.join(inputs)}); nothing was published, rerun the stage")
         new = _publish(stage, out, new, fingerprint, prune=prune, keep=keep)
         lock.check()
         return Outcome(out, False, new, notes)
     finally:
         lock.release()
+
+
+def _builds(stage: str, inputs: Sequence[str]) -> list:
+    """Which build of each input this stage reads: a rebuild while it reads must not be published over."""
+    seen = []
+    for uri in inputs:
+        manifest = storage.read_manifest(uri)
+        seen.append(None if manifest is None else (manifest.get("fingerprint"), manifest.get("build_id"),
+                                                   manifest.get("created_at")))
+    return seen
+
+
+def _failpoint(stage: str) -> None:
+    """``GPT2JA_STAGE_HOLD=STAGE=PATH``: hold this stage, lock taken, until PATH exists (the chaos tests' pause).
+
+    The stage says it is held by creating ``PATH.held``; nothing happens unless
+    the variable names this stage.
+    """
+    name, _, path = os.environ.get("GPT2JA_STAGE_HOLD", "").partition("=")
+    if name != stage or not path:
+        return
+    with open(path + ".held", "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _withdraw(out: str) -> None:
@@ -439,6 +469,7 @@ def _publish(stage: str, out: str, manifest: dict, fingerprint: str, *, prune: b
     manifest["inputs"] = [{**i, "uri": storage.relative_ref(i["uri"], out)} if i.get("uri") else i
                           for i in manifest.get("inputs", [])]
     manifest["refs"] = "relative"  # input URIs are relative to this manifest's folder (storage.resolve_ref)
+    manifest["build_id"] = uuid.uuid4().hex  # tells two builds with one fingerprint apart (see _builds)
     _, problems = verify(out, fingerprint, manifest=manifest)
     if problems:
         raise StageError(f"{stage}: the files just built do not match their manifest ({'; '.join(problems)}); "
