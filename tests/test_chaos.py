@@ -204,3 +204,28 @@ def test_a_damaged_shard_is_rebuilt_not_re_recorded(world, tmp_path):
     write_shards(world["clean"]["all"], world["tokenizers"]["bytes"], out, cfg)
     again = _verifies(out)
     assert again["files"][0]["sha256"] == good["files"][0]["sha256"]  # rebuilt to the same bytes
+
+
+def test_two_pipelines_on_one_root(procs, tmp_path):
+    """A scheduled refresh meeting a run started from the UI: two `gpt2ja run` of one config at once."""
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    config = yaml.safe_load((repo / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    for section in ("train", "evaluate", "generate", "export"):
+        config.pop(section)
+    config["root"] = str(tmp_path / "root")
+    config["crawl"][0]["serve_mirror"] = str(repo / "examples" / "aozora-mirror")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    gate = tmp_path / "go"
+    first = _hold(procs, _cli("run", str(path)), "clean", gate)  # its crawl is published; its clean is held
+    _refused(_cli("run", str(path)), first)
+    _finish(first, gate)
+    root = config["root"]
+    for uri in (f"{root}/raw/aozora/demo", f"{root}/clean/aozora-demo", f"{root}/tokenizers/sp-unigram-3000",
+                f"{root}/datasets/aozora-demo/sp3000-128"):
+        _verifies(uri)
+    again = subprocess.run(_cli("run", str(path)), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "skipped (up to date): crawl, clean, tokenizer, shards" in again.stdout + again.stderr
