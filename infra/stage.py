@@ -72,6 +72,7 @@ STALE_S = float(os.environ.get("GPT2JA_LOCK_STALE_S", "120"))
 #: how long a second writer waits for the holder by default (0: refuse at once)
 WAIT_S = float(os.environ.get("GPT2JA_LOCK_WAIT_S", "0"))
 #: outputs that may live inside an input: a run's evaluations and exports are its own subfolders
+#: (``eval/``, ``eval-heldout/``, ``export/hf``…), which its manifest never lists
 DERIVED = {"train": ("eval", "export")}
 _LOCAL_LOCK_BYTES = 1024
 
@@ -317,8 +318,8 @@ def _inside(child: str, parent: str) -> str | None:
 def check_inputs(stage: str, out: str, inputs: Iterable[str]) -> None:
     """Refuse an output that is one of its inputs, holds one, or sits inside one (one line).
 
-    The one exception is a run's derived folders (``eval/``, ``export/``), which
-    live inside the run by design and are never listed by its manifest.
+    The one exception is a run's derived folders (``eval/``, ``eval-NAME/``,
+    ``export/``), which live inside the run by design and are never listed by its manifest.
     """
     for uri in inputs:
         below = _inside(out, uri)
@@ -327,7 +328,8 @@ def check_inputs(stage: str, out: str, inputs: Iterable[str]) -> None:
                              "(writing there would replace the input's manifest)")
         if below is not None:
             manifest = storage.read_manifest(uri) or {}
-            if below.split("/")[0].split(os.sep)[0] not in DERIVED.get(manifest.get("stage"), ()):
+            first = below.split("/")[0].split(os.sep)[0]
+            if not any(first == d or first.startswith(d + "-") for d in DERIVED.get(manifest.get("stage"), ())):
                 raise StageError(f"{stage}: the output {out} is inside its input {uri}; give --out a directory "
                                  "outside it")
         if _inside(uri, out) is not None:

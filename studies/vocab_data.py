@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from infra import storage
+from infra.stage import run_stage, verify
 from studies.common import StudyError
 from studies.vocab_report import HELDOUT, VALIDATION
 
@@ -97,20 +98,27 @@ def _piece(doc, index: int, text: str, **meta):
 
 def _publish(out_uri: str, split_docs: dict[str, list], stage: str, config: dict, inputs: list[dict],
              counts: dict) -> None:
-    """Write documents as a clean-corpus-like artifact (``{split}/part-*.jsonl.gz``), manifest last."""
+    """Write documents as a clean-corpus-like artifact (``{split}/part-*.jsonl.gz``) through run_stage."""
     from corpus.jsonl import ShardWriter
 
-    if storage.read_manifest(out_uri) is not None:
-        storage.delete(storage.join(out_uri, storage.MANIFEST))
-    for split, docs in split_docs.items():
-        storage.delete(storage.join(out_uri, split))  # an unfinished earlier attempt
-        with ShardWriter(storage.join(out_uri, split), max_docs=2000) as writer:
-            for doc in docs:
-                writer.write(doc)
-    files = [storage.file_info(u, root=out_uri) for u in storage.list_files(out_uri)
-             if not u.endswith(storage.MANIFEST)]
-    storage.write_manifest(out_uri, storage.build_manifest(stage=stage, config=config, inputs=inputs,
-                                                           counts=counts, files=files, timings={}))
+    def build() -> dict:
+        for split, docs in split_docs.items():
+            storage.delete(storage.join(out_uri, split))  # an unfinished earlier attempt
+            with ShardWriter(storage.join(out_uri, split), max_docs=2000) as writer:
+                for doc in docs:
+                    writer.write(doc)
+        files = [storage.file_info(u, root=out_uri) for u in storage.list_files(out_uri)
+                 if not u.endswith(storage.MANIFEST)]
+        return storage.build_manifest(stage=stage, config=config, inputs=inputs, counts=counts, files=files,
+                                      timings={})
+
+    run_stage(stage, out_uri, fingerprint=storage.fingerprint(config, inputs), build=build,
+              inputs=[m["uri"] for m in inputs if m.get("uri")])
+
+
+def _up_to_date(out_uri: str, config: dict, inputs: list[dict]) -> bool:
+    """The study's own artifacts skip as the stages do: a manifest that verifies (infra.stage.verify)."""
+    return not verify(out_uri, storage.fingerprint(config, inputs))[1]
 
 
 def ensure_pool(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], None]) -> str:
@@ -127,8 +135,7 @@ def ensure_pool(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], None])
     total = corpus["counts"]["splits"]["train"]["characters"]
     fraction = min(1.0, cfg.pool_margin * cfg.train_characters / max(1, total))
     config = {"version": VERSION, "fraction": fraction, "chunk_chars": cfg.pool_chunk_chars, "salt": POOL_SALT}
-    fp = storage.fingerprint(config, [corpus])
-    if storage.is_complete(out, fp):
+    if _up_to_date(out, config, [corpus]):
         return out
     kept, chars = [], 0
     for doc in read_documents(storage.join(cfg.corpus, "train")):
@@ -157,8 +164,7 @@ def ensure_eval_texts(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], 
             HELDOUT: storage.join(cfg.root, "eval-texts", HELDOUT)}
     config = {"version": VERSION, "characters": cfg.eval_characters, "chunk_chars": cfg.eval_chunk_chars,
               "holdout": sorted(_norm(n) for n in cfg.holdout_names)}
-    fp = storage.fingerprint(config, [corpus])
-    if all(storage.is_complete(u, fp) for u in uris.values()):
+    if all(_up_to_date(u, {**config, "text": name}, [corpus]) for name, u in uris.items()):
         return uris
     held = {_norm(n) for n in cfg.holdout_names}
     docs = sorted(read_documents(storage.join(cfg.corpus, VALIDATION)), key=lambda d: d.id)
