@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corpus import aozora
 from corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
@@ -75,6 +75,8 @@ class CleanError(Gpt2jaError):
 
 class CleanConfig(BaseModel):
     """The clean stage's configuration (also the Prefect flow's parameters)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, never a silent default
 
     inputs: list[str] = Field(description="raw crawl directories ({root}/raw/{source}/{crawl_id}), each with a manifest")
     out: str = Field(description="the clean corpus directory, e.g. {root}/clean/{corpus}")

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corpus.document import Document
 
@@ -120,6 +120,8 @@ class DedupConfig(BaseModel):
     confirmed by the estimated Jaccard similarity, so the banding only has to
     find the pairs (its midpoint may sit below ``threshold``, never far above it).
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     exact: bool = Field(True, description="drop documents whose whitespace-free text is identical")
     near: bool = Field(True, description="drop near-duplicates found by MinHash LSH")

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SPLITS = ("train", "validation")
 
 
 class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt holdout_authors must not leak that author
+
     validation_fraction: float = Field(0.05, ge=0.0, le=0.5,
                                        description="share of documents (by id hash) that go to validation")
     salt: str = Field("gpt2ja-split-v1", description="changing it reshuffles the split; keep it across refreshes")

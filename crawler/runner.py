@@ -27,7 +27,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infra import storage
 from infra.errors import Gpt2jaError
@@ -41,6 +41,8 @@ def default_crawl_id() -> str:
 
 class CrawlConfig(BaseModel):
     """One crawl. ``polite=False`` is for local mirrors only (no delays, more concurrency)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     source: Literal["aozora", "web"] = Field(description="which spider: aozora (author/card pages) or web (seeds, sitemaps)")
     start_urls: list[str] = Field(default_factory=list, description="aozora: author pages or card pages; web: seed pages")

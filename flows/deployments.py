@@ -296,11 +296,8 @@ def cli_serve(config_path: str, port: int = PORT, check: bool = False) -> None:
     """``gpt2ja serve``: build the deployments, make sure a server answers, serve until Ctrl-C (then stop both)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    try:
-        serve_config, config = load_serve_config(config_path)
-        deployments = build_deployments(serve_config, config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    serve_config, config = load_serve_config(config_path)  # a ConfigError is printed by the command line
+    deployments = build_deployments(serve_config, config)
     if check:
         print("\n".join(describe(deployments)))
         return
@@ -308,13 +305,10 @@ def cli_serve(config_path: str, port: int = PORT, check: bool = False) -> None:
     import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    try:
-        with prefect_api(port) as (url, started):
-            print(f"Prefect UI: {url.removesuffix('/api')}/deployments "
-                  f"(Ctrl-C stops serving{' and the server' if started else ''})", file=sys.stderr, flush=True)
-            os.environ["PREFECT_API_URL"] = url  # the runner's flow-run processes inherit it
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                prefect.serve(*deployments)
-    except ServeError as err:
-        raise SystemExit(f"error: {err}") from None
+    with prefect_api(port) as (url, started):  # a ServeError is printed by the command line
+        print(f"Prefect UI: {url.removesuffix('/api')}/deployments "
+              f"(Ctrl-C stops serving{' and the server' if started else ''})", file=sys.stderr, flush=True)
+        os.environ["PREFECT_API_URL"] = url  # the runner's flow-run processes inherit it
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            prefect.serve(*deployments)
     print("stopped serving", file=sys.stderr)

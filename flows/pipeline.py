@@ -21,9 +21,9 @@ from prefect import flow, get_run_logger
 
 from flows import artifacts
 from infra.errors import Gpt2jaError
-from flows.config import ConfigError, PipelineConfig, load_config
+from flows.config import PipelineConfig, load_config
 from flows.refresh import clean_inputs
-from flows.stages import (StageError, clean_flow, crawl_flow, evaluate_flow, export_flow, shards_flow, tokenizer_flow,
+from flows.stages import (clean_flow, crawl_flow, evaluate_flow, export_flow, shards_flow, tokenizer_flow,
                           train_flow)
 
 STAGES = ("crawl", "clean", "tokenizer", "shards", "train", "evaluate", "export")
@@ -62,24 +62,20 @@ def stage_results(outcome: dict) -> list[tuple[str, dict]]:
     return [(s, r) for s in STAGES if s in outcome for r in (outcome[s] if s == "crawl" else [outcome[s]])]
 
 
-def run(config: PipelineConfig) -> dict:
-    """:func:`pipeline` with its one-line errors as ``SystemExit("error: …")`` (for the command line)."""
-    try:
-        return pipeline(config)
-    except Gpt2jaError as err:  # a refused config or input, a held lock, a storage failure: one line
-        raise SystemExit(f"error: {err}") from None
-
-
 def cli_run(config_path: str) -> None:
-    """Load ``config_path``, run :func:`pipeline` (ephemeral Prefect, no server needed) and print its summary."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(artifacts.summary(config, run(config)))
+    """Load ``config_path``, run :func:`pipeline` (ephemeral Prefect, no server needed) and print its summary.
+
+    Its errors for people (:class:`infra.errors.Gpt2jaError`) reach the caller: the
+    command line prints them as one line.
+    """
+    config = load_config(config_path)
+    print(artifacts.summary(config, pipeline(config)))
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m flows.pipeline CONFIG.yaml")
-    cli_run(sys.argv[1])
+    try:
+        cli_run(sys.argv[1])
+    except Gpt2jaError as err:
+        raise SystemExit(f"error: {err}") from None

@@ -37,6 +37,10 @@ from studies.cli import app as study_app  # noqa: E402 - `gpt2ja study vocab|sam
 app.add_typer(study_app, name="study")
 
 ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
+SET = typer.Option(None, "--set", help="Any setting without a flag, as key=value (dotted for nested ones, "
+                                       "e.g. split.validation_fraction=0.1); repeat for several.")
+
+
 CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
                                                "The same id resumes an interrupted crawl.")
 
@@ -49,7 +53,7 @@ def _fail(message: str, code: int = 2) -> None:
 def _crawl(**kwargs) -> None:
     from crawler.runner import CrawlConfig, run_crawl
 
-    cfg = _validated(CrawlConfig, {k: v for k, v in kwargs.items() if v is not None})
+    cfg = _settings(CrawlConfig, "crawl", None, [], kwargs)
     out = run_crawl(cfg)
     _print_summary(out)
 
@@ -126,14 +130,12 @@ def clean(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `clean:` section (presets, dedup, "
                                                                  "split); see configs/clean.yaml."),
     workers: Optional[int] = typer.Option(None, help="Processes for the per-shard phases (default: all cores)."),
+    sets: Optional[list[str]] = SET,
 ) -> None:
     """Clean raw crawls: Aozora notation, NFKC, Japanese quality filters, dedup, train/validation split."""
     from corpus.clean import CleanConfig, run_clean
 
-    section = _yaml_section(config, "clean") if config else {}
-    cfg = _validated(CleanConfig, {**section, "inputs": inputs, "out": out,
-                                   **({"workers": workers} if workers else {})})
-    run_clean(cfg)
+    run_clean(_settings(CleanConfig, "clean", config, sets, {"inputs": inputs, "out": out, "workers": workers}))
     from infra import storage
 
     c = storage.read_manifest(out)["counts"]
@@ -145,29 +147,21 @@ def clean(
     print(f"report: {storage.join(out, 'report.md')}")
 
 
-def _yaml_section(path: Path, section: str) -> dict:
-    import yaml
+def _settings(model, section: str, config: Optional[Path], sets: list[str], given: dict):
+    """The stage's config model from (in rising priority) its ``--config`` section, ``--set`` items and flags.
 
-    if not path.is_file():
-        _fail(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        _fail(f"{path}: not valid YAML ({str(exc).splitlines()[0]})")
-    if not isinstance(data, dict):
-        _fail(f"{path}: expected a mapping at the top level")
-    return data.get(section, {}) or {}
+    Every default lives in the model; unknown sections and settings are errors.
+    """
+    from flows.config import ConfigError, PipelineConfig
+    from infra import yamlconfig
 
-
-def _validated(model, data: dict):
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        _fail(f"{where}: {err['msg']}")
+    where = str(config) if config else "the command line"
+    data = yamlconfig.read_section(config, section, ConfigError, example="configs/demo.yaml",
+                                   allowed=PipelineConfig.model_fields) if config else {}
+    data = yamlconfig.apply_overrides(data, sets or [], ConfigError)
+    data.update({k: v for k, v in given.items() if v is not None})
+    return yamlconfig.validate(model, data, where, ConfigError, expected=f"the {section} settings",
+                               label=f"{section} settings from")
 
 
 @tokenizer_app.command("train")
@@ -182,16 +176,12 @@ def tokenizer_train(
                                          "1,000,000; sentencepiece's time grows with it: 200,000 serves 8k–16k)."),
 ) -> None:
     """Train a tokenizer on a clean corpus; report characters per token on its validation split."""
-    from tokenization.tokenizer import TokenizerError
     from tokenization.train import cli_train
 
     if kind != "bytes" and vocab_size is None:
         _fail("--vocab-size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
-    try:
-        cli_train(corpus, kind, vocab_size if vocab_size is not None else 257, out, model_type=model_type,
-                  **({"sample_sentences": sample_sentences} if sample_sentences is not None else {}))
-    except TokenizerError as exc:
-        _fail(str(exc), 1)
+    cli_train(corpus, kind, vocab_size if vocab_size is not None else 257, out, model_type=model_type,
+              **({"sample_sentences": sample_sentences} if sample_sentences is not None else {}))
 
 
 @tokenizer_app.command("encode")
@@ -200,12 +190,9 @@ def tokenizer_encode(
     text: str = typer.Argument(..., help="The text to encode."),
 ) -> None:
     """Show how a tokenizer splits a text: ids and pieces."""
-    from tokenization.tokenizer import Tokenizer, TokenizerError
+    from tokenization.tokenizer import Tokenizer
 
-    try:
-        tok = Tokenizer.load(tokenizer)
-    except TokenizerError as exc:
-        _fail(str(exc), 1)
+    tok = Tokenizer.load(tokenizer)
     ids = tok.encode(text)
     print(" ".join(str(i) for i in ids))
     # Byte-fallback tokens are parts of one character: show each character once, with its token count.
@@ -231,26 +218,13 @@ def shards(
     """Encode a clean corpus and pack it into GZIP TFRecord shards (train and validation)."""
     from pydantic import ValidationError
 
-    from tokenization.shards import ShardsError, cli_shards
+    from tokenization.shards import cli_shards
 
     try:
         cli_shards(corpus, tokenizer, seq_len, out, workers=workers)
-    except ShardsError as exc:
-        _fail(str(exc), 1)
     except ValidationError as exc:
         err = exc.errors()[0]
         _fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-
-
-def _model_errors() -> tuple[type, ...]:
-    """The errors the model stages raise for people (bad config, missing artifact, damaged file)."""
-    from model.data import DataError
-    from model.distribute import StrategyError
-    from model.presets import ModelError
-    from model.train import TrainError
-    from tokenization.tokenizer import TokenizerError
-
-    return (DataError, StrategyError, ModelError, TrainError, TokenizerError)
 
 
 @app.command()
@@ -268,6 +242,7 @@ def train(
     mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
     jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `train:` section (any TrainConfig field)."),
+    sets: Optional[list[str]] = SET,
 ) -> None:
     """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
     from model.train import TrainConfig, train as run_train
@@ -276,12 +251,8 @@ def train(
              "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
              "warmup_steps": warmup_steps, "strategy": strategy, "mixed_precision": mixed_precision,
              "jit_compile": jit_compile}
-    section = _yaml_section(config, "train") if config else {}
-    cfg = _validated(TrainConfig, {**section, **{k: v for k, v in given.items() if v is not None}})
-    try:
-        uri = run_train(cfg)
-    except _model_errors() as exc:
-        _fail(str(exc), 1)
+    cfg = _settings(TrainConfig, "train", config, sets, given)
+    uri = run_train(cfg)
     print(f"run: {uri}")
 
 
@@ -294,10 +265,7 @@ def evaluate(
     """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies); writes eval.json."""
     from model.evaluate import evaluate_run
 
-    try:
-        result = evaluate_run(run, text, stride=stride)
-    except _model_errors() as exc:
-        _fail(str(exc), 1)
+    result = evaluate_run(run, text, stride=stride)
     keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
     print(json.dumps({k: result[k] for k in keys if k in result}, ensure_ascii=False, indent=2))
 
@@ -311,11 +279,8 @@ def score(
     from model import runs
     from model.evaluate import score as score_text
 
-    try:
-        loaded = runs.load_run(run)
-        got = score_text(loaded.model, loaded.tokenizer, text)
-    except _model_errors() as exc:
-        _fail(str(exc), 1)
+    loaded = runs.load_run(run)
+    got = score_text(loaded.model, loaded.tokenizer, text)
     for piece, logprob in got.tokens:
         print(f"{logprob:9.3f}  {piece!r}")
     print(f"total {got.total:.3f} nats = {got.bits:.2f} bits; {got.bits / max(1, len(text)):.3f} bits per character")
@@ -340,11 +305,8 @@ def generate(
     """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
     from model.generate import generate_run
 
-    try:
-        samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
-                               top_p=top_p, greedy=greedy, seed=seed)
-    except _model_errors() as exc:
-        _fail(str(exc), 1)
+    samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
+                           top_p=top_p, greedy=greedy, seed=seed)
     for sample in samples:
         print(f"--- prompt {sample.prompt!r} (stopped: {sample.stopped})")
         print(sample.prompt + sample.text)
@@ -366,8 +328,6 @@ def export_hf_command(
         uri = export_hf(run, out)
     except ImportError as exc:  # torch / transformers / safetensors are the `export` extra
         _fail(f"the export needs torch and transformers ({exc.name} is missing): pip install -e '.[export]'", 1)
-    except _model_errors() as exc:
-        _fail(str(exc), 1)
     print(f"exported {run} → {uri} (logits checked against transformers' GPT2LMHeadModel)")
 
 
@@ -382,13 +342,9 @@ def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. 
 @app.command()
 def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
     """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""
-    from crawler.extract import ExtractError
     from crawler.extract.aozora import extract_path
 
-    try:
-        got = extract_path(str(path))
-    except ExtractError as exc:
-        _fail(str(exc), 1)
+    got = extract_path(str(path))
     sys.stdout.write(got.text + "\n")
 
 

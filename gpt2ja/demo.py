@@ -19,7 +19,6 @@ import os
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"
@@ -39,18 +38,17 @@ ENV_DEFAULTS = {
 def demo_config(root: str):
     """``configs/demo.yaml`` with ``root`` and the bundled mirror's path from here (any working directory works)."""
     from flows.config import ConfigError, validate_config
+    from infra.yamlconfig import read_yaml
 
     if not MIRROR.is_dir():
-        raise SystemExit(f"error: the bundled mirror is missing at {MIRROR}; restore examples/ from git")
+        raise ConfigError(f"the bundled mirror is missing at {MIRROR}; restore examples/ from git")
+    data = read_yaml(CONFIG, ConfigError, example="configs/demo.yaml", label="demo config")
     try:
-        data = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
         data["root"] = root
         data["crawl"][0]["serve_mirror"] = _rel(MIRROR)
-        return validate_config(data, str(CONFIG))
-    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as err:
-        raise SystemExit(f"error: {CONFIG} cannot be read as the demo config ({err}); restore it from git") from None
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    except (KeyError, TypeError, IndexError) as err:
+        raise ConfigError(f"{CONFIG} cannot be read as the demo config ({err}); restore it from git") from None
+    return validate_config(data, str(CONFIG))
 
 
 def run_demo(root: str = "data/demo") -> str:
@@ -64,9 +62,9 @@ def run_demo(root: str = "data/demo") -> str:
           "a temporary local API server first (a few seconds).", flush=True)
 
     from flows.artifacts import summary
-    from flows.pipeline import run, stage_results
+    from flows.pipeline import pipeline, stage_results
 
-    outcome = run(config)
+    outcome = pipeline(config)
     print(summary(config, outcome))
     built = [s for s, r in stage_results(outcome) if not r["skipped"]]
     took = time.monotonic() - started

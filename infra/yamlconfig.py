@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -40,6 +40,51 @@ def read_yaml(path: str | Path, error: type[Exception], *, example: str, label: 
         raise error(f"{label} {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}; "
                     "fix the file") from None
     return {} if data is None else data
+
+
+def read_section(path: str | Path, section: str, error: type[Exception], *, example: str,
+                 allowed: Iterable[str] = ()) -> dict:
+    """The ``section:`` mapping of a YAML file (e.g. ``train:`` for ``gpt2ja train --config``).
+
+    Any other top-level key must be one of ``allowed`` (the sections of a
+    pipeline config, so that one file serves both); a misspelt section or an
+    empty file is an error, never a run on defaults.
+    """
+    data = read_yaml(path, error, example=example)
+    if not isinstance(data, dict):
+        raise error(f"config {path}: expected a mapping with a `{section}:` section at the top level, "
+                    f"got {type(data).__name__}")
+    unknown = sorted(str(k) for k in set(data) - set(allowed) - {section})
+    if unknown:
+        raise error(f"config {path}: unknown section {', '.join(unknown)} (this command reads `{section}:`); "
+                    "check its spelling")
+    if not isinstance(data.get(section), dict) or not data[section]:
+        raise error(f"config {path}: no `{section}:` settings (an empty file would run on defaults); "
+                    f"add them, as in {example}")
+    return data[section]
+
+
+def apply_overrides(data: dict, items: Iterable[str], error: type[Exception]) -> dict:
+    """``data`` with each ``key.sub=value`` of ``items`` set (values read as YAML: numbers, lists, true…)."""
+    import yaml
+
+    out = dict(data)
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise error(f"--set {item}: write it as key=value, e.g. --set split.validation_fraction=0.1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[last] = value
+    return out
 
 
 def field_path(loc: tuple) -> str:

@@ -164,7 +164,7 @@ def test_clean_command_bad_config(tmp_path):
     cfg.write_text("clean:\n  source_presets:\n    aozora: poetry\n")
     got = gpt2ja("clean", "--in", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg))
     lines = got.stderr.strip().splitlines()
-    assert got.returncode == 2 and len(lines) == 1 and "unknown presets" in lines[0], got.stderr
+    assert got.returncode == 1 and len(lines) == 1 and "unknown presets" in lines[0], got.stderr
     missing = gpt2ja("clean", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert missing.returncode != 0 and "has no _MANIFEST.json" in missing.stderr
     assert "Traceback" not in missing.stderr
