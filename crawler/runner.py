@@ -39,6 +39,10 @@ def default_crawl_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
 
+#: the default bound of a web crawl, in responses
+WEB_MAX_PAGES = 1000
+
+
 class CrawlConfig(BaseModel):
     """One crawl. ``polite=False`` is for local mirrors only (no delays, more concurrency)."""
 
@@ -54,7 +58,8 @@ class CrawlConfig(BaseModel):
                                                     description="aozora: editions to fetch, preferred first")
     polite: bool = Field(True, description="robots delays, AutoThrottle, 1 request at a time per domain; off only for local mirrors")
     obey_robots: bool = Field(True, description="honour robots.txt (always on for polite crawls)")
-    max_pages: int = Field(0, ge=0, description="stop after this many responses (0: no limit)")
+    max_pages: int | None = Field(None, ge=0, description="stop after this many responses (0: no limit; "
+                                                        f"default {WEB_MAX_PAGES} for web, no limit for aozora)")
     depth_limit: int = Field(4, ge=0, le=50, description="how many links deep from a start page (0: no limit)")
     download_delay: float = Field(1.0, ge=0, description="seconds between requests to one domain when polite (>= 1)")
     download_timeout: float = Field(30.0, gt=0, description="seconds before a request is given up")
@@ -73,6 +78,8 @@ class CrawlConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "CrawlConfig":
+        if self.max_pages is None:  # a web crawl is bounded unless asked otherwise; Aozora's site is finite
+            self.max_pages = WEB_MAX_PAGES if self.source == "web" else 0
         if not self.start_urls and not self.sitemaps:
             raise ValueError("give at least one start URL (--start-url / --seed) or sitemap (--sitemap)")
         if self.polite and self.download_delay < 1.0:

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
 from model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
 
 app = typer.Typer(
@@ -45,15 +46,29 @@ CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's U
                                                "The same id resumes an interrupted crawl.")
 
 
+def _crawl_default(name: str):
+    """A crawl setting's default, from its one home (CrawlConfig), for the help texts."""
+    return CrawlConfig.model_fields[name].get_default(call_default_factory=True)
+
+
+# Crawl options: None means "the config model's default" (each default lives in its model only).
+POLITE = typer.Option(None, "--polite/--no-polite", help="--no-polite only for a local mirror (default polite).")
+DEPTH_LIMIT = typer.Option(None, help=f"Links deep from a start page (default {_crawl_default('depth_limit')}; "
+                                      "0: no limit).")
+PROGRESS = typer.Option(None, help="Seconds between progress lines "
+                                   f"(default {_crawl_default('progress_interval')}; 0: off).")
+CONTACT = typer.Option(None, help="Contact added to the User-Agent.")
+
+
 def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def _crawl(**kwargs) -> None:
-    from crawler.runner import CrawlConfig, run_crawl
+def _crawl(sets: list[str] | None, **kwargs) -> None:
+    from crawler.runner import run_crawl
 
-    cfg = _settings(CrawlConfig, "crawl", None, [], kwargs)
+    cfg = _settings(CrawlConfig, "crawl", None, sets, kwargs)
     out = run_crawl(cfg)
     _print_summary(out)
 
@@ -77,17 +92,19 @@ def crawl_aozora(
                                                                  "or a card page; repeat for several."),
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
-    editions: str = typer.Option("txt,xhtml", help="Editions to fetch, preferred first: txt (the zip), xhtml."),
-    polite: bool = typer.Option(True, "--polite/--no-polite", help="--no-polite only for a local mirror."),
-    max_pages: int = typer.Option(0, help="Stop after this many responses (0: no limit)."),
-    depth_limit: int = typer.Option(4, help="Links deep from a start page (0: no limit)."),
-    progress_interval: float = typer.Option(10.0, help="Seconds between progress lines (0: off)."),
-    contact: str = typer.Option("", help="Contact added to the User-Agent."),
+    editions: Optional[str] = typer.Option(None, help="Editions to fetch, preferred first: txt (the zip), xhtml "
+                                                      f"(default {','.join(_crawl_default('editions'))})."),
+    polite: Optional[bool] = POLITE,
+    max_pages: Optional[int] = typer.Option(None, help="Stop after this many responses (default 0: no limit)."),
+    depth_limit: Optional[int] = DEPTH_LIMIT,
+    progress_interval: Optional[float] = PROGRESS,
+    contact: Optional[str] = CONTACT,
+    sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl Aozora Bunko: author pages → card pages → text zips and XHTML editions."""
-    _crawl(source="aozora", start_urls=start_url, root=root, crawl_id=crawl_id,
-           editions=[e.strip() for e in editions.split(",") if e.strip()], polite=polite, max_pages=max_pages,
-           depth_limit=depth_limit, progress_interval=progress_interval, contact=contact)
+    _crawl(sets, source="aozora", start_urls=start_url, root=root, crawl_id=crawl_id,
+           editions=[e.strip() for e in editions.split(",") if e.strip()] if editions else None, polite=polite,
+           max_pages=max_pages, depth_limit=depth_limit, progress_interval=progress_interval, contact=contact)
 
 
 @crawl_app.command("web")
@@ -96,15 +113,18 @@ def crawl_web(
     sitemap: list[str] = typer.Option([], "--sitemap", help="A sitemap.xml (or robots.txt listing sitemaps)."),
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
-    polite: bool = typer.Option(True, "--polite/--no-polite", help="--no-polite only for a local mirror."),
-    max_pages: int = typer.Option(1000, help="Stop after this many responses (0: no limit)."),
-    depth_limit: int = typer.Option(4, help="Links deep from a seed (0: no limit)."),
-    min_kana_ratio: float = typer.Option(0.05, help="Pages with a smaller hiragana+katakana share are not Japanese."),
-    progress_interval: float = typer.Option(10.0, help="Seconds between progress lines (0: off)."),
-    contact: str = typer.Option("", help="Contact added to the User-Agent."),
+    polite: Optional[bool] = POLITE,
+    max_pages: Optional[int] = typer.Option(None, help="Stop after this many responses "
+                                                       f"(default {WEB_MAX_PAGES}; 0: no limit)."),
+    depth_limit: Optional[int] = DEPTH_LIMIT,
+    min_kana_ratio: Optional[float] = typer.Option(None, help="Pages with a smaller hiragana+katakana share are not "
+                                                              f"Japanese (default {_crawl_default('min_kana_ratio')})."),
+    progress_interval: Optional[float] = PROGRESS,
+    contact: Optional[str] = CONTACT,
+    sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl web pages from seeds or sitemaps, keeping the main text of Japanese pages."""
-    _crawl(source="web", start_urls=seed, sitemaps=sitemap, root=root, crawl_id=crawl_id, polite=polite,
+    _crawl(sets, source="web", start_urls=seed, sitemaps=sitemap, root=root, crawl_id=crawl_id, polite=polite,
            max_pages=max_pages, depth_limit=depth_limit, min_kana_ratio=min_kana_ratio,
            progress_interval=progress_interval, contact=contact)
 

@@ -243,7 +243,8 @@ class Generator:
 
 
 def generate(lm, tokenizer, prompts: str | Sequence[str], *, num: int = 1, max_chars: int | None = None,
-             max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             max_new_tokens: int | None = None, temperature: float = DEFAULT_SAMPLING["temperature"],
+             top_k: int = DEFAULT_SAMPLING["top_k"], top_p: float = DEFAULT_SAMPLING["top_p"],
              greedy: bool = False, seed: int = 0, use_cache: bool = True, keep: int | None = None,
              generator: Generator | None = None) -> list[Sample]:
     """``num`` continuations of each prompt (rows ordered prompt by prompt), stopped at EOS or a length.
