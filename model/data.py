@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infra import storage
+from infra import stage, storage
+from infra.errors import Gpt2jaError
 from tokenization.shards import DTYPES, FEATURE, STAGE, import_tensorflow
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ _READ_BUFFER = 1 << 20  # bytes per TFRecord reader; larger reads pay off on gs:
 _REQUIRED = ("seq_len", "example_len", "dtype", "feature", "compression", "vocab_size", "eos_id", "files")
 
 
-class DataError(ValueError):
+class DataError(Gpt2jaError, ValueError):
     """Shards that cannot be read or do not fit: one line naming the artifact and the fix."""
 
 
@@ -79,7 +80,8 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
             except (TokenizerError, storage.StorageError) as err:
                 raise DataError(str(err)) from None
         if (tokenizer.vocab_size, tokenizer.eos_id) != (manifest["vocab_size"], manifest["eos_id"]):
-            made_with = (manifest.get("tokenizer") or {}).get("uri", "another tokenizer")
+            made_with = (manifest.get("tokenizer") or {}).get("uri")
+            made_with = stage.input_uri(manifest, made_with) if made_with else "another tokenizer"
             raise DataError(
                 f"tokenizer/shard mismatch: {name} has vocab size {tokenizer.vocab_size} (eos_id {tokenizer.eos_id}) "
                 f"but shards {shards_uri} hold ids of vocab size {manifest['vocab_size']} (eos_id "

@@ -13,8 +13,10 @@ Example::
 
 from __future__ import annotations
 
+from infra.errors import Gpt2jaError
 
-class StrategyError(ValueError):
+
+class StrategyError(Gpt2jaError, ValueError):
     """A strategy that cannot be set up: one line naming it and the fix."""
 
 

@@ -21,10 +21,11 @@ Example::
     s = score(lm, tok, "吾輩は猫である。")
     s.tokens[:3]   # [("吾", -5.1), ("輩", -7.9), ...]  (piece, natural-log probability)
 
-The evaluate stage (:func:`write_evaluation`) puts the figures, sampled
+The evaluate stage (:func:`write_evaluation`, built through
+:func:`infra.stage.run_stage`: locked, manifest last) puts the figures, sampled
 continuations, the loss curve and a Markdown report in ``{run}/eval/`` with a
-manifest, and skips itself when that manifest matches (same run, texts and
-settings).
+manifest, and skips itself when that manifest matches and verifies (same run,
+texts and settings).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infra import storage
+from infra import stage, storage
 from model.presets import ModelError
 
 LN2 = math.log(2.0)
@@ -272,9 +273,11 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
     Writes ``eval.json`` (:func:`evaluate_run`'s figures), ``samples.jsonl`` (one
     line per continuation of ``prompts``, with the ``sampling`` settings given to
     :func:`model.generate.generate`), ``loss.png`` and ``report.md``. Skipped when
-    ``out_uri`` holds a manifest with the same fingerprint: the run's manifest,
-    the texts (URIs and content) and the settings. The run must be finished (have
-    its manifest). Bad input raises ModelError (one line).
+    ``out_uri`` holds a manifest with the same fingerprint (the run's manifest,
+    the texts (URIs and content) and the settings) whose files verify. Built
+    through :func:`infra.stage.run_stage`: under ``out_uri``'s lock (another
+    writer: :class:`infra.stage.LockHeld`), manifest last. The run must be
+    finished (have its manifest). Bad input raises ModelError (one line).
 
     Example::
 
@@ -305,44 +308,43 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
     config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,
               "stride": stride, "prompts": list(prompts), "sampling": sampling}
     fp = storage.fingerprint(config, [run_manifest])
-    try:
-        if storage.is_complete(out_uri, fp):
-            log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
-            return out_uri
-        # rebuilt: the manifest goes first, then every file an earlier evaluation may have left
-        for name in (storage.MANIFEST, runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT):
+
+    def build() -> dict:
+        for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT):  # what an earlier evaluation may have left
             storage.delete(storage.join(out_uri, name))
-    except storage.StorageError as err:
-        raise ModelError(f"evaluation {out_uri}: {err}") from None
+        run = runs.load_run(run_uri)
+        figures = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
+                                     batch_size=batch_size)
+        result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
+                  "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **figures}
+        samples = generate(run.model, run.tokenizer, list(prompts), **sampling) if prompts else []
+        rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
+                for s in samples]
+        metrics = read_metrics(run_uri)
 
-    run = runs.load_run(run_uri)
-    figures = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
-                                 batch_size=batch_size)
-    result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
-              "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **figures}
-    samples = generate(run.model, run.tokenizer, list(prompts), **sampling) if prompts else []
-    rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
-            for s in samples]
-    metrics = read_metrics(run_uri)
+        storage.write_text(storage.join(out_uri, runs.EVAL_JSON),
+                           json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        storage.write_text(storage.join(out_uri, SAMPLES),
+                           "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+        if metrics:
+            storage.write_bytes(storage.join(out_uri, LOSS_PNG), loss_curve_png(metrics, f"{run_uri} (training)"))
+        storage.write_text(storage.join(out_uri, REPORT), _report(result, rows, sampling, metrics))
+        files = [storage.file_info(storage.join(out_uri, name), root=out_uri)
+                 for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT) if metrics or name != LOSS_PNG]
+        counts = {k: result[k] for k in ("texts", "characters", "bytes", "tokens")}
+        counts["samples"] = len(rows)
+        return storage.build_manifest(
+            stage=STAGE, config=config, inputs=[run_manifest], counts=counts, files=files,
+            timings={"seconds": round(time.monotonic() - started, 3)},
+            extra={"results": {k: result[k] for k in ("bits_per_character", "bits_per_byte", "bits_per_token",
+                                                       "token_perplexity", "tokens_per_character")},
+                   "step": run.step, "checkpoint": result["checkpoint"]})
 
-    storage.write_text(storage.join(out_uri, runs.EVAL_JSON),
-                       json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-    storage.write_text(storage.join(out_uri, SAMPLES),
-                       "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
-    if metrics:
-        storage.write_bytes(storage.join(out_uri, LOSS_PNG), loss_curve_png(metrics, f"{run_uri} (training)"))
-    storage.write_text(storage.join(out_uri, REPORT), _report(result, rows, sampling, metrics))
-    files = [storage.file_info(storage.join(out_uri, name), root=out_uri)
-             for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT) if metrics or name != LOSS_PNG]
-    counts = {k: result[k] for k in ("texts", "characters", "bytes", "tokens")}
-    counts["samples"] = len(rows)
-    manifest = storage.build_manifest(
-        stage=STAGE, config=config, inputs=[run_manifest], counts=counts, files=files,
-        timings={"seconds": round(time.monotonic() - started, 3)},
-        extra={"results": {k: result[k] for k in ("bits_per_character", "bits_per_byte", "bits_per_token",
-                                                   "token_perplexity", "tokens_per_character")},
-               "step": run.step, "checkpoint": result["checkpoint"]})
-    storage.write_manifest(out_uri, manifest)
+    # prune=False: ``out_uri`` may be any folder; only the files named above are this stage's
+    outcome = stage.run_stage(STAGE, out_uri, fingerprint=fp, build=build, inputs=[run_uri], prune=False,
+                              log=log.warning)
+    if outcome.skipped:
+        log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
     return out_uri
 
 

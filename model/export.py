@@ -54,7 +54,7 @@ import time
 
 import numpy as np
 
-from infra import storage
+from infra import stage, storage
 from model.presets import ModelError
 
 ACTIVATION = "gelu_new"     # KerasHub's GPT2Backbone uses keras_utils.gelu_approximate (tanh form)
@@ -237,12 +237,14 @@ def _write_hf_tokenizer(tok, out_dir: str, run_uri: str) -> str | None:
 def export_hf(run_uri: str, out_uri: str) -> str:
     """Export the newest checkpoint of ``run_uri`` to ``out_uri`` (local dir or ``gs://``); returns ``out_uri``.
 
-    Staged in a local temp dir, verified against the run (logits on a fixed
-    batch), then published with :func:`infra.storage.upload_dir`. A run that
-    cannot be loaded is the ModelError of :func:`model.runs.load_run`; an
-    export that does not match is an :class:`ExportError`. ``_MANIFEST.json``
-    (fingerprint of the run's manifest and the export format) is published last;
-    an export whose manifest matches is not redone.
+    The export stage, built through :func:`infra.stage.run_stage` (under
+    ``out_uri``'s lock; another writer gets :class:`infra.stage.LockHeld`):
+    staged in a local temp dir, verified against the run (logits on a fixed
+    batch), then its files published with :func:`infra.storage.upload_dir` and
+    ``_MANIFEST.json`` (fingerprint of the run's manifest and the export format)
+    written last. An export whose manifest matches and verifies is not redone.
+    A run that cannot be loaded is the ModelError of :func:`model.runs.load_run`;
+    an export that does not match is an :class:`ExportError`.
     """
     started = time.monotonic()
     if out_uri.rstrip("/") == run_uri.rstrip("/"):
@@ -251,8 +253,8 @@ def export_hf(run_uri: str, out_uri: str) -> str:
     config = {"format": "hf", "version": STAGE_VERSION}
     try:
         run_manifest = storage.read_manifest(run_uri)
-        if run_manifest is not None and storage.is_complete(out_uri, storage.fingerprint(config, [run_manifest])):
-            return out_uri  # up to date: this run, this format
+        if run_manifest is not None and not stage.verify(out_uri, storage.fingerprint(config, [run_manifest]))[1]:
+            return out_uri  # up to date: this run, this format (checked again under the lock)
     except storage.StorageError as err:
         raise ExportError(f"export of {run_uri}: {err}") from None
     try:
@@ -264,50 +266,74 @@ def export_hf(run_uri: str, out_uri: str) -> str:
                           "pip install torch transformers safetensors") from None
     from model.runs import load_run
 
-    run = load_run(run_uri, dtype="float32")
-    cfg, tok = run.config, run.tokenizer
-    # an unfinished run (no manifest yet) is identified by its hparams and newest checkpoint
-    source = run_manifest or {"uri": run_uri, "fingerprint": hashlib.sha256(
-        json.dumps([run.hparams, os.path.basename(run.checkpoint)], sort_keys=True).encode()).hexdigest()}
-    with tempfile.TemporaryDirectory(prefix="gpt2ja-export-") as tmp:
-        def write_json(name: str, value: dict) -> None:
-            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                json.dump(value, f, indent=2, ensure_ascii=False)
-                f.write("\n")
+    loaded = []
+    if run_manifest is not None:
+        source = run_manifest
+    else:  # an unfinished run (no manifest yet) is identified by its hparams and newest checkpoint
+        loaded.append(load_run(run_uri, dtype="float32"))
+        source = {"uri": run_uri, "fingerprint": hashlib.sha256(json.dumps(
+            [loaded[0].hparams, os.path.basename(loaded[0].checkpoint)], sort_keys=True).encode()).hexdigest()}
+    fp = storage.fingerprint(config, [source])
 
-        write_json("config.json", hf_config(cfg, tok.eos_id))
-        write_json("generation_config.json", generation_config(cfg, tok.eos_id))
-        safetensors.numpy.save_file(hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE),
-                                    metadata={"format": "pt", "source": "gpt2ja", "run": run_uri,
-                                              "step": str(run.step)})
-        copy = os.path.join(tmp, TOKENIZER_COPY)
-        tok.save(copy)
-        if os.path.exists(os.path.join(copy, "spm.model")):
-            shutil.copyfile(os.path.join(copy, "spm.model"), os.path.join(tmp, "spm.model"))
-        hf_refused = _write_hf_tokenizer(tok, tmp, run_uri)
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(tmp, cfg, tok, hf_refused))
+    def build() -> dict:
+        run = loaded[0] if loaded else load_run(run_uri, dtype="float32")
+        cfg, tok = run.config, run.tokenizer
+        with tempfile.TemporaryDirectory(prefix="gpt2ja-export-") as tmp:
+            def write_json(name: str, value: dict) -> None:
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                    json.dump(value, f, indent=2, ensure_ascii=False)
+                    f.write("\n")
 
-        try:
-            diff = max_logit_diff(run, tmp)
-        except Exception as err:  # noqa: BLE001 - any loader failure is one line
-            first = " ".join(str(err).split())[:200]
-            raise ExportError(f"export of {run_uri}: transformers cannot load the exported model "
-                              f"({type(err).__name__}: {first}); nothing was published") from None
-        if not diff < TOLERANCE:
-            raise ExportError(f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
-                              f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published")
-        files = [storage.file_info(p, root=tmp) for p in storage.list_files(tmp)]
-        manifest = storage.build_manifest(
+            write_json("config.json", hf_config(cfg, tok.eos_id))
+            write_json("generation_config.json", generation_config(cfg, tok.eos_id))
+            safetensors.numpy.save_file(hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE),
+                                        metadata={"format": "pt", "source": "gpt2ja", "run": run_uri,
+                                                  "step": str(run.step)})
+            copy = os.path.join(tmp, TOKENIZER_COPY)
+            tok.save(copy)
+            if os.path.exists(os.path.join(copy, "spm.model")):
+                shutil.copyfile(os.path.join(copy, "spm.model"), os.path.join(tmp, "spm.model"))
+            hf_refused = _write_hf_tokenizer(tok, tmp, run_uri)
+            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                f.write(_readme(tmp, cfg, tok, hf_refused))
+
+            try:
+                diff = max_logit_diff(run, tmp)
+            except Exception as err:  # noqa: BLE001 - any loader failure is one line
+                first = " ".join(str(err).split())[:200]
+                raise ExportError(f"export of {run_uri}: transformers cannot load the exported model "
+                                  f"({type(err).__name__}: {first}); nothing was published") from None
+            if not diff < TOLERANCE:
+                raise ExportError(f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
+                                  f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published")
+            files = [storage.file_info(p, root=tmp) for p in storage.list_files(tmp)]
+            try:
+                _publish_files(tmp, out_uri, {f["path"] for f in files})
+            except storage.StorageError as err:
+                raise ExportError(f"export of {run_uri}: {err}") from None
+        return storage.build_manifest(
             stage=STAGE, config=config, inputs=[source], files=files,
             counts={"parameters": int(run.model.count_params()), "step": run.step, "vocab_size": cfg.vocab_size},
             timings={"seconds": round(time.monotonic() - started, 3)},
             extra={"max_logit_diff": diff, "tolerance": TOLERANCE, "checkpoint": os.path.basename(run.checkpoint)})
-        storage.write_manifest(tmp, manifest)
-        try:
-            if storage.read_manifest(out_uri) is not None:  # no old manifest over a mix of old and new files
-                storage.delete(storage.join(out_uri, storage.MANIFEST))
-            storage.upload_dir(tmp, out_uri)
-        except storage.StorageError as err:
-            raise ExportError(f"export of {run_uri}: {err}") from None
+
+    # prune=False: ``out_uri`` may be any folder; _publish_files removes what an earlier export left
+    stage.run_stage(STAGE, out_uri, fingerprint=fp, build=build, inputs=[run_uri], prune=False)
     return out_uri
+
+
+#: the files of an export's top level that only some exports have (by tokenizer kind)
+_OPTIONAL_FILES = ("spm.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _publish_files(staged: str, out_uri: str, paths: set[str]) -> None:
+    """Upload the staged export (no manifest: the export stage writes it last) over what ``out_uri`` held.
+
+    Files an earlier export of another tokenizer kind left there (an AutoTokenizer
+    over a sentencepiece BPE export, an old tokenizer copy) are removed first.
+    """
+    for name in _OPTIONAL_FILES:
+        if name not in paths:
+            storage.delete(storage.join(out_uri, name))
+    storage.delete(storage.join(out_uri, TOKENIZER_COPY))
+    storage.upload_dir(staged, out_uri)

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+from infra.errors import Gpt2jaError
 from tokenization.tokenizer import EOS
 
 # Texts the export checks id for id: kana, kanji, rare kanji, half-width kana, Latin, digits, runs of
@@ -52,7 +53,7 @@ CHECK_TEXTS = (
 )
 
 
-class HFTokenizerError(ValueError):
+class HFTokenizerError(Gpt2jaError, ValueError):
     """The tokenizer has no verified ``transformers`` equivalent (one line)."""
 
 

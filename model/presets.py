@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from infra.errors import Gpt2jaError
+
 VOCAB_MULTIPLE = 64
 
 # name → {"config": shape, "metadata": words for people}. ``context_length`` is
@@ -65,7 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(Gpt2jaError, ValueError):
     """A model that cannot be built or loaded: one line naming the thing and the fix."""
 
 

@@ -9,7 +9,9 @@
         metrics.jsonl         one JSON object per logged step (and per validation)
         tensorboard/          tf.summary event files
         eval.json             written by ``gpt2ja eval``
-        _MANIFEST.json        written when training finishes
+        eval/, export/        the evaluate and export stages' outputs (each with its own manifest)
+        _MANIFEST.json        written last by the train stage (``infra.stage.run_stage``) when training
+                              finishes; it lists only what training writes (:func:`is_training_file`)
 
 A run is self-describing: :func:`load_run` rebuilds the model from
 ``hparams.json`` (no preset names needed), restores the newest checkpoint and
@@ -42,6 +44,12 @@ METRICS = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_JSON = "eval.json"
 FORMAT = "gpt2ja-run/1"
+#: what training writes into a run directory: files at its top and whole folders
+TRAINING_FILES = (HPARAMS, METRICS)
+TRAINING_DIRS = (TOKENIZER_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR)
+#: each host's data position of a multi-worker run, ``checkpoints/data-worker{i}/``: written by that host
+#: straight to the run URI, never by the chief; needed to resume, not listed by the run's manifest
+DATA_CHECKPOINT_PREFIX = f"{CHECKPOINT_DIR}/data-worker"
 
 
 def local_dir(run_uri: str) -> str:
@@ -50,6 +58,40 @@ def local_dir(run_uri: str) -> str:
         return storage.local_path(run_uri) or run_uri
     digest = hashlib.sha256(run_uri.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), "gpt2ja-runs", digest)
+
+
+def is_training_file(rel: str) -> bool:
+    """Whether the run-relative path ``rel`` is one training writes itself (the run's manifest lists those).
+
+    Not the run's manifest, not ``eval.json`` or the ``eval/`` and ``export/`` stages' folders (made from
+    the finished run), and not the other hosts' data positions (``checkpoints/data-worker{i}/``).
+    """
+    top, _, below = rel.partition("/")
+    if not below:
+        return rel in TRAINING_FILES
+    return top in TRAINING_DIRS and not rel.startswith(DATA_CHECKPOINT_PREFIX)
+
+
+def hparams_ref(hparams: dict, run_uri: str, ref: str) -> str:
+    """A URI recorded in the run's ``hparams.json``, usable from here.
+
+    Runs written since ``"refs": "relative"`` was added record other artifacts
+    relative to the run directory (a run moved with its root keeps its links);
+    older runs hold the URI as it was given, returned as-is.
+
+    Example::
+
+        hparams_ref(read_hparams(run), run, hparams["data"]["uri"])   # the shards it was trained on
+    """
+    if hparams.get("refs") == "relative":
+        return storage.resolve_ref(ref, run_uri)
+    return ref
+
+
+def data_uri(hparams: dict, run_uri: str) -> str | None:
+    """The shards the run was trained on (see :func:`hparams_ref`), or None when ``hparams.json`` does not say."""
+    ref = (hparams.get("data") or {}).get("uri")
+    return hparams_ref(hparams, run_uri, ref) if ref else None
 
 
 def read_hparams(run_uri: str) -> dict:
@@ -176,16 +218,43 @@ def truncate_metrics(local_run: str, step: int) -> None:
 
 
 def download(run_uri: str, local_run: str) -> None:
-    """Replace ``local_run`` with the ``gs://`` run's files, when the run exists there (to resume it)."""
+    """Make ``local_run`` hold the ``gs://`` run's training files (to resume it); empty for a new run.
+
+    Only what training writes comes down (:func:`is_training_file`): not the
+    run's manifest, which :func:`sync_up` would upload again, not the
+    evaluations and exports beside it, and not the other hosts' data positions
+    (they are read and written at ``run_uri`` itself). A cache left by an
+    earlier run at the same URI is dropped: the bucket is what resumes.
+    """
     import shutil
 
-    if storage.exists(storage.join(run_uri, HPARAMS)):
-        shutil.rmtree(local_run, ignore_errors=True)
-        storage.download_dir(run_uri, local_run)
+    shutil.rmtree(local_run, ignore_errors=True)
+    os.makedirs(local_run, exist_ok=True)
+    if not storage.exists(storage.join(run_uri, HPARAMS)):
+        return
+    for name in TRAINING_DIRS:
+        if storage.exists(storage.join(run_uri, name)):
+            storage.download_dir(storage.join(run_uri, name), os.path.join(local_run, name))
+    ckpt_dir = os.path.join(local_run, CHECKPOINT_DIR)
+    prefix = DATA_CHECKPOINT_PREFIX.rsplit("/", 1)[-1]
+    for name in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ():
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+    for name in TRAINING_FILES:
+        if storage.exists(storage.join(run_uri, name)):
+            with open(os.path.join(local_run, name), "wb") as f:
+                f.write(storage.read_bytes(storage.join(run_uri, name)))
 
 
 def sync_up(local_run: str, run_uri: str) -> None:
-    """Upload the local run directory; delete the remote model checkpoints the local manager has dropped."""
+    """Upload the local run directory; delete the remote model checkpoints the local manager has dropped.
+
+    Never a manifest at the run's top: the train stage writes that to
+    ``run_uri`` itself, last (a stale local one is removed first).
+    """
+    stale = os.path.join(local_run, storage.MANIFEST)
+    if os.path.exists(stale):
+        os.remove(stale)
     storage.upload_dir(local_run, run_uri)
     keep = {os.path.relpath(p, local_run).replace(os.sep, "/") for p in storage.list_files(local_run)}
     for uri in storage.list_files(storage.join(run_uri, CHECKPOINT_DIR), recursive=False):

@@ -87,6 +87,20 @@ def test_export_layout_and_logits_match(exported):
     assert np.max(np.abs(ours - theirs)) < 1e-4
 
 
+def test_export_manifest_verifies_and_a_second_export_is_skipped(exported):
+    from infra import stage, storage
+
+    run, out = exported
+    manifest, problems = stage.verify(str(out), deep=True)
+    assert problems == [] and manifest["stage"] == "export" and manifest["refs"] == "relative"
+    assert manifest["inputs"][0]["uri"] == "../run"  # relative to the export: the two move together
+    assert storage.MANIFEST not in {f["path"] for f in manifest["files"]}
+    written = (out / "model.safetensors").stat().st_mtime_ns
+    assert export_hf(run.uri, str(out)) == str(out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == written  # up to date: not redone
+    assert storage.read_manifest(str(out))["created_at"] == manifest["created_at"]
+
+
 def test_greedy_generation_gives_the_same_ids(exported):
     run, out = exported
     hf = load_hf(str(out))

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,8 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
 
     lines: list[str] = []
     train(cfg, progress=lines.append)
-    assert "resuming run" in lines[0] and "from step 4" in lines[0]
+    assert "took over the lock of pid" in lines[0] and "that process is gone" in lines[0]  # the killed one's
+    assert "resuming run" in lines[1] and "from step 4" in lines[1]
     a, b = weights(straight, 12), weights(killed, 12)
     assert a.keys() == b.keys() and len(a) > 30
     for name in a:
@@ -196,6 +198,54 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
         train(config(shards, killed, **{**kw, "steps": 14}), progress=None)
     with pytest.raises(runs.ModelError, match=r"checkpoint .*ckpt-12 cannot be loaded"):
         runs.load_run(str(killed))
+
+
+WAIT_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from model.train import TrainConfig, train
+    cfg = TrainConfig(**json.loads(sys.argv[1]))
+    go = sys.argv[2]
+
+    def on_log(step, record):
+        while step == 1 and not os.path.exists(go):  # hold the run (and its lock) until the test says go
+            time.sleep(0.05)
+
+    train(cfg, progress=None, on_log=on_log)
+""")
+
+
+@pytest.mark.slow
+def test_a_second_train_of_the_same_run_is_refused_while_the_first_finishes(shards, tmp_path):
+    from infra import stage
+
+    run = tmp_path / "busy"
+    cfg = config(shards, run, steps=4, checkpoint_every=4, eval_batches=0)
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-c", WAIT_SCRIPT, cfg.model_dump_json(), str(go)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = Path(stage.lock_uri(str(run)))
+        deadline = time.monotonic() + 120
+        while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else "no lock in 120 s"
+        with pytest.raises(stage.LockHeld) as err:
+            train(cfg, progress=None)
+        message = str(err.value)
+        assert f"pid {proc.pid}" in message and str(run) in message and "\n" not in message
+    finally:
+        go.touch()
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    # the first run was not disturbed: one series of metrics, a manifest that verifies file by file
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    manifest, problems = stage.verify(str(run), deep=True)
+    assert problems == [] and manifest["stage"] == "train" and manifest["refs"] == "relative"
+    assert not lock.exists() or json.loads(lock.read_text())["released"]
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
