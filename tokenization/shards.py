@@ -59,7 +59,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
@@ -98,6 +98,8 @@ class ShardsConfig(BaseModel):
 
         ShardsConfig(seq_len=1024, num_shards={"train": 64, "validation": 4}, workers=8)
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     seq_len: int = Field(ge=8, le=8192, description="model context length; each example holds seq_len + 1 ids")
     num_shards: dict[str, int] = Field(
