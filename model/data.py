@@ -28,7 +28,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -92,12 +94,40 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
 
 def shard_files(manifest: dict, split: str) -> list[str]:
     """The URIs of ``split``'s TFRecord files, in the manifest's (fixed) order."""
-    files = [storage.join(manifest["uri"], f["path"]) for f in manifest["files"] if f.get("split") == split]
-    if not files:
+    entries = [f for f in manifest["files"] if f.get("split") == split]
+    if not entries:
         have = sorted({f.get("split") for f in manifest["files"]})
         raise DataError(f"shards {manifest['uri']}: no {split!r} split (it has {', '.join(have)}); "
                         "use one of those or rebuild the shards with that split")
-    return files
+    return [_tf_readable(manifest, f) for f in entries]
+
+
+def _tf_readable(manifest: dict, entry: dict) -> str:
+    """Where TensorFlow reads one listed file: its URI, or a verified local copy when gs:// is an emulator.
+
+    TensorFlow's own GCS filesystem reads ``gs://`` directly (as on a TPU VM)
+    but cannot be pointed at ``STORAGE_EMULATOR_HOST``; against an emulator the
+    file is copied once to a local cache named by its sha256 (checked on copy).
+    """
+    uri = storage.join(manifest["uri"], entry["path"])
+    if not storage.is_gcs(uri) or not os.environ.get("STORAGE_EMULATOR_HOST") or not entry.get("sha256"):
+        return uri
+    local = os.path.join(tempfile.gettempdir(), "gpt2ja-emulated-gcs", entry["sha256"] + ".tfrecord")
+    if not os.path.exists(local):
+        tmp = f"{local}.{os.getpid()}.part"
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        _download(uri, tmp)
+        if storage.file_info(tmp)["sha256"] != entry["sha256"]:
+            os.unlink(tmp)
+            raise DataError(f"shards file {uri} does not match the sha256 in its manifest; rebuild the shards")
+        os.replace(tmp, local)
+    return local
+
+
+def _download(uri: str, path: str) -> None:
+    with storage.open(uri, "rb") as src, open(path, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
 
 
 def parse_examples(serialized, *, dtype: str):
