@@ -227,6 +227,8 @@ def _gcs_client():
                 if emulator:
                     from google.auth.credentials import AnonymousCredentials
 
+                    _require_emulator(emulator)
+
                     _client = gcs.Client(
                         project=project or _EMULATOR_PROJECT, credentials=AnonymousCredentials()
                     )
@@ -240,6 +242,21 @@ def _gcs_client():
                 ) from err
             _client_env = env
         return _client
+
+
+def _require_emulator(address: str) -> None:
+    """Fail at once, in one line, when STORAGE_EMULATOR_HOST does not answer (the client would retry ~2 minutes)."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5):
+            return
+    except OSError as err:
+        raise StorageError(f"cannot reach the GCS emulator at STORAGE_EMULATOR_HOST={address} "
+                           f"({err.strerror or err}); start it, or unset STORAGE_EMULATOR_HOST to use Google "
+                           "Cloud Storage") from None
 
 
 def reset_client() -> None:

@@ -394,3 +394,18 @@ def test_gcs_error_messages(exc_name, expected):
             raise getattr(gexc, exc_name)("multi\nline server text")
     assert uri in _one_line(info.value) and expected in str(info.value)
     assert isinstance(info.value, AlreadyExistsError) == (exc_name == "PreconditionFailed")
+
+
+def test_an_emulator_that_does_not_answer_is_one_quick_line(monkeypatch):
+    """STORAGE_EMULATOR_HOST at a closed port: one StorageError naming it, not minutes of retries."""
+    from tests.net import free_port
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    storage.reset_client()
+    try:
+        with pytest.raises(storage.StorageError, match="cannot reach the GCS emulator") as err:
+            storage.read_manifest("gs://bucket/prefix")
+        assert "\n" not in str(err.value)  # checked before the client's own retries (about 2 minutes) begin
+    finally:
+        monkeypatch.undo()
+        storage.reset_client()
