@@ -106,39 +106,17 @@ def load_serve_config(path: str) -> tuple[ServeConfig, PipelineConfig]:
 
 
 def stage_flows() -> dict:
-    """``{flow name: Flow}`` of every flow defined in :mod:`flows.stages`, in the order it defines them."""
-    from prefect import Flow
+    """``{flow name: Flow}`` of every stage, in pipeline order (:data:`flows.stages.STAGES`)."""
+    from flows.stages import STAGES
 
-    from flows import stages
-
-    return {obj.name: obj for obj in vars(stages).values()
-            if isinstance(obj, Flow) and obj.fn.__module__ == stages.__name__}
+    return {s.name: s.flow for s in STAGES}
 
 
 def stage_parameters(config: PipelineConfig) -> dict[str, dict]:
     """The parameters the pipeline passes each stage flow for ``config`` (None: the config does not say)."""
-    from flows.refresh import clean_inputs
+    from flows.stages import STAGES
 
-    return {
-        "crawl": {"root": config.root, "crawl": config.crawl},
-        "clean": {"inputs": clean_inputs(config), "out": config.clean_uri, "settings": config.clean},
-        "tokenizer": {"corpus_uri": config.clean_uri, "out": config.tokenizer_uri, "settings": config.tokenizer},
-        "shards": {"corpus_uri": config.clean_uri, "tokenizer_uri": config.tokenizer_uri, "out": config.shards_uri,
-                   "settings": config.shards},
-        "train": {"shards_uri": config.shards_uri, "run_uri": _get(config, "run_uri"),
-                  "settings": _get(config, "train")},
-        "evaluate": {"run_uri": _get(config, "run_uri"), "texts": _get(config, "eval_texts"),
-                     "out": _get(config, "eval_uri"), "settings": _get(config, "evaluate"),
-                     "sampling": _get(config, "generate")},
-        "generate": {"run_uri": _get(config, "run_uri"), "settings": _get(config, "generate")},
-        "export": {"run_uri": _get(config, "run_uri"), "out": _get(config, "export_uri"),
-                   "settings": _get(config, "export")},
-    }
-
-
-def _get(config: PipelineConfig, name: str):
-    """A config field or property that a pipeline config may not have yet (the model stages are optional)."""
-    return getattr(config, name, None)
+    return {s.name: s.parameters(config) for s in STAGES}
 
 
 def _jsonable(value):

@@ -20,36 +20,20 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows import artifacts
-from infra.errors import Gpt2jaError
 from flows.config import PipelineConfig, load_config
-from flows.refresh import clean_inputs
-from flows.stages import (clean_flow, crawl_flow, evaluate_flow, export_flow, shards_flow, tokenizer_flow,
-                          train_flow)
-
-STAGES = ("crawl", "clean", "tokenizer", "shards", "train", "evaluate", "export")
+from flows.stages import STAGES
+from infra.errors import Gpt2jaError
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
     """Run the configured stages in order; returns ``{stage: {"uri", "skipped"}}`` (``crawl``: one per crawl)."""
     out: dict = {}
-    out["crawl"] = crawl_flow(config.root, config.crawl)
-    # the corpus is cleaned from every finished crawl of each configured source, corpus-refresh's
-    # crawls included, so that a pipeline run after a refresh keeps the refreshed documents
-    inputs = clean_inputs(config) or [c["uri"] for c in out["crawl"]]
-    out["clean"] = clean_flow(inputs, config.clean_uri, config.clean)
-    out["tokenizer"] = tokenizer_flow(out["clean"]["uri"], config.tokenizer_uri, config.tokenizer)
-    out["shards"] = shards_flow(out["clean"]["uri"], out["tokenizer"]["uri"], config.shards_uri, config.shards)
-    if config.train is not None:
-        out["train"] = train_flow(out["shards"]["uri"], config.run_uri, config.train)
-    if config.evaluate is not None:
-        out["evaluate"] = evaluate_flow(out["train"]["uri"], config.eval_texts, config.eval_uri, config.evaluate,
-                                        config.generate)
-    if config.export is not None:
-        out["export"] = export_flow(out["train"]["uri"], config.export_uri, config.export)
-
-    ran = [s for s in STAGES if s in out]
-    skipped = [s for s in ran if all(r["skipped"] for r in (out[s] if s == "crawl" else [out[s]]))]
+    for stage in STAGES:  # each stage's outputs are named by the config, so its inputs are known before it runs
+        if stage.enabled(config):
+            out[stage.name] = stage.flow(**stage.parameters(config))
+    results = stage_results(out)
+    skipped = [s.name for s in STAGES if s.name in out and all(r["skipped"] for n, r in results if n == s.name)]
     get_run_logger().info("pipeline done; skipped (up to date): %s", ", ".join(skipped) or "none")
     artifacts.markdown(artifacts.key("pipeline", artifacts.name_of(config.root)),
                        "```text\n" + artifacts.summary(config, out).strip("\n") + "\n```\n",
@@ -59,7 +43,8 @@ def pipeline(config: PipelineConfig) -> dict:
 
 def stage_results(outcome: dict) -> list[tuple[str, dict]]:
     """``[(stage, {"uri", "skipped"}), …]`` in pipeline order (one entry per crawl)."""
-    return [(s, r) for s in STAGES if s in outcome for r in (outcome[s] if s == "crawl" else [outcome[s]])]
+    return [(s.name, r) for s in STAGES if s.name in outcome
+            for r in (outcome[s.name] if isinstance(outcome[s.name], list) else [outcome[s.name]])]
 
 
 def cli_run(config_path: str) -> None:

@@ -23,14 +23,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
 from flows.artifacts import key as _key  # noqa: F401 - flows.refresh imports these names from here
 from flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSection, FilesCrawl, GenerateSection,
-                          ShardsSection, SpiderCrawl, TokenizerSection, TrainSection)
+                          PipelineConfig, ShardsSection, SpiderCrawl, TokenizerSection, TrainSection)
 from flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from infra import storage
 from infra.errors import Gpt2jaError
@@ -362,3 +364,57 @@ def export_task(run_uri: str, out: str, settings: ExportSection) -> dict:
 def export_flow(run_uri: str, out: str, settings: ExportSection = ExportSection()) -> dict:
     """Export the run's newest checkpoint (Hugging Face GPT2LMHeadModel, logits verified) to ``out``."""
     return export_task(run_uri, out, settings)
+
+
+# ----------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage as the pipeline, the deployments and the UI see it: its flow and where its parameters come from.
+
+    ``section`` is the pipeline config's section that switches the stage on
+    (None: always on); ``parameters(config)`` is what the pipeline passes its
+    flow, read when the stage starts (the clean stage's inputs are the crawls
+    finished by then). ``in_pipeline`` False: a deployment only (``generate``:
+    the pipeline's samples are written by ``evaluate``).
+    """
+
+    name: str
+    flow: Flow
+    section: str | None
+    parameters: Callable[[PipelineConfig], dict]
+    in_pipeline: bool = True
+
+    def enabled(self, config: PipelineConfig) -> bool:
+        return self.in_pipeline and (self.section is None or getattr(config, self.section) is not None)
+
+
+def _clean_inputs(config: PipelineConfig) -> list[str]:
+    """Every finished crawl of the configured sources (corpus-refresh's too), else the configured crawls' outputs."""
+    from flows.refresh import clean_inputs
+
+    return clean_inputs(config) or [e.out_uri(config.root) if isinstance(e, FilesCrawl)
+                                    else e.crawl_config(config.root, "http://127.0.0.1").out_uri
+                                    for e in config.crawl]
+
+
+#: The stages in pipeline order: the one list the pipeline, the deployments and the summary read.
+STAGES: tuple[Stage, ...] = (
+    Stage("crawl", crawl_flow, None, lambda c: {"root": c.root, "crawl": c.crawl}),
+    Stage("clean", clean_flow, None, lambda c: {"inputs": _clean_inputs(c), "out": c.clean_uri,
+                                                "settings": c.clean}),
+    Stage("tokenizer", tokenizer_flow, None, lambda c: {"corpus_uri": c.clean_uri, "out": c.tokenizer_uri,
+                                                        "settings": c.tokenizer}),
+    Stage("shards", shards_flow, None, lambda c: {"corpus_uri": c.clean_uri, "tokenizer_uri": c.tokenizer_uri,
+                                                  "out": c.shards_uri, "settings": c.shards}),
+    Stage("train", train_flow, "train", lambda c: {"shards_uri": c.shards_uri, "run_uri": c.run_uri,
+                                                   "settings": c.train}),
+    Stage("evaluate", evaluate_flow, "evaluate", lambda c: {"run_uri": c.run_uri, "texts": c.eval_texts,
+                                                            "out": c.eval_uri, "settings": c.evaluate,
+                                                            "sampling": c.generate}),
+    Stage("generate", generate_flow, "generate", lambda c: {"run_uri": c.run_uri, "settings": c.generate},
+          in_pipeline=False),
+    Stage("export", export_flow, "export", lambda c: {"run_uri": c.run_uri, "out": c.export_uri,
+                                                      "settings": c.export}),
+)
