@@ -60,7 +60,7 @@ from corpus.normalize import normalize
 from corpus.split import SPLITS, SplitConfig, split_of
 from infra import storage
 from infra.errors import Gpt2jaError
-from infra.stage import run_stage
+from infra.stage import require, run_stage
 
 logger = logging.getLogger("gpt2ja.clean")
 EXAMPLE_CHARS = 120
@@ -287,10 +287,7 @@ def write_part(args: tuple) -> dict:
 def _inputs(cfg: CleanConfig) -> tuple[list[str], list[dict]]:
     parts, manifests = [], []
     for uri in cfg.inputs:
-        manifest = storage.read_manifest(uri)
-        if manifest is None:
-            raise CleanError(f"{uri} has no _MANIFEST.json: the crawl is partial or missing; "
-                             "finish (resume) it first, or drop it from --in")
+        manifest = require(uri, "crawl", "finish (resume) that crawl first, or drop it from --in", CleanError)
         manifests.append(manifest)
         parts.extend(list_parts(uri))
     return parts, manifests

@@ -59,7 +59,7 @@ for _name in ("prefect.flow_runs", "prefect.task_runs"):
 
 def _created(uri: str) -> tuple | None:
     m = storage.read_manifest(uri)
-    return None if m is None else (m.get("fingerprint"), m.get("created_at"))
+    return None if m is None else (m.get("fingerprint"), m.get("created_at"), m.get("build_id"))
 
 
 def _outcome(stage: str, uri: str, before: tuple | None) -> dict:

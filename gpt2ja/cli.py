@@ -371,11 +371,9 @@ def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML
 @app.command()
 def show(uri: str = typer.Argument(..., help="An artifact directory (local or gs://).")) -> None:
     """Print an artifact's manifest: stage, counts, drops, files."""
-    from infra import storage
+    from infra.stage import require
 
-    manifest = storage.read_manifest(uri)
-    if manifest is None:
-        _fail(f"{uri} has no _MANIFEST.json: it is missing or partial; rerun the stage that writes it", 1)
+    manifest = require(uri, "artifact", "rerun the stage that writes it")
     print(json.dumps({k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at")
                       if k in manifest}, ensure_ascii=False, indent=2))
     print(f"{len(manifest.get('files', []))} files, fingerprint {manifest.get('fingerprint', '')[:16]}")

@@ -63,7 +63,8 @@ from typing import Callable, Iterable, Sequence
 from infra import storage
 from infra.errors import Gpt2jaError
 
-__all__ = ["LockHeld", "Outcome", "OutputLock", "StageError", "check_inputs", "lock_uri", "run_stage", "verify"]
+__all__ = ["LockHeld", "Outcome", "OutputLock", "StageError", "check_inputs", "input_uri", "lock_uri", "require",
+           "run_stage", "verify"]
 
 #: seconds between heartbeats of a held lock, and the age after which a lock
 #: without heartbeat counts as abandoned (overridable for tests and slow links)
@@ -335,6 +336,21 @@ def check_inputs(stage: str, out: str, inputs: Iterable[str]) -> None:
         if _inside(uri, out) is not None:
             raise StageError(f"{stage}: the output {out} holds its input {uri}; give --out a directory of its own "
                              "(rebuilding it would delete the input)")
+
+
+def require(uri: str, what: str, fix: str, error: type[Gpt2jaError] = StageError) -> dict:
+    """The manifest of the input artifact ``uri`` (a ``what``: "corpus", "run"…), or ``error`` in one line.
+
+    Every stage asks for its inputs here, so a missing, unfinished or unreadable
+    input reads the same everywhere: ``{what} {uri} has no _MANIFEST.json: …; {fix}``.
+    """
+    try:
+        manifest = storage.read_manifest(uri)
+    except storage.StorageError as err:
+        raise error(f"{what} {uri}: {err}") from None
+    if manifest is None or not manifest.get("fingerprint"):
+        raise error(f"{what} {uri} has no {storage.MANIFEST}: it is missing or unfinished; {fix}")
+    return manifest
 
 
 # -------------------------------------------------------------------- verify

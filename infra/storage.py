@@ -8,23 +8,20 @@ Rules the pipeline relies on:
 * Writes are atomic: readers see either the old object/file or the complete
   new one, never a half-written one.
 * Every artifact directory ends with a ``_MANIFEST.json`` written last (and
-  atomically).  A directory without a manifest is partial and gets rebuilt; a
-  directory whose manifest fingerprint matches the stage's fingerprint is
-  complete and the stage is skipped.
+  atomically).  Stages never write it themselves: :func:`infra.stage.run_stage`
+  locks the directory, verifies it, and publishes the manifest a build returns.
 
 Example::
 
     from infra import storage
 
     out = storage.join("gs://my-bucket/runs/r1", "shards")   # or a local path
-    fp = storage.fingerprint({"shard_size": 1024}, [input_manifest])
-    if not storage.is_complete(out, fp):
-        with storage.open(storage.join(out, "shard-00000.bin"), "wb") as f:
-            f.write(b"...")
-        files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
-        storage.write_manifest(out, storage.build_manifest(
-            stage="shard", config={"shard_size": 1024}, inputs=[input_manifest],
-            counts={"shards": 1}, files=files, timings={"total_s": 1.2}))
+    with storage.open(storage.join(out, "shard-00000.bin"), "wb") as f:
+        f.write(b"...")
+    files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
+    manifest = storage.build_manifest(
+        stage="shard", config={"shard_size": 1024}, inputs=[input_manifest],
+        counts={"shards": 1}, files=files, timings={"total_s": 1.2})
 
 ``google.cloud.storage`` is imported only when a ``gs://`` URI is used, so
 local runs do not pay for it.  Set ``STORAGE_EMULATOR_HOST`` (e.g.
@@ -64,7 +61,6 @@ __all__ = [
     "exists",
     "file_info",
     "fingerprint",
-    "is_complete",
     "is_gcs",
     "join",
     "list_files",
@@ -987,13 +983,3 @@ def read_manifest(dir_uri: str) -> dict | None:
         )
     manifest["uri"] = dir_uri
     return manifest
-
-
-def is_complete(dir_uri: str, fingerprint: str) -> bool:  # noqa: A002 - shadows the function on purpose
-    """Return True when ``dir_uri`` has a manifest whose fingerprint equals ``fingerprint``.
-
-    A missing manifest means a partial (or absent) output: False.  A corrupt
-    manifest raises StorageError rather than silently rebuilding over it.
-    """
-    manifest = read_manifest(dir_uri)
-    return manifest is not None and manifest.get("fingerprint") == fingerprint

@@ -60,13 +60,7 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
     ``vocab_size`` and ``eos_id``: a model trained on ids from one tokenizer
     and sampled with another produces garbage, so the mismatch stops here.
     """
-    try:
-        manifest = storage.read_manifest(shards_uri)
-    except storage.StorageError as err:
-        raise DataError(f"shards {shards_uri}: {err}") from None
-    if manifest is None:
-        raise DataError(f"shards {shards_uri}: no {storage.MANIFEST} (missing or unfinished); "
-                        "build them with `gpt2ja shards` or check the URI")
+    manifest = stage.require(shards_uri, "shards", "build them with `gpt2ja shards`, or check the URI", DataError)
     missing = [k for k in _REQUIRED if k not in manifest]
     if manifest.get("stage") != STAGE or missing or manifest["dtype"] not in DTYPES:
         raise DataError(f"shards {shards_uri}: its {storage.MANIFEST} is not a shards manifest "

@@ -286,7 +286,7 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
                          sampling={"num": 3, "max_chars": 60, "top_k": 40, "top_p": 0.9, "seed": 0})
     """
     from model import runs
-    from model.generate import check_sampling, generate
+    from model.generate import DEFAULT_SAMPLING, check_sampling, generate
 
     started = time.monotonic()
     if out_uri.rstrip("/") == run_uri.rstrip("/"):
@@ -294,15 +294,10 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
                          "not the run itself (it has the run's manifest)")
     sampling = dict(sampling or {})
     if prompts:  # bad settings fail now, not after the scoring
-        check_sampling(temperature=sampling.get("temperature", 1.0), top_k=sampling.get("top_k", 0),
-                       top_p=sampling.get("top_p", 1.0), greedy=sampling.get("greedy", False))
-    try:
-        run_manifest = storage.read_manifest(run_uri)
-    except storage.StorageError as err:
-        raise ModelError(f"run {run_uri}: {err}") from None
-    if run_manifest is None:
-        raise ModelError(f"run {run_uri} has no {storage.MANIFEST}: its training is missing or unfinished; "
-                         "finish it (rerun the train stage) before evaluating it")
+        chosen = {**DEFAULT_SAMPLING, **sampling}  # what generate() will use: its defaults are the study's
+        check_sampling(temperature=chosen["temperature"], top_k=chosen["top_k"], top_p=chosen["top_p"],
+                       greedy=sampling.get("greedy", False))
+    run_manifest = stage.require(run_uri, "run", "finish it (rerun the train stage) before evaluating it", ModelError)
     texts = read_texts(text_uris)
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
     config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,

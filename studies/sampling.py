@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra import storage
+from infra.stage import require
 from studies.common import StudyError, require_unique, say as default_say, slug
 from studies.metrics import text_metrics
 
@@ -251,10 +252,7 @@ def run_sampling_study(run_uri: str, cfg: SamplingStudyConfig, *, command: str =
     try:
         for m in cfg.methods:
             check_sampling(temperature=m.temperature, top_k=m.top_k, top_p=m.top_p, greedy=m.greedy)
-        run_manifest = storage.read_manifest(run_uri)
-        if run_manifest is None:
-            raise StudyError(f"run {run_uri}: no {storage.MANIFEST}, so its training is missing or unfinished; "
-                             "finish it (`gpt2ja train`) or pass a finished run")
+        run_manifest = require(run_uri, "run", "finish it (`gpt2ja train`) or pass a finished run", StudyError)
         texts = read_texts(cfg.texts)
         loaded = runs.load_run(run_uri)
     except (ModelError, storage.StorageError) as err:

@@ -31,7 +31,7 @@ from tests.net import free_port
 REPO = Path(__file__).resolve().parent.parent
 CARDS = REPO / "examples" / "aozora-mirror" / "cards"
 # The fields of manifests and shard completion records that say when and how fast, not what.
-TIMING_FIELDS = ("created_at", "timings", "seconds")
+TIMING_FIELDS = ("created_at", "timings", "seconds", "build_id")
 # The tokenizer's own files (its tokenizer.json, hence its manifest, records the training time).
 TOKENIZER_FILES = ("spm.model", "spm.vocab")
 

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from infra import storage
+from infra import stage, storage
 from infra.storage import AlreadyExistsError, StorageError, join
 
 
@@ -238,7 +238,7 @@ def test_code_version():
     assert re.fullmatch(re.escape(gpt2ja.__version__) + r"(\+g[0-9a-f]{4,40})?", version), version
 
 
-def test_manifest_write_read_is_complete(storage_root):
+def test_manifest_write_read_verify(storage_root):
     upstream = join(storage_root, "tokenized")
     assert storage.read_manifest(upstream) is None
     up_config = {"vocab": 32000}
@@ -253,10 +253,10 @@ def test_manifest_write_read_is_complete(storage_root):
     out = join(storage_root, "shards")
     config = {"shard_size": 1024, "seed": 0}
     fp = storage.fingerprint(config, [up_read])
-    assert not storage.is_complete(out, fp)  # nothing there yet
+    assert stage.verify(out, fp)[1]  # nothing there yet
 
     storage.write_bytes(join(out, "shard-0.bin"), b"\x01\x02")
-    assert not storage.is_complete(out, fp)  # files but no manifest: partial
+    assert stage.verify(out, fp)[1]  # files but no manifest: partial
     files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
     manifest = storage.build_manifest(
         stage="shard", config=config, inputs=[up_read], counts={"shards": 1}, files=files,
@@ -268,8 +268,8 @@ def test_manifest_write_read_is_complete(storage_root):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["created_at"])
     storage.write_manifest(out, manifest)
 
-    assert storage.is_complete(out, fp)
-    assert not storage.is_complete(out, storage.fingerprint({**config, "seed": 1}, [up_read]))
+    assert stage.verify(out, fp)[1] == []
+    assert stage.verify(out, storage.fingerprint({**config, "seed": 1}, [up_read]))[1]
     assert storage.read_manifest(out)["notes"] == "テスト"
     with pytest.raises(ValueError):
         storage.build_manifest(stage="x", config={}, counts={}, files=[], timings={}, extra={"stage": "y"})
@@ -282,7 +282,7 @@ def test_corrupt_manifest_names_the_file(storage_root):
         storage.read_manifest(d)
     assert join(d, storage.MANIFEST) in _one_line(info.value)
     with pytest.raises(StorageError):
-        storage.is_complete(d, "whatever")
+        stage.verify(d, "whatever")
     storage.write_text(join(d, storage.MANIFEST), "[1, 2]")
     with pytest.raises(StorageError, match="expected a JSON object"):
         storage.read_manifest(d)

@@ -65,7 +65,7 @@ from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
 from infra import storage
 from infra.errors import Gpt2jaError
-from infra.stage import input_uri, run_stage
+from infra.stage import input_uri, require, run_stage
 
 log = logging.getLogger("gpt2ja.shards")
 
@@ -303,8 +303,9 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
            map_parts: MapParts | None = None) -> tuple[str, dict]:
     """``write_shards``; also returns what it did (for the CLI summary)."""
     started = time.monotonic()
-    corpus_manifest = _input_manifest(corpus_uri, "corpus", "build it with `gpt2ja clean`")
-    tok_manifest = _input_manifest(tokenizer_uri, "tokenizer", "train it with `gpt2ja tokenizer train`")
+    corpus_manifest = require(corpus_uri, "corpus", "build it with `gpt2ja clean`, or check the URI", ShardsError)
+    tok_manifest = require(tokenizer_uri, "tokenizer", "train it with `gpt2ja tokenizer train`, or check the URI",
+                           ShardsError)
     from tokenization.tokenizer import Tokenizer, TokenizerError
 
     try:
@@ -382,16 +383,6 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
     if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
     return out_uri, did
-
-
-def _input_manifest(uri: str, what: str, fix: str) -> dict:
-    try:
-        manifest = storage.read_manifest(uri)
-    except storage.StorageError as err:
-        raise ShardsError(f"{what} {uri}: {err}") from None
-    if manifest is None or not manifest.get("fingerprint"):
-        raise ShardsError(f"{what} {uri}: no {storage.MANIFEST} (missing or unfinished); {fix} or check the URI")
-    return manifest
 
 
 def _require_documents(corpus_uri: str, split: str) -> None:

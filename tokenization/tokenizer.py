@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from infra import storage
 from infra.errors import Gpt2jaError
+from infra.stage import require
 
 EOS = "<|endoftext|>"
 TOKENIZER_JSON = "tokenizer.json"
@@ -169,10 +170,7 @@ class Tokenizer(abc.ABC):
     @staticmethod
     def load(uri: str) -> "Tokenizer":
         """Load any kind from an artifact directory; checks the manifest and file checksums."""
-        manifest = storage.read_manifest(uri)
-        if manifest is None:
-            raise TokenizerError(f"tokenizer {uri}: no {storage.MANIFEST} (missing or unfinished artifact); "
-                                 "train it again with `gpt2ja tokenizer train --out ...`")
+        manifest = require(uri, "tokenizer", "train it again with `gpt2ja tokenizer train --out ...`", TokenizerError)
         sums = {f["path"]: f.get("sha256") for f in manifest.get("files", [])}
 
         def read(name: str) -> bytes:

@@ -44,7 +44,7 @@ from typing import Any
 
 from corpus.jsonl import list_parts, read_documents
 from infra import storage
-from infra.stage import run_stage
+from infra.stage import require, run_stage
 from tokenization.tokenizer import KINDS, Tokenizer, TokenizerError, tokenizer_class
 
 log = logging.getLogger(__name__)
@@ -265,17 +265,7 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: s
 
 
 def _corpus_manifest(corpus_uri: str) -> dict:
-    try:
-        manifest = storage.read_manifest(corpus_uri)
-    except storage.StorageError as err:
-        raise TokenizerError(f"corpus {corpus_uri}: {err}") from None
-    if manifest is None:
-        raise TokenizerError(f"corpus {corpus_uri}: no {storage.MANIFEST}, so it is not a finished clean corpus; "
-                             "build it with `gpt2ja clean` or check the URI")
-    if not manifest.get("fingerprint"):
-        raise TokenizerError(f"corpus {corpus_uri}: its {storage.MANIFEST} has no fingerprint; "
-                             "rebuild the corpus with `gpt2ja clean`")
-    return manifest
+    return require(corpus_uri, "corpus", "build it with `gpt2ja clean`, or check the URI", TokenizerError)
 
 
 def _empty(corpus_uri: str, what: str) -> TokenizerError:
