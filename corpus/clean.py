@@ -90,6 +90,7 @@ class CleanConfig(BaseModel):
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
                          description="processes for the per-shard phases")
     part_docs: int = Field(2000, ge=1, description="documents per work part (memory bound of a worker)")
+    allow_empty: bool = Field(False, description="publish a corpus that the filters emptied (else an error)")
 
     @model_validator(mode="before")
     @classmethod
@@ -113,7 +114,7 @@ class CleanConfig(BaseModel):
         return self
 
     def fingerprint_config(self) -> dict:
-        return self.model_dump(exclude={"workers", "inputs", "out"})
+        return self.model_dump(exclude={"workers", "inputs", "out", "allow_empty"})
 
 
 # --------------------------------------------------------------------------- phase 1
@@ -371,6 +372,10 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
     from corpus.report import write_report
 
     counts = summarize(results, dropped, split_counts)
+    if counts["documents_out"] == 0 and not cfg.allow_empty:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(counts["drops"].items(), key=lambda kv: -kv[1])[:4])
+        raise CleanError(f"clean {cfg.out}: all {counts['documents_in']:,} documents were dropped ({top or 'none'}); "
+                         "check the inputs or loosen the filters, or pass --set allow_empty=true to publish it empty")
     lengths = sorted(n for c in split_counts for n in c["lengths"])
     report = write_report(cfg.out, counts, results, clusters, dedup_stats, cfg, lengths)
     files = [storage.file_info(u, root=cfg.out) for s in SPLITS for u in list_parts(storage.join(cfg.out, s))]

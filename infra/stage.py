@@ -52,8 +52,10 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -76,6 +78,7 @@ WAIT_S = float(os.environ.get("GPT2JA_LOCK_WAIT_S", "0"))
 #: (``eval/``, ``eval-heldout/``, ``export/hf``…), which its manifest never lists
 DERIVED = {"train": ("eval", "export")}
 _LOCAL_LOCK_BYTES = 1024
+SCRATCH = "gpt2ja"  # scratch dirs are gpt2ja-{what}-{pid}-{random} (see scratch_dir)
 
 
 class StageError(Gpt2jaError):
@@ -432,6 +435,7 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
             notes = problems  # damaged: say what, then rebuild (a resume re-checks every file it reuses)
             say(f"{stage}: rebuilding: " + "; ".join(problems))
         _withdraw(out)
+        _sweep(out)
         seen = _builds(stage, inputs)
         _failpoint(stage)
         new = build()
@@ -444,6 +448,33 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
         return Outcome(out, False, new, notes)
     finally:
         lock.release()
+
+
+def _sweep(out: str) -> None:
+    """Remove what killed writers left: temp files in ``out`` (we hold its lock) and scratch dirs of dead pids."""
+    local = storage.local_path(out)
+    if local is not None and os.path.isdir(local):
+        for dirpath, _dirs, names in os.walk(local):
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):  # storage's in-flight writes
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            parts = entry.name.split("-")
+            if entry.name.startswith(SCRATCH + "-") and len(parts) > 3 and parts[2].isdigit() \
+                    and not _pid_alive(int(parts[2])):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def scratch_dir(what: str) -> str:
+    """A local scratch directory ``gpt2ja-{what}-{pid}-…`` in the system temp dir; the caller removes it.
+
+    The pid in its name lets the next stage run remove it when this process was
+    killed before it could (see :func:`_sweep`).
+    """
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}-{what.replace('-', '_')}-{os.getpid()}-")
 
 
 def _builds(stage: str, inputs: Sequence[str]) -> list:

@@ -278,7 +278,7 @@ def export_hf(run_uri: str, out_uri: str) -> str:
     def build() -> dict:
         run = loaded[0] if loaded else load_run(run_uri, dtype="float32")
         cfg, tok = run.config, run.tokenizer
-        with tempfile.TemporaryDirectory(prefix="gpt2ja-export-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"gpt2ja-export-{os.getpid()}-") as tmp:
             def write_json(name: str, value: dict) -> None:
                 with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                     json.dump(value, f, indent=2, ensure_ascii=False)

@@ -186,6 +186,20 @@ def test_bad_inputs_are_counted_never_fatal(tmp_path):
     assert any(r in counts["drops"] for r in ("low_japanese_ratio", "low_hiragana_ratio"))
 
 
+def test_a_clean_that_drops_every_document_fails_unless_allowed(tmp_path):
+    english = doc("English", "This is an English text that is long enough to pass the length filter. " * 20,
+                  source="web", url="https://example.com/en", author="")
+    raw = raw_crawl(tmp_path, "en", [[english]], source="web")
+    cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)
+    with pytest.raises(CleanError) as err:
+        run_clean(cfg)
+    message = str(err.value)
+    assert "all 1 documents were dropped" in message and "allow_empty" in message and "\n" not in message
+    assert storage.read_manifest(cfg.out) is None
+    run_clean(cfg.model_copy(update={"allow_empty": True}))  # asked for: published, empty, with its drops
+    assert storage.read_manifest(cfg.out)["counts"]["documents_out"] == 0
+
+
 def test_missing_input_manifest_is_one_clear_error(tmp_path):
     raw = str(tmp_path / "raw" / "aozora" / "partial")
     with ShardWriter(raw) as w:

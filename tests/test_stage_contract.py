@@ -221,3 +221,25 @@ def test_gcs_lock_one_holder_takeover_of_a_silent_one_and_a_lost_lock(gcs_proxy_
         first.check()
     won[0].release()
     assert storage.read_generation(stage.lock_uri(out)) is None
+
+
+def test_what_a_killed_writer_left_is_swept_by_the_next_run(tmp_path):
+    """Temp files in the output and scratch dirs of dead processes go; a live process's scratch stays."""
+    import tempfile
+
+    out = str(tmp_path / "a")
+    os.makedirs(os.path.join(out, "sub"))
+    leftover = os.path.join(out, "sub", ".part-00001.jsonl.gz.x1y2.tmp")
+    open(leftover, "w").close()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tempfile.mkdtemp(prefix=f"gpt2ja-shards-{dead.pid}-")
+    mine = stage.scratch_dir("shards")
+    try:
+        fp, build = _builder(out, {"x.txt": "1"}, {"n": 1})
+        stage.run_stage("demo", out, fingerprint=fp, build=build)
+        assert not os.path.exists(leftover) and not os.path.exists(gone) and os.path.isdir(mine)
+    finally:
+        for d in (gone, mine):
+            if os.path.isdir(d):
+                os.rmdir(d)

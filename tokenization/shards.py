@@ -51,7 +51,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -65,7 +64,7 @@ from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
 from infra import storage
 from infra.errors import Gpt2jaError
-from infra.stage import input_uri, require, run_stage
+from infra.stage import input_uri, require, run_stage, scratch_dir
 
 log = logging.getLogger("gpt2ja.shards")
 
@@ -230,7 +229,7 @@ def _build(job: dict) -> list[dict]:
     tok, cfg = job["tokenizer"], job["config"]
     out_uri, corpus_uri = job["out"], job["corpus"]
     records = []
-    tmp = tempfile.mkdtemp(prefix="gpt2ja-shards-")
+    tmp = scratch_dir("shards")
     try:
         for split in SPLITS:
             owned = sorted(i for s, i in job["tasks"] if s == split)

@@ -159,7 +159,7 @@ class Tokenizer(abc.ABC):
 
     def write_files(self, uri: str) -> dict:
         """Write every file of the artifact but the manifest to ``uri``; returns the manifest to write last."""
-        with tempfile.TemporaryDirectory(prefix="gpt2ja-tokenizer-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"gpt2ja-tokenizer-{os.getpid()}-") as tmp:
             for name, data in {**self.files(), TOKENIZER_JSON: _json_bytes(self.describe())}.items():
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(data)

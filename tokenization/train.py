@@ -227,7 +227,7 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: s
     from tokenization.spm import train_model
 
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="gpt2ja-tok-train-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"gpt2ja-tok_train-{os.getpid()}-") as tmp:
         t0 = time.monotonic()
         sample, counts = _sample(read_documents(train_dir), config)
         if not sample:
