@@ -42,23 +42,72 @@ logger = logging.getLogger("gpt2ja.crawl")
 SUFFIXES = (".txt", ".zip", ".jsonl", ".jsonl.gz")
 
 
+class AmbiguousEncoding(ExtractError):
+    """More than one Japanese encoding decodes the file and the text does not say which is right."""
+
+
+#: how much more Japanese-looking the best decoding must be than the next, and at least how Japanese
+MARGIN, MIN_SCORE = 0.3, 0.6
+
+
+def japanese_score(text: str) -> float:
+    """How much a decoding looks like Japanese text, from -1 to 1 (1 for text without non-ASCII characters).
+
+    Over the non-ASCII characters: kana and Japanese punctuation count 1, kanji
+    0.5 (mojibake is mostly kanji), half-width katakana -1 (EUC-JP bytes read as
+    Shift_JIS come out as half-width katakana), anything else 0.
+    """
+    total = score = 0.0
+    for ch in text:
+        o = ord(ch)
+        if o < 0x80:
+            continue
+        total += 1
+        if 0x3040 <= o <= 0x30FF or 0x3000 <= o <= 0x303F or ch in "ー・…（）！？":
+            score += 1
+        elif 0x4E00 <= o <= 0x9FFF:
+            score += 0.5
+        elif 0xFF61 <= o <= 0xFF9F:
+            score -= 1
+    return 1.0 if total == 0 else score / total
+
+
 def decode_text(data: bytes, where: str) -> tuple[str, str]:
-    """Decode a local text file: UTF-8 first, then the Japanese legacy encodings; ExtractError if none fits."""
+    """Decode a local text file: UTF-8, else the legacy Japanese encoding whose text looks Japanese.
+
+    Valid UTF-8 is taken as UTF-8. Otherwise Shift_JIS (cp932, else
+    shift_jis_2004) and EUC-JP, where they decode the bytes, are scored
+    (:func:`japanese_score`); the better wins only by a clear
+    margin, because short EUC-JP text often decodes as Shift_JIS too (as
+    mojibake). Too little evidence raises :class:`AmbiguousEncoding` (the file is
+    dropped as ``ambiguous_encoding``); no decoding at all, :class:`ExtractError`.
+    """
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    try:
-        return aozora_extract.decode_sjis(data, where)
+    found: dict[str, str] = {}  # text → the codec that gives it
+    try:  # the Shift_JIS family as Aozora files use it: cp932, else shift_jis_2004 (its JIS X 0213 characters)
+        text, codec = aozora_extract.decode_sjis(data, where)
+        found[text] = codec
     except ExtractError:
         pass
     try:
-        return data.decode("euc_jp"), "euc_jp"
+        found.setdefault(data.decode("euc_jp"), "euc_jp")
     except UnicodeDecodeError:
+        pass
+    if not found:
         raise ExtractError(f"{where}: not UTF-8, Shift_JIS (cp932/2004) or EUC-JP; "
-                           "convert it to UTF-8 and run again") from None
+                           "convert it to UTF-8 and run again")
+    ranked = sorted(((japanese_score(t), t, c) for t, c in found.items()), key=lambda r: -r[0])
+    best = ranked[0]
+    if len(ranked) > 1 and (best[0] < MIN_SCORE or best[0] - ranked[1][0] < MARGIN):
+        scores = ", ".join(f"{c} {s:.2f}" for s, _, c in ranked)
+        raise AmbiguousEncoding(f"{where}: its encoding cannot be told from its text ({scores}); "
+                                "convert it to UTF-8 and run again")
+    return best[1], best[2]
 
 
 def _docs_from_file(path: str, drops: Counter) -> Iterator[Document]:
@@ -89,7 +138,8 @@ def _docs_from_file(path: str, drops: Counter) -> Iterator[Document]:
             drops["unsupported_file"] += 1
             logger.warning("drop unsupported_file: %s (accepted: %s)", path, ", ".join(SUFFIXES))
     except ExtractError as exc:
-        reason = "bad_zip" if name.endswith(".zip") else "undecodable"
+        reason = ("bad_zip" if name.endswith(".zip") else
+                  "ambiguous_encoding" if isinstance(exc, AmbiguousEncoding) else "undecodable")
         drops[reason] += 1
         logger.warning("drop %s: %s", reason, exc)
 
