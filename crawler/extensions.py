@@ -3,6 +3,7 @@ manifest when it ends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from scrapy import signals
 from twisted.internet import task
 
 from crawler import accounting
-from corpus.jsonl import list_parts
+from corpus.jsonl import list_parts, read_documents
 from infra import storage
 
 logger = logging.getLogger("gpt2ja.crawl")
@@ -59,6 +60,12 @@ class ProgressLine:
 
 #: the manifest of each crawl that finished in this process, by output URI (a crawl runs once per process)
 FINISHED: dict[str, dict] = {}
+#: why a crawl that ended failed (nothing reachable), by output URI
+FAILED: dict[str, str] = {}
+#: close reasons of a complete crawl: the end of the frontier, or the --max-pages bound
+COMPLETE = ("finished", "closespider_pagecount")
+#: a file in the crawl's state dir while a session runs: found at the start of the next, the last one was killed
+RUNNING = "session.running"
 
 
 class CrawlManifest:
@@ -113,17 +120,34 @@ class CrawlManifest:
         os.makedirs(sessions_dir, exist_ok=True)
         n = len([f for f in os.listdir(sessions_dir) if f.endswith(".json")])
         session = {"reason": reason, **self.session_counts()}
+        stats = self.crawler.stats.get_stats()
+        errors = stats.get("downloader/exception_count", 0)
+        if reason == "finished" and session["pages_fetched"] == 0 and errors:
+            # nothing answered: a failure to retry, not a crawl that found nothing new
+            session["reason"] = "unreachable"
+            kinds = [k.rsplit("/", 1)[-1].rsplit(".", 1)[-1] for k in stats
+                     if k.startswith("downloader/exception_type_count/")]
+            FAILED[self.out_uri] = (f"no page could be fetched ({errors} connection error(s): "
+                                    f"{', '.join(kinds) or 'see the log'}); check the addresses and the network, "
+                                    "then rerun: nothing was marked complete")
         with open(os.path.join(sessions_dir, f"{n:04d}.json"), "w", encoding="utf-8") as fh:
             json.dump(session, fh, ensure_ascii=False, indent=1)
-        if reason != "finished":
+        with contextlib.suppress(FileNotFoundError):  # this session closed: its state can be trusted
+            os.unlink(os.path.join(self.state_dir, RUNNING))
+        if session["reason"] not in COMPLETE:
             logger.warning("crawl stopped (%s) after writing %d documents; rerun the same command to resume it",
-                           reason, session["documents"])
+                           session["reason"], session["documents"])
             return
         sessions = []
         for name in sorted(os.listdir(sessions_dir)):
             with open(os.path.join(sessions_dir, name), encoding="utf-8") as fh:
                 sessions.append(json.load(fh))
         counts = sum_counts(sessions)
+        # what is stored, counted from the parts: a killed session recorded no counts of its own
+        counts["documents"] = counts["characters"] = 0
+        for doc in read_documents(self.out_uri):
+            counts["documents"] += 1
+            counts["characters"] += len(doc.text)
         files = [storage.file_info(uri) for uri in list_parts(self.out_uri)]
         # published by crawler.runner.run_crawl through infra.stage.run_stage (verified, manifest last)
         FINISHED[self.out_uri] = storage.build_manifest(

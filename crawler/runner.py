@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -176,10 +177,15 @@ def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
 
         settings = Settings()
         settings.setmodule(defaults, priority="project")
-        settings.setdict(scrapy_settings(cfg), priority="cmdline")
+        settings.setdict({**scrapy_settings(cfg), **_after_a_kill(cfg, where)}, priority="cmdline")
+        with open(os.path.join(cfg.state_path, extensions.RUNNING), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid()}, f)
         process = CrawlerProcess(settings)
         process.crawl(cfg.source, **spider_kwargs(cfg))
         process.start()
+        if cfg.out_uri in extensions.FAILED:  # its seen requests failed: forget them, so a rerun tries again
+            shutil.rmtree(os.path.join(cfg.state_path, "jobdir"), ignore_errors=True)
+            raise CrawlError(f"{where}: {extensions.FAILED.pop(cfg.out_uri)}")
         manifest = extensions.FINISHED.pop(cfg.out_uri, None)
         if manifest is None:
             raise CrawlError(f"{where} stopped before its end (see the log above); rerun the same command to "
@@ -192,6 +198,32 @@ def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
     if outcome.skipped:
         print(f"{where}: already complete in {cfg.out_uri} (manifest matches); skipped", file=sys.stderr)
     return cfg.out_uri
+
+
+def _after_a_kill(cfg: CrawlConfig, where: str) -> dict:
+    """Extra Scrapy settings when the last session was killed (its RUNNING file is still there), else {}.
+
+    Scrapy's JOBDIR keeps the requests it has seen, but its queue of pending
+    requests is saved only at a clean stop: after a SIGKILL the seen set is
+    ahead of what was stored, and a resume would believe it is done. So the
+    JOBDIR is dropped and the crawl starts again from its start URLs; documents
+    already stored are not written twice (the dedup pipeline reads them) and,
+    for Aozora, their card pages are not even fetched (the known-documents
+    dupefilter, as in a refresh).
+    """
+    from crawler import extensions
+    from crawler.refresh import SKIP_KNOWN_SOURCES, known_settings
+
+    marker = os.path.join(cfg.state_path, extensions.RUNNING)
+    if not os.path.exists(marker):
+        return {}
+    shutil.rmtree(os.path.join(cfg.state_path, "jobdir"), ignore_errors=True)
+    print(f"{where}: the last session ended without closing (killed?); its request queue cannot be trusted, "
+          "so the crawl starts again from its start URLs, keeping the documents already stored", file=sys.stderr)
+    if cfg.source not in SKIP_KNOWN_SOURCES:
+        return {}
+    known = list(cfg.settings.get("GPT2JA_KNOWN_CRAWLS", [])) + [cfg.out_uri]
+    return known_settings(known)
 
 
 def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None,

@@ -157,3 +157,39 @@ def test_interrupted_crawl_resumes_without_refetching(tmp_path):
     assert manifest["counts"]["documents"] == 36
     assert manifest["timings"]["sessions"] == 2
     assert manifest["close_reasons"] == ["shutdown", "finished"]
+
+
+def test_a_killed_crawl_resumes_to_the_same_documents(tmp_path):
+    """SIGKILL mid-crawl (an OOM kill, a preempted VM), then the same command: all 36 documents, once each.
+
+    Scrapy's JOBDIR has the seen requests but not the queue after a kill; the
+    crawl starts again from its start URLs and skips the cards whose documents
+    were stored (no card that gave a document is fetched twice).
+    """
+    server = MirrorServer(str(MIRROR), handler=TestSiteHandler).start()
+    try:
+        cfg = CrawlConfig(source="aozora", start_urls=author_urls(server), root=str(tmp_path), crawl_id="k",
+                          polite=False, progress_interval=0, part_docs=2,
+                          settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        log = open(tmp_path / "crawl.log", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "crawler.runner", cfg.model_dump_json()],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while len(list_parts(cfg.out_uri)) < 3:  # some documents stored (parts of 2)
+            assert proc.poll() is None and time.monotonic() < deadline, "crawl ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stored = {d.url for d in read_documents(cfg.out_uri)}
+        before = len(server.requests)
+        assert 0 < len(stored) < 36 and storage.read_manifest(cfg.out_uri) is None
+
+        crawl_in_subprocess(cfg, timeout=300)
+    finally:
+        server.stop()
+    docs = list(read_documents(cfg.out_uri))
+    assert len(docs) == 36 and len({d.id for d in docs}) == 36
+    assert storage.read_manifest(cfg.out_uri)["counts"]["documents"] == 36
+    again = [p for p, _, _ in server.requests[before:]]
+    cards_stored = {u.split("//", 1)[1].split("/", 1)[1] for u in stored}
+    assert not {"/" + c for c in cards_stored} & set(again)  # stored documents' cards were not fetched again

@@ -180,3 +180,42 @@ def test_kana_ratio():
     assert kana_ratio("これはペンです") > 0.7
     assert kana_ratio("这是中文") == 0.0
     assert kana_ratio("English only") == 0.0
+
+
+def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_path):
+    """Nothing answers: exit 1 with one line and no manifest; once the site is up, the same crawl runs."""
+    from tests.net import free_port
+
+    port = free_port()
+    cfg = CrawlConfig(source="web", start_urls=[f"http://127.0.0.1:{port}/index.html"], root=str(tmp_path),
+                      crawl_id="w", polite=False, progress_interval=0)
+    from crawler.runner import CrawlError
+
+    with pytest.raises(CrawlError, match="no page could be fetched") as err:
+        crawl_in_subprocess(cfg, timeout=300)
+    assert "\n" not in str(err.value)
+    assert storage.read_manifest(cfg.out_uri) is None
+    from crawler.mirror import MirrorServer
+    from tests.conftest import TestSiteHandler
+
+    server = MirrorServer(str(bad_site), port=port, handler=TestSiteHandler)  # the site is back
+    server.httpd.slow_seconds = 5.0
+    server.start()
+    try:
+        crawl_in_subprocess(cfg, timeout=300)  # the same command: its failed requests are tried again
+    finally:
+        server.stop()
+    assert storage.read_manifest(cfg.out_uri)["counts"]["documents"] > 0
+
+
+def test_reaching_max_pages_is_a_complete_bounded_crawl(bad_site, serve, tmp_path):
+    server = serve(bad_site)
+    cfg = CrawlConfig(source="web", start_urls=[server.url("/index.html")], root=str(tmp_path), crawl_id="b",
+                      polite=False, progress_interval=0, max_pages=3,
+                      settings={"CONCURRENT_REQUESTS": 1, "CONCURRENT_REQUESTS_PER_DOMAIN": 1})
+    crawl_in_subprocess(cfg, timeout=300)
+    manifest = storage.read_manifest(cfg.out_uri)
+    assert manifest["close_reasons"] == ["closespider_pagecount"]
+    asked = len(server.requests)
+    crawl_in_subprocess(cfg, timeout=300)  # complete: the rerun is skipped, nothing is fetched
+    assert len(server.requests) == asked
