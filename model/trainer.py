@@ -1,0 +1,438 @@
+"""The parts of :func:`model.train.train`: runtime, session, compiled steps, loop.
+
+:func:`model.train.train` checks the inputs and computes the run's fingerprint
+(a :class:`model.train.Plan`) before TensorFlow starts; then, in this order::
+
+    start_runtime(cfg)                   TensorFlow's options, the strategy, this host's share of a batch
+      │                                  (before the run's lock: a strategy that cannot start touches nothing)
+    build_session(cfg, rt, plan)         local run dir → model + AdamW + step in the strategy's scope →
+      │                                  data → checkpoint managers → restore (resume) or init_from → files
+    make_train_step / make_eval_step     the compiled distributed step (gradient accumulation) and eval
+      │
+    run_loop(...)                        steps, progress lines, metrics.jsonl, TensorBoard, validation,
+      │                                  checkpoints (and gs:// sync)
+    finish(...)                          the chief's run manifest (published last by the train stage)
+
+The chief runs everything after ``start_runtime`` as the build of the train
+stage (:func:`infra.stage.run_stage`), under the run's lock; the other hosts of
+a multi-worker job run the same session without lock or manifest. TensorFlow
+and Keras are imported inside the functions, as in :mod:`model.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from infra import storage
+from model import runs
+from model.distribute import StrategyError, make_strategy, worker_info
+from model.optim import lr_schedule, make_optimizer
+from model.presets import ModelConfig
+from model.train import STAGE, Plan, TrainConfig, TrainError
+
+__all__ = ["Runtime", "Session", "build_session", "finish", "make_eval_step", "make_train_step", "run_loop",
+           "start_runtime"]
+
+
+class Runtime(NamedTuple):
+    """The strategy and how a batch splits over its replicas (made before the run's lock is taken)."""
+
+    strategy: Any        # tf.distribute strategy
+    replicas: int        # replicas in sync, all hosts
+    worker: int          # this host's index among the workers
+    workers: int         # hosts
+    chief: bool          # this host writes the run directory
+    local_replicas: int  # replicas on this host
+    per_replica: int     # sequences per replica per micro-batch
+
+
+class Session(NamedTuple):
+    """What one host trains with: built by :func:`build_session`, restored to the newest checkpoint."""
+
+    local: str           # the run directory on this host (chief), or a scratch directory (other workers)
+    lm: Any              # keras_hub GPT2CausalLM
+    opt: Any             # AdamW (model.optim)
+    step: Any            # tf.Variable int64: optimizer steps done (checkpointed)
+    train_ds: Any        # tf.data: (host_rows, seq_len) int32 pairs, host_rows = local_replicas × per_replica × accum
+    iterator: Any        # a plain iterator over train_ds (checkpointable; a tf.distribute one is not)
+    manager: Any         # tf.train.CheckpointManager: model, optimizer, step, dropout rng (+ data on one host)
+    data_manager: Any    # multi-worker: this host's data-iterator CheckpointManager; else None
+    val_ds: Any          # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
+    writer: Any          # TensorBoard summary writer (chief); None on other hosts
+
+
+def start_runtime(cfg: TrainConfig) -> Runtime:
+    """Set TensorFlow's options, start the strategy and split the micro-batch over its replicas."""
+    # Keras, then keras_hub (model.gpt2), load before the strategy starts: the order train() always had
+    import keras  # noqa: F401
+    import tensorflow as tf
+
+    # Grappler's AddOpsRewrite turns gradient sums inside our nested while loops (steps ×
+    # micro-batches) into TemporaryVariable ops that collide between loop iterations
+    # ("AlreadyExistsError … AddOpsRewrite … tmp_var … iter:1", seen on CPU with tiny/128 and
+    # batch 32). Turning that one optimiser pass off costs nothing measurable here.
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+
+    from model import gpt2  # noqa: F401
+
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        strategy = make_strategy(cfg.strategy, cfg.tpu)
+    except StrategyError as err:
+        raise TrainError(str(err)) from None
+    replicas = strategy.num_replicas_in_sync
+    worker, workers, chief = worker_info(strategy)
+    if cfg.micro_batch % replicas:
+        raise TrainError(f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} replicas of strategy "
+                         f"{cfg.strategy}; use a multiple of {replicas}")
+    return Runtime(strategy=strategy, replicas=replicas, worker=worker, workers=workers, chief=chief,
+                   local_replicas=replicas // workers, per_replica=cfg.micro_batch // replicas)
+
+
+# ----------------------------------------------------------------- build
+
+
+def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str], None]) -> Session:
+    """Model, optimizer, data and checkpoints of this host, resumed from the newest checkpoint (or init_from)."""
+    import keras
+    import tensorflow as tf
+
+    from model import data as data_mod
+    from model import gpt2
+
+    local = runs.local_dir(cfg.run) if rt.chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{rt.worker}-")
+    if rt.chief and storage.is_gcs(cfg.run):
+        runs.download(cfg.run, local)
+    os.makedirs(local, exist_ok=True)
+
+    # ---- model, optimizer, data, checkpoint
+    keras.utils.set_random_seed(cfg.seed)
+    dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[cfg.mixed_precision]
+    with rt.strategy.scope():
+        lm = gpt2.build_model(plan.model_cfg, dtype=dtype)
+        opt = make_optimizer(cfg, lm)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    host_rows = rt.local_replicas * rt.per_replica * plan.accum  # sequences per optimizer step on this host
+    train_ds = data_mod.make_dataset(cfg.data, "train", host_rows, shuffle=True, seed=cfg.seed,
+                                     deterministic=True, num_input_pipelines=rt.workers, input_pipeline_id=rt.worker,
+                                     shuffle_buffer=cfg.shuffle_buffer)
+    iterator = iter(train_ds)
+    ckpt_dir = os.path.join(local, runs.CHECKPOINT_DIR)
+    state = {"backbone": lm.backbone, "optimizer": opt, "step": step, "rng": gpt2.dropout_rng_states(lm)}
+    if rt.workers == 1:
+        state["data"] = iterator
+    ckpt = tf.train.Checkpoint(**state)
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoints,
+                                         checkpoint_name=runs.CHECKPOINT_NAME)
+    data_manager = None
+    if rt.workers > 1:  # each host's iterator reads its own files: one data checkpoint per host, written
+        # straight to the run URI (TensorFlow writes gs:// itself) so that any machine can resume it
+        data_dir = storage.join(cfg.run, runs.CHECKPOINT_DIR, f"data-worker{rt.worker}")
+        data_manager = tf.train.CheckpointManager(tf.train.Checkpoint(data=iterator), data_dir,
+                                                  max_to_keep=cfg.keep_checkpoints, checkpoint_name="data")
+
+    # ---- resume, or start (from init_from's weights)
+    resumed = _restore(manager, data_manager, cfg.run)
+    if resumed is None:
+        if plan.init_prefix:
+            runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
+            say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
+        if rt.chief:
+            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
+    else:
+        say(f"resuming run {cfg.run} from step {resumed}")
+        if rt.chief:
+            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, keep_tokenizer=True)
+            runs.truncate_metrics(local, resumed)
+
+    # ---- validation data, TensorBoard
+    val_ds = None
+    if cfg.eval_batches > 0 and any(f.get("split") == "validation" for f in plan.manifest["files"]):
+        val_ds = data_mod.make_dataset(cfg.data, "validation", rt.local_replicas * rt.per_replica, shuffle=False,
+                                       deterministic=True, num_input_pipelines=rt.workers,
+                                       input_pipeline_id=rt.worker)
+    writer = tf.summary.create_file_writer(os.path.join(local, runs.TENSORBOARD_DIR)) if rt.chief else None
+    return Session(local=local, lm=lm, opt=opt, step=step, train_ds=train_ds, iterator=iterator, manager=manager,
+                   data_manager=data_manager, val_ds=val_ds, writer=writer)
+
+
+# ----------------------------------------------------------------- compiled steps
+
+
+def _rows(tensor, size: int, local_replicas: int):
+    """This replica's ``size`` rows of the host batch ``tensor`` (inside a replica context)."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    local_id = ctx.replica_id_in_sync_group % local_replicas
+    return tensor[local_id * size:(local_id + 1) * size]
+
+
+def make_train_step(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session):
+    """``train_chunk(iterator, n)``: ``n`` optimizer steps in one tf.function call → (loss sum, last loss, last norm).
+
+    One step: each replica takes its ``per_replica × accum`` rows of the host batch,
+    sums the gradients of the summed NLL of its ``accum`` micro-batches, the sums are
+    all-reduced once, scaled to an exact masked mean, clipped and applied.
+    """
+    import tensorflow as tf
+
+    from model import gpt2
+
+    lm, opt, step, strategy = s.lm, s.opt, s.step, rt.strategy
+    accum, per_replica, seq_len, local_replicas = plan.accum, rt.per_replica, plan.seq_len, rt.local_replicas
+    expected = float(cfg.batch_tokens)  # scored targets per step when none is ignored
+    fp16 = cfg.mixed_precision == "fp16"
+
+    def replica_step(inputs, targets):
+        x = tf.reshape(_rows(inputs, per_replica * accum, local_replicas), [accum, per_replica, seq_len])
+        y = tf.reshape(_rows(targets, per_replica * accum, local_replicas), [accum, per_replica, seq_len])
+        variables = lm.trainable_variables
+
+        def micro(i, grads, nll, count):
+            with tf.GradientTape() as tape:
+                total, n = gpt2.causal_lm_loss_sum(gpt2.logits(lm, x[i], training=True), y[i])
+                objective = total / expected
+                if fp16:
+                    objective = opt.scale_loss(objective)
+            g = tape.gradient(objective, variables)
+            g = [tf.convert_to_tensor(t) for t in g]  # the embedding's gather gives IndexedSlices
+            return i + 1, [a + b for a, b in zip(grads, g)], nll + total, count + n
+
+        zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
+        # parallel_iterations=1: micro-batches are sequential anyway (and it bounds memory); with
+        # TF's default of 10, Grappler's AddOpsRewrite puts TemporaryVariable ops in the loop body that
+        # collide between iterations ("AlreadyExistsError ... tmp_var ... iter:1") on some batch shapes.
+        _, grads, nll, count = tf.while_loop(lambda i, *_: i < accum, micro,
+                                             (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0)),
+                                             parallel_iterations=1)
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        nll, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [nll, count])
+        correction = expected / tf.maximum(count, 1.0)  # exactly 1.0 unless targets were ignored
+        grads = [g * correction for g in grads]
+        scale = tf.cast(opt.dynamic_scale, tf.float32) if fp16 else tf.constant(1.0)
+        norm = tf.linalg.global_norm(grads)
+        if cfg.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm * scale, use_norm=norm)
+        opt.apply(grads, variables)
+        return nll / tf.maximum(count, 1.0), norm / scale
+
+    if cfg.jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_chunk(it, n):
+        loss_sum, loss, norm = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(n):
+            # one optimizer step after the other (the step reads and writes variables)
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+            inputs, targets = next(it)
+            loss, norm = strategy.run(replica_step, args=(inputs, targets))
+            loss = strategy.experimental_local_results(loss)[0]
+            norm = strategy.experimental_local_results(norm)[0]
+            step.assign_add(1)
+            loss_sum += loss
+        return loss_sum, loss, norm
+
+    return train_chunk
+
+
+def make_eval_step(cfg: TrainConfig, rt: Runtime, s: Session) -> Callable[[], float] | None:
+    """``validation_loss()``: the mean NLL per target over ``eval_batches`` validation micro-batches; None without."""
+    if s.val_ds is None:
+        return None
+    import tensorflow as tf
+
+    from model import gpt2
+
+    lm, strategy, per_replica, local_replicas = s.lm, rt.strategy, rt.per_replica, rt.local_replicas
+
+    def replica_eval(inputs, targets):
+        total, n = gpt2.causal_lm_loss_sum(gpt2.logits(lm, _rows(inputs, per_replica, local_replicas),
+                                                       training=False),
+                                           _rows(targets, per_replica, local_replicas))
+        ctx = tf.distribute.get_replica_context()
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [total, n])
+
+    if cfg.jit_compile:
+        replica_eval = tf.function(replica_eval, jit_compile=True)
+
+    @tf.function
+    def eval_chunk(it, n):
+        total, count = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(n):
+            inputs, targets = next(it)
+            t, c = strategy.run(replica_eval, args=(inputs, targets))
+            total += strategy.experimental_local_results(t)[0]
+            count += strategy.experimental_local_results(c)[0]
+        return total, count
+
+    def validation_loss() -> float:
+        # a fresh iterator each time: the same eval_batches batches at every evaluation
+        total, count = eval_chunk(iter(s.val_ds), tf.constant(cfg.eval_batches))
+        return float(total) / max(float(count), 1.0)
+
+    return validation_loss
+
+
+# ----------------------------------------------------------------- the loop
+
+
+def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
+             validation_loss: Callable[[], float] | None, *, say: Callable[[str], None],
+             on_log: Callable[[int, dict], None] | None) -> dict | None:
+    """Train from the session's step to ``cfg.steps``; then :func:`finish` (the chief's manifest, else None).
+
+    Each call of ``train_chunk`` runs up to ``steps_per_execution`` steps, ending on
+    the next log, evaluation or checkpoint step.
+    """
+    import tensorflow as tf
+
+    from model import gpt2
+
+    schedule = lr_schedule(cfg)
+    metrics_path = os.path.join(s.local, runs.METRICS)
+    start_step = int(s.step.numpy())
+    if start_step == 0:
+        say(f"training {gpt2.describe(s.lm)}; {cfg.steps:,} steps of {cfg.batch_tokens:,} tokens "
+            f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), strategy "
+            f"{cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}")
+    has_validation = validation_loss is not None
+    marks = [cfg.log_every, cfg.checkpoint_every] + ([cfg.eval_every] if has_validation else [])
+    window_start, window_step, window_loss = time.monotonic(), start_step, 0.0
+    session_start, session_first = time.monotonic(), start_step
+    current = start_step
+    while current < cfg.steps:
+        n = min([cfg.steps_per_execution, cfg.steps - current] + [m - current % m for m in marks])
+        loss_sum, loss, norm = train_chunk(s.iterator, tf.constant(n, tf.int32))
+        window_loss += float(loss_sum)
+        current += n
+        record = None
+        if current % cfg.log_every == 0 or current == cfg.steps:
+            now = time.monotonic()
+            done = current - window_step
+            tokens_s = done * cfg.batch_tokens / max(now - window_start, 1e-9)
+            lr = float(schedule(current - 1))  # the rate the last step used
+            record = {"step": current, "loss": window_loss / done, "lr": lr, "grad_norm": float(norm),
+                      "tokens_per_s": tokens_s, "tokens": current * cfg.batch_tokens}
+            rate = (current - session_first) / max(now - session_start, 1e-9)
+            eta = (cfg.steps - current) / rate if rate > 0 else float("inf")
+            say(f"step {current:>{len(str(cfg.steps))}}/{cfg.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
+                f"{tokens_s:,.0f} tok/s  ETA {_duration(eta)}")
+            window_start, window_step, window_loss = now, current, 0.0
+        if has_validation and (current % cfg.eval_every == 0 or current == cfg.steps):
+            val = validation_loss()
+            record = {**(record or {"step": current}), "val_loss": val}
+            say(f"step {current}: validation loss {val:.4f} ({val / math.log(2):.4f} bits/token)")
+        if record and rt.chief:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            with s.writer.as_default(step=current):
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+                    if key in record:
+                        tf.summary.scalar(key, record[key])
+            s.writer.flush()
+        if record and on_log:
+            on_log(current, record)
+        if current % cfg.checkpoint_every == 0 or current == cfg.steps:
+            _save(s.manager, s.data_manager, current)
+            if rt.chief and storage.is_gcs(cfg.run):
+                runs.sync_up(s.local, cfg.run)
+    return finish(cfg, rt, plan, s, session_start)
+
+
+def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start: float) -> dict | None:
+    """Every file in place; the chief's manifest goes to the run last (run_stage). Other hosts: None."""
+    if not rt.chief:
+        shutil.rmtree(s.local, ignore_errors=True)
+        return None
+    s.writer.close()
+    built = _run_manifest(s.local, cfg, plan.fp, plan.input_manifests, s.lm, time.monotonic() - session_start)
+    if storage.is_gcs(cfg.run):
+        runs.sync_up(s.local, cfg.run)
+    return built
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _restore(manager, data_manager, run_uri: str) -> int | None:
+    """Restore the newest checkpoint; its step, or None for a fresh run."""
+    import tensorflow as tf
+
+    prefix = manager.latest_checkpoint
+    if prefix is None:
+        return None
+    try:
+        manager.checkpoint.restore(prefix).assert_existing_objects_matched()
+        if data_manager is not None:
+            step = runs.checkpoint_step(prefix)
+            data_prefix = f"{data_manager.directory}/data-{step}"
+            data_manager.checkpoint.restore(data_prefix).assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise TrainError(f"run {run_uri}: checkpoint {prefix} cannot be restored ({first}); it is damaged: delete "
+                         f"its files to resume from the previous checkpoint") from None
+    return runs.checkpoint_step(prefix)
+
+
+def _save(manager, data_manager, step: int) -> None:
+    if data_manager is not None:  # data first: a model checkpoint never lacks its data position
+        data_manager.save(checkpoint_number=step)
+    manager.save(checkpoint_number=step)
+
+
+def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict, tok, lm,
+                     keep_tokenizer: bool = False) -> None:
+    hparams = {
+        "format": runs.FORMAT,
+        "model": model_cfg.model_dump(),
+        "train": cfg.model_dump(),
+        "refs": "relative",  # data.uri is relative to the run directory (runs.data_uri); "train" is as given
+        "data": {"uri": storage.relative_ref(cfg.data, cfg.run), "fingerprint": manifest.get("fingerprint"),
+                 "seq_len": manifest["seq_len"], "vocab_size": manifest["vocab_size"], "eos_id": manifest["eos_id"]},
+        "tokenizer": {"path": runs.TOKENIZER_DIR, "kind": tok.kind, "vocab_size": tok.vocab_size,
+                      "eos_id": tok.eos_id},
+        "padded_vocab_size": model_cfg.padded_vocab_size,
+        "parameters": int(lm.count_params()),
+        "code_version": storage.code_version(),
+    }
+    # atomically: a second train of this run reads it (_check_resumable) before it finds the run locked
+    storage.write_text(os.path.join(local, runs.HPARAMS),
+                       json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    tok_dir = os.path.join(local, runs.TOKENIZER_DIR)
+    if not (keep_tokenizer and storage.read_manifest(tok_dir)):
+        tok.save(tok_dir)
+
+
+def _run_manifest(local: str, cfg: TrainConfig, fp: str, inputs: list[dict], lm, seconds: float) -> dict:
+    """The run's manifest (not written: the train stage publishes it last): what training wrote under ``local``.
+
+    Paths are relative to the run directory; only training's own files are listed
+    (:func:`runs.is_training_file`), so the run's ``eval/`` and ``export/`` can change without
+    making the run unverifiable.
+    """
+    files = [storage.file_info(p, root=local) for p in storage.list_files(local)
+             if runs.is_training_file(os.path.relpath(p, local).replace(os.sep, "/"))]
+    counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
+    config = {"train": cfg.fingerprint_config()}
+    manifest = storage.build_manifest(stage=STAGE, config=config, inputs=inputs, counts=counts, files=files,
+                                      timings={"last_session_s": round(seconds, 3)})
+    manifest["fingerprint"] = fp  # the fingerprint train() checks (includes the model shape)
+    return manifest
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
