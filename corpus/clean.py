@@ -60,6 +60,7 @@ from corpus.normalize import normalize
 from corpus.split import SPLITS, SplitConfig, split_of
 from infra import storage
 from infra.errors import Gpt2jaError
+from infra.lifetime import die_with_parent
 from infra.stage import require, run_stage
 
 logger = logging.getLogger("gpt2ja.clean")
@@ -296,7 +297,9 @@ def _inputs(cfg: CleanConfig) -> tuple[list[str], list[dict]]:
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: a forked child would share the parent's GCS client and its threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # die_with_parent: a killed stage leaves no orphan workers
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent)
 
 
 #: ``map_parts(fn, items, names)`` → ``[fn(item) for item in items]``, in the order of ``items``,

@@ -64,6 +64,7 @@ from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
 from infra import storage
 from infra.errors import Gpt2jaError
+from infra.lifetime import die_with_parent
 from infra.stage import input_uri, require, run_stage, scratch_dir
 
 log = logging.getLogger("gpt2ja.shards")
@@ -338,7 +339,8 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
                 # spawn, not fork: a forked child would share the parent's GCS client and its threads
                 ctx = multiprocessing.get_context("spawn")
                 try:
-                    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                             initializer=die_with_parent) as pool:  # no orphans after a kill
                         results = list(pool.map(_build, jobs))
                 except BrokenProcessPool:
                     raise ShardsError(f"shards {out_uri}: a worker process died (killed for memory?); rerun the "

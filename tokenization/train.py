@@ -209,7 +209,6 @@ def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manife
     tok.stats = {
         "chars_per_token": validation["chars_per_token"],
         "validation": validation,
-        "training_seconds": round(timings["training_s"], 3),
     }
     if kind == "mecab+sentencepiece":
         from tokenization.mecab import Segmenter
@@ -364,7 +363,8 @@ def summary(tok: Tokenizer, uri: str, *, skipped: bool = False) -> str:
                if cpt else "characters per token not measured (the validation split is empty)"))
     if val.get("byte_fallback_tokens") is not None and val.get("tokens"):
         text += f", {val['byte_fallback_tokens'] / val['tokens']:.3%} of tokens byte fallback"
-    text += f"; trained in {stats.get('training_seconds', 0.0):.1f} s"
+    seconds = ((storage.read_manifest(uri) or {}).get("timings") or {}).get("training_s", 0.0)  # not in the files:
+    text += f"; trained in {seconds:.1f} s"  # a timing in tokenizer.json would make every build's bytes differ
     if counts.get("sampled_sentences") is not None:
         text += (f" on {counts['sampled_sentences']:,} of {counts.get('train_sentences', 0):,} training sentences "
                  f"(seed {cfg.get('seed')})")

@@ -1,0 +1,130 @@
+"""A kill at any instant loses nothing: each stage SIGKILLed at seeded random instants, then run to its end.
+
+The final artifact equals an uninterrupted run's byte for byte (for the files
+crawl, whose documents carry their fetch time: the same documents), it verifies
+against its manifest, and nothing is left behind: no temp file, no scratch dir
+of a killed process, no process of a killed run. Only the stage's own process
+is killed, as the kernel's OOM killer or a preempted VM would; its worker
+processes must notice and end by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corpus.jsonl import read_documents
+from infra import stage, storage
+from tests.corpora import ZIPS
+
+pytestmark = pytest.mark.slow
+
+KILLS = 3  # killed runs per stage before the one that is left to finish
+VOLATILE = ("created_at", "timings", "build_id", "uri")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    from corpus.clean import CleanConfig, run_clean
+    from crawler.files import crawl_files
+    from tokenization.train import train_tokenizer
+
+    base = tmp_path_factory.mktemp("kill")
+    text = base / "text"
+    text.mkdir()
+    for z in ZIPS:
+        shutil.copy(z, text / z.name)
+    raw = crawl_files(str(text), str(base / "root"), "all")
+    clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
+                                  split={"validation_fraction": 0.2}))
+    tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
+    return {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gpt2ja", *args]
+
+
+COMMANDS = {
+    "crawl-files": lambda i, out: _cli("crawl", "files", i["text"], "--root", str(out), "--crawl-id", "k"),
+    "clean": lambda i, out: _cli("clean", "--in", i["raw"], "--out", str(out), "--workers", "2"),
+    "tokenizer": lambda i, out: _cli("tokenizer", "train", "--corpus", i["clean"], "--vocab-size", "3000",
+                                     "--out", str(out)),
+    "shards": lambda i, out: _cli("shards", "--corpus", i["clean"], "--tokenizer", i["tokenizer"], "--seq-len",
+                                  "64", "--out", str(out), "--workers", "2"),
+}
+
+
+def _artifact(name: str, out: Path) -> str:
+    return str(out / "raw" / "files" / "k") if name == "crawl-files" else str(out)
+
+
+def _content(name: str, uri: str) -> dict:
+    """What must be equal between an interrupted and an uninterrupted run."""
+    manifest = {k: v for k, v in storage.read_manifest(uri).items() if k not in VOLATILE}
+    if name == "crawl-files":  # a document records when it was read: compare the documents, not the bytes
+        docs = sorted((d.id, d.title, d.text) for d in read_documents(uri))
+        manifest.pop("files")
+        return {"manifest": manifest, "documents": docs}
+    return {"manifest": manifest, "files": {f["path"]: Path(uri, f["path"]).read_bytes() for f in manifest["files"]}}
+
+
+def _leftovers(uri: str, killed: list[int]) -> list[str]:
+    found = [str(p) for p in Path(uri).rglob(".*.tmp")]
+    for entry in os.scandir(tempfile.gettempdir()):
+        parts = entry.name.split("-")
+        if entry.name.startswith("gpt2ja-") and len(parts) > 3 and parts[2].isdigit() and int(parts[2]) in killed:
+            found.append(entry.path)
+    return found
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_stage_killed_at_random_instants_ends_as_an_uninterrupted_run(name, inputs, tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    first = subprocess.run(COMMANDS[name](inputs, reference), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rng = random.Random(f"kill-{name}")
+    killed, sessions = [], []
+    for _ in range(KILLS):
+        proc = subprocess.Popen(COMMANDS[name](inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        sessions.append(proc.pid)  # the session id: the workers it starts stay in it
+        time.sleep(rng.uniform(1.0, 8.0))  # the kill instant (the run may have finished by then: that is fine)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.append(proc.pid)
+        proc.wait()
+    done = subprocess.run(COMMANDS[name](inputs, out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = _artifact(name, out)
+    assert stage.verify(uri, deep=True)[1] == []
+    assert _content(name, uri) == _content(name, _artifact(name, reference))
+    assert _leftovers(uri, killed) == []
+    # no process of a killed run is left (its workers end when they find their parent gone)
+    orphans = []
+    for _ in range(600):
+        orphans = [p for p in psutil.process_iter(["pid", "status"])  # a zombie has ended (its reaper is slow)
+                   if _sid(p.pid) in sessions and p.info["status"] != psutil.STATUS_ZOMBIE]
+        if not orphans:
+            break
+        time.sleep(0.1)
+    for p in orphans:
+        p.kill()
+    assert orphans == []
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
