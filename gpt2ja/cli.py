@@ -261,6 +261,8 @@ def train(
     strategy: Optional[str] = typer.Option(None, help="default, mirrored, multi_worker (TF_CONFIG) or tpu."),
     mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
     jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
+    override: Optional[bool] = typer.Option(None, "--override", help="Resume although the learning rate, batch "
+                                            "or other optimisation settings changed (recorded in hparams.json)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `train:` section (any TrainConfig field)."),
     sets: Optional[list[str]] = SET,
 ) -> None:
@@ -270,7 +272,7 @@ def train(
     given = {"data": data, "run": run, "preset": preset, "steps": steps, "init_from": init_from,
              "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
              "warmup_steps": warmup_steps, "strategy": strategy, "mixed_precision": mixed_precision,
-             "jit_compile": jit_compile}
+             "jit_compile": jit_compile, "override": override}
     cfg = _settings(TrainConfig, "train", config, sets, given)
     uri = run_train(cfg)
     print(f"run: {uri}")

@@ -83,6 +83,16 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
                 f"but shards {shards_uri} hold ids of vocab size {manifest['vocab_size']} (eos_id "
                 f"{manifest['eos_id']}) from {made_with}; use that tokenizer or rebuild the shards with "
                 "`gpt2ja shards --tokenizer ...`")
+        built_with = (manifest.get("tokenizer") or {}).get("fingerprint")
+        given = getattr(tokenizer, "fingerprint", None)
+        if built_with and given and given != built_with:  # same size, another model: ids would mean other text
+            made_with = (manifest.get("tokenizer") or {}).get("uri")
+            made_with = stage.input_uri(manifest, made_with) if made_with else "another tokenizer"
+            raise DataError(
+                f"tokenizer/shard mismatch: {name} (fingerprint {given[:12]}) is not the tokenizer shards "
+                f"{shards_uri} were built with ({made_with}, fingerprint {built_with[:12]}), although both have "
+                f"{manifest['vocab_size']} ids; use that tokenizer or rebuild the shards with "
+                "`gpt2ja shards --tokenizer ...`")
     return manifest
 
 

@@ -117,6 +117,8 @@ class TrainConfig(BaseModel):
         "off", description="bf16 on TPU and Ampere+ GPUs, fp16 (with loss scaling) on older GPUs")
     jit_compile: bool = Field(False, description="compile the training step with XLA")
     steps_per_execution: int = Field(1, ge=1, description="optimizer steps per tf.function call")
+    override: bool = Field(False, description="resume although settings that change the optimisation differ "
+                                              "from the run's; the change is recorded in its hparams history")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -137,7 +139,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint_config(self) -> dict:
         """What defines the run's result (the run URI itself and logging cadence do not)."""
-        skip = {"run", "log_every"}
+        skip = {"run", "log_every", "override"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 
@@ -178,7 +180,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         return nothing_to_do()
     # before the train stage takes the run over (and withdraws a finished run's manifest): a run of
     # other shards or another model is refused untouched
-    _check_resumable(cfg.run, cfg.data, plan.manifest, plan.model_cfg)
+    _check_resumable(cfg.run, cfg.data, plan.manifest, plan.model_cfg, cfg)
 
     from model import trainer
 
@@ -280,8 +282,11 @@ def _check_memory(model_cfg: ModelConfig, per_replica: int, cfg: TrainConfig) ->
                          "accumulation steps)")
 
 
-def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: ModelConfig) -> None:
-    """Refuse to resume a run started on other shards or with another model (one read of its hparams)."""
+def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """Refuse to resume a run started on other shards, with another model or other optimisation settings.
+
+    One read of its hparams; ``cfg.override`` lets other settings through (they are recorded when it resumes).
+    """
     try:
         hparams = json.loads(storage.read_text(storage.join(run_uri, runs.HPARAMS)))
     except storage.StorageError:
@@ -298,3 +303,20 @@ def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: Mod
     if old != model_cfg.model_dump():
         raise TrainError(f"run {run_uri} was started with another model ({old}); resume it with the same "
                          "preset, data and dropout, or choose a new run URI")
+    changed = changed_settings(hparams.get("train") or {}, cfg)
+    if changed and not cfg.override:
+        said = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
+        raise TrainError(f"run {run_uri} was trained with other settings ({said}); resume it with the same ones, "
+                         "or pass --override to go on with the new ones (the change is recorded in the run's "
+                         f"{runs.HPARAMS} history)")
+
+
+#: settings whose change alters the optimisation of a run being resumed (steps may grow: it is recorded)
+GUARDED = ("batch_tokens", "learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2",
+           "epsilon", "clip_norm", "seed", "shuffle_buffer", "dropout", "mixed_precision", "tokenizer", "init_from")
+
+
+def changed_settings(before: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """``{setting: (before, now)}`` for the :data:`GUARDED` settings that differ from a run's hparams."""
+    now = cfg.model_dump()
+    return {k: (before.get(k), now[k]) for k in GUARDED if k in before and before.get(k) != now[k]}

@@ -21,6 +21,7 @@ and Keras are imported inside the functions, as in :mod:`model.train`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -150,7 +151,7 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     else:
         say(f"resuming run {cfg.run} from step {resumed}")
         if rt.chief:
-            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, keep_tokenizer=True)
+            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
             runs.truncate_metrics(local, resumed)
 
     # ---- validation data, TensorBoard
@@ -392,7 +393,22 @@ def _save(manager, data_manager, step: int) -> None:
 
 
 def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict, tok, lm,
-                     keep_tokenizer: bool = False) -> None:
+                     resumed: int | None = None) -> None:
+    """``hparams.json`` (and the tokenizer copy of a new run); a resume keeps the run's history of changes."""
+    history: list[dict] = []
+    if resumed is not None:  # a resumed run: what it was trained with so far stays on record
+        from model.train import changed_settings
+
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(local, runs.HPARAMS), encoding="utf-8") as f:
+                before = json.load(f)
+            history = list(before.get("history") or [])
+            changed = changed_settings(before.get("train") or {}, cfg)
+            if (before.get("train") or {}).get("steps") not in (None, cfg.steps):
+                changed["steps"] = (before["train"]["steps"], cfg.steps)
+            if changed:
+                history.append({"step": resumed, "changed": {k: list(v) for k, v in changed.items()},
+                                "override": cfg.override, "code_version": storage.code_version()})
     hparams = {
         "format": runs.FORMAT,
         "model": model_cfg.model_dump(),
@@ -405,12 +421,13 @@ def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manif
         "padded_vocab_size": model_cfg.padded_vocab_size,
         "parameters": int(lm.count_params()),
         "code_version": storage.code_version(),
+        "history": history,  # [{step, changed: {setting: [before, after]}, …}]: settings changed on resume
     }
     # atomically: a second train of this run reads it (_check_resumable) before it finds the run locked
     storage.write_text(os.path.join(local, runs.HPARAMS),
                        json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     tok_dir = os.path.join(local, runs.TOKENIZER_DIR)
-    if not (keep_tokenizer and storage.read_manifest(tok_dir)):
+    if not (resumed is not None and storage.read_manifest(tok_dir)):
         tok.save(tok_dir)
 
 

@@ -356,3 +356,22 @@ def test_multi_worker_two_processes_reach_the_loss_of_one_worker(shards, tmp_pat
     assert storage.read_manifest(str(run))["stage"] == "train"
     assert (run / runs.CHECKPOINT_DIR / "data-worker1").is_dir()  # each host keeps its own data position
     assert not list(tmp_path.glob("gpt2ja-worker*"))
+
+
+@pytest.mark.slow
+def test_resuming_with_other_optimisation_settings_is_refused_unless_overridden(shards, tmp_path):
+    run = tmp_path / "guarded"
+    train(config(shards, run, steps=4), progress=None)
+    before = json.loads((run / runs.HPARAMS).read_text())
+    with pytest.raises(TrainError) as err:  # more steps and a lower learning rate
+        train(config(shards, run, steps=6, learning_rate=1e-3), progress=None)
+    message = str(err.value)
+    assert "learning_rate 0.003 → 0.001" in message and "--override" in message and "\n" not in message
+    assert json.loads((run / runs.HPARAMS).read_text()) == before  # the run's record is untouched
+    assert storage.read_manifest(str(run)) is not None  # and its manifest still stands (nothing was withdrawn)
+    train(config(shards, run, steps=6, learning_rate=1e-3, override=True), progress=None)
+    hp = json.loads((run / runs.HPARAMS).read_text())
+    assert hp["train"]["learning_rate"] == 1e-3
+    assert hp["history"] == [{"step": 4, "changed": {"learning_rate": [0.003, 0.001], "steps": [4, 6]},
+                              "override": True, "code_version": storage.code_version()}]
+    assert [r["step"] for r in metrics(run) if "loss" in r][-1] == 6

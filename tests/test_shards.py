@@ -290,6 +290,18 @@ def test_tokenizer_shard_mismatch(tokenizers, shards):
     assert read_manifest_checked(shards["sentencepiece"], tokenizer=tokenizers["sentencepiece"])["vocab_size"] == 3000
 
 
+def test_a_tokenizer_of_the_same_size_but_another_model_is_refused(corpus, tokenizers, shards, tmp_path):
+    """Same vocabulary size, another model (BPE, not unigram): the ids would decode to other text."""
+    other = train_tokenizer(corpus, "sentencepiece", 3000, str(tmp_path / "bpe"), model_type="bpe")
+    for tokenizer in (other, Tokenizer.load(other)):
+        with pytest.raises(DataError) as excinfo:
+            read_manifest_checked(shards["sentencepiece"], tokenizer=tokenizer)
+        one_line_error(excinfo, "is not the tokenizer", tokenizers["sentencepiece"], "both have 3000 ids")
+    copy = str(tmp_path / "copy")  # a copy (as a run keeps one) is the same tokenizer
+    Tokenizer.load(tokenizers["sentencepiece"]).save(copy)
+    assert read_manifest_checked(shards["sentencepiece"], tokenizer=copy)["vocab_size"] == 3000
+
+
 def test_truncated_tfrecord_is_named(shards, tmp_path):
     out = tmp_path / "damaged"
     shutil.copytree(shards["bytes"], out)

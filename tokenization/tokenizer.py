@@ -71,6 +71,7 @@ class Tokenizer(abc.ABC):
         self.stats = dict(stats or {})
         self.counts = dict(counts or {})
         self.timings = dict(timings or {})
+        self.fingerprint: str | None = None  # the artifact's manifest fingerprint, once saved or loaded
 
     # ------------------------------------------------------------ the interface
 
@@ -198,6 +199,7 @@ class Tokenizer(abc.ABC):
         tok.stats = meta.get("stats") or {}
         tok.counts = {k: v for k, v in manifest.get("counts", {}).items() if k != "vocab_size"}
         tok.timings = manifest.get("timings", {})
+        tok.fingerprint = manifest.get("fingerprint")  # its identity: the same in every copy of the artifact
         return tok
 
 
