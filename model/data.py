@@ -194,7 +194,7 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
 # ----------------------------------------------------------------- helpers that name broken files
 
 
-def _tf_message(err) -> str:
+def tf_message(err) -> str:
     text = re.sub(r"\{\{function_node[^}]*\}\}", "", getattr(err, "message", str(err)))
     text = re.sub(r"\[Op:[^\]]*\].*$", "", text, flags=re.S)
     return " ".join(text.replace("'", "").split())[:200]
@@ -213,7 +213,7 @@ def _file_examples(uri: str, manifest: dict, batch: int = 1024) -> Iterator[np.n
             return
         except tf.errors.OpError as err:
             raise DataError(
-                f"shards file {uri} is corrupt, truncated or missing ({_tf_message(err)}); delete it and "
+                f"shards file {uri} is corrupt, truncated or missing ({tf_message(err)}); delete it and "
                 f"{storage.join(manifest['uri'], storage.MANIFEST)}, then rerun `gpt2ja shards` with the same "
                 "arguments: only that shard is rebuilt") from None
         if ids.shape[1] != manifest["example_len"]:

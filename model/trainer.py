@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -314,7 +315,13 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
     current = start_step
     while current < cfg.steps:
         n = min([cfg.steps_per_execution, cfg.steps - current] + [m - current % m for m in marks])
-        loss_sum, loss, norm = train_chunk(s.iterator, tf.constant(n, tf.int32))
+        try:
+            loss_sum, loss, norm = train_chunk(s.iterator, tf.constant(n, tf.int32))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:  # a damaged shard, mid-run?
+            if isinstance(err, tf.errors.InvalidArgumentError) and not re.search(r"record|parse|[Ee]xample",
+                                                                                 str(err)):
+                raise  # not about the data: a bug, with its traceback
+            raise _named_data_error(cfg, err) from None
         window_loss += float(loss_sum)
         current += n
         record = None
@@ -364,6 +371,19 @@ def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start:
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _named_data_error(cfg: TrainConfig, err) -> Exception:
+    """The error a damaged shard gives mid-run, naming the file: TensorFlow's does not (it reads them interleaved)."""
+    from model import data as data_mod
+    from model.train import TrainError
+
+    try:
+        data_mod.verify_shards(cfg.data)  # reads every file once; the first damaged one is a DataError naming it
+    except data_mod.DataError as named:
+        return TrainError(f"{named}; the run's last checkpoint is kept, so the same command resumes it")
+    return TrainError(f"reading shards {cfg.data} failed ({data_mod.tf_message(err)}); check them with "
+                      "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged")
 
 
 def _restore(manager, data_manager, run_uri: str) -> int | None:

@@ -375,3 +375,20 @@ def test_resuming_with_other_optimisation_settings_is_refused_unless_overridden(
     assert hp["history"] == [{"step": 4, "changed": {"learning_rate": [0.003, 0.001], "steps": [4, 6]},
                               "override": True, "code_version": storage.code_version()}]
     assert [r["step"] for r in metrics(run) if "loss" in r][-1] == 6
+
+
+@pytest.mark.slow
+def test_a_shard_damaged_after_the_fact_is_named_when_training_reads_it(shards, tmp_path):
+    """A flipped byte in a shard: one line naming the file and the fix, not TensorFlow's DataLossError."""
+    import shutil
+
+    shutil.copytree(Path(shards).parent, tmp_path / "root")  # with the tokenizer the shards name relatively
+    copy = tmp_path / "root" / Path(shards).name
+    victim = sorted(copy.glob("train-*.tfrecord"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(TrainError) as err:
+        train(config(str(copy), tmp_path / "run", steps=4), progress=None)
+    message = str(err.value)
+    assert str(victim) in message and "gpt2ja shards" in message and "\n" not in message
