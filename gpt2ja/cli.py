@@ -427,18 +427,30 @@ def demo(root: str = typer.Option("data/demo", "--root", help="Where the demo wr
     run_demo(root)
 
 
+INTERRUPTED = "error: interrupted; rerun the same command to resume (finished work is kept)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's errors become one line, not a usage block or a traceback."""
     from infra.errors import Gpt2jaError
 
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["run"], ["demo"], ["serve"]) and "--help" not in args:
+        from infra.lifetime import reap_when_gone
+
+        reap_when_gone()  # Prefect's temporary server must not outlive a killed run
     try:
         rv = app(args=argv, standalone_mode=False)
     except Gpt2jaError as exc:  # an error for people, from any command: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except typer.Abort:
+    except (typer.Exit, SystemExit) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
+        if code == 130:  # Prefect ends a flow run that got Ctrl-C with status 130 itself
+            print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(code) from None
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: what is finished is kept, the rest resumes
+        print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer

@@ -42,3 +42,55 @@ def _watch(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+def reap_when_gone() -> None:
+    """Start a watchdog that ends this process's descendants once this process is gone, even by SIGKILL.
+
+    For commands whose libraries start helpers we cannot configure (Prefect's
+    temporary API server, started by Prefect in ephemeral mode): without it a
+    killed ``gpt2ja run`` or ``demo`` leaves that server running. The watchdog
+    runs in its own session (a Ctrl-C to the terminal does not reach it), notes
+    the descendants every second, and after the process has ended sends them
+    SIGTERM, then SIGKILL to any left after 10 s; it ends with them.
+    """
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-m", "infra.lifetime", str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+
+
+def _reaper(pid: int) -> None:
+    import psutil
+
+    try:
+        watched = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    me, seen = os.getpid(), {}
+    while True:
+        try:
+            if watched.status() == psutil.STATUS_ZOMBIE:
+                break
+            for child in watched.children(recursive=True):
+                if child.pid != me:
+                    seen[child.pid] = child  # a Process remembers its start time: a reused pid is not it
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(1.0)
+    alive = [p for p in seen.values() if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+if __name__ == "__main__":
+    _reaper(int(sys.argv[1]))
