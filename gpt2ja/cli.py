@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     from infra.errors import Gpt2jaError
 
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] in (["run"], ["demo"], ["serve"]) and "--help" not in args:
+    if args[:1] in (["run"], ["demo"]) and "--help" not in args:
         from infra.lifetime import reap_when_gone
 
         reap_when_gone()  # Prefect's temporary server must not outlive a killed run

@@ -211,7 +211,7 @@ def test_study_commands_print_one_error_line(tmp_path, capsys):
         main(["study", "sampling", "--run", str(tmp_path / "no-run"), "--config", str(good)])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: run {tmp_path / 'no-run'}: no _MANIFEST.json") and err.count("\n") == 1
+    assert err.startswith(f"error: run {tmp_path / 'no-run'} has no _MANIFEST.json") and err.count("\n") == 1
 
 
 def test_importing_the_studies_loads_no_tensorflow():
