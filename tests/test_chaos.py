@@ -92,7 +92,10 @@ def world(tmp_path_factory) -> dict:
         dirs[name] = str(d)
     root = str(base / "root")
     raw = {name: crawl_files(d, root, f"c-{name}") for name, d in dirs.items()}
-    clean = {name: run_clean(CleanConfig(inputs=[raw[name]], out=str(base / "root" / "clean" / name), workers=1))
+    # ids of a files crawl hash the file's path (a temp dir here): a large validation share keeps that split
+    # non-empty whatever the path (the shards need one)
+    clean = {name: run_clean(CleanConfig(inputs=[raw[name]], out=str(base / "root" / "clean" / name), workers=1,
+                                         split={"validation_fraction": 0.3}))
              for name in raw}
     toks = {"bytes": train_tokenizer(clean["all"], "bytes", None, str(base / "root" / "tokenizers" / "bytes")),
             "sp": train_tokenizer(clean["all"], "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))}
@@ -163,7 +166,8 @@ def test_a_rebuilt_input_is_not_published_over(world, procs, tmp_path):
     out, gate = str(tmp_path / "shards"), tmp_path / "go"
     reader = _hold(procs, _cli("shards", "--corpus", corpus, "--tokenizer", world["tokenizers"]["bytes"],
                                "--seq-len", "64", "--out", out, "--workers", "1"), "shards", gate)
-    rebuilt = subprocess.run(_cli("clean", "--in", world["raw"]["half"], "--out", corpus, "--workers", "1"),
+    rebuilt = subprocess.run(_cli("clean", "--in", world["raw"]["half"], "--out", corpus, "--workers", "1",
+                                  "--set", "split.validation_fraction=0.3"),
                              capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr
     gate.touch()

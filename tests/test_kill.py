@@ -46,7 +46,7 @@ def inputs(tmp_path_factory) -> dict:
         shutil.copy(z, text / z.name)
     raw = crawl_files(str(text), str(base / "root"), "all")
     clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
-                                  split={"validation_fraction": 0.2}))
+                                  split={"validation_fraction": 0.3}))
     tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
     return {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
 
