@@ -53,6 +53,12 @@ def failure_reason(failure: Failure) -> tuple[str, str]:
         text = str(exc)
         if "robots.txt" in text:
             return "robots_disallowed", ""
+        if text.startswith("redirect loop"):  # crawler.middlewares.RedirectLoopMiddleware
+            return "redirect_loop", text
+        if "max redirections reached" in text:  # Scrapy's RedirectMiddleware past REDIRECT_MAX_TIMES
+            return "too_many_redirects", ""
+        if "during decompression" in text:  # HttpCompressionMiddleware: the body inflates past DOWNLOAD_MAXSIZE
+            return "decompression_bomb", text
         return "ignored", text
     if failure.check(*TIMEOUTS):
         return "timeout", str(exc)

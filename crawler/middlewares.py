@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from scrapy import signals
+from scrapy.exceptions import IgnoreRequest
+from w3lib.url import canonicalize_url, safe_url_string
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +49,29 @@ class CrawlDelayMiddleware:
             slot.delay = delay
             slot.randomize_delay = False  # a Crawl-delay is a minimum, not an average
         return None
+
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+class RedirectLoopMiddleware:
+    """Refuse a redirect back to an address already on the request's own redirect chain.
+
+    Scrapy's ``RedirectMiddleware`` follows a loop (A → A, or A → B → A) until
+    the dupefilter silently drops the repeated request: the page is then counted
+    nowhere. Ordered just above it (601: responses pass middlewares from high to
+    low), this one sees the 3xx first and raises ``IgnoreRequest("redirect loop
+    …")``, which the spider's errback counts as ``redirect_loop``. A chain that
+    never repeats but is too long ends in Scrapy's own "max redirections reached"
+    (``too_many_redirects``).
+    """
+
+    def process_response(self, request, response, spider=None):
+        location = response.headers.get(b"Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response
+        target = canonicalize_url(safe_url_string(urljoin(request.url, location.decode("latin-1"))))
+        chain = [*request.meta.get("redirect_urls", []), request.url]
+        if target in {canonicalize_url(url) for url in chain}:
+            raise IgnoreRequest(f"redirect loop: {' → '.join(chain)} → {target}")
+        return response

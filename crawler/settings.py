@@ -37,9 +37,12 @@ TELNETCONSOLE_ENABLED = False
 # 4xx/5xx responses reach our errbacks through HttpError, where they are counted by status.
 HTTPERROR_ALLOWED_CODES: list[int] = []
 
+REDIRECT_MAX_TIMES = 10  # a longer chain is counted as too_many_redirects
 DOWNLOADER_MIDDLEWARES = {
     # after RobotsTxtMiddleware (100): applies robots.txt Crawl-delay to the domain's slot
     "crawler.middlewares.CrawlDelayMiddleware": 110,
+    # above RedirectMiddleware (600): a redirect back onto its own chain is a named drop, not a silent one
+    "crawler.middlewares.RedirectLoopMiddleware": 601,
 }
 EXTENSIONS = {
     "crawler.extensions.ProgressLine": 500,

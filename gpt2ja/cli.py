@@ -461,4 +461,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 2)) from None
     if isinstance(rv, int):  # click returns the code of a typer.Exit when not standalone
+        if rv == 130:  # typer turns a KeyboardInterrupt (a flow run Prefect ended on Ctrl-C) into Exit(130)
+            print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(rv)

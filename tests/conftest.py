@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import os
 import shutil
 import time
@@ -32,6 +34,26 @@ class TestSiteHandler(RecordingHandler):
     def do_GET(self):
         if self.path.startswith("/slow/"):
             time.sleep(self.server.slow_seconds)
+        if self.path.startswith("/redirect/"):  # loop: → itself; pingpong: a ↔ b; chain/N: → chain/N+1, forever
+            name = self.path[len("/redirect/"):]
+            target = {"loop": "/redirect/loop", "ping": "/redirect/pong", "pong": "/redirect/ping"}.get(name)
+            if target is None and name.startswith("chain/"):
+                target = f"/redirect/chain/{int(name.split('/')[1]) + 1}"
+            if target is not None:
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if self.path == "/bomb.html":  # 64 MB of zeros, gzipped to ~64 KB: inflates past any sane limit
+            body = _gzip_bomb()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.startswith("/typeless/"):
             path = self.translate_path(self.path)
             if os.path.isfile(path):
@@ -44,6 +66,11 @@ class TestSiteHandler(RecordingHandler):
                 self.wfile.write(body)
                 return
         super().do_GET()
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    return gzip.compress(b"<html><body><p>" + bytes(64 * 1024 * 1024), compresslevel=9)
 
 
 @pytest.fixture

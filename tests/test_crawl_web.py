@@ -41,7 +41,8 @@ def bad_site(tmp_path):
     (site / "slow").mkdir()
     links = ["/utf8.html", "/sjis.html", "/eucjp.html", "/empty.html", "/english.html", "/chinese.html",
              "/private/secret.html", "/missing.html", "/slow/page.html", "/garbage.html", "/nav.html",
-             "/canon.html", "/canon.html?ref=top", "/file.zip", "/huge.html"]
+             "/canon.html", "/canon.html?ref=top", "/file.zip", "/huge.html", "/bomb.html", "/redirect/loop",
+             "/redirect/ping", "/redirect/chain/0"]
     (site / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
     (site / "index.html").write_text(page("目次", PARAS[:1], links, charset_meta='<meta charset="utf-8">'),
                                      encoding="utf-8")
@@ -93,6 +94,10 @@ def test_web_crawl_counts_every_bad_input(bad_site, serve, tmp_path):
     assert drops["bad_encoding"] == 1
     assert drops["too_short"] == 1             # nav.html: a menu and nothing else
     assert drops["duplicate_url"] == 1         # canon.html?ref=top names canon.html as canonical
+    assert drops["decompression_bomb"] == 1    # bomb.html: 64 KB of gzip inflating past download_maxsize
+    assert drops["redirect_loop"] == 2         # /redirect/loop → itself; /redirect/ping → pong → ping
+    assert drops["too_many_redirects"] == 1    # /redirect/chain/0 → 1 → 2 → … past REDIRECT_MAX_TIMES
+    assert "ignored" not in drops              # every outcome has its own name
     assert "/private/secret.html" not in {p for p, _, _ in server.requests}
     assert "/file.zip" not in {p for p, _, _ in server.requests}  # not a page: never fetched
     assert manifest["counts"]["documents"] == 5

@@ -59,9 +59,8 @@ def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130
-    # Prefect ends the interrupted flow run and the process itself (status 130) before our own
-    # "error: interrupted" line can be printed; what matters here: no traceback, nothing left running
     assert "Traceback" not in err and "Crash detected! Execution was aborted by an interrupt signal" in err
+    assert "error: interrupted; rerun the same command to resume" in err  # our one line, after Prefect's
     assert _gone(helpers) == []
     done = subprocess.run([sys.executable, "-m", "gpt2ja", "run", str(config)], cwd=tmp_path, capture_output=True,
                           text=True)
