@@ -342,15 +342,44 @@ app.add_typer(export_app, name="export")
 def export_hf_command(
     run: str = typer.Option(..., "--run", help="A run directory."),
     out: str = typer.Option(..., "--out", help="Where the Hugging Face model goes (local or gs://)."),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", metavar="REPO",
+                                           help="Then upload it to this Hub model repo (owner/name), created if "
+                                                "missing; token from HF_TOKEN, endpoint from HF_ENDPOINT."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
 ) -> None:
-    """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors), verified by logits."""
-    from model.export import export_hf
+    """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors, tokenizer, model card),
+    verified by logits; optionally push it to the Hub."""
+    from model.export import export_hf, push_to_hub as push
 
     try:
         uri = export_hf(run, out)
-    except ImportError as exc:  # torch / transformers / safetensors are the `export` extra
+        print(f"exported {run} → {uri} (logits checked against transformers' GPT2LMHeadModel)")
+        if push_to_hub:
+            print(f"pushed {uri} → {push(uri, push_to_hub, private=private)}")
+    except ImportError as exc:  # torch / transformers / safetensors / huggingface_hub are the `export` extra
         _fail(f"the export needs torch and transformers ({exc.name} is missing): pip install -e '.[export]'", 1)
-    print(f"exported {run} → {uri} (logits checked against transformers' GPT2LMHeadModel)")
+
+
+@export_app.command("parquet")
+def export_parquet_command(
+    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory (local or gs://)."),
+    out: str = typer.Option(..., "--out", help="Where the Parquet files go (local or gs://), "
+                                               "e.g. data/export/aozora-parquet."),
+    compression: Optional[str] = typer.Option(None, help="Column compression: zstd (default), snappy, gzip or "
+                                                         "none."),
+    row_group_docs: Optional[int] = typer.Option(None, "--row-group-docs", help="Documents per row group (default "
+                                                                                "1,000; a group also ends at 32 MiB "
+                                                                                "of text)."),
+) -> None:
+    """Export a clean corpus as Parquet: one file per part; columns id, source, url, title, author, text,
+    license, fetched_at, split, meta (JSON text)."""
+    from corpus.parquet import ParquetConfig, export_parquet, summary
+    from infra import storage
+
+    cfg = _settings(ParquetConfig, "parquet", None, None, {"corpus": corpus, "out": out, "compression": compression,
+                                                          "row_group_docs": row_group_docs})
+    uri, did = export_parquet(cfg)
+    print(summary(storage.read_manifest(uri), did))
 
 
 @app.command("run")

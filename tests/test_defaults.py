@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer.main
 
 from corpus.clean import CleanConfig
+from corpus.parquet import ParquetConfig
 from crawler.runner import CrawlConfig
 from gpt2ja.cli import app
 from model.generate import DEFAULT_SAMPLING
 from model.train import TrainConfig
 
 MODELS = {("crawl", "aozora"): CrawlConfig, ("crawl", "web"): CrawlConfig, ("clean",): CleanConfig,
-          ("train",): TrainConfig}
+          ("train",): TrainConfig, ("export", "parquet"): ParquetConfig}
 
 
 def _command(path: tuple[str, ...]):
