@@ -25,6 +25,8 @@ import pytest
 
 from corpus.jsonl import read_documents
 from infra import stage, storage
+from crawler.mirror import MirrorServer
+from tests.conftest import TestSiteHandler
 from tests.corpora import ZIPS
 
 pytestmark = pytest.mark.slow
@@ -48,7 +50,28 @@ def inputs(tmp_path_factory) -> dict:
     clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
                                   split={"validation_fraction": 0.3}))
     tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
-    return {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
+    site = _site(base / "site")
+    server = MirrorServer(str(site), handler=TestSiteHandler)
+    server.httpd.slow_seconds = 0.3  # the pages sit under /slow/: the crawl lasts long enough to be killed
+    with server:
+        yield {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok, "seed": server.url("/index.html")}
+
+
+def _site(site: Path, pages: int = 40) -> Path:
+    """A small Japanese site: an index linking to pages (from the Aozora texts) that answer slowly."""
+    (site / "slow").mkdir(parents=True)
+    paras = ["吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。", "何でも薄暗いじめじめした所で泣いていた。",
+             "吾輩はここで始めて人間というものを見た。しかもあとで聞くとそれは書生という人間中で一番獰悪な種族であった。"]
+    links = []
+    for n in range(pages):
+        body = "".join(f"<p>{n}番目の頁。{p * (1 + n % 3)}</p>" for p in paras)
+        (site / "slow" / f"p{n}.html").write_text(
+            f'<html><head><meta charset="utf-8"><title>頁{n}</title></head><body><article><h1>頁{n}</h1>{body}'
+            f"</article></body></html>", encoding="utf-8")
+        links.append(f'<li><a href="/slow/p{n}.html">頁{n}</a></li>')
+    (site / "index.html").write_text(f'<html><head><meta charset="utf-8"><title>目次</title></head><body><ul>'
+                                     f'{"".join(links)}</ul></body></html>', encoding="utf-8")
+    return site
 
 
 def _cli(*args: str) -> list[str]:
@@ -57,6 +80,8 @@ def _cli(*args: str) -> list[str]:
 
 COMMANDS = {
     "crawl-files": lambda i, out: _cli("crawl", "files", i["text"], "--root", str(out), "--crawl-id", "k"),
+    "crawl-web": lambda i, out: _cli("crawl", "web", "--seed", i["seed"], "--root", str(out), "--crawl-id", "k",
+                                     "--no-polite", "--progress-interval", "0"),
     "clean": lambda i, out: _cli("clean", "--in", i["raw"], "--out", str(out), "--workers", "2"),
     "tokenizer": lambda i, out: _cli("tokenizer", "train", "--corpus", i["clean"], "--vocab-size", "3000",
                                      "--out", str(out)),
@@ -66,13 +91,13 @@ COMMANDS = {
 
 
 def _artifact(name: str, out: Path) -> str:
-    return str(out / "raw" / "files" / "k") if name == "crawl-files" else str(out)
+    return str(out / "raw" / name.split("-")[1] / "k") if name.startswith("crawl-") else str(out)
 
 
 def _content(name: str, uri: str) -> dict:
     """What must be equal between an interrupted and an uninterrupted run."""
     manifest = {k: v for k, v in storage.read_manifest(uri).items() if k not in VOLATILE}
-    if name == "crawl-files":  # a document records when it was read: compare the documents, not the bytes
+    if name.startswith("crawl-"):  # a document records when it was fetched: compare the documents, not the bytes
         docs = sorted((d.id, d.title, d.text) for d in read_documents(uri))
         manifest.pop("files")
         return {"manifest": manifest, "documents": docs}
@@ -91,19 +116,23 @@ def _leftovers(uri: str, killed: list[int]) -> list[str]:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_a_stage_killed_at_random_instants_ends_as_an_uninterrupted_run(name, inputs, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "killed"
+    started = time.monotonic()
     first = subprocess.run(COMMANDS[name](inputs, reference), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
+    duration = time.monotonic() - started  # kill instants scale with it: a loaded machine kills later
     rng = random.Random(f"kill-{name}")
     killed, sessions = [], []
     for _ in range(KILLS):
         proc = subprocess.Popen(COMMANDS[name](inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         sessions.append(proc.pid)  # the session id: the workers it starts stay in it
-        time.sleep(rng.uniform(1.0, 8.0))  # the kill instant (the run may have finished by then: that is fine)
+        time.sleep(rng.uniform(0.3, 0.95) * duration)  # the kill instant (a run that already ended is fine)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed.append(proc.pid)
         proc.wait()
+    print(f"{name}: {len(killed)} of {KILLS} runs killed ({duration:.1f} s uninterrupted)")
+    assert killed, "no run was killed: the kill instants missed the stage"
     done = subprocess.run(COMMANDS[name](inputs, out), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     uri = _artifact(name, out)
