@@ -10,7 +10,8 @@ stage publishes a table artifact keyed ``{stage}-{name}`` (lowercase, dashes):
     shards-{dataset}            documents, tokens, examples and dropped tokens per split
     train-{run}                 step, loss, validation loss, learning rate, tokens/s
     train-{run}-loss-curve      Markdown: the loss curve (an embedded PNG)
-    evaluate-{run}              bits per character, bits per byte, token perplexity, counts
+    evaluate-{run}              bits per character, bits per byte, token perplexity, counts, and the
+                                compression baselines (PPMd order 8 alone and primed, gzip, xz)
     samples-{run}               Markdown: the continuations with their sampling settings
     export-{run}                the export's files, size and logit check
     pipeline-{root}             Markdown: the summary :func:`summary` prints
@@ -119,7 +120,14 @@ def evaluation(eval_uri: str) -> None:
     name = name_of(result["run"])
     keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "bits_per_token", "tokens_per_character",
             "texts", "characters", "bytes", "tokens", "context", "stride", "step")
-    table(key("evaluate", name), [{"measure": k, "value": result.get(k)} for k in keys],
+    base = result.get("baselines") or {}
+    base_keys = ("ppmd_order8_bits_per_character", "ppmd_order8_bits_per_byte",
+                 "ppmd_order8_primed_bits_per_character", "ppmd_order8_primed_bits_per_byte", "prime_characters",
+                 "gzip_bits_per_character", "gzip_bits_per_byte", "xz_bits_per_character", "xz_bits_per_byte",
+                 "model_beats_ppmd_order8", "model_beats_ppmd_order8_primed")
+    rows = [{"measure": k, "value": result.get(k)} for k in keys]
+    rows += [{"measure": k, "value": base.get(k)} for k in base_keys if base]
+    table(key("evaluate", name), rows,
           f"evaluation of {result['run']} on {', '.join(result['texts_from'])} ({eval_uri}/report.md)")
     samples = _samples(eval_uri, SAMPLES)
     if samples:
@@ -236,6 +244,16 @@ def summary(config, outcome: dict) -> str:
         out.append(f"  evaluate   {r['bits_per_character']:.3f} bits/character, {r['bits_per_byte']:.3f} bits/byte, "
                    f"token perplexity {r['token_perplexity']:.1f} on {r['characters']:,} held-out characters "
                    f"({r['tokens']:,} tokens)  [{_status(outcome['evaluate'])}]")
+        if r.get("baselines"):
+            from model.baselines import verdict
+
+            b = r["baselines"]
+            primed = b.get("ppmd_order8_primed_bits_per_character")
+            out.append(f"  baselines  PPMd order 8 {b['ppmd_order8_bits_per_character']:.3f} bits/character"
+                       + (f" ({primed:.3f} primed with {b['prime_characters']:,} training characters)"
+                          if primed is not None else " (not primed)")
+                       + f", gzip -9 {b['gzip_bits_per_character']:.3f}, xz -9e {b['xz_bits_per_character']:.3f}")
+            out += [f"             {line}" for line in verdict(r["bits_per_character"], b)]
         from model.evaluate import SAMPLES
 
         samples = _samples(ev, SAMPLES)

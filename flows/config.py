@@ -250,6 +250,8 @@ class EvaluateSection(BaseModel):
     context: int | None = Field(None, ge=2, description="tokens per scoring window (default: the model's context)")
     stride: int | None = Field(None, ge=1, description="window start every this many tokens (default: context / 2)")
     batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass (speed only, not fingerprinted)")
+    prime_chars: int = Field(4_000_000, ge=0, description="characters of the run's training text that prime the PPMd "
+                                                          "baseline (0: no primed figure)")
 
 
 class GenerateSection(BaseModel):

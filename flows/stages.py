@@ -305,7 +305,8 @@ def evaluate_task(run_uri: str, texts: list[str], out: str, settings: EvaluateSe
 
     before = _created(out)
     _call("evaluate", write_evaluation, run_uri, texts, out, context=settings.context, stride=settings.stride,
-          batch_size=settings.batch_size, prompts=sampling.prompts if sampling else (),
+          batch_size=settings.batch_size, prime_chars=settings.prime_chars,
+          prompts=sampling.prompts if sampling else (),
           sampling=sampling.model_dump(exclude={"prompts"}) if sampling else None)
     result = _outcome("evaluate", out, before)
     artifacts.evaluation(out)

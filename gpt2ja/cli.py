@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
+from model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pyppmd until an evaluation runs
 from model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
 
 app = typer.Typer(
@@ -283,13 +284,25 @@ def evaluate(
     run: str = typer.Option(..., "--run", help="A run directory."),
     text: list[str] = typer.Option(..., "--text", help="Held-out text: .txt files or a clean corpus split folder."),
     stride: Optional[int] = typer.Option(None, help="Sliding-window stride in tokens (default: half the context)."),
+    prime_chars: int = typer.Option(DEFAULT_PRIME_CHARS, "--prime-chars", min=0,
+                                    help="Characters of the run's training text that prime the PPMd baseline "
+                                         "(0: no primed figure)."),
 ) -> None:
-    """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies); writes eval.json."""
+    """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies), beside the same
+    text's compression baselines (PPMd order 8 alone and primed with training text, gzip, xz); writes eval.json."""
+    from model.baselines import verdict
     from model.evaluate import evaluate_run
 
-    result = evaluate_run(run, text, stride=stride)
+    result = evaluate_run(run, text, stride=stride, prime_chars=prime_chars)
     keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
-    print(json.dumps({k: result[k] for k in keys if k in result}, ensure_ascii=False, indent=2))
+    shown = {k: result[k] for k in keys if k in result}
+    b = result["baselines"]
+    shown["baselines"] = {k: b[k] for k in (
+        "ppmd_order8_bits_per_character", "ppmd_order8_bits_per_byte", "ppmd_order8_primed_bits_per_character",
+        "ppmd_order8_primed_bits_per_byte", "prime_characters", "prime_source", "gzip_bits_per_character",
+        "gzip_bits_per_byte", "xz_bits_per_character", "xz_bits_per_byte")}
+    print(json.dumps(shown, ensure_ascii=False, indent=2))
+    print("\n".join(verdict(result["bits_per_character"], b)))
 
 
 @app.command()

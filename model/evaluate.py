@@ -21,6 +21,11 @@ Example::
     s = score(lm, tok, "吾輩は猫である。")
     s.tokens[:3]   # [("吾", -5.1), ("輩", -7.9), ...]  (piece, natural-log probability)
 
+Beside the model's figures, every evaluation gives the same characters'
+compression baselines (:mod:`model.baselines`: PPMd order 8 alone and primed
+with a sample of the run's training text, gzip, xz) under ``baselines`` in
+``eval.json``, and says whether the model beats PPMd.
+
 The evaluate stage (:func:`write_evaluation`, built through
 :func:`infra.stage.run_stage`: locked, manifest last) puts the figures, sampled
 continuations, the loss curve and a Markdown report in ``{run}/eval/`` with a
@@ -42,15 +47,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from infra import stage, storage
+from model import baselines
 from model.presets import ModelError
 
 LN2 = math.log(2.0)
 STAGE = "evaluate"
-STAGE_VERSION = 1
+STAGE_VERSION = 2          # 2: eval.json has the compression baselines
 EVAL_DIR = "eval"          # {run}/eval/: the evaluate stage's artifact
 SAMPLES = "samples.jsonl"
 LOSS_PNG = "loss.png"
 REPORT = "report.md"
+#: the baseline figures repeated in the stage's manifest (all of them are in eval.json)
+BASELINE_KEYS = ("ppmd_order8_bits_per_character", "ppmd_order8_primed_bits_per_character",
+                 "gzip_bits_per_character", "xz_bits_per_character", "prime_characters")
 
 log = logging.getLogger("gpt2ja.evaluate")
 
@@ -207,17 +216,40 @@ def read_texts(uris: Iterable[str]) -> list[str]:
     return texts
 
 
+def with_baselines(result: dict, run_uri: str, texts: Sequence[str],
+                   prime_chars: int = baselines.DEFAULT_PRIME_CHARS) -> dict:
+    """``result`` with ``baselines``: the compression figures of the scored characters (:mod:`model.baselines`).
+
+    The texts are measured as the model scored them (their characters,
+    concatenated); PPMd is primed with ``prime_chars`` characters of the run's
+    training split (0: not primed) and the evaluated texts are kept out of
+    that sample.
+    """
+    prime = baselines.training_sample(run_uri, prime_chars, exclude=texts)
+    if prime.text is None:
+        log.warning("evaluation of %s: no primed PPMd figure: %s", run_uri, prime.missing)
+    figures = baselines.compression_baselines("".join(texts), prime)
+    return {**result, "baselines": baselines.compare(result.get("bits_per_character"), figures)}
+
+
 def evaluate_run(run_uri: str, text_uris: Sequence[str], *, context: int | None = None, stride: int | None = None,
-                 batch_size: int = 8, write: bool = True) -> dict:
-    """Score ``text_uris`` with the run's newest checkpoint; writes ``{run}/eval.json`` and returns its content."""
+                 batch_size: int = 8, prime_chars: int = baselines.DEFAULT_PRIME_CHARS, write: bool = True) -> dict:
+    """Score ``text_uris`` with the run's newest checkpoint; writes ``{run}/eval.json`` and returns its content.
+
+    The content includes the compression baselines (:func:`with_baselines`;
+    ``prime_chars`` characters of training text prime PPMd, 0: not primed).
+    """
     from model import runs
 
+    if prime_chars < 0:
+        raise ModelError(f"prime characters {prime_chars} must be 0 (no priming) or more")
     run = runs.load_run(run_uri)
     texts = read_texts(text_uris)
     result = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
                                 batch_size=batch_size)
     result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
               "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **result}
+    result = with_baselines(result, run_uri, texts, prime_chars)
     if write:
         storage.write_text(storage.join(run_uri, runs.EVAL_JSON),
                            json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
@@ -267,14 +299,16 @@ def loss_curve_png(metrics: Sequence[dict], title: str = "") -> bytes:
 
 def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, context: int | None = None,
                      stride: int | None = None, batch_size: int = 8, prompts: Sequence[str] = (),
-                     sampling: dict | None = None) -> str:
+                     sampling: dict | None = None, prime_chars: int = baselines.DEFAULT_PRIME_CHARS) -> str:
     """The evaluate stage: figures, samples, loss curve and report in ``out_uri``, manifest last; returns ``out_uri``.
 
-    Writes ``eval.json`` (:func:`evaluate_run`'s figures), ``samples.jsonl`` (one
-    line per continuation of ``prompts``, with the ``sampling`` settings given to
-    :func:`model.generate.generate`), ``loss.png`` and ``report.md``. Skipped when
-    ``out_uri`` holds a manifest with the same fingerprint (the run's manifest,
-    the texts (URIs and content) and the settings) whose files verify. Built
+    Writes ``eval.json`` (:func:`evaluate_run`'s figures, with the compression
+    baselines: ``prime_chars`` characters of training text prime PPMd),
+    ``samples.jsonl`` (one line per continuation of ``prompts``, with the
+    ``sampling`` settings given to :func:`model.generate.generate`),
+    ``loss.png`` and ``report.md``. Skipped when ``out_uri`` holds a manifest
+    with the same fingerprint (the run's manifest, the texts (URIs and content)
+    and the settings, ``prime_chars`` included) whose files verify. Built
     through :func:`infra.stage.run_stage`: under ``out_uri``'s lock (another
     writer: :class:`infra.stage.LockHeld`), manifest last. The run must be
     finished (have its manifest). Bad input raises ModelError (one line).
@@ -293,6 +327,8 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
         raise ModelError(f"evaluation of {run_uri}: give it a directory of its own (e.g. {run_uri}/{EVAL_DIR}), "
                          "not the run itself (it has the run's manifest)")
     sampling = dict(sampling or {})
+    if prime_chars < 0:
+        raise ModelError(f"prime characters {prime_chars} must be 0 (no priming) or more")
     if prompts:  # bad settings fail now, not after the scoring
         chosen = {**DEFAULT_SAMPLING, **sampling}  # what generate() will use: its defaults are the study's
         check_sampling(temperature=chosen["temperature"], top_k=chosen["top_k"], top_p=chosen["top_p"],
@@ -301,7 +337,7 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
     texts = read_texts(text_uris)
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
     config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,
-              "stride": stride, "prompts": list(prompts), "sampling": sampling}
+              "stride": stride, "prompts": list(prompts), "sampling": sampling, "prime_chars": prime_chars}
     fp = storage.fingerprint(config, [run_manifest])
 
     def build() -> dict:
@@ -312,6 +348,7 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
                                      batch_size=batch_size)
         result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
                   "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **figures}
+        result = with_baselines(result, run_uri, texts, prime_chars)
         samples = generate(run.model, run.tokenizer, list(prompts), **sampling) if prompts else []
         rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
                 for s in samples]
@@ -332,7 +369,8 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
             stage=STAGE, config=config, inputs=[run_manifest], counts=counts, files=files,
             timings={"seconds": round(time.monotonic() - started, 3)},
             extra={"results": {k: result[k] for k in ("bits_per_character", "bits_per_byte", "bits_per_token",
-                                                       "token_perplexity", "tokens_per_character")},
+                                                       "token_perplexity", "tokens_per_character")}
+                       | {k: result["baselines"][k] for k in BASELINE_KEYS},
                    "step": run.step, "checkpoint": result["checkpoint"]})
 
     # prune=False: ``out_uri`` may be any folder; only the files named above are this stage's
@@ -359,6 +397,8 @@ def _report(result: dict, samples: list[dict], sampling: dict, metrics: list[dic
              f"| bits per byte | {num(result['bits_per_byte'], '.4f')} |",
              f"| token perplexity | {num(result['token_perplexity'], '.2f')} |",
              f"| tokens per character | {num(result['tokens_per_character'], '.4f')} |", ""]
+    if "baselines" in result:
+        lines += baselines.report_markdown(result)
     if metrics:
         train = [m for m in metrics if "loss" in m]
         val = [m for m in metrics if "val_loss" in m]

@@ -50,3 +50,10 @@ def test_a_web_crawl_is_bounded_by_default_and_an_aozora_crawl_is_not():
     assert CrawlConfig(source="web", start_urls=["http://x/"]).max_pages == 1000
     assert CrawlConfig(source="aozora", start_urls=["http://x/"]).max_pages == 0
     assert CrawlConfig(source="web", start_urls=["http://x/"], max_pages=0).max_pages == 0
+
+
+def test_the_pipeline_primes_ppmd_as_the_cli_does():
+    from flows.config import EvaluateSection
+    from model.baselines import DEFAULT_PRIME_CHARS
+
+    assert EvaluateSection().prime_chars == DEFAULT_PRIME_CHARS
