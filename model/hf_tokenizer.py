@@ -13,7 +13,25 @@ trained on. The ``tokenizers`` pipeline is built from the artifact itself:
   the decoder turns "▁" back into spaces and fuses byte pieces into characters.
 * ``bytes``: every character is unknown to an empty ``BPE``, so byte fallback
   spells it as its UTF-8 bytes ``<0x00>``…``<0xFF>`` = ids 0–255.
-* ``<|endoftext|>`` is the eos (and bos/pad) special token.
+* ``<|endoftext|>`` is the eos (and bos/pad) special token, and a post-processor
+  (``TemplateProcessing``) puts it in front of every text, as training puts it
+  at every document start and ``gpt2ja generate`` before every prompt:
+  ``tokenizer("吾輩")["input_ids"] == [eos_id] + our ids`` (pairs: ``eos A eos B``,
+  two documents). ``add_special_tokens=False`` gives our ids alone.
+* Padding. The pad token is the same ``<|endoftext|>`` (GPT-2's convention;
+  the vocabulary has no spare id: a 320-id sentencepiece model fills every row
+  of the embedding). A pad is told from the document start by the attention
+  mask, which the tokenizer always returns (``model_input_names``), never by
+  its id: ``transformers`` itself refuses to infer a mask from pad ids when pad
+  = eos, and the leading eos must be attended to. Padding is on the left
+  (decoder-only generation continues at the right end; GPT-2 in transformers
+  derives position ids from the mask) and so is truncation (a prompt cut to
+  ``max_length`` keeps its document start and its last tokens, the ones the
+  continuation depends on, as our generator keeps the newest tokens).
+* ``model_max_length`` is the model's context; ``tokenizer_class`` is
+  ``PreTrainedTokenizerFast``, a name transformers 4.x (the class itself) and
+  5.x (an alias of ``TokenizersBackend``) both load. 5.x would write
+  ``TokenizersBackend``, which 4.x does not know.
 
 Two inputs differ on purpose, and are said in the export's README: our
 tokenizers treat the literal text "<|endoftext|>" as ordinary characters
@@ -27,8 +45,8 @@ artifact only.
 
 Example::
 
-    fast = build(Tokenizer.load("data/tokenizers/sp16k"))
-    fast.save_pretrained("out")               # tokenizer.json, tokenizer_config.json, …
+    fast = build(Tokenizer.load("data/tokenizers/sp16k"), context_length=1024)
+    save(fast, "out")                         # tokenizer.json, tokenizer_config.json
     mismatches(tok, AutoTokenizer.from_pretrained("out"))   # [] or the texts that differ
 """
 
@@ -51,6 +69,10 @@ CHECK_TEXTS = (
     "\n",
     "a",
 )
+
+
+#: the ``tokenizer_class`` written to tokenizer_config.json: loadable by transformers 4.x and 5.x
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 class HFTokenizerError(Gpt2jaError, ValueError):
@@ -90,9 +112,12 @@ def _bytes(tok):
     return fast
 
 
-def build(tok):
-    """A ``PreTrainedTokenizerFast`` equivalent to ``tok`` (our Tokenizer); HFTokenizerError when there is none."""
-    from tokenizers import AddedToken
+def build(tok, context_length: int | None = None):
+    """A ``PreTrainedTokenizerFast`` equivalent to ``tok`` (our Tokenizer); HFTokenizerError when there is none.
+
+    ``context_length`` (the model's) becomes ``model_max_length``.
+    """
+    from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
     if tok.kind in ("sentencepiece", "mecab+sentencepiece"):
@@ -105,15 +130,40 @@ def build(tok):
     if fast.token_to_id(EOS) != tok.eos_id:
         raise HFTokenizerError(f"{tok.kind} tokenizer: {EOS} would get id {fast.token_to_id(EOS)}, "
                                f"not our eos_id {tok.eos_id}")
+    # the document start, exactly as training saw it: (T,) → (1 + T,)
+    fast.post_processor = processors.TemplateProcessing(
+        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B:1", special_tokens=[(EOS, tok.eos_id)])
     return PreTrainedTokenizerFast(tokenizer_object=fast, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token=None, model_max_length=None, clean_up_tokenization_spaces=False)
+                                   unk_token=None, model_max_length=context_length,
+                                   padding_side="left", truncation_side="left",
+                                   model_input_names=["input_ids", "attention_mask"],
+                                   clean_up_tokenization_spaces=False)
+
+
+def save(fast, out_dir: str) -> None:
+    """``fast.save_pretrained(out_dir)`` with :data:`TOKENIZER_CLASS` as its ``tokenizer_class``."""
+    import json
+    import os
+
+    fast.save_pretrained(out_dir)
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["tokenizer_class"] = TOKENIZER_CLASS
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
 
 
 def mismatches(tok, hf, texts=CHECK_TEXTS) -> list[str]:
-    """The texts whose ids (or decoded text) differ between ``tok`` and the transformers tokenizer ``hf``."""
+    """The texts whose ids (or decoded text) differ between ``tok`` and the transformers tokenizer ``hf``.
+
+    With special tokens, ``hf`` must give the document start first: ``[eos_id] + ids``.
+    """
     bad = []
     for text in texts:
         ids = tok.encode(text)
-        if hf.encode(text, add_special_tokens=False) != ids or hf.decode(ids) != tok.decode(ids):
+        if (hf.encode(text, add_special_tokens=False) != ids or hf(text)["input_ids"] != [tok.eos_id] + ids
+                or hf.decode(ids) != tok.decode(ids)):
             bad.append(text)
     return bad
