@@ -256,6 +256,10 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
         proc.kill()
         proc.wait()
         raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} did not finish in {timeout} s") from None
+    except BaseException:  # Ctrl-C, or the caller's own time limit: the crawl must not outlive it
+        proc.kill()
+        proc.wait()
+        raise
     reader.join()
     if proc.returncode != 0:
         said = [line for line in tail if line.startswith("error: ")]

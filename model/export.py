@@ -484,7 +484,7 @@ def export_hf(run_uri: str, out_uri: str) -> str:
     except ImportError as err:
         raise ExportError(f"export of {run_uri}: {err.name} is not installed; "
                           "pip install torch transformers safetensors") from None
-    from model.runs import load_run
+    from model.runs import TOKENIZER_DIR, load_run
 
     loaded = []
     if run_manifest is not None:
@@ -506,11 +506,14 @@ def export_hf(run_uri: str, out_uri: str) -> str:
 
             write_json("config.json", hf_config(cfg, tok.eos_id))
             write_json("generation_config.json", generation_config(cfg, tok.eos_id))
+            # one metadata key: safetensors keeps metadata in a hash map whose order changes from run to run,
+            # and the same run must export to the same bytes (which run and step: the export's manifest)
             safetensors.numpy.save_file(hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE),
-                                        metadata={"format": "pt", "source": "gpt2ja", "run": run_uri,
-                                                  "step": str(run.step)})
+                                        metadata={"format": "pt"})
             copy = os.path.join(tmp, TOKENIZER_COPY)
-            tok.save(copy)
+            # the run's own tokenizer artifact, byte for byte (its manifest included): re-saving it would stamp
+            # a new creation time, and the same run must export to the same bytes
+            storage.download_dir(storage.join(run_uri, TOKENIZER_DIR), copy)
             if os.path.exists(os.path.join(copy, "spm.model")):
                 shutil.copyfile(os.path.join(copy, "spm.model"), os.path.join(tmp, "spm.model"))
             hf_refused = _write_hf_tokenizer(tok, cfg.context_length, tmp, run_uri)

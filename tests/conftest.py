@@ -18,6 +18,8 @@ pytest_plugins = ["tests.conftest_gcs"]
 # No network here: Prefect's telemetry would print an error line on every flow run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect's temporary server (in `gpt2ja run`/`demo` subprocesses too) may take its time to start on a loaded machine
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 REPO = Path(__file__).resolve().parent.parent
 MIRROR = REPO / "examples" / "aozora-mirror"

@@ -75,7 +75,7 @@ def test_web_crawl_counts_every_bad_input(bad_site, serve, tmp_path):
     cfg = CrawlConfig(source="web", start_urls=[server.url("/index.html")], root=str(tmp_path / "root"),
                       crawl_id="w", polite=False, progress_interval=0, download_timeout=1.5,
                       download_maxsize=200_000)
-    out = crawl_in_subprocess(cfg, timeout=180)
+    out = crawl_in_subprocess(cfg)
     manifest = storage.read_manifest(out)
     drops = manifest["counts"]["drops"]
     docs = {d.url.rsplit("/", 1)[-1]: d for d in read_documents(out)}
@@ -111,7 +111,7 @@ def test_sitemap_seeds_the_crawl(bad_site, serve, tmp_path):
         "</urlset>")
     cfg = CrawlConfig(source="web", sitemaps=[server.url("/sitemap.xml")], root=str(tmp_path / "root"),
                       crawl_id="s", polite=False, progress_interval=0, depth_limit=1)
-    out = crawl_in_subprocess(cfg, timeout=120)
+    out = crawl_in_subprocess(cfg)
     urls = {d.url.rsplit("/", 1)[-1] for d in read_documents(out)}
     assert {"utf8.html", "eucjp.html"} <= urls
 
@@ -128,7 +128,7 @@ def test_robots_crawl_delay_is_honoured(serve, tmp_path):
     # polite=False removes our own delay: what remains is the site's Crawl-delay
     cfg = CrawlConfig(source="web", start_urls=[server.url("/index.html")], root=str(tmp_path / "root"),
                       crawl_id="d", polite=False, progress_interval=0)
-    crawl_in_subprocess(cfg, timeout=120)
+    crawl_in_subprocess(cfg)
     times = [t for p, _, t in server.requests if p != "/robots.txt"]
     assert len(times) == 4
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -143,7 +143,7 @@ def test_aozora_truncated_zip_falls_back_to_xhtml_and_is_counted(mirror_copy, se
     server = serve(mirror_copy)
     cfg = CrawlConfig(source="aozora", start_urls=author_urls(server)[:1], root=str(tmp_path / "root"),
                       crawl_id="z", polite=False, progress_interval=0)
-    out = crawl_in_subprocess(cfg, timeout=180)
+    out = crawl_in_subprocess(cfg)
     drops = storage.read_manifest(out)["counts"]["drops"]
     docs = {d.title: d for d in read_documents(out)}
     assert drops["bad_zip"] == 2
@@ -163,7 +163,7 @@ def test_crawl_writes_to_gcs(serve, gcs_emulator, tmp_path):
                                                    server.url("/cards/000121/card637.html")],
                       root=root, crawl_id="g", polite=False, progress_interval=0,
                       state_dir=str(tmp_path / "state"))
-    out = crawl_in_subprocess(cfg, timeout=120, env={"STORAGE_EMULATOR_HOST": gcs_emulator.host})
+    out = crawl_in_subprocess(cfg, env={"STORAGE_EMULATOR_HOST": gcs_emulator.host})
     assert out == f"{root}/raw/aozora/g"
     manifest = storage.read_manifest(out)
     assert manifest["counts"]["documents"] == 2
@@ -197,7 +197,7 @@ def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_pat
     from crawler.runner import CrawlError
 
     with pytest.raises(CrawlError, match="no page could be fetched") as err:
-        crawl_in_subprocess(cfg, timeout=300)
+        crawl_in_subprocess(cfg)
     assert "\n" not in str(err.value)
     assert storage.read_manifest(cfg.out_uri) is None
     from crawler.mirror import MirrorServer
@@ -207,7 +207,7 @@ def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_pat
     server.httpd.slow_seconds = 5.0
     server.start()
     try:
-        crawl_in_subprocess(cfg, timeout=300)  # the same command: its failed requests are tried again
+        crawl_in_subprocess(cfg)  # the same command: its failed requests are tried again
     finally:
         server.stop()
     assert storage.read_manifest(cfg.out_uri)["counts"]["documents"] > 0
@@ -218,9 +218,9 @@ def test_reaching_max_pages_is_a_complete_bounded_crawl(bad_site, serve, tmp_pat
     cfg = CrawlConfig(source="web", start_urls=[server.url("/index.html")], root=str(tmp_path), crawl_id="b",
                       polite=False, progress_interval=0, max_pages=3,
                       settings={"CONCURRENT_REQUESTS": 1, "CONCURRENT_REQUESTS_PER_DOMAIN": 1})
-    crawl_in_subprocess(cfg, timeout=300)
+    crawl_in_subprocess(cfg)
     manifest = storage.read_manifest(cfg.out_uri)
     assert manifest["close_reasons"] == ["closespider_pagecount"]
     asked = len(server.requests)
-    crawl_in_subprocess(cfg, timeout=300)  # complete: the rerun is skipped, nothing is fetched
+    crawl_in_subprocess(cfg)  # complete: the rerun is skipped, nothing is fetched
     assert len(server.requests) == asked

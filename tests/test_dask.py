@@ -26,6 +26,7 @@ import pytest
 
 from flows.config import ConfigError, validate_config
 from infra import storage
+from tests import procs
 from tests.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ TOKENIZER_FILES = ("spm.model", "spm.vocab")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):  # two busy cores: the server may start slowly
+    with prefect_test_harness(server_startup_timeout=procs.STARTUP_LIMIT_S):
         yield
 
 

@@ -41,6 +41,7 @@ from model import gpt2, runs  # noqa: E402
 from model.export import ExportError, export_hf, load_hf  # noqa: E402
 from model.presets import ModelConfig, ModelError  # noqa: E402
 from tokenization.bytes_tokenizer import ByteTokenizer  # noqa: E402
+from tests import procs  # noqa: E402
 
 CONTEXT = 32
 
@@ -452,8 +453,7 @@ def test_transformers_4_loads_the_export(exported, tmp_path):
     venv = tmp_path / "venv4"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    install = subprocess.run([str(py), "-m", "pip", "install", "-q", TRANSFORMERS_4, "torch==2.13.0", "safetensors"],
-                             capture_output=True, text=True, timeout=400)
+    install = procs.run([str(py), "-m", "pip", "install", "-q", TRANSFORMERS_4, "torch==2.13.0", "safetensors"])
     if install.returncode != 0:
         pytest.skip(f"pip could not install {TRANSFORMERS_4}: {install.stderr.strip().splitlines()[-1:]}")
     script = f"""
@@ -470,8 +470,7 @@ print(json.dumps({{"class": type(tok).__name__, "model": type(model).__name__, "
                   "mask": inputs["attention_mask"].tolist(), "max_len": tok.model_max_length,
                   "logits": logits[0, -1, :5].tolist(), "greedy": greedy}}))
 """
-    got = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    got = procs.run([str(py), "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert got.returncode == 0, got.stderr[-2000:]
     result = json.loads(got.stdout.strip().splitlines()[-1])
     assert (result["class"], result["model"], result["max_len"]) == ("PreTrainedTokenizerFast", "GPT2LMHeadModel",

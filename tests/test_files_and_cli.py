@@ -14,6 +14,7 @@ import pytest
 from corpus.jsonl import read_documents
 from crawler.files import crawl_files
 from infra import storage
+from tests import procs
 from tests.conftest import MIRROR
 
 GPT2JA = [str(Path(sys.executable).with_name("gpt2ja"))]
@@ -22,7 +23,7 @@ RASHOMON_XHTML = MIRROR / "cards/000879/files/127_15260.html"
 
 
 def gpt2ja(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(GPT2JA + list(args), capture_output=True, text=True, timeout=300, cwd=cwd)
+    return procs.run(GPT2JA + list(args), cwd=cwd)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ processes must notice and end by themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -50,11 +51,15 @@ def inputs(tmp_path_factory) -> dict:
     clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
                                   split={"validation_fraction": 0.3}))
     tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
+    from tests.test_export import write_run  # an untrained tiny run: what export needs, in a second
+
+    run = write_run(base / "run")
     site = _site(base / "site")
     server = MirrorServer(str(site), handler=TestSiteHandler)
     server.httpd.slow_seconds = 0.3  # the pages sit under /slow/: the crawl lasts long enough to be killed
     with server:
-        yield {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok, "seed": server.url("/index.html")}
+        yield {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok, "seed": server.url("/index.html"),
+               "run": str(run)}
 
 
 def _site(site: Path, pages: int = 40) -> Path:
@@ -87,6 +92,7 @@ COMMANDS = {
                                      "--out", str(out)),
     "shards": lambda i, out: _cli("shards", "--corpus", i["clean"], "--tokenizer", i["tokenizer"], "--seq-len",
                                   "64", "--out", str(out), "--workers", "2"),
+    "export": lambda i, out: _cli("export", "hf", "--run", i["run"], "--out", str(out)),
 }
 
 
@@ -101,7 +107,14 @@ def _content(name: str, uri: str) -> dict:
         docs = sorted((d.id, d.title, d.text) for d in read_documents(uri))
         manifest.pop("files")
         return {"manifest": manifest, "documents": docs}
-    return {"manifest": manifest, "files": {f["path"]: Path(uri, f["path"]).read_bytes() for f in manifest["files"]}}
+    return {"manifest": manifest, "files": {f["path"]: _bytes(Path(uri, f["path"])) for f in manifest["files"]}}
+
+
+def _bytes(path: Path):
+    """A file's bytes; a nested artifact's manifest (export's tokenizer copy) without its creation time."""
+    if path.name == storage.MANIFEST:
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
+    return path.read_bytes()
 
 
 def _leftovers(uri: str, killed: list[int]) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import procs
+
 from corpus.document import Document
 from corpus.jsonl import ShardWriter
 from corpus.parquet import COLUMNS, ParquetConfig, ParquetError, export_parquet
@@ -183,7 +185,7 @@ def test_gcs(gcs_emulator, tmp_path):
 
 
 def gpt2ja(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(GPT2JA + list(args), capture_output=True, text=True, timeout=120)
+    return procs.run(GPT2JA + list(args))
 
 
 def test_cli_exports_and_a_bad_corpus_is_one_clear_line(tmp_path):

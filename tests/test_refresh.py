@@ -18,6 +18,7 @@ from corpus.document import document_id
 from corpus.jsonl import read_documents
 from flows.config import PipelineConfig
 from infra import stage, storage
+from tests import procs
 from tests.conftest import author_urls
 
 SITE = "http://mirror.local"
@@ -45,7 +46,7 @@ NEW_WORK = """春の川
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):  # 30 s by default: too short on a busy 2-core machine
+    with prefect_test_harness(server_startup_timeout=procs.STARTUP_LIMIT_S):
         yield
 
 

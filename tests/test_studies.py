@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests import procs
 import yaml
 
 from studies import metrics
@@ -219,7 +220,7 @@ def test_importing_the_studies_loads_no_tensorflow():
             "studies.vocab_report, studies.sampling_report\n"
             "heavy = sorted(m for m in ('tensorflow', 'keras', 'fugashi', 'scrapy') if m in sys.modules)\n"
             "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = procs.run([sys.executable, "-c", code], cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from corpus.document import Document
 from corpus.jsonl import read_documents
 from infra import stage, storage
+from tests import procs
 from tests.assertions import one_line_error
 from tests.corpora import REPO, mirror_split, write_clean_corpus
 from tokenization.bytes_tokenizer import ByteTokenizer
@@ -220,7 +220,7 @@ def test_training_is_deterministic_and_reruns_skip(clean_corpus, tmp_path):
     b = str(tmp_path / "b")
     code = ("from tokenization.train import train_tokenizer\n"
             f"train_tokenizer({clean_corpus!r}, 'sentencepiece', 2600, {b!r}, **{kwargs!r})\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = procs.run([sys.executable, "-c", code], cwd=REPO)
     assert result.returncode == 0, result.stderr
     for name in ("spm.vocab", "spm.model"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -299,7 +299,7 @@ def test_mecab_kind_needs_no_mecab_at_inference(trained):
         "assert 'tokenization.mecab' not in sys.modules\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = procs.run([sys.executable, "-c", code], cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
