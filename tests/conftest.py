@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gzip
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,11 @@ pytest_plugins = ["tests.conftest_gcs"]
 # No network here: Prefect's telemetry would print an error line on every flow run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The suite's own Prefect home (its SQLite database and logs): a `make demo` or a user's flow runs beside the
+# suite share nothing with it (a shared database is the one thing two ephemeral servers would contend for)
+_PREFECT_HOME = tempfile.mkdtemp(prefix="gpt2ja-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 # Prefect's temporary server (in `gpt2ja run`/`demo` subprocesses too) may take its time to start on a loaded machine
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
