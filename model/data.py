@@ -75,24 +75,21 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
                 tokenizer = Tokenizer.load(tokenizer)
             except (TokenizerError, storage.StorageError) as err:
                 raise DataError(str(err)) from None
+        made_with = (manifest.get("tokenizer") or {}).get("uri")
+        made_with = stage.input_uri(manifest, made_with) if made_with else "another tokenizer"
+        fix = "use that tokenizer or rebuild the shards with `gpt2ja shards --tokenizer ...`"
         if (tokenizer.vocab_size, tokenizer.eos_id) != (manifest["vocab_size"], manifest["eos_id"]):
-            made_with = (manifest.get("tokenizer") or {}).get("uri")
-            made_with = stage.input_uri(manifest, made_with) if made_with else "another tokenizer"
             raise DataError(
                 f"tokenizer/shard mismatch: {name} has vocab size {tokenizer.vocab_size} (eos_id {tokenizer.eos_id}) "
                 f"but shards {shards_uri} hold ids of vocab size {manifest['vocab_size']} (eos_id "
-                f"{manifest['eos_id']}) from {made_with}; use that tokenizer or rebuild the shards with "
-                "`gpt2ja shards --tokenizer ...`")
+                f"{manifest['eos_id']}) from {made_with}; {fix}")
         built_with = (manifest.get("tokenizer") or {}).get("fingerprint")
         given = getattr(tokenizer, "fingerprint", None)
         if built_with and given and given != built_with:  # same size, another model: ids would mean other text
-            made_with = (manifest.get("tokenizer") or {}).get("uri")
-            made_with = stage.input_uri(manifest, made_with) if made_with else "another tokenizer"
             raise DataError(
                 f"tokenizer/shard mismatch: {name} (fingerprint {given[:12]}) is not the tokenizer shards "
                 f"{shards_uri} were built with ({made_with}, fingerprint {built_with[:12]}), although both have "
-                f"{manifest['vocab_size']} ids; use that tokenizer or rebuild the shards with "
-                "`gpt2ja shards --tokenizer ...`")
+                f"{manifest['vocab_size']} ids; {fix}")
     return manifest
 
 

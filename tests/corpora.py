@@ -38,3 +38,17 @@ def mirror_split() -> tuple[list[Document], list[Document]]:
     validation = [d for d in docs if int(d.id, 16) % 8 == 0]
     train = [d for d in docs if int(d.id, 16) % 8 != 0]
     return train, validation
+
+
+def data_pipeline_config(tmp_path: Path) -> Path:
+    """``configs/demo.yaml`` up to the shards (no model stages), rooted in ``tmp_path``; the config file's path."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    for section in ("train", "evaluate", "generate", "export"):
+        config.pop(section)
+    config["root"] = str(tmp_path / "root")
+    config["crawl"][0]["serve_mirror"] = str(REPO / "examples" / "aozora-mirror")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path

@@ -212,21 +212,14 @@ def test_a_damaged_shard_is_rebuilt_not_re_recorded(world, tmp_path):
 
 def test_two_pipelines_on_one_root(procs, tmp_path):
     """A scheduled refresh meeting a run started from the UI: two `gpt2ja run` of one config at once."""
-    import yaml
+    from tests.corpora import data_pipeline_config
 
-    repo = Path(__file__).resolve().parent.parent
-    config = yaml.safe_load((repo / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    for section in ("train", "evaluate", "generate", "export"):
-        config.pop(section)
-    config["root"] = str(tmp_path / "root")
-    config["crawl"][0]["serve_mirror"] = str(repo / "examples" / "aozora-mirror")
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    path = data_pipeline_config(tmp_path)
     gate = tmp_path / "go"
     first = _hold(procs, _cli("run", str(path)), "clean", gate)  # its crawl is published; its clean is held
     _refused(_cli("run", str(path)), first)
     _finish(first, gate)
-    root = config["root"]
+    root = tmp_path / "root"
     for uri in (f"{root}/raw/aozora/demo", f"{root}/clean/aozora-demo", f"{root}/tokenizers/sp-unigram-3000",
                 f"{root}/datasets/aozora-demo/sp3000-128"):
         _verifies(uri)

@@ -11,23 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from infra import stage
+from tests.corpora import data_pipeline_config
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _config(tmp_path: Path) -> Path:
-    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    for section in ("train", "evaluate", "generate", "export"):
-        config.pop(section)
-    config["root"] = str(tmp_path / "root")
-    config["crawl"][0]["serve_mirror"] = str(REPO / "examples" / "aozora-mirror")
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def _held_run(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
@@ -53,7 +41,7 @@ def _gone(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
-    config = _config(tmp_path)
+    config = data_pipeline_config(tmp_path)
     proc, helpers = _held_run(tmp_path, config)
     assert any("uvicorn" in " ".join(p.cmdline()) for p in helpers)  # Prefect's temporary server
     proc.send_signal(signal.SIGINT)
@@ -70,7 +58,7 @@ def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
 
 
 def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path):
-    proc, helpers = _held_run(tmp_path, _config(tmp_path))
+    proc, helpers = _held_run(tmp_path, data_pipeline_config(tmp_path))
     assert any("uvicorn" in " ".join(p.cmdline()) for p in helpers)
     proc.send_signal(signal.SIGKILL)  # nobody tells its children: the watchdog ends them
     proc.communicate()
