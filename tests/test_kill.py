@@ -27,7 +27,7 @@ import pytest
 from corpus.jsonl import read_documents
 from infra import stage, storage
 from crawler.mirror import MirrorServer
-from tests.conftest import TestSiteHandler
+from tests.conftest import MIRROR, TestSiteHandler, author_urls
 from tests.corpora import ZIPS
 
 pytestmark = pytest.mark.slow
@@ -52,14 +52,17 @@ def inputs(tmp_path_factory) -> dict:
                                   split={"validation_fraction": 0.3}))
     tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
     from tests.test_export import write_run  # an untrained tiny run: what export needs, in a second
+    from tokenization.shards import ShardsConfig, write_shards
 
+    shards = write_shards(clean, tok, str(base / "root" / "shards"),
+                          ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1))
     run = write_run(base / "run")
     site = _site(base / "site")
     server = MirrorServer(str(site), handler=TestSiteHandler)
     server.httpd.slow_seconds = 0.3  # the pages sit under /slow/: the crawl lasts long enough to be killed
-    with server:
+    with server, MirrorServer(str(MIRROR), handler=TestSiteHandler) as mirror:
         yield {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok, "seed": server.url("/index.html"),
-               "run": str(run)}
+               "run": str(run), "shards": shards, "authors": author_urls(mirror)}
 
 
 def _site(site: Path, pages: int = 40) -> Path:
@@ -84,6 +87,9 @@ def _cli(*args: str) -> list[str]:
 
 
 COMMANDS = {
+    "crawl-aozora": lambda i, out: _cli("crawl", "aozora", *[a for u in i["authors"] for a in ("--start-url", u)],
+                                        "--root", str(out), "--crawl-id", "k", "--no-polite",
+                                        "--progress-interval", "0"),
     "crawl-files": lambda i, out: _cli("crawl", "files", i["text"], "--root", str(out), "--crawl-id", "k"),
     "crawl-web": lambda i, out: _cli("crawl", "web", "--seed", i["seed"], "--root", str(out), "--crawl-id", "k",
                                      "--no-polite", "--progress-interval", "0"),
@@ -92,6 +98,10 @@ COMMANDS = {
                                      "--out", str(out)),
     "shards": lambda i, out: _cli("shards", "--corpus", i["clean"], "--tokenizer", i["tokenizer"], "--seq-len",
                                   "64", "--out", str(out), "--workers", "2"),
+    # tiny model, 16 steps, a checkpoint every 2: a kill loses at most the steps since the last one
+    "train": lambda i, out: _cli("train", "--data", i["shards"], "--run", str(out), "--preset", "tiny", "--steps", "16",
+                                 "--batch-tokens", "256", "--micro-batch", "8", "--warmup-steps", "2",
+                                 "--set", "checkpoint_every=2", "--set", "eval_batches=0", "--set", "log_every=2"),
     "export": lambda i, out: _cli("export", "hf", "--run", i["run"], "--out", str(out)),
 }
 
@@ -103,11 +113,29 @@ def _artifact(name: str, out: Path) -> str:
 def _content(name: str, uri: str) -> dict:
     """What must be equal between an interrupted and an uninterrupted run."""
     manifest = {k: v for k, v in storage.read_manifest(uri).items() if k not in VOLATILE}
+    if name == "train":  # the weights and optimizer state of the last checkpoint, bit for bit, and the curve
+        return {"weights": _weights(uri), "metrics": [{k: v for k, v in row.items() if k in ("step", "loss", "lr")}
+                                                      for row in _metrics(uri)]}
     if name.startswith("crawl-"):  # a document records when it was fetched: compare the documents, not the bytes
         docs = sorted((d.id, d.title, d.text) for d in read_documents(uri))
         manifest.pop("files")
         return {"manifest": manifest, "documents": docs}
     return {"manifest": manifest, "files": {f["path"]: _bytes(Path(uri, f["path"])) for f in manifest["files"]}}
+
+
+def _weights(run: str) -> dict:
+    import tensorflow as tf
+
+    from model import runs
+
+    prefix = runs.latest_checkpoint(run)
+    return {name: tf.train.load_variable(prefix, name).tobytes() for name, _ in tf.train.list_variables(prefix)
+            if name.startswith(("backbone/", "optimizer/"))}
+
+
+def _metrics(run: str) -> list[dict]:
+    rows = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r]
 
 
 def _bytes(path: Path):
