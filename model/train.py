@@ -110,6 +110,10 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(500, ge=1, description="steps between validation losses")
     eval_batches: int = Field(20, ge=0, description="validation micro-batches per evaluation (0 = none)")
     log_every: int = Field(10, ge=1, description="steps between progress lines / metrics.jsonl entries")
+    eval_sample_tokens: int = Field(32, ge=0, le=4096, description="tokens of the text sample written to "
+                                    "TensorBoard at each evaluation, continuing a fixed validation prompt (0 = off)")
+    tensorboard_by_tokens: bool = Field(True, description="also write TensorBoard's scalars under tokens_seen/ "
+                                                          "with the tokens seen as their step")
 
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
     tpu: str | None = Field(None, description="TPU name or grpc:// address for strategy tpu ('' = this TPU VM)")
@@ -138,8 +142,8 @@ class TrainConfig(BaseModel):
         return self.batch_tokens // per_micro
 
     def fingerprint_config(self) -> dict:
-        """What defines the run's result (the run URI itself and logging cadence do not)."""
-        skip = {"run", "log_every", "override"}
+        """What defines the run's result (the run URI itself, logging cadence and TensorBoard extras do not)."""
+        skip = {"run", "log_every", "override", "eval_sample_tokens", "tensorboard_by_tokens"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 

@@ -9,8 +9,8 @@
       │                                  data → checkpoint managers → restore (resume) or init_from → files
     make_train_step / make_eval_step     the compiled distributed step (gradient accumulation) and eval
       │
-    run_loop(...)                        steps, progress lines, metrics.jsonl, TensorBoard, validation,
-      │                                  checkpoints (and gs:// sync)
+    run_loop(...)                        steps, progress lines, metrics.jsonl, TensorBoard (model.summaries),
+      │                                  validation, checkpoints (and gs:// sync)
     finish(...)                          the chief's run manifest (published last by the train stage)
 
 The chief runs everything after ``start_runtime`` as the build of the train
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from infra import storage
-from model import runs
+from model import runs, summaries
 from model.distribute import StrategyError, make_strategy, worker_info
 from model.optim import lr_schedule, make_optimizer
 from model.presets import ModelConfig
@@ -67,7 +67,7 @@ class Session(NamedTuple):
     manager: Any         # tf.train.CheckpointManager: model, optimizer, step, dropout rng (+ data on one host)
     data_manager: Any    # multi-worker: this host's data-iterator CheckpointManager; else None
     val_ds: Any          # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
-    writer: Any          # TensorBoard summary writer (chief); None on other hosts
+    board: Any           # model.summaries.TensorBoard: the summary writers (chief); None on other hosts
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
@@ -161,9 +161,12 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         val_ds = data_mod.make_dataset(cfg.data, "validation", rt.local_replicas * rt.per_replica, shuffle=False,
                                        deterministic=True, num_input_pipelines=rt.workers,
                                        input_pipeline_id=rt.worker)
-    writer = tf.summary.create_file_writer(os.path.join(local, runs.TENSORBOARD_DIR)) if rt.chief else None
+    board = None
+    if rt.chief:
+        board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
+                                      by_tokens=cfg.tensorboard_by_tokens)
     return Session(local=local, lm=lm, opt=opt, step=step, train_ds=train_ds, iterator=iterator, manager=manager,
-                   data_manager=data_manager, val_ds=val_ds, writer=writer)
+                   data_manager=data_manager, val_ds=val_ds, board=board)
 
 
 # ----------------------------------------------------------------- compiled steps
@@ -309,6 +312,15 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
             f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), strategy "
             f"{cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}")
     has_validation = validation_loss is not None
+    counts, sampler = None, None  # the chief's: validation text counts (bits/char) and text samples
+    if rt.chief:
+        s.board.hparams(summaries.run_hparams(cfg, plan.model_cfg, seq_len=plan.seq_len, accum=plan.accum,
+                                              replicas=rt.replicas, tokenizer=plan.tok.kind,
+                                              parameters=int(s.lm.count_params())))
+        if has_validation:
+            counts, prompt = summaries.from_validation(plan.tok, s.val_ds, cfg.eval_batches)
+            if cfg.eval_sample_tokens:
+                sampler = summaries.Sampler(s.lm, plan.tok, prompt, tokens=cfg.eval_sample_tokens, seed=cfg.seed)
     marks = [cfg.log_every, cfg.checkpoint_every] + ([cfg.eval_every] if has_validation else [])
     window_start, window_step, window_loss = time.monotonic(), start_step, 0.0
     session_start, session_first = time.monotonic(), start_step
@@ -324,7 +336,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
             raise _named_data_error(cfg, err) from None
         window_loss += float(loss_sum)
         current += n
-        record = None
+        record, sample = None, None
         if current % cfg.log_every == 0 or current == cfg.steps:
             now = time.monotonic()
             done = current - window_step
@@ -340,15 +352,20 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
         if has_validation and (current % cfg.eval_every == 0 or current == cfg.steps):
             val = validation_loss()
             record = {**(record or {"step": current}), "val_loss": val}
-            say(f"step {current}: validation loss {val:.4f} ({val / math.log(2):.4f} bits/token)")
+            said = f"{val / math.log(2):.4f} bits/token"
+            if counts is not None and counts.characters:
+                record["val_bits_per_character"] = counts.bits_per_character(val)
+                record["val_bits_per_byte"] = counts.bits_per_byte(val)
+                said += f", {record['val_bits_per_character']:.4f} bits/character"
+            say(f"step {current}: validation loss {val:.4f} ({said})")
+            if sampler is not None:
+                started = time.monotonic()
+                sample = sampler()
+                window_start += time.monotonic() - started  # tokens_per_s stays the training's (as before samples)
         if record and rt.chief:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            with s.writer.as_default(step=current):
-                for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
-                    if key in record:
-                        tf.summary.scalar(key, record[key])
-            s.writer.flush()
+            s.board.write(current, record, sample)
         if record and on_log:
             on_log(current, record)
         if current % cfg.checkpoint_every == 0 or current == cfg.steps:
@@ -363,7 +380,7 @@ def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start:
     if not rt.chief:
         shutil.rmtree(s.local, ignore_errors=True)
         return None
-    s.writer.close()
+    s.board.close()
     built = _run_manifest(s.local, cfg, plan.fp, plan.input_manifests, s.lm, time.monotonic() - session_start)
     if storage.is_gcs(cfg.run):
         runs.sync_up(s.local, cfg.run)

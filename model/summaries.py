@@ -1,0 +1,228 @@
+"""TensorBoard for a training run: the layout, the scalars, the HParams record and the text samples.
+
+TensorBoard draws one line per *run* (a folder of event files) and one chart
+per *tag*, so training and validation loss share a chart when two runs write
+the same tag. The run's ``tensorboard/`` folder is laid out that way (the
+layout of Keras's own TensorBoard callback and of the HParams tutorial)::
+
+    tensorboard/              HParams: the experiment (hparams_config) and this run's settings (hparams)
+    tensorboard/train/        loss, lr, grad_norm, tokens_per_s                    at every log step
+    tensorboard/validation/   loss, bits_per_character, bits_per_byte (scalars),
+                              sample (text: a continuation of a fixed validation prompt)  at every evaluation
+
+The step is the optimizer step. With ``tensorboard_by_tokens`` every scalar is
+written a second time under ``tokens_seen/<tag>`` with the tokens seen
+(``step × batch_tokens``) as its step: TensorBoard's x axis can only be the
+step, the relative time or the wall time, and a tag prefix gives the token axis
+charts of their own (a section "tokens_seen") that still overlay train and
+validation and compare runs of different batch sizes. A second run folder
+would instead put token-axis and step-axis lines on the same chart.
+
+Bits per character and per byte: the validation loss is a mean NLL in nats per
+scored token; as in :func:`model.evaluate.bits_per_character`, ``bits = nats /
+ln 2`` and ``bits_per_character = bits / characters``, here with the tokens,
+characters and UTF-8 bytes of the validation rows that are scored (counted once,
+:func:`count_text`). The EOS targets between documents are scored by the
+validation loss and have no characters, so these figures include the cost of
+predicting document ends, and each row starts without context: a training-time
+guide; ``gpt2ja eval`` (text only, sliding window) gives the figures that compare
+models. In a multi-worker run the counts are the chief's share of the rows.
+
+Example::
+
+    board = TensorBoard("data/runs/r1/tensorboard", batch_tokens=8192, by_tokens=True)
+    board.hparams(run_hparams(cfg, model_cfg, seq_len=1024, accum=4, replicas=1, tokenizer="bytes",
+                              parameters=798_208))
+    board.write(100, {"loss": 5.1, "lr": 1e-3, "val_loss": 5.3, "val_bits_per_character": 7.6},
+                sample=("吾輩は", "猫である。"))
+    board.close()
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from model.evaluate import LN2
+
+if TYPE_CHECKING:
+    from model.presets import ModelConfig
+    from model.train import TrainConfig
+    from tokenization.tokenizer import Tokenizer
+
+TRAIN_RUN = "train"
+VALIDATION_RUN = "validation"
+TOKENS_PREFIX = "tokens_seen/"
+SAMPLE_TAG = "sample"
+#: metrics.jsonl key → (sub-run, tag): training and validation write the same tag ``loss`` in their own runs
+TAGS = {
+    "loss": (TRAIN_RUN, "loss"),
+    "lr": (TRAIN_RUN, "lr"),
+    "grad_norm": (TRAIN_RUN, "grad_norm"),
+    "tokens_per_s": (TRAIN_RUN, "tokens_per_s"),
+    "val_loss": (VALIDATION_RUN, "loss"),
+    "val_bits_per_character": (VALIDATION_RUN, "bits_per_character"),
+    "val_bits_per_byte": (VALIDATION_RUN, "bits_per_byte"),
+}
+PROMPT_CHARS = 16  # characters of the sample prompt taken from the validation data
+_MAX_EDGE = 4      # a UTF-8 character has at most 4 bytes: the partial pieces at a row's edges
+
+
+class TextCounts(NamedTuple):
+    """Tokens, characters and UTF-8 bytes of the scored validation rows: the ratio that converts the loss."""
+
+    tokens: int
+    characters: int
+    bytes: int
+
+    def bits_per_character(self, nats_per_token: float) -> float | None:
+        return nats_per_token / LN2 * self.tokens / self.characters if self.characters else None
+
+    def bits_per_byte(self, nats_per_token: float) -> float | None:
+        return nats_per_token / LN2 * self.tokens / self.bytes if self.bytes else None
+
+
+def whole_characters(tokenizer: "Tokenizer", ids: list[int]) -> tuple[int, str]:
+    """The tokens of ``ids`` that decode to whole characters, counted, and their text.
+
+    A row of a shard is a window of the token stream: with byte pieces (the
+    bytes tokenizer, sentencepiece's byte fallback) it may start or end inside a
+    character, which decodes to U+FFFD; up to 3 such tokens at each edge are left
+    out of both counts, so the ratio is the text's own.
+    """
+    lo, hi = 0, len(ids)
+    text = tokenizer.decode(ids)
+    while lo < hi and lo < _MAX_EDGE - 1 and text.startswith("\ufffd"):
+        lo += 1
+        text = tokenizer.decode(ids[lo:hi])
+    while hi > lo and len(ids) - hi < _MAX_EDGE - 1 and text.endswith("\ufffd"):
+        hi -= 1
+        text = tokenizer.decode(ids[lo:hi])
+    return hi - lo, text
+
+
+def count_text(tokenizer: "Tokenizer", targets: Iterable[Any]) -> TextCounts:
+    """Tokens, characters and bytes of the target rows (arrays of ids) that the validation loss scores."""
+    tokens = chars = nbytes = 0
+    for rows in targets:
+        for row in rows:
+            n, text = whole_characters(tokenizer, [int(i) for i in row])
+            tokens, chars, nbytes = tokens + n, chars + len(text), nbytes + len(text.encode("utf-8"))
+    return TextCounts(tokens, chars, nbytes)
+
+
+def sample_prompt(tokenizer: "Tokenizer", ids: list[int], chars: int = PROMPT_CHARS) -> str:
+    """The first ``chars`` characters of a document in a validation row (after its first EOS, if any)."""
+    ids = [int(i) for i in ids]
+    if tokenizer.eos_id in ids[:-1]:
+        ids = ids[ids.index(tokenizer.eos_id) + 1:]  # a document's start, as the sample will begin (EOS + prompt)
+        ids = ids[:ids.index(tokenizer.eos_id)] if tokenizer.eos_id in ids else ids
+    return whole_characters(tokenizer, ids)[1][:chars].strip()
+
+
+def from_validation(tokenizer: "Tokenizer", val_ds, batches: int) -> tuple[TextCounts, str]:
+    """The counts of the ``batches`` validation batches an evaluation scores, and a sample prompt from the first.
+
+    ``val_ds`` yields ``(inputs, targets)``, unshuffled: the same batches at every evaluation. In a
+    multi-worker run this is the chief's share of them (each host reads its own files).
+    """
+    pairs = [(inputs.numpy(), targets.numpy()) for inputs, targets in val_ds.take(batches)]
+    counts = count_text(tokenizer, (targets for _, targets in pairs))
+    return counts, (sample_prompt(tokenizer, pairs[0][0][0]) if pairs else "")
+
+
+class Sampler:
+    """A short continuation of one fixed prompt, made with :func:`model.generate.generate` (compiled once).
+
+    Sampled with the project's default settings (``DEFAULT_SAMPLING``) and a
+    fixed seed, so two evaluations differ only because the model did.
+    """
+
+    def __init__(self, lm, tokenizer: "Tokenizer", prompt: str, *, tokens: int, seed: int) -> None:
+        from model.generate import Generator
+
+        self.lm, self.tokenizer, self.prompt, self.tokens, self.seed = lm, tokenizer, prompt, tokens, seed
+        self.generator = Generator(lm, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
+
+    def __call__(self) -> tuple[str, str]:
+        """``(prompt, continuation)``."""
+        from model.generate import generate
+
+        [sample] = generate(self.lm, self.tokenizer, self.prompt, max_new_tokens=self.tokens, seed=self.seed,
+                            generator=self.generator)
+        return self.prompt, sample.text
+
+
+def run_hparams(cfg: "TrainConfig", model_cfg: "ModelConfig", *, seq_len: int, accum: int, replicas: int,
+                tokenizer: str, parameters: int) -> dict[str, bool | int | float | str]:
+    """The settings the HParams dashboard shows for a run (its values must be bool, int, float or str)."""
+    return {
+        "preset": model_cfg.preset or "custom", "num_layers": model_cfg.num_layers,
+        "hidden_dim": model_cfg.hidden_dim, "num_heads": model_cfg.num_heads,
+        "intermediate_dim": model_cfg.intermediate_dim, "dropout": model_cfg.dropout,
+        "vocab_size": model_cfg.vocab_size, "padded_vocab_size": model_cfg.padded_vocab_size,
+        "parameters": parameters, "tokenizer": tokenizer, "seq_len": seq_len,
+        "batch_tokens": cfg.batch_tokens, "micro_batch": cfg.micro_batch, "accumulation_steps": accum,
+        "replicas": replicas, "strategy": cfg.strategy, "mixed_precision": cfg.mixed_precision,
+        "jit_compile": cfg.jit_compile, "steps": cfg.steps, "schedule": "warmup_cosine",
+        "learning_rate": cfg.learning_rate, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio,
+        "weight_decay": cfg.weight_decay, "beta1": cfg.beta1, "beta2": cfg.beta2, "clip_norm": cfg.clip_norm,
+        "seed": cfg.seed, "init_from": cfg.init_from or "",
+    }
+
+
+def _markdown(text: str) -> str:
+    """``text`` shown as itself by TensorBoard's Markdown text plugin: specials escaped, line breaks kept."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text).replace("\n", "  \n")
+
+
+class TensorBoard:
+    """The chief's summary writers: ``{logdir}``, ``{logdir}/train`` and ``{logdir}/validation``.
+
+    Writes only at log and evaluation steps (what :func:`model.trainer.run_loop`
+    records in ``metrics.jsonl``), never per optimizer step.
+    """
+
+    def __init__(self, logdir: str, *, batch_tokens: int, by_tokens: bool) -> None:
+        import tensorflow as tf
+
+        self.batch_tokens, self.by_tokens = batch_tokens, by_tokens
+        self.root = tf.summary.create_file_writer(logdir)
+        self.runs = {name: tf.summary.create_file_writer(f"{logdir}/{name}") for name in (TRAIN_RUN, VALIDATION_RUN)}
+
+    def hparams(self, values: dict[str, bool | int | float | str]) -> None:
+        """The HParams experiment (settings + the metrics it compares: their last values) and this run's values."""
+        from tensorboard.plugins.hparams import api as hp
+
+        metrics = [hp.Metric("loss", group=TRAIN_RUN, display_name="training loss"),
+                   hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss"),
+                   hp.Metric("bits_per_character", group=VALIDATION_RUN, display_name="validation bits/char"),
+                   hp.Metric("bits_per_byte", group=VALIDATION_RUN, display_name="validation bits/byte")]
+        with self.root.as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
+            hp.hparams(values)
+        self.root.flush()
+
+    def write(self, step: int, record: dict, sample: tuple[str, str] | None = None) -> None:
+        """The scalars of one ``metrics.jsonl`` record (see :data:`TAGS`) and a text sample, at ``step``."""
+        import tensorflow as tf
+
+        for key, (run, tag) in TAGS.items():
+            if record.get(key) is None:
+                continue
+            with self.runs[run].as_default():
+                tf.summary.scalar(tag, record[key], step=step)
+                if self.by_tokens:
+                    tf.summary.scalar(TOKENS_PREFIX + tag, record[key], step=step * self.batch_tokens)
+        if sample is not None:
+            prompt, text = sample
+            shown = f"**{_markdown(prompt)}**{_markdown(text)}" if prompt else _markdown(text)
+            with self.runs[VALIDATION_RUN].as_default():
+                tf.summary.text(SAMPLE_TAG, shown, step=step)
+        for writer in self.runs.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in (self.root, *self.runs.values()):
+            writer.close()
