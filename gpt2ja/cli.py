@@ -13,21 +13,55 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
 from model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pyppmd until an evaluation runs
 from model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
 
+# `gpt2ja --help` lists the commands in the order a pipeline runs them, then the tools around it
+COMMAND_ORDER = ("crawl", "clean", "tokenizer", "shards", "train", "eval", "generate", "score", "export", "run",
+                 "demo", "serve", "serve-mirror", "study", "show", "extract")
+
+
+class PipelineOrder(TyperGroup):
+    """A command group that lists its commands in :data:`COMMAND_ORDER` (click sorts them by name)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"gpt2ja {version('gpt2ja')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("gpt2ja (not installed: pip install -e .)")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="gpt2ja",
+    cls=PipelineOrder,
     help="Train Japanese GPT-2 models end to end: crawl → clean → tokenizer → TFRecord shards → "
          "train → evaluate / generate / export. Every stage reads and writes artifacts under a run root "
          "(a local directory or gs://bucket/prefix).",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
+    """The group's own options (its help text is the Typer's)."""
+
+
 crawl_app = typer.Typer(help="Collect raw Japanese text into {root}/raw/{source}/{crawl_id}/.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(crawl_app, name="crawl")
@@ -347,7 +381,7 @@ def generate(
         print(sample.prompt + sample.text)
 
 
-export_app = typer.Typer(help="Export a trained run to other formats.", no_args_is_help=True, rich_markup_mode=None)
+export_app = typer.Typer(help="Export a trained run (Hugging Face) or a clean corpus (Parquet) to other formats.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(export_app, name="export")
 
 
@@ -396,8 +430,10 @@ def export_parquet_command(
 
 
 @app.command("run")
-def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.")) -> None:
-    """Run the Prefect pipeline crawl → clean → tokenizer → shards from one config (no server needed)."""
+def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.",
+                                                      metavar="CONFIG.yaml")) -> None:
+    """Run the Prefect pipeline of one config: crawl → clean → tokenizer → shards, then train → evaluate →
+    export when the config has those sections; finished stages are skipped (no server needed)."""
     from flows.pipeline import cli_run
 
     cli_run(str(config))
@@ -463,10 +499,69 @@ def serve_mirror(
 
 @app.command()
 def demo(root: str = typer.Option("data/demo", "--root", help="Where the demo writes its artifacts.")) -> None:
-    """Run the pipeline on the bundled Aozora Bunko slice (what exists of it so far)."""
+    """Run the whole pipeline on the bundled Aozora Bunko slice: crawl it from 127.0.0.1, clean, tokenize,
+    shard, train a tiny model for a few minutes, evaluate, sample and export it."""
     from gpt2ja.demo import run_demo
 
     run_demo(root)
+
+
+# Option values as people read them (click would print the Python type: `<list[str]>`)
+URI_OPTIONS = {"root", "out", "run", "data", "corpus", "tokenizer", "init_from", "inputs", "in_", "shards",
+               "clean", "raw", "out_dir"}
+URL_OPTIONS = {"seed", "sitemap", "start_url", "start_urls"}
+METAVARS = {"sets": "KEY=VALUE", "set": "KEY=VALUE", "push_to_hub": "OWNER/NAME", "text": "PATH",
+            "config": "YAML", "prompt": "TEXT"}
+# What people type from other tools' habits, and our name for it: `--lr` is nanoGPT's, `--max-steps` HF's
+ALIASES = {"--lr": "--learning-rate", "--max-steps": "--steps", "--max_steps": "--steps", "--batch-size": "--micro-batch",
+           "--output": "--out", "--output-dir": "--out", "--out-dir": "--out", "--model": "--preset",
+           "--warmup": "--warmup-steps", "--temp": "--temperature", "--topk": "--top-k", "--topp": "--top-p",
+           "--top_k": "--top-k", "--top_p": "--top-p", "--vocab": "--vocab-size", "--in": "--in",
+           "--input": "--in", "--seq-length": "--seq-len", "--context": "--seq-len"}
+
+
+def _metavars(command) -> None:
+    """Give every value option of ``command`` (a click command or group, recursively) a readable metavar.
+
+    Duck-typed: typer ≥ 0.20 runs on its own private copy of click, whose classes are not click's.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        _metavars(sub)
+    for param in command.params:
+        desc = getattr(param, "type_descriptor", None)
+        if getattr(param, "is_flag", True) or param.metavar is not None or desc is None or desc.is_choice:
+            continue  # an argument, a flag, a metavar of its own, or choices (typer lists those itself)
+        name, kind = param.name or "", param.display_type(None).strip("<>").removeprefix("list[")
+        if name in METAVARS:
+            param.metavar = METAVARS[name]
+        elif name in URI_OPTIONS:
+            param.metavar = "URI"
+        elif name in URL_OPTIONS:
+            param.metavar = "URL"
+        elif kind.startswith(("path", "Path", "file")):
+            param.metavar = "PATH"
+        elif kind.startswith("int"):
+            param.metavar = "N"
+        elif kind.startswith("float"):
+            param.metavar = "X"
+        else:
+            param.metavar = "TEXT"
+
+
+def _no_such_option(exc) -> str:
+    """click's NoSuchOption in our words, with the closest real option (and the common aliases)."""
+    import difflib
+
+    ctx = exc.ctx
+    options = sorted({o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts)
+                      if o.startswith("--")})
+    name = exc.option_name
+    guess = ALIASES.get(name.split("=", 1)[0]) if ALIASES.get(name.split("=", 1)[0]) in options else None
+    guess = guess or next(iter(difflib.get_close_matches(name, options, n=1, cutoff=0.6)), None)
+    guess = guess or next((o for o in options if name.lstrip("-") and name.lstrip("-") in o), None)
+    where = f"'{ctx.command_path}'" if ctx else "this command"
+    hint = f"; did you mean {guess}?" if guess else ""
+    return f"{where} has no option {name}{hint} (see '{ctx.command_path if ctx else 'gpt2ja'} --help')"
 
 
 INTERRUPTED = "error: interrupted; rerun the same command to resume (finished work is kept)"
@@ -481,8 +576,10 @@ def main(argv: list[str] | None = None) -> None:
         from infra.lifetime import reap_when_gone
 
         reap_when_gone()  # Prefect's temporary server must not outlive a killed run
+    command = typer.main.get_command(app)
+    _metavars(command)
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = command.main(args=args, prog_name="gpt2ja", standalone_mode=False)
     except Gpt2jaError as exc:  # an error for people, from any command: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
@@ -498,6 +595,9 @@ def main(argv: list[str] | None = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer
             print(exc.format_message())
             raise SystemExit(0) from None
+        if type(exc).__name__ == "NoSuchOption":  # `--lr`: the closest real option, or its name here
+            print(f"error: {_no_such_option(exc)}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)

@@ -95,13 +95,34 @@ def field_path(loc: tuple) -> str:
     return out
 
 
+def _got(e: dict) -> str:
+    return f", got {e['input']!r}" if "input" in e and not isinstance(e["input"], dict) else ""
+
+
+# pydantic's messages ("Input should be greater than or equal to 1") in this project's words
+_OUR_WORDS = {
+    "missing": lambda e: "required but missing",
+    "greater_than_equal": lambda e: f"must be at least {e['ctx']['ge']}{_got(e)}",
+    "greater_than": lambda e: f"must be more than {e['ctx']['gt']}{_got(e)}",
+    "less_than_equal": lambda e: f"must be at most {e['ctx']['le']}{_got(e)}",
+    "less_than": lambda e: f"must be less than {e['ctx']['lt']}{_got(e)}",
+    "int_parsing": lambda e: f"must be a whole number{_got(e)}",
+    "int_from_float": lambda e: f"must be a whole number{_got(e)}",
+    "float_parsing": lambda e: f"must be a number{_got(e)}",
+    "bool_parsing": lambda e: f"must be true or false{_got(e)}",
+    "literal_error": lambda e: f"must be one of {e['ctx']['expected']}{_got(e)}",
+    "string_type": lambda e: f"must be text{_got(e)}",
+    "list_type": lambda e: f"must be a list{_got(e)}",
+    "dict_type": lambda e: f"must be a mapping of settings{_got(e)}",
+    "too_short": lambda e: f"must hold at least {e['ctx']['min_length']} item(s){_got(e)}",
+}
+
+
 def first_problem(err: ValidationError, *, unknown_hint: str = "check its spelling") -> str:
     """The first validation error as ``field: message`` (and how many more there are)."""
     first = err.errors()[0]
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        msg = "required but missing"
-    elif first["type"] == "extra_forbidden":
+    msg = _OUR_WORDS.get(first["type"], lambda e: e["msg"].removeprefix("Value error, "))(first)
+    if first["type"] == "extra_forbidden":
         msg = f"unknown setting ({unknown_hint})"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     field = field_path(first["loc"])

@@ -196,7 +196,7 @@ def test_an_up_to_date_stage_skips_and_a_deleted_shard_is_rebuilt_alone(two_runs
 
 
 @pytest.mark.parametrize("task_runner, expected", [
-    ({"kind": "spark"}, "task_runner.kind: Input should be 'local', 'threads', 'processes' or 'dask'"),
+    ({"kind": "spark"}, "task_runner.kind: must be one of 'local', 'threads', 'processes' or 'dask', got 'spark'"),
     ({"kind": "dask", "address": "10.0.0.5:8786"}, "task_runner.address: '10.0.0.5:8786' is not a Dask scheduler "
                                                    "address; write tcp://host:port"),
     ({"kind": "dask", "address": "tcp://10.0.0.5"}, "is not a Dask scheduler address; write tcp://host:port"),

@@ -89,10 +89,16 @@ def test_extract_txt_file(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["crawl", "aozora", "--bogus"], "No such option: --bogus"),
+    (["crawl", "aozora", "--bogus"], "'gpt2ja crawl aozora' has no option --bogus"),
+    (["train", "--lr", "3e-4"], "has no option --lr; did you mean --learning-rate?"),  # nanoGPT's name
+    (["train", "--data", "d", "--run", "r", "--max-steps", "9"], "did you mean --steps?"),
+    (["clean", "--inn", "x"], "did you mean --in?"),
+    (["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "-1"], "steps: must be at least 1, got -1"),
+    (["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "10"],
+     "warmup_steps 100 must be fewer than steps 10"),
     (["crawl", "aozora"], "Missing option '--start-url'"),
     (["crawl", "aozora", "--start-url", "http://x/", "--max-pages", "-1"], "max_pages"),
-    (["crawl", "web", "--seed", "http://x/", "--polite", "--settings"], "No such option"),
+    (["crawl", "web", "--seed", "http://x/", "--polite", "--settings"], "has no option --settings"),
     (["crawl", "web"], "give at least one start URL"),
     (["crawl", "files", "/no/such/dir"], "is not a directory"),
     (["extract", "/no/such/file.zip"], "/no/such/file.zip"),
@@ -111,8 +117,19 @@ def test_help_reads_well():
     got = gpt2ja("--help")
     assert got.returncode == 0
     assert "crawl → clean → tokenizer → TFRecord shards" in " ".join(got.stdout.split())
+    assert got.stdout.startswith("Usage: gpt2ja ")
+    listed = [line.split()[0] for line in got.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed[:9] == ["crawl", "clean", "tokenizer", "shards", "train", "eval", "generate", "score", "export"]
+    assert "--install-completion" in got.stdout and "--version" in got.stdout
+    assert gpt2ja("-h").stdout == got.stdout
+    assert gpt2ja("--version").stdout.startswith("gpt2ja 0.")
     sub = gpt2ja("crawl", "aozora", "--help")
     assert "--start-url" in sub.stdout and "--no-polite" in sub.stdout
+    for command in (["crawl", "web"], ["train"], ["eval"], ["export", "hf"], ["clean"], ["generate"]):
+        text = gpt2ja(*command, "-h").stdout
+        assert "<" not in text and "list[" not in text, text  # readable values: URI, N, X, KEY=VALUE
+    assert "--data URI" in gpt2ja("train", "-h").stdout and "--set KEY=VALUE" in gpt2ja("clean", "-h").stdout
+    assert "what exists of it so far" not in " ".join(gpt2ja("demo", "-h").stdout.split())
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ VOCAB_BASE = {"root": "r", "source": "s", "corpus": "c", "holdout_author": "æ–°ç
     ({"train_options": {"steps": 5}}, r"train_options steps: not a TrainConfig field the study leaves open"),
     ({"train_options": {"mixed_precision": "fp8"}}, r"train_options.mixed_precision: Input should be 'off', "),
     ({"trian_characters": 5}, r"trian_characters: unknown setting"),
-    ({"holdout_author": None}, r"holdout_author: Input should be a valid string"),
+    ({"holdout_author": None}, r"holdout_author: must be text, got None"),
 ])
 def test_vocab_config_errors_are_one_line(tmp_path, change, message):
     path = _write(tmp_path, {**VOCAB_BASE, **change})
@@ -187,7 +187,7 @@ def test_the_shipped_vocab_config_loads_and_sizes_small_vocabularies_by_coverage
     # 50,000 sentences hold at most 12,442 MeCab-bounded pieces: the 16k MeCab tokenizer samples more
     sentences = {t.name: t.sample_sentences for t in cfg.tokenizers}
     assert sentences["mecab-sp16k"] == 150_000 and sentences["sp16k"] is None
-    with pytest.raises(StudyError, match=r"character_coverage: Input should be greater than 0\.5"):
+    with pytest.raises(StudyError, match=r"character_coverage: must be more than 0\.5, got 0\.1"):
         load_config(_write(tmp_path, {**VOCAB_BASE, "tokenizers": [
             {"name": "sp", "kind": "sentencepiece", "vocab_size": 2000, "character_coverage": 0.1}]}),
             VocabStudyConfig)
@@ -201,7 +201,7 @@ def test_study_commands_print_one_error_line(tmp_path, capsys):
         main(["study", "sampling", "--run", str(tmp_path), "--config", str(bad)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (f"error: config {bad}: methods[0].top_p: "
-                                       "Input should be less than or equal to 1\n")
+                                       "must be at most 1.0, got 1.5\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "vocab", "--config", str(tmp_path / "missing.yaml")])
     assert exit_info.value.code == 2
