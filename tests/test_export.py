@@ -376,7 +376,7 @@ def test_model_card_metadata_parses_and_carries_the_corpus_licence_and_eval(expo
 
 
 def test_nested_baselines_render_too():
-    from model.export import baseline_rows
+    from model.model_card import baseline_rows
 
     assert baseline_rows({"ppmd": {"bits_per_character": 4.5, "bits_per_byte": 1.5}}) == [("ppmd", 4.5, 1.5)]
 
@@ -389,7 +389,7 @@ def test_nested_baselines_render_too():
     ({}, ("unknown", None)),
 ])
 def test_hub_licence_from_the_documents(licences, expected):
-    from model.export import hub_license, license_class
+    from model.model_card import hub_license, license_class
 
     assert hub_license(licences)[:2] == expected
     assert license_class(AOZORA_PD) == "public-domain"
