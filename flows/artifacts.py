@@ -10,11 +10,19 @@ stage publishes a table artifact keyed ``{stage}-{name}`` (lowercase, dashes):
     shards-{dataset}            documents, tokens, examples and dropped tokens per split
     train-{run}                 step, loss, validation loss, learning rate, tokens/s
     train-{run}-loss-curve      Markdown: the loss curve (an embedded PNG)
+    train-{run}-progress        progress (percent of the run's steps), updated in place while it trains
     evaluate-{run}              bits per character, bits per byte, token perplexity, counts, and the
                                 compression baselines (PPMd order 8 alone and primed, gzip, xz)
     samples-{run}               Markdown: the continuations with their sampling settings
     export-{run}                the export's files, size and logit check
     pipeline-{root}             Markdown: the summary :func:`summary` prints
+
+While a run trains, :class:`TrainLive` keeps the UI current: the progress
+artifact at each log step (at most every :data:`PROGRESS_EVERY_S` seconds), and
+a new version of ``train-{run}`` and ``train-{run}-loss-curve`` at each
+evaluation (an artifact created again under its key is a new version; the UI
+shows the latest). :class:`Progress` is the same progress artifact for any long
+task that can report ``(done, total)``.
 
 Example::
 
@@ -25,11 +33,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from infra import storage
 
@@ -97,19 +109,163 @@ def shards(uri: str) -> None:
     table(key("shards", name_of(uri)), rows, f"TFRecord shards {uri} ({c['shards']} files)")
 
 
-def train(run_uri: str) -> None:
-    """The loss per logged step (table) and the loss curve (Markdown with the PNG embedded as a data URI)."""
+def train(run_uri: str, metrics: list[dict] | None = None, *, running: str = "") -> None:
+    """The loss per logged step (table) and the loss curve (Markdown with the PNG embedded as a data URI).
+
+    ``metrics`` default to the run's ``metrics.jsonl``; ``running`` (``"step 500/20,000"``)
+    marks a version published while the run trains (:class:`TrainLive`).
+    """
     from model.evaluate import loss_curve_png, read_metrics
 
-    metrics = read_metrics(run_uri)
+    metrics = read_metrics(run_uri) if metrics is None else metrics
     name = name_of(run_uri)
     cols = ("step", "loss", "val_loss", "lr", "tokens_per_s")
     rows = [{c: (round(m[c], 6) if isinstance(m.get(c), float) else m.get(c)) for c in cols} for m in metrics]
-    table(key("train", name), rows, f"training run {run_uri}: loss per logged step (metrics.jsonl)")
-    png = base64.b64encode(loss_curve_png(metrics, f"{name} (training)")).decode("ascii")
+    so_far = f" (training, at {running})" if running else ""
+    table(key("train", name), rows, f"training run {run_uri}: loss per logged step (metrics.jsonl){so_far}")
+    png = base64.b64encode(loss_curve_png(metrics, f"{name} (training{', ' + running if running else ''})"))
     markdown(key("train", name, "loss-curve"),
-             f"# Loss of {run_uri}\n\n![loss curve](data:image/png;base64,{png})\n\n{_loss_words(metrics)}\n",
-             f"loss curve of {run_uri}")
+             f"# Loss of {run_uri}{so_far}\n\n![loss curve](data:image/png;base64,{png.decode('ascii')})\n\n"
+             f"{_loss_words(metrics)}\n",
+             f"loss curve of {run_uri}{so_far}")
+
+
+# ----------------------------------------------------------------- live: while a stage runs
+
+#: seconds between two updates of a progress artifact (its first value and 100 % are never held back):
+#: one small API call every few seconds costs a training step nothing measurable
+PROGRESS_EVERY_S = 5.0
+#: a run with no evaluation for this long (none configured, or far apart) publishes its table at a log step
+TABLE_EVERY_S = 600.0
+
+log = logging.getLogger("gpt2ja.artifacts")
+
+
+def _warn(what: str, err: Exception) -> None:
+    """A live artifact could not be written: one line in the run's log; the work goes on without it."""
+    line = f"{what}: {type(err).__name__}: {err}; the work goes on without it"
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(line)
+    except Exception:  # noqa: BLE001 - outside a flow or task run
+        log.warning(line)
+
+
+class Progress:
+    """A progress artifact (percent done) that follows a long task in the UI; cheap enough to call at every step.
+
+    Created at ``start`` percent; each call ``progress(done, total)`` sends the new
+    percent when it changed and ``every_s`` (default :data:`PROGRESS_EVERY_S`) seconds
+    have passed since the last update; ``done == total`` (100 %) is always sent. The
+    artifact is updated in place (one artifact, no versions). An update that fails
+    (the API unreachable) is logged once, and the task goes on without further ones.
+
+    Any stage that reports ``(done, total)`` is wired with one line, e.g. for the clean
+    stage's parts::
+
+        progress = Progress(key("clean", name_of(out), "progress"), f"clean {out}: parts done")
+        for i, part in enumerate(parts, 1):
+            ...
+            progress(i, len(parts))
+    """
+
+    def __init__(self, artifact_key: str, description: str, *, start: float = 0.0, every_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.key, self.description = artifact_key, description
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self._clock = clock
+        self._id = None
+        self._sent: float | None = None  # the percent the artifact shows
+        self._sent_at = 0.0
+        self._broken = False
+        self._send(start)
+
+    @property
+    def percent(self) -> float | None:
+        """What the artifact shows (None: it could not be created)."""
+        return self._sent
+
+    def __call__(self, done: float, total: float) -> None:
+        if total <= 0:
+            return
+        percent = round(min(100.0, max(0.0, 100.0 * done / total)), 1)
+        if percent == self._sent or (percent < 100 and self._clock() - self._sent_at < self.every_s):
+            return
+        self._send(percent)
+
+    def finish(self) -> None:
+        """100 %: the task is done (a task that failed keeps the percent it reached)."""
+        if self._sent != 100.0:
+            self._send(100.0)
+
+    def _send(self, percent: float) -> None:
+        if self._broken:
+            return
+        try:
+            if self._id is None:
+                self._id = create_progress_artifact(percent, key=self.key, description=self.description)
+            else:
+                update_progress_artifact(self._id, percent)
+        except Exception as err:  # noqa: BLE001 - the UI's view must never stop the work
+            self._broken = True
+            _warn(f"progress artifact {self.key}", err)
+            return
+        self._sent, self._sent_at = percent, self._clock()
+
+
+class TrainLive:
+    """What the UI shows of a training run while it trains; pass :meth:`on_log` as ``model.train.train``'s ``on_log``.
+
+    * ``train-{run}-progress``: percent of ``steps`` done, from the task's start (a
+      resumed run starts where its ``metrics.jsonl`` ends), updated at the log steps
+      as :class:`Progress` allows; :meth:`finish` sets 100 %.
+    * ``train-{run}`` and ``train-{run}-loss-curve``: a new version at each evaluation
+      (a record with ``val_loss``), and at a log step when :data:`TABLE_EVERY_S` passed
+      without one, from the records so far; the final version is :func:`train`'s.
+
+    Example (what ``flows.stages.train_task`` does)::
+
+        live = TrainLive(run_uri, cfg.steps)
+        model.train.train(cfg, on_log=live.on_log)
+        live.finish()
+    """
+
+    def __init__(self, run_uri: str, steps: int, *, clock: Callable[[], float] = time.monotonic):
+        from model.evaluate import read_metrics
+
+        self.run_uri, self.steps = run_uri, steps
+        self._clock = clock
+        self._metrics = read_metrics(run_uri)  # a resumed run's records (those past its checkpoint go at the 1st log)
+        self._resumed = False
+        self._table_at = clock()
+        self._table_broken = False
+        done = min(self._metrics[-1]["step"], steps) if self._metrics else 0
+        self.progress = Progress(key("train", name_of(run_uri), "progress"),
+                                 f"training run {run_uri}: percent of its {steps:,} steps done",
+                                 start=round(100.0 * done / steps, 1), clock=clock)
+
+    def on_log(self, step: int, record: dict) -> None:
+        if not self._resumed:  # a resumed run rewrote metrics.jsonl up to its checkpoint: drop what came after
+            self._metrics = [m for m in self._metrics if m["step"] < step]
+            self._resumed = True
+        self._metrics.append(record)
+        self.progress(step, self.steps)
+        if "val_loss" in record or self._clock() - self._table_at >= TABLE_EVERY_S:
+            self._table(step)
+
+    def finish(self) -> None:
+        self.progress.finish()
+
+    def _table(self, step: int) -> None:
+        if self._table_broken:
+            return
+        try:
+            train(self.run_uri, self._metrics, running=f"step {step:,}/{self.steps:,}")
+        except Exception as err:  # noqa: BLE001 - the UI's view must never stop the training
+            self._table_broken = True
+            _warn(f"loss table of {self.run_uri} while training", err)
+        self._table_at = self._clock()
 
 
 def evaluation(eval_uri: str) -> None:

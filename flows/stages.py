@@ -279,12 +279,19 @@ def shards_flow(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsS
 
 @task(cache_policy=NO_CACHE, task_run_name="train")
 def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  # type: ignore[valid-type]
-    """``model.train.train``; its progress lines (loss, tokens/s, ETA) go to the run's log."""
+    """``model.train.train``; its progress lines (loss, tokens/s, ETA) go to the run's log.
+
+    While it trains the UI shows its progress artifact and, at each evaluation, its
+    loss table and curve so far (:class:`flows.artifacts.TrainLive`).
+    """
     from model.train import train
 
     before = _created(run_uri)  # train() itself refuses a run that was started on other shards
-    _call("train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info)
+    live = artifacts.TrainLive(run_uri, settings.steps)
+    _call("train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info,
+          on_log=live.on_log)
     result = _outcome("train", run_uri, before)
+    live.finish()
     artifacts.train(run_uri)
     return result
 
