@@ -44,7 +44,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ from corpus.split import SPLITS, SplitConfig, split_of
 from infra import storage
 from infra.errors import Gpt2jaError
 from infra.lifetime import die_with_parent
+from infra.progress import progress
 from infra.stage import require, run_stage
 
 logger = logging.getLogger("gpt2ja.clean")
@@ -237,13 +238,22 @@ def load_records(work: str, index: int) -> list[DedupRecord]:
     return out
 
 
-def find_duplicates(work: str, indices: list[int], cfg: DedupConfig) -> tuple[dict, list[dict], dict]:
+def find_duplicates(work: str, indices: list[int], cfg: DedupConfig,
+                    expected: int | None = None) -> tuple[dict, list[dict], dict]:
+    """Phase 2 over the records of parts ``indices``; ``expected`` (their count) sizes the progress bar."""
+    with progress(expected, "clean: dedup", "docs") as bar:
+        return _find_duplicates(work, indices, cfg, bar)
+
+
+def _find_duplicates(work: str, indices: list[int], cfg: DedupConfig, bar) -> tuple[dict, list[dict], dict]:
     records = [rec for i in indices for rec in load_records(work, i)]
     records.sort(key=lambda r: (r.priority, r.key))  # oldest first: the copy a corpus already had is kept
+    bar.update(total=len(records))
     dedup = Deduplicator(cfg)
     dropped = {}
     first_with_id: dict[str, str] = {}
     for rec in records:
+        bar.advance()
         doc_id = rec.meta["id"]
         if doc_id in first_with_id:  # the same URL in two crawls: the older fetch stays
             dropped[rec.key] = ("duplicate_id", first_with_id[doc_id])
@@ -308,20 +318,48 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
 
 
-def pool_map(workers: int) -> MapParts:
+def pool_map(workers: int) -> "PoolMap":
     """The default :data:`MapParts`: a spawn process pool of up to ``workers`` processes per phase.
 
     Example::
 
         pool_map(2)(len, ["ab", "c"], ["a", "b"])   # [2, 1]
     """
-    def run(fn: Callable[[Any], Any], items: list, names: list[str]) -> list:
+    return PoolMap(workers)
+
+
+class PoolMap:
+    """:func:`pool_map`'s mapper. It also takes ``on_done(result)``, called in this (the parent)
+    process as each item finishes, in completion order: the stage's progress advances from
+    there, never from the workers."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def __call__(self, fn: Callable[[Any], Any], items: list, names: list[str],
+                 on_done: Callable[[Any], None] | None = None) -> list:
         if not items:
             return []
-        with _pool(min(workers, len(items))) as pool:
-            return list(pool.map(fn, items))
+        results: list = [None] * len(items)
+        with _pool(min(self.workers, len(items))) as pool:
+            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_done is not None:
+                    on_done(results[futures[future]])
+        return results
 
-    return run
+
+def _map_with_progress(map_parts: MapParts, fn: Callable[[Any], Any], items: list, names: list[str],
+                       on_done: Callable[[Any], None]) -> list:
+    """``map_parts(fn, items, names)``, calling ``on_done`` per result: as each finishes when the
+    mapper can say so (:class:`PoolMap`), else once all have (a Prefect or Dask mapper)."""
+    if isinstance(map_parts, PoolMap):
+        return map_parts(fn, items, names, on_done=on_done)
+    results = map_parts(fn, items, names)
+    for result in results:
+        on_done(result)
+    return results
 
 
 def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
@@ -358,18 +396,30 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
     cfg_json = cfg.model_dump_json()
     todo = [(i, uri, cfg_json, work) for i, uri in enumerate(parts)
             if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
+    sizes = {storage.join(uri, f["path"]): f.get("bytes", 0) for uri, m in zip(cfg.inputs, manifests)
+             for f in m.get("files", [])}
     t1 = time.time()
-    if todo:  # the parts' results are read back from their completion records, in part order
-        map_parts(process_part, todo, [f"filter-{job[0]:05d}" for job in todo])
+    # progress advances here, in the parent, as each part's worker finishes (workers never draw)
+    with progress(len(parts), "clean: filter", "parts") as bar:
+        bar.advance(len(parts) - len(todo))  # finished by an earlier, interrupted run
+        if todo:  # the parts' results are read back from their completion records, in part order
+            _map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
+                               lambda r: bar.advance(1, docs=r["docs_in"], kept=r["docs_kept"],
+                                                     **({"bytes": sizes[r["source_uri"]]}
+                                                        if r["source_uri"] in sizes else {})))
     results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
     t2 = time.time()
-    dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup)
+    dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup,
+                                                     sum(r["docs_kept"] for r in results))
     t3 = time.time()
     by_part: dict[int, list[str]] = {i: [] for i in range(len(parts))}
     for key in dropped:
         by_part[int(key.split(":")[0])].append(key)
     jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in range(len(parts))]
-    split_counts = map_parts(write_part, jobs, [f"write-{i:05d}" for i in range(len(parts))])
+    with progress(len(parts), "clean: write", "parts") as bar:
+        split_counts = _map_with_progress(
+            map_parts, write_part, jobs, [f"write-{i:05d}" for i in range(len(parts))],
+            lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())))
     t4 = time.time()
 
     from corpus.report import write_report

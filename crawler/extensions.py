@@ -21,13 +21,24 @@ logger = logging.getLogger("gpt2ja.crawl")
 
 
 class ProgressLine:
-    """Every ``GPT2JA_PROGRESS_INTERVAL`` seconds: pages, documents, drops and the page rate."""
+    """The crawl's one status line: pages, documents, drops and the page rate.
+
+    On a terminal (:func:`infra.progress.mode` says ``bar``) it is one live line,
+    redrawn in place; elsewhere a plain line every ``GPT2JA_PROGRESS_INTERVAL``
+    seconds (``crawl aozora: 403 pages, 12 docs, 373 dropped, 121.0 pages/s``;
+    :func:`crawler.runner.crawl_in_subprocess` echoes those). An interval of 0,
+    or ``GPT2JA_PROGRESS=0``, turns both off. At the end, always: the last line
+    with the drops by reason, and where the log with every drop is.
+    """
 
     def __init__(self, crawler, interval: float):
         self.crawler = crawler
         self.interval = interval
+        self.log_file = crawler.settings.get("LOG_FILE")
         self.started = time.monotonic()
         self.loop: task.LoopingCall | None = None
+        self.live = None    # the infra.progress context while a live line is shown
+        self.bar = None
         crawler.signals.connect(self.opened, signal=signals.spider_opened)
         crawler.signals.connect(self.closed, signal=signals.spider_closed)
 
@@ -36,18 +47,32 @@ class ProgressLine:
         return cls(crawler, crawler.settings.getfloat("GPT2JA_PROGRESS_INTERVAL", 10.0))
 
     def opened(self, spider):
+        from infra.progress import mode, progress
+
         self.started = time.monotonic()
-        if self.interval > 0:
+        how = mode() if self.interval > 0 else "off"
+        if how == "bar":
+            self.live = progress(None, f"crawl {spider.name}", "pages")
+            self.bar = self.live.__enter__()
+            self.loop = task.LoopingCall(self.refresh)
+            self.loop.start(0.25, now=True)
+        elif how == "plain":
             self.loop = task.LoopingCall(self.report, spider)
             self.loop.start(self.interval, now=False)
 
-    def line(self, spider) -> str:
+    def counts(self) -> tuple[int, int, dict[str, int]]:
         stats = self.crawler.stats.get_stats()
-        pages = stats.get("response_received_count", 0)
-        docs = stats.get("item_scraped_count", 0)
-        dropped = sum(accounting.drops(stats).values())
+        return (stats.get("response_received_count", 0), stats.get("item_scraped_count", 0),
+                accounting.drops(stats))
+
+    def line(self, spider) -> str:
+        pages, docs, drops = self.counts()
         rate = pages / max(time.monotonic() - self.started, 1e-9)
-        return f"crawl {spider.name}: {pages} pages, {docs} docs, {dropped} dropped, {rate:.1f} pages/s"
+        return f"crawl {spider.name}: {pages} pages, {docs} docs, {sum(drops.values())} dropped, {rate:.1f} pages/s"
+
+    def refresh(self):
+        pages, docs, drops = self.counts()
+        self.bar.update(pages, info=f"{docs:,} docs, {sum(drops.values()):,} dropped")
 
     def report(self, spider):
         print(self.line(spider), file=sys.stderr, flush=True)
@@ -55,7 +80,18 @@ class ProgressLine:
     def closed(self, spider, reason):
         if self.loop is not None and self.loop.running:
             self.loop.stop()
+        if self.live is not None:
+            self.refresh()
+            self.live.__exit__(None, None, None)
+            self.live = None
+        _, _, drops = self.counts()
+        by_reason = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])))
         print(self.line(spider) + f" (closed: {reason})", file=sys.stderr, flush=True)
+        if by_reason:
+            print(f"crawl {spider.name}: dropped by reason: {by_reason}", file=sys.stderr, flush=True)
+        if self.log_file:
+            print(f"crawl {spider.name}: log (every drop, Scrapy's messages): {self.log_file}", file=sys.stderr,
+                  flush=True)
 
 
 #: the manifest of each crawl that finished in this process, by output URI (a crawl runs once per process)

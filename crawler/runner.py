@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -105,6 +106,21 @@ class CrawlConfig(BaseModel):
         digest = hashlib.sha256(self.out_uri.encode()).hexdigest()[:12]
         return os.path.join(".gpt2ja-state", "crawl", f"{self.source}-{self.crawl_id}-{digest}")
 
+    @property
+    def log_path(self) -> str:
+        """The crawl's log (every drop, Scrapy's own messages), kept outside the artifact and its state.
+
+        ``{root}/logs/crawl/{source}-{crawl_id}.log`` for a local root (the stage
+        contract prunes unlisted files inside the output, and a fresh crawl
+        deletes its state); beside the local state for gs:// roots. Sessions of
+        one crawl append to it.
+        """
+        local = storage.local_path(self.root)
+        if local is not None:
+            return os.path.join(local, "logs", "crawl", f"{self.source}-{self.crawl_id}.log")
+        digest = hashlib.sha256(self.out_uri.encode()).hexdigest()[:12]
+        return os.path.join(".gpt2ja-state", "logs", "crawl", f"{self.source}-{self.crawl_id}-{digest}.log")
+
     def fingerprint_config(self) -> dict:
         """What defines the crawl's output: not where state lives, how chatty it is, nor the
         page limit of one session (raising it continues the same crawl)."""
@@ -120,6 +136,9 @@ def scrapy_settings(cfg: CrawlConfig) -> dict:
         "GPT2JA_PART_DOCS": cfg.part_docs,
         "GPT2JA_MIN_CHARS": cfg.min_chars,
         "GPT2JA_PROGRESS_INTERVAL": cfg.progress_interval,
+        # Scrapy's own log (settings, middlewares, each drop, stats) goes to a file, not the terminal
+        "LOG_FILE": cfg.log_path,
+        "LOG_FILE_APPEND": True,
         "GPT2JA_MIN_KANA_RATIO": cfg.min_kana_ratio,
         "GPT2JA_URL_ALIAS": dict(cfg.url_alias),
         "JOBDIR": os.path.join(cfg.state_path, "jobdir"),
@@ -178,17 +197,25 @@ def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
         settings = Settings()
         settings.setmodule(defaults, priority="project")
         settings.setdict({**scrapy_settings(cfg), **_after_a_kill(cfg, where)}, priority="cmdline")
+        if fresh:  # a crawl from scratch: its log too
+            settings.set("LOG_FILE_APPEND", False, priority="cmdline")
+        os.makedirs(os.path.dirname(cfg.log_path) or ".", exist_ok=True)
         with open(os.path.join(cfg.state_path, extensions.RUNNING), "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid()}, f)
-        process = CrawlerProcess(settings)
-        process.crawl(cfg.source, **spider_kwargs(cfg))
-        process.start()
+        errors = _ErrorsToStderr()  # the log file has everything; errors are shown as well
+        logging.getLogger().addHandler(errors)
+        try:
+            process = CrawlerProcess(settings)
+            process.crawl(cfg.source, **spider_kwargs(cfg))
+            process.start()
+        finally:
+            logging.getLogger().removeHandler(errors)
         if cfg.out_uri in extensions.FAILED:  # its seen requests failed: forget them, so a rerun tries again
             shutil.rmtree(os.path.join(cfg.state_path, "jobdir"), ignore_errors=True)
             raise CrawlError(f"{where}: {extensions.FAILED.pop(cfg.out_uri)}")
         manifest = extensions.FINISHED.pop(cfg.out_uri, None)
         if manifest is None:
-            raise CrawlError(f"{where} stopped before its end (see the log above); rerun the same command to "
+            raise CrawlError(f"{where} stopped before its end (see {cfg.log_path}); rerun the same command to "
                              "resume it")
         return manifest
 
@@ -198,6 +225,23 @@ def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
     if outcome.skipped:
         print(f"{where}: already complete in {cfg.out_uri} (manifest matches); skipped", file=sys.stderr)
     return cfg.out_uri
+
+
+class _ErrorsToStderr(logging.StreamHandler):
+    """ERROR records on whatever ``sys.stderr`` is at the time (a live status line may have wrapped it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it once; the current sys.stderr is used instead
+        pass
 
 
 def _after_a_kill(cfg: CrawlConfig, where: str) -> dict:
@@ -230,9 +274,10 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
                         show_progress: bool = False, fresh: bool = False) -> str:
     """Run the crawl in a fresh Python process (the reactor cannot restart); returns the output URI.
 
-    The child's log is read line by line (never left to fill a pipe); with
-    ``show_progress`` its progress lines are echoed to stderr. Raises
-    RuntimeError with the crawl's last log lines when the process fails.
+    The child's output (its status lines and errors; Scrapy's log goes to
+    :attr:`CrawlConfig.log_path`) is read line by line (never left to fill a
+    pipe); with ``show_progress`` its progress lines are echoed to stderr.
+    Raises RuntimeError with the last lines and the log's path when the process fails.
     """
     import collections
     import threading
@@ -266,7 +311,8 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
         if proc.returncode == 1 and said:  # a refusal for people (a held lock, an unfinished crawl): no retry helps
             raise CrawlError(said[-1].removeprefix("error: "))
         lines = "\n".join(tail)
-        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}):\n{lines}")
+        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}; its log: "
+                           f"{cfg.log_path}):\n{lines}")
     return cfg.out_uri
 
 

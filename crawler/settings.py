@@ -5,6 +5,8 @@ local mirror (``127.0.0.1``) may turn the delays off through
 :class:`crawler.runner.CrawlConfig` (``polite=False``); nothing else changes.
 """
 
+from scrapy.settings import default_settings as _scrapy_defaults
+
 from gpt2ja import __version__
 
 BOT_NAME = "gpt2ja"
@@ -19,7 +21,12 @@ ROBOTSTXT_OBEY = True
 CONCURRENT_REQUESTS = 8
 CONCURRENT_REQUESTS_PER_DOMAIN = 1
 DOWNLOAD_DELAY = 1.0                 # seconds between requests to one domain, at least
-RANDOMIZE_DOWNLOAD_DELAY = False  # randomising would go below 1 s half the time
+# Never randomised: a random factor would go below 1 s half the time. Scrapy ≥ 2.14 names this
+# DOWNLOAD_DELAY_JITTER (and warns about the old name); older ones RANDOMIZE_DOWNLOAD_DELAY.
+if hasattr(_scrapy_defaults, "DOWNLOAD_DELAY_JITTER"):
+    DOWNLOAD_DELAY_JITTER = 0
+else:
+    RANDOMIZE_DOWNLOAD_DELAY = False
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_START_DELAY = 1.0
 AUTOTHROTTLE_MAX_DELAY = 30.0

@@ -41,12 +41,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from infra import stage, storage
+from infra.progress import progress
 from model import baselines
 from model.presets import ModelError
 
@@ -107,8 +109,11 @@ class _Scorer:
 
         self.fn = logprobs
 
-    def run(self, wins: list[Window]) -> list[np.ndarray]:
-        """Per window, the log-probabilities (nats) of its targets (0 where not scored)."""
+    def run(self, wins: list[Window], advance: Callable[..., Any] | None = None) -> list[np.ndarray]:
+        """Per window, the log-probabilities (nats) of its targets (0 where not scored).
+
+        ``advance(n, tokens=…)`` is called after each batch (a progress bar's).
+        """
         out = []
         for i in range(0, len(wins), self.batch_size):
             chunk = wins[i:i + self.batch_size]
@@ -119,6 +124,8 @@ class _Scorer:
                 targets[row, :len(w.targets)] = w.targets
             lp = self.fn(inputs, targets).numpy().astype(np.float64)
             out.extend(lp[row, :len(w.targets)] for row, w in enumerate(chunk))
+            if advance is not None:
+                advance(len(chunk), tokens=sum(t >= 0 for w in chunk for t in w.targets))
         return out
 
 
@@ -131,14 +138,22 @@ def _context_and_stride(lm, context: int | None, stride: int | None) -> tuple[in
 
 
 def token_logprobs(lm, tokenizer, texts: Sequence[str], *, context: int | None = None, stride: int | None = None,
-                   batch_size: int = 8) -> list[tuple[list[int], np.ndarray]]:
-    """For each text, its token ids and each token's log-probability (nats) under sliding-window scoring."""
+                   batch_size: int = 8, show: str | None = None) -> list[tuple[list[int], np.ndarray]]:
+    """For each text, its token ids and each token's log-probability (nats) under sliding-window scoring.
+
+    ``show``: a label for a progress bar over the windows (None: no bar).
+    """
     context, stride = _context_and_stride(lm, context, stride)
     seqs = [[tokenizer.eos_id] + tokenizer.encode(t) for t in texts]
     wins = [w for i, seq in enumerate(seqs) for w in windows(seq, context, stride, i)]
     scorer = _Scorer(lm, tokenizer.vocab_size, context, batch_size)
     per_text: list[list[float]] = [[] for _ in seqs]
-    for w, lp in zip(wins, scorer.run(wins)):
+    if show is None:
+        scored = scorer.run(wins)
+    else:  # the first batch also compiles the forward pass: the bar waits at 0 meanwhile
+        with progress(len(wins), show, "windows") as bar:
+            scored = scorer.run(wins, bar.advance)
+    for w, lp in zip(wins, scored):
         per_text[w.text].extend(float(v) for v, t in zip(lp, w.targets) if t >= 0)
     return [(seq[1:], np.asarray(lp, np.float64)) for seq, lp in zip(seqs, per_text)]
 
@@ -152,7 +167,8 @@ def bits_per_character(lm, tokenizer, texts: Sequence[str], *, context: int | No
     bits / len(text.encode("utf-8"))``; ``token_perplexity = exp(NLL / tokens)``.
     """
     context, stride = _context_and_stride(lm, context, stride)
-    scored = token_logprobs(lm, tokenizer, texts, context=context, stride=stride, batch_size=batch_size)
+    scored = token_logprobs(lm, tokenizer, texts, context=context, stride=stride, batch_size=batch_size,
+                            show="eval: score")
     nats = -sum(float(lp.sum()) for _, lp in scored)
     tokens = sum(len(ids) for ids, _ in scored)
     chars = sum(len(t) for t in texts)
@@ -225,10 +241,12 @@ def with_baselines(result: dict, run_uri: str, texts: Sequence[str],
     training split (0: not primed) and the evaluated texts are kept out of
     that sample.
     """
-    prime = baselines.training_sample(run_uri, prime_chars, exclude=texts)
-    if prime.text is None:
-        log.warning("evaluation of %s: no primed PPMd figure: %s", run_uri, prime.missing)
-    figures = baselines.compression_baselines("".join(texts), prime)
+    with progress(None, "eval: compression baselines", "texts") as bar:
+        bar.update(info="PPMd order 8, gzip, xz (C calls: no progress of their own)")
+        prime = baselines.training_sample(run_uri, prime_chars, exclude=texts)
+        if prime.text is None:
+            log.warning("evaluation of %s: no primed PPMd figure: %s", run_uri, prime.missing)
+        figures = baselines.compression_baselines("".join(texts), prime)
     return {**result, "baselines": baselines.compare(result.get("bits_per_character"), figures)}
 
 

@@ -52,8 +52,8 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
@@ -65,6 +65,7 @@ from corpus.split import SPLITS
 from infra import storage
 from infra.errors import Gpt2jaError
 from infra.lifetime import die_with_parent
+from infra.progress import progress
 from infra.stage import input_uri, require, run_stage, scratch_dir
 
 log = logging.getLogger("gpt2ja.shards")
@@ -325,29 +326,14 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
         done = {key: rec for key in sorted(expected) if (rec := _valid_record(out_uri, *key, fp)) is not None}
         todo = sorted(expected - set(done))
         t0 = time.monotonic()
-        if todo:
-            job = {"tokenizer": tok, "config": config, "out": out_uri,
-                   "corpus": corpus_uri, "fingerprint": fp}
-            workers = min(cfg.workers, len(todo))
-            jobs = [{**job, "tasks": todo[w::workers]} for w in range(workers)]
-            if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
-                results = map_parts(_build, [{**job, "tasks": [key]} for key in todo],
-                                    [f"{split}-{index:05d}" for split, index in todo])
-            elif workers == 1:
-                results = [_build(jobs[0])]
-            else:
-                # spawn, not fork: a forked child would share the parent's GCS client and its threads
-                ctx = multiprocessing.get_context("spawn")
-                try:
-                    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                             initializer=die_with_parent) as pool:  # no orphans after a kill
-                        results = list(pool.map(_build, jobs))
-                except BrokenProcessPool:
-                    raise ShardsError(f"shards {out_uri}: a worker process died (killed for memory?); rerun the "
-                                      "same command with fewer workers: finished shards are kept") from None
-            for records in results:
+        with progress(len(expected), "shards: encode", "shards") as bar:
+            bar.advance(len(done))  # finished by an earlier, interrupted run
+            for records in _run_jobs(todo, {"tokenizer": tok, "config": config, "out": out_uri,
+                                            "corpus": corpus_uri, "fingerprint": fp}, cfg.workers, map_parts):
                 for rec in records:
                     done[(rec["split"], rec["index"])] = rec
+                bar.advance(len(records), tokens=sum(r["tokens"] for r in records),
+                            examples=sum(r["examples"] for r in records))
         build_s = time.monotonic() - t0
 
         records = [done[key] for key in sorted(expected, key=lambda k: (SPLITS.index(k[0]), k[1]))]
@@ -384,6 +370,41 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
     if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
     return out_uri, did
+
+
+def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: MapParts | None) -> Iterator[list[dict]]:
+    """Build the shards ``todo``; yields each finished job's completion records, in this (the parent) process.
+
+    A local job is one split's share of the shards of one worker (each reads that
+    split's stream once): the validation shards finish early, and each worker's
+    train shards as soon as that worker is done. With ``map_parts``, one call per
+    shard; its results arrive together.
+    """
+    if not todo:
+        return
+    if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
+        yield from map_parts(_build, [{**job, "tasks": [key]} for key in todo],
+                             [f"{split}-{index:05d}" for split, index in todo])
+        return
+    jobs = []
+    for split in SPLITS:
+        mine = [key for key in todo if key[0] == split]
+        n = min(workers, len(mine))
+        jobs += [{**job, "tasks": mine[w::n]} for w in range(n)]
+    if min(workers, len(todo)) == 1:
+        for one in jobs:
+            yield _build(one)
+        return
+    # spawn, not fork: a forked child would share the parent's GCS client and its threads
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                 initializer=die_with_parent) as pool:  # no orphans after a kill
+            for future in as_completed([pool.submit(_build, one) for one in jobs]):
+                yield future.result()
+    except BrokenProcessPool:
+        raise ShardsError(f"shards {job['out']}: a worker process died (killed for memory?); rerun the "
+                          "same command with fewer workers: finished shards are kept") from None
 
 
 def _require_documents(corpus_uri: str, split: str) -> None:

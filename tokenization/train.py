@@ -39,11 +39,12 @@ import random
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from corpus.jsonl import list_parts, read_documents
 from infra import storage
+from infra.progress import progress
 from infra.stage import require, run_stage
 from tokenization.tokenizer import KINDS, Tokenizer, TokenizerError, tokenizer_class
 
@@ -200,11 +201,13 @@ def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manife
             raise _empty(corpus_uri, "has no text in its train split")
         tok = cls(**provenance)
     else:
-        model, counts, timings = _train_sentencepiece(train_dir, config, corpus_uri, where)
+        model, counts, timings = _train_sentencepiece(train_dir, config, corpus_uri, corpus_manifest, where)
         tok = cls(model, **provenance)
     timings["training_s"] = sum(timings.values())
     t0 = time.monotonic()
-    validation = evaluate(tok, storage.join(corpus_uri, "validation"), num_threads=config.get("num_threads", 1))
+    with progress(_split_documents(corpus_manifest, "validation"), "tokenizer: validation", "docs") as bar:
+        validation = evaluate(tok, storage.join(corpus_uri, "validation"), num_threads=config.get("num_threads", 1),
+                              on_document=bar.advance)
     timings["validation_s"] = time.monotonic() - t0
     tok.stats = {
         "chars_per_token": validation["chars_per_token"],
@@ -221,14 +224,16 @@ def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manife
     return tok.write_files(out_uri)
 
 
-def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: str) -> tuple[bytes, dict, dict]:
+def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, corpus_manifest: dict,
+                         where: str) -> tuple[bytes, dict, dict]:
     """Sample, (segment,) check the vocab size, train: the model bytes, counts and timings."""
     from tokenization.spm import train_model
 
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=f"gpt2ja-tok_train-{os.getpid()}-") as tmp:
         t0 = time.monotonic()
-        sample, counts = _sample(read_documents(train_dir), config)
+        with progress(_split_documents(corpus_manifest, "train"), "tokenizer: sample", "docs") as bar:
+            sample, counts = _sample(_counted(read_documents(train_dir), bar), config)
         if not sample:
             raise _empty(corpus_uri, f"has no text in its train split ({counts['train_documents']} documents)")
         timings["sample_s"] = time.monotonic() - t0
@@ -241,10 +246,13 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: s
             segmenter, delimiter = Segmenter(), DELIMITER
         chars: Counter = Counter()  # for the vocab-size check, as sentencepiece counts them
         sample_path = os.path.join(tmp, "sentences.txt")
-        with open(sample_path, "w", encoding="utf-8") as f:
+        step = "segment (MeCab) and write" if segmenter else "write"
+        with open(sample_path, "w", encoding="utf-8") as f, \
+                progress(len(sample), f"tokenizer: {step} the sample", "sentences") as bar:
             for sentence in sample:
                 chars.update(sentence)
                 f.write((segmenter.segment(sentence) if segmenter else sentence) + "\n")
+                bar.advance()
         del sample
         if segmenter:
             timings["mecab_s"] = time.monotonic() - t0
@@ -253,14 +261,31 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, where: s
         _check_vocab(config, chars, corpus_uri, where)
 
         t0 = time.monotonic()
-        model = train_model(
-            sample_path, where=f"{where} (corpus {corpus_uri})",
-            vocab_size=config["vocab_size"], model_type=config["model_type"],
-            character_coverage=config["character_coverage"], num_threads=config["num_threads"],
-            max_sentence_length=8 * config["max_sentence_chars"], pretokenization_delimiter=delimiter,
-        )
+        # sentencepiece trains in one C++ call that reports nothing: a spinner and the elapsed time
+        with progress(None, f"tokenizer: sentencepiece {config['model_type']} training", "steps") as bar:
+            bar.update(info=f"{counts['sampled_sentences']:,} sentences, vocab "
+                            f"{config['vocab_size']:,} (one C++ call: no progress of its own)")
+            model = train_model(
+                sample_path, where=f"{where} (corpus {corpus_uri})",
+                vocab_size=config["vocab_size"], model_type=config["model_type"],
+                character_coverage=config["character_coverage"], num_threads=config["num_threads"],
+                max_sentence_length=8 * config["max_sentence_chars"], pretokenization_delimiter=delimiter,
+            )
         timings["sentencepiece_s"] = time.monotonic() - t0
     return model, counts, timings
+
+
+def _split_documents(corpus_manifest: dict, split: str) -> int | None:
+    """The documents of a corpus split, from its manifest (None when it does not say: a spinner then)."""
+    n = ((corpus_manifest.get("counts") or {}).get("splits") or {}).get(split, {}).get("documents")
+    return n if isinstance(n, int) else None
+
+
+def _counted(docs: Iterable, bar) -> Iterator:
+    """``docs``, advancing ``bar`` by one document and its UTF-8 bytes each."""
+    for doc in docs:
+        bar.advance(1, bytes=len(doc.text.encode("utf-8")))
+        yield doc
 
 
 def _corpus_manifest(corpus_uri: str) -> dict:
@@ -301,11 +326,13 @@ def _check_vocab(config: dict, chars: Counter, corpus_uri: str, where: str) -> N
 # ----------------------------------------------------------------- evaluation
 
 
-def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1) -> dict[str, Any]:
+def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1,
+             on_document: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Characters (and UTF-8 bytes) per token over every document of ``split_uri``.
 
     ``byte_fallback_tokens`` counts byte pieces (text the vocabulary does not
     cover); ``chars_per_token`` is None for an empty or missing split.
+    ``on_document()`` is called per document read (a progress bar's advance).
     """
     byte_ids = getattr(tok, "byte_ids", None)
     documents = characters = nbytes = tokens = fallback = 0
@@ -321,6 +348,8 @@ def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1) -> dict[str, 
         batch.clear()
 
     for doc in read_documents(split_uri):
+        if on_document is not None:
+            on_document()
         documents += 1
         characters += len(doc.text)
         nbytes += len(doc.text.encode("utf-8"))
