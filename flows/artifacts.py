@@ -32,13 +32,14 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
@@ -54,6 +55,33 @@ def key(*parts: str) -> str:
 def name_of(uri: str) -> str:
     """The last path segment of an artifact URI (``data/runs/tiny-demo`` → ``tiny-demo``)."""
     return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+@contextlib.contextmanager
+def stage_progress(stage: str, out: str) -> Iterator[None]:
+    """Follow a data stage's phases in the UI: one progress artifact per phase while the block runs.
+
+    The stage reports through :mod:`infra.progress` (its bars and lines); each phase
+    with a known total (``clean: filter``, ``clean: dedup``, ``shards: encode``…)
+    becomes the artifact ``{stage}-{name}-progress-{phase}``, throttled as
+    :class:`Progress` is. Phases that ended are set to 100 % when the block ends.
+    """
+    from infra import progress as infra_progress
+
+    trackers: dict[str, Progress] = {}
+
+    def listen(desc: str, done: int, total: int | None) -> None:
+        if not total:
+            return
+        phase = key(desc.split(":", 1)[-1]) or "work"
+        if phase not in trackers:
+            trackers[phase] = Progress(key(stage, name_of(out), "progress", phase), f"{stage} {out}: {desc}")
+        trackers[phase](done, total)
+
+    with infra_progress.listening(listen):
+        yield
+    for tracker in trackers.values():
+        tracker.finish()
 
 
 def table(artifact_key: str, rows: list[dict], description: str) -> None:

@@ -218,7 +218,8 @@ def clean_task(inputs: list[str], out: str, settings: CleanSection) -> dict:  # 
     from corpus.clean import run_clean
 
     before = _created(out)
-    with _parts_on("clean", settings.task_runner, settings.workers) as map_parts:
+    with _parts_on("clean", settings.task_runner, settings.workers) as map_parts, \
+            artifacts.stage_progress("clean", out):
         _call("clean", run_clean, settings.clean_config(inputs, out), map_parts=map_parts)
     result = _outcome("clean", out, before)
     artifacts.clean(out)
@@ -261,7 +262,8 @@ def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsS
     from tokenization.shards import write_shards
 
     before = _created(out)
-    with _parts_on("shards", settings.task_runner, settings.workers) as map_parts:
+    with _parts_on("shards", settings.task_runner, settings.workers) as map_parts, \
+            artifacts.stage_progress("shards", out):
         _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings.shards_config(), map_parts=map_parts)
     result = _outcome("shards", out, before)
     artifacts.shards(out)

@@ -49,6 +49,32 @@ _OFF_WORDS = ("0", "off", "false", "no", "none")
 _warned: set[str] = set()
 _live = None                # the rich Progress on screen now (a nested bar joins it as another row)
 _live_lock = threading.Lock()
+_listeners: list[Callable[[str, int, int | None], None]] = []  # see listening()
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[str, int, "int | None"], None]) -> Iterator[None]:
+    """Call ``listener(desc, done, total)`` at every update of any progress in this process while the block runs.
+
+    How the flows follow a stage that knows nothing of Prefect: the clean and
+    shards tasks turn these calls into Prefect progress artifacts
+    (:func:`flows.artifacts.stage_progress`). A listener that raises is dropped.
+    """
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _listeners.remove(listener)
+
+
+def _tell(desc: str, done: int, total: int | None) -> None:
+    for listener in list(_listeners):
+        try:
+            listener(desc, done, total)
+        except Exception:  # noqa: BLE001 - progress never fails a stage
+            with contextlib.suppress(ValueError):
+                _listeners.remove(listener)
 
 
 def mode(stream=None) -> str:
@@ -162,6 +188,8 @@ class Progress:
         self._changed(force=True)
 
     def _changed(self, force: bool = False) -> None:
+        if _listeners:
+            _tell(self.desc, self.done, self.total)
         complete = self.total is not None and self.done >= self.total
         if complete != (self._finished is not None):
             self._finished = time.monotonic() if complete else None

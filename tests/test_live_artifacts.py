@@ -155,3 +155,29 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
     assert len(curves) == 3
     # one task run made them all: the UI lists them under the run
     assert len({a.task_run_id for a in [progress, *tables, *curves]}) == 1
+
+
+@pytest.mark.slow
+def test_a_data_stage_shows_its_phases_as_progress_artifacts(prefect_harness, tmp_path):
+    """The clean flow's phases (filter, dedup, write), reported through infra.progress, become progress artifacts."""
+    import shutil
+
+    from prefect import get_client
+
+    from crawler.files import crawl_files
+    from flows.config import CleanSection
+    from flows.stages import clean_flow
+    from tests.corpora import ZIPS
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for z in ZIPS[:6]:
+        shutil.copy(z, text / z.name)
+    raw = crawl_files(str(text), str(tmp_path / "root"), "live")
+    out = str(tmp_path / "root" / "clean" / "live-clean")
+    clean_flow([raw], out, CleanSection())
+    with get_client(sync_client=True) as client:
+        shown = {phase: _versions(client, f"clean-live-clean-progress-{phase}") for phase in ("filter", "write")}
+    for phase, versions in shown.items():
+        assert versions, f"no progress artifact for the {phase} phase"
+        assert versions[-1].data == 100.0 and versions[-1].type == "progress", phase
