@@ -42,6 +42,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from corpus.clean import CleanConfig
 from crawler.runner import CrawlConfig
+from crawler.warc import WarcConfig
 from flows.runners import TaskRunnerConfig
 from infra import storage
 from infra.errors import Gpt2jaError
@@ -121,7 +122,35 @@ class FilesCrawl(BaseModel):
         return storage.join(root, "raw", "files", self.crawl_id)
 
 
-CrawlEntry = Annotated[Union[SpiderCrawl, FilesCrawl], Field(discriminator="source")]
+class WarcCrawl(WarcConfig):
+    """WARC/WET files turned into a raw crawl (``crawler.warc.crawl_warc``): every ``WarcConfig`` field, the root aside.
+
+    Its files are read as parts on ``task_runner`` (one task per file), like the clean stage's parts.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["warc"] = "warc"
+    root: SkipJsonSchema[str] = Field("data", exclude=True)  # set by the pipeline (PipelineConfig.root)
+    crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/warc/{crawl_id}; "
+                                                    "a fixed id lets a rerun skip (or resume) it")
+    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig,
+                                          description="where the files are read: local (a process pool of "
+                                                      "`workers`), threads, processes or dask (flows/runners.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_root(cls, data):
+        if isinstance(data, dict) and "root" in data:
+            raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
+        return data
+
+    def warc_config(self, root: str) -> WarcConfig:
+        """The stage's ``WarcConfig`` under ``root``."""
+        return WarcConfig(**{**self.model_dump(exclude={"source", "task_runner"}), "root": root})
+
+
+CrawlEntry = Annotated[Union[SpiderCrawl, FilesCrawl, WarcCrawl], Field(discriminator="source")]
 
 
 # ----------------------------------------------------------------- clean

@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import artifacts
 from flows.artifacts import key as _key  # noqa: F401 - flows.refresh imports these names from here
 from flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSection, FilesCrawl, GenerateSection,
-                          PipelineConfig, ShardsSection, SpiderCrawl, TokenizerSection, TrainSection)
+                          PipelineConfig, ShardsSection, SpiderCrawl, TokenizerSection, TrainSection, WarcCrawl)
 from flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from infra import storage
 from infra.errors import Gpt2jaError
@@ -168,6 +168,21 @@ def crawl_directory(entry: FilesCrawl, root: str) -> dict:
     return result
 
 
+@task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
+      task_run_name="crawl-warc-{entry.crawl_id}")
+def crawl_archives(entry: WarcCrawl, root: str) -> dict:
+    """WARC/WET files turned into a raw crawl; its files read on ``entry.task_runner`` (one task per file)."""
+    from crawler.warc import crawl_warc
+
+    cfg = entry.warc_config(root)
+    before = _created(cfg.out_uri)
+    with _parts_on("crawl", entry.task_runner, cfg.workers) as map_parts:
+        _call("crawl", crawl_warc, cfg, map_parts=map_parts)
+    result = _outcome("crawl", cfg.out_uri, before)
+    _crawl_artifact("warc", entry.crawl_id, cfg.out_uri)
+    return result
+
+
 def _crawl_artifact(source: str, crawl_id: str, uri: str) -> None:
     artifacts.crawl(source, crawl_id, uri)
 
@@ -177,7 +192,8 @@ def crawl_flow(root: str, crawl: list[CrawlEntry]) -> list[dict]:
     """Run every crawl of the config (one after another: each is I/O-bound and polite); returns their outcomes."""
     results = []
     for entry in crawl:
-        t = crawl_directory if isinstance(entry, FilesCrawl) else crawl_spider
+        t = crawl_directory if isinstance(entry, FilesCrawl) else crawl_archives if isinstance(entry, WarcCrawl) \
+            else crawl_spider
         results.append(t(entry, root))
     return results
 
@@ -405,6 +421,7 @@ def _clean_inputs(config: PipelineConfig) -> list[str]:
     from flows.refresh import clean_inputs
 
     return clean_inputs(config) or [e.out_uri(config.root) if isinstance(e, FilesCrawl)
+                                    else e.warc_config(config.root).out_uri if isinstance(e, WarcCrawl)
                                     else e.crawl_config(config.root, "http://127.0.0.1").out_uri
                                     for e in config.crawl]
 

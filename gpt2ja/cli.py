@@ -177,6 +177,28 @@ def crawl_files(
     _print_summary(out)
 
 
+@crawl_app.command("warc")
+def crawl_warc(
+    paths: list[str] = typer.Argument(..., help="WARC or WET files (.warc.gz, .warc, .wet.gz, .wet), folders of "
+                                                "them, or gs:// objects and prefixes. https:// inputs (Common Crawl's "
+                                                "warc.paths.gz listings) are not supported yet: download them first."),
+    root: str = ROOT,
+    crawl_id: Optional[str] = CRAWL_ID,
+    workers: Optional[int] = typer.Option(None, help="Files read in parallel, one process each "
+                                                     "(default: all cores)."),
+    min_kana_ratio: Optional[float] = typer.Option(None, help="Pages with a smaller hiragana+katakana share are not "
+                                                              f"Japanese (default {_crawl_default('min_kana_ratio')})."),
+    sets: Optional[list[str]] = SET,
+) -> None:
+    """Read web archives: HTML responses (WARC) and text conversions (WET) → Japanese main text."""
+    from crawler.warc import WarcConfig
+    from crawler.warc import crawl_warc as run
+
+    out = run(_settings(WarcConfig, "crawl", None, sets, {"paths": paths, "root": root, "crawl_id": crawl_id,
+                                                         "workers": workers, "min_kana_ratio": min_kana_ratio}))
+    _print_summary(out)
+
+
 @app.command()
 def clean(
     inputs: list[str] = typer.Option(..., "--in", help="A raw crawl directory ({root}/raw/{source}/{crawl_id}); "
