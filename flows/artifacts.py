@@ -127,7 +127,7 @@ def tokenizer(uri: str) -> None:
     if val.get("tokens"):
         rows += [{"measure": "validation bytes_per_token", "value": val.get("bytes_per_token")},
                  {"measure": "validation byte_fallback_share",
-                  "value": round(val.get("byte_fallback_tokens", 0) / val["tokens"], 5)}]
+                  "value": round((val.get("byte_fallback_tokens") or 0) / val["tokens"], 5)}]
     table(key("tokenizer", name_of(uri)), rows, f"tokenizer {uri}")
 
 
@@ -398,7 +398,8 @@ def summary(config, outcome: dict) -> str:
     m = _manifest(outcome["tokenizer"]["uri"])
     stats, counts = m.get("stats") or {}, m.get("counts") or {}
     val = stats.get("validation") or {}
-    fallback = f", {val['byte_fallback_tokens'] / val['tokens']:.2%} byte fallback" if val.get("tokens") else ""
+    fallback = (f", {val['byte_fallback_tokens'] / val['tokens']:.2%} byte fallback"
+                if val.get("tokens") and val.get("byte_fallback_tokens") is not None else "")  # bytes: no fallback
     kind = m.get("kind", "?") + (f" {(m.get('config') or {}).get('model_type')}"
                                  if (m.get("config") or {}).get("model_type") else "")
     out.append(f"  tokenizer  {kind}, {counts.get('vocab_size', '?'):,} ids; "
