@@ -224,3 +224,15 @@ def test_reaching_max_pages_is_a_complete_bounded_crawl(bad_site, serve, tmp_pat
     asked = len(server.requests)
     crawl_in_subprocess(cfg)  # complete: the rerun is skipped, nothing is fetched
     assert len(server.requests) == asked
+
+
+def test_ruby_readings_are_dropped_and_the_base_text_stays_inline():
+    """Aozora's XHTML marks furigana as <ruby><rb>下人</rb><rp>（</rp><rt>げにん</rt><rp>）</rp></ruby>: the text
+    keeps 下人 in its sentence (trafilatura alone put each base on a line of its own and kept no reading)."""
+    from crawler.extract.web import page_from_html
+
+    ruby = "一人の<ruby><rb>下人</rb><rp>（</rp><rt>げにん</rt><rp>）</rp></ruby>が、<ruby>羅生門<rt>らしょうもん</rt></ruby>の下で"
+    html = page("羅生門", [ruby + "雨やみを待っていた。" + PARAS[1], PARAS[2]], charset_meta='<meta charset="utf-8">')
+    text = page_from_html(html, "http://x/rashomon.html", "utf-8", "meta").text
+    assert "一人の下人が、羅生門の下で雨やみを待っていた。" in text
+    assert "げにん" not in text and "らしょうもん" not in text and "（" not in text

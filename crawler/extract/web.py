@@ -133,6 +133,20 @@ def canonical_link(html: str) -> str | None:
     return href.group(1) if href else None
 
 
+# Ruby (furigana): the readings (<rt>, and the <rp> brackets around them) are not part of the text, and
+# trafilatura turns each <ruby>/<rb> element into a line of its own ("一人の\n下人\nが、"), which the
+# clean stage then drops as short lines. The base text stays inline, as in the Aozora text editions.
+_RUBY_READING_RE = re.compile(r"<(rt|rp)\b[^>]*>.*?</\1\s*>", re.S | re.I)
+_RUBY_TAG_RE = re.compile(r"</?(?:ruby|rb|rtc)\b[^>]*>", re.I)
+
+
+def without_ruby(html: str) -> str:
+    """``html`` with ruby readings removed and the base text inline: ``<ruby><rb>下人</rb><rt>げにん</rt></ruby>`` → ``下人``."""
+    if "<ruby" not in html and "<RUBY" not in html:
+        return html
+    return _RUBY_TAG_RE.sub("", _RUBY_READING_RE.sub("", html))
+
+
 def main_text(html: str, url: str) -> dict:
     """trafilatura's main content and metadata of a decoded page; PageRejected when there is none."""
     import json
@@ -141,6 +155,7 @@ def main_text(html: str, url: str) -> dict:
 
     if not html.strip():
         raise PageRejected("empty_page", f"{url}: empty page")
+    html = without_ruby(html)
     result = trafilatura.extract(html, url=url, output_format="json", with_metadata=True,
                                  include_comments=False, include_tables=False, favor_precision=True)
     data = json.loads(result) if result else {}
