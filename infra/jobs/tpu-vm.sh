@@ -20,9 +20,14 @@ PROJECT=${PROJECT:-my-project}
 BUCKET=${BUCKET:-my-bucket}
 ZONE=${ZONE:-us-central2-b}
 TPU=${TPU:-gpt2ja-tpu}
-TPU_TYPE=${TPU_TYPE:-v4-8}                          # v5e: v5litepod-8 with TPU_SOFTWARE=v2-alpha-tpuv5-lite
-TPU_SOFTWARE=${TPU_SOFTWARE:-tpu-ubuntu2204-base}   # a bare image: TensorFlow comes from pip (Python 3.11)
+TPU_TYPE=${TPU_TYPE:-v4-8}                          # also v5litepod-8, v5p-8, v6e-8; -16 and up: several hosts
 TF_VERSION=${TF_VERSION:-2.18.0}                    # tensorflow-tpu of this version, from libtpu-tf-releases
+# The TPU software version for TensorFlow, tpu-vm-tf-X.Y.Z[-pod]-pjrt (https://cloud.google.com/tpu/docs/runtimes;
+# -pod: a slice of several hosts, i.e. more than 8 in its name). Its TensorFlow is the system Python 3.10's;
+# gpt2ja needs 3.11, so tpu-vm-setup.sh installs tensorflow-tpu of the same version into its own venv.
+# infra/vertex.py renders the same name (TpuVmJob.runtime_version).
+POD=""; (( ${TPU_TYPE##*-} > 8 )) && POD=-pod
+TPU_SOFTWARE=${TPU_SOFTWARE:-tpu-vm-tf-$TF_VERSION$POD-pjrt}
 DATA=${DATA:-gs://$BUCKET/datasets/aozora/sp32k-1024}
 RUN=${RUN:-gs://$BUCKET/runs/small-aozora-tpu}
 PRESET=${PRESET:-small}

@@ -1,0 +1,362 @@
+"""The train stage as a cloud job: a Vertex AI custom job (GPUs, one or more hosts) or a Cloud TPU VM.
+
+Both are rendered from the same settings the Prefect UI's ``train`` form edits
+(``flows/config.py`` ``TrainSection``, i.e. ``model/train.py`` ``TrainConfig``)
+and the pipeline config's URIs, so a job trains exactly what the deployment would::
+
+    python -m infra.vertex render --config configs/demo.yaml --root gs://BUCKET/gpt2ja \\
+        --project P --image us-central1-docker.pkg.dev/P/gpt2ja/gpt2ja:latest \\
+        --gpus 8 --gpu-type a100 --replicas 2 --dry-run     # print the CreateCustomJob request
+    python -m infra.vertex render ... --gpus 1              # without --dry-run: create the job
+    python -m infra.vertex render --config ... --root gs://... --project P --tpu v4-8   # the TPU VM commands
+
+Vertex AI: every replica runs the image of ``infra/Dockerfile`` (TensorFlow's GPU
+image) as ``gpt2ja train --data gs://… --run gs://… --set field=value …``, one
+``--set`` per train setting. One host is one worker pool; more hosts are pool 0
+(the chief, one replica) plus pool 1 (the other hosts), and Vertex AI sets
+``TF_CONFIG`` on each (task types ``chief`` and ``worker``, what
+:func:`model.distribute.worker_info` reads). The strategy follows the hardware:
+``multi_worker`` for several hosts, ``mirrored`` for several GPUs on one host.
+The request is built with the client library's own types (``google-cloud-aiplatform``,
+the ``gcp`` extra), so a wrong field, enum or machine spec fails here, offline.
+
+Cloud TPU VM: the ``gcloud compute tpus tpu-vm`` commands of ``infra/jobs/tpu-vm.sh``
+with this config's ``gpt2ja train`` line (``--strategy tpu``); rendered only.
+
+NOTHING HERE HAS RUN AGAINST GOOGLE CLOUD (no account, no network where it was
+written): the requests are rendered and validated offline (``tests/test_vertex.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from infra.errors import Gpt2jaError
+
+#: TensorFlow of the TPU VM route: tensorflow-tpu releases lag TensorFlow's (see infra/README.md).
+TPU_TF_VERSION = "2.18.0"
+
+
+class JobError(Gpt2jaError, ValueError):
+    """A job that cannot be rendered: one line naming the setting and the fix."""
+
+
+# ----------------------------------------------------------------- machines (presets are data)
+
+
+class GpuType(BaseModel):
+    """One Vertex AI GPU: its ``AcceleratorType`` name and the machine type for each GPU count per host."""
+
+    accelerator: str
+    machines: dict[int, str]
+
+
+#: Vertex AI custom-training machine types per GPU count (https://cloud.google.com/vertex-ai/docs/training/configure-compute).
+GPU_TYPES: dict[str, GpuType] = {
+    # the default: bf16 (Ada), 24 GB; the same GPU as infra/jobs/gpu-vm.sh
+    "l4": GpuType(accelerator="NVIDIA_L4",
+                  machines={1: "g2-standard-12", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}),
+    # cheapest, but no bf16 (use mixed_precision fp16) and 16 GB
+    "t4": GpuType(accelerator="NVIDIA_TESLA_T4",
+                  machines={1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}),
+    "a100": GpuType(accelerator="NVIDIA_TESLA_A100",
+                    machines={1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g"}),
+    "h100": GpuType(accelerator="NVIDIA_H100_80GB", machines={8: "a3-highgpu-8g"}),
+}
+
+
+class GpuJob(BaseModel):
+    """Where and on what a Vertex AI custom job trains.
+
+    Example::
+
+        GpuJob(project="p1", image="us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja:latest",
+               gpu_type="a100", gpus=8, replicas=2)     # 16 A100s: chief pool + one worker
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1, description="Google Cloud project id")
+    region: str = Field("us-central1", description="Vertex AI region (it must offer the GPU)")
+    image: str = Field(min_length=1, description="the image of infra/Dockerfile in Artifact Registry")
+    gpu_type: Literal["l4", "t4", "a100", "h100"] = Field("l4", description="a key of GPU_TYPES")
+    gpus: int = Field(1, ge=1, le=16, description="GPUs per host")
+    replicas: int = Field(1, ge=1, le=64, description="hosts (replicas); more than one trains multi_worker")
+    display_name: str = Field("gpt2ja-train", min_length=1, max_length=128)
+    service_account: str | None = Field(None, description="run-as service account (default: Vertex AI's agent)")
+    boot_disk_gb: int = Field(200, ge=100, le=64_000)
+
+    @model_validator(mode="after")
+    def _a_machine_has_that_many(self) -> "GpuJob":
+        counts = sorted(GPU_TYPES[self.gpu_type].machines)
+        if self.gpus not in counts:
+            raise ValueError(f"{self.gpu_type} machines have {', '.join(map(str, counts))} GPUs, not {self.gpus}")
+        return self
+
+    @property
+    def machine_type(self) -> str:
+        return GPU_TYPES[self.gpu_type].machines[self.gpus]
+
+    @property
+    def devices(self) -> int:
+        return self.gpus * self.replicas
+
+    def strategy(self) -> str:
+        return "multi_worker" if self.replicas > 1 else "mirrored" if self.gpus > 1 else "default"
+
+
+class TpuVmJob(BaseModel):
+    """A Cloud TPU VM (``gcloud compute tpus tpu-vm``) that trains with TPUStrategy.
+
+    Example::
+
+        TpuVmJob(project="p1", zone="us-central2-b", tpu_type="v4-8")
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1)
+    zone: str = Field("us-central2-b", description="a zone that has the TPU type (v4: us-central2-b)")
+    tpu_type: str = Field("v4-8", pattern=r"^v[0-9][a-z]*-[0-9]+$", description="accelerator type, e.g. v4-8")
+    name: str = Field("gpt2ja-tpu", min_length=1)
+    tf_version: str = Field(TPU_TF_VERSION, description="tensorflow-tpu installed on the workers")
+
+    @property
+    def multi_host(self) -> bool:
+        """More than one TPU VM host: v4-16, v5litepod-16, v5p-16, v6e-16 and larger (-8 fits one host)."""
+        return int(self.tpu_type.rsplit("-", 1)[1]) > 8
+
+    @property
+    def runtime_version(self) -> str:
+        """The TPU software version for TensorFlow: ``tpu-vm-tf-X.Y.Z[-pod]-pjrt`` (https://cloud.google.com/tpu/docs/runtimes)."""
+        return f"tpu-vm-tf-{self.tf_version}{'-pod' if self.multi_host else ''}-pjrt"
+
+    @property
+    def devices(self) -> int:
+        """TPUStrategy replicas: v4 and v5p names count TensorCores, two per chip and one device (megacore)."""
+        count = int(self.tpu_type.rsplit("-", 1)[1])
+        return count // 2 if self.tpu_type.startswith(("v4-", "v5p-")) else count
+
+    def strategy(self) -> str:
+        return "tpu"
+
+
+# ----------------------------------------------------------------- the gpt2ja command line
+
+
+def _yaml_value(value) -> str:
+    """``value`` as the YAML scalar ``--set`` reads back to the same value (1e-08 → 1.0e-08, True → true)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def train_args(settings, data: str, run: str, job: GpuJob | TpuVmJob) -> list[str]:
+    """The ``gpt2ja train`` arguments (after the entrypoint) that train ``settings`` on ``job``'s hardware.
+
+    Every setting that is not None is passed as ``--set name=value``, so the job
+    runs exactly these settings, not the image's defaults. The strategy is the
+    hardware's: a ``default`` one is replaced, any other must agree.
+    """
+    from model.train import TrainConfig
+
+    for name, uri in (("data", data), ("run", run)):
+        if not uri.startswith("gs://"):
+            raise JobError(f"{name} {uri} is not on gs://; a cloud job reads and writes gs:// only "
+                           "(give --root gs://BUCKET/PREFIX)")
+    values = settings.model_dump() if isinstance(settings, BaseModel) else dict(settings)
+    wanted = job.strategy()
+    given = values.get("strategy", "default")
+    allowed = {wanted} | ({"default", "mirrored"} if wanted == "default" else set())
+    if given != "default" and given not in allowed:
+        raise JobError(f"train strategy {given!r} does not fit {_describe(job)}: it needs {wanted!r} "
+                       f"(set strategy: {wanted}, or leave it default)")
+    values["strategy"] = wanted if given == "default" else given
+    cfg = TrainConfig.model_validate({**values, "data": data, "run": run})
+    if cfg.micro_batch % job.devices:
+        up = -(-cfg.micro_batch // job.devices) * job.devices
+        raise JobError(f"micro_batch {cfg.micro_batch} is not a multiple of the {job.devices} devices of "
+                       f"{_describe(job)} (it is summed over them); use micro_batch {up}")
+    args = ["train", "--data", data, "--run", run]
+    for name, value in cfg.model_dump(exclude={"data", "run"}).items():
+        if value is None:
+            continue
+        if name == "jit_compile":
+            args.append("--xla" if value else "--no-xla")
+        elif name in TRAIN_FLAGS:
+            args += [TRAIN_FLAGS[name], str(value)]
+        else:
+            args += ["--set", f"{name}={_yaml_value(value)}"]
+    return args
+
+
+#: Settings that ``gpt2ja train`` has a flag for (the rest go as ``--set name=value``, read as YAML).
+TRAIN_FLAGS = {"preset": "--preset", "init_from": "--init-from", "steps": "--steps", "batch_tokens": "--batch-tokens",
+               "micro_batch": "--micro-batch", "learning_rate": "--learning-rate", "warmup_steps": "--warmup-steps",
+               "strategy": "--strategy", "mixed_precision": "--mixed-precision"}
+
+
+def _describe(job: GpuJob | TpuVmJob) -> str:
+    if isinstance(job, TpuVmJob):
+        return f"TPU {job.tpu_type}"
+    return f"{job.replicas} host(s) × {job.gpus} {job.gpu_type.upper()}"
+
+
+# ----------------------------------------------------------------- Vertex AI
+
+
+def custom_job_request(job: GpuJob, args: list[str]):
+    """``aiplatform_v1.CreateCustomJobRequest`` for ``job`` running ``gpt2ja`` with ``args`` on every replica.
+
+    Built from the library's proto-plus types: an unknown field, a wrong enum
+    name or a wrong value type raises here, before anything is sent.
+    """
+    from google.cloud import aiplatform_v1 as v1
+
+    machine = v1.MachineSpec(machine_type=job.machine_type,
+                             accelerator_type=v1.AcceleratorType[GPU_TYPES[job.gpu_type].accelerator],
+                             accelerator_count=job.gpus)
+    container = v1.ContainerSpec(image_uri=job.image, command=["gpt2ja"], args=args,
+                                 env=[v1.EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="2")])
+    disk = v1.DiskSpec(boot_disk_type="pd-ssd", boot_disk_size_gb=job.boot_disk_gb)
+
+    def pool(replicas: int):
+        return v1.WorkerPoolSpec(machine_spec=machine, replica_count=replicas, container_spec=container,
+                                 disk_spec=disk)
+
+    # pool 0: the chief (exactly one replica); pool 1: the other hosts (TF_CONFIG task type "worker")
+    pools = [pool(1)] + ([pool(job.replicas - 1)] if job.replicas > 1 else [])
+    spec = v1.CustomJobSpec(worker_pool_specs=pools,
+                            # a lost host restarts every replica: they resume from the newest checkpoint on gs://
+                            scheduling=v1.Scheduling(restart_job_on_worker_restart=job.replicas > 1))
+    if job.service_account:
+        spec.service_account = job.service_account
+    return v1.CreateCustomJobRequest(parent=f"projects/{job.project}/locations/{job.region}",
+                                     custom_job=v1.CustomJob(display_name=job.display_name, job_spec=spec))
+
+
+def request_json(request) -> str:
+    """The request as the REST API's JSON (camelCase fields, enum names)."""
+    return type(request).to_json(request, use_integers_for_enums=False, always_print_fields_with_no_presence=False,
+                                indent=2)
+
+
+def submit(request, region: str) -> str:
+    """Create the custom job; returns its resource name. NEVER RUN by this project (no Google Cloud access)."""
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import aiplatform_v1 as v1
+
+    client = v1.JobServiceClient(client_options=ClientOptions(api_endpoint=f"{region}-aiplatform.googleapis.com"))
+    return client.create_custom_job(request=request).name
+
+
+def prefect_job_variables(job: GpuJob) -> dict:
+    """Job variables of a Prefect ``vertex-ai`` work pool (prefect-gcp) running the ``train`` deployment on ``job``.
+
+    That worker runs one replica per flow run, so only one host fits it.
+    """
+    if job.replicas > 1:
+        raise JobError("a Prefect vertex-ai work pool runs one replica per flow run; for "
+                       f"{job.replicas} hosts create the job with `python -m infra.vertex render` instead")
+    return {"region": job.region, "image": job.image, "machine_type": job.machine_type,
+            "accelerator_type": GPU_TYPES[job.gpu_type].accelerator, "accelerator_count": job.gpus,
+            "boot_disk_size_gb": job.boot_disk_gb}
+
+
+# ----------------------------------------------------------------- Cloud TPU VM
+
+
+def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
+    """The commands of ``infra/jobs/tpu-vm.sh`` for ``job``, training with ``args`` on every worker."""
+    at = ["--project", job.project, "--zone", job.zone]
+    wheel = "gpt2ja-0.1.0-py3-none-any.whl"
+    return [
+        ["python3", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "build/wheel", "."],
+        ["gcloud", "compute", "tpus", "tpu-vm", "create", job.name, *at,
+         "--accelerator-type", job.tpu_type, "--version", job.runtime_version],
+        ["gcloud", "compute", "tpus", "tpu-vm", "scp", f"build/wheel/{wheel}", "infra/jobs/tpu-vm-setup.sh",
+         f"{job.name}:", *at, "--worker=all"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
+         "--command", f"bash ~/tpu-vm-setup.sh {job.tf_version} ~/{wheel}"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
+         "--command", "TF_CPP_MIN_LOG_LEVEL=2 ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args)],
+    ]
+
+
+# ----------------------------------------------------------------- python -m infra.vertex
+
+
+def _train_inputs(config_path: str, root: str):
+    """(train settings, shards URI, run URI) of the pipeline config, its root replaced by ``root``."""
+    from flows.config import ConfigError, validate_config
+    from infra.yamlconfig import read_yaml
+
+    data = read_yaml(config_path, ConfigError, example="configs/demo.yaml")
+    config = validate_config({**data, "root": root} if isinstance(data, dict) else data, config_path)
+    if config.train is None:
+        raise JobError(f"{config_path} has no train section: add one (see configs/demo.yaml)")
+    return config.train, config.shards_uri, config.run_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.vertex", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="render (and without --dry-run, create) the training job")
+    render.add_argument("--config", required=True, help="pipeline YAML with a train section")
+    render.add_argument("--root", required=True, help="run root on gs:// (replaces the config's root)")
+    render.add_argument("--project", required=True)
+    render.add_argument("--region", default="us-central1")
+    render.add_argument("--image", help="the training image (infra/Dockerfile) in Artifact Registry")
+    render.add_argument("--gpus", type=int, help="GPUs per host (Vertex AI)")
+    render.add_argument("--gpu-type", default="l4", choices=sorted(GPU_TYPES))
+    render.add_argument("--replicas", type=int, default=1, help="hosts; more than one trains multi_worker")
+    render.add_argument("--service-account")
+    render.add_argument("--tpu", help="a Cloud TPU VM of this type instead, e.g. v4-8 (commands only)")
+    render.add_argument("--zone", default="us-central2-b", help="the TPU VM's zone")
+    render.add_argument("--prefect", action="store_true",
+                        help="print the job variables of a Prefect vertex-ai work pool instead")
+    render.add_argument("--dry-run", action="store_true", help="print the API request; create nothing")
+    opts = parser.parse_args(argv)
+
+    from pydantic import ValidationError
+
+    from flows.config import ConfigError
+    from infra.yamlconfig import first_problem
+
+    try:
+        settings, data, run = _train_inputs(opts.config, opts.root)
+        if opts.tpu:
+            job = TpuVmJob(project=opts.project, zone=opts.zone, tpu_type=opts.tpu)
+            for command in tpu_vm_commands(job, train_args(settings, data, run, job)):
+                print("+ " + shlex.join(command))
+            return 0
+        if opts.gpus is None or not opts.image:
+            raise JobError("give --gpus N and --image URI for a Vertex AI job (or --tpu TYPE for a TPU VM)")
+        job = GpuJob(project=opts.project, region=opts.region, image=opts.image, gpu_type=opts.gpu_type,
+                     gpus=opts.gpus, replicas=opts.replicas, service_account=opts.service_account)
+        if opts.prefect:
+            print(json.dumps(prefect_job_variables(job), indent=2))
+            return 0
+        request = custom_job_request(job, train_args(settings, data, run, job))
+    except ValidationError as err:
+        print(f"error: {first_problem(err)}", file=sys.stderr)
+        return 2
+    except (JobError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if opts.dry_run:
+        print(request_json(request))
+        return 0
+    print(f"created {submit(request, job.region)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
