@@ -288,5 +288,8 @@ def cli_serve(config_path: str, port: int = PORT, check: bool = False) -> None:
               f"(Ctrl-C stops serving{' and the server' if started else ''})", file=sys.stderr, flush=True)
         os.environ["PREFECT_API_URL"] = url  # the runner's flow-run processes inherit it
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            prefect.serve(*deployments)
+            try:
+                prefect.serve(*deployments)
+            except KeyboardInterrupt:  # Ctrl-C is how serving ends: before the runner took it over, too
+                pass
     print("stopped serving", file=sys.stderr)

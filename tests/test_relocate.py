@@ -43,7 +43,7 @@ def _build_root(root: Path) -> None:
         shutil.copy(z, text / z.name)
     raw = crawl_files(str(text), str(root), "mine")
     clean = run_clean(CleanConfig(inputs=[raw], out=str(root / "clean" / "c"), workers=1,
-                                  split={"validation_fraction": 0.2}))
+                                  split={"validation_fraction": 0.5}))  # ids hold the tmp path: the split varies
     tok = train_tokenizer(clean, "bytes", None, str(root / "tokenizers" / "bytes"))
     write_shards(clean, tok, str(root / "datasets" / "c" / "bytes-32"),
                  ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1))
