@@ -116,7 +116,13 @@ class CleanConfig(BaseModel):
         return self
 
     def fingerprint_config(self) -> dict:
-        return self.model_dump(exclude={"workers", "inputs", "out", "allow_empty"})
+        # the sharded engine's memory and task-size knobs do not change the output; its own settings
+        # count only when it is chosen, so corpora built before the engine existed keep their fingerprint
+        dedup = {"bands_per_task", "max_rows_in_memory"}
+        if self.dedup.engine == "memory":
+            dedup |= {"engine", "bucket_window"}
+        return self.model_dump(exclude={"workers": True, "inputs": True, "out": True, "allow_empty": True,
+                                        "dedup": dedup})
 
 
 # --------------------------------------------------------------------------- phase 1
@@ -239,8 +245,24 @@ def load_records(work: str, index: int) -> list[DedupRecord]:
 
 
 def find_duplicates(work: str, indices: list[int], cfg: DedupConfig,
-                    expected: int | None = None) -> tuple[dict, list[dict], dict]:
-    """Phase 2 over the records of parts ``indices``; ``expected`` (their count) sizes the progress bar."""
+                    expected: int | None = None, map_parts: "MapParts | None" = None) -> tuple[dict, list[dict], dict]:
+    """Phase 2 over the records of parts ``indices``; ``expected`` (their count) sizes the progress bar.
+
+    ``cfg.engine`` ``memory``: one sequential pass here; ``sharded``: the tasks of
+    :mod:`corpus.lsh_index` on ``map_parts`` (default: a pool of one process per CPU).
+    """
+    if cfg.engine == "sharded":
+        from corpus.lsh_index import find_duplicates_sharded
+
+        mapper = map_parts or pool_map(max(1, os.cpu_count() or 1))
+
+        def run(fn: Callable[[Any], Any], items: list, names: list[str], desc: str) -> list:
+            with progress(len(items), desc, "tasks") as bar:
+                return _map_with_progress(mapper, fn, items, names, lambda _: bar.advance(1))
+
+        if expected is None:
+            expected = sum(len(load_records(work, i)) for i in indices)
+        return find_duplicates_sharded(work, indices, cfg, run, expected)
     with progress(expected, "clean: dedup", "docs") as bar:
         return _find_duplicates(work, indices, cfg, bar)
 
@@ -410,7 +432,7 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
     results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
     t2 = time.time()
     dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup,
-                                                     sum(r["docs_kept"] for r in results))
+                                                     sum(r["docs_kept"] for r in results), map_parts)
     t3 = time.time()
     by_part: dict[int, list[str]] = {i: [] for i in range(len(parts))}
     for key in dropped:

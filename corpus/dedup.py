@@ -39,6 +39,11 @@ Memory of the pass, per KEPT document (tracemalloc, 100,000 distinct documents,
 
 So 1 million kept documents need about 6.5 GB for the pass. A dropped document
 costs only its exact-key entry and its line in the cluster report.
+
+That is ``engine: memory`` (the default). ``engine: sharded``
+(:mod:`corpus.lsh_index`) gets the same decisions from band buckets sorted
+per task, with no index in memory, and differs only on chains: it drops a
+whole connected component, where this pass keeps C of A ≈ B ≈ C, A ≉ C.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -132,6 +137,17 @@ class DedupConfig(BaseModel):
     threshold: float = Field(0.7, ge=0.05, le=0.99, description="Jaccard similarity above which a pair is a near duplicate")
     seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the MinHash permutations")
     verify: bool = Field(True, description="confirm LSH candidates by estimated Jaccard ≥ threshold")
+    engine: Literal["memory", "sharded"] = Field(
+        "memory", description="memory: one sequential pass with the whole LSH index in one process (~6.5 KB per "
+                              "kept document); sharded: band buckets sorted per task on the stage's runner, "
+                              "no index in memory (corpus.lsh_index); clusters are connected components")
+    bucket_window: int = Field(16, ge=1, le=1024, description="sharded: each document is compared with up to "
+                                                             "this many documents before it in a band's bucket")
+    bands_per_task: int = Field(4, ge=1, le=1024, description="sharded: bands bucketed by one task (does not "
+                                                              "change the result)")
+    max_rows_in_memory: int = Field(4_000_000, ge=16, le=2**31, description="sharded: bucket rows (24 bytes) a "
+                                    "task sorts in memory; more are sorted in runs on local disk and merged "
+                                    "(does not change the result)")
 
     @model_validator(mode="after")
     def _banding(self) -> "DedupConfig":
