@@ -551,6 +551,9 @@ def _metavars(command) -> None:
         _metavars(sub)
     for param in command.params:
         desc = getattr(param, "type_descriptor", None)
+        if not hasattr(param, "is_flag") and param.metavar is None and param.name:  # an argument: `PATH`, not `{path}`
+            param.metavar = param.name.upper()
+            continue
         if getattr(param, "is_flag", True) or param.metavar is not None or desc is None or desc.is_choice:
             continue  # an argument, a flag, a metavar of its own, or choices (typer lists those itself)
         name, kind = param.name or "", param.display_type(None).strip("<>").removeprefix("list[")
