@@ -24,9 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.config import CrawlEntry, FilesCrawl, PipelineConfig, SpiderCrawl
+from flows.config import CrawlEntry, FilesCrawl, PipelineConfig, SpiderCrawl, WarcCrawl
 from flows.stages import (StageError, _crawl_artifact, _created, _key, _not_stage_error, _outcome, clean_flow,
-                          crawl_directory, crawl_spider)
+                          crawl_archives, crawl_directory, crawl_spider)
 from infra import storage
 
 
@@ -101,10 +101,12 @@ def _with_known(cfg, known: list[str]):
 def _run_crawl(entry: CrawlEntry, root: str, plan: dict) -> dict:
     if plan["done"]:
         return {"uri": storage.join(root, "raw", _source(entry), plan["crawl_id"]), "skipped": True}
+    # files and archives are read again whole (what changed in them shows in clean); spiders skip what they know
+    local = {FilesCrawl: crawl_directory, WarcCrawl: crawl_archives}.get(type(entry))
     if plan["base"]:  # exactly the pipeline's crawl
-        return (crawl_directory if isinstance(entry, FilesCrawl) else crawl_spider)(entry, root)
-    if isinstance(entry, FilesCrawl):
-        return crawl_directory(entry.model_copy(update={"crawl_id": plan["crawl_id"]}), root)
+        return (local or crawl_spider)(entry, root)
+    if local is not None:
+        return local(entry.model_copy(update={"crawl_id": plan["crawl_id"]}), root)
     return crawl_increment(entry, root, plan["crawl_id"], plan["known"])
 
 

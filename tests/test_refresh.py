@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,23 @@ def test_the_first_refresh_makes_the_base_crawl_then_each_one_its_own(tmp_path):
     assert r4 not in corpus_inputs(root, [("aozora", "demo")])
     with pytest.raises(ValueError, match="refresh id 'a b': use letters, digits"):
         plan_refresh(root, "aozora", "demo", "a b")
+
+
+@pytest.mark.slow
+def test_a_refresh_of_a_warc_crawl_reads_its_archives_again(prefect_harness, tmp_path):
+    """A warc entry in a refreshed config: the base crawl first, then a crawl of its own per refresh (no spider)."""
+    import yaml
+
+    from flows.config import validate_config
+    from flows.refresh import corpus_refresh
+
+    repo = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((repo / "configs" / "warc-demo.yaml").read_text(encoding="utf-8"))
+    data["root"] = str(tmp_path / "root")
+    data["crawl"][0]["paths"] = [str(repo / "examples" / "warc" / "aozora-mirror.warc.gz")]
+    config = validate_config(data, "warc-demo (test)")
+    first = corpus_refresh(config, "r1")
+    second = corpus_refresh(config, "r2")
+    assert first["crawl"][0]["uri"].endswith("/raw/warc/aozora-mirror")
+    assert second["crawl"][0]["uri"].endswith("/raw/warc/aozora-mirror.refresh-r2") and not second["crawl"][0]["skipped"]
+    assert first["documents_after"] > 0 and second["documents_after"] == first["documents_after"]  # the same pages
