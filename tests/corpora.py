@@ -52,3 +52,59 @@ def data_pipeline_config(tmp_path: Path) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def mirror_stages(base: Path, *, part_docs: int | None = None) -> dict:
+    """The mirror's works as a folder of zips, its raw crawl, clean corpus (30 % validation) and sp3000 tokenizer.
+
+    Built in-process under ``base``; returns ``{"base", "text", "raw", "clean", "tokenizer"}`` (URIs as str).
+    """
+    import shutil
+
+    from corpus.clean import CleanConfig, run_clean
+    from crawler.files import crawl_files
+    from tokenization.train import train_tokenizer
+
+    text = base / "text"
+    text.mkdir()
+    for z in ZIPS:
+        shutil.copy(z, text / z.name)
+    raw = crawl_files(str(text), str(base / "root"), "all", **({"part_docs": part_docs} if part_docs else {}))
+    clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
+                                  split={"validation_fraction": 0.3}))
+    tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
+    return {"base": base, "text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
+
+
+def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool = True) -> Path:
+    """``{root}/run``: an untrained tiny model (checkpoint step 1) with its hparams and tokenizer copy.
+
+    ``randomize`` gives every weight a random value (LayerNorm gains near 1), so logits
+    differ across ids: what an export's logit check needs. The bytes tokenizer by default.
+    """
+    import json
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from model import gpt2, runs
+    from model.presets import ModelConfig
+    from tokenization.bytes_tokenizer import ByteTokenizer
+
+    keras.utils.set_random_seed(3)
+    tok = tok or ByteTokenizer()
+    cfg = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=context, dropout=0.0)
+    lm = gpt2.build_model(cfg)
+    if randomize:
+        rng = np.random.default_rng(5)
+        for v in lm.backbone.weights:
+            base = 1.0 if v.path.endswith("gamma") else 0.0
+            v.assign(base + rng.normal(0.0, 0.15, size=tuple(v.shape)).astype(np.float32))
+    run = root / "run"
+    (run / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
+                                                cfg.padded_vocab_size}))
+    tok.save(str(run / runs.TOKENIZER_DIR))
+    tf.train.Checkpoint(backbone=lm.backbone).save(str(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_NAME))
+    return run

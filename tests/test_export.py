@@ -39,32 +39,16 @@ pytest.importorskip("safetensors", reason="safetensors is needed to write the ex
 
 from model import gpt2, runs  # noqa: E402
 from model.export import ExportError, export_hf, load_hf  # noqa: E402
-from model.presets import ModelConfig, ModelError  # noqa: E402
-from tokenization.bytes_tokenizer import ByteTokenizer  # noqa: E402
+from model.presets import ModelError  # noqa: E402
 from tests import procs  # noqa: E402
+from tests.corpora import write_tiny_run  # noqa: E402
 
 CONTEXT = 32
 
 
 def write_run(root: Path, tok=None) -> Path:
     """A run directory holding an untrained tiny model with all weights randomised (checkpoint step 1)."""
-    import keras
-
-    keras.utils.set_random_seed(3)
-    tok = tok or ByteTokenizer()
-    cfg = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=CONTEXT, dropout=0.0)
-    lm = gpt2.build_model(cfg)
-    rng = np.random.default_rng(5)
-    for v in lm.backbone.weights:
-        base = 1.0 if v.path.endswith("gamma") else 0.0
-        v.assign(base + rng.normal(0.0, 0.15, size=tuple(v.shape)).astype(np.float32))
-    run = root / "run"
-    (run / runs.CHECKPOINT_DIR).mkdir(parents=True)
-    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
-                                                cfg.padded_vocab_size}))
-    tok.save(str(run / runs.TOKENIZER_DIR))
-    tf.train.Checkpoint(backbone=lm.backbone).save(str(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_NAME))
-    return run
+    return write_tiny_run(root, tok, context=CONTEXT)
 
 
 AOZORA_PD = "public domain; Aozora Bunko file terms: https://www.aozora.gr.jp/guide/kijyunn.html"

@@ -28,7 +28,7 @@ from corpus.jsonl import read_documents
 from infra import stage, storage
 from crawler.mirror import MirrorServer
 from tests.conftest import MIRROR, TestSiteHandler, author_urls
-from tests.corpora import ZIPS
+from tests.corpora import mirror_stages, write_tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -38,31 +38,19 @@ VOLATILE = ("created_at", "timings", "build_id", "uri")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from tokenization.train import train_tokenizer
-
-    base = tmp_path_factory.mktemp("kill")
-    text = base / "text"
-    text.mkdir()
-    for z in ZIPS:
-        shutil.copy(z, text / z.name)
-    raw = crawl_files(str(text), str(base / "root"), "all")
-    clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
-                                  split={"validation_fraction": 0.3}))
-    tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
-    from tests.test_export import write_run  # an untrained tiny run: what export needs, in a second
+    stages = mirror_stages(tmp_path_factory.mktemp("kill"))
+    base, clean, tok = stages["base"], stages["clean"], stages["tokenizer"]
     from tokenization.shards import ShardsConfig, write_shards
 
     shards = write_shards(clean, tok, str(base / "root" / "shards"),
                           ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1))
-    run = write_run(base / "run")
+    run = write_tiny_run(base / "run")  # an untrained tiny run: what export needs, in a second
     site = _site(base / "site")
     server = MirrorServer(str(site), handler=TestSiteHandler)
     server.httpd.slow_seconds = 0.3  # the pages sit under /slow/: the crawl lasts long enough to be killed
     with server, MirrorServer(str(MIRROR), handler=TestSiteHandler) as mirror:
-        yield {"text": str(text), "raw": raw, "clean": clean, "tokenizer": tok, "seed": server.url("/index.html"),
-               "run": str(run), "shards": shards, "authors": author_urls(mirror)}
+        yield {**stages, "seed": server.url("/index.html"), "run": str(run), "shards": shards,
+               "authors": author_urls(mirror)}
 
 
 def _site(site: Path, pages: int = 40) -> Path:

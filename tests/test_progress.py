@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from infra import progress as prog
 from tests import procs
 from tests.conftest import MIRROR
-from tests.corpora import ZIPS
+from tests.corpora import mirror_stages, write_tiny_run
 
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -163,20 +162,7 @@ def test_parts_advance_in_the_parent_as_each_finishes():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     """A raw crawl of the mirror's works, its clean corpus and a sentencepiece tokenizer (built in-process)."""
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from tokenization.train import train_tokenizer
-
-    base = tmp_path_factory.mktemp("progress")
-    text = base / "text"
-    text.mkdir()
-    for z in ZIPS:
-        shutil.copy(z, text / z.name)
-    raw = crawl_files(str(text), str(base / "root"), "all", part_docs=4)
-    clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
-                                  split={"validation_fraction": 0.3}))
-    tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
-    return {"base": base, "raw": raw, "clean": clean, "tokenizer": tok}
+    return mirror_stages(tmp_path_factory.mktemp("progress"), part_docs=4)
 
 
 @pytest.mark.slow
@@ -222,25 +208,8 @@ def test_shards_draw_a_live_bar_and_pipes_get_lines(inputs, tmp_path):
 
 
 def _tiny_run(root: Path) -> Path:
-    """An untrained tiny run with the bytes tokenizer (as tests/test_export.py's, without torch)."""
-    import keras
-    import tensorflow as tf
-
-    from model import gpt2, runs
-    from model.presets import ModelConfig
-    from tokenization.bytes_tokenizer import ByteTokenizer
-
-    keras.utils.set_random_seed(3)
-    tok = ByteTokenizer()
-    cfg = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=32, dropout=0.0)
-    lm = gpt2.build_model(cfg)
-    run = root / "run"
-    (run / runs.CHECKPOINT_DIR).mkdir(parents=True)
-    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
-                                                cfg.padded_vocab_size}))
-    tok.save(str(run / runs.TOKENIZER_DIR))
-    tf.train.Checkpoint(backbone=lm.backbone).save(str(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_NAME))
-    return run
+    """An untrained tiny run with the bytes tokenizer."""
+    return write_tiny_run(root, randomize=False)
 
 
 @pytest.mark.slow
