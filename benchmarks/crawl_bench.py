@@ -30,16 +30,21 @@ MIRROR = REPO / "examples" / "aozora-mirror"
 AUTHORS = ("879", "81", "121", "74")
 
 
-def machine() -> str:
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), else what platform knows."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return cpu
+
+
+def machine() -> str:
     import scrapy
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Scrapy {scrapy.__version__}, "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Scrapy {scrapy.__version__}, "
             f"{platform.system()} {platform.release()}")
 
 

@@ -509,12 +509,9 @@ def run_worker(kind: str, spec: dict, timeout: float) -> dict:
 
 
 def machine(cores: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from crawl_bench import cpu_name
+
+    cpu = cpu_name()
 
     def version(name: str) -> str:
         try:

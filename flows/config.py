@@ -64,6 +64,13 @@ class ConfigError(Gpt2jaError, ValueError):
 # ----------------------------------------------------------------- crawl
 
 
+
+def _no_root_per_crawl(data):
+    """A crawl entry's settings may not name a root: the pipeline has one, at the top level."""
+    if isinstance(data, dict) and "root" in data:
+        raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
+    return data
+
 class SpiderCrawl(CrawlConfig):
     """One Scrapy crawl (``aozora`` or ``web``): every ``CrawlConfig`` field, the root aside.
 
@@ -83,9 +90,7 @@ class SpiderCrawl(CrawlConfig):
     @model_validator(mode="before")
     @classmethod
     def _no_root(cls, data):
-        if isinstance(data, dict) and "root" in data:
-            raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
-        return data
+        return _no_root_per_crawl(data)
 
     @field_validator("serve_mirror")
     @classmethod
@@ -141,9 +146,7 @@ class WarcCrawl(WarcConfig):
     @model_validator(mode="before")
     @classmethod
     def _no_root(cls, data):
-        if isinstance(data, dict) and "root" in data:
-            raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
-        return data
+        return _no_root_per_crawl(data)
 
     def warc_config(self, root: str) -> WarcConfig:
         """The stage's ``WarcConfig`` under ``root``."""
