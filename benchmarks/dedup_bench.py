@@ -122,7 +122,8 @@ RUN_ENGINE = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {repo!r} + "/benchmarks"]
-from corpus.clean import find_duplicates, pool_map
+from corpus.clean import find_duplicates
+from infra.parallel import pool_map
 from corpus.dedup import DedupConfig
 from dedup_bench import Measured, peak_mb
 work, parts, n, engine, workers = {work!r}, {parts}, {n}, {engine!r}, {workers}
@@ -148,7 +149,7 @@ def run_engine(work: str, parts: int, n: int, engine: str, workers: int) -> dict
 
 
 def bench_synthetic(paras: list[str], n: int, workers: int) -> None:
-    from corpus.clean import pool_map
+    from infra.parallel import pool_map
 
     docs, truth = synthetic(paras, n)
     ids = {}
@@ -182,7 +183,8 @@ def bench_synthetic(paras: list[str], n: int, workers: int) -> None:
 
 def bench_real(bulk: Path, works: int | None, workers: int) -> None:
     """Phase 1 of the clean stage on aozora-bulk, then both engines on the same dedup records."""
-    from corpus.clean import CleanConfig, find_duplicates, pool_map, process_part
+    from corpus.clean import CleanConfig, find_duplicates, process_part
+    from infra.parallel import pool_map
     from crawler.files import crawl_files
     from corpus.jsonl import list_parts
 

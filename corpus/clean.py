@@ -37,14 +37,12 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +58,7 @@ from corpus.normalize import normalize
 from corpus.split import SPLITS, SplitConfig, split_of
 from infra import storage
 from infra.errors import Gpt2jaError
-from infra.lifetime import die_with_parent
+from infra.parallel import MapParts, map_with_progress, pool_map
 from infra.progress import progress
 from infra.stage import require, run_stage
 
@@ -258,7 +256,7 @@ def find_duplicates(work: str, indices: list[int], cfg: DedupConfig,
 
         def run(fn: Callable[[Any], Any], items: list, names: list[str], desc: str) -> list:
             with progress(len(items), desc, "tasks") as bar:
-                return _map_with_progress(mapper, fn, items, names, lambda _: bar.advance(1))
+                return map_with_progress(mapper, fn, items, names, lambda _: bar.advance(1))
 
         if expected is None:
             expected = sum(len(load_records(work, i)) for i in indices)
@@ -327,63 +325,6 @@ def _inputs(cfg: CleanConfig) -> tuple[list[str], list[dict]]:
     return parts, manifests
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: a forked child would share the parent's GCS client and its threads
-    # die_with_parent: a killed stage leaves no orphan workers
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent)
-
-
-#: ``map_parts(fn, items, names)`` → ``[fn(item) for item in items]``, in the order of ``items``,
-#: wherever the caller runs them; ``names`` label the calls (``"filter-00003"``, ``"write-00003"``).
-#: ``fn`` is a module-level function and ``items`` are plain data, so both pickle.
-MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
-
-
-def pool_map(workers: int) -> "PoolMap":
-    """The default :data:`MapParts`: a spawn process pool of up to ``workers`` processes per phase.
-
-    Example::
-
-        pool_map(2)(len, ["ab", "c"], ["a", "b"])   # [2, 1]
-    """
-    return PoolMap(workers)
-
-
-class PoolMap:
-    """:func:`pool_map`'s mapper. It also takes ``on_done(result)``, called in this (the parent)
-    process as each item finishes, in completion order: the stage's progress advances from
-    there, never from the workers."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-
-    def __call__(self, fn: Callable[[Any], Any], items: list, names: list[str],
-                 on_done: Callable[[Any], None] | None = None) -> list:
-        if not items:
-            return []
-        results: list = [None] * len(items)
-        with _pool(min(self.workers, len(items))) as pool:
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                if on_done is not None:
-                    on_done(results[futures[future]])
-        return results
-
-
-def _map_with_progress(map_parts: MapParts, fn: Callable[[Any], Any], items: list, names: list[str],
-                       on_done: Callable[[Any], None]) -> list:
-    """``map_parts(fn, items, names)``, calling ``on_done`` per result: as each finishes when the
-    mapper can say so (:class:`PoolMap`), else once all have (a Prefect or Dask mapper)."""
-    if isinstance(map_parts, PoolMap):
-        return map_parts(fn, items, names, on_done=on_done)
-    results = map_parts(fn, items, names)
-    for result in results:
-        on_done(result)
-    return results
-
-
 def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
     """Run the clean stage; returns ``cfg.out``. Skipped when the output verifies against its fingerprint.
 
@@ -425,7 +366,7 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
     with progress(len(parts), "clean: filter", "parts") as bar:
         bar.advance(len(parts) - len(todo))  # finished by an earlier, interrupted run
         if todo:  # the parts' results are read back from their completion records, in part order
-            _map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
+            map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
                                lambda r: bar.advance(1, docs=r["docs_in"], kept=r["docs_kept"],
                                                      **({"bytes": sizes[r["source_uri"]]}
                                                         if r["source_uri"] in sizes else {})))
@@ -439,7 +380,7 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
         by_part[int(key.split(":")[0])].append(key)
     jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in range(len(parts))]
     with progress(len(parts), "clean: write", "parts") as bar:
-        split_counts = _map_with_progress(
+        split_counts = map_with_progress(
             map_parts, write_part, jobs, [f"write-{i:05d}" for i in range(len(parts))],
             lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())))
     t4 = time.time()

@@ -352,7 +352,7 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
         todo = [(i, uri, size, cfg.model_dump_json(), out, fp) for i, (uri, size) in enumerate(inputs)
                 if i not in done]
         if todo:
-            from corpus.clean import pool_map
+            from infra.parallel import pool_map
 
             mapper = map_parts or pool_map(cfg.workers)
             for rec in mapper(read_file, todo, [f"file-{job[0]:05d}" for job in todo]):

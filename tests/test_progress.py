@@ -145,13 +145,13 @@ def test_an_unknown_length_says_what_runs_and_off_prints_nothing(monkeypatch):
 
 
 def test_parts_advance_in_the_parent_as_each_finishes():
-    from corpus.clean import _map_with_progress, pool_map
+    from infra.parallel import map_with_progress, pool_map
 
     seen: list[int] = []
-    got = _map_with_progress(pool_map(2), len, ["ab", "c", "def"], ["a", "b", "c"], seen.append)
+    got = map_with_progress(pool_map(2), len, ["ab", "c", "def"], ["a", "b", "c"], seen.append)
     assert got == [2, 1, 3] and sorted(seen) == [1, 2, 3]
     seen.clear()  # a mapper that cannot say when each finishes (Prefect, Dask): all at the end, in order
-    got = _map_with_progress(lambda fn, items, names: [fn(i) for i in items], len, ["ab", "c"], ["a", "b"],
+    got = map_with_progress(lambda fn, items, names: [fn(i) for i in items], len, ["ab", "c"], ["a", "b"],
                              seen.append)
     assert got == seen == [2, 1]
 

@@ -48,14 +48,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,7 +61,7 @@ from corpus.jsonl import ShardError, list_parts, read_documents
 from corpus.split import SPLITS
 from infra import storage
 from infra.errors import Gpt2jaError
-from infra.lifetime import die_with_parent
+from infra.parallel import MapParts, WorkerDied, map_with_progress, pool_map
 from infra.progress import progress
 from infra.stage import input_uri, require, run_stage, scratch_dir
 
@@ -82,10 +79,6 @@ DTYPES = {"uint16": "<u2", "int32": "<i4"}  # manifest name → numpy little-end
 # Documents are encoded in batches of about this many characters (one encode_batch call).
 _BATCH_CHARS = 1 << 20
 _BATCH_DOCS = 256
-
-#: ``map_parts(fn, items, names)`` → ``[fn(item) for item in items]``, in order, wherever the caller runs
-#: them (``names``: ``"train-00003"``, one per shard); ``fn`` and ``items`` pickle.
-MapParts = Callable[[Callable[[Any], Any], list, list[str]], list]
 
 
 class ShardsError(Gpt2jaError, ValueError):
@@ -328,12 +321,18 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
         t0 = time.monotonic()
         with progress(len(expected), "shards: encode", "shards") as bar:
             bar.advance(len(done))  # finished by an earlier, interrupted run
-            for records in _run_jobs(todo, {"tokenizer": tok, "config": config, "out": out_uri,
-                                            "corpus": corpus_uri, "fingerprint": fp}, cfg.workers, map_parts):
+
+            def finished(records: list[dict]) -> None:  # in this (the parent) process
                 for rec in records:
                     done[(rec["split"], rec["index"])] = rec
                 bar.advance(len(records), tokens=sum(r["tokens"] for r in records),
                             examples=sum(r["examples"] for r in records))
+
+            try:
+                _run_jobs(todo, {"tokenizer": tok, "config": config, "out": out_uri, "corpus": corpus_uri,
+                                 "fingerprint": fp}, cfg.workers, map_parts, finished)
+            except WorkerDied as err:
+                raise ShardsError(f"shards {out_uri}: {err}") from None
         build_s = time.monotonic() - t0
 
         records = [done[key] for key in sorted(expected, key=lambda k: (SPLITS.index(k[0]), k[1]))]
@@ -372,8 +371,9 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
     return out_uri, did
 
 
-def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: MapParts | None) -> Iterator[list[dict]]:
-    """Build the shards ``todo``; yields each finished job's completion records, in this (the parent) process.
+def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: MapParts | None,
+              finished: Callable[[list[dict]], None]) -> None:
+    """Build the shards ``todo``; ``finished`` gets each finished job's completion records, in this process.
 
     A local job is one split's share of the shards of one worker (each reads that
     split's stream once): the validation shards finish early, and each worker's
@@ -383,28 +383,19 @@ def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: M
     if not todo:
         return
     if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
-        yield from map_parts(_build, [{**job, "tasks": [key]} for key in todo],
-                             [f"{split}-{index:05d}" for split, index in todo])
+        map_with_progress(map_parts, _build, [{**job, "tasks": [key]} for key in todo],
+                          [f"{split}-{index:05d}" for split, index in todo], finished)
         return
     jobs = []
     for split in SPLITS:
         mine = [key for key in todo if key[0] == split]
         n = min(workers, len(mine))
         jobs += [{**job, "tasks": mine[w::n]} for w in range(n)]
-    if min(workers, len(todo)) == 1:
+    if min(workers, len(todo)) == 1:  # in this process: no pool to start
         for one in jobs:
-            yield _build(one)
+            finished(_build(one))
         return
-    # spawn, not fork: a forked child would share the parent's GCS client and its threads
-    ctx = multiprocessing.get_context("spawn")
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                 initializer=die_with_parent) as pool:  # no orphans after a kill
-            for future in as_completed([pool.submit(_build, one) for one in jobs]):
-                yield future.result()
-    except BrokenProcessPool:
-        raise ShardsError(f"shards {job['out']}: a worker process died (killed for memory?); rerun the "
-                          "same command with fewer workers: finished shards are kept") from None
+    map_with_progress(pool_map(workers), _build, jobs, [f"job-{i:03d}" for i in range(len(jobs))], finished)
 
 
 def _require_documents(corpus_uri: str, split: str) -> None:
