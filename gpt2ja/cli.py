@@ -310,6 +310,8 @@ def train(
     run: str = typer.Option(..., "--run", help="The run directory, local or gs://; an existing run resumes."),
     preset: Optional[str] = typer.Option(None, help="tiny, mini, small (117M), medium, large or xl."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Pause after this step (checkpointed); the same "
+                                          "command without it continues. The schedule stays that of --steps."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune from this run's weights."),
     batch_tokens: Optional[int] = typer.Option(None, help="Global batch in tokens (gradient accumulation reaches it)."),
     micro_batch: Optional[int] = typer.Option(None, help="Sequences per forward/backward pass."),
@@ -326,7 +328,7 @@ def train(
     """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
     from model.train import TrainConfig, train as run_train
 
-    given = {"data": data, "run": run, "preset": preset, "steps": steps, "init_from": init_from,
+    given = {"data": data, "run": run, "preset": preset, "steps": steps, "stop_at": stop_at, "init_from": init_from,
              "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
              "warmup_steps": warmup_steps, "strategy": strategy, "mixed_precision": mixed_precision,
              "jit_compile": jit_compile, "override": override}

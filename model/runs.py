@@ -16,7 +16,9 @@
 A run is self-describing: :func:`load_run` rebuilds the model from
 ``hparams.json`` (no preset names needed), restores the newest checkpoint and
 loads the copied tokenizer. A ``gs://`` run is read through a local cache
-directory (only hparams, tokenizer and the newest checkpoint are fetched).
+directory (only hparams, tokenizer and the newest checkpoint are fetched), and
+can be read while it trains: training stages it in another local directory
+(:func:`local_dir`) and :class:`model.run_sync.RunSync` uploads it as it goes.
 
 Example::
 
@@ -53,11 +55,22 @@ DATA_CHECKPOINT_PREFIX = f"{CHECKPOINT_DIR}/data-worker"
 
 
 def local_dir(run_uri: str) -> str:
-    """Where the run lives on this machine: the path itself, or a cache directory for a ``gs://`` run."""
+    """Where training writes the run on this machine: the path itself, or a staging directory for a ``gs://`` run."""
     if not storage.is_gcs(run_uri):
         return storage.local_path(run_uri) or run_uri
     digest = hashlib.sha256(run_uri.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), "gpt2ja-runs", digest)
+
+
+def cache_dir(run_uri: str) -> str:
+    """Where :func:`fetch` puts a ``gs://`` run's newest checkpoint for reading; the path itself for a local run.
+
+    Not :func:`local_dir`: a reader on the machine that trains the run must not
+    write into the directory that training uploads from.
+    """
+    if not storage.is_gcs(run_uri):
+        return local_dir(run_uri)
+    return local_dir(run_uri) + "-read"
 
 
 def is_training_file(rel: str) -> bool:
@@ -156,23 +169,51 @@ class LoadedRun:
     step: int
 
 
+#: reads of a training run's index: each retry follows a newer checkpoint than the one just pruned
+_FETCH_TRIES = 3
+
+
 def fetch(run_uri: str) -> str:
-    """Make the newest checkpoint of ``run_uri`` (and its tokenizer) available locally; the local dir."""
-    local = local_dir(run_uri)
+    """Make the newest checkpoint of ``run_uri`` (and its tokenizer) available locally; the local dir.
+
+    A ``gs://`` run may be training: between reading its index and its files,
+    the checkpoint the index named can be pruned (``keep_checkpoints``). The
+    index is then read again and its newer checkpoint fetched. The local index
+    is written last, so it never names files that are not here. Before the
+    first checkpoint there is no index, and :func:`latest_checkpoint` of the
+    returned directory is None.
+    """
+    local = cache_dir(run_uri)
     if not storage.is_gcs(run_uri):
         return local
-    os.makedirs(local, exist_ok=True)
     storage.download_dir(storage.join(run_uri, TOKENIZER_DIR), os.path.join(local, TOKENIZER_DIR))
-    ckpt_uri = storage.join(run_uri, CHECKPOINT_DIR)
-    index = storage.read_text(storage.join(ckpt_uri, "checkpoint"))
-    newest = index.split('"')[1].rsplit("/", 1)[-1]  # model_checkpoint_path: "ckpt-1200"
-    os.makedirs(os.path.join(local, CHECKPOINT_DIR), exist_ok=True)
-    for uri in storage.list_files(ckpt_uri, recursive=False):
-        name = uri.rsplit("/", 1)[-1]
-        if name == "checkpoint" or name.startswith(newest + "."):
-            with open(os.path.join(local, CHECKPOINT_DIR, name), "wb") as f:
-                f.write(storage.read_bytes(uri))
-    return local
+    ckpt_uri, ckpt_local = storage.join(run_uri, CHECKPOINT_DIR), os.path.join(local, CHECKPOINT_DIR)
+    index_uri, index_local = storage.join(ckpt_uri, "checkpoint"), os.path.join(ckpt_local, "checkpoint")
+    index, error = None, None
+    for _ in range(_FETCH_TRIES):
+        if not storage.exists(index_uri):
+            storage.delete(index_local)  # a cache of an older run at this URI
+            return local
+        seen, index = index, storage.read_text(index_uri)
+        if index == seen:
+            break  # the same index again: what failed is not a checkpoint pruned meanwhile
+        newest = index.split('"')[1].rsplit("/", 1)[-1]  # model_checkpoint_path: "ckpt-1200"
+        names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(ckpt_uri, recursive=False)]
+        if f"{newest}.index" not in names:
+            error = storage.StorageError(f"{index_uri} names checkpoint {newest}, whose files are not in the bucket; "
+                                         "the run is damaged: resume its training to write a new checkpoint")
+            continue
+        try:
+            for name in names:
+                if name.startswith(newest + "."):
+                    data = storage.read_bytes(storage.join(ckpt_uri, name))
+                    storage.write_bytes(os.path.join(ckpt_local, name), data)
+        except storage.StorageError as err:
+            error = err
+            continue
+        storage.write_text(index_local, index)
+        return local
+    raise error
 
 
 def load_run(run_uri: str, *, dtype: str | None = None) -> LoadedRun:
@@ -221,7 +262,7 @@ def download(run_uri: str, local_run: str) -> None:
     """Make ``local_run`` hold the ``gs://`` run's training files (to resume it); empty for a new run.
 
     Only what training writes comes down (:func:`is_training_file`): not the
-    run's manifest, which :func:`sync_up` would upload again, not the
+    run's manifest (the train stage publishes a new one, last), not the
     evaluations and exports beside it, and not the other hosts' data positions
     (they are read and written at ``run_uri`` itself). A cache left by an
     earlier run at the same URI is dropped: the bucket is what resumes.
@@ -244,20 +285,3 @@ def download(run_uri: str, local_run: str) -> None:
         if storage.exists(storage.join(run_uri, name)):
             with open(os.path.join(local_run, name), "wb") as f:
                 f.write(storage.read_bytes(storage.join(run_uri, name)))
-
-
-def sync_up(local_run: str, run_uri: str) -> None:
-    """Upload the local run directory; delete the remote model checkpoints the local manager has dropped.
-
-    Never a manifest at the run's top: the train stage writes that to
-    ``run_uri`` itself, last (a stale local one is removed first).
-    """
-    stale = os.path.join(local_run, storage.MANIFEST)
-    if os.path.exists(stale):
-        os.remove(stale)
-    storage.upload_dir(local_run, run_uri)
-    keep = {os.path.relpath(p, local_run).replace(os.sep, "/") for p in storage.list_files(local_run)}
-    for uri in storage.list_files(storage.join(run_uri, CHECKPOINT_DIR), recursive=False):
-        rel = uri[len(run_uri.rstrip("/")) + 1:]
-        if rel.startswith(f"{CHECKPOINT_DIR}/{CHECKPOINT_NAME}-") and rel not in keep:
-            storage.delete(uri)

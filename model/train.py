@@ -10,27 +10,33 @@ matmul kernels only; warmup then cosine decay: see :mod:`model.optim`).
 
 Exact resume: a checkpoint holds the model, AdamW's moments and step counter
 (hence the learning-rate schedule), our step counter, every dropout layer's
-random state and the ``tf.data`` iterator (its position and shuffle buffers);
-a run started again with the same config continues from the newest checkpoint
-and, with ``deterministic=True``, ends with the same weights as a run that was
-never interrupted. Distributed input is fed as one plain per-host iterator
-(which TensorFlow can checkpoint; a ``tf.distribute`` iterator cannot) and each
-replica takes its rows of the host batch.
+random state and ``examples``, the run's position in the global training
+order of :mod:`model.data_order` (a pure function of the shards, the seed and
+``shuffle_buffer``). A run started again with the same config continues from
+the newest checkpoint and, with ``deterministic=True``, ends with the same
+weights as a run that was never interrupted. The position does not depend on
+the topology: a run checkpointed on 2 hosts resumes on 1 (or 1 on 2) at the
+same example, every global batch is the same examples, and within an epoch
+none is seen twice or skipped. Each host reads the global stream and keeps its
+rows of every global batch; each replica takes its rows of the host batch.
 
 Strategies: ``default`` (CPU or one GPU), ``mirrored`` (all local GPUs),
-``multi_worker`` (``TF_CONFIG``; every worker saves its own data iterator),
+``multi_worker`` (``TF_CONFIG``; one process per host, the chief writes),
 ``tpu`` (``tpu`` names the TPU; data and run on ``gs://``). The tests exercise
 ``default``, ``mirrored`` over two logical CPUs and ``multi_worker`` with two
-worker processes on 127.0.0.1; GPUs and TPUs have not been available here.
+worker processes on 127.0.0.1 (with resumes from 2 to 1 and 1 to 2 workers);
+GPUs and TPUs have not been available here.
 
-Run directory: written locally; for a ``gs://`` run it is staged in a local
-cache directory and uploaded with :func:`infra.storage.upload_dir` after each
-checkpoint and at the end (old checkpoints are deleted remotely too), and
-downloaded first when the run is resumed. The chief trains as the build of
-the train stage (:func:`infra.stage.run_stage`): it holds the run's lock (a
-second ``train`` of the same run gets :class:`infra.stage.LockHeld`), and the
-run's ``_MANIFEST.json`` is written last, once every file is in place; the
-other hosts of a multi-worker job neither lock nor write a manifest.
+Run directory: written locally; a ``gs://`` run is staged in a local
+directory and copied up as it trains (:class:`model.run_sync.RunSync`): its
+logs at every log step (TensorBoard and ``metrics.jsonl`` follow it before the
+first checkpoint), each checkpoint's files once, its index after them (old
+checkpoints are deleted remotely too); it is downloaded first when the run is
+resumed. The chief trains as the build of the train stage
+(:func:`infra.stage.run_stage`): it holds the run's lock (a second ``train`` of
+the same run gets :class:`infra.stage.LockHeld`), and the run's
+``_MANIFEST.json`` is written last, once every file is in place; the other
+hosts of a multi-worker job neither lock nor write a manifest.
 
 Code: this module holds the config and :func:`train` (inputs checked and the
 fingerprint computed before TensorFlow starts, then the session under the train
@@ -69,6 +75,10 @@ class TrainError(Gpt2jaError, ValueError):
     """A training run that cannot start or continue: one line naming the thing and the fix."""
 
 
+class TrainPaused(Exception):
+    """Raised by the loop at ``stop_at``: the build ends without a manifest (the run is not finished)."""
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run; stored in the run's ``hparams.json`` under ``"train"``.
 
@@ -91,6 +101,8 @@ class TrainConfig(BaseModel):
     batch_tokens: int = Field(524_288, ge=1, description="global batch in tokens per optimizer step")
     micro_batch: int = Field(8, ge=1, description="sequences per forward/backward pass, summed over replicas")
     steps: int = Field(ge=1, description="optimizer steps in total (a resumed run continues to this)")
+    stop_at: int | None = Field(None, ge=1, description="pause after this step (checkpointed, no manifest): the "
+                                "schedule stays that of `steps`, and the same command without it continues")
 
     learning_rate: float = Field(6e-4, gt=0, le=1.0, description="peak learning rate")
     warmup_steps: int = Field(100, ge=0, description="linear warmup from 0 to the peak")
@@ -103,7 +115,10 @@ class TrainConfig(BaseModel):
 
     seed: int = Field(0, ge=0, description="weights, dropout and data order")
     deterministic: bool = Field(False, description="deterministic TF ops (bitwise-repeatable, slower)")
-    shuffle_buffer: int = Field(10_000, ge=1, description="examples in the shuffle buffer (saved in checkpoints)")
+    shuffle_buffer: int = Field(10_000, ge=1, description="examples per block of the data order that is "
+                                "shuffled as one (model.data_order)")
+    trace_examples: str | None = Field(None, description="a local directory: each host appends the stream "
+                                       "position and first ids of every example it reads (an audit of the order)")
 
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="keep the newest K checkpoints")
@@ -143,7 +158,8 @@ class TrainConfig(BaseModel):
 
     def fingerprint_config(self) -> dict:
         """What defines the run's result (the run URI itself, logging cadence and TensorBoard extras do not)."""
-        skip = {"run", "log_every", "override", "eval_sample_tokens", "tensorboard_by_tokens"}
+        skip = {"run", "log_every", "override", "eval_sample_tokens", "tensorboard_by_tokens", "trace_examples",
+                "stop_at"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 
@@ -202,11 +218,15 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         finished["checkpoint"] = s.manager.latest_checkpoint
         return built
 
-    if not rt.chief:  # another host of a multi-worker job: the chief holds the run's lock and writes its manifest
-        session()
+    try:
+        if not rt.chief:  # another host of a multi-worker job: the chief holds the run's lock and writes its manifest
+            session()
+            return cfg.run
+        outcome = stage.run_stage(STAGE, cfg.run, fingerprint=plan.fp, build=session,
+                                  inputs=[cfg.data, plan.tok_uri], prune=False, log=progress)
+    except TrainPaused as paused:
+        say(str(paused))
         return cfg.run
-    outcome = stage.run_stage(STAGE, cfg.run, fingerprint=plan.fp, build=session, inputs=[cfg.data, plan.tok_uri],
-                              prune=False, log=progress)
     if outcome.skipped:  # another process finished it while this one started
         return nothing_to_do()
     say(f"run {cfg.run}: {cfg.steps:,} steps done, newest checkpoint {finished['checkpoint']}")

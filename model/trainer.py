@@ -10,7 +10,7 @@
     make_train_step / make_eval_step     the compiled distributed step (gradient accumulation) and eval
       │
     run_loop(...)                        steps, progress lines, metrics.jsonl, TensorBoard (model.summaries),
-      │                                  validation, checkpoints (and gs:// sync)
+      │                                  validation, checkpoints (a gs:// run: model.run_sync uploads as it goes)
     finish(...)                          the chief's run manifest (published last by the train stage)
 
 The chief runs everything after ``start_runtime`` as the build of the train
@@ -33,11 +33,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from infra import storage
-from model import runs, summaries
+from model import run_sync, runs, summaries
 from model.distribute import StrategyError, make_strategy, worker_info
 from model.optim import lr_schedule, make_optimizer
 from model.presets import ModelConfig
-from model.train import STAGE, Plan, TrainConfig, TrainError
+from model.train import STAGE, Plan, TrainConfig, TrainError, TrainPaused
 
 __all__ = ["Runtime", "Session", "build_session", "finish", "make_eval_step", "make_train_step", "run_loop",
            "start_runtime"]
@@ -62,10 +62,10 @@ class Session(NamedTuple):
     lm: Any              # keras_hub GPT2CausalLM
     opt: Any             # AdamW (model.optim)
     step: Any            # tf.Variable int64: optimizer steps done (checkpointed)
+    examples: Any        # tf.Variable int64: examples of the global order consumed (checkpointed)
     train_ds: Any        # tf.data: (host_rows, seq_len) int32 pairs, host_rows = local_replicas × per_replica × accum
-    iterator: Any        # a plain iterator over train_ds (checkpointable; a tf.distribute one is not)
-    manager: Any         # tf.train.CheckpointManager: model, optimizer, step, dropout rng (+ data on one host)
-    data_manager: Any    # multi-worker: this host's data-iterator CheckpointManager; else None
+    iterator: Any        # a plain iterator over train_ds (from ``examples`` on)
+    manager: Any         # tf.train.CheckpointManager: model, optimizer, step, examples, dropout rng
     val_ds: Any          # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
     board: Any           # model.summaries.TensorBoard: the summary writers (chief); None on other hosts
 
@@ -108,10 +108,10 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     import tensorflow as tf
 
     from model import data as data_mod
-    from model import gpt2
+    from model import data_order, gpt2
 
     local = runs.local_dir(cfg.run) if rt.chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{rt.worker}-")
-    if rt.chief and storage.is_gcs(cfg.run):
+    if storage.is_gcs(cfg.run):  # every host resumes from the bucket (where the chief's checkpoints are)
         runs.download(cfg.run, local)
     os.makedirs(local, exist_ok=True)
 
@@ -122,40 +122,43 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         lm = gpt2.build_model(plan.model_cfg, dtype=dtype)
         opt = make_optimizer(cfg, lm)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    host_rows = rt.local_replicas * rt.per_replica * plan.accum  # sequences per optimizer step on this host
-    train_ds = data_mod.make_dataset(cfg.data, "train", host_rows, shuffle=True, seed=cfg.seed,
-                                     deterministic=True, num_input_pipelines=rt.workers, input_pipeline_id=rt.worker,
-                                     shuffle_buffer=cfg.shuffle_buffer)
-    iterator = iter(train_ds)
+        examples = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
     ckpt_dir = os.path.join(local, runs.CHECKPOINT_DIR)
-    state = {"backbone": lm.backbone, "optimizer": opt, "step": step, "rng": gpt2.dropout_rng_states(lm)}
-    if rt.workers == 1:
-        state["data"] = iterator
-    ckpt = tf.train.Checkpoint(**state)
+    ckpt = tf.train.Checkpoint(backbone=lm.backbone, optimizer=opt, step=step, examples=examples,
+                               rng=gpt2.dropout_rng_states(lm))
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=runs.CHECKPOINT_NAME)
-    data_manager = None
-    if rt.workers > 1:  # each host's iterator reads its own files: one data checkpoint per host, written
-        # straight to the run URI (TensorFlow writes gs:// itself) so that any machine can resume it
-        data_dir = storage.join(cfg.run, runs.CHECKPOINT_DIR, f"data-worker{rt.worker}")
-        data_manager = tf.train.CheckpointManager(tf.train.Checkpoint(data=iterator), data_dir,
-                                                  max_to_keep=cfg.keep_checkpoints, checkpoint_name="data")
 
-    # ---- resume, or start (from init_from's weights)
-    resumed = _restore(manager, data_manager, cfg.run)
+    # ---- resume, or start (from init_from's weights). Every host restores the chief's newest checkpoint:
+    # its own copy (the chief; any host of a gs:// run) or the run directory itself (a local run, which the
+    # hosts must share); the other hosts save theirs to their scratch directory, which nothing reads.
+    prefix = manager.latest_checkpoint
+    if not rt.chief and not storage.is_gcs(cfg.run):
+        prefix = tf.train.latest_checkpoint(os.path.join(cfg.run, runs.CHECKPOINT_DIR))
+    resumed = _restore(manager, prefix, cfg.run)
     if resumed is None:
         if plan.init_prefix:
             runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
             say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
         if rt.chief:
             _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
+            runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
     else:
-        say(f"resuming run {cfg.run} from step {resumed}")
+        said = ""
+        if not _has_examples(prefix):  # written before the global order: no position saved
+            examples.assign(resumed * plan.accum * cfg.micro_batch)
+            said = " (its checkpoint predates the global data order: data continues at example step × batch)"
+        at = int(examples.numpy())
+        say(f"resuming run {cfg.run} from step {resumed} at example {at:,} (epoch "
+            f"{at / data_order.epoch_size(cfg.data):.2f}){said}")
         if rt.chief:
             _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
             runs.truncate_metrics(local, resumed)
 
-    # ---- validation data, TensorBoard
+    # ---- the training data from this run's position; then validation data, TensorBoard
+    train_ds = data_order.train_dataset(cfg.data, global_batch=plan.accum * cfg.micro_batch, workers=rt.workers,
+                                        worker=rt.worker, start_example=int(examples.numpy()), seed=cfg.seed,
+                                        shuffle_buffer=cfg.shuffle_buffer, trace_dir=cfg.trace_examples)
     val_ds = None
     if cfg.eval_batches > 0 and any(f.get("split") == "validation" for f in plan.manifest["files"]):
         val_ds = data_mod.make_dataset(cfg.data, "validation", rt.local_replicas * rt.per_replica, shuffle=False,
@@ -165,8 +168,8 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     if rt.chief:
         board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
                                       by_tokens=cfg.tensorboard_by_tokens)
-    return Session(local=local, lm=lm, opt=opt, step=step, train_ds=train_ds, iterator=iterator, manager=manager,
-                   data_manager=data_manager, val_ds=val_ds, board=board)
+    return Session(local=local, lm=lm, opt=opt, step=step, examples=examples, train_ds=train_ds,
+                   iterator=iter(train_ds), manager=manager, val_ds=val_ds, board=board)
 
 
 # ----------------------------------------------------------------- compiled steps
@@ -192,7 +195,8 @@ def make_train_step(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session):
 
     from model import gpt2
 
-    lm, opt, step, strategy = s.lm, s.opt, s.step, rt.strategy
+    lm, opt, step, examples, strategy = s.lm, s.opt, s.step, s.examples, rt.strategy
+    global_batch = plan.accum * cfg.micro_batch
     accum, per_replica, seq_len, local_replicas = plan.accum, rt.per_replica, plan.seq_len, rt.local_replicas
     expected = float(cfg.batch_tokens)  # scored targets per step when none is ignored
     fp16 = cfg.mixed_precision == "fp16"
@@ -245,6 +249,7 @@ def make_train_step(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session):
             loss = strategy.experimental_local_results(loss)[0]
             norm = strategy.experimental_local_results(norm)[0]
             step.assign_add(1)
+            examples.assign_add(global_batch)
             loss_sum += loss
         return loss_sum, loss, norm
 
@@ -321,12 +326,14 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
             counts, prompt = summaries.from_validation(plan.tok, s.val_ds, cfg.eval_batches)
             if cfg.eval_sample_tokens:
                 sampler = summaries.Sampler(s.lm, plan.tok, prompt, tokens=cfg.eval_sample_tokens, seed=cfg.seed)
+    sync = run_sync.RunSync(s.local, cfg.run) if rt.chief and storage.is_gcs(cfg.run) else None
     marks = [cfg.log_every, cfg.checkpoint_every] + ([cfg.eval_every] if has_validation else [])
     window_start, window_step, window_loss = time.monotonic(), start_step, 0.0
     session_start, session_first = time.monotonic(), start_step
     current = start_step
-    while current < cfg.steps:
-        n = min([cfg.steps_per_execution, cfg.steps - current] + [m - current % m for m in marks])
+    stop = min(cfg.steps, cfg.stop_at or cfg.steps)  # a planned pause before the end keeps the schedule of steps
+    while current < stop:
+        n = min([cfg.steps_per_execution, stop - current] + [m - current % m for m in marks])
         try:
             loss_sum, loss, norm = train_chunk(s.iterator, tf.constant(n, tf.int32))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:  # a damaged shard, mid-run?
@@ -337,7 +344,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
         window_loss += float(loss_sum)
         current += n
         record, sample = None, None
-        if current % cfg.log_every == 0 or current == cfg.steps:
+        if current % cfg.log_every == 0 or current == stop:
             now = time.monotonic()
             done = current - window_step
             tokens_s = done * cfg.batch_tokens / max(now - window_start, 1e-9)
@@ -366,24 +373,41 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             s.board.write(current, record, sample)
+            if sync is not None:
+                sync.sync_logs()  # in the background: the bucket shows the logs before the first checkpoint
         if record and on_log:
             on_log(current, record)
-        if current % cfg.checkpoint_every == 0 or current == cfg.steps:
-            _save(s.manager, s.data_manager, current)
-            if rt.chief and storage.is_gcs(cfg.run):
-                runs.sync_up(s.local, cfg.run)
-    return finish(cfg, rt, plan, s, session_start)
+        if current % cfg.checkpoint_every == 0 or current == stop:
+            s.manager.save(checkpoint_number=current)
+            if sync is not None:
+                sync.sync_checkpoint()
+    if current < cfg.steps:
+        _pause(rt, s)
+        if sync is not None:
+            sync.close()
+        raise TrainPaused(f"run {cfg.run} paused at step {current:,} of {cfg.steps:,} (stop_at {cfg.stop_at}), "
+                          f"checkpointed; the same command without stop_at continues it")
+    return finish(cfg, rt, plan, s, session_start, sync)
 
 
-def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start: float) -> dict | None:
+def _pause(rt: Runtime, s: Session) -> None:
+    """Close what ``finish`` would close, without the manifest: the run is not finished."""
+    if rt.chief:
+        s.board.close()
+    else:
+        shutil.rmtree(s.local, ignore_errors=True)
+
+
+def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start: float,
+           sync: run_sync.RunSync | None = None) -> dict | None:
     """Every file in place; the chief's manifest goes to the run last (run_stage). Other hosts: None."""
     if not rt.chief:
         shutil.rmtree(s.local, ignore_errors=True)
         return None
     s.board.close()
     built = _run_manifest(s.local, cfg, plan.fp, plan.input_manifests, s.lm, time.monotonic() - session_start)
-    if storage.is_gcs(cfg.run):
-        runs.sync_up(s.local, cfg.run)
+    if sync is not None:
+        sync.close()  # every file in the bucket before run_stage publishes the manifest
     return built
 
 
@@ -403,19 +427,14 @@ def _named_data_error(cfg: TrainConfig, err) -> Exception:
                       "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged")
 
 
-def _restore(manager, data_manager, run_uri: str) -> int | None:
-    """Restore the newest checkpoint; its step, or None for a fresh run."""
+def _restore(manager, prefix: str | None, run_uri: str) -> int | None:
+    """Restore the checkpoint ``prefix`` (the newest); its step, or None for a fresh run (no prefix)."""
     import tensorflow as tf
 
-    prefix = manager.latest_checkpoint
     if prefix is None:
         return None
     try:
         manager.checkpoint.restore(prefix).assert_existing_objects_matched()
-        if data_manager is not None:
-            step = runs.checkpoint_step(prefix)
-            data_prefix = f"{data_manager.directory}/data-{step}"
-            data_manager.checkpoint.restore(data_prefix).assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
         first = " ".join(str(err).split())[:200]
         raise TrainError(f"run {run_uri}: checkpoint {prefix} cannot be restored ({first}); it is damaged: delete "
@@ -423,10 +442,11 @@ def _restore(manager, data_manager, run_uri: str) -> int | None:
     return runs.checkpoint_step(prefix)
 
 
-def _save(manager, data_manager, step: int) -> None:
-    if data_manager is not None:  # data first: a model checkpoint never lacks its data position
-        data_manager.save(checkpoint_number=step)
-    manager.save(checkpoint_number=step)
+def _has_examples(prefix: str) -> bool:
+    """Whether a checkpoint holds the data position (``examples``); those of older versions do not."""
+    import tensorflow as tf
+
+    return any(name.startswith("examples/") for name, _ in tf.train.list_variables(prefix))
 
 
 def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict, tok, lm,

@@ -114,6 +114,8 @@ def gcs_proxy_root(gcs_emulator, gcs_precondition_proxy, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_precondition_proxy.url)
     gcs_precondition_proxy.requests.clear()
     gcs_precondition_proxy.rejected.clear()
+    gcs_precondition_proxy.uploads.clear()
+    gcs_precondition_proxy.refused.clear()
     # The client cache is keyed on STORAGE_EMULATOR_HOST, so the next call
     # builds a client for the proxy and, after monkeypatch undoes the change,
     # one for the emulator again.

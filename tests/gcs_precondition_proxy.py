@@ -42,8 +42,11 @@ _PRECONDITION_MESSAGE = "At least one of the pre-conditions you specified did no
 class PreconditionProxy:
     """Forward HTTP to ``upstream`` ("http://host:port"), enforcing ifGenerationMatch on uploads.
 
-    ``requests`` records ``(method, path)`` of everything forwarded, and
-    ``rejected`` the object names answered with 412.
+    ``requests`` records ``(method, path)`` of everything forwarded, ``uploads``
+    the object name of every upload in the order they came (one per upload,
+    however many chunks), and ``rejected`` the object names answered with 412.
+    Uploads of the object names in ``refused`` are answered 403, as GCS does
+    without write permission.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -52,6 +55,8 @@ class PreconditionProxy:
         self.upstream_port = parts.port or 80
         self.requests: list[tuple[str, str]] = []
         self.rejected: list[str] = []
+        self.uploads: list[str] = []
+        self.refused: set[str] = set()
         self.conditional = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -131,6 +136,12 @@ class PreconditionProxy:
             def _handle(self) -> None:
                 body = self._body()
                 proxy.requests.append((self.command, self.path))
+                uploading = self._upload_name(body)
+                if uploading is not None:
+                    proxy.uploads.append(uploading)
+                    if uploading in proxy.refused:
+                        self._forbidden(uploading)
+                        return
                 if "ifGenerationMatch=" in self.path:
                     # check and write as one step, as GCS does: two racing conditional
                     # writes (lock takers) must not both see the condition hold
@@ -167,6 +178,23 @@ class PreconditionProxy:
                 if body is not None:
                     headers["Content-Length"] = str(len(body))
                 self._reply(*proxy.forward(self.command, self.path, headers, body))
+
+            def _forbidden(self, name: str) -> None:
+                """GCS's answer to an upload without write permission (its JSON error format)."""
+                message = f"the caller does not have storage.objects.create access to {name}"
+                error = {"error": {"code": 403, "message": message,
+                                   "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}}
+                self._reply(403, "Forbidden", [("Content-Type", "application/json; charset=UTF-8")],
+                            json.dumps(error).encode())
+
+            def _upload_name(self, body: bytes | None) -> str | None:
+                """The object name when this request starts an upload (not a resumable upload's later chunks)."""
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                segments = parts.path.split("/")
+                if self.command != "POST" or segments[1:4] != ["upload", "storage", "v1"] or "upload_id" in query:
+                    return None
+                return self._object_name(query, body)
 
             def _precondition_failure(self, body: bytes | None) -> str | None:
                 """Return the object name when this upload's ifGenerationMatch does not hold."""

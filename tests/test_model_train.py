@@ -24,7 +24,6 @@ from corpus.document import Document
 from corpus.jsonl import ShardWriter
 from infra import storage
 from tests import procs
-from tests.net import free_ports
 from tokenization.bytes_tokenizer import ByteTokenizer
 from tokenization.shards import ShardsConfig, write_shards
 
@@ -106,34 +105,37 @@ def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
 def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     run = tmp_path / "overfit"
     lines: list[str] = []
-    cfg = config(shards, run, steps=100, warmup_steps=10, learning_rate=3e-3, log_every=10, eval_every=50,
+    cfg = config(shards, run, steps=150, warmup_steps=10, learning_rate=3e-3, log_every=10, eval_every=50,
                  checkpoint_every=50, steps_per_execution=10, deterministic=False)
     assert train(cfg, progress=lines.append) == str(run)
     rows = metrics(run)
     first, last = rows[0]["loss"], rows[-1]["loss"]
-    assert first > 3.0 and last < 0.5, (first, last)  # ln(320) ≈ 5.8 at init; the text is learned
+    # ln(320) ≈ 5.8 at init; the text is learned. How fast depends on the seed's data order: after 100 steps
+    # the last window's loss was 0.28–1.17 over four seeds, after 150 steps 0.09–0.34
+    assert first > 3.0 and last < 0.5, (first, last)
     assert rows[-1]["val_loss"] < 0.5  # validation holds the same text
-    assert [r["step"] for r in rows if "loss" in r] == list(range(10, 101, 10))
-    assert any(line.startswith("step 100/100") and "tok/s" in line and "ETA" in line for line in lines)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(10, 151, 10))
+    assert any(line.startswith("step 150/150") and "tok/s" in line and "ETA" in line for line in lines)
     # a self-describing run directory, manifest last
     hp = json.loads((run / runs.HPARAMS).read_text())
     assert hp["model"]["preset"] == "tiny" and hp["model"]["vocab_size"] == 257 and hp["padded_vocab_size"] == 320
-    assert hp["model"]["context_length"] == SEQ_LEN and hp["train"]["steps"] == 100
+    assert hp["model"]["context_length"] == SEQ_LEN and hp["train"]["steps"] == 150
     assert (run / runs.TOKENIZER_DIR / "tokenizer.json").exists()
-    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).glob("*.index")) == ["ckpt-100.index", "ckpt-50.index"]
+    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).glob("*.index")) == ["ckpt-100.index", "ckpt-150.index",
+                                                                                    "ckpt-50.index"]
     assert list((run / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     manifest = storage.read_manifest(str(run))
-    assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 100 * 256
+    assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 150 * 256
     # the run evaluates and generates on its own (hparams + tokenizer copy + newest checkpoint)
     held_out = tmp_path / "held-out.txt"
     held_out.write_text(TEXT * 3, encoding="utf-8")
     result = evaluate_run(str(run), [str(held_out)])
     assert json.loads((run / runs.EVAL_JSON).read_text())["bits_per_character"] == result["bits_per_character"]
-    assert (result["characters"], result["tokens"], result["step"]) == (len(TEXT) * 3, len(TEXT.encode()) * 3, 100)
+    assert (result["characters"], result["tokens"], result["step"]) == (len(TEXT) * 3, len(TEXT.encode()) * 3, 150)
     assert result["bits_per_character"] < 3.0  # a random model: log2(257) × 3 bytes per character ≈ 24
     [sample] = generate_run(str(run), TEXT[:3], greedy=True, max_chars=6)
     assert sample.stopped == "max_chars" and len(sample.text) == 6
-    assert sample.text.startswith(TEXT[3])  # "猫": the text is (partly) memorised after 100 steps
+    assert sample.text.startswith(TEXT[3])  # "猫": the text is (partly) memorised after 150 steps
     # the same config again: complete, nothing to do
     again: list[str] = []
     train(cfg, progress=again.append)
@@ -275,85 +277,6 @@ def test_mirrored_two_cpu_replicas_match_one_device(shards, tmp_path):
     for name in a:
         if name.startswith("backbone/"):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=5e-5, err_msg=name)
-
-
-@pytest.mark.slow
-def test_run_on_gcs_uploads_resumes_and_loads(shards, gcs_emulator, tmp_path):
-    """A gs:// run (GCS emulator): staged locally, uploaded at checkpoints, resumed from the bucket alone."""
-    import shutil
-    import uuid
-
-    run = f"gs://{gcs_emulator.bucket}/runs-{uuid.uuid4().hex[:8]}/r"
-    kw = dict(checkpoint_every=2, keep_checkpoints=1, eval_batches=0, log_every=2)
-    train(config(shards, run, steps=4, **kw), progress=None)
-    remote = {u[len(run) + 1:] for u in storage.list_files(run)}
-    assert {runs.HPARAMS, runs.METRICS, storage.MANIFEST, "tokenizer/tokenizer.json",
-            "checkpoints/ckpt-4.index", "checkpoints/checkpoint"} <= remote
-    assert not any(name.startswith("checkpoints/ckpt-2") for name in remote)  # keep-last-1 holds remotely too
-
-    shutil.rmtree(runs.local_dir(run))  # another machine: only the bucket has the run
-    lines: list[str] = []
-    train(config(shards, run, steps=6, **kw), progress=lines.append)
-    assert "from step 4" in lines[0]
-    assert [r["step"] for r in map(json.loads, storage.read_text(storage.join(run, runs.METRICS)).splitlines())] \
-        == [2, 4, 6]
-    shutil.rmtree(runs.local_dir(run))
-    loaded = runs.load_run(run)
-    assert loaded.step == 6 and loaded.config.context_length == SEQ_LEN and loaded.tokenizer.vocab_size == 257
-
-
-MULTI_WORKER_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["TF_CONFIG"] = sys.argv[2]          # before TensorFlow starts: the cluster and this task
-    from model.train import TrainConfig, train
-    train(TrainConfig(**json.loads(sys.argv[1])), progress=None)
-""")
-
-
-@pytest.mark.slow
-def test_multi_worker_two_processes_reach_the_loss_of_one_worker(shards, tmp_path):
-    """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 (gRPC collectives, each reading its own
-    shard file) train ``tiny`` to the loss one worker reaches with the same global batch.
-
-    The workers see the examples in another order than the single worker (each host reads half of the
-    files), so losses agree within a tolerance, not bit for bit: the final loss and the mean of the last
-    three logged losses within 5 % relative, and both far below the untrained ln(320) ≈ 5.8. (At this
-    learning rate a single logged window can spike on one data order and not the other: one run here had
-    2.81 vs 3.83 at step 15, then 2.42 vs 2.37 at step 30; so single windows are not compared.)
-    """
-    kw = dict(steps=30, warmup_steps=3, checkpoint_every=30, eval_batches=0, log_every=5,
-              batch_tokens=2 * 8 * SEQ_LEN, micro_batch=8)
-    one = tmp_path / "one"
-    train(config(shards, one, **kw), progress=None)
-
-    run = tmp_path / "two"
-    cfg = config(shards, run, strategy="multi_worker", **kw)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen([sys.executable, "-c", MULTI_WORKER_SCRIPT, cfg.model_dump_json(),
-                               json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outputs = []
-    try:
-        for p in workers:
-            outputs.append(p.communicate())
-    finally:
-        for p in workers:
-            p.kill()
-    for p, (_, err) in zip(workers, outputs):
-        assert p.returncode == 0, err[-3000:]
-
-    single, multi = metrics(one), metrics(run)  # only the chief (worker 0) writes the run directory
-    assert [r["step"] for r in multi] == [r["step"] for r in single] == list(range(5, 31, 5))
-    assert multi[-1]["loss"] == pytest.approx(single[-1]["loss"], rel=0.05)
-    tail = [np.mean([r["loss"] for r in rows[-3:]]) for rows in (single, multi)]
-    assert tail[1] == pytest.approx(tail[0], rel=0.05), tail
-    assert single[-1]["loss"] < 3.0 and multi[-1]["loss"] < 3.0
-    assert multi[0]["loss"] == pytest.approx(single[0]["loss"], rel=0.02)  # the same initial weights
-    assert storage.read_manifest(str(run))["stage"] == "train"
-    assert (run / runs.CHECKPOINT_DIR / "data-worker1").is_dir()  # each host keeps its own data position
-    assert not list(tmp_path.glob("gpt2ja-worker*"))
 
 
 @pytest.mark.slow
