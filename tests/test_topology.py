@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 import sys
 import textwrap
 from collections import Counter
@@ -69,7 +70,7 @@ def example_id(head: list[int]) -> int:
     return int(bytes(head).decode("ascii"))
 
 
-def config(shards: str, run: Path, trace: Path, **kw) -> TrainConfig:
+def config(shards: str, run: Path | str, trace: Path, **kw) -> TrainConfig:
     base = dict(data=shards, run=str(run), preset="tiny", dropout=0.0, batch_tokens=8 * SEQ_LEN, micro_batch=8,
                 steps=4, learning_rate=3e-3, warmup_steps=1, checkpoint_every=4, eval_batches=0, log_every=1,
                 shuffle_buffer=16, seed=5, trace_examples=str(trace))
@@ -110,8 +111,9 @@ def consumed(trace: Path, start: int, end: int) -> dict[int, tuple[int, int]]:
     return rows
 
 
-def losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run / runs.METRICS).read_text().splitlines())}
+def losses(run: Path | str) -> dict[int, float]:
+    text = storage.read_text(storage.join(str(run), runs.METRICS))
+    return {r["step"]: r["loss"] for r in map(json.loads, text.splitlines())}
 
 
 def test_the_order_does_not_depend_on_the_worker_count(id_shards):
@@ -135,18 +137,23 @@ def test_the_order_does_not_depend_on_the_worker_count(id_shards):
 
 
 @pytest.mark.slow
-def test_resume_from_two_workers_to_one_and_back_sees_every_example_once(id_shards, tmp_path):
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_resume_from_two_workers_to_one_and_back_sees_every_example_once(id_shards, tmp_path, where, request):
     """2 workers (steps 1–4) → 1 worker (5–8) → 2 workers (9–12): 96 examples, 2.4 epochs (pauses: stop_at).
 
     Against one uninterrupted worker: the same example at every stream position,
     every id once per epoch, one writer (the chief), and the same loss at every
     step within float noise (dropout off: the batches are the same, only the
     order of the all-reduce's sums differs; measured: equal to 2e-7 relative).
+    The run root is a local directory (shared by the workers) or gs:// on the
+    GCS emulator, where the workers resume from the bucket.
     """
     reference = tmp_path / "reference"
     train_on(1, config(id_shards, reference, tmp_path / "trace-ref", steps=12, checkpoint_every=12))
 
     run = tmp_path / "run"
+    if where == "gcs":
+        run = f"gs://{request.getfixturevalue('gcs_emulator').bucket}/topology-{uuid.uuid4().hex[:8]}/run"
     segments = [(2, 4), (1, 8), (2, 12)]
     for k, (workers, steps) in enumerate(segments):
         train_on(workers, config(id_shards, run, tmp_path / f"trace-{k}", steps=12, checkpoint_every=12,
@@ -173,6 +180,7 @@ def test_resume_from_two_workers_to_one_and_back_sees_every_example_once(id_shar
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5), (step, got[step], want[step])
     assert storage.read_manifest(str(run))["stage"] == "train"
-    assert json.loads((run / runs.HPARAMS).read_text())["train"]["strategy"] == "multi_worker"
-    ckpt = tf.train.load_checkpoint(str(run / runs.CHECKPOINT_DIR / "ckpt-12"))
+    hparams = json.loads(storage.read_text(storage.join(str(run), runs.HPARAMS)))
+    assert hparams["train"]["strategy"] == "multi_worker"
+    ckpt = tf.train.load_checkpoint(os.path.join(runs.fetch(str(run)), runs.CHECKPOINT_DIR, "ckpt-12"))
     assert ckpt.get_tensor("examples/.ATTRIBUTES/VARIABLE_VALUE") == 12 * batch
