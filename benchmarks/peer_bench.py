@@ -303,7 +303,7 @@ def worker_profile_tf(spec: dict) -> dict:
     """ms per step of gpt2ja's parts: model.gpt2's model and loss, model.optim's AdamW, as the trainer builds them.
 
     Each part is one ``tf.function`` (``jit_compile`` off, and on for the whole step), fed the same
-    ``(B, T)`` batch from memory; the data pipeline is ``model.data.make_dataset`` alone.
+    ``(B, T)`` batch from memory; the data pipeline is the trainer's (``model.data_order.train_dataset``) alone.
     """
     threads = set_tf_threads(spec["cores"])
     import keras
@@ -311,7 +311,7 @@ def worker_profile_tf(spec: dict) -> dict:
 
     tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})  # as trainer.start_runtime
     from model import gpt2
-    from model.data import make_dataset
+    from model.data_order import train_dataset
     from model.optim import make_optimizer
     from model.presets import ModelConfig
     from model.train import TrainConfig
@@ -324,7 +324,7 @@ def worker_profile_tf(spec: dict) -> dict:
     lm = gpt2.build_model(cfg)
     opt = make_optimizer(tcfg, lm)
     variables = lm.trainable_variables
-    ds = make_dataset(spec["data"], "train", b, shuffle=True, seed=0)
+    ds = train_dataset(spec["data"], global_batch=b, seed=0)
     it = iter(ds)
     x, y = next(it)
     expected = float(b * t)
@@ -376,7 +376,7 @@ def worker_profile_tf(spec: dict) -> dict:
         a.numpy()
 
     parts = {
-        "data pipeline (make_dataset, one batch)": data_batch,
+        "data pipeline (train_dataset, one batch)": data_batch,
         "forward (logits)": lambda: fwd(x).numpy(),
         "forward + loss": lambda: fwd_loss(x, y).numpy(),
         "forward + loss + backward": lambda: fwd_bwd(x, y).numpy(),

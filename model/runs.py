@@ -28,15 +28,19 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra import storage
 from model.presets import ModelConfig, ModelError
+
+if TYPE_CHECKING:
+    from model.train import TrainConfig
 
 HPARAMS = "hparams.json"
 TOKENIZER_DIR = "tokenizer"
@@ -285,3 +289,64 @@ def download(run_uri: str, local_run: str) -> None:
         if storage.exists(storage.join(run_uri, name)):
             with open(os.path.join(local_run, name), "wb") as f:
                 f.write(storage.read_bytes(storage.join(run_uri, name)))
+
+
+# ----------------------------------------------------------------- what training writes
+
+
+def write_run_files(local: str, cfg: "TrainConfig", model_cfg: ModelConfig, manifest: dict, tok, lm,
+                     resumed: int | None = None) -> None:
+    """``hparams.json`` (and the tokenizer copy of a new run); a resume keeps the run's history of changes."""
+    history: list[dict] = []
+    if resumed is not None:  # a resumed run: what it was trained with so far stays on record
+        from model.train import changed_settings
+
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(local, HPARAMS), encoding="utf-8") as f:
+                before = json.load(f)
+            history = list(before.get("history") or [])
+            changed = changed_settings(before.get("train") or {}, cfg)
+            if (before.get("train") or {}).get("steps") not in (None, cfg.steps):
+                changed["steps"] = (before["train"]["steps"], cfg.steps)
+            if changed:
+                history.append({"step": resumed, "changed": {k: list(v) for k, v in changed.items()},
+                                "override": cfg.override, "code_version": storage.code_version()})
+    hparams = {
+        "format": FORMAT,
+        "model": model_cfg.model_dump(),
+        "train": cfg.model_dump(),
+        "refs": "relative",  # data.uri is relative to the run directory (data_uri); "train" is as given
+        "data": {"uri": storage.relative_ref(cfg.data, cfg.run), "fingerprint": manifest.get("fingerprint"),
+                 "seq_len": manifest["seq_len"], "vocab_size": manifest["vocab_size"], "eos_id": manifest["eos_id"]},
+        "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "vocab_size": tok.vocab_size,
+                      "eos_id": tok.eos_id},
+        "padded_vocab_size": model_cfg.padded_vocab_size,
+        "parameters": int(lm.count_params()),
+        "code_version": storage.code_version(),
+        "history": history,  # [{step, changed: {setting: [before, after]}, …}]: settings changed on resume
+    }
+    # atomically: a second train of this run reads it (_check_resumable) before it finds the run locked
+    storage.write_text(os.path.join(local, HPARAMS),
+                       json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    tok_dir = os.path.join(local, TOKENIZER_DIR)
+    if not (resumed is not None and storage.read_manifest(tok_dir)):
+        tok.save(tok_dir)
+
+
+def build_run_manifest(local: str, cfg: "TrainConfig", fp: str, inputs: list[dict], lm, seconds: float) -> dict:
+    """The run's manifest (not written: the train stage publishes it last): what training wrote under ``local``.
+
+    Paths are relative to the run directory; only training's own files are listed
+    (:func:`is_training_file`), so the run's ``eval/`` and ``export/`` can change without
+    making the run unverifiable.
+    """
+    files = [storage.file_info(p, root=local) for p in storage.list_files(local)
+             if is_training_file(os.path.relpath(p, local).replace(os.sep, "/"))]
+    counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
+    config = {"train": cfg.fingerprint_config()}
+    from model.train import STAGE
+
+    manifest = storage.build_manifest(stage=STAGE, config=config, inputs=inputs, counts=counts, files=files,
+                                      timings={"last_session_s": round(seconds, 3)})
+    manifest["fingerprint"] = fp  # the fingerprint train() checks (includes the model shape)
+    return manifest

@@ -21,7 +21,6 @@ and Keras are imported inside the functions, as in :mod:`model.train`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,8 +35,7 @@ from infra import storage
 from model import run_sync, runs, summaries
 from model.distribute import StrategyError, make_strategy, worker_info
 from model.optim import lr_schedule, make_optimizer
-from model.presets import ModelConfig
-from model.train import STAGE, Plan, TrainConfig, TrainError, TrainPaused
+from model.train import Plan, TrainConfig, TrainError, TrainPaused
 
 __all__ = ["Runtime", "Session", "build_session", "finish", "make_eval_step", "make_train_step", "run_loop",
            "start_runtime"]
@@ -141,7 +139,7 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
             runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
             say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
         if rt.chief:
-            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
+            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
             runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
     else:
         said = ""
@@ -152,7 +150,7 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         say(f"resuming run {cfg.run} from step {resumed} at example {at:,} (epoch "
             f"{at / data_order.epoch_size(cfg.data):.2f}){said}")
         if rt.chief:
-            _write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
+            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
             runs.truncate_metrics(local, resumed)
 
     # ---- the training data from this run's position; then validation data, TensorBoard
@@ -405,7 +403,7 @@ def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start:
         shutil.rmtree(s.local, ignore_errors=True)
         return None
     s.board.close()
-    built = _run_manifest(s.local, cfg, plan.fp, plan.input_manifests, s.lm, time.monotonic() - session_start)
+    built = runs.build_run_manifest(s.local, cfg, plan.fp, plan.input_manifests, s.lm, time.monotonic() - session_start)
     if sync is not None:
         sync.close()  # every file in the bucket before run_stage publishes the manifest
     return built
@@ -447,62 +445,6 @@ def _has_examples(prefix: str) -> bool:
     import tensorflow as tf
 
     return any(name.startswith("examples/") for name, _ in tf.train.list_variables(prefix))
-
-
-def _write_run_files(local: str, cfg: TrainConfig, model_cfg: ModelConfig, manifest: dict, tok, lm,
-                     resumed: int | None = None) -> None:
-    """``hparams.json`` (and the tokenizer copy of a new run); a resume keeps the run's history of changes."""
-    history: list[dict] = []
-    if resumed is not None:  # a resumed run: what it was trained with so far stays on record
-        from model.train import changed_settings
-
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(local, runs.HPARAMS), encoding="utf-8") as f:
-                before = json.load(f)
-            history = list(before.get("history") or [])
-            changed = changed_settings(before.get("train") or {}, cfg)
-            if (before.get("train") or {}).get("steps") not in (None, cfg.steps):
-                changed["steps"] = (before["train"]["steps"], cfg.steps)
-            if changed:
-                history.append({"step": resumed, "changed": {k: list(v) for k, v in changed.items()},
-                                "override": cfg.override, "code_version": storage.code_version()})
-    hparams = {
-        "format": runs.FORMAT,
-        "model": model_cfg.model_dump(),
-        "train": cfg.model_dump(),
-        "refs": "relative",  # data.uri is relative to the run directory (runs.data_uri); "train" is as given
-        "data": {"uri": storage.relative_ref(cfg.data, cfg.run), "fingerprint": manifest.get("fingerprint"),
-                 "seq_len": manifest["seq_len"], "vocab_size": manifest["vocab_size"], "eos_id": manifest["eos_id"]},
-        "tokenizer": {"path": runs.TOKENIZER_DIR, "kind": tok.kind, "vocab_size": tok.vocab_size,
-                      "eos_id": tok.eos_id},
-        "padded_vocab_size": model_cfg.padded_vocab_size,
-        "parameters": int(lm.count_params()),
-        "code_version": storage.code_version(),
-        "history": history,  # [{step, changed: {setting: [before, after]}, …}]: settings changed on resume
-    }
-    # atomically: a second train of this run reads it (_check_resumable) before it finds the run locked
-    storage.write_text(os.path.join(local, runs.HPARAMS),
-                       json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-    tok_dir = os.path.join(local, runs.TOKENIZER_DIR)
-    if not (resumed is not None and storage.read_manifest(tok_dir)):
-        tok.save(tok_dir)
-
-
-def _run_manifest(local: str, cfg: TrainConfig, fp: str, inputs: list[dict], lm, seconds: float) -> dict:
-    """The run's manifest (not written: the train stage publishes it last): what training wrote under ``local``.
-
-    Paths are relative to the run directory; only training's own files are listed
-    (:func:`runs.is_training_file`), so the run's ``eval/`` and ``export/`` can change without
-    making the run unverifiable.
-    """
-    files = [storage.file_info(p, root=local) for p in storage.list_files(local)
-             if runs.is_training_file(os.path.relpath(p, local).replace(os.sep, "/"))]
-    counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
-    config = {"train": cfg.fingerprint_config()}
-    manifest = storage.build_manifest(stage=STAGE, config=config, inputs=inputs, counts=counts, files=files,
-                                      timings={"last_session_s": round(seconds, 3)})
-    manifest["fingerprint"] = fp  # the fingerprint train() checks (includes the model shape)
-    return manifest
 
 
 def _duration(seconds: float) -> str:
