@@ -11,10 +11,14 @@ import sys
 import time
 
 from scrapy import signals
+from scrapy.http.request import NO_CALLBACK
 from twisted.internet import task
 
-from crawler import accounting
+from corpus.document import utc_now
 from corpus.jsonl import list_parts, read_documents
+from crawler import accounting
+from crawler.warc_writer import WarcFiles, from_scrapy
+from gpt2ja import __version__
 from infra import storage
 
 logger = logging.getLogger("gpt2ja.crawl")
@@ -94,6 +98,116 @@ class ProgressLine:
                   flush=True)
 
 
+class WarcArchive:
+    """Stores the raw responses of the crawl as WARC files beside its documents (``GPT2JA_WARC``).
+
+    What is stored: every 2xx response that Scrapy hands to a spider callback,
+    caught on ``response_received``, which fires before the spider parses the
+    response (so a stored document's responses are always on disk first). Not
+    stored: robots.txt (Scrapy's own request, no callback), 4xx/5xx (they go to
+    errbacks), 3xx (followed; the final response records the chain). The files,
+    their layout and crash safety: :mod:`crawler.warc_writer`. A URL already in
+    the crawl's files is not stored twice (logged as ``already stored``; not a
+    manifest count, since only a crawl resumed after a kill fetches again). A
+    failure to write stops the crawl (no manifest): a WARC with holes would be a
+    manifest that lies.
+    """
+
+    def __init__(self, crawler):
+        from scrapy.exceptions import NotConfigured
+
+        settings = crawler.settings
+        if not settings.getbool("GPT2JA_WARC") or not settings.get("GPT2JA_OUT") or not settings.get("GPT2JA_STATE"):
+            raise NotConfigured
+        self.crawler = crawler
+        self.alias = settings.getdict("GPT2JA_URL_ALIAS")
+        prefix = settings.get("GPT2JA_WARC_PREFIX") or "crawl"
+        info = {"software": f"gpt2ja-crawler/{__version__} (Scrapy, warcio)",
+                "isPartOf": prefix, "robots": "obey" if settings.getbool("ROBOTSTXT_OBEY") else "ignore",
+                "http-header-user-agent": settings.get("USER_AGENT") or "",
+                "description": "every 2xx response handed to a spider callback; bodies as Scrapy received them "
+                               "(transfer and content codings undone, Content-Length the stored length)"}
+        self.files = WarcFiles(settings.get("GPT2JA_OUT"), os.path.join(settings.get("GPT2JA_STATE"), "warc"),
+                               prefix, info=info, max_file_bytes=settings.getint("GPT2JA_WARC_FILE_BYTES"),
+                               max_record_bytes=settings.getint("DOWNLOAD_MAXSIZE") or (1 << 62))
+        self.failed: str | None = None
+        self.closed_files: list[str] | None = None
+        crawler.signals.connect(self.opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.received, signal=signals.response_received)
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def opened(self, spider):
+        try:
+            self.files.open()
+        except (OSError, storage.StorageError) as exc:
+            self._fail(f"cannot read the crawl's WARC files in {self.files.folder} ({exc}); check that folder "
+                       f"and {self.files.state_dir}, then rerun the same command")
+            return
+        for note in self.files.notes:
+            logger.warning("warc: %s", note)
+        if self.files.published or self.files.stored:
+            logger.info("warc: %d responses already stored in %d file(s) by earlier sessions",
+                        len(self.files.stored), len(self.files.published))
+
+    def received(self, response, request, spider):
+        if self.failed or request.callback is NO_CALLBACK or not 200 <= response.status < 300:
+            return
+        try:
+            why = self.files.add(from_scrapy(response, request, utc_now(), self.alias))
+        except (OSError, storage.StorageError) as exc:
+            self._fail(f"cannot store {response.url} in the crawl's WARC file ({exc}); free disk space (or fix "
+                       f"{self.files.state_dir}) and rerun the same command: the crawl resumes")
+            return
+        if why == "already_stored":
+            self.crawler.stats.inc_value("gpt2ja/warc/already_stored")
+        elif why is not None:
+            self.crawler.stats.inc_value(WARC_NOT_STORED + why)
+            logger.warning("warc: not stored (%s): %s", why, response.url)
+
+    def _fail(self, message: str, stop: bool = True) -> None:
+        """Log the failure and stop the crawl; the runner then forgets its JOBDIR, so the rerun fetches
+        again what this session fetched and could not store (what is stored is not stored twice)."""
+        self.failed = FAILED[self.files.out_uri] = message
+        logger.error("warc: %s", message)
+        if not stop:
+            return
+        engine = self.crawler.engine
+        if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
+            from scrapy.utils.defer import deferred_from_coro
+
+            deferred_from_coro(engine.close_spider_async(reason="warc_error"))
+        else:
+            engine.close_spider(self.crawler.spider, "warc_error")
+
+    def close(self) -> list[str]:
+        """Publish the file being filled; every WARC file of the crawl (idempotent)."""
+        if self.closed_files is None:
+            self.closed_files = []
+            try:
+                self.closed_files = [] if self.failed else self.files.close()
+            except (OSError, storage.StorageError) as exc:  # the file stays in the state dir: the rerun publishes it
+                self._fail(f"cannot publish the WARC file to {self.files.folder} ({exc}); check that folder, then "
+                           "rerun the same command", stop=False)
+            already = self.crawler.stats.get_value("gpt2ja/warc/already_stored", 0)
+            if already:
+                logger.info("warc: %d responses fetched again were already stored (a resumed crawl)", already)
+        return self.closed_files
+
+    def closed(self, spider, reason):
+        self.close()
+
+
+def _warc_archive(crawler) -> WarcArchive | None:
+    extensions = getattr(crawler, "extensions", None)
+    return next((m for m in getattr(extensions, "middlewares", ()) if isinstance(m, WarcArchive)), None)
+
+
+#: stats key prefix of responses the WARC did not store, by reason (``too_large``)
+WARC_NOT_STORED = "gpt2ja/warc_not_stored/"
 #: the manifest of each crawl that finished in this process, by output URI (a crawl runs once per process)
 FINISHED: dict[str, dict] = {}
 #: why a crawl that ended failed (nothing reachable), by output URI
@@ -138,7 +252,9 @@ class CrawlManifest:
 
     def session_counts(self) -> dict:
         stats = self.crawler.stats.get_stats()
+        warc = {k[len(WARC_NOT_STORED):]: v for k, v in sorted(stats.items()) if k.startswith(WARC_NOT_STORED)}
         return {
+            **({"warc_not_stored": warc} if warc else {}),
             "pages_fetched": stats.get("response_received_count", 0),
             "bytes_fetched": stats.get("downloader/response_bytes", 0),
             "documents": stats.get("gpt2ja/documents", 0),
@@ -152,6 +268,10 @@ class CrawlManifest:
     def closed(self, spider, reason):
         if not (self.out_uri and self.state_dir):
             return
+        archive = _warc_archive(self.crawler)  # its last file is published before the manifest lists the files
+        warc_files = archive.close() if archive is not None else []
+        if archive is not None and archive.failed:
+            reason = "warc_error"
         sessions_dir = os.path.join(self.state_dir, "sessions")
         os.makedirs(sessions_dir, exist_ok=True)
         n = len([f for f in os.listdir(sessions_dir) if f.endswith(".json")])
@@ -185,6 +305,9 @@ class CrawlManifest:
             counts["documents"] += 1
             counts["characters"] += len(doc.text)
         files = [storage.file_info(uri) for uri in list_parts(self.out_uri)]
+        if archive is not None:
+            files += [storage.file_info(uri, root=self.out_uri) for uri in warc_files]
+            counts["warc"] = archive.files.summary()
         # published by crawler.runner.run_crawl through infra.stage.run_stage (verified, manifest last)
         FINISHED[self.out_uri] = storage.build_manifest(
             stage="crawl", config=self.config, counts=counts, files=files,

@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crawler.warc_writer import DEFAULT_FILE_BYTES  # no Scrapy import there
 from infra import storage
 from infra.errors import Gpt2jaError
 from infra.stage import run_stage
@@ -72,6 +73,10 @@ class CrawlConfig(BaseModel):
     progress_interval: float = Field(10.0, ge=0, description="seconds between progress lines (0: off)")
     contact: str = Field("", description="added to the User-Agent so site owners can reach you")
     state_dir: str | None = Field(None, description="local directory for the resumable state (default under the root, or ./.gpt2ja-state for gs://)")
+    warc: bool | None = Field(None, description="store the raw responses as WARC files in warc/ beside the documents "
+                                               "(default: on for web, off for aozora)")
+    warc_file_bytes: int = Field(DEFAULT_FILE_BYTES, ge=1, description="a WARC file is closed and published when "
+                                                                     "it reaches this many bytes (compressed)")
     settings: dict = Field(default_factory=dict, description="extra Scrapy settings (advanced)")
     url_alias: dict[str, str] = Field(
         default_factory=dict, description="documents fetched from a URL under a key are recorded under its value "
@@ -82,6 +87,8 @@ class CrawlConfig(BaseModel):
     def _check(self) -> "CrawlConfig":
         if self.max_pages is None:  # a web crawl is bounded unless asked otherwise; Aozora's site is finite
             self.max_pages = WEB_MAX_PAGES if self.source == "web" else 0
+        if self.warc is None:  # web pages change and vanish: keep what was fetched; Aozora's files stay put
+            self.warc = self.source == "web"
         if not self.start_urls and not self.sitemaps:
             raise ValueError("give at least one start URL (--start-url / --seed) or sitemap (--sitemap)")
         if self.polite and self.download_delay < 1.0:
@@ -122,9 +129,11 @@ class CrawlConfig(BaseModel):
         return os.path.join(".gpt2ja-state", "logs", "crawl", f"{self.source}-{self.crawl_id}-{digest}.log")
 
     def fingerprint_config(self) -> dict:
-        """What defines the crawl's output: not where state lives, how chatty it is, nor the
-        page limit of one session (raising it continues the same crawl)."""
-        return self.model_dump(exclude={"state_dir", "progress_interval", "root", "max_pages"})
+        """What defines the crawl's output: not where state lives, how chatty it is, the page limit
+        of one session (raising it continues the same crawl), nor how WARC files are cut. ``warc`` is
+        named only when on, so a crawl without WARC files keeps the fingerprint it had before the option."""
+        exclude = {"state_dir", "progress_interval", "root", "max_pages", "warc_file_bytes"}
+        return self.model_dump(exclude=exclude if self.warc else exclude | {"warc"})
 
 
 def scrapy_settings(cfg: CrawlConfig) -> dict:
@@ -148,6 +157,9 @@ def scrapy_settings(cfg: CrawlConfig) -> dict:
         "DOWNLOAD_MAXSIZE": cfg.download_maxsize,
         "DOWNLOAD_WARNSIZE": min(cfg.download_maxsize, 8 * 1024 * 1024),
         "ROBOTSTXT_OBEY": cfg.obey_robots,
+        "GPT2JA_WARC": cfg.warc,
+        "GPT2JA_WARC_FILE_BYTES": cfg.warc_file_bytes,
+        "GPT2JA_WARC_PREFIX": f"{cfg.source}-{cfg.crawl_id}",
     }
     if cfg.contact:
         from crawler.settings import USER_AGENT

@@ -53,6 +53,8 @@ DOWNLOADER_MIDDLEWARES = {
 }
 EXTENSIONS = {
     "crawler.extensions.ProgressLine": 500,
+    # raw responses as WARC files (when GPT2JA_WARC); CrawlManifest publishes its last file, then lists them all
+    "crawler.extensions.WarcArchive": 505,
     "crawler.extensions.CrawlManifest": 510,
 }
 ITEM_PIPELINES = {

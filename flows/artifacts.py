@@ -106,6 +106,8 @@ def _manifest(uri: str) -> dict:
 def crawl(source: str, crawl_id: str, uri: str) -> None:
     c = _manifest(uri).get("counts", {})
     rows = [{"measure": k, "value": c[k]} for k in ("documents", "characters", "pages_fetched", "files_read") if k in c]
+    if c.get("warc"):  # the raw responses kept beside the documents (crawler.warc_writer)
+        rows.append({"measure": "warc responses", "value": c["warc"].get("records", {}).get("response", 0)})
     table(key("crawl", source, crawl_id), rows + drops_rows(c), f"crawl {source}/{crawl_id}: {uri}")
 
 

@@ -93,6 +93,8 @@ DEPTH_LIMIT = typer.Option(None, help=f"Links deep from a start page (default {_
 PROGRESS = typer.Option(None, help="Seconds between progress lines "
                                    f"(default {_crawl_default('progress_interval')}; 0: off).")
 CONTACT = typer.Option(None, help="Contact added to the User-Agent.")
+WARC = typer.Option(None, "--warc/--no-warc", help="Store the raw responses as WARC files in warc/ beside the "
+                                                  "documents (default: on for web, off for aozora).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -117,6 +119,10 @@ def _print_summary(out_uri: str) -> None:
         raise typer.Exit(1)
     c = manifest["counts"]
     print(f"{c.get('documents', 0)} documents, {c.get('characters', 0):,} characters → {out_uri}")
+    if c.get("warc"):
+        records = c["warc"].get("records", {})
+        print(f"warc: {records.get('response', 0)} responses in {c['warc'].get('files', 0)} file(s) → "
+              f"{out_uri.rstrip('/')}/warc/")
     if c.get("drops"):
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
 
@@ -134,12 +140,14 @@ def crawl_aozora(
     depth_limit: Optional[int] = DEPTH_LIMIT,
     progress_interval: Optional[float] = PROGRESS,
     contact: Optional[str] = CONTACT,
+    warc: Optional[bool] = WARC,
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl Aozora Bunko: author pages → card pages → text zips and XHTML editions."""
     _crawl(sets, source="aozora", start_urls=start_url, root=root, crawl_id=crawl_id,
            editions=[e.strip() for e in editions.split(",") if e.strip()] if editions else None, polite=polite,
-           max_pages=max_pages, depth_limit=depth_limit, progress_interval=progress_interval, contact=contact)
+           max_pages=max_pages, depth_limit=depth_limit, progress_interval=progress_interval, contact=contact,
+           warc=warc)
 
 
 @crawl_app.command("web")
@@ -156,12 +164,13 @@ def crawl_web(
                                                               f"Japanese (default {_crawl_default('min_kana_ratio')})."),
     progress_interval: Optional[float] = PROGRESS,
     contact: Optional[str] = CONTACT,
+    warc: Optional[bool] = WARC,
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl web pages from seeds or sitemaps, keeping the main text of Japanese pages."""
     _crawl(sets, source="web", start_urls=seed, sitemaps=sitemap, root=root, crawl_id=crawl_id, polite=polite,
            max_pages=max_pages, depth_limit=depth_limit, min_kana_ratio=min_kana_ratio,
-           progress_interval=progress_interval, contact=contact)
+           progress_interval=progress_interval, contact=contact, warc=warc)
 
 
 @crawl_app.command("files")
@@ -221,6 +230,10 @@ def clean(
           f"{c['characters_out']:,} characters → {out}")
     if c["drops"]:
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
+    index = storage.read_manifest(out).get("dedup_index")
+    if index:  # an indexed clean (dedup.index): what it read and deduplicated against
+        print(f"dedup index {index['against'] or '(none)'} → {index['produced']}: {index['documents_read']:,} "
+              f"documents read from {len(index['inputs_read'])} new crawl(s)")
     print(f"report: {storage.join(out, 'report.md')}")
 
 

@@ -75,9 +75,10 @@ def _cli(*args: str) -> list[str]:
 
 
 COMMANDS = {
+    # --warc: a killed session leaves its WARC file half filled (web crawls write WARC by default)
     "crawl-aozora": lambda i, out: _cli("crawl", "aozora", *[a for u in i["authors"] for a in ("--start-url", u)],
                                         "--root", str(out), "--crawl-id", "k", "--no-polite",
-                                        "--progress-interval", "0"),
+                                        "--progress-interval", "0", "--warc"),
     "crawl-files": lambda i, out: _cli("crawl", "files", i["text"], "--root", str(out), "--crawl-id", "k"),
     "crawl-web": lambda i, out: _cli("crawl", "web", "--seed", i["seed"], "--root", str(out), "--crawl-id", "k",
                                      "--no-polite", "--progress-interval", "0"),
@@ -107,8 +108,24 @@ def _content(name: str, uri: str) -> dict:
     if name.startswith("crawl-"):  # a document records when it was fetched: compare the documents, not the bytes
         docs = sorted((d.id, d.title, d.text) for d in read_documents(uri))
         manifest.pop("files")
-        return {"manifest": manifest, "documents": docs}
+        return {"manifest": manifest, "documents": docs, "warc": _warc_records(uri)}
     return {"manifest": manifest, "files": {f["path"]: _bytes(Path(uri, f["path"])) for f in manifest["files"]}}
+
+
+def _warc_records(uri: str) -> list[tuple]:
+    """A crawl's WARC records as what two crawls of one site share: type, target URI, HTTP status or request
+    line, payload digest; each response once. Not the bytes: record ids, WARC-Date, the server's Date header
+    and where the files were cut belong to each fetch."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    found = []
+    for path in sorted(Path(uri, "warc").glob("*.warc.gz")):
+        with open(path, "rb") as fh:
+            for r in ArchiveIterator(fh):
+                if r.rec_type != "warcinfo":
+                    found.append((r.rec_type, r.rec_headers.get_header("WARC-Target-URI"),
+                                  r.http_headers.statusline, r.rec_headers.get_header("WARC-Payload-Digest")))
+    return sorted(found)
 
 
 def _weights(run: str) -> dict:
