@@ -119,6 +119,8 @@ class CleanConfig(BaseModel):
         dedup = {"bands_per_task", "max_rows_in_memory"}
         if self.dedup.engine == "memory":
             dedup |= {"engine", "bucket_window"}
+        if self.dedup.index is None:
+            dedup |= {"index"}
         return self.model_dump(exclude={"workers": True, "inputs": True, "out": True, "allow_empty": True,
                                         "dedup": dedup})
 
@@ -252,17 +254,23 @@ def find_duplicates(work: str, indices: list[int], cfg: DedupConfig,
     if cfg.engine == "sharded":
         from corpus.lsh_index import find_duplicates_sharded
 
-        mapper = map_parts or pool_map(max(1, os.cpu_count() or 1))
-
-        def run(fn: Callable[[Any], Any], items: list, names: list[str], desc: str) -> list:
-            with progress(len(items), desc, "tasks") as bar:
-                return map_with_progress(mapper, fn, items, names, lambda _: bar.advance(1))
-
         if expected is None:
             expected = sum(len(load_records(work, i)) for i in indices)
-        return find_duplicates_sharded(work, indices, cfg, run, expected)
+        return find_duplicates_sharded(work, indices, cfg, task_runner(map_parts), expected)
     with progress(expected, "clean: dedup", "docs") as bar:
         return _find_duplicates(work, indices, cfg, bar)
+
+
+def task_runner(map_parts: "MapParts | None") -> Callable[[Callable[[Any], Any], list, list[str], str], list]:
+    """``run(fn, items, names, desc)``: the dedup steps' tasks on ``map_parts`` (default: a pool of
+    one process per CPU), with a progress bar per step (:data:`corpus.lsh_index.RunTasks`)."""
+    mapper = map_parts or pool_map(max(1, os.cpu_count() or 1))
+
+    def run(fn: Callable[[Any], Any], items: list, names: list[str], desc: str) -> list:
+        with progress(len(items), desc, "tasks") as bar:
+            return map_with_progress(mapper, fn, items, names, lambda _: bar.advance(1))
+
+    return run
 
 
 def _find_duplicates(work: str, indices: list[int], cfg: DedupConfig, bar) -> tuple[dict, list[dict], dict]:
@@ -330,8 +338,14 @@ def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
 
     ``map_parts`` runs the per-part phases 1 and 3 (default: :func:`pool_map` of
     ``cfg.workers``); whatever runs them, the output is byte-identical. The
-    output is built under its lock (:func:`infra.stage.run_stage`).
+    output is built under its lock (:func:`infra.stage.run_stage`). With
+    ``dedup.index`` the clean reads only the inputs its index has not seen
+    (:func:`corpus.clean_indexed.run_clean_indexed`).
     """
+    if cfg.dedup.index is not None:
+        from corpus.clean_indexed import run_clean_indexed
+
+        return run_clean_indexed(cfg, map_parts)
     started = time.time()
     parts, manifests = _inputs(cfg)
     content = hashlib.sha256(json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests])
@@ -356,33 +370,13 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
            map_parts: MapParts) -> dict:
     """Phases 1–3 and the report into ``cfg.out``; the manifest (written by run_stage)."""
     work = _work_dir(cfg, fp)
-    cfg_json = cfg.model_dump_json()
-    todo = [(i, uri, cfg_json, work) for i, uri in enumerate(parts)
-            if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
-    sizes = {storage.join(uri, f["path"]): f.get("bytes", 0) for uri, m in zip(cfg.inputs, manifests)
-             for f in m.get("files", [])}
     t1 = time.time()
-    # progress advances here, in the parent, as each part's worker finishes (workers never draw)
-    with progress(len(parts), "clean: filter", "parts") as bar:
-        bar.advance(len(parts) - len(todo))  # finished by an earlier, interrupted run
-        if todo:  # the parts' results are read back from their completion records, in part order
-            map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
-                               lambda r: bar.advance(1, docs=r["docs_in"], kept=r["docs_kept"],
-                                                     **({"bytes": sizes[r["source_uri"]]}
-                                                        if r["source_uri"] in sizes else {})))
-    results = [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i in range(len(parts))]
+    results = filter_parts(cfg, work, list(enumerate(parts)), list(zip(cfg.inputs, manifests)), map_parts)
     t2 = time.time()
     dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup,
                                                      sum(r["docs_kept"] for r in results), map_parts)
     t3 = time.time()
-    by_part: dict[int, list[str]] = {i: [] for i in range(len(parts))}
-    for key in dropped:
-        by_part[int(key.split(":")[0])].append(key)
-    jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in range(len(parts))]
-    with progress(len(parts), "clean: write", "parts") as bar:
-        split_counts = map_with_progress(
-            map_parts, write_part, jobs, [f"write-{i:05d}" for i in range(len(parts))],
-            lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())))
+    split_counts = write_parts(cfg, work, list(range(len(parts))), dropped, map_parts)
     t4 = time.time()
 
     from corpus.report import write_report
@@ -403,6 +397,37 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
         extra={"steps": list(STEPS), "dedup": dedup_stats})
     storage.delete(work)
     return manifest
+
+
+def filter_parts(cfg: CleanConfig, work: str, numbered: list[tuple[int, str]], crawls: list[tuple[str, dict]],
+                 map_parts: MapParts) -> list[dict]:
+    """Phase 1 over ``(part number, raw part URI)`` pairs of the ``(uri, manifest)`` crawls; their
+    completion records, in that order. Parts whose completion record is in ``work`` (an earlier,
+    interrupted run) are not run again."""
+    sizes = {storage.join(uri, f["path"]): f.get("bytes", 0) for uri, m in crawls for f in m.get("files", [])}
+    cfg_json = cfg.model_dump_json()
+    todo = [(i, uri, cfg_json, work) for i, uri in numbered
+            if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
+    # progress advances here, in the parent, as each part's worker finishes (workers never draw)
+    with progress(len(numbered), "clean: filter", "parts") as bar:
+        bar.advance(len(numbered) - len(todo))
+        if todo:  # the parts' results are read back from their completion records, in part order
+            map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
+                              lambda r: bar.advance(1, docs=r["docs_in"], kept=r["docs_kept"],
+                                                    **({"bytes": sizes[r["source_uri"]]}
+                                                       if r["source_uri"] in sizes else {})))
+    return [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i, _ in numbered]
+
+
+def write_parts(cfg: CleanConfig, work: str, indices: list[int], dropped: dict, map_parts: MapParts) -> list[dict]:
+    """Phase 3 for the parts ``indices``: each one's survivors to ``{out}/{split}/part-{index}``."""
+    by_part: dict[int, list[str]] = {i: [] for i in indices}
+    for key in dropped:
+        by_part[int(key.split(":")[0])].append(key)
+    jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in indices]
+    with progress(len(indices), "clean: write", "parts") as bar:
+        return map_with_progress(map_parts, write_part, jobs, [f"write-{i:05d}" for i in indices],
+                                 lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())))
 
 
 def summarize(results: list[dict], dropped: dict, split_counts: list[dict]) -> dict:

@@ -148,6 +148,16 @@ class DedupConfig(BaseModel):
     max_rows_in_memory: int = Field(4_000_000, ge=16, le=2**31, description="sharded: bucket rows (24 bytes) a "
                                     "task sorts in memory; more are sorted in runs on local disk and merged "
                                     "(does not change the result)")
+    index: str | None = Field(None, description="sharded: a persistent index of what earlier cleans kept "
+                              "(corpus.dedup_index): 'auto' ({root}/dedup-index/{corpus}) or a folder; a clean then "
+                              "reads only the inputs no index version consumed and dedups them against it")
+
+    @model_validator(mode="after")
+    def _index_needs_sharded(self) -> "DedupConfig":
+        if self.index is not None and self.engine != "sharded":
+            raise ValueError("dedup: index needs engine: sharded (the memory engine's index lives in one process "
+                             "and is never stored); set dedup.engine: sharded, or drop dedup.index")
+        return self
 
     @model_validator(mode="after")
     def _banding(self) -> "DedupConfig":

@@ -15,12 +15,10 @@ clean stage already wrote (``dedup{i}.json`` and ``dedup{i}.npz`` per part)::
     4 cluster  once         union-find over the edges; the oldest of each
                             component is kept
 
-A *row* is ``(hi, lo, part, pos)``, 24 bytes: for a band, ``hi`` is the 64-bit
-hash of the band's ``rows`` signature values and ``lo`` the band's number; for
-the exact group, ``(hi, lo)`` is the 128-bit :func:`~corpus.dedup.exact_key`;
-for the id group, a 128-bit hash of the document id. Documents that share
-``(hi, lo)`` share a bucket. Rows are sorted by ``(hi, lo, part, pos)``, so a
-bucket is a run of adjacent rows in record-key order; each row is paired with
+A *row* (:mod:`corpus.lsh_rows`) is ``(hi, lo, part, pos)``, 24 bytes: a band's
+hash and number, the exact key or the id's hash, and the record's part and
+position. Rows are sorted by ``(hi, lo, part, pos)``, so a bucket is a run of
+adjacent rows in record-key order; each row is paired with
 the up to ``bucket_window`` rows before it in its bucket (1 for the exact and
 id groups, whose buckets are equivalence classes). Priority is not in the row:
 who is kept is decided in step 4 from the exact ``(priority, key)`` of the
@@ -49,6 +47,14 @@ compares a document only with the documents it KEPT, so a chain A ≈ B ≈ C wi
 A ≉ C keeps A and C (B was dropped before C came); connected components drop
 B and C, both as duplicates of A. Without chains both give the same drops.
 
+With a *prior* index (:mod:`corpus.dedup_index`, ``dedup.index``), the parts
+below ``prior["base"]`` are documents an earlier clean kept: their rows come
+from the index's sorted row files (merged into step 2's sort, never re-signed),
+their signatures and records from its ``records/``. Pairs are kept only when
+their later document is new (two indexed documents were settled before), and
+step 4 never drops an indexed document: it is older than any new one, so it is
+the one a component keeps.
+
 Example::
 
     dropped, clusters, stats = find_duplicates_sharded(work, [0, 1, 2], DedupConfig(engine="sharded"), run)
@@ -56,7 +62,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -67,71 +72,22 @@ from typing import Any
 import numpy as np
 
 from corpus.dedup import DedupConfig
+from corpus.lsh_rows import (EDGE, EXACT, ID, NEAR, PAIR, ROW, UnionFind, band_hashes, groups, hex128, id_hex,
+                             load_array, merge_sorted_runs, open_runs, pairs_in_buckets, run_names, save_array,
+                             sort_rows)
 from infra import storage
 
-__all__ = ["ROW", "EDGE", "band_hashes", "groups", "find_duplicates_sharded",
+__all__ = ["ROW", "EDGE", "band_hashes", "groups", "find_duplicates_sharded", "bucket_uri", "no_prior",
            "sign_part", "bucket_group", "verify_part", "merge_sorted_runs"]
-
-ROW = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("part", "<u4"), ("pos", "<u4")])  # 24 bytes
-PAIR = np.dtype([("a_part", "<u4"), ("a_pos", "<u4"), ("b_part", "<u4"), ("b_pos", "<u4"), ("kind", "u1")])
-EDGE = np.dtype(PAIR.descr + [("same", "<u2")])  # same: signature slots equal (Jaccard = same / num_perm)
-NEAR, EXACT, ID = 0, 1, 2  # the kind of a pair: shares a band; the same exact key; the same document id
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_P = np.uint64(0x100000001B3)
 
 #: ``run(fn, items, names, desc)`` → ``[fn(item) for item in items]``, run wherever the clean stage
 #: runs its parts (:data:`corpus.clean.MapParts` with a progress bar).
 RunTasks = Callable[[Callable[[Any], Any], list, list[str], str], list]
 
 
-# --------------------------------------------------------------------------- hashes and groups
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer (wraps mod 2^64)."""
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: a 64-bit hash of each band's ``rows`` signature values.
-
-    Two documents share a band exactly when its values are equal, up to 64-bit
-    collisions (about n² / 2^65 per band; the verify step rejects them).
-    """
-    n = len(sigs)
-    cols = sigs[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)  # (n, b, r)
-    h = np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), (n, bands)).copy()
-    for k in range(rows):
-        h = h * _P + cols[:, :, k]
-    return _fmix64(h)
-
-
-def _hex128(hexes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    hi = np.array([int(x[:16], 16) for x in hexes], dtype=np.uint64)
-    lo = np.array([int(x[16:32], 16) for x in hexes], dtype=np.uint64)
-    return hi, lo
-
-
-def _id_hex(doc_id: str) -> str:
-    return hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-
-
-def groups(cfg: DedupConfig) -> list[dict]:
-    """The bucket tasks of ``cfg``: ``{"label", "kind", "bands": [first, end)}``, near groups first."""
-    out = []
-    if cfg.near:
-        for first in range(0, cfg.bands, cfg.bands_per_task):  # type: ignore[arg-type]
-            end = min(first + cfg.bands_per_task, cfg.bands)  # type: ignore[type-var]
-            out.append({"label": f"bands{first:03d}-{end - 1:03d}", "kind": NEAR, "bands": [first, end]})
-    if cfg.exact:
-        out.append({"label": "exact", "kind": EXACT, "bands": [0, 0]})
-    out.append({"label": "ids", "kind": ID, "bands": [0, 0]})
-    return out
+def no_prior() -> dict:
+    """A prior index with nothing in it (the first version of an index): every part is new."""
+    return {"base": 0, "records": {}, "runs": {}}
 
 
 # --------------------------------------------------------------------------- paths
@@ -145,7 +101,8 @@ def _rows_uri(work: str, label: str, part: int) -> str:
     return storage.join(_dir(work), "rows", label, f"{part:05d}.npy")
 
 
-def _bucket_uri(work: str, label: str) -> str:
+def bucket_uri(work: str, label: str) -> str:
+    """Step 2's sorted rows of one group (of this run's parts only, when there is a prior index)."""
     return storage.join(_dir(work), "buckets", f"{label}.rows")
 
 
@@ -161,22 +118,13 @@ def _marker(work: str, name: str) -> str:
     return storage.join(_dir(work), "done", f"{name}.json")
 
 
-def _save(uri: str, arr: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    storage.write_bytes(uri, buf.getvalue())
+def _meta(where: str, part: int) -> dict:
+    """The dedup records of ``part`` in ``where``: the clean's work folder, or an index version's records/."""
+    return json.loads(storage.read_text(storage.join(where, f"dedup{part:05d}.json")))
 
 
-def _load(uri: str) -> np.ndarray:
-    return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
-
-
-def _meta(work: str, part: int) -> dict:
-    return json.loads(storage.read_text(storage.join(work, f"dedup{part:05d}.json")))
-
-
-def _sigs(work: str, part: int) -> np.ndarray:
-    with np.load(io.BytesIO(storage.read_bytes(storage.join(work, f"dedup{part:05d}.npz")))) as npz:
+def _sigs(where: str, part: int) -> np.ndarray:
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(where, f"dedup{part:05d}.npz")))) as npz:
         return npz["sigs"]
 
 
@@ -201,11 +149,11 @@ def sign_part(args: tuple) -> dict:
             rows["pos"] = pos[:, None]
             rows = rows.reshape(-1)
         else:
-            hexes = meta["exacts"] if g["kind"] == EXACT else [_id_hex(m["id"]) for m in meta["metas"]]
+            hexes = meta["exacts"] if g["kind"] == EXACT else [id_hex(m["id"]) for m in meta["metas"]]
             rows = np.empty(n, ROW)
-            rows["hi"], rows["lo"] = _hex128(hexes)
+            rows["hi"], rows["lo"] = hex128(hexes)
             rows["part"], rows["pos"] = part, pos
-        _save(_rows_uri(work, g["label"], part), rows)
+        save_array(_rows_uri(work, g["label"], part), rows)
     record = {"part": part, "documents": n}
     storage.write_text(_marker(work, f"sign{part:05d}"), json.dumps(record))
     return record
@@ -214,43 +162,11 @@ def sign_part(args: tuple) -> dict:
 # --------------------------------------------------------------------------- step 2: bucket
 
 
-def _sort(rows: np.ndarray) -> np.ndarray:
-    return rows[np.lexsort((rows["pos"], rows["part"], rows["lo"], rows["hi"]))]
-
-
-def _upto(rows: np.ndarray, bound: np.void) -> int:
-    """How many leading rows of the sorted ``rows`` are ≤ ``bound`` in ``(hi, lo, part, pos)`` order."""
-    hi, lo, part, pos = (bound[f] for f in ("hi", "lo", "part", "pos"))
-    le = (rows["hi"] < hi) | ((rows["hi"] == hi) & ((rows["lo"] < lo) | ((rows["lo"] == lo) & (
-        (rows["part"] < part) | ((rows["part"] == part) & (rows["pos"] <= pos))))))
-    return int(np.count_nonzero(le))
-
-
-def merge_sorted_runs(runs: list[np.ndarray], max_rows: int) -> Iterator[np.ndarray]:
-    """Sorted chunks of the union of the sorted ``runs`` (e.g. memory-mapped files), holding about
-    ``max_rows`` rows at a time: a block of each run; everything up to the smallest block end
-    that still has rows behind it is final, so it is sorted and given out."""
-    block = max(1, max_rows // (2 * len(runs)))
-    at = [0] * len(runs)
-    while True:
-        heads = [(i, np.asarray(r[at[i]: at[i] + block])) for i, r in enumerate(runs) if at[i] < len(r)]
-        if not heads:
-            return
-        open_ends = [h[-1] for i, h in heads if at[i] + len(h) < len(runs[i])]
-        bound = min(open_ends, key=lambda v: (int(v["hi"]), int(v["lo"]), int(v["part"]), int(v["pos"]))) \
-            if open_ends else None
-        taken = []
-        for i, h in heads:
-            k = len(h) if bound is None else _upto(h, bound)
-            taken.append(h[:k])
-            at[i] += k
-        yield _sort(np.concatenate(taken))
-
-
-def _sorted_chunks(work: str, label: str, parts: list[int], max_rows: int, tmp: str,
-                   stats: dict) -> Iterator[np.ndarray]:
+def _sorted_chunks(work: str, label: str, parts: list[int], max_rows: int, tmp: str, stats: dict,
+                   prior: list[np.ndarray]) -> Iterator[np.ndarray]:
     """The group's rows from every part in sorted chunks: in memory when they fit in ``max_rows``,
-    else sorted runs of ``max_rows`` rows spilled to local ``tmp`` and merged (an external sort)."""
+    else sorted runs of ``max_rows`` rows spilled to local ``tmp`` and merged (an external sort);
+    the ``prior`` index's sorted runs are merged in too."""
     buf: list[np.ndarray] = []
     held = 0
     runs: list[str] = []
@@ -258,12 +174,12 @@ def _sorted_chunks(work: str, label: str, parts: list[int], max_rows: int, tmp: 
     def spill() -> None:
         nonlocal buf, held
         path = os.path.join(tmp, f"run{len(runs):05d}.npy")
-        np.save(path, _sort(np.concatenate(buf)))
+        np.save(path, sort_rows(np.concatenate(buf)))
         runs.append(path)
         buf, held = [], 0
 
     for part in parts:
-        rows = _load(_rows_uri(work, label, part))
+        rows = load_array(_rows_uri(work, label, part))
         for start in range(0, len(rows), max_rows):
             piece = rows[start: start + max_rows]
             if held + len(piece) > max_rows and buf:
@@ -271,39 +187,20 @@ def _sorted_chunks(work: str, label: str, parts: list[int], max_rows: int, tmp: 
             buf.append(piece)
             held += len(piece)
     stats["runs"] = len(runs) + (1 if runs and buf else 0)
-    if not runs:
+    if not runs and not prior:
         if buf:
-            yield _sort(np.concatenate(buf))
+            yield sort_rows(np.concatenate(buf))
         return
-    if buf:
-        spill()
-    yield from merge_sorted_runs([np.load(p, mmap_mode="r") for p in runs], max_rows)
-
-
-def _pairs(arr: np.ndarray, start: int, window: int) -> np.ndarray:
-    """Pairs (earlier row, row) of the sorted ``arr`` in the same bucket, at most ``window`` apart,
-    for the rows from ``start`` on (the rows before it were paired with an earlier chunk)."""
-    out = []
-    for d in range(1, window + 1):
-        i = np.arange(max(start, d), len(arr))
-        if not len(i):
-            break
-        a, b = arr[i - d], arr[i]
-        same = (a["hi"] == b["hi"]) & (a["lo"] == b["lo"])
-        if not same.any():
-            continue
-        p = np.empty(int(np.count_nonzero(same)), PAIR)
-        p["a_part"], p["a_pos"] = a["part"][same], a["pos"][same]
-        p["b_part"], p["b_pos"] = b["part"][same], b["pos"][same]
-        p["kind"] = 0
-        out.append(p)
-    return np.concatenate(out) if out else np.empty(0, PAIR)
+    last = [sort_rows(np.concatenate(buf))] if buf else []
+    yield from merge_sorted_runs([np.load(p, mmap_mode="r") for p in runs] + last + prior, max_rows)
 
 
 def bucket_group(args: tuple) -> dict:
-    """Step 2 for one group: sort its rows from all parts into its bucket file, and write its
-    candidate pairs partitioned by the part of their older record; then its marker."""
-    work, group, parts, cfg_json = args
+    """Step 2 for one group: sort its rows from all parts (and the prior index's runs) into its
+    bucket file, and write its candidate pairs partitioned by the part of their older record;
+    then its marker. The bucket file holds this run's rows only (parts from ``base`` on), and
+    only pairs whose later record is one of them are kept."""
+    work, group, parts, cfg_json, prior_runs, base = args
     cfg = DedupConfig.model_validate_json(cfg_json)
     label, kind = group["label"], group["kind"]
     window = cfg.bucket_window if kind == NEAR else 1  # exact and id buckets are equivalence classes
@@ -312,19 +209,23 @@ def bucket_group(args: tuple) -> dict:
     carry = np.empty(0, ROW)
     total = 0
     with tempfile.TemporaryDirectory(prefix=f"dedup-{label}-") as tmp, \
-            storage.open(_bucket_uri(work, label), "wb") as out:
-        for chunk in _sorted_chunks(work, label, parts, cfg.max_rows_in_memory, tmp, stats):
-            out.write(chunk.tobytes())
-            total += len(chunk)
+            storage.open(bucket_uri(work, label), "wb") as out:
+        prior = open_runs(prior_runs, tmp)
+        for chunk in _sorted_chunks(work, label, parts, cfg.max_rows_in_memory, tmp, stats, prior):
+            mine = chunk[chunk["part"] >= base] if prior_runs else chunk
+            out.write(mine.tobytes())
+            total += len(mine)
             arr = np.concatenate([carry, chunk])
-            found.append(_pairs(arr, len(carry), window))
+            pairs = pairs_in_buckets(arr, len(carry), window)
+            found.append(pairs[pairs["b_part"] >= base] if prior_runs else pairs)
             carry = arr[-window:]
+        del prior  # the memory maps, before their folder goes
     pairs = np.unique(np.concatenate(found)) if found else np.empty(0, PAIR)  # one pair found in several bands
     pairs["kind"] = kind
     counts = {}
     for part in np.unique(pairs["a_part"]).tolist():
         mine = pairs[pairs["a_part"] == part]
-        _save(_pairs_uri(work, label, part), mine)
+        save_array(_pairs_uri(work, label, part), mine)
         counts[str(part)] = len(mine)
     record = {"label": label, "rows": total, "runs": stats.get("runs", 0), "pairs": counts}
     storage.write_text(_marker(work, label), json.dumps(record))
@@ -336,24 +237,25 @@ def bucket_group(args: tuple) -> dict:
 
 def verify_part(args: tuple) -> dict:
     """Step 3 for one part: the equal signature slots of each of its pairs; near pairs under the
-    threshold (when ``verify`` is on) are rejected. Edges file, then marker."""
-    work, part, labels, cfg_json = args
+    threshold (when ``verify`` is on) are rejected. Edges file, then marker. ``records`` is the
+    folder of the part's signatures when the part is in the prior index (None: the work folder)."""
+    work, part, labels, cfg_json, records = args
     cfg = DedupConfig.model_validate_json(cfg_json)
-    pairs = [_load(_pairs_uri(work, label, part)) for label in labels]
+    pairs = [load_array(_pairs_uri(work, label, part)) for label in labels]
     pairs = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, PAIR)
     edges = np.empty(len(pairs), EDGE)
     for name in PAIR.names:
         edges[name] = pairs[name]
     edges["same"] = 0
     if cfg.near and len(pairs):
-        mine = _sigs(work, part)
+        mine = _sigs(records or work, part)
         for other in np.unique(pairs["b_part"]).tolist():  # one other part's signatures at a time
-            sel = pairs["b_part"] == other
+            sel = pairs["b_part"] == other  # the later record: always a part of this run's
             theirs = mine if other == part else _sigs(work, other)
             edges["same"][sel] = np.count_nonzero(mine[pairs["a_pos"][sel]] == theirs[pairs["b_pos"][sel]], axis=1)
     near = edges["kind"] == NEAR
     keep = ~near | (edges["same"] / cfg.num_perm >= cfg.threshold) if cfg.verify else np.ones(len(edges), bool)
-    _save(_edges_uri(work, part), edges[keep])
+    save_array(_edges_uri(work, part), edges[keep])
     record = {"part": part, "lsh_candidates": int(near.sum()), "rejected_by_verify": int((~keep).sum()),
               "edges": int(keep.sum())}
     storage.write_text(_marker(work, f"edges{part:05d}"), json.dumps(record))
@@ -363,34 +265,10 @@ def verify_part(args: tuple) -> dict:
 # --------------------------------------------------------------------------- step 4: cluster
 
 
-class _UnionFind:
-    """Union-find over 0..n-1 (path halving; the smaller root wins, so roots are deterministic)."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def components(self, members: list[int]) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for m in members:
-            out.setdefault(self.find(m), []).append(m)
-        return out
-
-
-def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[dict],
-             documents: int) -> tuple[dict, list[dict], dict]:
-    edges = [_load(_edges_uri(work, p)) for p in parts]
+def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[dict], documents: int,
+             prior: dict) -> tuple[dict, list[dict], dict]:
+    base, records = prior["base"], prior["records"]
+    edges = [load_array(_edges_uri(work, p)) for p in parts]
     edges = np.concatenate(edges) if edges else np.empty(0, EDGE)
     a = (edges["a_part"].astype(np.int64) << 32) | edges["a_pos"]  # a document ref: part << 32 | pos
     b = (edges["b_part"].astype(np.int64) << 32) | edges["b_pos"]
@@ -401,19 +279,20 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
     info: list[dict] = [None] * len(nodes)  # type: ignore[list-item]
     node_parts = (nodes >> 32).astype(np.int64)
     for part in np.unique(node_parts).tolist():
-        meta = _meta(work, part)
+        meta = _meta(records.get(str(part), work), part)
         lo, hi = np.searchsorted(node_parts, [part, part + 1])
         for n in range(lo, hi):
             pos = int(nodes[n] & 0xFFFFFFFF)
-            info[n] = {"key": meta["keys"][pos], "order": (tuple(meta["prios"][pos]), meta["keys"][pos]),
-                       "meta": meta["metas"][pos]}
+            # an indexed document is older than any new one, whatever its fetch time
+            info[n] = {"key": meta["keys"][pos], "old": part < base, "meta": meta["metas"][pos],
+                       "order": (0 if part < base else 1, tuple(meta["prios"][pos]), meta["keys"][pos])}
 
     def oldest(members: list[int]) -> list[int]:
         return sorted(members, key=lambda m: info[m]["order"])
 
     dropped: dict[str, tuple[str, str]] = {}
     # the same document id: the oldest fetch stays, the others never take part in dedup
-    ids = _UnionFind(len(nodes))
+    ids = UnionFind(len(nodes))
     for x, y, k in zip(ia, ib, kinds):
         if k == ID:
             ids.union(x, y)
@@ -422,14 +301,15 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
         if len(members) > 1:
             first, *rest = oldest(members)
             for m in rest:
-                dropped[info[m]["key"]] = ("duplicate_id", info[first]["key"])
-                gone.add(m)
-    exact = _UnionFind(len(nodes))  # exact copies, the id duplicates among them too (equality is transitive)
+                if not info[m]["old"]:  # an indexed document was settled by the clean that indexed it
+                    dropped[info[m]["key"]] = ("duplicate_id", info[first]["key"])
+                    gone.add(m)
+    exact = UnionFind(len(nodes))  # exact copies, the id duplicates among them too (equality is transitive)
     for x, y, k in zip(ia, ib, kinds):
         if k == EXACT:
             exact.union(x, y)
     live = [n for n in range(len(nodes)) if n not in gone]
-    uf = _UnionFind(len(nodes))
+    uf = UnionFind(len(nodes))
     for members in exact.components(live).values():
         for m in members[1:]:
             uf.union(members[0], m)
@@ -440,7 +320,9 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
     for members in uf.components(live).values():
         if len(members) > 1:
             first, *rest = oldest(members)
-            found.append((first, rest))
+            rest = [m for m in rest if not info[m]["old"]]
+            if rest:
+                found.append((first, rest))
     # the estimated Jaccard of each near duplicate to its kept document (as the memory engine reports)
     need = sorted({m for first, rest in found for m in [first, *rest]
                    if exact.find(m) != exact.find(first) or m == first})
@@ -448,7 +330,7 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
     if cfg.near and need:
         need_parts = (nodes[need] >> 32).tolist()
         for part in sorted(set(need_parts)):
-            sigs = _sigs(work, part)
+            sigs = _sigs(records.get(str(part), work), part)
             for m, p in zip(need, need_parts):
                 if p == part:
                     sig[m] = sigs[int(nodes[m] & 0xFFFFFFFF)]
@@ -487,11 +369,15 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
 # --------------------------------------------------------------------------- the engine
 
 
-def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: RunTasks,
-                            documents: int) -> tuple[dict, list[dict], dict]:
+def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: RunTasks, documents: int,
+                            prior: dict | None = None) -> tuple[dict, list[dict], dict]:
     """Steps 1–4 over the dedup records of ``parts`` in ``work`` (``documents`` records in all);
     the same kind of result as
     :func:`corpus.clean.find_duplicates` (``{dropped key: (reason, kept key)}``, clusters, stats).
+
+    ``prior``: the index this run dedups against (:meth:`corpus.dedup_index.Chain.prior`, or
+    :func:`no_prior` for the first version of an index): then the bucket files stay complete
+    until the end, for the next index version to be made from them.
 
     Each step runs only the tasks whose marker or files are missing, checked from the last
     step back: finished work is reused, whatever deleted the rest.
@@ -499,30 +385,48 @@ def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: 
     cfg_json = cfg.model_dump_json()
     plan = groups(cfg)
     labels = [g["label"] for g in plan]
+    index = prior or no_prior()
+    base, records, runs = index["base"], index["records"], index["runs"]
 
     def has_marker(name: str) -> dict | None:
         uri = _marker(work, name)
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
-    verify_todo = [p for p in parts if not (storage.exists(_edges_uri(work, p)) and has_marker(f"edges{p:05d}"))]
-    if verify_todo:
-        bucket_done = {}
+    def done_buckets() -> dict:
+        done = {}
         for label in labels:
             rec = has_marker(label)
-            if rec is not None and storage.exists(_bucket_uri(work, label)) and \
+            if rec is not None and storage.exists(bucket_uri(work, label)) and \
                     all(storage.exists(_pairs_uri(work, label, int(p))) for p in rec["pairs"]):
-                bucket_done[label] = rec
+                done[label] = rec
+        return done
+
+    def to_verify(buckets: dict) -> list[int]:  # this run's parts, then the indexed parts that have pairs
+        old = sorted({int(p) for rec in buckets.values() for p in rec["pairs"] if int(p) < base})
+        return list(parts) + old
+
+    def verified(p: int) -> bool:
+        return storage.exists(_edges_uri(work, p)) and has_marker(f"edges{p:05d}") is not None
+
+    bucket_done = done_buckets() if prior is not None else {}
+    verify_todo = [p for p in to_verify(bucket_done) if not verified(p)]
+    if verify_todo or (prior is not None and len(bucket_done) < len(plan)):
+        bucket_done = done_buckets()
         bucket_todo = [g for g in plan if g["label"] not in bucket_done]
         if bucket_todo:
             sign_todo = [p for p in parts if not (has_marker(f"sign{p:05d}") and all(
                 storage.exists(_rows_uri(work, label, p)) for label in labels))]
             run(sign_part, [(work, p, cfg_json) for p in sign_todo], [f"dedup-sign-{p:05d}" for p in sign_todo],
                 "clean: dedup sign")
-            for rec in run(bucket_group, [(work, g, parts, cfg_json) for g in bucket_todo],
-                           [f"dedup-bucket-{g['label']}" for g in bucket_todo], "clean: dedup bucket"):
+            jobs = [(work, g, parts, cfg_json, [u for name in run_names(g) for u in runs.get(name, [])], base)
+                    for g in bucket_todo]
+            for rec in run(bucket_group, jobs, [f"dedup-bucket-{g['label']}" for g in bucket_todo],
+                           "clean: dedup bucket"):
                 bucket_done[rec["label"]] = rec
-        run(verify_part, [(work, p, [lb for lb in labels if str(p) in bucket_done[lb]["pairs"]], cfg_json)
-                          for p in verify_todo],
+        verify_todo = [p for p in to_verify(bucket_done) if not verified(p)]
+        run(verify_part, [(work, p, [lb for lb in labels if str(p) in bucket_done[lb]["pairs"]], cfg_json,
+                           records.get(str(p))) for p in verify_todo],
             [f"dedup-verify-{p:05d}" for p in verify_todo], "clean: dedup verify")
-    verify_stats = [has_marker(f"edges{p:05d}") for p in parts]
-    return _cluster(work, parts, cfg, verify_stats, documents)  # type: ignore[arg-type]
+    verify_parts = to_verify(bucket_done)
+    verify_stats = [has_marker(f"edges{p:05d}") for p in verify_parts]
+    return _cluster(work, verify_parts, cfg, verify_stats, documents, index)  # type: ignore[arg-type]

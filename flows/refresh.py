@@ -9,6 +9,12 @@ same corpus (``{root}/clean/{corpus}``); a document fetched twice keeps its
 oldest copy (``duplicate_id``), so the corpus grows by exactly what is new. A
 refresh that found nothing new leaves the clean inputs unchanged, so clean skips.
 
+With ``clean: {dedup: {engine: sharded, index: auto}}`` the clean reads only the
+crawls its dedup index has not consumed (this refresh's) and dedups them against
+the index of every document kept before (:mod:`corpus.clean_indexed`): no earlier
+crawl's text is read again. The flow's result and table say which index version
+the clean deduplicated against, which it produced, and how many documents it read.
+
 The first refresh of a config with no finished crawl makes the base crawl, as
 ``pipeline`` would. An interrupted refresh crawl is resumed by the next refresh.
 
@@ -121,6 +127,11 @@ def _documents(uri: str) -> int:
     return int(((storage.read_manifest(uri) or {}).get("counts") or {}).get("documents_out", 0))
 
 
+def _dedup_index(uri: str) -> dict | None:
+    """What the indexed clean recorded: ``{"against", "produced", "documents_read", "inputs_read", ...}``."""
+    return (storage.read_manifest(uri) or {}).get("dedup_index")
+
+
 @flow(name="corpus-refresh", log_prints=True)
 def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dict:
     """Crawl what is new since the last crawl (incremental), then clean over all crawls into the corpus.
@@ -128,7 +139,8 @@ def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dic
     ``refresh_id`` names this refresh's crawls (default: the UTC time, e.g.
     20260105T040000Z); running the same id again does nothing new. Returns
     ``{"crawl": [{"uri", "skipped"}, ...], "clean": {"uri", "skipped"},
-    "documents_before", "documents_after"}``.
+    "documents_before", "documents_after", "dedup_index"}`` (the last: the corpus
+    manifest's ``dedup_index`` with an indexed clean, else None).
     """
     from crawler.refresh import default_refresh_id
 
@@ -138,15 +150,22 @@ def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dic
         plan = plan_crawl(entry, config.root, refresh_id)
         crawls.append(_run_crawl(entry, config.root, plan))
     before = _documents(config.clean_uri)
+    if config.clean.dedup.index is None:
+        get_run_logger().info("clean reads every crawl again; with clean.dedup {engine: sharded, index: auto} "
+                              "it reads only this refresh's")
     clean = clean_flow(clean_inputs(config), config.clean_uri, config.clean)
     after = _documents(config.clean_uri)
+    index = _dedup_index(config.clean_uri) if config.clean.dedup.index is not None else None
     rows = [*({"measure": f"new documents in {c['uri']}",
                "value": (storage.read_manifest(c["uri"]) or {}).get("counts", {}).get("documents", 0)}
               for c in crawls if not c["skipped"]),
             {"measure": "corpus documents before", "value": before},
-            {"measure": "corpus documents after", "value": after}]
+            {"measure": "corpus documents after", "value": after},
+            *([{"measure": "dedup index", "value": f"{index['against'] or '-'} → {index['produced']}"},
+               {"measure": "documents read by clean", "value": index["documents_read"]}] if index else [])]
     create_table_artifact(key=_key("corpus-refresh", config.corpus), table=rows,
                           description=f"corpus refresh {refresh_id}: {config.clean_uri}")
     get_run_logger().info("corpus %s: %d documents before, %d after (refresh %s)",
                           config.clean_uri, before, after, refresh_id)
-    return {"crawl": crawls, "clean": clean, "documents_before": before, "documents_after": after}
+    return {"crawl": crawls, "clean": clean, "documents_before": before, "documents_after": after,
+            "dedup_index": index}

@@ -13,6 +13,8 @@ promise for every stage, so it is written (and tested) once::
         │               its holder is dead or silent → taken over, and the log says so
       verify the output against ``fingerprint`` (sizes; sha256 with ``deep``)
         │ verified → skipped (released, nothing written)
+      check() → may refuse: the old artifact stays published as it was
+        │
       withdraw the old manifest: from here on the directory is partial, never "complete"
         │
       build() → the new manifest    the stage writes its files (resuming from what verifies)
@@ -408,7 +410,8 @@ class Outcome:
 
 def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dict], inputs: Sequence[str] = (),
               deep: bool = False, wait_s: float | None = None, prune: bool = True, keep: Sequence[str] = (),
-              replace: bool | str = True, log: Callable[[str], None] | None = None) -> Outcome:
+              replace: bool | str = True, log: Callable[[str], None] | None = None,
+              check: Callable[[], None] | None = None) -> Outcome:
     """Build ``out`` once under its lock, or skip it when it verifies; see the module docstring.
 
     ``build()`` writes the stage's files into ``out`` (it may reuse files of an
@@ -416,7 +419,9 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
     returns the manifest (:func:`storage.build_manifest`) without writing it.
     ``prune`` removes files under ``out`` that the manifest does not list, except
     below the ``keep`` prefixes. ``replace`` False (or a message) refuses to
-    rebuild over a verified artifact made with another fingerprint.
+    rebuild over a verified artifact made with another fingerprint. ``check()``, called
+    under the lock before anything is changed, may refuse the build (raise): the artifact
+    that was published stays so.
     """
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     check_inputs(stage, out, inputs)
@@ -430,6 +435,8 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
             raise StageError(replace if isinstance(replace, str) else
                              f"{stage}: {out} holds an artifact built with another config; choose another output "
                              "(or delete that directory)")
+        if check is not None:
+            check()
         notes = []
         if manifest is not None and manifest.get("fingerprint") == fingerprint:
             notes = problems  # damaged: say what, then rebuild (a resume re-checks every file it reuses)
