@@ -59,16 +59,102 @@ def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool
         raise ModelError(f"top_p {top_p} must be in (0, 1] (1 turns top-p off)")
 
 
-def filter_logits(scores, temperature, top_k, top_p):
+#: vocabularies up to this size are filtered by one full sort (exactly Hugging Face's sums); larger ones by
+#: candidates (:func:`_top_p_keep`), which sorts only the tokens that top-p can keep
+FULL_SORT_MAX = 1024
+
+
+def filter_logits(scores, temperature, top_k, top_p, *, full_sort: bool = False):
     """Temperature, then top-k, then top-p on ``(B, V)`` float logits; removed tokens get -inf.
 
     ``temperature`` > 0, ``top_k`` ≥ 0 (0 = off), ``top_p`` in (0, 1] (1 = off),
-    scalars or tensors (XLA-friendly: k and p may change without retracing).
+    scalars or tensors (k and p may change without retracing). ``full_sort``
+    (and any vocabulary of at most :data:`FULL_SORT_MAX` ids) sorts the whole
+    row, with static shapes for XLA; otherwise top-p sorts only its candidates
+    (dynamic shapes: graph mode, not XLA). Both keep the same tokens, up to the
+    order of floating-point sums at a cumulative probability within rounding of
+    ``1 - top_p``.
     """
     import tensorflow as tf
 
-    neg_inf = tf.constant(float("-inf"), tf.float32)
     scores = tf.cast(scores, tf.float32) / tf.cast(temperature, tf.float32)
+    vocab = scores.shape[-1]
+    if full_sort or (vocab is not None and vocab <= FULL_SORT_MAX):
+        return _filter_sorted(scores, top_k, top_p)
+    neg_inf = tf.constant(float("-inf"), tf.float32)
+    k = tf.minimum(tf.cast(top_k, tf.int32), tf.shape(scores)[-1])
+    kth = tf.cond(k > 0, lambda: tf.math.top_k(scores, tf.maximum(k, 1)).values[:, -1:],
+                  lambda: tf.fill([tf.shape(scores)[0], 1], neg_inf))
+    scores = tf.where(scores < kth, neg_inf, scores)  # ties at the k-th value are kept
+    p = tf.cast(top_p, tf.float32)
+    return tf.cond(p < 1.0, lambda: tf.where(_top_p_keep(scores, p), scores, neg_inf), lambda: scores)
+
+
+def _top_p_keep(scores, p):
+    """Which tokens top-p keeps, sorting only the candidates: ``(B, V)`` bool.
+
+    Hugging Face's rule: sort ascending (ties: lower id first), drop the tokens
+    whose cumulative probability is ≤ ``1 - p``, keep the largest. Every token
+    ordered before a kept one has no more probability than it, so the dropped
+    tokens are a prefix of the order. Here the probabilities are grouped by
+    their float exponent (bucket n holds [2⁻ⁿ, 2⁻ⁿ⁺¹), exact and monotone); the
+    lowest buckets whose mass together is ≤ ``1 - p`` are dropped whole, and
+    only the tokens of the other buckets (a few hundred on a trained model at
+    p = 0.99, out of tens of thousands) are sorted, by a key of (logit, id) so
+    ties fall as in the full sort, and cut by the same cumulative rule. When
+    more than half of the row are candidates (a flat distribution), one
+    full sort is cheaper and is used instead. 8 × 8,064 random logits, p 0.99
+    (2-core CPU): normal(0, 6) 58 tokens kept, 1.05 vs 3.93 ms; normal(0, 3)
+    2,144 kept, 2.94 vs 4.05 ms.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(scores)[0]
+    probs = tf.nn.softmax(scores, axis=-1)                                         # (B, V); removed: 0
+    exponent = tf.bitwise.right_shift(tf.bitcast(probs, tf.int32), 23)            # probs ≥ 0: sign bit clear
+    bucket = tf.clip_by_value(127 - exponent, 0, 63)                               # 0: [1, 2); 63: tiny or 0
+    rows = tf.range(batch)[:, None]
+    mass = tf.reshape(tf.math.unsorted_segment_sum(probs, bucket + 64 * rows, 64 * batch), [batch, 64])
+    tail = tf.cumsum(mass, axis=-1, reverse=True)                                 # mass of buckets ≥ n
+    allowed = 1.0 - p
+    first_dropped = tf.reduce_sum(tf.cast(tail > allowed, tf.int32), axis=-1, keepdims=True)
+    # the most likely token is always kept (p → 0: 1 - p rounds to 1, and no bucket holds more)
+    first_dropped = tf.maximum(first_dropped, tf.reduce_min(bucket, axis=-1, keepdims=True) + 1)
+    candidate = bucket < first_dropped                                             # (B, V)
+    base = tf.gather(tail, tf.minimum(first_dropped, 63), batch_dims=1)            # mass of the rest
+    base = tf.where(first_dropped < 64, base, 0.0)
+
+    # (logit, id) as one int64 key: larger logit first, and among equal logits the larger id first
+    bits = tf.bitcast(tf.where(tf.equal(scores, 0.0), 0.0, scores), tf.int32)  # -0.0 ties with 0.0, as in a sort
+    ordered = tf.where(bits < 0, tf.bitwise.invert(bits), bits + tf.constant(-(2**31), tf.int32))
+    unsigned = tf.cast(tf.bitcast(ordered, tf.uint32), tf.int64)
+    vocab = tf.shape(scores)[-1]
+    ids = tf.range(vocab, dtype=tf.int64)[None, :]
+    n = tf.reduce_max(tf.reduce_sum(tf.cast(candidate, tf.int32), axis=-1))
+
+    def by_candidates():
+        key = tf.where(candidate, unsigned * 2**24 + ids, -1)
+        top = tf.math.top_k(key, n).values                                         # (B, n) descending
+        valid = top >= 0
+        top_ids = tf.cast(tf.where(valid, top % 2**24, 0), tf.int32)
+        top_probs = tf.where(valid, tf.gather(probs, top_ids, batch_dims=1), 0.0)
+        # ascending cumulative = the dropped buckets' mass + the candidates below and at this one
+        cumulative = base + tf.cumsum(top_probs, axis=-1, reverse=True)
+        keep = valid & ((cumulative > allowed) | (tf.range(n) == 0)[None, :])
+        index = tf.stack([tf.broadcast_to(rows, tf.shape(top_ids)), top_ids], axis=-1)
+        return tf.scatter_nd(index, tf.cast(keep, tf.int32), tf.shape(scores)) > 0
+
+    def by_full_sort():  # a flat distribution: most tokens are candidates, and one full sort is cheaper
+        return _filter_sorted(scores, 0, p) > float("-inf")
+
+    return tf.cond(n * 2 > vocab, by_full_sort, by_candidates)
+
+
+def _filter_sorted(scores, top_k, top_p):
+    """:func:`filter_logits` by one full sort of each row (static shapes: XLA-friendly)."""
+    import tensorflow as tf
+
+    neg_inf = tf.constant(float("-inf"), tf.float32)
     vocab = tf.shape(scores)[-1]
     # One stable ascending sort serves both filters (ties: lower id first, as Hugging Face's TopP sorts):
     # the k-th largest is read from it, and the top-k survivors keep their order in it (whatever top-k
@@ -163,7 +249,7 @@ class Generator:
                 if greedy:
                     picked = tf.argmax(scores, axis=-1, output_type=tf.int32)
                 else:
-                    warped = filter_logits(scores, temperature, top_k, top_p)
+                    warped = filter_logits(scores, temperature, top_k, top_p, full_sort=self.jit_compile)
                     picked = tf.random.stateless_categorical(warped, 1, seed=tf.stack([seed, t]),
                                                              dtype=tf.int32)[:, 0]
                 column = tf.equal(tf.range(context), index)[None, :]                 # (1, C)

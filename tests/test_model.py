@@ -221,6 +221,29 @@ def test_filters_match_the_reference_on_random_logits():
     assert cases == 40 * 3 * 5 * 4
 
 
+def test_large_vocabularies_take_the_candidate_path_and_keep_the_same_tokens():
+    """Above FULL_SORT_MAX ids top-p sorts only its candidates (or falls back to one sort on a flat row);
+    the kept tokens are the reference's, ties (-0.0 and 0.0 among them) and p → 0 included."""
+    from model.generate import FULL_SORT_MAX
+
+    rng = np.random.default_rng(7)
+    warp = tf.function(filter_logits)
+    for seed in range(6):
+        vocab = [FULL_SORT_MAX + 1, 3000, 8064][seed % 3]
+        logits = rng.normal(scale=[1.0, 3.0, 6.0][seed % 3], size=(3, vocab)).astype(np.float32)
+        if seed % 2 == 0:
+            logits = np.round(logits)  # large tie groups, and -0.0 beside 0.0
+            logits[:, -64:] = -np.inf  # padding
+        for top_k in (0, 40, vocab + 1):
+            for top_p in (0.99, 0.9, 0.5, 1e-9):
+                got = warp(tf.constant(logits), tf.constant(1.0), tf.constant(top_k), tf.constant(top_p)).numpy()
+                want = reference_filter(logits, 1.0, top_k, top_p)
+                np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want),
+                                              err_msg=f"seed {seed} V {vocab} k {top_k} p {top_p}")
+                sorted_ = filter_logits(tf.constant(logits), 1.0, top_k, top_p, full_sort=True).numpy()
+                np.testing.assert_array_equal(np.isneginf(got), np.isneginf(sorted_))
+
+
 def test_filter_semantics_by_hand():
     row = np.array([[1.0, 3.0, 3.0, 2.0, 0.0]], np.float32)
     kept = lambda k, p: np.isfinite(filter_logits(tf.constant(row), 1.0, k, p).numpy())[0].tolist()  # noqa: E731
