@@ -28,9 +28,15 @@ the files without a valid record. The files run in parallel: a local process
 pool (``workers``) or, from the flow, one task per file on the configured
 task runner (``map_parts``, :mod:`flows.runners`).
 
+Inputs (:func:`expand_paths`): local files and folders, ``gs://`` objects and
+prefixes, ``http(s)://`` file URLs, and path listings such as Common Crawl's
+``wet.paths.gz`` (:mod:`crawler.warc_inputs`: HEAD for sizes, streamed reads
+resumed after a dropped connection, ``s3://`` refused with its https URL).
+
 Example::
 
     gpt2ja crawl warc CC-MAIN-…-00000.warc.gz gs://bucket/wet/ --root data --crawl-id cc-sample
+    gpt2ja crawl warc https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/wet.paths.gz --first 10
     python -m crawler.warc make-demo examples/warc/aozora-mirror.warc.gz   # the demo's archive
 """
 
@@ -46,20 +52,20 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corpus.document import Document, canonical_url
 from corpus.jsonl import ShardWriter, part_name
 from crawler.extract.web import PageRejected, decode_html, kana_ratio, page_from_html
 from crawler.runner import CrawlConfig, default_crawl_id
+from crawler.warc_inputs import (DEFAULT_PATHS_BASE, SUFFIXES, Retry, WarcError, head_size, is_archive, is_http,
+                                 is_listing, listing_inputs, open_input, refuse_s3)
 from crawler.warc_records import iter_records
 from infra import storage
-from infra.errors import Gpt2jaError
 from infra.stage import run_stage
 
 logger = logging.getLogger("gpt2ja.crawl")
 
-SUFFIXES = (".warc.gz", ".warc", ".wet.gz", ".wet")
 WORK_DIR = "_work"
 #: what a record can be dropped for (the first five as the ``web`` spider names them)
 DROPS = ("not_html", "empty_page", "bad_encoding", "no_main_content", "not_japanese", "empty_text", "too_short",
@@ -72,22 +78,21 @@ def _default(name: str):
     return CrawlConfig.model_fields[name].get_default(call_default_factory=True)
 
 
-class WarcError(Gpt2jaError):
-    """The warc source refused its inputs (one line)."""
-
-
 class WarcConfig(BaseModel):
     """One read of WARC/WET files into ``{root}/raw/warc/{crawl_id}``.
 
     Example::
 
         WarcConfig(paths=["crawl-data/CC-MAIN-2024-10/…/00000.warc.gz"], root="data", crawl_id="cc-sample")
+        WarcConfig(paths=["https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/wet.paths.gz"], limit=10,
+                   crawl_id="cc-2024-10")
     """
 
     model_config = ConfigDict(extra="forbid")
 
     paths: list[str] = Field(min_length=1, description="WARC/WET files (.warc.gz, .warc, .wet.gz, .wet), folders "
-                                                       "of them, or gs:// objects and prefixes")
+                                                       "of them, gs:// objects and prefixes, http(s):// file URLs, "
+                                                       "or path listings (warc.paths.gz, wet.paths.gz, *.paths)")
     root: str = Field("data", description="run root: a local directory or gs://bucket/prefix")
     crawl_id: str = Field(default_factory=default_crawl_id, pattern=r"^[A-Za-z0-9._-]+$",
                           description="names the output {root}/raw/warc/{crawl_id}; the same id resumes")
@@ -98,41 +103,72 @@ class WarcConfig(BaseModel):
                            description="records with a larger body are dropped (too_large)")
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
                          description="processes reading files in parallel (one file each)")
+    paths_base: str = Field(DEFAULT_PATHS_BASE, min_length=1,
+                            description="what the relative paths of a path listing are joined to (a URL, gs:// "
+                                        "prefix or folder)")
+    offset: int = Field(0, ge=0, description="entries skipped at the start of each path listing")
+    limit: int | None = Field(None, ge=1, description="at most this many entries of each path listing, after "
+                                                      "`offset` (--first); a Common Crawl snapshot lists ~90,000")
+    http_retries: int = Field(5, ge=0, le=100, description="retries in a row of a failed HTTP request "
+                                                           "(connection, timeout, 5xx, 429), from the byte reached")
+    http_backoff_s: float = Field(2.0, ge=0, le=120, description="the wait before the first retry, doubled for "
+                                                                 "each next one (at most 120 s)")
+    http_timeout_s: float = Field(60.0, gt=0, le=3600, description="seconds a request may wait for an answer or a "
+                                                                   "byte before it counts as failed")
+
+    @model_validator(mode="after")
+    def _selection_needs_a_listing(self):
+        if (self.offset or self.limit is not None) and not any(is_listing(p) for p in self.paths):
+            raise ValueError("first/limit and offset select entries of a path listing (warc.paths.gz, wet.paths.gz, "
+                             "*.paths), and none of the paths is one; give a listing, or leave them out")
+        return self
+
+    @property
+    def retry(self) -> Retry:
+        return Retry(self.http_retries, self.http_backoff_s, self.http_timeout_s)
 
     @property
     def out_uri(self) -> str:
         return storage.join(self.root, "raw", "warc", self.crawl_id)
 
     def fingerprint_config(self, inputs: list[tuple[str, int]]) -> dict:
-        """What defines the output: the input files (and their sizes), in order, and the extraction settings."""
+        """What defines the output: the input files (and their sizes), in order, the listings' selection when
+        there is a listing, and the extraction settings."""
+        listed = any(is_listing(p) for p in self.paths)
         return {"source": "warc", "version": VERSION, "inputs": [list(i) for i in inputs],
-                **self.model_dump(include={"crawl_id", "min_kana_ratio", "min_chars", "max_bytes"})}
+                **self.model_dump(include={"crawl_id", "min_kana_ratio", "min_chars", "max_bytes"}),
+                **({"listing": self.model_dump(include={"paths_base", "offset", "limit"})} if listed else {})}
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _is_archive(name: str) -> bool:
-    return name.lower().endswith(SUFFIXES)
-
-
-def expand_paths(paths: list[str]) -> list[tuple[str, int]]:
-    """``[(file URI, size)]``: the given files, and the archives in the given folders and prefixes, sorted.
+def expand_paths(paths: list[str], *, paths_base: str = DEFAULT_PATHS_BASE, offset: int = 0,
+                 limit: int | None = None, retry: Retry = Retry()) -> list[tuple[str, int]]:
+    """``[(file URI, size)]``: the given files, the archives in the given folders and prefixes (sorted), and
+    the selected entries of the given path listings (in their order), each file once.
 
     A file named explicitly is read whatever its name; inside a folder only
-    ``.warc(.gz)`` and ``.wet(.gz)`` files count. A missing path, an ``http(s)://``
-    URI or a folder without archives raises :class:`WarcError` (one line).
+    ``.warc(.gz)`` and ``.wet(.gz)`` files count. A name ending in ``.paths.gz`` or
+    ``.paths`` is a listing (:func:`crawler.warc_inputs.listing_inputs`); an
+    ``http(s)://`` file's size comes from a HEAD request. A missing path, an
+    ``s3://`` URI or a folder without archives raises :class:`WarcError` (one line).
     """
     found: list[tuple[str, int]] = []
     for path in paths:
-        if path.startswith(("http://", "https://")):
-            raise WarcError(f"{path}: http(s) inputs (such as Common Crawl's warc.paths.gz listings) are not "
-                            "supported yet; download the files (or copy them to gs://) and give those")
+        if path.lower().startswith("s3://"):
+            refuse_s3(path)
+        if is_listing(path):
+            found.extend(listing_inputs(path, paths_base, offset, limit, retry))
+            continue
+        if is_http(path):
+            found.append((path, head_size(path, retry)))
+            continue
         if storage.is_gcs(path):
             listed = storage.list_sizes(path)
             if listed:
-                found.extend(sorted((u, n) for u, n in listed.items() if _is_archive(u)))
-                if not any(_is_archive(u) for u in listed):
+                found.extend(sorted((u, n) for u, n in listed.items() if is_archive(u)))
+                if not any(is_archive(u) for u in listed):
                     raise WarcError(f"{path}: no {'/'.join(SUFFIXES)} objects under this prefix")
                 continue
             try:
@@ -145,13 +181,13 @@ def expand_paths(paths: list[str]) -> list[tuple[str, int]]:
             found.append((local, os.path.getsize(local)))
         elif os.path.isdir(local):
             inside = sorted(os.path.join(d, n) for d, _, names in os.walk(local) for n in names
-                            if _is_archive(n) and not n.startswith("."))
+                            if is_archive(n) and not n.startswith("."))
             if not inside:
                 raise WarcError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
             found.extend((p, os.path.getsize(p)) for p in inside)
         else:
             raise WarcError(f"{path}: no such file or folder; give WARC/WET files (.warc.gz, .wet.gz), "
-                            "folders of them, or gs:// URIs")
+                            "folders of them, gs:// or https:// URIs, or a warc.paths.gz listing")
     seen, unique = set(), []
     for uri, size in found:  # a file named twice (directly and by its folder) is read once
         if uri not in seen:
@@ -298,7 +334,7 @@ def read_file(job: tuple) -> dict:
     drops: Counter = Counter()
     records: Counter = Counter()
     started = time.time()
-    with storage.open(uri, "rb") as fh, ShardWriter(out, max_docs=10**12, max_bytes=1 << 62,
+    with open_input(uri, size, cfg.retry) as fh, ShardWriter(out, max_docs=10**12, max_bytes=1 << 62,
                                                     start_index=index) as writer:
         for doc in documents(fh, uri, cfg, drops, records):
             writer.write(doc)
@@ -328,6 +364,8 @@ def _valid_record(out: str, index: int, fp: str) -> dict | None:
 
 
 def _within(uri: str, folder: str) -> bool:
+    if is_http(uri):
+        return False
     if storage.is_gcs(uri) or storage.is_gcs(folder):
         return uri.startswith(folder.rstrip("/") + "/")
     return os.path.abspath(uri).startswith(os.path.abspath(os.path.expanduser(folder)) + os.sep)
@@ -340,7 +378,7 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
     ``map_parts(fn, items, names)`` runs the files (default: a process pool of
     ``cfg.workers``); the output is the same whatever runs them.
     """
-    inputs = expand_paths(cfg.paths)
+    inputs = expand_paths(cfg.paths, paths_base=cfg.paths_base, offset=cfg.offset, limit=cfg.limit, retry=cfg.retry)
     out = cfg.out_uri
     config = cfg.fingerprint_config(inputs)
     fp = storage.fingerprint(config)
@@ -381,7 +419,7 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
     inside = [uri for uri, _ in inputs if _within(uri, out)]
     if inside:
         raise WarcError(f"{inside[0]} is inside the output {out}; move it, or choose another --root or --crawl-id")
-    folders = [p for p in cfg.paths if storage.is_gcs(p) or os.path.isdir(p)]
+    folders = [p for p in cfg.paths if (storage.is_gcs(p) and not is_listing(p)) or os.path.isdir(p)]
     outcome = run_stage("crawl", out, fingerprint=fp, build=build, inputs=folders, keep=(WORK_DIR + "/",))
     if outcome.skipped:
         print(f"crawl warc/{cfg.crawl_id}: already complete in {out}; skipped", file=sys.stderr)

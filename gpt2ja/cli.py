@@ -189,14 +189,23 @@ def crawl_files(
 @crawl_app.command("warc")
 def crawl_warc(
     paths: list[str] = typer.Argument(..., help="WARC or WET files (.warc.gz, .warc, .wet.gz, .wet), folders of "
-                                                "them, or gs:// objects and prefixes. https:// inputs (Common Crawl's "
-                                                "warc.paths.gz listings) are not supported yet: download them first."),
+                                                "them, gs:// objects and prefixes, http(s):// file URLs, or path "
+                                                "listings such as Common Crawl's https://data.commoncrawl.org/"
+                                                "crawl-data/CC-MAIN-2024-10/wet.paths.gz (s3:// is refused: use "
+                                                "the https:// mirror)."),
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
     workers: Optional[int] = typer.Option(None, help="Files read in parallel, one process each "
                                                      "(default: all cores)."),
     min_kana_ratio: Optional[float] = typer.Option(None, help="Pages with a smaller hiragana+katakana share are not "
                                                               f"Japanese (default {_crawl_default('min_kana_ratio')})."),
+    limit: Optional[int] = typer.Option(None, "--first", help="Read only the first N entries of each path "
+                                                              "listing (after --offset); a snapshot lists "
+                                                              "~90,000 files."),
+    offset: Optional[int] = typer.Option(None, "--offset", help="Skip the first N entries of each path listing."),
+    paths_base: Optional[str] = typer.Option(None, "--paths-base", help="What a listing's relative paths are "
+                                                                        "joined to (default "
+                                                                        "https://data.commoncrawl.org/)."),
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Read web archives: HTML responses (WARC) and text conversions (WET) → Japanese main text."""
@@ -204,7 +213,9 @@ def crawl_warc(
     from crawler.warc import crawl_warc as run
 
     out = run(_settings(WarcConfig, "crawl", None, sets, {"paths": paths, "root": root, "crawl_id": crawl_id,
-                                                         "workers": workers, "min_kana_ratio": min_kana_ratio}))
+                                                         "workers": workers, "min_kana_ratio": min_kana_ratio,
+                                                         "limit": limit, "offset": offset,
+                                                         "paths_base": paths_base}))
     _print_summary(out)
 
 

@@ -213,7 +213,8 @@ def test_uncompressed_archives_and_folders(archives, tmp_path):
 
 @pytest.mark.parametrize("paths, needle", [
     (["/no/such.warc.gz"], "/no/such.warc.gz: no such file or folder"),
-    (["https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/warc.paths.gz"], "not supported yet"),
+    (["s3://commoncrawl/crawl-data/CC-MAIN-2024-10/warc.paths.gz"],
+     "read the same file over HTTPS instead: https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/warc.paths.gz"),
 ])
 def test_bad_inputs_are_one_line(paths, needle):
     with pytest.raises(WarcError, match=needle):
@@ -275,9 +276,10 @@ def test_cli_end_to_end(archives, tmp_path):
     bad = gpt2ja("crawl", "warc", str(tmp_path / "missing.warc.gz"), "--root", root)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.warc.gz'}: no such file or folder; "
-                                               "give WARC/WET files (.warc.gz, .wet.gz), folders of them, or "
-                                               "gs:// URIs"]
-    assert "not supported yet" in " ".join(gpt2ja("crawl", "warc", "-h").stdout.split())
+                                               "give WARC/WET files (.warc.gz, .wet.gz), folders of them, gs:// "
+                                               "or https:// URIs, or a warc.paths.gz listing"]
+    helptext = " ".join(gpt2ja("crawl", "warc", "-h").stdout.split())
+    assert "--first" in helptext and "--paths-base" in helptext and "s3:// is refused" in helptext
 
 
 @pytest.mark.slow
