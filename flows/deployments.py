@@ -11,6 +11,8 @@ it builds these deployments (``flow/deployment``), tagged ``gpt2ja`` and the pip
     pipeline/pipeline               every configured stage in order
     STAGE/STAGE                     one per stage flow found in flows/stages.py (crawl, clean, tokenizer,
                                     shards, and train, evaluate, generate, export where they exist): a rerun
+    train-vertex/train-vertex       the train stage as a Vertex AI custom job, one or more GPU hosts
+                                    (flows/vertex_job.py): the train form plus the job's hardware
 
 Every deployment's default parameters are the ones the pipeline would pass for
 this config; a stage the config has no section for (e.g. ``train``) gets the
@@ -119,6 +121,18 @@ def stage_parameters(config: PipelineConfig) -> dict[str, dict]:
     return {s.name: s.parameters(config) for s in STAGES}
 
 
+def vertex_parameters(config: PipelineConfig) -> dict:
+    """``train-vertex``'s defaults: the train settings, and the URIs when the root is on gs:// (a job needs them there).
+
+    The job's hardware (project, image, GPUs…) has no default: the UI's form asks for it.
+    """
+    from infra import storage
+
+    on_gcs = storage.is_gcs(config.root)
+    return {"shards_uri": config.shards_uri if on_gcs else None, "run_uri": config.run_uri if on_gcs else None,
+            "settings": config.train}
+
+
 def _jsonable(value):
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
@@ -149,18 +163,19 @@ def validate_parameters(flow, parameters: dict) -> None:
 
 
 def build_deployments(serve_config: ServeConfig, config: PipelineConfig) -> list:
-    """``corpus-refresh`` (scheduled), ``pipeline``, then one deployment per stage flow, each named as its flow."""
+    """``corpus-refresh`` (scheduled), ``pipeline``, one per stage flow, ``train-vertex``; each named as its flow."""
     from prefect.schedules import Cron
 
     from flows.pipeline import pipeline
     from flows.refresh import corpus_refresh
+    from flows.vertex_job import train_vertex_flow
 
     tags = ["gpt2ja", Path(serve_config.pipeline).stem]
     whole = {"config": config.model_dump(mode="json")}
     refresh = serve_config.refresh
-    given = stage_parameters(config)
+    given = {**stage_parameters(config), train_vertex_flow.name: vertex_parameters(config)}
     deployments = []
-    for flow in [corpus_refresh, pipeline, *stage_flows().values()]:
+    for flow in [corpus_refresh, pipeline, *stage_flows().values(), train_vertex_flow]:
         parameters = whole if flow in (corpus_refresh, pipeline) else flow_defaults(flow, given.get(flow.name, {}))
         try:
             validate_parameters(flow, parameters)

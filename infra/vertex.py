@@ -20,17 +20,25 @@ image) as ``gpt2ja train --data gs://… --run gs://… --set field=value …``,
 The request is built with the client library's own types (``google-cloud-aiplatform``,
 the ``gcp`` extra), so a wrong field, enum or machine spec fails here, offline.
 
+From the Prefect UI, any number of hosts: the ``train-vertex`` flow
+(``flows/vertex_job.py``) renders the same request, creates the job with
+:func:`job_client` and follows it to its end (:mod:`infra.vertex_watch`).
+
 Cloud TPU VM: the ``gcloud compute tpus tpu-vm`` commands of ``infra/jobs/tpu-vm.sh``
 with this config's ``gpt2ja train`` line (``--strategy tpu``); rendered only.
 
 NOTHING HERE HAS RUN AGAINST GOOGLE CLOUD (no account, no network where it was
-written): the requests are rendered and validated offline (``tests/test_vertex.py``).
+written): the requests are rendered and validated offline (``tests/test_vertex.py``),
+and created, polled and cancelled by the real client library over HTTP against a
+local stand-in of the API that runs the replicas as local processes
+(``tests/vertex_server.py``, ``GPT2JA_VERTEX_API_ENDPOINT``; ``tests/test_vertex_job.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from typing import Literal
@@ -158,12 +166,10 @@ def _yaml_value(value) -> str:
     return text.removesuffix("...").strip()
 
 
-def train_args(settings, data: str, run: str, job: GpuJob | TpuVmJob) -> list[str]:
-    """The ``gpt2ja train`` arguments (after the entrypoint) that train ``settings`` on ``job``'s hardware.
+def job_train_config(settings, data: str, run: str, job: GpuJob | TpuVmJob):
+    """The ``TrainConfig`` every replica of ``job`` trains: ``settings`` on gs://, the strategy the hardware's.
 
-    Every setting that is not None is passed as ``--set name=value``, so the job
-    runs exactly these settings, not the image's defaults. The strategy is the
-    hardware's: a ``default`` one is replaced, any other must agree.
+    A ``default`` strategy is replaced by the hardware's; any other must agree.
     """
     from model.train import TrainConfig
 
@@ -184,6 +190,16 @@ def train_args(settings, data: str, run: str, job: GpuJob | TpuVmJob) -> list[st
         up = -(-cfg.micro_batch // job.devices) * job.devices
         raise JobError(f"micro_batch {cfg.micro_batch} is not a multiple of the {job.devices} devices of "
                        f"{_describe(job)} (it is summed over them); use micro_batch {up}")
+    return cfg
+
+
+def train_args(settings, data: str, run: str, job: GpuJob | TpuVmJob) -> list[str]:
+    """The ``gpt2ja train`` arguments (after the entrypoint) that train ``settings`` on ``job``'s hardware.
+
+    Every setting of :func:`job_train_config` that is not None is passed as
+    ``--set name=value``, so the job runs exactly these settings, not the image's defaults.
+    """
+    cfg = job_train_config(settings, data, run, job)
     args = ["train", "--data", data, "--run", run]
     for name, value in cfg.model_dump(exclude={"data", "run"}).items():
         if value is None:
@@ -212,13 +228,22 @@ def _describe(job: GpuJob | TpuVmJob) -> str:
 # ----------------------------------------------------------------- Vertex AI
 
 
+def aiplatform_v1():
+    """``google.cloud.aiplatform_v1``, or one line saying how to install it (the ``gcp`` extra)."""
+    try:
+        from google.cloud import aiplatform_v1 as v1
+    except ImportError:
+        raise JobError("google-cloud-aiplatform is not installed here; pip install -e '.[gcp]'") from None
+    return v1
+
+
 def custom_job_request(job: GpuJob, args: list[str]):
     """``aiplatform_v1.CreateCustomJobRequest`` for ``job`` running ``gpt2ja`` with ``args`` on every replica.
 
     Built from the library's proto-plus types: an unknown field, a wrong enum
     name or a wrong value type raises here, before anything is sent.
     """
-    from google.cloud import aiplatform_v1 as v1
+    v1 = aiplatform_v1()
 
     machine = v1.MachineSpec(machine_type=job.machine_type,
                              accelerator_type=v1.AcceleratorType[GPU_TYPES[job.gpu_type].accelerator],
@@ -248,13 +273,48 @@ def request_json(request) -> str:
                                 indent=2)
 
 
-def submit(request, region: str) -> str:
-    """Create the custom job; returns its resource name. NEVER RUN by this project (no Google Cloud access)."""
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import aiplatform_v1 as v1
+#: An http://127.0.0.1:PORT address to reach instead of Vertex AI: the project's local stand-in
+#: (tests/vertex_server.py) and nothing else; unset, the client talks to {region}-aiplatform.googleapis.com.
+ENDPOINT_ENV = "GPT2JA_VERTEX_API_ENDPOINT"
 
-    client = v1.JobServiceClient(client_options=ClientOptions(api_endpoint=f"{region}-aiplatform.googleapis.com"))
-    return client.create_custom_job(request=request).name
+
+def job_client(region: str):
+    """``aiplatform_v1.JobServiceClient`` for ``region``: REST, Application Default Credentials.
+
+    REST rather than the library's default gRPC: it is the transport the tests run
+    (against the stand-in), so the only untested part is Google's side. With
+    ``GPT2JA_VERTEX_API_ENDPOINT`` set, the client talks to that local address with
+    anonymous credentials instead; an address off this machine is refused, so the
+    variable cannot quietly send a job, or a request without credentials, anywhere else.
+    """
+    import urllib.parse
+
+    v1 = aiplatform_v1()
+    from google.api_core.client_options import ClientOptions
+
+    endpoint = os.environ.get(ENDPOINT_ENV)
+    if not endpoint:
+        from google.auth.exceptions import DefaultCredentialsError
+
+        try:
+            return v1.JobServiceClient(transport="rest", client_options=ClientOptions(
+                api_endpoint=f"{region}-aiplatform.googleapis.com"))
+        except DefaultCredentialsError as err:
+            raise JobError(f"no Google Cloud credentials for Vertex AI here ({' '.join(str(err).split())}); run "
+                           "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+        raise JobError(f"{ENDPOINT_ENV}={endpoint} is not an http://127.0.0.1:PORT address; it is for the local "
+                       "stand-in of tests/vertex_server.py only: unset it to reach Vertex AI")
+    from google.auth.credentials import AnonymousCredentials
+
+    return v1.JobServiceClient(credentials=AnonymousCredentials(), transport="rest",
+                               client_options=ClientOptions(api_endpoint=endpoint))
+
+
+def submit(request, region: str) -> str:
+    """Create the custom job; returns its resource name. Run here against the stand-in only, never Google Cloud."""
+    return job_client(region).create_custom_job(request=request).name
 
 
 def prefect_job_variables(job: GpuJob) -> dict:
@@ -264,7 +324,8 @@ def prefect_job_variables(job: GpuJob) -> dict:
     """
     if job.replicas > 1:
         raise JobError("a Prefect vertex-ai work pool runs one replica per flow run; for "
-                       f"{job.replicas} hosts create the job with `python -m infra.vertex render` instead")
+                       f"{job.replicas} hosts run the train-vertex deployment (flows/vertex_job.py) or "
+                       "`python -m infra.vertex render` instead")
     return {"region": job.region, "image": job.image, "machine_type": job.machine_type,
             "accelerator_type": GPU_TYPES[job.gpu_type].accelerator, "accelerator_count": job.gpus,
             "boot_disk_size_gb": job.boot_disk_gb}
@@ -354,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     if opts.dry_run:
         print(request_json(request))
         return 0
-    print(f"created {submit(request, job.region)}")
+    try:
+        print(f"created {submit(request, job.region)}")
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,12 +65,12 @@ def test_the_deployments_are_the_refresh_the_pipeline_and_every_stage(demo):
     serve_config, config, deployments = demo
     stages = list(stage_flows())
     assert set(DATA_STAGES) <= set(stages)  # train, evaluate, ... too once flows/stages.py has them
-    assert list(deployments) == ["corpus-refresh", "pipeline", *stages]
+    assert list(deployments) == ["corpus-refresh", "pipeline", *stages, "train-vertex"]
     for name, d in deployments.items():
         assert d.flow_name == name and d.tags == ["gpt2ja", "demo"]
         flow = _flow_of(d.entrypoint)  # the entrypoint imports and names a real flow
         assert flow.name == name, d.entrypoint
-        assert re.fullmatch(r"flows/(refresh|pipeline|stages)\.py:\w+", d.entrypoint)
+        assert re.fullmatch(r"flows/(refresh|pipeline|stages|vertex_job)\.py:\w+", d.entrypoint)
 
 
 def test_only_the_refresh_is_scheduled_with_the_cron_of_the_config(demo):
@@ -95,6 +95,8 @@ def test_the_parameters_are_the_ones_the_pipeline_passes(demo):
                               "settings": whole["tokenizer"]}
     assert p["shards"] == {"corpus_uri": config.clean_uri, "tokenizer_uri": config.tokenizer_uri,
                            "out": config.shards_uri, "settings": whole["shards"]}
+    # Vertex AI: the train settings; the demo root is local, so the gs:// URIs and the job come from the Run form
+    assert p["train-vertex"] == {"settings": whole["train"]}
     if "train" in p:  # the model stages, where flows/stages.py has them
         assert p["train"] == {"shards_uri": config.shards_uri, "run_uri": "data/demo/runs/tiny-demo",
                               "settings": whole["train"]}
@@ -134,9 +136,10 @@ def test_prefect_yaml_holds_the_served_deployments_for_a_process_and_a_docker_po
     # every flow the YAML names exists; every served deployment whose flow exists is in the YAML
     # (a stage flow added to flows/stages.py later shows up here as missing from infra/prefect.yaml)
     assert set(process) == set(deployments), "infra/prefect.yaml and the served deployments differ"
-    assert set(docker) == {f"{name}-docker" for name in process}
+    # train-vertex only launches and follows a cloud job: the process pool (the image has no gcp extra)
+    assert set(docker) == {f"{name}-docker" for name in process if name != "train-vertex"}
     for name, served in deployments.items():
-        for d in (process[name], docker[f"{name}-docker"]):
+        for d in (process[name], *([docker[f"{name}-docker"]] if f"{name}-docker" in docker else [])):
             assert d["entrypoint"] == served.entrypoint
             flow = _flow_of(d["entrypoint"])
             assert flow.name == served.flow_name
@@ -186,7 +189,7 @@ def test_serve_check_lists_the_deployments_and_starts_nothing(in_repo, capsys):
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["corpus-refresh/corpus-refresh", "flows/refresh.py:corpus_refresh", "cron"]
     assert "'0 4 * * 1' Asia/Tokyo" in lines[0]
-    assert [ln.split()[0] for ln in lines[1:]] == [f"{n}/{n}" for n in ["pipeline", *stage_flows()]]
+    assert [ln.split()[0] for ln in lines[1:]] == [f"{n}/{n}" for n in ["pipeline", *stage_flows(), "train-vertex"]]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -358,15 +361,16 @@ def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_r
         proc = subprocess.Popen([sys.executable, "-m", "gpt2ja", "serve", SERVE_DEMO, "--port", str(port)],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal
+    expected = {"corpus-refresh", "pipeline", *stage_flows(), "train-vertex"}
     try:
         deployments = []
-        while proc.poll() is None and len(deployments) < 10:
+        while proc.poll() is None and len(deployments) < len(expected):
             time.sleep(2)
             with contextlib.suppress(OSError):
                 deployments = _api(url, "/deployments/filter")
         assert proc.poll() is None, log.read_text()
         names = {d["name"]: d for d in deployments}
-        assert set(names) == {"corpus-refresh", "pipeline", *stage_flows()}, log.read_text()
+        assert set(names) == expected, log.read_text()
         (schedule,) = names["corpus-refresh"]["schedules"]
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 4 * * 1", "Asia/Tokyo")
         assert (tmp_path / "prefect" / f"gpt2ja-server-{port}.log").is_file()  # started here, in its SQLite home
@@ -386,6 +390,7 @@ def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_r
 def test_building_the_deployments_imports_no_heavy_library(in_repo):
     code = ("import sys; from flows.deployments import load_serve_config, build_deployments; "
             f"build_deployments(*load_serve_config({SERVE_DEMO!r})); "
-            "print(sorted(m for m in ('tensorflow', 'scrapy', 'fugashi', 'MeCab', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('tensorflow', 'scrapy', 'fugashi', 'MeCab', 'torch', "
+            "'google.cloud.aiplatform_v1') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
