@@ -6,8 +6,10 @@
    the sentences changed, removed or extended, estimated Jaccard ≈ 0.9). The
    copies are the known duplicate set. Phase 1 (signatures) is done once; then
    phase 2 runs in a fresh process per engine: documents/s of phase 2, peak RSS
-   of the driver and of the largest worker, precision and recall against the
-   known set, and how many documents the engines decide differently;
+   of the driver and of the largest worker (and per step of the sharded engine:
+   sign, bucket, verify; a worker runs many tasks of one step, its peak is the
+   largest task's), precision and recall against the known set, and how many
+   documents the engines decide differently;
 2. ``--real``: the whole of aozora-bulk (or ``--real-works N`` of it) through the
    clean stage's phase 1 (crawler.files → clean → dedup records), then both
    engines on the same records: which documents they decide differently, and why.
@@ -15,6 +17,7 @@
 Usage::
 
     .venv/bin/python benchmarks/dedup_bench.py [--sizes 10000 100000] [--workers 2] [--real] [--with-1m]
+    .venv/bin/python benchmarks/dedup_bench.py --sizes 100000 --with-1m --engines sharded --max-rows-in-memory 250000
 """
 
 from __future__ import annotations
@@ -107,14 +110,16 @@ def peak_mb() -> float:
 
 
 class Measured:
-    """``fn`` that also leaves its worker's peak memory in ``folder`` (one file per process)."""
+    """``fn`` that also leaves its worker's peak memory in ``folder``: one file per function and
+    process, ``{fn}-{pid}``. A worker runs many tasks of one step (a pool per step), so its peak
+    is the largest of them."""
 
     def __init__(self, fn, folder: str) -> None:
         self.fn, self.folder, self.__name__ = fn, folder, fn.__name__
 
     def __call__(self, item):
         out = self.fn(item)
-        Path(self.folder, str(os.getpid())).write_text(str(peak_mb()))
+        Path(self.folder, f"{self.__name__}-{os.getpid()}").write_text(str(peak_mb()))
         return out
 
 
@@ -126,21 +131,26 @@ from corpus.clean import find_duplicates
 from infra.parallel import pool_map
 from corpus.dedup import DedupConfig
 from dedup_bench import Measured, peak_mb
-work, parts, n, engine, workers = {work!r}, {parts}, {n}, {engine!r}, {workers}
+work, parts, n, engine, workers, max_rows = {work!r}, {parts}, {n}, {engine!r}, {workers}, {max_rows}
 pool, peaks = pool_map(workers), tempfile.mkdtemp()
 t0 = time.perf_counter()
-dropped, clusters, stats = find_duplicates(work, list(range(parts)), DedupConfig(engine=engine), n,
+cfg = DedupConfig(engine=engine, **({{"max_rows_in_memory": max_rows}} if max_rows else {{}}))
+dropped, clusters, stats = find_duplicates(work, list(range(parts)), cfg, n,
                                            lambda fn, items, names: pool(Measured(fn, peaks), items, names))
 wall = time.perf_counter() - t0
-print(json.dumps({{"wall": wall, "driver_mb": peak_mb(),
-                  "worker_mb": max([float(p.read_text()) for p in Path(peaks).iterdir()], default=0),
-                  "dropped": {{k: list(v) for k, v in dropped.items()}}, "stats": stats}}))
+steps = {{}}
+for p in Path(peaks).iterdir():
+    step = p.name.rsplit("-", 1)[0]
+    steps[step] = max(steps.get(step, 0), float(p.read_text()))
+print(json.dumps({{"wall": wall, "driver_mb": peak_mb(), "worker_mb": max(steps.values(), default=0),
+                  "steps_mb": steps, "dropped": {{k: list(v) for k, v in dropped.items()}}, "stats": stats}}))
 """
 
 
-def run_engine(work: str, parts: int, n: int, engine: str, workers: int) -> dict:
-    """Phase 2 of one engine in a fresh process (its own peak RSS; workers' via RUSAGE_CHILDREN)."""
-    code = RUN_ENGINE.format(repo=str(REPO), work=work, parts=parts, n=n, engine=engine, workers=workers)
+def run_engine(work: str, parts: int, n: int, engine: str, workers: int, max_rows: int | None = None) -> dict:
+    """Phase 2 of one engine in a fresh process (its own peak RSS; each worker's VmHWM via :class:`Measured`)."""
+    code = RUN_ENGINE.format(repo=str(REPO), work=work, parts=parts, n=n, engine=engine, workers=workers,
+                             max_rows=max_rows)
     env = {**os.environ, "GPT2JA_PROGRESS": "off"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     if out.returncode:
@@ -148,7 +158,8 @@ def run_engine(work: str, parts: int, n: int, engine: str, workers: int) -> dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_synthetic(paras: list[str], n: int, workers: int) -> None:
+def bench_synthetic(paras: list[str], n: int, workers: int, engines: tuple[str, ...] = ("memory", "sharded"),
+                    max_rows: int | None = None) -> None:
     from infra.parallel import pool_map
 
     docs, truth = synthetic(paras, n)
@@ -165,8 +176,8 @@ def bench_synthetic(paras: list[str], n: int, workers: int) -> None:
         print(f"\n{n:,} documents ({chars / 1e6:.0f} M characters, {len(truth):,} known copies), "
               f"{len(parts)} parts; signatures {sign_s:.1f} s on {workers} processes (phase 1, both engines)")
         results = {}
-        for engine in ("memory", "sharded"):
-            r = run_engine(work, len(parts), n, engine, workers)
+        for engine in engines:
+            r = run_engine(work, len(parts), n, engine, workers, max_rows)
             found = {ids[k] for k in r["dropped"]}
             hit = len(found & truth)
             results[engine] = found
@@ -174,6 +185,11 @@ def bench_synthetic(paras: list[str], n: int, workers: int) -> None:
                   f"{r['driver_mb']:6.0f} MB, largest worker {r['worker_mb']:5.0f} MB; dropped {len(found):,}: "
                   f"precision {hit / max(1, len(found)):.4f}, recall {hit / max(1, len(truth)):.4f}; "
                   f"candidates {r['stats']['lsh_candidates']:,}, rejected {r['stats']['rejected_by_verify']:,}")
+            if len(r["steps_mb"]) > 1:
+                print("           largest worker per step: " + ", ".join(
+                    f"{step} {mb:.0f} MB" for step, mb in sorted(r["steps_mb"].items())))
+        if len(results) < 2:
+            return
         only_sharded = results["sharded"] - results["memory"]
         only_memory = results["memory"] - results["sharded"]
         print(f"  documents decided differently by the two engines: {len(only_sharded | only_memory)} "
@@ -238,19 +254,23 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--with-1m", action="store_true", help="also 1,000,000 documents (about 1.5 G characters)")
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--engines", default="memory,sharded", help="engines of the synthetic runs, comma-separated")
+    ap.add_argument("--max-rows-in-memory", type=int, default=None,
+                    help="the sharded engine's bucket rows sorted in memory (default: DedupConfig's)")
     ap.add_argument("--real", action="store_true", help="also both engines on aozora-bulk through the clean stage")
     ap.add_argument("--real-works", type=int, default=None, help="only the first N works of aozora-bulk")
     args = ap.parse_args()
     bulk = Path(args.bulk)
     if not bulk.is_dir():
         raise SystemExit(f"error: {bulk} not found; pass --bulk DIR")
-    print(f"machine: {machine()}; {args.workers} worker process(es)")
+    print(f"machine: {machine()}; {args.workers} worker process(es); max_rows_in_memory "
+          f"{args.max_rows_in_memory or 'default'}")
     sizes = args.sizes + ([1_000_000] if args.with_1m else [])
     if sizes:
         paras = paragraphs(bulk)
         print(f"pool: {len(paras):,} paragraphs of aozora-bulk")
         for n in sizes:
-            bench_synthetic(paras, n, args.workers)
+            bench_synthetic(paras, n, args.workers, tuple(args.engines.split(",")), args.max_rows_in_memory)
     if args.real or args.real_works:
         bench_real(bulk, args.real_works, args.workers)
 

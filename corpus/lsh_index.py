@@ -29,13 +29,23 @@ part of the pair's older record key) are grouped by the other part, so a task
 holds at most two parts' signatures (``part_docs × num_perm × 4`` bytes each,
 1 MB for 2,000 × 128) plus its pairs.
 
-Memory bounds, per task: sign, one part's records; bucket,
-``max_rows_in_memory × 24`` bytes for sorting (about 3× that at the peak of a
-sort), plus the group's unique candidate pairs (17 bytes each); verify, two
-parts' signatures plus the part's pairs; cluster, the confirmed edges, the
-documents in them (priority, meta) and the signatures of the near duplicates
-and the documents they are kept for (to report the similarity to the kept one).
-Nothing is proportional to the documents that have no duplicate.
+Memory bounds, per task, none of them growing with the corpus: sign, one part's
+records; bucket, ``max_rows_in_memory × 24`` bytes for sorting (about 3× that at
+the peak of a sort), up to ``max_rows_in_memory / 4`` candidate pairs (17 bytes
+each; more are spilled to local disk, :class:`~corpus.lsh_rows.PairSink`) and,
+when merging, a block of each run: runs are read by blocks, never
+memory-mapped (:class:`~corpus.lsh_rows.RunFile`); verify, two parts'
+signatures plus the part's pairs. A worker process runs many tasks of a step;
+its peak is the largest task's. Measured (``benchmarks/dedup_bench.py``), a
+worker's peak stays flat from 100,000 to 1,000,000 documents.
+
+The cluster step (one process, the driver) is the exception, by design: it holds
+the confirmed edges, the documents in them (record key, meta, rank, union-find
+parents), then the signatures of the near duplicates and of the documents they
+are kept for (to report the similarity to the kept one), and the result itself
+(every dropped key and every cluster member's meta): about 1.3 KB per document
+in a confirmed pair, measured. Nothing is proportional to the documents that
+have no duplicate.
 
 Every task writes its files and then a small JSON marker; a rerun skips the
 tasks whose marker and files exist (deleting a bucket file reruns that group
@@ -64,17 +74,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from corpus.dedup import DedupConfig
-from corpus.lsh_rows import (EDGE, EXACT, ID, NEAR, PAIR, ROW, UnionFind, band_hashes, groups, hex128, id_hex,
-                             load_array, merge_sorted_runs, open_runs, pairs_in_buckets, run_names, save_array,
-                             sort_rows)
+from corpus.lsh_rows import (EDGE, EXACT, ID, NEAR, PAIR, ROW, PairSink, UnionFind, band_hashes, groups,
+                             hex128, id_hex, load_array, merge_sorted_runs, open_runs, pairs_in_buckets, run_names,
+                             save_array, sort_externally)
 from infra import storage
 
 __all__ = ["ROW", "EDGE", "band_hashes", "groups", "find_duplicates_sharded", "bucket_uri", "no_prior",
@@ -162,71 +171,44 @@ def sign_part(args: tuple) -> dict:
 # --------------------------------------------------------------------------- step 2: bucket
 
 
-def _sorted_chunks(work: str, label: str, parts: list[int], max_rows: int, tmp: str, stats: dict,
-                   prior: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """The group's rows from every part in sorted chunks: in memory when they fit in ``max_rows``,
-    else sorted runs of ``max_rows`` rows spilled to local ``tmp`` and merged (an external sort);
-    the ``prior`` index's sorted runs are merged in too."""
-    buf: list[np.ndarray] = []
-    held = 0
-    runs: list[str] = []
-
-    def spill() -> None:
-        nonlocal buf, held
-        path = os.path.join(tmp, f"run{len(runs):05d}.npy")
-        np.save(path, sort_rows(np.concatenate(buf)))
-        runs.append(path)
-        buf, held = [], 0
-
-    for part in parts:
-        rows = load_array(_rows_uri(work, label, part))
-        for start in range(0, len(rows), max_rows):
-            piece = rows[start: start + max_rows]
-            if held + len(piece) > max_rows and buf:
-                spill()
-            buf.append(piece)
-            held += len(piece)
-    stats["runs"] = len(runs) + (1 if runs and buf else 0)
-    if not runs and not prior:
-        if buf:
-            yield sort_rows(np.concatenate(buf))
-        return
-    last = [sort_rows(np.concatenate(buf))] if buf else []
-    yield from merge_sorted_runs([np.load(p, mmap_mode="r") for p in runs] + last + prior, max_rows)
+#: rows paired at a time: the pairing's temporaries (about 64 bytes a row) stay small whatever the chunk
+PAIR_STEP = 1 << 16
 
 
 def bucket_group(args: tuple) -> dict:
     """Step 2 for one group: sort its rows from all parts (and the prior index's runs) into its
     bucket file, and write its candidate pairs partitioned by the part of their older record;
     then its marker. The bucket file holds this run's rows only (parts from ``base`` on), and
-    only pairs whose later record is one of them are kept."""
+    only pairs whose later record is one of them are kept. Memory: the sort's (about 3 ×
+    ``max_rows`` rows) and up to ``max_rows / 4`` pairs (:class:`~corpus.lsh_rows.PairSink`)."""
     work, group, parts, cfg_json, prior_runs, base = args
     cfg = DedupConfig.model_validate_json(cfg_json)
     label, kind = group["label"], group["kind"]
     window = cfg.bucket_window if kind == NEAR else 1  # exact and id buckets are equivalence classes
     stats: dict = {}
-    found: list[np.ndarray] = []
     carry = np.empty(0, ROW)
     total = 0
     with tempfile.TemporaryDirectory(prefix=f"dedup-{label}-") as tmp, \
             storage.open(bucket_uri(work, label), "wb") as out:
+        sink = PairSink(tmp, cfg.max_rows_in_memory // 4)
         prior = open_runs(prior_runs, tmp)
-        for chunk in _sorted_chunks(work, label, parts, cfg.max_rows_in_memory, tmp, stats, prior):
-            mine = chunk[chunk["part"] >= base] if prior_runs else chunk
-            out.write(mine.tobytes())
-            total += len(mine)
-            arr = np.concatenate([carry, chunk])
-            pairs = pairs_in_buckets(arr, len(carry), window)
-            found.append(pairs[pairs["b_part"] >= base] if prior_runs else pairs)
-            carry = arr[-window:]
-        del prior  # the memory maps, before their folder goes
-    pairs = np.unique(np.concatenate(found)) if found else np.empty(0, PAIR)  # one pair found in several bands
-    pairs["kind"] = kind
-    counts = {}
-    for part in np.unique(pairs["a_part"]).tolist():
-        mine = pairs[pairs["a_part"] == part]
-        save_array(_pairs_uri(work, label, part), mine)
-        counts[str(part)] = len(mine)
+        rows = (load_array(_rows_uri(work, label, part)) for part in parts)
+        for chunk in sort_externally(rows, cfg.max_rows_in_memory, tmp, stats, prior):
+            for start in range(0, len(chunk), PAIR_STEP):
+                piece = chunk[start: start + PAIR_STEP]
+                mine = piece[piece["part"] >= base] if prior_runs else piece
+                out.write(mine.tobytes())
+                total += len(mine)
+                arr = np.concatenate([carry, piece])
+                pairs = pairs_in_buckets(arr, len(carry), window)
+                sink.add(pairs[pairs["b_part"] >= base] if prior_runs else pairs)
+                carry = arr[-window:].copy()
+            chunk = piece = mine = arr = None  # let this chunk go before the next is made
+        counts = {}
+        for part, mine in sink.by_part():
+            mine["kind"] = kind
+            save_array(_pairs_uri(work, label, part), mine)
+            counts[str(part)] = len(mine)
     record = {"label": label, "rows": total, "runs": stats.get("runs", 0), "pairs": counts}
     storage.write_text(_marker(work, label), json.dumps(record))
     return record
@@ -265,91 +247,120 @@ def verify_part(args: tuple) -> dict:
 # --------------------------------------------------------------------------- step 4: cluster
 
 
+def _documents(nodes: np.ndarray, work: str, records: dict, base: int) -> tuple[list, list, list[int]]:
+    """The record key, meta and rank (0 = oldest) of each document ``nodes`` names, read one part's
+    records at a time. Rank orders by ``(indexed first, priority, record key)``: an indexed document
+    is older than any new one, whatever its fetch time."""
+    n = len(nodes)
+    keys: list[str] = [""] * n
+    metas: list[dict] = [{}] * n
+    orders: list[tuple] = [()] * n
+    node_parts = nodes >> 32
+    for part in np.unique(node_parts).tolist():
+        meta = _meta(records.get(str(part), work), part)
+        lo, hi = np.searchsorted(node_parts, [part, part + 1])
+        for i, pos in zip(range(lo, hi), (nodes[lo:hi] & 0xFFFFFFFF).tolist()):
+            keys[i], metas[i] = meta["keys"][pos], meta["metas"][pos]
+            orders[i] = (0 if part < base else 1, tuple(meta["prios"][pos]), keys[i])
+    rank = [0] * n
+    for r, i in enumerate(sorted(range(n), key=orders.__getitem__)):
+        rank[i] = r
+    return keys, metas, rank
+
+
+def _jaccards(near: list[tuple[int, int]], nodes: np.ndarray, work: str, records: dict,
+              num_perm: int) -> dict[int, float]:
+    """``{d: estimated Jaccard of d and k}`` for the near duplicates ``d`` kept for ``k`` (``near``:
+    ``(d, k)``, indices into ``nodes``), as the memory engine reports it. Holds the signatures of those documents only,
+    copied out of each part's array as it is read, and lets them go before the result is built."""
+    need = np.array(sorted({x for pair in near for x in pair}), dtype=np.int64)
+    need_parts = nodes[need] >> 32  # sorted, as nodes are
+    sig = np.empty((0, num_perm), np.uint32)
+    for part in np.unique(need_parts).tolist():
+        sigs = _sigs(records.get(str(part), work), part)
+        if not sig.size:
+            sig = np.empty((len(need), sigs.shape[1]), sigs.dtype)
+        lo, hi = np.searchsorted(need_parts, [part, part + 1])
+        sig[lo:hi] = sigs[nodes[need[lo:hi]] & 0xFFFFFFFF]
+    dup = np.searchsorted(need, [d for d, _ in near])  # rows of sig
+    kept = np.searchsorted(need, [k for _, k in near])
+    same = np.concatenate([np.count_nonzero(sig[dup[i: i + 4096]] == sig[kept[i: i + 4096]], axis=1)
+                           for i in range(0, len(near), 4096)] or [np.empty(0, np.int64)])  # (len(near),)
+    return dict(zip((d for d, _ in near), (same / num_perm).tolist()))
+
+
 def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[dict], documents: int,
              prior: dict) -> tuple[dict, list[dict], dict]:
+    """Step 4, in the driver. It holds, for the documents in some edge only: the edges as arrays,
+    each document's record key, meta, rank and three union-find parents (most of it the key and
+    meta that the result returns anyway), then the signatures (``num_perm × 4`` bytes each) of
+    the near duplicates and of the documents kept for them, let go before the result is built."""
     base, records = prior["base"], prior["records"]
     edges = [load_array(_edges_uri(work, p)) for p in parts]
     edges = np.concatenate(edges) if edges else np.empty(0, EDGE)
     a = (edges["a_part"].astype(np.int64) << 32) | edges["a_pos"]  # a document ref: part << 32 | pos
     b = (edges["b_part"].astype(np.int64) << 32) | edges["b_pos"]
     nodes = np.unique(np.concatenate([a, b]))  # only documents that are in some edge
-    ia, ib = np.searchsorted(nodes, a).tolist(), np.searchsorted(nodes, b).tolist()
-    kinds = edges["kind"].tolist()
-    # what step 4 needs of those documents, read one part's records at a time
-    info: list[dict] = [None] * len(nodes)  # type: ignore[list-item]
-    node_parts = (nodes >> 32).astype(np.int64)
-    for part in np.unique(node_parts).tolist():
-        meta = _meta(records.get(str(part), work), part)
-        lo, hi = np.searchsorted(node_parts, [part, part + 1])
-        for n in range(lo, hi):
-            pos = int(nodes[n] & 0xFFFFFFFF)
-            # an indexed document is older than any new one, whatever its fetch time
-            info[n] = {"key": meta["keys"][pos], "old": part < base, "meta": meta["metas"][pos],
-                       "order": (0 if part < base else 1, tuple(meta["prios"][pos]), meta["keys"][pos])}
+    ia, ib, kinds = np.searchsorted(nodes, a), np.searchsorted(nodes, b), edges["kind"]
+    del edges, a, b
+    keys, metas, rank = _documents(nodes, work, records, base)
+    old = ((nodes >> 32) < base).tolist()
 
     def oldest(members: list[int]) -> list[int]:
-        return sorted(members, key=lambda m: info[m]["order"])
+        return sorted(members, key=rank.__getitem__)
 
+    def links(kind: int):
+        return zip(ia[kinds == kind].tolist(), ib[kinds == kind].tolist())
+
+    n = len(nodes)
     dropped: dict[str, tuple[str, str]] = {}
     # the same document id: the oldest fetch stays, the others never take part in dedup
-    ids = UnionFind(len(nodes))
-    for x, y, k in zip(ia, ib, kinds):
-        if k == ID:
-            ids.union(x, y)
+    ids = UnionFind(n)
+    for x, y in links(ID):
+        ids.union(x, y)
     gone = set()
-    for members in ids.components(range(len(nodes))).values():
+    for members in ids.components(range(n)).values():
         if len(members) > 1:
             first, *rest = oldest(members)
             for m in rest:
-                if not info[m]["old"]:  # an indexed document was settled by the clean that indexed it
-                    dropped[info[m]["key"]] = ("duplicate_id", info[first]["key"])
+                if not old[m]:  # an indexed document was settled by the clean that indexed it
+                    dropped[keys[m]] = ("duplicate_id", keys[first])
                     gone.add(m)
-    exact = UnionFind(len(nodes))  # exact copies, the id duplicates among them too (equality is transitive)
-    for x, y, k in zip(ia, ib, kinds):
-        if k == EXACT:
-            exact.union(x, y)
-    live = [n for n in range(len(nodes)) if n not in gone]
-    uf = UnionFind(len(nodes))
+    del ids
+    exact = UnionFind(n)  # exact copies, the id duplicates among them too (equality is transitive)
+    for x, y in links(EXACT):
+        exact.union(x, y)
+    live = [m for m in range(n) if m not in gone]
+    uf = UnionFind(n)
     for members in exact.components(live).values():
         for m in members[1:]:
             uf.union(members[0], m)
-    for x, y, k in zip(ia, ib, kinds):
-        if k == NEAR and x not in gone and y not in gone:
+    for x, y in links(NEAR):
+        if x not in gone and y not in gone:
             uf.union(x, y)
     found = []
     for members in uf.components(live).values():
         if len(members) > 1:
             first, *rest = oldest(members)
-            rest = [m for m in rest if not info[m]["old"]]
+            rest = [m for m in rest if not old[m]]
             if rest:
                 found.append((first, rest))
-    # the estimated Jaccard of each near duplicate to its kept document (as the memory engine reports)
-    need = sorted({m for first, rest in found for m in [first, *rest]
-                   if exact.find(m) != exact.find(first) or m == first})
-    sig: dict[int, np.ndarray] = {}
-    if cfg.near and need:
-        need_parts = (nodes[need] >> 32).tolist()
-        for part in sorted(set(need_parts)):
-            sigs = _sigs(records.get(str(part), work), part)
-            for m, p in zip(need, need_parts):
-                if p == part:
-                    sig[m] = sigs[int(nodes[m] & 0xFFFFFFFF)]
+    del uf, live
+    near = [(m, first) for first, rest in found for m in rest if exact.find(m) != exact.find(first)]
+    jaccard = _jaccards(near, nodes, work, records, cfg.num_perm) if cfg.near else {}
     counts = {"exact_duplicate": 0, "near_duplicate": 0}
     clusters = []
-    for first, rest in sorted(found, key=lambda fr: (-len(fr[1]), info[fr[0]]["order"])):
+    for first, rest in sorted(found, key=lambda fr: (-len(fr[1]), rank[fr[0]])):
         members = []
         for m in rest:
             if exact.find(m) == exact.find(first):
                 reason, jac = "exact_duplicate", 1.0
             else:
-                reason = "near_duplicate"
-                jac = float(np.count_nonzero(sig[m] == sig[first])) / cfg.num_perm if cfg.near else 1.0
+                reason, jac = "near_duplicate", jaccard.get(m, 1.0)
             counts[reason] += 1
-            dropped[info[m]["key"]] = (reason, info[first]["key"])
-            members.append({"key": info[m]["key"], "reason": reason, "jaccard": round(jac, 4),
-                            "meta": info[m]["meta"]})
-        clusters.append({"kept": info[first]["key"], "meta": info[first]["meta"], "size": 1 + len(rest),
-                         "members": members})
+            dropped[keys[m]] = (reason, keys[first])
+            members.append({"key": keys[m], "reason": reason, "jaccard": round(jac, 4), "meta": metas[m]})
+        clusters.append({"kept": keys[first], "meta": metas[first], "size": 1 + len(rest), "members": members})
     deduped = documents - len(gone)
     stats = {
         "engine": "sharded",

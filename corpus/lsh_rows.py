@@ -10,7 +10,12 @@ for the id group, a 128-bit hash of the document id. Documents that share
 ``(hi, lo)`` share a bucket. Rows are sorted by ``(hi, lo, part, pos)``, so a
 bucket is a run of adjacent rows in record-key order, and any number of sorted
 files of rows (*runs*) merge into one sorted stream (:func:`merge_sorted_runs`)
-holding a bounded number of rows at a time.
+holding a bounded number of rows at a time. Run files are read a block at a
+time (:class:`RunFile`), never memory-mapped: the pages of a map that were read
+stay in the process's resident memory until it is unmapped, so merging a
+group's runs through maps would make a task's peak grow with the corpus. The
+candidate pairs of a group go through a :class:`PairSink`, which spills them
+to local disk past its budget, for the same reason.
 
 Example::
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -31,8 +36,8 @@ from corpus.dedup import DedupConfig
 from infra import storage
 
 __all__ = ["ROW", "PAIR", "EDGE", "NEAR", "EXACT", "ID", "band_hashes", "hex128", "id_hex", "groups",
-           "run_names", "save_array", "load_array", "sort_rows", "merge_sorted_runs", "pairs_in_buckets",
-           "open_runs", "UnionFind"]
+           "run_names", "save_array", "load_array", "sort_rows", "merge_sorted_runs", "sort_externally",
+           "pairs_in_buckets", "open_runs", "RunFile", "PairSink", "UnionFind"]
 
 ROW = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("part", "<u4"), ("pos", "<u4")])  # 24 bytes
 PAIR = np.dtype([("a_part", "<u4"), ("a_pos", "<u4"), ("b_part", "<u4"), ("b_pos", "<u4"), ("kind", "u1")])
@@ -114,11 +119,33 @@ def load_array(uri: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
 
 
-def open_runs(uris: list[str], tmp: str) -> list[np.ndarray]:
-    """Raw sorted row files (``.rows``: rows back to back, no header) as read-only memory maps.
+class RunFile:
+    """A file of records of ``dtype`` back to back (a sorted run), sliced like an array:
+    ``run[a:b]`` reads just those records from disk (``len(run)`` is their number).
 
-    A local file is mapped where it lies; a ``gs://`` one is first streamed to the
-    local ``tmp`` directory. Empty files are left out (nothing to map).
+    Unlike ``np.memmap``, what was read does not stay in the process's resident
+    memory, so a merge of many runs holds only the blocks it is merging.
+    """
+
+    def __init__(self, path: str, dtype: np.dtype = ROW) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.n = os.path.getsize(path) // self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, step = s.indices(self.n)
+        assert step == 1, "RunFile: contiguous slices only"
+        with open(self.path, "rb") as f:
+            return np.fromfile(f, self.dtype, max(0, stop - start), offset=start * self.dtype.itemsize)
+
+
+def open_runs(uris: list[str], tmp: str) -> list[RunFile]:
+    """Raw sorted row files (``.rows``: rows back to back, no header), read by blocks (:class:`RunFile`).
+
+    A local file is read where it lies; a ``gs://`` one is first streamed to the
+    local ``tmp`` directory. Empty files are left out.
     """
     out = []
     for i, uri in enumerate(uris):
@@ -129,7 +156,7 @@ def open_runs(uris: list[str], tmp: str) -> list[np.ndarray]:
                 for block in iter(lambda: src.read(1 << 22), b""):
                     dst.write(block)
         if os.path.getsize(path):
-            out.append(np.memmap(path, dtype=ROW, mode="r"))
+            out.append(RunFile(path))
     return out
 
 
@@ -148,10 +175,10 @@ def _upto(rows: np.ndarray, bound: np.void) -> int:
     return int(np.count_nonzero(le))
 
 
-def merge_sorted_runs(runs: list[np.ndarray], max_rows: int) -> Iterator[np.ndarray]:
-    """Sorted chunks of the union of the sorted ``runs`` (e.g. memory-mapped files), holding about
-    ``max_rows`` rows at a time: a block of each run; everything up to the smallest block end
-    that still has rows behind it is final, so it is sorted and given out."""
+def merge_sorted_runs(runs: list, max_rows: int) -> Iterator[np.ndarray]:
+    """Sorted chunks of the union of the sorted ``runs`` (arrays or :class:`RunFile`), holding about
+    ``max_rows`` rows at a time: a block of each run (``max_rows / 2`` rows in all); everything up
+    to the smallest block end that still has rows behind it is final, so it is sorted and given out."""
     block = max(1, max_rows // (2 * max(1, len(runs))))
     at = [0] * len(runs)
     while True:
@@ -167,6 +194,47 @@ def merge_sorted_runs(runs: list[np.ndarray], max_rows: int) -> Iterator[np.ndar
             taken.append(h[:k])
             at[i] += k
         yield sort_rows(np.concatenate(taken))
+
+
+def sort_externally(arrays: Iterable[np.ndarray], max_rows: int, tmp: str, stats: dict,
+                    prior: list[RunFile]) -> Iterator[np.ndarray]:
+    """The rows of ``arrays`` (e.g. a group's row file of each part) in sorted chunks: in memory when
+    they fit in ``max_rows``, else sorted runs of ``max_rows`` rows spilled to local ``tmp`` and
+    merged (an external sort); the ``prior`` index's sorted runs are merged in too. The buffer is
+    let go before it is sorted; a sort then holds about 3 × ``max_rows`` rows (the rows, the sort
+    keys and order, the sorted copy), a merge about 1.5 ×. ``stats["runs"]``: the runs spilled."""
+    buf: list[np.ndarray] = []
+    held = 0
+    runs: list[str] = []
+
+    def take() -> np.ndarray:  # the buffer, sorted; the buffer itself let go first
+        nonlocal held
+        rows = np.concatenate(buf)
+        buf.clear()
+        held = 0
+        return sort_rows(rows)
+
+    def spill() -> None:
+        path = os.path.join(tmp, f"run{len(runs):05d}.rows")
+        take().tofile(path)
+        runs.append(path)
+
+    for rows in arrays:
+        for start in range(0, len(rows), max_rows):
+            piece = rows[start: start + max_rows]
+            if held + len(piece) > max_rows and buf:
+                spill()
+            buf.append(piece)
+            held += len(piece)
+    if not runs and not prior:
+        stats["runs"] = 0
+        if buf:
+            yield take()
+        return
+    if buf:  # the last run to disk too: the merge then holds only its blocks, whatever was left over
+        spill()
+    stats["runs"] = len(runs)
+    yield from merge_sorted_runs([RunFile(p) for p in runs] + prior, max_rows)
 
 
 def pairs_in_buckets(arr: np.ndarray, start: int, window: int) -> np.ndarray:
@@ -187,6 +255,66 @@ def pairs_in_buckets(arr: np.ndarray, start: int, window: int) -> np.ndarray:
         p["kind"] = 0
         out.append(p)
     return np.concatenate(out) if out else np.empty(0, PAIR)
+
+
+class PairSink:
+    """A bucket group's candidate pairs: added as found, handed out unique and part by part
+    (the part of their older record, ``a_part``), each part's sorted as ``np.unique`` sorts.
+
+    At most about ``budget`` pairs (17 bytes each) are held: past it, the held pairs
+    are made unique and written to local ``tmp`` as a sorted run. :meth:`by_part`
+    then merges the runs a block of each at a time (``budget / 2`` pairs in all),
+    handing out one part's pairs at a time: those are few whatever the corpus (the
+    verify step holds them too), so nothing here grows with the corpus.
+
+    Example::
+
+        sink = PairSink(tmp, budget=1_000_000)
+        sink.add(pairs_in_buckets(chunk, 0, 16))
+        for part, pairs in sink.by_part(): ...
+    """
+
+    def __init__(self, tmp: str, budget: int) -> None:
+        self.tmp, self.budget = tmp, max(2, budget)
+        self.held: list[np.ndarray] = []
+        self.count = 0
+        self.runs: list[RunFile] = []
+
+    def add(self, pairs: np.ndarray) -> None:
+        if len(pairs):
+            self.held.append(pairs)
+            self.count += len(pairs)
+        if self.count > self.budget:
+            path = os.path.join(self.tmp, f"pairs{len(self.runs):05d}.bin")
+            self._unique().tofile(path)
+            self.runs.append(RunFile(path, PAIR))
+
+    def _unique(self) -> np.ndarray:
+        held, self.held, self.count = self.held, [], 0
+        return np.unique(np.concatenate(held)) if held else np.empty(0, PAIR)  # one pair found in several bands
+
+    def by_part(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(part, its unique pairs)`` in part order."""
+        sources: list = self.runs + [self._unique()]  # sorted runs on disk, and the pairs still held
+        block = max(1, self.budget // (2 * len(sources)))
+        heads = [src[0:block] for src in sources]
+        at = [len(h) for h in heads]
+        while True:
+            starts = [int(h["a_part"][0]) for h in heads if len(h)]
+            if not starts:
+                return
+            part, pieces = min(starts), []
+            for i, src in enumerate(sources):
+                while len(heads[i]):
+                    k = int(np.searchsorted(heads[i]["a_part"], part, side="right"))
+                    pieces.append(heads[i][:k])
+                    heads[i] = heads[i][k:]
+                    if len(heads[i]) or at[i] >= len(src):
+                        break
+                    heads[i] = src[at[i]: at[i] + block]  # the block ended inside this part: read on
+                    at[i] += len(heads[i])
+            pairs = np.concatenate(pieces)
+            yield part, pairs if len(sources) == 1 else np.unique(pairs)
 
 
 # --------------------------------------------------------------------------- clustering

@@ -2,13 +2,17 @@
 
 Same drops as the memory engine when there is no chain; the documented
 difference on a chain; the external sort (tiny ``max_rows_in_memory``) gives
-the same result; a local pool and a Dask LocalCluster write the same bytes; an
+the same result, its runs read from disk by blocks and its candidate pairs
+spilled past their budget; a bucket task's peak memory does not grow with the
+corpus; a local pool and a Dask LocalCluster write the same bytes; an
 interrupted dedup resumes from its ``_work`` files.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,8 @@ import pytest
 from corpus.clean import CleanConfig, run_clean
 from corpus.dedup import DedupConfig, signature
 from corpus.jsonl import read_documents
-from corpus.lsh_index import ROW, merge_sorted_runs
+from corpus.lsh_index import ROW, _rows_uri, merge_sorted_runs
+from corpus.lsh_rows import NEAR, PAIR, PairSink, RunFile, save_array
 from infra import storage
 from tests.test_clean import doc, outputs, raw_crawl, work_text
 from tests.test_dedup import edit_sentences
@@ -140,7 +145,7 @@ def test_the_external_sort_gives_the_same_result(no_chains, tmp_path):
     assert _corpus_files(str(tmp_path / "tiny")) == _corpus_files(str(tmp_path / "default"))
 
 
-def test_merge_of_sorted_runs_equals_one_sort():
+def test_merge_of_sorted_runs_equals_one_sort(tmp_path):
     rng = np.random.default_rng(0)
     rows = np.empty(5000, ROW)
     rows["hi"] = rng.integers(0, 50, len(rows))  # many equal keys: ties broken by part, pos
@@ -149,10 +154,75 @@ def test_merge_of_sorted_runs_equals_one_sort():
     rows["pos"] = np.arange(len(rows))
     key = lambda r: r[np.lexsort((r["pos"], r["part"], r["lo"], r["hi"]))]  # noqa: E731
     runs = [key(rows[i::7]) for i in range(7)]
+    for i, run in enumerate(runs):
+        run.tofile(tmp_path / f"run{i}.rows")
+    files = [RunFile(str(tmp_path / f"run{i}.rows")) for i in range(7)]  # the same runs, read by blocks
+    assert [len(f) for f in files] == [len(r) for r in runs] and np.array_equal(files[3][10:20], runs[3][10:20])
     for max_rows in (16, 100, 10_000):
-        chunks = list(merge_sorted_runs(runs, max_rows))
-        assert all(len(c) <= max_rows for c in chunks) or max_rows < 2 * 7
-        assert np.array_equal(np.concatenate(chunks), key(rows))
+        for sources in (runs, files):
+            chunks = list(merge_sorted_runs(sources, max_rows))
+            assert all(len(c) <= max_rows for c in chunks) or max_rows < 2 * 7
+            assert np.array_equal(np.concatenate(chunks), key(rows))
+
+
+def test_spilled_candidate_pairs_come_out_as_the_held_ones(tmp_path):
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(40):  # the same pair found again (in another band) across batches
+        p = np.zeros(int(rng.integers(0, 60)), PAIR)
+        for name, high in (("a_part", 9), ("a_pos", 5), ("b_part", 9), ("b_pos", 5)):
+            p[name] = rng.integers(0, high, len(p))
+        batches.append(p)
+    every = np.unique(np.concatenate(batches))
+    expected = [(int(part), every[every["a_part"] == part]) for part in np.unique(every["a_part"])]
+    for budget in (2, 7, 100, 10_000):
+        sink = PairSink(str(tmp_path), budget)
+        for p in batches:
+            sink.add(p)
+        assert (len(sink.runs) > 10) == (budget <= 7)
+        got = list(sink.by_part())
+        assert [part for part, _ in got] == [part for part, _ in expected]
+        assert all(np.array_equal(g, e) for (_, g), (_, e) in zip(got, expected)), budget
+
+
+BUCKET_PEAK = r"""
+import json, sys
+from corpus.lsh_index import bucket_group
+def mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS: the peak of the task alone
+except OSError:
+    pass
+before = mb("VmRSS")
+record = bucket_group(json.loads(sys.argv[1]))
+print(json.dumps({"grew": mb("VmHWM") - before, "runs": record["runs"], "pairs": sum(record["pairs"].values())}))
+"""
+
+
+@pytest.mark.slow
+def test_a_bucket_tasks_peak_memory_does_not_grow_with_the_corpus(tmp_path):
+    """One group of 60 and of 600 parts (120,000 and 1.2 M rows, as many pairs) at the same
+    max_rows_in_memory, each in a fresh process: memory-mapped runs and held pairs grew by ~90 MB."""
+    group = {"label": "bands000-003", "kind": NEAR, "bands": [0, 4]}
+    cfg = DedupConfig(engine="sharded", max_rows_in_memory=50_000).model_dump_json()
+    peaks = []
+    for parts in (60, 600):
+        work = str(tmp_path / str(parts))
+        rng = np.random.default_rng(0)
+        for part in range(parts):
+            rows = np.zeros(2000, ROW)
+            rows["hi"] = rng.integers(0, parts * 1000, len(rows))  # about one pair a row
+            rows["part"], rows["pos"] = part, np.arange(len(rows))
+            save_array(_rows_uri(work, group["label"], part), rows)
+        args = json.dumps([work, group, list(range(parts)), cfg, [], 0])
+        out = subprocess.run([sys.executable, "-c", BUCKET_PEAK, args], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent.parent, check=True)
+        peaks.append(json.loads(out.stdout))
+    small, large = peaks
+    assert small["runs"] >= 2 and large["runs"] >= 20 and large["pairs"] > 1_000_000, peaks
+    assert large["grew"] < small["grew"] + 8, peaks  # MB
 
 
 def test_an_interrupted_dedup_resumes_after_a_bucket_file_is_deleted(no_chains, tmp_path):
