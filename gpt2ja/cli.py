@@ -332,7 +332,7 @@ def shards(
 def train(
     data: str = typer.Option(..., "--data", help="A shards directory (gpt2ja shards)."),
     run: str = typer.Option(..., "--run", help="The run directory, local or gs://; an existing run resumes."),
-    preset: Optional[str] = typer.Option(None, help="tiny, mini, small (117M), medium, large or xl."),
+    preset: Optional[str] = typer.Option(None, help="tiny, micro, mini, small (117M), medium, large or xl."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
     stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Pause after this step (checkpointed); the same "
                                           "command without it continues. The schedule stays that of --steps."),

@@ -39,6 +39,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "context_length": 128, "dropout": 0.0},
         "metadata": {"description": "2 layers, 128 wide: the CPU demo, trains in minutes"},
     },
+    "micro": {
+        "config": {"num_layers": 4, "hidden_dim": 256, "num_heads": 4, "intermediate_dim": 1024,
+                   "context_length": 256, "dropout": 0.0},
+        "metadata": {"description": "4 layers, 256 wide: between tiny and mini, for CPU budgets of an hour or two"},
+    },
     "mini": {
         "config": {"num_layers": 6, "hidden_dim": 384, "num_heads": 6, "intermediate_dim": 1536,
                    "context_length": 512, "dropout": 0.1},

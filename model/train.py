@@ -92,7 +92,7 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="shards URI (a `gpt2ja shards` artifact), local or gs://")
     run: str = Field(description="run directory URI, local or gs://; an existing run is resumed")
-    preset: str | None = Field(None, description="model preset (tiny, mini, small, medium, large, xl); "
+    preset: str | None = Field(None, description="model preset (tiny, micro, mini, small, medium, large, xl); "
                                                  "omit with init_from to keep that run's model")
     init_from: str | None = Field(None, description="start from this run's newest weights (fresh optimizer)")
     tokenizer: str | None = Field(None, description="tokenizer URI; default: the one the shards were built with")
@@ -142,7 +142,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.preset is None and self.init_from is None:
-            raise ValueError("choose a model: preset (tiny, mini, small, medium, large, xl) or init_from a run")
+            raise ValueError("choose a model: preset (tiny, micro, mini, small, medium, large, xl) or init_from a run")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps {self.warmup_steps} must be fewer than steps {self.steps}")
         return self

@@ -4,6 +4,7 @@
 
     gpt2ja study vocab --config configs/studies/vocab.yaml
     gpt2ja study sampling --run data/bulk/runs/tiny-sp8k --config configs/studies/sampling.yaml
+    gpt2ja study recipe --config configs/studies/recipe.yaml
 
 A bad config or a stage that refuses its input ends with one ``error: …``
 line naming the file, field or artifact and the fix (exit status 2 for a
@@ -19,8 +20,9 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Measure what the seed project guessed: vocabulary size (vocab) and decoding methods "
-                       "against context length (sampling). Each writes a report to docs/studies/.",
+app = typer.Typer(help="Measure what the seed project guessed: vocabulary size (vocab), decoding methods "
+                       "against context length (sampling), and the best recipe for a CPU time budget (recipe). "
+                       "Each writes a report to docs/studies/.",
                   no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -74,6 +76,32 @@ def sampling(
                        *(["--out", out] if out else []))
     try:
         written = run_sampling_study(run, cfg, command=command)
+    except StudyError as err:
+        _fail(str(err), 1)
+    print(f"report: {written['markdown']} (data {written['csv']})")
+
+
+@app.command("recipe")
+def recipe(
+    config: Path = typer.Option(Path("configs/studies/recipe.yaml"), "--config",
+                                help="The study's YAML (tokenizers, candidates, time budget, held-out author)."),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes",
+                                                   help="Training minutes per candidate (overrides the config's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Report folder (overrides the config's `out`)."),
+) -> None:
+    """Train every candidate recipe for the same time; compare bits/char on validation and a held-out author."""
+    from studies.common import StudyError, load_config
+    from studies.recipe import RecipeStudyConfig, run_recipe_study
+
+    try:
+        cfg = load_config(config, RecipeStudyConfig, {"out": out, "budget_minutes": budget_minutes})
+    except StudyError as err:
+        _fail(str(err), 2)
+    command = _command("gpt2ja", "study", "recipe", "--config", str(config),
+                       *(["--budget-minutes", f"{budget_minutes:g}"] if budget_minutes else []),
+                       *(["--out", out] if out else []))
+    try:
+        written = run_recipe_study(cfg, command=command)
     except StudyError as err:
         _fail(str(err), 1)
     print(f"report: {written['markdown']} (data {written['csv']})")

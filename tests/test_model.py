@@ -61,7 +61,7 @@ def random_lm():
 def test_preset_parameter_counts():
     assert padded_vocab(257) == 320 and padded_vocab(32_000) == 32_000 and padded_vocab(GPT2_VOCAB) == 50_304
     counts = preset_param_counts(GPT2_VOCAB)
-    assert list(counts) == list(PRESETS) == ["tiny", "mini", "small", "medium", "large", "xl"]
+    assert list(counts) == list(PRESETS) == ["tiny", "micro", "mini", "small", "medium", "large", "xl"]
     assert counts["small"] == pytest.approx(124e6, rel=0.005)  # "GPT-2 small, 124M"
     assert preset_param_counts(32_000)["small"] == 110_418_432  # ≈ 110M with a 32k vocabulary
     for name, published in KERAS_HUB_PARAMS.items():  # minus the 47 padding rows, KerasHub's exact numbers
@@ -71,7 +71,7 @@ def test_preset_parameter_counts():
 
 
 def test_model_config_errors():
-    with pytest.raises(ModelError, match="unknown model preset 'huge'; use one of tiny, mini, small"):
+    with pytest.raises(ModelError, match="unknown model preset 'huge'; use one of tiny, micro, mini, small"):
         ModelConfig.from_preset("huge", vocab_size=257)
     with pytest.raises(ValueError, match="hidden_dim 130 is not divisible by num_heads 4"):
         ModelConfig(vocab_size=257, num_layers=1, hidden_dim=130, num_heads=4, intermediate_dim=64,

@@ -164,7 +164,7 @@ VOCAB_BASE = {"root": "r", "source": "s", "corpus": "c", "holdout_author": "æ–°ç
                                                                r"vocab_size"),
     ({"tokenizers": [{"name": "b", "kind": "bytes"}, {"name": "b", "kind": "bytes"}]},
      r"tokenizers: tokenizer names must be unique; repeated: b$"),
-    ({"preset": "huge"}, r"unknown preset 'huge'; use one of tiny, mini"),
+    ({"preset": "huge"}, r"unknown preset 'huge'; use one of tiny, micro, mini"),
     ({"train_options": {"steps": 5}}, r"train_options steps: not a TrainConfig field the study leaves open"),
     ({"train_options": {"mixed_precision": "fp8"}}, r"train_options.mixed_precision: Input should be 'off', "),
     ({"trian_characters": 5}, r"trian_characters: unknown setting"),
@@ -216,7 +216,7 @@ def test_study_commands_print_one_error_line(tmp_path, capsys):
 
 
 def test_importing_the_studies_loads_no_tensorflow():
-    code = ("import sys, gpt2ja.cli, studies.cli, studies.vocab, studies.sampling, studies.metrics, "
+    code = ("import sys, gpt2ja.cli, studies.cli, studies.vocab, studies.sampling, studies.metrics, studies.recipe, "
             "studies.vocab_report, studies.sampling_report\n"
             "heavy = sorted(m for m in ('tensorflow', 'keras', 'fugashi', 'scrapy') if m in sys.modules)\n"
             "assert not heavy, heavy")
