@@ -335,8 +335,26 @@ def prefect_job_variables(job: GpuJob) -> dict:
 
 
 def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
-    """The commands of ``infra/jobs/tpu-vm.sh`` for ``job``, training with ``args`` on every worker."""
+    """The commands of ``infra/jobs/tpu-vm.sh`` for ``job``: set up every worker, train from worker 0.
+
+    TensorFlow drives a TPU slice from one client: ``TPUStrategy`` in one
+    process reaches the TPU runtime of every host over gRPC, and for a slice of
+    several hosts it must be given the TPU's name, from which TensorFlow finds
+    all the hosts (Google's "Training on TPU Pods",
+    https://cloud.google.com/tpu/docs/training-on-tpu-pods). So ``gpt2ja
+    train`` runs once, on worker 0: it is the chief (``worker_info`` is (0, 1,
+    True) under TPUStrategy), reads the whole global data stream and writes the
+    run directory; the other hosts only run the TPU runtime. On a slice of
+    several hosts it gets ``tpu=NAME`` and ``TPU_LOAD_LIBRARY=0`` (the client
+    process does not open worker 0's chips itself; the runtime does). Starting
+    ``gpt2ja train`` on every worker (``--worker=all``) would start one client
+    per host, each taking itself for the chief.
+    """
     at = ["--project", job.project, "--zone", job.zone]
+    env = "TF_CPP_MIN_LOG_LEVEL=2"
+    if job.multi_host:
+        args = [*args, "--set", f"tpu={job.name}"]
+        env = "TPU_LOAD_LIBRARY=0 " + env
     wheel = "gpt2ja-0.1.0-py3-none-any.whl"
     return [
         ["python3", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "build/wheel", "."],
@@ -346,8 +364,8 @@ def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
          f"{job.name}:", *at, "--worker=all"],
         ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
          "--command", f"bash ~/tpu-vm-setup.sh {job.tf_version} ~/{wheel}"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
-         "--command", "TF_CPP_MIN_LOG_LEVEL=2 ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args)],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=0",
+         "--command", f"{env} ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args)],
     ]
 
 

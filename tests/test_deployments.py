@@ -281,6 +281,9 @@ def _train_config(args: list[str]):
     assert args[0] == "train"
     ctx = group.commands["train"].make_context("train", list(args[1:]))  # raises on a bad option or value
     given = {k: v for k, v in ctx.params.items() if v is not None and k in TrainConfig.model_fields}
+    for item in ctx.params.get("sets") or []:  # --set key=value, values read as YAML (as gpt2ja does)
+        key, value = item.split("=", 1)
+        given[key] = yaml.safe_load(value)
     return TrainConfig.model_validate(given)
 
 
@@ -299,17 +302,20 @@ def test_the_gpu_vm_job_trains_mirrored_from_gs_in_the_image():
     assert 'docker run --rm --gpus all' in Path(startup).read_text() and '"${ARGS[@]}"' in Path(startup).read_text()
 
 
-def test_the_tpu_vm_job_trains_with_tpustrategy_on_every_worker():
+def test_the_tpu_vm_job_sets_up_every_worker_and_trains_from_one_client():
     args, commands = _dry_run("tpu-vm.sh", PROJECT="p1", BUCKET="b1", TPU_TYPE="v4-32")
     cfg = _train_config(args)
-    assert (cfg.strategy, cfg.mixed_precision) == ("tpu", "bf16")
+    assert (cfg.strategy, cfg.mixed_precision, cfg.tpu) == ("tpu", "bf16", "gpt2ja-tpu")  # a slice: by its name
     assert cfg.data.startswith("gs://b1/") and cfg.run.startswith("gs://b1/")
     gcloud = [c for c in commands if c[0] == "gcloud"]
     assert [c[3:5] for c in gcloud] == [["tpu-vm", "create"], ["tpu-vm", "scp"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"]]
     assert gcloud[0][gcloud[0].index("--accelerator-type") + 1] == "v4-32"
-    assert all("--worker=all" in c for c in gcloud[1:])
+    assert all("--worker=all" in c for c in gcloud[1:-1]) and "--worker=0" in gcloud[-1]
     train = shlex.split(gcloud[-1][gcloud[-1].index("--command") + 1])
-    assert train[1].endswith("/gpt2ja-venv/bin/gpt2ja") and train[2:] == args  # what runs is what was checked
+    assert train[0] == "TPU_LOAD_LIBRARY=0"
+    assert train[2].endswith("/gpt2ja-venv/bin/gpt2ja") and train[3:] == args  # what runs is what was checked
+    one_host, _ = _dry_run("tpu-vm.sh", PROJECT="p1", BUCKET="b1", TPU_TYPE="v4-8")
+    assert _train_config(one_host).tpu is None
     wheel = commands[0]
     assert wheel[1:4] == ["-m", "pip", "wheel"] and gcloud[1][5].endswith("gpt2ja-0.1.0-py3-none-any.whl")
 

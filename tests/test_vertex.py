@@ -183,11 +183,22 @@ def test_a_tpu_v4_8_is_one_host_with_the_tensorflow_pjrt_runtime_training_tpustr
     assert create[3:5] == ["tpu-vm", "create"]
     assert create[create.index("--accelerator-type") + 1] == "v4-8"
     assert create[create.index("--version") + 1] == f"tpu-vm-tf-{vertex.TPU_TF_VERSION}-pjrt"
-    assert all("--worker=all" in c for c in gcloud[1:])
+    assert all("--worker=all" in c for c in gcloud[1:-1])  # copy and set up on every worker
+    assert "--worker=0" in gcloud[-1]  # one TensorFlow client trains
     train = shlex.split(gcloud[-1][gcloud[-1].index("--command") + 1])
     assert train[1].endswith("/gpt2ja-venv/bin/gpt2ja")
     cfg = _as_gpt2ja_parses(train[2:])
     assert (cfg.strategy, cfg.tpu, cfg.preset, cfg.run) == ("tpu", None, "tiny", "gs://b1/gpt2ja/runs/tiny-demo")
+
+
+def test_a_slice_of_several_hosts_trains_from_one_client_that_names_the_tpu():
+    job = TpuVmJob(project="p", tpu_type="v4-32", name="slice1")
+    train_line = vertex.tpu_vm_commands(job, vertex.train_args(SETTINGS, DATA, RUN, job))[-1]
+    assert "--worker=0" in train_line and "--worker=all" not in train_line
+    command = shlex.split(train_line[train_line.index("--command") + 1])
+    assert command[:2] == ["TPU_LOAD_LIBRARY=0", "TF_CPP_MIN_LOG_LEVEL=2"]
+    cfg = _as_gpt2ja_parses(command[3:])
+    assert (cfg.strategy, cfg.tpu) == ("tpu", "slice1")
 
 
 def test_tpu_slices_past_one_host_use_the_pod_runtime_and_devices_follow_the_generation():

@@ -8,8 +8,10 @@
 #
 # Steps: build the project's wheel here; create the TPU VM (TPU_TYPE); copy the wheel and
 # infra/jobs/tpu-vm-setup.sh to every worker; set up a Python 3.11 venv with tensorflow-tpu there;
-# run `gpt2ja train --strategy tpu` on every worker (one host for v4-8 / v5litepod-8, all hosts of a
-# larger slice); delete the TPU VM when DELETE_WHEN_DONE=true. Rerunning resumes the run from gs://.
+# run `gpt2ja train --strategy tpu` once, on worker 0: TensorFlow drives the whole slice from one client
+# (TPUStrategy reaches every host's TPU runtime; a slice of several hosts needs the TPU's name, from which
+# TensorFlow finds the hosts: https://cloud.google.com/tpu/docs/training-on-tpu-pods); delete the TPU VM
+# when DELETE_WHEN_DONE=true. Rerunning resumes the run from gs://.
 #
 #   export PROJECT=my-project BUCKET=my-bucket
 #   infra/jobs/tpu-vm.sh              # create, set up, train (blocks while training)
@@ -39,10 +41,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 WHEEL=gpt2ja-0.1.0-py3-none-any.whl                 # what `pip wheel --no-deps .` builds from pyproject.toml
 
-# The gpt2ja command line every worker runs (tpu: this VM's TPU; data and run on gs://).
+# The gpt2ja command line worker 0 runs (data and run on gs://). One host: tpu is this VM's TPU. Several
+# hosts: tpu is the slice's name and the client leaves worker 0's chips to the TPU runtime (TPU_LOAD_LIBRARY=0).
 GPT2JA=(train --strategy tpu --mixed-precision bf16
         --preset "$PRESET" --steps "$STEPS" --batch-tokens "$BATCH_TOKENS" --micro-batch "$MICRO_BATCH"
         --data "$DATA" --run "$RUN")
+TRAIN_ENV="TF_CPP_MIN_LOG_LEVEL=2"
+if [[ -n "$POD" ]]; then GPT2JA+=(--set "tpu=$TPU"); TRAIN_ENV="TPU_LOAD_LIBRARY=0 $TRAIN_ENV"; fi
 
 source "$HERE/common.sh" "$@"   # DRY (--dry-run) and run()
 
@@ -57,8 +62,8 @@ run gcloud compute tpus tpu-vm scp "$REPO/build/wheel/$WHEEL" "$HERE/tpu-vm-setu
   "${TPU_AT[@]}" --worker=all
 run gcloud compute tpus tpu-vm ssh "$TPU" "${TPU_AT[@]}" --worker=all \
   --command "bash ~/tpu-vm-setup.sh $TF_VERSION ~/$WHEEL"
-run gcloud compute tpus tpu-vm ssh "$TPU" "${TPU_AT[@]}" --worker=all \
-  --command "TF_CPP_MIN_LOG_LEVEL=2 ~/gpt2ja-venv/bin/gpt2ja$train_cmd"
+run gcloud compute tpus tpu-vm ssh "$TPU" "${TPU_AT[@]}" --worker=0 \
+  --command "$TRAIN_ENV ~/gpt2ja-venv/bin/gpt2ja$train_cmd"
 if [[ "$DELETE_WHEN_DONE" == "true" ]]; then
   run gcloud compute tpus tpu-vm delete "$TPU" "${TPU_AT[@]}" --quiet
 fi
