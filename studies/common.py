@@ -64,3 +64,16 @@ def slug(text: str) -> str:
             if out and out[-1] != "-":
                 out.append("-")
     return "".join(out).strip("-") or "x"
+
+
+def check_shape(preset: str, batch_tokens: int, micro_batch: int, seq_len: int, who: str = "") -> None:
+    """``ValueError`` (prefixed by ``who``) for an unknown preset or a batch that micro-batches do not fill."""
+    from model.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"{who}unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    per_micro = micro_batch * seq_len
+    if batch_tokens % per_micro:
+        near = max(1, round(batch_tokens / per_micro)) * per_micro
+        raise ValueError(f"{who}batch_tokens {batch_tokens} is not a multiple of micro_batch × seq_len = "
+                         f"{per_micro}; use {near}")

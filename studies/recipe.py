@@ -41,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra import storage
-from studies.common import StudyError, require_unique, say as default_say
+from studies.common import StudyError, check_shape, require_unique, say as default_say
 from studies.report import machine
 from studies.vocab import TokenizerSpec, _stage_errors, training_speed
 from studies.vocab_data import ensure_corpus, ensure_eval_texts, eval_split
@@ -72,15 +72,7 @@ class Candidate(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Candidate":
-        from model.presets import PRESETS
-
-        if self.preset not in PRESETS:
-            raise ValueError(f"candidate {self.name}: unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        per_micro = self.micro_batch * self.seq_len
-        if self.batch_tokens % per_micro:
-            near = max(1, round(self.batch_tokens / per_micro)) * per_micro
-            raise ValueError(f"candidate {self.name}: batch_tokens {self.batch_tokens} is not a multiple of "
-                             f"micro_batch × seq_len = {per_micro}; use {near}")
+        check_shape(self.preset, self.batch_tokens, self.micro_batch, self.seq_len, f"candidate {self.name}: ")
         return self
 
 

@@ -42,7 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra import storage
-from studies.common import StudyError, require_unique, say as default_say
+from studies.common import StudyError, check_shape, require_unique, say as default_say
 from studies.report import machine
 from studies.vocab_data import ensure_corpus, ensure_eval_texts, ensure_pool, eval_split
 from studies.vocab_report import HELDOUT, VALIDATION, write_report
@@ -145,15 +145,7 @@ class VocabStudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "VocabStudyConfig":
-        from model.presets import PRESETS
-
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        per_micro = self.micro_batch * self.seq_len
-        if self.batch_tokens % per_micro:
-            near = max(1, round(self.batch_tokens / per_micro)) * per_micro
-            raise ValueError(f"batch_tokens {self.batch_tokens} is not a multiple of micro_batch × seq_len = "
-                             f"{per_micro}; use {near}")
+        check_shape(self.preset, self.batch_tokens, self.micro_batch, self.seq_len)
         from model.train import TrainConfig
 
         bad = sorted(set(self.train_options) - (set(TrainConfig.model_fields) - _STUDY_TRAIN_FIELDS))

@@ -108,3 +108,14 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
     tok.save(str(run / runs.TOKENIZER_DIR))
     tf.train.Checkpoint(backbone=lm.backbone).save(str(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_NAME))
     return run
+
+
+def mirror_texts(folder: Path) -> Path:
+    """``folder`` filled with the bundled mirror's 48 text zips (a `files` source); returns it."""
+    import shutil
+
+    repo = Path(__file__).resolve().parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for z in sorted((repo / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip")):
+        shutil.copy(z, folder / f"{z.parent.parent.name}-{z.name}")
+    return folder

@@ -22,13 +22,13 @@ from tests import procs
 import yaml
 
 from studies import metrics
+from tests.corpora import mirror_texts
 from studies.common import StudyError, load_config, slug
 from studies.sampling import SamplingStudyConfig, cut_point, select_prompts
 from studies.vocab import VocabStudyConfig
 from studies.vocab_data import chunks
 
 REPO = Path(__file__).resolve().parent.parent
-MIRROR_ZIPS = sorted((REPO / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip"))
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -234,10 +234,7 @@ def vocab_study(tmp_path_factory):
     from studies.vocab import run_vocab_study
 
     tmp = tmp_path_factory.mktemp("vocab-study")
-    source = tmp / "texts"
-    source.mkdir()
-    for z in MIRROR_ZIPS:
-        shutil.copy(z, source / f"{z.parent.parent.name}-{z.name}")
+    source = mirror_texts(tmp / "texts")
     cfg = VocabStudyConfig(
         root=str(tmp / "root"), source=str(source), crawl_id="mirror", corpus=str(tmp / "root" / "clean" / "mirror"),
         holdout_author="新美南吉", validation_fraction=0.2, clean_workers=1,

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.corpora import mirror_texts
 from studies.common import StudyError, load_config
 from studies.recipe import RecipeStudyConfig, verdict
 
 REPO = Path(__file__).resolve().parent.parent
-MIRROR_ZIPS = sorted((REPO / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip"))
 
 BASE = {"root": "r", "source": "s", "corpus": "c", "holdout_author": "新美南吉", "budget_minutes": 1,
         "tokenizers": [{"name": "sp", "kind": "sentencepiece", "vocab_size": 1000}],
@@ -68,10 +67,7 @@ def recipe_study(tmp_path_factory):
     from studies.recipe import run_recipe_study
 
     tmp = tmp_path_factory.mktemp("recipe-study")
-    source = tmp / "texts"
-    source.mkdir()
-    for z in MIRROR_ZIPS:
-        shutil.copy(z, source / f"{z.parent.parent.name}-{z.name}")
+    source = mirror_texts(tmp / "texts")
     cfg = RecipeStudyConfig(
         root=str(tmp / "root"), source=str(source), crawl_id="mirror", corpus=str(tmp / "root" / "clean" / "mirror"),
         holdout_author="新美南吉", validation_fraction=0.2, clean_workers=1,
