@@ -12,7 +12,7 @@ order 8 alone and primed with training text (``gpt2ja eval``'s baselines)::
     candidate ─calibration_steps steps─► {root}/calibration/{name}    tokens/s on this machine
               ─► {root}/plan/{name}.json     steps = budget × tokens/s ÷ batch_tokens (fixed once written)
               ─► {root}/runs/{name}-s{seed} ─► eval-validation, eval-heldout
-    ─► {out}/{name}.md, {name}.csv
+    ─► {out}/{name}.md, {name}.csv, {name}-loss.png (training loss against minutes)
 
 A budget in time, not in tokens, is the question a CPU user has ("what do I
 get from two hours?"): a wider model, a larger vocabulary or a longer
@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from infra import storage
 from studies.common import StudyError, check_shape, require_unique, say as default_say
-from studies.report import machine
+from studies.report import machine, pyplot, save_png
 from studies.vocab import TokenizerSpec, _stage_errors, training_speed
 from studies.vocab_data import ensure_corpus, ensure_eval_texts, eval_split
 from studies.vocab_report import HELDOUT, VALIDATION
@@ -372,6 +372,37 @@ def verdict(best: dict, spread: float) -> str:
     return head
 
 
+def plot_losses(rows: list[dict]):
+    """Training loss (nats/token) against minutes of training, one line per run: what each budget bought.
+
+    Minutes are the training loop's time summed from ``metrics.jsonl`` (each record's
+    steps at its tokens/s), so a run resumed after an interruption plots as one line.
+    Losses of different tokenizers are per token of each: compare their ends with
+    the bits/char of the table, not their heights.
+    """
+    from model.evaluate import read_metrics
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
+    for row in rows:
+        seconds, previous, xs, ys = 0.0, 0, [], []
+        for m in read_metrics(row["run"]):
+            if not m.get("tokens_per_s") or m.get("loss") is None:
+                continue
+            seconds += (m["step"] - previous) * row["batch_tokens"] / m["tokens_per_s"]
+            previous = m["step"]
+            xs.append(seconds / 60)
+            ys.append(m["loss"])
+        ax.plot(xs, ys, label=f"{row['candidate']} s{row['seed']}", linewidth=1.2)
+    ax.set_xlabel("minutes of training")
+    ax.set_ylabel("training loss (nats per token of its tokenizer)")
+    ax.set_title("Recipe study: training loss within the budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str], *, command: str,
                  machine_line: str) -> dict[str, str]:
     buf = io.StringIO()
@@ -415,6 +446,12 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
                   f"({', '.join(s['candidate'] for s in multi)}); differences smaller than that are not results.", ""]
     else:
         lines += ["Noise: each candidate ran with one seed; the report cannot tell small differences from noise.", ""]
+    png_uri = storage.join(cfg.out, f"{cfg.name}-loss.png")
+    save_png(plot_losses(rows), png_uri)
+    lines += [f"![training loss against minutes of training]({cfg.name}-loss.png)", "",
+              "Training loss per logged step against the training loop's minutes (from each run's "
+              "`metrics.jsonl`); losses are per token of each run's tokenizer, so only the table's bits/char "
+              "compare candidates of different vocabularies.", ""]
     lines += ["The winner's run by one command (the same data, steps, schedule and seed; a new `--run` trains it "
               "again):", "", "```sh",
               best["command"], "```", "",
@@ -427,4 +464,4 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
               "predicted the run on a machine whose load changed.", ""]
     md_uri = storage.join(cfg.out, f"{cfg.name}.md")
     storage.write_text(md_uri, "\n".join(lines))
-    return {"markdown": md_uri, "csv": csv_uri}
+    return {"markdown": md_uri, "csv": csv_uri, "png_loss": png_uri}

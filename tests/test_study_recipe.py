@@ -117,6 +117,8 @@ def test_recipe_study_end_to_end(recipe_study):
     assert "PPMd order 8" in md and f"Noise: the largest difference between seeds of one candidate is" in md
     assert f"({winner}); differences smaller than that are not results" in md
     assert "The winner's run by one command" in md
+    assert "![training loss against minutes of training](recipe-loss.png)" in md
+    assert Path(written["png_loss"]).read_bytes().startswith(b"\x89PNG")
 
     # a rerun trains nothing, keeps the plan and writes the same report
     from studies.recipe import run_recipe_study
