@@ -87,18 +87,26 @@ def recipe(
                                 help="The study's YAML (tokenizers, candidates, time budget, held-out author)."),
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes",
                                                    help="Training minutes per candidate (overrides the config's)."),
+    final_minutes: Optional[float] = typer.Option(None, "--final-minutes",
+                                                  help="Training minutes of the winner's final run (overrides the "
+                                                       "config's)."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (overrides the config's `out`)."),
 ) -> None:
-    """Train every candidate recipe for the same time; compare bits/char on validation and a held-out author."""
+    """Train every candidate recipe for the same time; compare bits/char on validation and a held-out author.
+
+    The best one then trains once more for --final-minutes: the study's model.
+    """
     from studies.common import StudyError, load_config
     from studies.recipe import RecipeStudyConfig, run_recipe_study
 
     try:
-        cfg = load_config(config, RecipeStudyConfig, {"out": out, "budget_minutes": budget_minutes})
+        cfg = load_config(config, RecipeStudyConfig,
+                          {"out": out, "budget_minutes": budget_minutes, "final_minutes": final_minutes})
     except StudyError as err:
         _fail(str(err), 2)
     command = _command("gpt2ja", "study", "recipe", "--config", str(config),
                        *(["--budget-minutes", f"{budget_minutes:g}"] if budget_minutes else []),
+                       *(["--final-minutes", f"{final_minutes:g}"] if final_minutes else []),
                        *(["--out", out] if out else []))
     try:
         written = run_recipe_study(cfg, command=command)

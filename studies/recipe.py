@@ -98,7 +98,10 @@ class RecipeStudyConfig(BaseModel):
 
     candidates: list[Candidate] = Field(min_length=1)
     budget_minutes: float = Field(gt=0, description="training time of every candidate (calibration and "
-                                                    "evaluation not counted)")
+                                                    "evaluation not counted): the proxy runs that rank them")
+    final_minutes: float | None = Field(None, gt=0, description="the best candidate trained once more for this "
+                                                                "long (seed seeds[0], steps from its calibration): "
+                                                                "the study's result; none: the ranking only")
     calibration_steps: int = Field(6, ge=3, description="steps of the calibration run (the first two, which build "
                                                         "the step function, are not timed)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -153,19 +156,26 @@ class RecipeStudyConfig(BaseModel):
         return next(t for t in self.tokenizers if t.name == name)
 
 
-def run_name(cand: Candidate, seed: int) -> str:
-    return f"{cand.name}-s{seed}"
+def run_name(cand: Candidate, seed: int, final: bool = False) -> str:
+    return f"{cand.name}-{'final-' if final else ''}s{seed}"
 
 
-def _train_config(cfg: RecipeStudyConfig, cand: Candidate, shards: str, run: str, steps: int, seed: int):
+def final_steps(cfg: RecipeStudyConfig, cand: Candidate, plan: dict) -> int:
+    """The final run's steps: ``final_minutes`` at the candidate's calibrated tokens/s (fixed with its plan)."""
+    return max(1, math.floor((cfg.final_minutes or 0) * 60 * plan["tokens_per_s"] / cand.batch_tokens))
+
+
+def _train_config(cfg: RecipeStudyConfig, cand: Candidate, shards: str, run: str, steps: int, seed: int,
+                  checkpoints: int | None = None):
     from model.train import TrainConfig
 
+    checkpoints = checkpoints or cfg.checkpoints
     warmup = min(steps - 1, max(1 if steps > 1 else 0, round(cand.warmup_fraction * steps)))
     return TrainConfig(**{**cfg.train_options, "data": shards, "run": run, "preset": cand.preset, "steps": steps,
                           "batch_tokens": cand.batch_tokens, "micro_batch": cand.micro_batch,
                           "learning_rate": cand.learning_rate, "warmup_steps": warmup,
                           "min_lr_ratio": cand.min_lr_ratio, "dropout": cand.dropout, "seed": seed,
-                          "eval_batches": 0, "checkpoint_every": max(1, math.ceil(steps / cfg.checkpoints)),
+                          "eval_batches": 0, "checkpoint_every": max(1, math.ceil(steps / checkpoints)),
                           "keep_checkpoints": 1, "log_every": max(1, min(cfg.log_every, steps))})
 
 
@@ -271,25 +281,35 @@ def run_recipe_study(cfg: RecipeStudyConfig, *, command: str = "gpt2ja study rec
         if seed not in cfg.seeds:
             say(f"winner {best.name}: seed {seed}")
             rows.append(_train_and_score(cfg, best, seed, shards, plans, texts, say))
+    if cfg.final_minutes:
+        steps = final_steps(cfg, best, plans[best.name])
+        say(f"final {best.name}: {steps:,} steps of {best.batch_tokens:,} tokens for {cfg.final_minutes:g} min "
+            f"(seed {cfg.seeds[0]}; interrupt and rerun the same command to resume)")
+        rows.append(_train_and_score(cfg, best, cfg.seeds[0], shards, plans, texts, say, final=True))
     return write_report(cfg, rows, texts, command=command, machine_line=plans[cfg.candidates[0].name]["machine"])
 
 
 def _train_and_score(cfg: RecipeStudyConfig, cand: Candidate, seed: int, shards: dict, plans: dict,
-                     texts: dict[str, str], say: Callable[[str], None]) -> dict:
-    """Train (or find) the run of ``cand`` with ``seed``, evaluate it on both texts; its CSV row."""
+                     texts: dict[str, str], say: Callable[[str], None], final: bool = False) -> dict:
+    """Train (or find) the run of ``cand`` with ``seed``, evaluate it on both texts; its CSV row.
+
+    ``final``: the run of ``final_minutes``, checkpointed about every 5 minutes of
+    its training (a long run is the one most likely to be interrupted).
+    """
     from model.evaluate import read_metrics, write_evaluation
     from model.presets import ModelConfig, param_count
     from model.train import train
 
     data = shards[(cand.tokenizer, cand.seq_len)]
-    steps = plans[cand.name]["steps"]
+    steps = final_steps(cfg, cand, plans[cand.name]) if final else plans[cand.name]["steps"]
+    checkpoints = max(cfg.checkpoints, math.ceil((cfg.final_minutes or 0) / 5)) if final else cfg.checkpoints
     counts = storage.read_manifest(data)["counts"]["splits"]["train"]
     spec = cfg.tokenizer(cand.tokenizer)
     model_cfg = ModelConfig.from_preset(cand.preset, vocab_size=spec.size, context_length=cand.seq_len)
-    name = run_name(cand, seed)
+    name = run_name(cand, seed, final)
     run_uri = storage.join(cfg.root, "runs", name)
     with _stage_errors(f"run {name}"):
-        train(_train_config(cfg, cand, data, run_uri, steps, seed), progress=say)
+        train(_train_config(cfg, cand, data, run_uri, steps, seed, checkpoints), progress=say)
         figures = {}
         for which, uri in texts.items():
             out = storage.join(run_uri, f"eval-{which}")
@@ -300,7 +320,7 @@ def _train_and_score(cfg: RecipeStudyConfig, cand: Candidate, seed: int, shards:
     val, held = figures[VALIDATION], figures[HELDOUT]
     hb = held.get("baselines") or {}
     row = {
-        "candidate": cand.name, "seed": seed, "preset": cand.preset, "tokenizer": spec.name,
+        "stage": "final" if final else "proxy", "candidate": cand.name, "seed": seed, "preset": cand.preset, "tokenizer": spec.name,
         "vocab_size": spec.size, "seq_len": cand.seq_len, "batch_tokens": cand.batch_tokens,
         "learning_rate": cand.learning_rate, "warmup_fraction": cand.warmup_fraction,
         "min_lr_ratio": cand.min_lr_ratio, "params": param_count(model_cfg), "steps": steps,
@@ -323,7 +343,7 @@ def _train_and_score(cfg: RecipeStudyConfig, cand: Candidate, seed: int, shards:
 
 # ----------------------------------------------------------------- the report
 
-COLUMNS = ["candidate", "seed", "preset", "tokenizer", "vocab_size", "seq_len", "batch_tokens", "learning_rate",
+COLUMNS = ["stage", "candidate", "seed", "preset", "tokenizer", "vocab_size", "seq_len", "batch_tokens", "learning_rate",
            "warmup_fraction", "min_lr_ratio", "params", "steps", "train_tokens", "epochs", "calibration_tokens_per_s",
            "tokens_per_s", "train_minutes", "final_train_loss", "bpc_validation", "bpc_heldout", "ppmd_heldout",
            "ppmd_primed_heldout", "ppmd_validation", "run", "command"]
@@ -393,7 +413,7 @@ def plot_losses(rows: list[dict]):
             previous = m["step"]
             xs.append(seconds / 60)
             ys.append(m["loss"])
-        ax.plot(xs, ys, label=f"{row['candidate']} s{row['seed']}", linewidth=1.2)
+        ax.plot(xs, ys, label=f"{row['candidate']} {'final ' if row.get('stage') == 'final' else ''}s{row['seed']}", linewidth=1.2)
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("training loss (nats per token of its tokenizer)")
     ax.set_title("Recipe study: training loss within the budget")
@@ -401,6 +421,25 @@ def plot_losses(rows: list[dict]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _final_section(cfg: RecipeStudyConfig, final: dict, best: dict, spread: float) -> list[str]:
+    """The report's head when the winner also ran for ``final_minutes``: its figures, PPMd, its command."""
+    return [
+        f"## The winner, {final['candidate']}, for {cfg.final_minutes:g} minutes", "",
+        "**" + verdict(final, spread).replace("The best candidate", "The final run of the best candidate") + "**", "",
+        "| run | steps | epochs | tokens/s | minutes | train loss | bits/char validation | bits/char held-out |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {final['candidate']} for {cfg.final_minutes:g} min | {final['steps']:,} | {final['epochs']:.2f} | "
+        f"{final['tokens_per_s'] or 0:,.0f} | {final['train_minutes'] or 0:.2f} | {final['final_train_loss']} | "
+        f"{final['bpc_validation']:.3f} | {final['bpc_heldout']:.3f} |",
+        f"| {best['candidate']} for {cfg.budget_minutes:g} min (mean of {best['seeds']} seeds) | {best['steps']:,} | "
+        f"{best['epochs']:.2f} | {best['tokens_per_s'] or 0:,.0f} | {best['train_minutes'] or 0:.2f} | "
+        f"{best['final_train_loss']} | {best['bpc_validation']:.3f} | {best['bpc_heldout']:.3f} |", "",
+        f"The seed spread ({spread:.3f} bits/char) is measured on the {cfg.budget_minutes:g}-minute runs.", "",
+        "The final run by one command (the same data, steps, schedule and seed; a new `--run` trains it again):",
+        "", "```sh", final["command"], "```", "",
+    ]
 
 
 def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str], *, command: str,
@@ -413,13 +452,15 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
     csv_uri = storage.join(cfg.out, f"{cfg.name}.csv")
     storage.write_text(csv_uri, buf.getvalue())
 
-    summary = summarise(rows)
+    final = next((r for r in rows if r.get("stage") == "final"), None)
+    summary = summarise([r for r in rows if r.get("stage") != "final"])
     multi = [s for s in summary if s["seeds"] > 1]
     spread = max((s["spread"] for s in multi), default=0.0)
     chars = {k: storage.read_manifest(v)["counts"]["characters"] for k, v in texts.items()}
     best = summary[0]
+    title = cfg.final_minutes if final else cfg.budget_minutes
     lines = [
-        f"# Recipe study: the best model {cfg.budget_minutes:g} minutes of CPU training buy", "",
+        f"# Recipe study: the best model {title:g} minutes of CPU training buy", "",
         "```sh", command, "```", "", f"Machine: {machine_line}", "",
         f"Every candidate trains for the same time budget ({cfg.budget_minutes:g} min, steps fixed from a "
         f"{cfg.calibration_steps}-step calibration run) on the train split of `{cfg.corpus}`, from which "
@@ -427,6 +468,11 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
         f"{chars[VALIDATION]:,} characters of validation text (other authors) and {chars[HELDOUT]:,} of "
         f"{cfg.holdout_author}; PPMd order 8 on the same characters, alone and primed with "
         f"{cfg.prime_chars:,} characters of training text.", "",
+    ]
+    if final:
+        lines += _final_section(cfg, final, best, spread)
+        lines += [f"## The ranking: every candidate for {cfg.budget_minutes:g} minutes", ""]
+    lines += [
         "**" + verdict(best, spread) + "**", "",
         "| candidate | preset | tokenizer | seq | batch tokens | lr | params | steps | epochs | tokens/s | "
         "minutes | train loss | bits/char validation | bits/char held-out |",
@@ -454,10 +500,12 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
               "compare candidates of different vocabularies.", ""]
     lines += ["The winner's run by one command (the same data, steps, schedule and seed; a new `--run` trains it "
               "again):", "", "```sh",
-              best["command"], "```", "",
+              best["command"], "```", ""] if not final else []
+    lines += [
               "## What it does not show", "",
-              f"- One budget ({cfg.budget_minutes:g} min) on one machine: a longer budget favours larger models; the "
-              "order of the candidates can change with the budget.",
+              f"- One ranking budget ({cfg.budget_minutes:g} min) on one machine: a longer budget favours larger "
+              "models; the order of the candidates can change with the budget"
+              + (f" (only the winner ran for {cfg.final_minutes:g} min)." if final else "."),
               "- Time, not tokens, is held fixed: a machine with another balance of matmul speed and per-op "
               "overhead (a GPU) charges the candidates differently.",
               "- Steps come from a short calibration run; the measured minutes in the table show how well that "

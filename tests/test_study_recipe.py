@@ -48,7 +48,7 @@ def test_recipe_config_errors_are_one_line(tmp_path, change, message):
 
 def test_the_shipped_recipe_config_loads():
     cfg = load_config(REPO / "configs" / "studies" / "recipe.yaml", RecipeStudyConfig)
-    assert cfg.budget_minutes == 120 and cfg.holdout_author == "梶井基次郎"
+    assert cfg.budget_minutes == 10 and cfg.final_minutes == 120 and cfg.holdout_author == "梶井基次郎"
     assert {c.preset for c in cfg.candidates} >= {"tiny", "micro", "mini"}
 
 
@@ -77,7 +77,7 @@ def recipe_study(tmp_path_factory):
                      "micro_batch": 8, "learning_rate": 3e-3},
                     {"name": "tiny-64", "preset": "tiny", "tokenizer": "sp3k", "seq_len": 64, "batch_tokens": 512,
                      "micro_batch": 8, "learning_rate": 3e-3, "min_lr_ratio": 0.0}],
-        budget_minutes=0.02, calibration_steps=4, seeds=[0], winner_seeds=[0, 1], checkpoints=2, log_every=5,
+        budget_minutes=0.02, final_minutes=0.05, calibration_steps=4, seeds=[0], winner_seeds=[0, 1], checkpoints=2, log_every=5,
         eval_characters=1500, eval_chunk_chars=500, eval_batch_size=4, prime_chars=20_000, out=str(tmp / "docs"))
     lines: list[str] = []
     written = run_recipe_study(cfg, command="gpt2ja study recipe --config tiny.yaml", say=lines.append)
@@ -93,15 +93,18 @@ def test_recipe_study_end_to_end(recipe_study):
     root = Path(cfg.root)
     with open(written["csv"], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    # every candidate with seed 0, then the best of them again with seed 1
+    # every candidate with seed 0, then the best of them again with seed 1, then its final run with seed 0
     winner = min(rows[:2], key=lambda r: float(r["bpc_heldout"]))["candidate"]
-    assert [(r["candidate"], r["seed"]) for r in rows] == [("tiny-32", "0"), ("tiny-64", "0"), (winner, "1")]
+    assert [(r["stage"], r["candidate"], r["seed"]) for r in rows] == [
+        ("proxy", "tiny-32", "0"), ("proxy", "tiny-64", "0"), ("proxy", winner, "1"), ("final", winner, "0")]
     assert any(line == f"winner {winner}: seed 1" for line in lines)
+    assert any(line.startswith(f"final {winner}: ") for line in lines)
     plans = {c.name: json.loads((root / "plan" / f"{c.name}.json").read_text()) for c in cfg.candidates}
     for row in rows:
         plan = plans[row["candidate"]]
-        # steps are the budget at the calibration's speed
-        assert int(row["steps"]) == max(1, int(cfg.budget_minutes * 60 * plan["tokens_per_s"] / int(row["batch_tokens"])))
+        # steps are the budget (the final run's: final_minutes) at the calibration's speed
+        minutes = cfg.final_minutes if row["stage"] == "final" else cfg.budget_minutes
+        assert int(row["steps"]) == max(1, int(minutes * 60 * plan["tokens_per_s"] / int(row["batch_tokens"])))
         assert int(row["train_tokens"]) == int(row["steps"]) * int(row["batch_tokens"])
         assert 0 < float(row["bpc_validation"]) < 30 and 0 < float(row["bpc_heldout"]) < 30
         assert float(row["ppmd_heldout"]) > 0 and float(row["ppmd_primed_heldout"]) > 0
@@ -112,11 +115,14 @@ def test_recipe_study_end_to_end(recipe_study):
     assert not [d for d in read_documents(storage.join(cfg.corpus, "train")) if d.author == "新美南吉"]
     assert {d.author for d in read_documents(str(root / "eval-texts" / "heldout" / "validation"))} == {"新美南吉"}
     md = Path(written["markdown"]).read_text(encoding="utf-8")
-    assert md.startswith("# Recipe study: the best model 0.02 minutes of CPU training buy")
+    assert md.startswith("# Recipe study: the best model 0.05 minutes of CPU training buy")
+    final = rows[-1]
+    assert f"## The winner, {winner}, for 0.05 minutes" in md and f"```sh\n{final['command']}\n```" in md
+    assert f"{winner}-final-s0" in final["run"] and (root / "runs" / f"{winner}-final-s0" / "_MANIFEST.json").exists()
+    assert "## The ranking: every candidate for 0.02 minutes" in md
     assert "```sh\ngpt2ja study recipe --config tiny.yaml\n```" in md and "Machine: " in md
     assert "PPMd order 8" in md and f"Noise: the largest difference between seeds of one candidate is" in md
     assert f"({winner}); differences smaller than that are not results" in md
-    assert "The winner's run by one command" in md
     assert "![training loss against minutes of training](recipe-loss.png)" in md
     assert Path(written["png_loss"]).read_bytes().startswith(b"\x89PNG")
 
@@ -127,5 +133,5 @@ def test_recipe_study_end_to_end(recipe_study):
     again: list[str] = []
     run_recipe_study(cfg, command="gpt2ja study recipe --config tiny.yaml", say=again.append)
     assert {k: Path(v).read_bytes() for k, v in written.items()} == before
-    assert sum("nothing to do" in line for line in again) == 3
+    assert sum("nothing to do" in line for line in again) == 4
     assert not any(line.startswith("plan tiny") for line in again)
