@@ -388,7 +388,9 @@ def verdict(best: dict, spread: float) -> str:
         head = (f"No candidate beats PPMd order 8 alone on the held-out author: the best, {best['candidate']}, "
                 f"gives {best['bpc_heldout']:.3f} bits/char against {ppmd:.3f}.")
     if primed is not None:
-        head += f" PPMd primed with training text gives {primed:.3f}: {best['bpc_heldout'] - primed:+.3f} to go."
+        behind = best["bpc_heldout"] - primed
+        head += (f" PPMd primed with training text gives {primed:.3f}: {behind:+.3f} to go." if behind > 0 else
+                 f" It beats PPMd primed with training text ({primed:.3f}) too, by {-behind:.3f}.")
     return head
 
 

@@ -57,6 +57,7 @@ def test_the_verdict_needs_more_than_the_seed_spread():
     assert verdict(best, 0.1).startswith("The best candidate, m, beats PPMd order 8 alone on the held-out author "
                                          "by 0.500 bits/char")
     assert "+0.200 to go" in verdict(best, 0.1)
+    assert verdict({**best, "bpc_heldout": 4.0}, 0.1).endswith("It beats PPMd primed with training text (4.800) too, by 0.800.")
     assert "not a clear win" in verdict(best, 0.6)
     assert verdict({**best, "bpc_heldout": 5.7}, 0.1).startswith("No candidate beats PPMd order 8 alone")
 
