@@ -20,7 +20,8 @@ here: README "Speed").
 Generation: a run of the preset trained for one step from random weights (the
 real trainer), and its own Hugging Face export (``model.export.export_hf``).
 ``Generator.generate_ids`` (fixed-size KV cache, XLA as ``gpt2ja generate``
-chooses: on for greedy decoding, off for sampling on the CPU) against ``GPT2LMHeadModel.generate`` (its dynamic KV cache), greedy
+chooses: on, except for one row of a model of 20 M parameters or more on the
+CPU) against ``GPT2LMHeadModel.generate`` (its dynamic KV cache), greedy
 and sampling (temperature 1, top-k off, top-p 0.99), batches of one or more
 copies of a ``--prompt-len``-id random prompt, ``--new-tokens`` new ids on
 every row: gpt2ja masks one id and calls it end-of-text (never drawn), the
@@ -676,7 +677,7 @@ def main() -> None:
             print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | " + " | ".join(cells) + f" | {ratio} |")
     if generation:
         print(f"generation: {args.new_tokens} new tokens on every row, prompt of {args.prompt_len} ids, KV cache on "
-              f"both sides, gpt2ja XLA {'on' if args.xla else 'as by default (greedy: on, sampling: off)'}; tokens/s (all rows), {args.rounds} interleaved "
+              f"both sides, gpt2ja XLA {'on' if args.xla else 'as by default (on; off for one row of a 20 M+ model on the CPU)'}; tokens/s (all rows), {args.rounds} interleaved "
               f"rounds: median (min–max)")
         print("| preset | batch | decoding | gpt2ja tokens/s | transformers tokens/s | gpt2ja ÷ transformers |")
         print("| --- | --- | --- | --- | --- | --- |")

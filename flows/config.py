@@ -298,7 +298,7 @@ class GenerateSection(BaseModel):
     prompts: list[str] = Field(min_length=1, description="prompts to continue (an empty string: unconditional)")
     num: int = Field(1, ge=1, le=64, description="continuations per prompt")
     max_chars: int = Field(200, ge=1, le=100_000, description="stop after this many characters")
-    # defaults: the sampling study's choice (model.generate.DEFAULT_SAMPLING, docs/studies/sampling.md)
+    # defaults: the sampling study's choice (model.generate.DEFAULT_SAMPLING, docs/studies/sampling-reference.md)
     temperature: float = Field(DEFAULT_SAMPLING["temperature"], gt=0, le=100,
                                description="divide the logits by this first")
     top_k: int = Field(DEFAULT_SAMPLING["top_k"], ge=0, description="keep the k most likely tokens (0: off)")

@@ -344,18 +344,19 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
     if out_uri.rstrip("/") == run_uri.rstrip("/"):
         raise ModelError(f"evaluation of {run_uri}: give it a directory of its own (e.g. {run_uri}/{EVAL_DIR}), "
                          "not the run itself (it has the run's manifest)")
-    sampling = dict(sampling or {})
+    # the samples' settings, the study's defaults filled in (they enter the fingerprint and samples.jsonl)
+    sampling = {**DEFAULT_SAMPLING, **(sampling or {})} if prompts else dict(sampling or {})
     if prime_chars < 0:
         raise ModelError(f"prime characters {prime_chars} must be 0 (no priming) or more")
     if prompts:  # bad settings fail now, not after the scoring
-        chosen = {**DEFAULT_SAMPLING, **sampling}  # what generate() will use: its defaults are the study's
-        check_sampling(temperature=chosen["temperature"], top_k=chosen["top_k"], top_p=chosen["top_p"],
+        check_sampling(temperature=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
                        greedy=sampling.get("greedy", False))
     run_manifest = stage.require(run_uri, "run", "finish it (rerun the train stage) before evaluating it", ModelError)
     texts = read_texts(text_uris)
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
     config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,
-              "stride": stride, "prompts": list(prompts), "sampling": sampling, "prime_chars": prime_chars}
+              "stride": stride, "prompts": list(prompts), "prime_chars": prime_chars,
+              "sampling": sampling}  # defaults filled in: new defaults make new samples
     fp = storage.fingerprint(config, [run_manifest])
 
     def build() -> dict:

@@ -234,8 +234,11 @@ def export_hf(run_uri: str, out_uri: str) -> str:
         raise ExportError(f"export of {run_uri}: give it a directory of its own (e.g. {run_uri}/export/hf), "
                           "not the run itself")
     evaluation = read_eval(run_uri)  # its figures go into the model card: a new evaluation redoes the export
+    from model.generate import DEFAULT_SAMPLING
+
     config = {"format": "hf", "version": STAGE_VERSION, "eval_sha256": hashlib.sha256(
-        json.dumps(evaluation, sort_keys=True).encode()).hexdigest() if evaluation else None}
+        json.dumps(evaluation, sort_keys=True).encode()).hexdigest() if evaluation else None,
+        "sampling": dict(DEFAULT_SAMPLING)}   # generation_config.json's: new defaults redo the export
     try:
         run_manifest = storage.read_manifest(run_uri)
         if run_manifest is not None and not stage.verify(out_uri, storage.fingerprint(config, [run_manifest]))[1]:

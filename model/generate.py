@@ -52,10 +52,14 @@ import numpy as np
 
 from model.presets import ModelError
 
+#: The committed sampling study that the defaults follow: the study run on the README's reference model
+#: (configs/studies/sampling-reference.yaml). docs/studies/sampling.md is the same study on the weaker
+#: 10-minute model, whose choice (top-p 0.99) these defaults were before the reference model existed.
+SAMPLING_STUDY = "docs/studies/sampling-reference"
 #: The sampling defaults of ``gpt2ja generate`` and of the pipeline's generate section: the decoding method
-#: closest to human text in the sampling study (docs/studies/sampling.md, "The defaults of gpt2ja generate").
-#: tests/test_studies.py checks that they match the committed docs/studies/sampling.csv.
-DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 0.99}
+#: closest to human text in :data:`SAMPLING_STUDY` ("The defaults of gpt2ja generate": top-k 640).
+#: tests/test_studies.py checks that they match that study's committed CSV.
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 640, "top_p": 1.0}
 
 
 def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool = False) -> None:
@@ -68,12 +72,9 @@ def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool
         raise ModelError(f"top_p {top_p} must be in (0, 1] (1 turns top-p off)")
 
 
-#: vocabularies up to this size are filtered by one full sort (exactly Hugging Face's sums); larger ones by
-#: probability buckets (:func:`_top_p_keep`), which sort only the few tokens at the top-p boundary
-FULL_SORT_MAX = 1024
-_L1_SHIFT, _L1_BUCKETS = 19, 4096    # float32 bits >> 19: the exponent and 3 mantissa bits (probabilities ≥ 0)
-_L2_SHIFT, _L2_BUCKETS = 9, 1024     # the next 10 mantissa bits
-_BOUNDARY = 64                       # tokens sorted in the boundary bucket; more: one full sort instead
+_INT32_MIN = -(2**31)
+#: on a CPU, a one-row decoding step of a model this large runs faster in graph mode than under XLA (see Generator)
+CPU_MATVEC_PARAMS = 20_000_000
 
 
 def filter_logits(scores, temperature, top_k, top_p, *, full_sort: bool = False):
@@ -81,28 +82,59 @@ def filter_logits(scores, temperature, top_k, top_p, *, full_sort: bool = False)
 
     ``temperature`` > 0, ``top_k`` ≥ 0 (0 = off), ``top_p`` in (0, 1] (1 = off),
     scalars or tensors (k and p may change without retracing; XLA-friendly).
-    ``full_sort`` (and any vocabulary of at most :data:`FULL_SORT_MAX` ids)
-    sorts the whole row; otherwise top-p sorts only the tokens at its boundary.
+    Both filters find their threshold by bisection on the float bits
+    (:func:`_kth_largest_key`, :func:`_top_p_keep`): a fixed number of
+    compare-and-sum passes over the row, no sort and no scatter, so the whole
+    sampling step compiles with XLA on a CPU too. ``full_sort`` sorts each row
+    instead (:func:`_filter_sorted`, the reference the tests compare with).
     Both keep the same tokens, up to the order of floating-point sums at a
     cumulative probability within rounding of ``1 - top_p``.
     """
     import tensorflow as tf
 
     scores = tf.cast(scores, tf.float32) / tf.cast(temperature, tf.float32)
-    vocab = scores.shape[-1]
-    if full_sort or (vocab is not None and vocab <= FULL_SORT_MAX):
+    if full_sort:
         return _filter_sorted(scores, top_k, top_p)
     neg_inf = tf.constant(float("-inf"), tf.float32)
-    k = tf.minimum(tf.cast(top_k, tf.int32), vocab)
-    # the k-th largest value (top_k's k is static under XLA: the 256 largest, or the whole row beyond)
-    few = min(256, vocab)
-    kth = tf.case([(k <= 0, lambda: tf.fill([tf.shape(scores)[0]], neg_inf)),
-                   (k <= few, lambda: tf.gather(tf.math.top_k(scores, few).values, tf.maximum(k, 1) - 1, axis=-1))],
-                  default=lambda: tf.gather(tf.math.top_k(scores, vocab).values, tf.maximum(k, 1) - 1, axis=-1))
-    kth = kth[:, None]
-    scores = tf.where(scores < kth, neg_inf, scores)  # ties at the k-th value are kept
+    k = tf.minimum(tf.cast(top_k, tf.int32), tf.shape(scores)[-1])
+
+    def top_k_only():
+        keys = _ordered_keys(scores)
+        return tf.where(keys < _kth_largest_key(keys, k), neg_inf, scores)  # ties at the k-th value are kept
+
+    scores = tf.cond(k > 0, top_k_only, lambda: scores)
     p = tf.cast(top_p, tf.float32)
     return tf.cond(p < 1.0, lambda: tf.where(_top_p_keep(scores, p), scores, neg_inf), lambda: scores)
+
+
+def _ordered_keys(scores):
+    """float32 → int32 in the same order (-0.0 equal to 0.0, -inf the lowest): comparisons as integers."""
+    import tensorflow as tf
+
+    bits = tf.bitcast(tf.where(tf.equal(scores, 0.0), 0.0, scores), tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(2**31 - 1, tf.int32)), bits)
+
+
+def _kth_largest_key(keys, k):
+    """``(B, 1)``: the k-th largest of each row of int32 ``keys`` (1 ≤ k ≤ V), by 32 halvings of the int32 range.
+
+    Invariant: at least k keys are ≥ ``lo`` and fewer than k are ≥ ``hi``; when
+    ``hi = lo + 1``, ``lo`` is the k-th largest key itself.
+    """
+    import tensorflow as tf
+
+    keys = tf.cast(keys, tf.int64)
+    batch = tf.shape(keys)[0]
+
+    def halve(lo, hi):
+        mid = (lo + hi) // 2
+        enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int32), axis=-1, keepdims=True) >= k
+        return tf.where(enough, mid, lo), tf.where(enough, hi, mid)
+
+    lo, _ = tf.while_loop(lambda lo, hi: True, halve,
+                          (tf.fill([batch, 1], tf.constant(_INT32_MIN, tf.int64)),
+                           tf.fill([batch, 1], tf.constant(2**31, tf.int64))), maximum_iterations=32)
+    return tf.cast(lo, tf.int32)
 
 
 def _top_p_keep(scores, p):
@@ -110,63 +142,38 @@ def _top_p_keep(scores, p):
 
     Hugging Face's rule: sort ascending (ties: lower id first), drop the tokens
     whose cumulative probability is ≤ ``1 - p``, keep the largest. The float32
-    bits of a probability are monotone in it, so their high bits are buckets in
-    ascending order: every token of a lower bucket comes before every token of
-    a higher one. Summing the mass per bucket finds the bucket where the
-    cumulative crosses ``1 - p``: those below are dropped whole, those above
-    kept whole. The boundary bucket is split again by the next mantissa bits,
-    and only the tokens of the boundary's boundary (a 2⁻¹³-wide range of
-    probabilities: a handful) are sorted, by a (logit, id) key so that ties
-    fall as in the full sort. More than :data:`_BOUNDARY` there (a row of
-    near-equal probabilities) and the row is sorted whole instead. All shapes
-    are static (XLA).
+    bits of a probability are monotone in it, so the cumulative up to a token
+    is the mass of every token whose bits are ≤ its own. Bisection on those
+    bits (30 halvings of [0, bits of 1.0]) finds the smallest probability
+    ``t`` whose mass up to and including it exceeds ``1 - p``: every token
+    below ``t`` is dropped, every token above kept, and within the tie group
+    at ``t`` (equal probabilities, lower id first) the j-th is dropped while
+    ``mass below t + j · t ≤ 1 - p``. All shapes are static (XLA).
     """
     import tensorflow as tf
 
-    batch, vocab = tf.shape(scores)[0], scores.shape[-1]
     probs = tf.nn.softmax(scores, axis=-1)                                        # removed tokens: 0
     bits = tf.bitcast(probs, tf.int32)                                            # ≥ 0, monotone in probs
-    rows = tf.range(batch)[:, None]
+    batch, vocab = tf.shape(scores)[0], tf.shape(scores)[-1]
     allowed = 1.0 - p
 
-    def split(bucket, weights, buckets, below):
-        """The boundary bucket of each row and the mass below it (``below`` + the lower buckets')."""
-        mass = tf.math.unsorted_segment_sum(weights, bucket + buckets * rows, buckets * batch)
-        cumulative = below + tf.cumsum(tf.reshape(mass, [batch, buckets]), axis=-1)
-        boundary = tf.reduce_sum(tf.cast(cumulative <= allowed, tf.int32), axis=-1, keepdims=True)
-        under = tf.gather(tf.concat([below, cumulative], -1), boundary, batch_dims=1)
-        return boundary, under
+    def halve(lo, hi, below):
+        mid = lo + (hi - lo) // 2
+        mass = tf.reduce_sum(tf.where(bits <= mid, probs, 0.0), axis=-1, keepdims=True)
+        over = mass > allowed
+        return tf.where(over, lo, mid), tf.where(over, mid, hi), tf.where(over, below, mass)
 
-    level1 = tf.bitwise.right_shift(bits, _L1_SHIFT)
-    b1, below1 = split(level1, probs, _L1_BUCKETS, tf.zeros([batch, 1]))
-    in1 = tf.equal(level1, b1)
-    level2 = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, _L2_SHIFT), _L2_BUCKETS - 1)
-    b2, below2 = split(level2, tf.where(in1, probs, 0.0), _L2_BUCKETS, below1)
-    in2 = in1 & tf.equal(level2, b2)
-    keep = (level1 > b1) | (in1 & (level2 > b2))
-
-    # (logit, id) as one int64 key: larger logit first, and among equal logits the larger id first
-    logit_bits = tf.bitcast(tf.where(tf.equal(scores, 0.0), 0.0, scores), tf.int32)  # -0.0 ties with 0.0
-    ordered = tf.where(logit_bits < 0, tf.bitwise.invert(logit_bits), logit_bits + tf.constant(-(2**31), tf.int32))
-    key = tf.cast(tf.bitcast(ordered, tf.uint32), tf.int64) * 2**24 + tf.range(vocab, dtype=tf.int64)[None, :]
-    top_id = tf.argmax(key, axis=-1, output_type=tf.int32)                      # the token always kept
-
-    def sort_boundary():
-        top = tf.math.top_k(tf.where(in2, key, -1), min(_BOUNDARY, vocab)).values   # descending
-        valid = top >= 0
-        ids = tf.cast(tf.where(valid, top % 2**24, 0), tf.int32)
-        weights = tf.where(valid, tf.gather(probs, ids, batch_dims=1), 0.0)
-        cumulative = below2 + tf.cumsum(weights, axis=-1, reverse=True)        # ascending order's sums
-        kept = valid & (cumulative > allowed)
-        index = tf.stack([tf.broadcast_to(rows, tf.shape(ids)), ids], axis=-1)
-        return keep | (tf.scatter_nd(index, tf.cast(kept, tf.int32), tf.shape(scores)) > 0)
-
-    def sort_all():  # near-equal probabilities: one sort of the row is cheaper than many boundary rounds
-        return _filter_sorted(scores, 0, p) > float("-inf")
-
-    crowded = tf.reduce_max(tf.reduce_sum(tf.cast(in2, tf.int32), axis=-1)) > _BOUNDARY
-    keep = tf.cond(crowded, sort_all, sort_boundary)
-    return keep | tf.equal(tf.range(vocab)[None, :], top_id[:, None])
+    # mass(bits ≤ lo) = below ≤ 1 - p < mass(bits ≤ hi); hi ends as the boundary probability's bits
+    _, hi, below = tf.while_loop(lambda *_: True, halve,
+                                 (tf.fill([batch, 1], -1), tf.fill([batch, 1], 0x3F800000), tf.zeros([batch, 1])),
+                                 maximum_iterations=30)
+    tie = tf.equal(bits, hi)
+    rank = tf.cumsum(tf.cast(tie, tf.float32), axis=-1)                           # 1, 2, … by id
+    keep = (bits > hi) | (tie & (below + rank * tf.bitcast(hi, tf.float32) > allowed))
+    # the largest probability (the last id among equals) is always kept, also where the row's mass ≤ 1 - p
+    ids = tf.range(vocab)[None, :]
+    top = tf.equal(bits, tf.reduce_max(bits, axis=-1, keepdims=True))
+    return keep | tf.equal(ids, tf.reduce_max(tf.where(top, ids, -1), axis=-1, keepdims=True))
 
 
 def _filter_sorted(scores, top_k, top_p):
@@ -210,11 +217,14 @@ class Generator:
     """Compiled decoding for one model; reuse it to avoid retracing between calls.
 
     ``jit_compile=None`` (auto) compiles with XLA where it is faster: every
-    decoder on a GPU or TPU, and greedy decoding on the CPU too (tiny, 200
-    tokens, 2-core CPU: batch 1 4,244 vs 953 tokens/s, batch 8 9,512 vs 3,640).
-    Sampling on the CPU stays in graph mode: XLA's CPU scatter makes the
-    top-p buckets (:func:`_top_p_keep`) slower there than the whole decoding
-    step gains (batch 8 603 vs 1,960 tokens/s). True or False forces one way.
+    decoder on a GPU or TPU; on a CPU, greedy decoding and sampling alike (the
+    filters need no sort or scatter: :func:`filter_logits`), except a batch of
+    one row on a model of :data:`CPU_MATVEC_PARAMS` parameters or more. XLA's
+    CPU backend runs that step's matrix-vector products on one thread, where
+    graph mode uses every core (peer_bench, 2-core CPU, 200 new tokens:
+    ``mini`` top-p 0.99 batch 1 231 vs 174 tokens/s and batch 8 616 vs 507 with
+    XLA; ``small`` batch 1 greedy 31 with XLA vs 44 without, batch 8 top-p 130
+    vs 116 with XLA). True or False forces one way.
     """
 
     def __init__(self, lm, *, vocab_size: int, eos_id: int, jit_compile: bool | None = None) -> None:
@@ -226,7 +236,7 @@ class Generator:
         self.jit_compile = jit_compile  # None: auto (see above)
         self._prefill = tf.function(self._prefill_fn, jit_compile=accelerator if jit_compile is None else jit_compile)
         self._accelerator = accelerator
-        self._decoders: dict[tuple[bool, bool], Callable] = {}
+        self._decoders: dict[tuple[bool, bool, bool], Callable] = {}
 
     # ------------------------------------------------------------ compiled pieces
 
@@ -240,12 +250,17 @@ class Generator:
         _, _, cache = self.lm.call_with_cache(buffer, cache, 0)
         return cache
 
-    def _decoder(self, use_cache: bool, greedy: bool):
-        key = (use_cache, greedy)
+    def _xla(self, batch: int) -> bool:
+        """Whether the decoder of a ``batch``-row call compiles with XLA (see the class's docstring)."""
+        if self.jit_compile is not None:
+            return self.jit_compile
+        return self._accelerator or batch > 1 or self.lm.count_params() < CPU_MATVEC_PARAMS
+
+    def _decoder(self, use_cache: bool, greedy: bool, xla: bool):
+        key = (use_cache, greedy, xla)
         if key not in self._decoders:
             import tensorflow as tf
 
-            xla = self.jit_compile if self.jit_compile is not None else (self._accelerator or greedy)
             self._decoders[key] = tf.function(self._make_decode(use_cache, greedy), jit_compile=xla)
         return self._decoders[key]
 
@@ -323,7 +338,7 @@ class Generator:
         reason: list[str | None] = [None] * batch
         cache = tf.zeros([1])  # replaced by the prefill when the cache is used
         stale, t = True, 0
-        decode = self._decoder(use_cache, greedy)
+        decode = self._decoder(use_cache, greedy, self._xla(batch))
         params = (tf.constant(seed % (2**31), tf.int32), tf.constant(float(temperature), tf.float32),
                   tf.constant(int(min(top_k, 2**31 - 1)), tf.int32), tf.constant(float(top_p), tf.float32))
         while any(r is None for r in reason):

@@ -20,6 +20,7 @@ import re
 
 from infra import stage, storage
 from model.export import TOKENIZER_COPY, ExportError, generation_config
+from model.generate import SAMPLING_STUDY
 
 
 #: what the Hub's metadata says about the corpus, by the Document ``source`` that crawled it
@@ -196,9 +197,10 @@ def model_card(run, hf_refused: str | None, licences: dict, sources: dict, evalu
         "An untruncated prompt longer than the context fails in GPT-2's position embedding.", "",
         "## Sampling", "",
         f"`generation_config.json` samples with the defaults of `gpt2ja generate`: temperature "
-        f"{sampling['temperature']}, top-k {sampling['top_k'] or 'off (0)'}, top-p {sampling['top_p']}, "
+        f"{sampling['temperature']}, top-k {sampling['top_k'] or 'off (0)'}, "
+        f"top-p {sampling['top_p'] if sampling['top_p'] < 1 else 'off (1.0)'}, "
         f"at most {sampling['max_new_tokens']} new tokens (half the context). They are the decoding closest to "
-        "human text in gpt2ja's sampling study (docs/studies/sampling.md). Filters apply in transformers' order "
+        f"human text in gpt2ja's sampling study ({SAMPLING_STUDY}.md). Filters apply in transformers' order "
         "(temperature, top-k, top-p), the same as ours; "
         f"ids ≥ {cfg.vocab_size} (embedding rows padding the vocabulary to {cfg.padded_vocab_size}) are "
         "suppressed. Greedy decoding (`do_sample=False`) gives the same ids as `gpt2ja generate --greedy` "

@@ -134,7 +134,7 @@ def test_the_module_loads_no_tensorflow():
 
 
 @pytest.mark.slow
-def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path):
+def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     from typer.testing import CliRunner
 
@@ -171,3 +171,17 @@ def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path):
     assert written["ppmd_order8_primed_bits_per_character"] is None
     assert "PPMd order 8 alone" in got.output
     assert "No primed PPMd figure: priming turned off (prime characters 0)." in got.output
+
+    # samples drawn at the default settings: new defaults make the evaluation again, not a skip
+    from infra import storage
+    from model import generate
+
+    sampled = str(tmp_path / "eval-sampled")
+    settings = {"num": 1, "max_chars": 4, "seed": 0}
+    write_evaluation(str(run), [str(held_out)], sampled, prompts=["猫"], sampling=settings, prime_chars=0)
+    first = storage.read_manifest(sampled)["fingerprint"]
+    write_evaluation(str(run), [str(held_out)], sampled, prompts=["猫"], sampling=settings, prime_chars=0)
+    assert storage.read_manifest(sampled)["fingerprint"] == first  # nothing changed: skipped
+    monkeypatch.setitem(generate.DEFAULT_SAMPLING, "top_k", 3)
+    write_evaluation(str(run), [str(held_out)], sampled, prompts=["猫"], sampling=settings, prime_chars=0)
+    assert storage.read_manifest(sampled)["fingerprint"] != first

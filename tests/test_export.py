@@ -44,6 +44,7 @@ from tests import procs  # noqa: E402
 from tests.corpora import write_tiny_run  # noqa: E402
 
 CONTEXT = 32
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_run(root: Path, tok=None) -> Path:
@@ -127,6 +128,48 @@ def test_export_manifest_verifies_and_a_second_export_is_skipped(exported):
     assert export_hf(run.uri, str(out)) == str(out)
     assert (out / "model.safetensors").stat().st_mtime_ns == written  # up to date: not redone
     assert storage.read_manifest(str(out))["created_at"] == manifest["created_at"]
+
+
+def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
+    """benchmarks/hf_export_check.py (what runs on a GPU machine): transformers alone, gpt2ja's windows,
+    the same bits/char as our evaluation of the run; generate timed with the export's own settings."""
+    import importlib.util
+
+    from model.evaluate import bits_per_character
+
+    run, out = exported
+    text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3   # > 1 window of 32 ids
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    expected = bits_per_character(run.model, run.tokenizer, [text])
+    assert expected["tokens"] > CONTEXT
+    spec = importlib.util.spec_from_file_location("hf_export_check", REPO / "benchmarks" / "hf_export_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    report = tmp_path / "report.md"
+    argv = ["--export", str(out), "--text", str(tmp_path / "text.txt"), "--device", "cpu", "--reps", "1",
+            "--expect-bpc", f"{expected['bits_per_character']:.6f}", "--report", str(report)]
+    assert check.main(argv) == 0
+    written = report.read_text(encoding="utf-8")
+    assert "agrees" in written and f"| gpt2ja eval (TensorFlow) | {expected['bits_per_character']:.4f} |" in written
+    assert written.count("| the export's generation_config |") == 2 and written.count("| greedy |") == 2
+    wrong = argv[:-4] + ["--expect-bpc", f"{expected['bits_per_character'] + 0.01:.6f}", "--report", str(report)]
+    assert check.main(wrong) == 1 and "DISAGREES" in report.read_text(encoding="utf-8")
+
+
+def test_new_sampling_defaults_redo_the_export(exported, tmp_path, monkeypatch):
+    """generation_config.json carries gpt2ja generate's defaults: when they change, the export is not skipped."""
+    from infra import storage
+    from model import generate
+
+    run, _ = exported
+    out = tmp_path / "hf"
+    export_hf(run.uri, str(out))
+    first = storage.read_manifest(str(out))["fingerprint"]
+    monkeypatch.setitem(generate.DEFAULT_SAMPLING, "top_k", 7)
+    export_hf(run.uri, str(out))
+    assert storage.read_manifest(str(out))["fingerprint"] != first
+    assert json.loads((out / "generation_config.json").read_text())["top_k"] == 7
+    assert "top-k 7," in (out / "README.md").read_text(encoding="utf-8")
 
 
 def test_greedy_generation_gives_the_same_ids(exported):
@@ -355,7 +398,7 @@ def test_model_card_metadata_parses_and_carries_the_corpus_licence_and_eval(expo
     assert "| baseline: PPMd order 8 | 4.5120 | 1.5310 | – |" in text
     assert "| baseline: PPMd order 8 primed with training text | – | – | – |" in text
     assert "| baseline: gzip -9 | 7.2500 | 2.4600 | – |" in text and "baseline: characters" not in text
-    assert "top-p 0.99" in text and "Preset `tiny`, 1 optimizer steps of 2,048 tokens: 2,048 tokens" in text
+    assert "top-k 640, top-p off (1.0)" in text and "Preset `tiny`, 1 optimizer steps of 2,048 tokens: 2,048 tokens" in text
     assert "| public-domain | 3 |" in text and "## Limits" in text
 
 

@@ -221,20 +221,19 @@ def test_filters_match_the_reference_on_random_logits():
     assert cases == 40 * 3 * 5 * 4
 
 
-def test_large_vocabularies_take_the_candidate_path_and_keep_the_same_tokens():
-    """Above FULL_SORT_MAX ids top-p sorts only its candidates (or falls back to one sort on a flat row);
-    the kept tokens are the reference's, ties (-0.0 and 0.0 among them) and p → 0 included."""
-    from model.generate import FULL_SORT_MAX
-
+def test_large_vocabularies_keep_the_reference_tokens_by_bisection():
+    """At a real vocabulary's size the bisection keeps the reference's tokens and the full sort's: ties
+    (-0.0 and 0.0 among them), padding, p → 0, k past the vocabulary, and a flat row (a random model's)."""
     rng = np.random.default_rng(7)
     warp = tf.function(filter_logits)
-    for seed in range(6):
-        vocab = [FULL_SORT_MAX + 1, 3000, 8064][seed % 3]
-        logits = rng.normal(scale=[1.0, 3.0, 6.0][seed % 3], size=(3, vocab)).astype(np.float32)
+    xla = tf.function(filter_logits, jit_compile=True)  # how the decoders run it on a CPU too
+    for seed in range(8):
+        vocab = [1025, 3000, 8064][seed % 3]
+        logits = rng.normal(scale=[1.0, 3.0, 6.0, 0.01][seed % 4], size=(3, vocab)).astype(np.float32)
         if seed % 2 == 0:
             logits = np.round(logits)  # large tie groups, and -0.0 beside 0.0
             logits[:, -64:] = -np.inf  # padding
-        for top_k in (0, 40, vocab + 1):
+        for top_k in (0, 40, 640, vocab + 1):
             for top_p in (0.99, 0.9, 0.5, 1e-9):
                 got = warp(tf.constant(logits), tf.constant(1.0), tf.constant(top_k), tf.constant(top_p)).numpy()
                 want = reference_filter(logits, 1.0, top_k, top_p)
@@ -242,6 +241,9 @@ def test_large_vocabularies_take_the_candidate_path_and_keep_the_same_tokens():
                                               err_msg=f"seed {seed} V {vocab} k {top_k} p {top_p}")
                 sorted_ = filter_logits(tf.constant(logits), 1.0, top_k, top_p, full_sort=True).numpy()
                 np.testing.assert_array_equal(np.isneginf(got), np.isneginf(sorted_))
+                compiled = xla(tf.constant(logits), tf.constant(1.0), tf.constant(top_k), tf.constant(top_p))
+                np.testing.assert_array_equal(np.isneginf(compiled.numpy()), np.isneginf(want),
+                                              err_msg=f"XLA: seed {seed} V {vocab} k {top_k} p {top_p}")
 
 
 def test_filter_semantics_by_hand():

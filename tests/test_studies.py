@@ -364,11 +364,11 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
 def test_generate_defaults_are_the_sampling_studys_choice():
     """`gpt2ja generate` and the pipeline's generate section sample as the committed study recommends."""
     from flows.config import GenerateSection
-    from model.generate import DEFAULT_SAMPLING
+    from model.generate import DEFAULT_SAMPLING, SAMPLING_STUDY
     from studies.sampling_report import read_aggregate, recommend
 
     repo = Path(__file__).resolve().parent.parent
-    agg = read_aggregate(str(repo / "docs" / "studies" / "sampling.csv"))
+    agg = read_aggregate(str(repo / f"{SAMPLING_STUDY}.csv"))
     best = recommend(agg, sorted({e["context"] for e in agg}))[0][0]
     assert best["family"] != "greedy"
     assert DEFAULT_SAMPLING == {"temperature": best["temperature"], "top_k": best["top_k"], "top_p": best["top_p"]}
@@ -381,4 +381,4 @@ def test_generate_defaults_are_the_sampling_studys_choice():
     section = GenerateSection(prompts=["x"])
     assert (section.temperature, section.top_k, section.top_p) == (
         DEFAULT_SAMPLING["temperature"], DEFAULT_SAMPLING["top_k"], DEFAULT_SAMPLING["top_p"])
-    assert f"**{best['method']}**" in (repo / "docs" / "studies" / "sampling.md").read_text(encoding="utf-8")
+    assert f"**{best['method']}**" in (repo / f"{SAMPLING_STUDY}.md").read_text(encoding="utf-8")
