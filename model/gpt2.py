@@ -6,9 +6,11 @@ from a :class:`~model.presets.ModelConfig` — never ``from_preset``, which woul
 download weights — wrapped in KerasHub's ``GPT2CausalLM`` with no preprocessor.
 The LM head is the token embedding used in reverse (``ReversibleEmbedding``
 with ``tie_weights=True``): logits = h · Eᵀ, one matrix for input and output,
-as in GPT-2. ``GPT2CausalLM.call_with_cache`` gives the fixed-size KV cache
-that :mod:`model.generate` uses under XLA. Nothing here is our own layer:
-KerasHub's cover everything GPT-2 needs.
+as in GPT-2. Nothing here is our own layer: KerasHub's cover everything
+GPT-2 needs. :func:`call_with_layer_caches` is ``GPT2CausalLM.call_with_cache``
+over the same layers with one key and one value tensor per layer, the
+fixed-size KV cache that :mod:`model.generate` decodes with (KerasHub's one
+stacked tensor is copied whole at every token).
 
 Shapes: token ids ``(B, T)`` int32 → logits ``(B, T, V_padded)`` float32
 (cast from the compute dtype under mixed precision), ``T ≤ context_length``.
@@ -130,3 +132,48 @@ def describe(lm) -> str:
     return (f"GPT-2 {b.num_layers} layers × {b.hidden_dim} wide, {b.num_heads} heads, "
             f"{b.vocabulary_size:,} ids, {b.max_sequence_length} positions, {lm.count_params():,} parameters")
 
+
+
+def empty_layer_caches(lm, batch, length: int) -> tuple:
+    """Zeroed keys and values for :func:`call_with_layer_caches`: ``2 × layers`` tensors of ``(B, C, H, D)``."""
+    b = lm.backbone
+    shape = [batch, length, b.num_heads, b.hidden_dim // b.num_heads]
+    return tuple(tf.zeros(shape, lm.compute_dtype) for _ in range(2 * b.num_layers))
+
+
+def call_with_layer_caches(lm, token_ids, caches: tuple, index):
+    """``GPT2CausalLM.call_with_cache`` with one key and one value tensor per layer: ``(logits, caches)``.
+
+    ``token_ids`` ``(B, T)`` are the positions ``index … index + T - 1``;
+    ``caches`` is ``(k_0, …, k_{L-1}, v_0, …, v_{L-1})``, each ``(B, C, H, D)``,
+    and comes back with those positions written. KerasHub's own method keeps
+    one ``(B, L, 2, C, H, D)`` tensor: every step slices each layer's keys and
+    values out of it and stacks them back, a copy of the whole cache per
+    token (and more in graph mode). Here each tensor is only updated in place
+    at ``index`` (under XLA, a loop-carried buffer) and read by attention.
+    The layers are KerasHub's own (their sublayers called in
+    ``TransformerDecoder``'s pre-LayerNorm order, at inference: no dropout);
+    ``tests/test_model.py`` checks the logits against ``call_with_cache``.
+    """
+    from keras import ops
+
+    b = lm.backbone
+    layers = b.transformer_layers
+    tokens = b.token_embedding(token_ids)
+    x = b.embeddings_add((tokens, b.position_embedding(tokens, start_index=index)))
+    length, steps = caches[0].shape[1], tf.shape(token_ids)[1]
+    # position index + t sees the cache's positions ≤ index + t: (1, T, C)
+    mask = (tf.range(length)[None, :] <= index + tf.range(steps)[:, None])[None]
+    keys, values = list(caches[:len(layers)]), list(caches[len(layers):])
+    for i, layer in enumerate(layers):
+        attention = layer._self_attention_layer
+        h = layer._self_attention_layer_norm(x)
+        keys[i] = ops.slice_update(keys[i], [0, index, 0, 0], attention._key_dense(h))
+        values[i] = ops.slice_update(values[i], [0, index, 0, 0], attention._value_dense(h))
+        out, _ = attention._compute_attention(query=attention._query_dense(h), key=keys[i], value=values[i],
+                                              attention_mask=mask, training=False)
+        x = x + attention._output_dense(out)
+        h = layer._feedforward_layer_norm(x)
+        x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h))
+    x = b.layer_norm(x)
+    return b.token_embedding(x, reverse=True), tuple(keys + values)

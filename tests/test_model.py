@@ -299,8 +299,14 @@ def test_cache_matches_full_forward_and_seeds_repeat(random_lm):
     # the cached single-position step gives the full pass's logits
     ids = tf.constant(np.random.default_rng(4).integers(0, 257, (2, CONTEXT)), tf.int32)
     cache = gen._prefill(ids)
-    stepped, _, _ = lm.call_with_cache(ids[:, 9:10], cache, 9)
+    stepped, _ = gpt2.call_with_layer_caches(lm, ids[:, 9:10], cache, 9)
     np.testing.assert_allclose(stepped[:, 0].numpy(), gpt2.logits(lm, ids)[:, 9].numpy(), atol=1e-4)
+    # … and KerasHub's own cached step (one stacked cache tensor) the same logits
+    b = lm.backbone
+    hub_cache = tf.zeros([2, b.num_layers, 2, CONTEXT, b.num_heads, b.hidden_dim // b.num_heads])
+    _, _, hub_cache = lm.call_with_cache(ids, hub_cache, 0)
+    hub, _, _ = lm.call_with_cache(ids[:, 9:10], hub_cache, 9)
+    np.testing.assert_allclose(stepped[:, 0].numpy(), hub[:, 0].numpy(), atol=1e-5)
     # whole generations: prompts of different lengths, 70 new tokens through the 32-position window
     prompts = [[256] + TOK.encode("吾輩は猫"), [256], [256] + TOK.encode("ab")]
     kw = dict(max_new_tokens=70, keep=20, chunk=16)
