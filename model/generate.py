@@ -26,12 +26,12 @@ followed by its prompt. Prompts of different lengths share one buffer of the
 model's ``C`` positions: all rows step together from the shortest prompt's
 end, and a row whose prompt is longer keeps its own tokens until it ends
 (KerasHub's scheme). With the cache (default), a prefill pass stores every
-layer's keys and values in a fixed ``(B, layers, 2, C, heads, head_dim)``
-tensor (KerasHub's ``GPT2CausalLM.call_with_cache``) and each new token costs
-one single-position step; without it, each token is a full forward pass over
-the window (the reference the cache is tested against). Steps run in chunks
-inside one ``tf.function`` (XLA for greedy decoding, and for every decoder on a
-GPU or TPU: :class:`Generator`); between chunks Python
+layer's keys and values in fixed ``(B, C, heads, head_dim)`` tensors, one key
+and one value tensor per layer (:func:`model.gpt2.call_with_layer_caches`), and
+each new token costs one single-position step; without it, each token is a
+full forward pass over the window (the reference the cache is tested against).
+Steps run in chunks inside one ``tf.function`` (XLA where it is faster:
+:class:`Generator`); between chunks Python
 checks the stops: EOS, a number of new tokens, or a length in characters of
 the decoded text. When the window is full, the oldest ``C - keep`` tokens are
 dropped (default ``keep = C // 2``) and the cache is rebuilt from the rest, so
