@@ -205,6 +205,12 @@ def _filter_sorted(scores, top_k, top_p):
     return tf.where(drop, neg_inf, scores)
 
 
+def prefill_length(index: int, context: int) -> int:
+    """Positions a prefill computes for a buffer filled up to ``index``: the next power of two ≥ 16, at most
+    the context (a few shapes, so a few traces; a 32-id prompt costs 32 positions, not the whole context)."""
+    return min(context, max(16, 1 << max(0, index - 1).bit_length()))
+
+
 @dataclass
 class Sample:
     prompt: str
@@ -247,7 +253,7 @@ class Generator:
     # ------------------------------------------------------------ compiled pieces
 
     def _prefill_fn(self, buffer):
-        """Keys and values of every position of ``buffer`` (B, C): the cache for the steps after it."""
+        """Keys and values of every position of ``buffer`` (B, T ≤ C) in a cache of C positions."""
         import tensorflow as tf
 
         from model import gpt2
@@ -352,7 +358,8 @@ class Generator:
                 fixed = np.concatenate([fixed[:, c - keep:], np.zeros((batch, c - keep), bool)], axis=1)
                 index, stale = keep, True
             if use_cache and stale:
-                cache, stale = self._prefill(tf.constant(buffer)), False
+                # only the filled positions: the decoder writes position index - 1 onwards before reading it
+                cache, stale = self._prefill(tf.constant(buffer[:, :prefill_length(index, c)])), False
             n = min(chunk, c - index)
             done = np.array([r is not None for r in reason])
             new_buffer, cache, new_index, _, new_t = decode(
