@@ -288,11 +288,13 @@ class Generator:
             def cond(i, buffer, cache, index, done, t):
                 return (i < n) & tf.logical_not(tf.reduce_all(done))
 
+            weights = gpt2.decoding_weights(lm) if use_cache else None   # once per call, outside the loop
+
             def body(i, buffer, cache, index, done, t):
                 pos = index - 1  # the last filled position predicts the next one
                 if use_cache:
                     last = tf.gather(buffer, tf.reshape(pos, [1]), axis=1)           # (B, 1)
-                    out, cache = gpt2.call_with_layer_caches(lm, last, cache, pos)
+                    out, cache = gpt2.call_with_layer_caches(lm, last, cache, pos, weights)
                     scores = out[:, 0, :]                                            # (B, V_padded)
                 else:
                     scores = tf.gather(gpt2.logits(lm, buffer), pos, axis=1)          # full pass (B, C, V) → (B, V)

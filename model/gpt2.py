@@ -135,45 +135,94 @@ def describe(lm) -> str:
 
 
 def empty_layer_caches(lm, batch, length: int) -> tuple:
-    """Zeroed keys and values for :func:`call_with_layer_caches`: ``2 × layers`` tensors of ``(B, C, H, D)``."""
+    """Zeroed keys and values for :func:`call_with_layer_caches`: ``2 × layers`` tensors of ``(B, H, C, D)``."""
     b = lm.backbone
-    shape = [batch, length, b.num_heads, b.hidden_dim // b.num_heads]
+    shape = [batch, b.num_heads, length, b.hidden_dim // b.num_heads]
     return tuple(tf.zeros(shape, lm.compute_dtype) for _ in range(2 * b.num_layers))
 
 
-def call_with_layer_caches(lm, token_ids, caches: tuple, index):
+def call_with_layer_caches(lm, token_ids, caches: tuple, index, weights: list | None = None):
     """``GPT2CausalLM.call_with_cache`` with one key and one value tensor per layer: ``(logits, caches)``.
 
     ``token_ids`` ``(B, T)`` are the positions ``index … index + T - 1``;
-    ``caches`` is ``(k_0, …, k_{L-1}, v_0, …, v_{L-1})``, each ``(B, C, H, D)``,
-    and comes back with those positions written. KerasHub's own method keeps
-    one ``(B, L, 2, C, H, D)`` tensor: every step slices each layer's keys and
-    values out of it and stacks them back, a copy of the whole cache per
-    token (and more in graph mode). Here each tensor is only updated in place
-    at ``index`` (under XLA, a loop-carried buffer) and read by attention.
-    The layers are KerasHub's own (their sublayers called in
-    ``TransformerDecoder``'s pre-LayerNorm order, at inference: no dropout);
-    ``tests/test_model.py`` checks the logits against ``call_with_cache``.
+    ``caches`` is ``(k_0, …, k_{L-1}, v_0, …, v_{L-1})``, each ``(B, H, C, D)``,
+    and comes back with those positions written. What differs from KerasHub's
+    method, for a one-token step's sake (its weights are KerasHub's, read as
+    they are; ``tests/test_model.py`` checks the logits against
+    ``call_with_cache`` and against the full forward pass):
+
+    * KerasHub keeps one ``(B, L, 2, C, H, D)`` tensor: every step slices each
+      layer's keys and values out of it and stacks them back, a copy of the
+      whole cache per token. Here each tensor is only updated at ``index`` (in
+      place under XLA, a loop-carried buffer).
+    * Heads before positions, so attention multiplies the cache as it lies
+      (``transpose_b``) where KerasHub's einsums transpose every layer's cache
+      on every token.
+    * Query, key and value in one 2-D matmul against the three kernels side
+      by side, and the output projection as a 2-D matmul: on the CPU a
+      batched einsum costs about twice a plain matmul at one row. The joined
+      matrices are ``weights`` (:func:`decoding_weights`): a decoding loop
+      makes them once, outside the loop, and passes them to every step.
+    * The tied LM head without transposing the embedding (:func:`reverse_embedding`).
+
+    Inference only: no dropout, as KerasHub's at ``training=False``.
     """
     from keras import ops
 
     b = lm.backbone
     layers = b.transformer_layers
+    heads, width = b.num_heads, b.hidden_dim
+    depth = width // heads
     tokens = b.token_embedding(token_ids)
     x = b.embeddings_add((tokens, b.position_embedding(tokens, start_index=index)))
-    length, steps = caches[0].shape[1], tf.shape(token_ids)[1]
-    # position index + t sees the cache's positions ≤ index + t: (1, T, C)
-    mask = (tf.range(length)[None, :] <= index + tf.range(steps)[:, None])[None]
+    batch, steps, length = tf.shape(token_ids)[0], tf.shape(token_ids)[1], caches[0].shape[2]
+    # position index + t sees the cache's positions ≤ index + t: (1, 1, T, C)
+    mask = (tf.range(length)[None, :] <= index + tf.range(steps)[:, None])[None, None]
     keys, values = list(caches[:len(layers)]), list(caches[len(layers):])
+    weights = weights if weights is not None else decoding_weights(lm)
     for i, layer in enumerate(layers):
-        attention = layer._self_attention_layer
-        h = layer._self_attention_layer_norm(x)
-        keys[i] = ops.slice_update(keys[i], [0, index, 0, 0], attention._key_dense(h))
-        values[i] = ops.slice_update(values[i], [0, index, 0, 0], attention._value_dense(h))
-        out, _ = attention._compute_attention(query=attention._query_dense(h), key=keys[i], value=values[i],
-                                              attention_mask=mask, training=False)
-        x = x + attention._output_dense(out)
+        kernel, bias, out_kernel, out_bias = weights[i]
+        h = tf.reshape(layer._self_attention_layer_norm(x), [-1, width])
+        qkv = tf.reshape(tf.matmul(h, kernel) + bias, [batch, steps, 3, heads, depth])
+        q, k, v = (tf.transpose(qkv[:, :, j], [0, 2, 1, 3]) for j in range(3))        # (B, H, T, D)
+        keys[i] = ops.slice_update(keys[i], [0, 0, index, 0], k)
+        values[i] = ops.slice_update(values[i], [0, 0, index, 0], v)
+        scores = tf.matmul(q * tf.cast(depth ** -0.5, q.dtype), keys[i], transpose_b=True)  # (B, H, T, C)
+        probs = tf.nn.softmax(tf.where(mask, scores, tf.cast(float("-inf"), scores.dtype)), axis=-1)
+        attended = tf.reshape(tf.transpose(tf.matmul(probs, values[i]), [0, 2, 1, 3]), [-1, width])
+        x = x + tf.reshape(tf.matmul(attended, out_kernel) + out_bias, [batch, steps, width])
         h = layer._feedforward_layer_norm(x)
         x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h))
     x = b.layer_norm(x)
-    return b.token_embedding(x, reverse=True), tuple(keys + values)
+    return reverse_embedding(b.token_embedding, x), tuple(keys + values)
+
+
+def decoding_weights(lm) -> list:
+    """Per layer, KerasHub's attention projections as 2-D matrices in the compute dtype: the ``(d, 3d)``
+    query|key|value kernel, its bias, the ``(d, d)`` output kernel and its bias (for :func:`call_with_layer_caches`)."""
+    dtype, out = lm.compute_dtype, []
+    for layer in lm.backbone.transformer_layers:
+        attention = layer._self_attention_layer
+        width = attention._query_dense.kernel.shape[0]
+        parts = [attention._query_dense, attention._key_dense, attention._value_dense]
+        kernel = tf.concat([tf.reshape(tf.cast(p.kernel, dtype), [width, -1]) for p in parts], axis=1)
+        bias = tf.concat([tf.reshape(tf.cast(p.bias, dtype), [-1]) for p in parts], axis=0)
+        proj = attention._output_dense
+        out.append((kernel, bias, tf.reshape(tf.cast(proj.kernel, dtype), [-1, width]), tf.cast(proj.bias, dtype)))
+    return out
+
+
+def reverse_embedding(embedding, x):
+    """``embedding(x, reverse=True)``, the tied LM head, without transposing the embedding matrix.
+
+    KerasHub's ``ReversibleEmbedding`` computes ``x · transpose(E)``: a copy of
+    the whole ``(V, d)`` matrix on every call, which a one-token decoding step
+    pays for every token (24.8 MB at 8,064 × 768: about a third of ``small``'s
+    one-row step here). ``matmul(…, transpose_b=True)`` reads ``E`` as it is.
+    An untied, soft-capped or recast head goes through KerasHub's own call.
+    """
+    if not embedding.tie_weights or embedding.reverse_dtype is not None or embedding.logit_soft_cap is not None:
+        return embedding(x, reverse=True)
+    table = tf.cast(embedding.embeddings, x.dtype)
+    rows = tf.reshape(x, [-1, x.shape[-1]])                    # a 2-D matmul: cheaper than a batched one here
+    return tf.reshape(tf.matmul(rows, table, transpose_b=True), tf.concat([tf.shape(x)[:-1], [-1]], 0))
