@@ -6,11 +6,12 @@ from a :class:`~model.presets.ModelConfig` — never ``from_preset``, which woul
 download weights — wrapped in KerasHub's ``GPT2CausalLM`` with no preprocessor.
 The LM head is the token embedding used in reverse (``ReversibleEmbedding``
 with ``tie_weights=True``): logits = h · Eᵀ, one matrix for input and output,
-as in GPT-2. Nothing here is our own layer: KerasHub's cover everything
-GPT-2 needs. :func:`call_with_layer_caches` is ``GPT2CausalLM.call_with_cache``
-over the same layers with one key and one value tensor per layer, the
-fixed-size KV cache that :mod:`model.generate` decodes with (KerasHub's one
-stacked tensor is copied whole at every token).
+as in GPT-2. Training and scoring run KerasHub's layers as they are. The
+one-token decoding step is ours, :func:`call_with_layer_caches`: KerasHub's
+weights and LayerNorm/feed-forward sublayers, with the attention written out
+over one key and one value tensor per layer (KerasHub's ``call_with_cache``
+copies its one stacked cache whole and transposes it at every token); tests
+check it against ``call_with_cache`` and the full forward pass.
 
 Shapes: token ids ``(B, T)`` int32 → logits ``(B, T, V_padded)`` float32
 (cast from the compute dtype under mixed precision), ``T ≤ context_length``.
