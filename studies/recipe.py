@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from infra import storage
 from studies.common import StudyError, check_shape, require_unique, say as default_say
 from studies.report import machine, pyplot, save_png
-from studies.vocab import TokenizerSpec, _stage_errors, training_speed
+from studies.vocab import TokenizerSpec, _stage_errors, training_clock, training_speed
 from studies.vocab_data import ensure_corpus, ensure_eval_texts, eval_split
 from studies.vocab_report import HELDOUT, VALIDATION
 
@@ -407,14 +407,9 @@ def plot_losses(rows: list[dict]):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
     for row in rows:
-        seconds, previous, xs, ys = 0.0, 0, [], []
-        for m in read_metrics(row["run"]):
-            if not m.get("tokens_per_s") or m.get("loss") is None:
-                continue
-            seconds += (m["step"] - previous) * row["batch_tokens"] / m["tokens_per_s"]
-            previous = m["step"]
-            xs.append(seconds / 60)
-            ys.append(m["loss"])
+        clock = training_clock(read_metrics(row["run"]), row["batch_tokens"])
+        points = [(seconds / 60, m["loss"]) for seconds, m in clock if m.get("loss") is not None]
+        xs, ys = [x for x, _ in points], [y for _, y in points]
         ax.plot(xs, ys, label=f"{row['candidate']} {'final ' if row.get('stage') == 'final' else ''}s{row['seed']}", linewidth=1.2)
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("training loss (nats per token of its tokenizer)")

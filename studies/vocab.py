@@ -306,23 +306,33 @@ def _results_machine(cfg: VocabStudyConfig, name: str, run_uri: str) -> str:
     return record["machine"]
 
 
-def training_speed(metrics: list[dict], batch_tokens: int) -> tuple[float | None, float | None, float | None]:
-    """(tokens/s, seconds, last training loss) from a run's metrics.jsonl records.
+def training_clock(metrics: list[dict], batch_tokens: int) -> list[tuple[float, dict]]:
+    """(seconds of training so far, record) for each of a run's timed metrics.jsonl records.
 
     Each record covers the steps since the one before at its ``tokens_per_s``;
-    the seconds are their sum (the training loop's time, across resumed
-    sessions). tokens/s is the median of the records after the first, whose
-    window includes building the step function.
+    the seconds are their running sum: the training loop's time, across
+    resumed sessions (a resumed run is one clock).
     """
-    timed = [m for m in metrics if m.get("tokens_per_s")]
-    if not timed:
+    out, seconds, previous = [], 0.0, 0
+    for m in metrics:
+        if m.get("tokens_per_s"):
+            seconds += (m["step"] - previous) * batch_tokens / m["tokens_per_s"]
+            previous = m["step"]
+            out.append((seconds, m))
+    return out
+
+
+def training_speed(metrics: list[dict], batch_tokens: int) -> tuple[float | None, float | None, float | None]:
+    """(tokens/s, seconds, last training loss) from a run's metrics.jsonl records (:func:`training_clock`).
+
+    tokens/s is the median of the records after the first, whose window
+    includes building the step function.
+    """
+    clock = training_clock(metrics, batch_tokens)
+    if not clock:
         return None, None, None
-    seconds, previous = 0.0, 0
-    for m in timed:
-        seconds += (m["step"] - previous) * batch_tokens / m["tokens_per_s"]
-        previous = m["step"]
-    rates = [m["tokens_per_s"] for m in timed]
-    return statistics.median(rates[1:] or rates), seconds, timed[-1].get("loss")
+    rates = [m["tokens_per_s"] for _, m in clock]
+    return statistics.median(rates[1:] or rates), clock[-1][0], clock[-1][1].get("loss")
 
 
 def _row(cfg, spec, seed, run_uri, steps, counts, pool_manifest, figures, model_cfg, params, tok) -> dict:

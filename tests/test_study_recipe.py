@@ -52,6 +52,20 @@ def test_the_shipped_recipe_config_loads():
     assert {c.preset for c in cfg.candidates} >= {"tiny", "micro", "mini"}
 
 
+def test_training_clock_sums_each_records_steps_at_its_rate():
+    """The minutes of the loss plot and the table's seconds come from one clock: each timed record's steps
+    at its own tokens/s (records without a rate, e.g. validation ones, do not move it)."""
+    from studies.vocab import training_clock, training_speed
+
+    metrics = [{"step": 10, "tokens_per_s": 100, "loss": 5.0}, {"step": 10, "validation/loss": 4.5},
+               {"step": 30, "tokens_per_s": 200, "loss": 4.0}, {"step": 40, "tokens_per_s": 400}]
+    clock = training_clock(metrics, batch_tokens=10)
+    assert [round(seconds, 9) for seconds, _ in clock] == [1.0, 2.0, 2.25]
+    assert [m["step"] for _, m in clock] == [10, 30, 40]
+    assert training_speed(metrics, 10) == (300.0, 2.25, None)   # median of the rates after the first
+    assert training_speed([{"step": 1}], 10) == (None, None, None)
+
+
 def test_the_verdict_needs_more_than_the_seed_spread():
     best = {"candidate": "m", "bpc_heldout": 5.0, "ppmd_heldout": 5.5, "ppmd_primed_heldout": 4.8}
     assert verdict(best, 0.1).startswith("The best candidate, m, beats PPMd order 8 alone on the held-out author "
