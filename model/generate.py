@@ -26,7 +26,7 @@ followed by its prompt. Prompts of different lengths share one buffer of the
 model's ``C`` positions: all rows step together from the shortest prompt's
 end, and a row whose prompt is longer keeps its own tokens until it ends
 (KerasHub's scheme). With the cache (default), a prefill pass stores every
-layer's keys and values in fixed ``(B, C, heads, head_dim)`` tensors, one key
+layer's keys and values in fixed ``(B, heads, C, head_dim)`` tensors, one key
 and one value tensor per layer (:func:`model.gpt2.call_with_layer_caches`), and
 each new token costs one single-position step; without it, each token is a
 full forward pass over the window (the reference the cache is tested against).
