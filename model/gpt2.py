@@ -134,7 +134,6 @@ def describe(lm) -> str:
             f"{b.vocabulary_size:,} ids, {b.max_sequence_length} positions, {lm.count_params():,} parameters")
 
 
-
 def empty_layer_caches(lm, batch, length: int) -> tuple:
     """Zeroed keys and values for :func:`call_with_layer_caches`: ``2 × layers`` tensors of ``(B, H, C, D)``."""
     b = lm.backbone
@@ -216,10 +215,11 @@ def decoding_weights(lm) -> list:
 def reverse_embedding(embedding, x):
     """``embedding(x, reverse=True)``, the tied LM head, without transposing the embedding matrix.
 
-    KerasHub's ``ReversibleEmbedding`` computes ``x · transpose(E)``: a copy of
-    the whole ``(V, d)`` matrix on every call, which a one-token decoding step
-    pays for every token (24.8 MB at 8,064 × 768: about a third of ``small``'s
-    one-row step here). ``matmul(…, transpose_b=True)`` reads ``E`` as it is.
+    KerasHub's ``ReversibleEmbedding`` computes ``x · transpose(E)``, a
+    transposed copy of the whole ``(V, d)`` matrix in its graph (24.8 MB at
+    8,064 × 768), and multiplies as a batched matmul; here one 2-D
+    ``matmul(…, transpose_b=True)`` reads ``E`` as it is. (Not timed alone: it
+    was part of the decoding-step change measured in the README's Speed.)
     An untied, soft-capped or recast head goes through KerasHub's own call.
     """
     if not embedding.tie_weights or embedding.reverse_dtype is not None or embedding.logit_soft_cap is not None:
