@@ -18,6 +18,13 @@ charts of their own (a section "tokens_seen") that still overlay train and
 validation and compare runs of different batch sizes. A second run folder
 would instead put token-axis and step-axis lines on the same chart.
 
+The files are written with the ``tensorboard`` package alone (its protobufs,
+the scalar/text/HParams plugins' summary builders, its record framing), never
+TensorFlow: the TensorFlow and the JAX trainer write them alike, and a JAX
+machine needs no TensorFlow. They hold what ``tf.summary`` wrote before: float32
+scalar tensors, string text tensors, the HParams plugin's summaries at step 0
+(``tests/test_tensorboard.py`` compares the two record by record).
+
 Bits per character and per byte: the validation loss is a mean NLL in nats per
 scored token; as in :func:`model.evaluate.bits_per_character`, ``bits = nats /
 ln 2`` and ``bits_per_character = bits / characters``, here with the tokens,
@@ -40,9 +47,15 @@ Example::
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import socket
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 from model.evaluate import LN2
 
@@ -121,15 +134,24 @@ def sample_prompt(tokenizer: "Tokenizer", ids: list[int], chars: int = PROMPT_CH
     return whole_characters(tokenizer, ids)[1][:chars].strip()
 
 
-def from_validation(tokenizer: "Tokenizer", val_ds, batches: int) -> tuple[TextCounts, str]:
-    """The counts of the ``batches`` validation batches an evaluation scores, and a sample prompt from the first.
+def from_validation(tokenizer: "Tokenizer", val_ds: Iterable[tuple[Any, Any]], batches: int
+                    ) -> tuple[TextCounts, str]:
+    """The counts of the first ``batches`` validation batches (what an evaluation scores) and a sample prompt.
 
-    ``val_ds`` yields ``(inputs, targets)``, unshuffled: the same batches at every evaluation. In a
-    multi-worker run this is the chief's share of them (each host reads its own files).
+    ``val_ds`` is any iterable of ``(inputs, targets)`` batches, unshuffled so that every evaluation sees
+    the same ones: a ``tf.data.Dataset`` (tensors with ``.numpy()``) from the TensorFlow trainer, an
+    iterator of numpy (or JAX) arrays from the JAX one. It is iterated once here: pass a fresh iterator,
+    not the one the evaluation itself will use. In a multi-worker run this is the chief's share of the
+    batches (each host reads its own files).
     """
-    pairs = [(inputs.numpy(), targets.numpy()) for inputs, targets in val_ds.take(batches)]
+    pairs = [(_numpy(inputs), _numpy(targets)) for inputs, targets in itertools.islice(val_ds, batches)]
     counts = count_text(tokenizer, (targets for _, targets in pairs))
     return counts, (sample_prompt(tokenizer, pairs[0][0][0]) if pairs else "")
+
+
+def _numpy(batch: Any) -> np.ndarray:
+    """A batch as a numpy array: TensorFlow tensors through ``.numpy()``, numpy and JAX arrays as they are."""
+    return np.asarray(batch.numpy() if hasattr(batch, "numpy") else batch)
 
 
 class Sampler:
@@ -177,49 +199,91 @@ def _markdown(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text).replace("\n", "  \n")
 
 
+class EventFile:
+    """One TensorBoard event file in ``folder``, written synchronously with the ``tensorboard`` package alone.
+
+    The same records as a ``tf.summary`` file writer: a first event with the file version, then one
+    event per summary value (``add``). ``flush`` hands the bytes to the operating system, so a reader
+    sees every record written before it. TensorBoard's own ``EventFileWriter`` is not used: it reaches
+    its folder through ``tensorboard.compat.tf``, which imports TensorFlow whenever it is installed,
+    and it writes from a background thread. ``folder`` is a local path (the trainer's ``local`` run
+    folder; ``model.run_sync`` copies it to ``gs://``).
+    """
+
+    _serial = itertools.count()  # one process may open several files in one folder within a second
+
+    def __init__(self, folder: str) -> None:
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        os.makedirs(folder, exist_ok=True)
+        # the name tf.summary gives its files: TensorBoard reads every file whose name holds "tfevents"
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                f"{next(self._serial)}.v2")
+        self.path = os.path.join(folder, name)
+        self._event = event_pb2.Event
+        self._records = RecordWriter(open(self.path, "wb"))
+        self._records.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        self.flush()
+
+    def add(self, summary, step: int) -> None:
+        """One event holding ``summary`` (a ``tensorboard.compat.proto.summary_pb2.Summary``) at ``step``."""
+        self._records.write(self._event(wall_time=time.time(), step=step, summary=summary).SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        if not self._records.closed:
+            self._records.close()
+
+
 class TensorBoard:
-    """The chief's summary writers: ``{logdir}``, ``{logdir}/train`` and ``{logdir}/validation``.
+    """The chief's event files: ``{logdir}``, ``{logdir}/train`` and ``{logdir}/validation``.
 
     Writes only at log and evaluation steps (what :func:`model.trainer.run_loop`
-    records in ``metrics.jsonl``), never per optimizer step.
+    records in ``metrics.jsonl``), never per optimizer step. Written with the
+    ``tensorboard`` package's protobuf builders (scalars, text, HParams) and
+    :class:`EventFile`, never TensorFlow, so both training backends use it and a
+    JAX machine needs no TensorFlow: TensorBoard reads the files exactly as it
+    read ``tf.summary``'s (float32 scalars, string text tensors, the HParams
+    plugin's raw summaries at step 0).
     """
 
     def __init__(self, logdir: str, *, batch_tokens: int, by_tokens: bool) -> None:
-        import tensorflow as tf
-
         self.batch_tokens, self.by_tokens = batch_tokens, by_tokens
-        self.root = tf.summary.create_file_writer(logdir)
-        self.runs = {name: tf.summary.create_file_writer(f"{logdir}/{name}") for name in (TRAIN_RUN, VALIDATION_RUN)}
+        self.root = EventFile(logdir)
+        self.runs = {name: EventFile(os.path.join(logdir, name)) for name in (TRAIN_RUN, VALIDATION_RUN)}
 
     def hparams(self, values: dict[str, bool | int | float | str]) -> None:
         """The HParams experiment (settings + the metrics it compares: their last values) and this run's values."""
-        from tensorboard.plugins.hparams import api as hp
+        from tensorboard.plugins.hparams import summary_v2 as hp
 
         metrics = [hp.Metric("loss", group=TRAIN_RUN, display_name="training loss"),
                    hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss"),
                    hp.Metric("bits_per_character", group=VALIDATION_RUN, display_name="validation bits/char"),
                    hp.Metric("bits_per_byte", group=VALIDATION_RUN, display_name="validation bits/byte")]
-        with self.root.as_default():
-            hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
-            hp.hparams(values)
+        # what hp.hparams_config / hp.hparams write through tf.summary: these raw summaries at step 0
+        self.root.add(hp.hparams_config_pb(hparams=[hp.HParam(name) for name in values], metrics=metrics), step=0)
+        self.root.add(hp.hparams_pb(values), step=0)
         self.root.flush()
 
     def write(self, step: int, record: dict, sample: tuple[str, str] | None = None) -> None:
         """The scalars of one ``metrics.jsonl`` record (see :data:`TAGS`) and a text sample, at ``step``."""
-        import tensorflow as tf
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+        from tensorboard.plugins.text.summary_v2 import text_pb
 
         for key, (run, tag) in TAGS.items():
             if record.get(key) is None:
                 continue
-            with self.runs[run].as_default():
-                tf.summary.scalar(tag, record[key], step=step)
-                if self.by_tokens:
-                    tf.summary.scalar(TOKENS_PREFIX + tag, record[key], step=step * self.batch_tokens)
+            value = float(record[key])  # stored as float32, as tf.summary.scalar casts it
+            self.runs[run].add(scalar_pb(tag, value), step=step)
+            if self.by_tokens:
+                self.runs[run].add(scalar_pb(TOKENS_PREFIX + tag, value), step=step * self.batch_tokens)
         if sample is not None:
             prompt, text = sample
             shown = f"**{_markdown(prompt)}**{_markdown(text)}" if prompt else _markdown(text)
-            with self.runs[VALIDATION_RUN].as_default():
-                tf.summary.text(SAMPLE_TAG, shown, step=step)
+            self.runs[VALIDATION_RUN].add(text_pb(SAMPLE_TAG, shown), step=step)
         for writer in self.runs.values():
             writer.flush()
 
