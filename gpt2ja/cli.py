@@ -341,7 +341,10 @@ def train(
     micro_batch: Optional[int] = typer.Option(None, help="Sequences per forward/backward pass."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
-    strategy: Optional[str] = typer.Option(None, help="default, mirrored, multi_worker (TF_CONFIG) or tpu."),
+    backend: Optional[str] = typer.Option(None, help="tensorflow (default) or jax (GPUs, TPUs; no TensorFlow "
+                                          "needed): the same model, data order and checkpoints."),
+    strategy: Optional[str] = typer.Option(None, help="TensorFlow's strategy: default, mirrored, multi_worker "
+                                           "(TF_CONFIG) or tpu."),
     mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
     jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
     override: Optional[bool] = typer.Option(None, "--override", help="Resume although the learning rate, batch "
@@ -354,7 +357,7 @@ def train(
 
     given = {"data": data, "run": run, "preset": preset, "steps": steps, "stop_at": stop_at, "init_from": init_from,
              "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
-             "warmup_steps": warmup_steps, "strategy": strategy, "mixed_precision": mixed_precision,
+             "warmup_steps": warmup_steps, "backend": backend, "strategy": strategy, "mixed_precision": mixed_precision,
              "jit_compile": jit_compile, "override": override}
     cfg = _settings(TrainConfig, "train", config, sets, given)
     uri = run_train(cfg)

@@ -5,7 +5,7 @@
     {root}/runs/{run}/
         hparams.json          {"model": ModelConfig, "train": TrainConfig, "data": {...}, ...}
         tokenizer/            a copy of the tokenizer artifact (with its manifest)
-        checkpoints/          tf.train.Checkpoint files ckpt-{step}.*, the last K kept
+        checkpoints/          ckpt-{step}.npz and their index (model.checkpoint), the last K kept
         metrics.jsonl         one JSON object per logged step (and per validation)
         tensorboard/          tf.summary event files
         eval.json             written by ``gpt2ja eval``
@@ -135,31 +135,36 @@ def model_config(hparams: dict, *, run_uri: str = "run") -> ModelConfig:
 
 
 def latest_checkpoint(local_run: str) -> str | None:
-    """The prefix of the newest checkpoint under ``{local_run}/checkpoints`` (``…/ckpt-1200``), or None."""
-    import tensorflow as tf
+    """The newest checkpoint file under ``{local_run}/checkpoints`` (``…/ckpt-1200.npz``), or None.
 
-    return tf.train.latest_checkpoint(os.path.join(local_run, CHECKPOINT_DIR))
+    A run holding only TensorFlow checkpoints of an older gpt2ja is one ModelError line saying how to convert it.
+    """
+    from model import checkpoint
+
+    try:
+        return checkpoint.latest(os.path.join(local_run, CHECKPOINT_DIR))
+    except checkpoint.CheckpointError as err:
+        raise ModelError(str(err)) from None
 
 
-def checkpoint_step(prefix: str) -> int:
-    """The step number of a checkpoint prefix ``…/ckpt-1200`` → 1200."""
-    return int(prefix.rsplit("-", 1)[-1])
+def checkpoint_step(path: str) -> int:
+    """The step number of a checkpoint ``…/ckpt-1200.npz`` → 1200."""
+    from model import checkpoint
+
+    return checkpoint.step_of(path)
 
 
-def restore_weights(lm, prefix: str, *, what: str) -> None:
-    """Load the model weights of checkpoint ``prefix`` into ``lm`` (optimizer and data state ignored).
+def restore_weights(lm, path: str, *, what: str) -> None:
+    """Load the model weights of checkpoint ``path`` into ``lm`` (optimizer and data state ignored).
 
     A damaged or mismatching checkpoint is one ModelError line naming it.
     """
-    import tensorflow as tf
+    from model import checkpoint
 
     try:
-        status = tf.train.Checkpoint(backbone=lm.backbone).restore(prefix)
-        status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
-        first = " ".join(str(err).split())[:200]
-        raise ModelError(f"{what}: checkpoint {prefix} cannot be loaded into this model ({first}); it is damaged "
-                         "or from a model of another shape: delete it to fall back to the previous one") from None
+        checkpoint.restore_weights(lm, path, what=what)
+    except checkpoint.CheckpointError as err:
+        raise ModelError(str(err)) from None
 
 
 @dataclass
@@ -187,6 +192,8 @@ def fetch(run_uri: str) -> str:
     first checkpoint there is no index, and :func:`latest_checkpoint` of the
     returned directory is None.
     """
+    from model import checkpoint
+
     local = cache_dir(run_uri)
     if not storage.is_gcs(run_uri):
         return local
@@ -201,17 +208,20 @@ def fetch(run_uri: str) -> str:
         seen, index = index, storage.read_text(index_uri)
         if index == seen:
             break  # the same index again: what failed is not a checkpoint pruned meanwhile
-        newest = index.split('"')[1].rsplit("/", 1)[-1]  # model_checkpoint_path: "ckpt-1200"
+        try:
+            newest = checkpoint.read_index(index)["latest"]  # "ckpt-1200.npz"
+        except checkpoint.CheckpointError as err:
+            raise storage.StorageError(f"{index_uri}: {err}") from None
         names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(ckpt_uri, recursive=False)]
-        if f"{newest}.index" not in names:
-            error = storage.StorageError(f"{index_uri} names checkpoint {newest}, whose files are not in the bucket; "
+        if newest not in names:
+            error = storage.StorageError(f"{index_uri} names checkpoint {newest}, which is not in the bucket; "
                                          "the run is damaged: resume its training to write a new checkpoint")
             continue
         try:
-            for name in names:
-                if name.startswith(newest + "."):
-                    data = storage.read_bytes(storage.join(ckpt_uri, name))
-                    storage.write_bytes(os.path.join(ckpt_local, name), data)
+            target = os.path.join(ckpt_local, newest)
+            if not os.path.exists(target):  # checkpoint files are never rewritten under their name
+                storage.write_bytes(target + ".part", storage.read_bytes(storage.join(ckpt_uri, newest)))
+                os.replace(target + ".part", target)
         except storage.StorageError as err:
             error = err
             continue

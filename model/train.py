@@ -130,7 +130,12 @@ class TrainConfig(BaseModel):
     tensorboard_by_tokens: bool = Field(True, description="also write TensorBoard's scalars under tokens_seen/ "
                                                           "with the tokens seen as their step")
 
-    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
+    backend: Literal["tensorflow", "jax"] = Field(
+        "tensorflow", description="tensorflow (tf.distribute strategies, the CPU default) or jax (one jitted "
+        "step over every local device, jax.distributed across hosts; GPUs and Cloud TPU)")
+    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = Field(
+        "default", description="the TensorFlow backend's tf.distribute strategy (jax: ignored, every local "
+        "device is used)")
     tpu: str | None = Field(None, description="TPU name or grpc:// address for strategy tpu ('' = this TPU VM)")
     mixed_precision: Literal["off", "bf16", "fp16"] = Field(
         "off", description="bf16 on TPU and Ampere+ GPUs, fp16 (with loss scaling) on older GPUs")
@@ -160,7 +165,10 @@ class TrainConfig(BaseModel):
         """What defines the run's result (the run URI itself, logging cadence and TensorBoard extras do not)."""
         skip = {"run", "log_every", "override", "eval_sample_tokens", "tensorboard_by_tokens", "trace_examples",
                 "stop_at"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip}
+        out = {k: v for k, v in self.model_dump().items() if k not in skip}
+        if out["backend"] == "tensorflow":  # the default, and every run made before the field existed
+            del out["backend"]
+        return out
 
 
 # ----------------------------------------------------------------- the entry
@@ -215,7 +223,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         train_chunk = trainer.make_train_step(cfg, rt, plan, s)
         validation_loss = trainer.make_eval_step(cfg, rt, s)
         built = trainer.run_loop(cfg, rt, plan, s, train_chunk, validation_loss, say=say, on_log=on_log)
-        finished["checkpoint"] = s.manager.latest_checkpoint
+        finished["checkpoint"] = runs.latest_checkpoint(s.local)
         return built
 
     try:
@@ -337,7 +345,8 @@ def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: Mod
 
 #: settings whose change alters the optimisation of a run being resumed (steps may grow: it is recorded)
 GUARDED = ("batch_tokens", "learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2",
-           "epsilon", "clip_norm", "seed", "shuffle_buffer", "dropout", "mixed_precision", "tokenizer", "init_from")
+           "epsilon", "clip_norm", "seed", "shuffle_buffer", "dropout", "mixed_precision", "tokenizer", "init_from",
+           "backend")
 
 
 def changed_settings(before: dict, cfg: TrainConfig) -> dict[str, tuple]:

@@ -63,7 +63,7 @@ class Session(NamedTuple):
     examples: Any        # tf.Variable int64: examples of the global order consumed (checkpointed)
     train_ds: Any        # tf.data: (host_rows, seq_len) int32 pairs, host_rows = local_replicas × per_replica × accum
     iterator: Any        # a plain iterator over train_ds (from ``examples`` on)
-    manager: Any         # tf.train.CheckpointManager: model, optimizer, step, examples, dropout rng
+    ckpt_dir: str        # {local}/checkpoints: model.checkpoint files (model, optimizer, step, examples, rng)
     val_ds: Any          # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
     board: Any           # model.summaries.TensorBoard: the summary writers (chief); None on other hosts
 
@@ -122,18 +122,14 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         examples = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
     ckpt_dir = os.path.join(local, runs.CHECKPOINT_DIR)
-    ckpt = tf.train.Checkpoint(backbone=lm.backbone, optimizer=opt, step=step, examples=examples,
-                               rng=gpt2.dropout_rng_states(lm))
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoints,
-                                         checkpoint_name=runs.CHECKPOINT_NAME)
 
     # ---- resume, or start (from init_from's weights). Every host restores the chief's newest checkpoint:
     # its own copy (the chief; any host of a gs:// run) or the run directory itself (a local run, which the
-    # hosts must share); the other hosts save theirs to their scratch directory, which nothing reads.
-    prefix = manager.latest_checkpoint
+    # hosts must share); only the chief writes checkpoints.
+    prefix = runs.latest_checkpoint(local)
     if not rt.chief and not storage.is_gcs(cfg.run):
-        prefix = tf.train.latest_checkpoint(os.path.join(cfg.run, runs.CHECKPOINT_DIR))
-    resumed = _restore(manager, prefix, cfg.run)
+        prefix = runs.latest_checkpoint(cfg.run)
+    resumed = _restore(lm, opt, step, examples, prefix, cfg.run)
     if resumed is None:
         if plan.init_prefix:
             runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
@@ -142,13 +138,9 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
             runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
             runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
     else:
-        said = ""
-        if not _has_examples(prefix):  # written before the global order: no position saved
-            examples.assign(resumed * plan.accum * cfg.micro_batch)
-            said = " (its checkpoint predates the global data order: data continues at example step × batch)"
         at = int(examples.numpy())
         say(f"resuming run {cfg.run} from step {resumed} at example {at:,} (epoch "
-            f"{at / data_order.epoch_size(cfg.data):.2f}){said}")
+            f"{at / data_order.epoch_size(cfg.data):.2f})")
         if rt.chief:
             runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
             runs.truncate_metrics(local, resumed)
@@ -167,7 +159,16 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
                                       by_tokens=cfg.tensorboard_by_tokens)
     return Session(local=local, lm=lm, opt=opt, step=step, examples=examples, train_ds=train_ds,
-                   iterator=iter(train_ds), manager=manager, val_ds=val_ds, board=board)
+                   iterator=iter(train_ds), ckpt_dir=ckpt_dir, val_ds=val_ds, board=board)
+
+
+def save_checkpoint(cfg: TrainConfig, rt: Runtime, s: Session, step: int) -> None:
+    """The chief publishes checkpoint ``step`` (:mod:`model.checkpoint`); the other hosts write nothing."""
+    from model import checkpoint
+
+    if rt.chief:
+        checkpoint.save(s.ckpt_dir, step, checkpoint.state_arrays(s.lm, s.opt), examples=int(s.examples.numpy()),
+                        backend="tensorflow", keep=cfg.keep_checkpoints)
 
 
 # ----------------------------------------------------------------- compiled steps
@@ -376,7 +377,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
         if record and on_log:
             on_log(current, record)
         if current % cfg.checkpoint_every == 0 or current == stop:
-            s.manager.save(checkpoint_number=current)
+            save_checkpoint(cfg, rt, s, current)
             if sync is not None:
                 sync.sync_checkpoint()
     if current < cfg.steps:
@@ -425,26 +426,23 @@ def _named_data_error(cfg: TrainConfig, err) -> Exception:
                       "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged")
 
 
-def _restore(manager, prefix: str | None, run_uri: str) -> int | None:
-    """Restore the checkpoint ``prefix`` (the newest); its step, or None for a fresh run (no prefix)."""
-    import tensorflow as tf
+def _restore(lm, opt, step, examples, path: str | None, run_uri: str) -> int | None:
+    """Restore the checkpoint ``path`` (the newest) into the variables; its step, or None for a fresh run."""
+    from model import checkpoint
 
-    if prefix is None:
+    if path is None:
         return None
     try:
-        manager.checkpoint.restore(prefix).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as err:
-        first = " ".join(str(err).split())[:200]
-        raise TrainError(f"run {run_uri}: checkpoint {prefix} cannot be restored ({first}); it is damaged: delete "
-                         f"its files to resume from the previous checkpoint") from None
-    return runs.checkpoint_step(prefix)
-
-
-def _has_examples(prefix: str) -> bool:
-    """Whether a checkpoint holds the data position (``examples``); those of older versions do not."""
-    import tensorflow as tf
-
-    return any(name.startswith("examples/") for name, _ in tf.train.list_variables(prefix))
+        ckpt = checkpoint.load(path)
+        checkpoint.assign_model(lm, ckpt)
+        checkpoint.assign_optimizer(opt, ckpt)
+        if ckpt.meta.get("backend") == "tensorflow":  # another backend's dropout stream does not carry over
+            checkpoint.assign_rng(lm, ckpt)
+    except checkpoint.CheckpointError as err:
+        raise TrainError(f"run {run_uri}: {err}") from None
+    step.assign(ckpt.step)
+    examples.assign(ckpt.examples)
+    return ckpt.step
 
 
 def _duration(seconds: float) -> str:

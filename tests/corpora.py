@@ -88,7 +88,7 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
     import numpy as np
     import tensorflow as tf
 
-    from model import gpt2, runs
+    from model import checkpoint, gpt2, runs
     from model.presets import ModelConfig
     from tokenization.bytes_tokenizer import ByteTokenizer
 
@@ -106,7 +106,8 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
     (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
                                                 cfg.padded_vocab_size}))
     tok.save(str(run / runs.TOKENIZER_DIR))
-    tf.train.Checkpoint(backbone=lm.backbone).save(str(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_NAME))
+    checkpoint.save(str(run / runs.CHECKPOINT_DIR), 1, checkpoint.model_arrays(lm), examples=0,
+                    backend=keras.backend.backend(), keep=1)
     return run
 
 

@@ -129,13 +129,10 @@ def _warc_records(uri: str) -> list[tuple]:
 
 
 def _weights(run: str) -> dict:
-    import tensorflow as tf
+    from model import checkpoint, runs
 
-    from model import runs
-
-    prefix = runs.latest_checkpoint(run)
-    return {name: tf.train.load_variable(prefix, name).tobytes() for name, _ in tf.train.list_variables(prefix)
-            if name.startswith(("backbone/", "optimizer/"))}
+    arrays = checkpoint.load(runs.latest_checkpoint(run)).arrays
+    return {name: value.tobytes() for name, value in arrays.items() if name.startswith(("model/", "optimizer/"))}
 
 
 def _metrics(run: str) -> list[dict]:

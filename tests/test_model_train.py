@@ -29,7 +29,7 @@ from tokenization.shards import ShardsConfig, write_shards
 
 tf = pytest.importorskip("tensorflow")
 
-from model import runs  # noqa: E402
+from model import checkpoint, runs  # noqa: E402
 from model.evaluate import evaluate_run  # noqa: E402
 from model.generate import generate_run  # noqa: E402
 from model.train import TrainConfig, TrainError, train  # noqa: E402
@@ -71,9 +71,8 @@ def metrics(run: Path) -> list[dict]:
 
 
 def weights(run: Path, step: int) -> dict[str, np.ndarray]:
-    prefix = str(run / runs.CHECKPOINT_DIR / f"ckpt-{step}")
-    return {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)
-            if name.startswith(("backbone/", "optimizer/"))}
+    arrays = checkpoint.load(str(run / runs.CHECKPOINT_DIR / f"ckpt-{step}.npz")).arrays
+    return {name: value for name, value in arrays.items() if name.startswith(("model/", "optimizer/"))}
 
 
 def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
@@ -121,8 +120,8 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     assert hp["model"]["preset"] == "tiny" and hp["model"]["vocab_size"] == 257 and hp["padded_vocab_size"] == 320
     assert hp["model"]["context_length"] == SEQ_LEN and hp["train"]["steps"] == 150
     assert (run / runs.TOKENIZER_DIR / "tokenizer.json").exists()
-    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).glob("*.index")) == ["ckpt-100.index", "ckpt-150.index",
-                                                                                    "ckpt-50.index"]
+    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).iterdir()) == ["checkpoint", "ckpt-100.npz",
+                                                                             "ckpt-150.npz", "ckpt-50.npz"]
     assert list((run / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     manifest = storage.read_manifest(str(run))
     assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 150 * 256
@@ -148,8 +147,8 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     rows = metrics(tuned)
     assert rows[0]["loss"] < 0.5  # starts trained (a random model is at ≈ 5.8)
     assert json.loads((tuned / runs.HPARAMS).read_text())["train"]["init_from"] == str(run)
-    assert int(tf.train.load_variable(str(tuned / runs.CHECKPOINT_DIR / "ckpt-2"), "optimizer/_iterations/"
-                                      ".ATTRIBUTES/VARIABLE_VALUE")) == 2  # the optimizer started at 0
+    tuned_ckpt = checkpoint.load(str(tuned / runs.CHECKPOINT_DIR / "ckpt-2.npz"))
+    assert int(tuned_ckpt.arrays["optimizer/iteration"]) == 2  # the optimizer started at 0
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -178,7 +177,7 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = procs.run([sys.executable, "-c", KILL_SCRIPT, cfg.model_dump_json(), "7"], cwd=REPO, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert runs.latest_checkpoint(str(killed)).endswith("ckpt-4")  # steps 5–7 were lost
+    assert runs.latest_checkpoint(str(killed)).endswith("ckpt-4.npz")  # steps 5–7 were lost
     assert [r["step"] for r in metrics(killed)][-1] == 7
     assert storage.read_manifest(str(killed)) is None  # unfinished
 
@@ -194,11 +193,11 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
     assert [(r["step"], r["loss"]) for r in metrics(killed)] == [(r["step"], r["loss"]) for r in metrics(straight)]
 
     # a damaged checkpoint: one line naming it, for training and for loading
-    data_file = next((killed / runs.CHECKPOINT_DIR).glob("ckpt-12.data-*"))
+    data_file = killed / runs.CHECKPOINT_DIR / "ckpt-12.npz"
     data_file.write_bytes(data_file.read_bytes()[:100])
-    with pytest.raises(TrainError, match=r"checkpoint .*ckpt-12 cannot be restored .*delete its files"):
+    with pytest.raises(TrainError, match=r"checkpoint .*ckpt-12.npz cannot be read .*delete it"):
         train(config(shards, killed, **{**kw, "steps": 14}), progress=None)
-    with pytest.raises(runs.ModelError, match=r"checkpoint .*ckpt-12 cannot be loaded"):
+    with pytest.raises(runs.ModelError, match=r"checkpoint .*ckpt-12.npz cannot be read"):
         runs.load_run(str(killed))
 
 
