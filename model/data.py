@@ -17,27 +17,38 @@ batch), which keeps reading far ahead of training.
 ``gs://`` URIs are read directly by TensorFlow's GCS filesystem (what a TPU VM
 does); the manifest is read through :mod:`infra.storage`.
 
+Without TensorFlow (the JAX backend): :func:`validation_batches` gives the
+stream ``make_dataset(..., "validation", shuffle=False)`` gives, as numpy
+arrays, read by :mod:`model.records` through :mod:`infra.storage` (so
+``gs://`` and its emulator alike); :func:`iter_examples` and
+:func:`verify_shards` use that reader too. The interleave they share
+(:func:`interleave`) follows ``tf.data``'s rules record for record.
+
 Example::
 
     manifest = read_manifest_checked("gs://bucket/shards/sp32k-1024", tokenizer=tok)
     ds = make_dataset("gs://bucket/shards/sp32k-1024", "train", batch_size=32,
                       num_input_pipelines=jax.process_count(), input_pipeline_id=jax.process_index())
     for inputs, targets in ds.take(10): ...
+    val = validation_batches("gs://bucket/shards/sp32k-1024", 32)   # numpy, no TensorFlow
+    inputs, targets = next(val)                                      # (32, seq_len) int32 each
     verify_shards("gs://bucket/shards/sp32k-1024")   # before a long run: reads every file once
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from infra import stage, storage
-from infra.errors import Gpt2jaError
+from model.records import DataError, read_token_rows  # DataError lives with the reader; imported from here too
 from tokenization.shards import DTYPES, FEATURE, STAGE, import_tensorflow
 
 if TYPE_CHECKING:
@@ -47,10 +58,6 @@ AUTOTUNE = -1  # == tf.data.AUTOTUNE, spelled out so importing this module does 
 _CYCLE_LENGTH = 16  # TFRecord files read at once per input pipeline
 _READ_BUFFER = 1 << 20  # bytes per TFRecord reader; larger reads pay off on gs://
 _REQUIRED = ("seq_len", "example_len", "dtype", "feature", "compression", "vocab_size", "eos_id", "files")
-
-
-class DataError(Gpt2jaError, ValueError):
-    """Shards that cannot be read or do not fit: one line naming the artifact and the fix."""
 
 
 def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" = None) -> dict:
@@ -93,14 +100,23 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
     return manifest
 
 
-def shard_files(manifest: dict, split: str) -> list[str]:
-    """The URIs of ``split``'s TFRecord files, in the manifest's (fixed) order."""
+def _split_entries(manifest: dict, split: str) -> list[dict]:
     entries = [f for f in manifest["files"] if f.get("split") == split]
     if not entries:
         have = sorted({f.get("split") for f in manifest["files"]})
         raise DataError(f"shards {manifest['uri']}: no {split!r} split (it has {', '.join(have)}); "
                         "use one of those or rebuild the shards with that split")
-    return [_tf_readable(manifest, f) for f in entries]
+    return entries
+
+
+def shard_files(manifest: dict, split: str) -> list[str]:
+    """Where TensorFlow reads ``split``'s TFRecord files, in the manifest's (fixed) order."""
+    return [_tf_readable(manifest, f) for f in _split_entries(manifest, split)]
+
+
+def file_uris(manifest: dict, split: str) -> list[str]:
+    """The URIs of ``split``'s TFRecord files, in the manifest's order (read by :mod:`model.records`)."""
+    return [storage.join(manifest["uri"], f["path"]) for f in _split_entries(manifest, split)]
 
 
 def _tf_readable(manifest: dict, entry: dict) -> str:
@@ -152,13 +168,8 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
     """
     manifest = read_manifest_checked(shards_uri)
     files = shard_files(manifest, split)
-    if batch_size < 1 or num_input_pipelines < 1 or not 0 <= input_pipeline_id < num_input_pipelines:
-        raise DataError(f"make_dataset: batch_size {batch_size} must be ≥ 1 and input_pipeline_id "
-                        f"{input_pipeline_id} in 0..{num_input_pipelines - 1}; fix the arguments")
-    if len(files) < num_input_pipelines:
-        raise DataError(f"shards {shards_uri}: the {split} split has {len(files)} files, fewer than the "
-                        f"{num_input_pipelines} input pipelines (some would read nothing); rebuild the shards "
-                        f"with num_shards[{split!r}] ≥ {num_input_pipelines}")
+    _check_pipelines("make_dataset", shards_uri, split, len(files), batch_size, num_input_pipelines,
+                     input_pipeline_id)
     tf = import_tensorflow()
     dtype, example_len = manifest["dtype"], manifest["example_len"]
     compression = manifest["compression"]
@@ -188,6 +199,260 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
     return ds.with_options(options).prefetch(prefetch)
 
 
+def _check_pipelines(who: str, shards_uri: str, split: str, n_files: int, batch_size: int,
+                     num_input_pipelines: int, input_pipeline_id: int) -> None:
+    if batch_size < 1 or num_input_pipelines < 1 or not 0 <= input_pipeline_id < num_input_pipelines:
+        raise DataError(f"{who}: batch_size {batch_size} must be ≥ 1 and input_pipeline_id "
+                        f"{input_pipeline_id} in 0..{num_input_pipelines - 1}; fix the arguments")
+    if n_files < num_input_pipelines:
+        raise DataError(f"shards {shards_uri}: the {split} split has {n_files} files, fewer than the "
+                        f"{num_input_pipelines} input pipelines (some would read nothing); rebuild the shards "
+                        f"with num_shards[{split!r}] ≥ {num_input_pipelines}")
+
+
+# ----------------------------------------------------------------- without TensorFlow: numpy streams
+
+PREFETCH = 4  # batches read ahead by a numpy pipeline's thread
+
+
+def validation_batches(shards_uri: str, batch_size: int, *, num_input_pipelines: int = 1,
+                       input_pipeline_id: int = 0) -> "Prefetched":
+    """``make_dataset(shards_uri, "validation", batch_size, shuffle=False, repeat=True, ...)`` without TensorFlow.
+
+    An endless iterator of ``(inputs, targets)``, ``(batch_size, seq_len)``
+    int32 numpy arrays each, equal batch for batch to that ``tf.data``
+    stream: this pipeline's files (every ``num_input_pipelines``-th from
+    ``input_pipeline_id``) repeated, read by :func:`interleave` with a cycle
+    of ``min(own files, 16)`` (when a file ends its slot takes the next file
+    of the repeated list), cut into batches. Reading runs ahead in one
+    daemon thread; ``close()`` stops it.
+
+    Example::
+
+        val = validation_batches("data/shards/sp32k-1024", 32)
+        inputs, targets = next(val)      # (32, seq_len) int32 each; targets[:, :-1] == inputs[:, 1:]
+        val.close()
+    """
+    manifest = read_manifest_checked(shards_uri)
+    uris = file_uris(manifest, "validation")
+    _check_pipelines("validation_batches", shards_uri, "validation", len(uris), batch_size, num_input_pipelines,
+                     input_pipeline_id)
+    own = uris[input_pipeline_id::num_input_pipelines]
+    read = file_reader(manifest)
+    seen = [0]  # rows read so far: a pass over files that hold none would loop forever
+
+    def counted(uri: str) -> Iterator[np.ndarray]:
+        for rows in read(uri):
+            seen[0] += len(rows)
+            yield rows
+
+    def repeated() -> Iterator[str]:
+        while True:
+            yield from own
+            if not seen[0]:  # every file has been opened and read once by now (see interleave)
+                raise DataError(f"shards {shards_uri}: the validation files of input pipeline {input_pipeline_id} "
+                                f"({', '.join(own)}) hold no example; rebuild the shards (verify_shards names "
+                                "a damaged one) or use fewer input pipelines")
+
+    rows = interleave(repeated(), min(len(own), _CYCLE_LENGTH), counted)
+    return Prefetched(pairs(rebatch(rows, batch_size)))
+
+
+def file_reader(manifest: dict) -> Callable[[str], Iterator[np.ndarray]]:
+    """``uri → (k, example_len)`` row blocks of one file in the stored dtype, errors naming the file and the fix."""
+    compression, dtype, example_len = manifest["compression"], manifest["dtype"], manifest["example_len"]
+    fix = _rebuild_hint(manifest)
+    return lambda uri: read_token_rows(uri, compression=compression, dtype=dtype, example_len=example_len, fix=fix)
+
+
+def pairs(batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(B, seq_len + 1)`` id blocks → ``(inputs, targets)``, ``(B, seq_len)`` int32 each (contiguous)."""
+    for ids in batches:
+        ids = ids.astype(np.int32, copy=False)
+        yield np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
+
+
+class _Slot:
+    """One open file of an interleave: its row blocks, read one block at a time."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self.blocks, self.rows, self.at = blocks, None, 0
+
+    def available(self) -> int:
+        """Rows buffered (reading the next block when none are); 0 once the file is exhausted."""
+        while self.rows is None or self.at == len(self.rows):
+            self.rows, self.at = next(self.blocks, None), 0
+            if self.rows is None:
+                return 0
+        return len(self.rows) - self.at
+
+    def take(self, n: int) -> np.ndarray:
+        self.at += n
+        return self.rows[self.at - n:self.at]
+
+
+def interleave(files: Iterator[str], cycle_length: int,
+               open_rows: Callable[[str], Iterator[np.ndarray]]) -> Iterator[np.ndarray]:
+    """``tf.data.Dataset.interleave(..., cycle_length, block_length=1)`` over row blocks: the same rows, same order.
+
+    tf.data's rule, replayed: ``cycle_length`` slots visited in turn; a visit
+    to an empty slot opens the next file there (and reads from it at once),
+    a visit to an open one yields its next row and moves on, or, when the
+    file is exhausted, empties the slot and moves on; it ends when no file
+    is left and no slot is open. (``deterministic=True`` parallel interleave
+    gives this order too.) Whole rounds, where every open slot has rows
+    buffered and the next visit is slot 0, are cut as one ``(m · slots, L)``
+    block instead of row by row. Yields non-empty ``(n, L)`` blocks.
+
+    Example::
+
+        rows = interleave(iter(uris), 16, file_reader(manifest))    # 16 files read one record each in turn
+    """
+    slots: list[_Slot | None] = [None] * cycle_length
+    at, opened, exhausted = 0, 0, False  # the slot visited next; open slots; no file left
+    while not exhausted or opened:
+        if at == 0 and (exhausted or opened == cycle_length):
+            live = [s for s in slots if s is not None]
+            m = min(s.available() for s in live) if live else 0
+            if m:  # m whole rounds: one row from each open slot in slot order, m times
+                block = np.stack([s.take(m) for s in live], axis=1)  # (m, slots, L)
+                yield block.reshape(m * len(live), *block.shape[2:])
+                continue
+        slot = slots[at]
+        if slot is not None:
+            if slot.available():
+                yield slot.take(1)
+            else:
+                slots[at], opened = None, opened - 1
+            at = (at + 1) % cycle_length
+        elif not exhausted:
+            uri = next(files, None)
+            if uri is None:
+                exhausted = True
+            else:
+                slots[at], opened = _Slot(iter(open_rows(uri))), opened + 1
+        else:
+            at = (at + 1) % cycle_length
+
+
+def rebatch(blocks: Iterable[np.ndarray], size: int, *, partial: bool = False) -> Iterator[np.ndarray]:
+    """Row blocks → blocks of exactly ``size`` rows (and, with ``partial``, the shorter rest at the end)."""
+    parts, have = [], 0
+    for block in blocks:
+        while len(block):
+            part, block = block[:size - have], block[size - have:]
+            parts.append(part)
+            have += len(part)
+            if have == size:
+                yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+                parts, have = [], 0
+    if partial and have:
+        yield np.concatenate(parts)
+
+
+def skip(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """Row blocks without their first ``n`` rows (``Dataset.skip`` on the rows)."""
+    for block in blocks:
+        if n:
+            if n >= len(block):
+                n -= len(block)
+                continue
+            block, n = block[n:], 0
+        yield block
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _produce(source: Iterator, out: queue.Queue, stop: threading.Event) -> None:
+    """The reading thread: ``source``'s items (then an end mark, or the error it raised) into ``out``."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        for item in source:
+            if not put(item):
+                return
+        put(_END)
+    except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+        put(_Failed(err))
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()  # ends the generators: open files are closed in this thread
+
+
+class Prefetched:
+    """An iterator over ``source`` read ahead by one daemon thread, ``depth`` items deep.
+
+    The thread dies with the iterator: at the end of ``source``, on an error
+    (raised again by ``next``, with its traceback), on :meth:`close`, on
+    leaving a ``with`` block, or when the iterator is garbage-collected.
+
+    Example::
+
+        with Prefetched(pairs(rebatch(rows, 32))) as batches:
+            inputs, targets = next(batches)
+    """
+
+    def __init__(self, source: Iterator, depth: int = PREFETCH) -> None:
+        self._queue: queue.Queue = queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
+                                        name="gpt2ja-prefetch", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> "Prefetched":
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END or isinstance(item, _Failed):
+            self._done = True
+            self._thread.join()
+            if item is _END:
+                raise StopIteration
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stop the reading thread (it finishes the read in progress, then ends)."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()  # a full queue: let a pending put see the stop
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.1)
+
+    def __enter__(self) -> "Prefetched":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()  # no join here: the thread ends on its own within one read
+
+
 # ----------------------------------------------------------------- helpers that name broken files
 
 
@@ -197,32 +462,23 @@ def tf_message(err) -> str:
     return " ".join(text.replace("'", "").split())[:200]
 
 
+def _rebuild_hint(manifest: dict) -> str:
+    return (f"delete it and {storage.join(manifest['uri'], storage.MANIFEST)}, then rerun `gpt2ja shards` with the "
+            "same arguments: only that shard is rebuilt")
+
+
 def _file_examples(uri: str, manifest: dict, batch: int = 1024) -> Iterator[np.ndarray]:
-    """The ``(n, example_len)`` int32 batches of one file, in file order; a broken file is a DataError naming it."""
-    tf = import_tensorflow()
-    ds = tf.data.TFRecordDataset(uri, compression_type=manifest["compression"]).batch(batch)
-    ds = ds.map(lambda s: parse_examples(s, dtype=manifest["dtype"]))
-    it = iter(ds)
-    while True:
-        try:
-            ids = next(it).numpy()
-        except StopIteration:
-            return
-        except tf.errors.OpError as err:
-            raise DataError(
-                f"shards file {uri} is corrupt, truncated or missing ({tf_message(err)}); delete it and "
-                f"{storage.join(manifest['uri'], storage.MANIFEST)}, then rerun `gpt2ja shards` with the same "
-                "arguments: only that shard is rebuilt") from None
-        if ids.shape[1] != manifest["example_len"]:
-            raise DataError(f"shards file {uri} holds examples of {ids.shape[1]} ids, its manifest says "
-                            f"{manifest['example_len']}; rebuild the shards")
-        yield ids
+    """The ``(n, example_len)`` int32 batches of one file, in file order; a broken file is a DataError naming it.
+
+    Read by :mod:`model.records` (no TensorFlow); ``n`` is ``batch`` but for the last.
+    """
+    yield from (ids.astype(np.int32) for ids in rebatch(file_reader(manifest)(uri), batch, partial=True))
 
 
 def iter_examples(shards_uri: str, split: str, shard: int | None = None) -> Iterator[np.ndarray]:
     """Every example of ``split`` (or of its file number ``shard``) as a ``(seq_len + 1,)`` int32 array, in order."""
     manifest = read_manifest_checked(shards_uri)
-    files = shard_files(manifest, split)
+    files = file_uris(manifest, split)
     for uri in files if shard is None else [files[shard]]:
         for ids in _file_examples(uri, manifest):
             yield from ids
@@ -233,6 +489,7 @@ def verify_shards(shards_uri: str) -> dict:
 
     Returns ``{"files": n, "examples": n}``. Run it before a long training job:
     TensorFlow reports a damaged record deep inside the input pipeline, mid-run.
+    Reads with :mod:`model.records` (every CRC checked; no TensorFlow).
     """
     manifest = read_manifest_checked(shards_uri)
     total = 0

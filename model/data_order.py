@@ -31,19 +31,35 @@ hosts' inputs are disjoint and together complete, for any number of files.
 Reading is the cheap part of training language models: a host decodes the
 stream at the global rate (about 2 bytes per token), not its own share.
 
+Two implementations give this stream: :func:`train_dataset` (``tf.data``,
+for the TensorFlow backend) and :func:`train_batches` (numpy, no TensorFlow
+import on its path, for the JAX backend): the same rows in the same order
+from any ``start_example``, the same trace lines. The numpy one hashes with
+:mod:`model.fingerprint`, reads with :mod:`model.records` and replays
+``tf.data``'s interleave (:func:`model.data.interleave`).
+
 Example::
 
     ds = train_dataset("data/shards/sp32k-1024", global_batch=64, workers=2, worker=1,
                        start_example=restored_examples, seed=0)
     inputs, targets = next(iter(ds))          # (32, seq_len) each: rows 32..63 of the batch
+    batches = train_batches("data/shards/sp32k-1024", global_batch=64, workers=2, worker=1,
+                            start_example=restored_examples, seed=0)
+    inputs, targets = next(batches)           # the same two arrays, as numpy int32
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Iterator
 
-from model.data import AUTOTUNE, DataError, _READ_BUFFER, parse_examples, read_manifest_checked, shard_files
+import numpy as np
+
+from model.data import (AUTOTUNE, DataError, _READ_BUFFER, Prefetched, file_reader, file_uris, interleave, pairs,
+                        parse_examples, read_manifest_checked, rebatch, shard_files, skip)
+from model.fingerprint import keyed_order
 from tokenization.shards import import_tensorflow
 
 GROUP = 16  # train files read interleaved at a time (also the read parallelism)
@@ -73,18 +89,9 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     appended to ``{trace_dir}/worker{worker}.jsonl`` (an audit of the order;
     rows are traced when read, and reading runs ahead of training).
     """
-    manifest = read_manifest_checked(shards_uri)
+    manifest, _, counts = _checked("train_dataset", shards_uri, global_batch, workers, worker, start_example)
     files = shard_files(manifest, "train")
-    counts = [int(f["examples"]) for f in manifest["files"] if f.get("split") == "train"]
-    if global_batch < 1 or workers < 1 or not 0 <= worker < workers or global_batch % workers:
-        raise DataError(f"train_dataset: global_batch {global_batch} must be a positive multiple of the "
-                        f"{workers} workers and worker {worker} in 0..{workers - 1}; fix the arguments")
     total = sum(counts)
-    if total == 0:
-        raise DataError(f"shards {shards_uri}: the train split holds no example; rebuild the shards from a larger "
-                        "corpus or with a shorter seq_len")
-    if start_example < 0:
-        raise DataError(f"train_dataset: start_example {start_example} must be ≥ 0")
     tf = import_tensorflow()
     compression, dtype, example_len = manifest["compression"], manifest["dtype"], manifest["example_len"]
     files_t = tf.constant(files)
@@ -142,21 +149,123 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     return ds.with_options(options).prefetch(prefetch)
 
 
+def _checked(who: str, shards_uri: str, global_batch: int, workers: int, worker: int,
+             start_example: int) -> tuple[dict, list[str], list[int]]:
+    """The manifest, the train files' URIs and example counts, after the checks both pipelines make."""
+    manifest = read_manifest_checked(shards_uri)
+    uris = file_uris(manifest, "train")  # a DataError when there is no train split
+    counts = [int(f["examples"]) for f in manifest["files"] if f.get("split") == "train"]
+    if global_batch < 1 or workers < 1 or not 0 <= worker < workers or global_batch % workers:
+        raise DataError(f"{who}: global_batch {global_batch} must be a positive multiple of the "
+                        f"{workers} workers and worker {worker} in 0..{workers - 1}; fix the arguments")
+    if sum(counts) == 0:
+        raise DataError(f"shards {shards_uri}: the train split holds no example; rebuild the shards from a larger "
+                        "corpus or with a shorter seq_len")
+    if start_example < 0:
+        raise DataError(f"{who}: start_example {start_example} must be ≥ 0")
+    return manifest, uris, counts
+
+
+def train_batches(shards_uri: str, *, global_batch: int, workers: int = 1, worker: int = 0,
+                  start_example: int = 0, seed: int = 0, shuffle_buffer: int = 10_000,
+                  trace_dir: str | None = None) -> Prefetched:
+    """:func:`train_dataset`'s batches as numpy, without TensorFlow: ``(inputs, targets)``, ``(g, seq_len)`` int32.
+
+    ``g = global_batch / workers``. Bit-identical to ``train_dataset`` with
+    the same arguments: batch ``k`` is this worker's rows of global batch
+    ``k`` counted from ``start_example``, epochs roll over the same way, and
+    ``trace_dir`` gets the same lines. An endless iterator; reading runs
+    ahead by :data:`model.data.PREFETCH` batches in one daemon thread, which
+    ``close()`` (or garbage collection) stops.
+
+    Example::
+
+        batches = train_batches("data/shards/sp32k-1024", global_batch=64, start_example=restored_examples)
+        inputs, targets = next(batches)       # (64, seq_len) int32 each
+        batches.close()
+    """
+    manifest, files, counts = _checked("train_batches", shards_uri, global_batch, workers, worker, start_example)
+    if shuffle_buffer < 1:
+        raise DataError(f"train_batches: shuffle_buffer {shuffle_buffer} must be ≥ 1; fix the argument")
+    rows = global_batch // workers
+    lo = worker * rows
+    write = _tracer(trace_dir, worker) if trace_dir is not None else None
+    stream = _stream(shards_uri, files, counts, file_reader(manifest), start_example=start_example, seed=seed,
+                     block=int(shuffle_buffer))
+
+    def batches() -> Iterator[np.ndarray]:
+        for k, batch in enumerate(rebatch(stream, global_batch)):
+            mine = batch[lo:lo + rows]  # (g, example_len)
+            if write is not None:
+                first = start_example + k * global_batch + lo
+                write(np.arange(first, first + rows), mine[:, :4])
+            yield mine
+
+    return Prefetched(pairs(batches()))
+
+
+def _stream(shards_uri: str, files: list[str], counts: list[int], read, *, start_example: int, seed: int,
+            block: int) -> Iterator[np.ndarray]:
+    """The global stream from ``start_example`` on, as row blocks (stored dtype): :func:`train_dataset`'s records."""
+    total = sum(counts)
+    n_files, n_groups = len(files), -(-len(files) // GROUP)
+    counts_a = np.asarray(counts, np.int64)
+
+    def epoch(e: int, start: int) -> Iterator[np.ndarray]:
+        tag = f"{seed}:{e}"
+        order = keyed_order(tag, n_files)
+        ordered = [files[i] for i in order]
+        group_end = np.cumsum([counts_a[order[g * GROUP:(g + 1) * GROUP]].sum() for g in range(n_groups)])
+        first_block = start // block
+        block_start = first_block * block  # where the block holding ``start`` begins
+        g0 = int((group_end <= block_start).sum())  # groups wholly before it (by the manifest's counts): not read
+        skipped = int(group_end[g0 - 1]) if g0 else 0
+        groups = (interleave(iter(ordered[g * GROUP:(g + 1) * GROUP]), GROUP, read) for g in range(g0, n_groups))
+        records = skip(itertools.chain.from_iterable(groups), block_start - skipped)
+
+        def permuted() -> Iterator[np.ndarray]:
+            for k, rows in enumerate(rebatch(records, block, partial=True), start=first_block):
+                yield rows[keyed_order(f"{tag}:{k}", len(rows))]
+
+        return skip(permuted(), start - block_start)
+
+    e, start = divmod(start_example, total)
+    while True:
+        got = 0
+        for rows in epoch(e, start):
+            got += len(rows)
+            yield rows
+        if not got and not start:  # a whole epoch without a row: the files hold none, whatever the manifest says
+            raise DataError(f"shards {shards_uri}: the train files hold no example although the manifest counts "
+                            f"{total}; run verify_shards to find the damaged or replaced files, then rebuild them")
+        e, start = e + 1, 0
+
+
+def _append_trace(path: str, positions: list[int], heads: list[list[int]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for p, head in zip(positions, heads):
+            f.write(json.dumps({"pos": p, "head": head}) + "\n")
+
+
 def _tracer(trace_dir: str, worker: int):
+    """``write(positions, heads)``, appending one line per row to ``{trace_dir}/worker{worker}.jsonl``.
+
+    Takes tensors (``train_dataset``'s ``py_function``) or numpy arrays (``train_batches``).
+    """
     path = os.path.join(trace_dir, f"worker{worker}.jsonl")
     os.makedirs(trace_dir, exist_ok=True)
 
     def write(pos, heads):
-        with open(path, "a", encoding="utf-8") as f:
-            for p, head in zip(pos.numpy().tolist(), heads.numpy().tolist()):
-                f.write(json.dumps({"pos": p, "head": head}) + "\n")
+        pos, heads = (x.numpy() if hasattr(x, "numpy") else np.asarray(x) for x in (pos, heads))
+        _append_trace(path, pos.tolist(), heads.tolist())
         return len(pos)
 
     return write
 
 
 def read_trace(trace_dir: str) -> dict[int, list[dict]]:
-    """``{worker: [{"pos": …, "head": […]}, …]}`` from a ``trace_dir`` written by :func:`train_dataset`."""
+    """``{worker: [{"pos": …, "head": […]}, …]}`` from a ``trace_dir`` written by :func:`train_dataset` or
+    :func:`train_batches`."""
     out: dict[int, list[dict]] = {}
     for name in sorted(os.listdir(trace_dir)):
         if name.startswith("worker") and name.endswith(".jsonl"):
