@@ -26,20 +26,23 @@ if TYPE_CHECKING:
 
 
 def lr_schedule(cfg: "TrainConfig"):
-    """Linear warmup over ``warmup_steps``, cosine to the floor at ``steps`` (a Keras schedule of the step)."""
+    """Linear warmup over ``warmup_steps``, cosine to the floor at ``steps`` (a Keras schedule of the step).
+
+    Written with ``keras.ops``: the same float32 arithmetic on TensorFlow and JAX.
+    """
     import keras
-    import tensorflow as tf
+    from keras import ops
 
     peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
     warmup, total = cfg.warmup_steps, cfg.steps
 
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
-            s = tf.cast(step, tf.float32)
+            s = ops.cast(step, "float32")
             warm = peak * (s + 1.0) / max(warmup, 1)
-            progress = tf.clip_by_value((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
-            cosine = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-            return tf.where(s < warmup, warm, cosine)
+            progress = ops.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
+            cosine = floor + (peak - floor) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            return ops.where(s < warmup, warm, cosine)
 
         def get_config(self):
             return {"peak": peak, "floor": floor, "warmup": warmup, "total": total}

@@ -212,17 +212,18 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
 
     from model import trainer
 
-    rt = trainer.start_runtime(cfg)
-    _check_memory(plan.model_cfg, rt.per_replica, cfg)
+    impl = trainer
+    if cfg.backend == "jax":
+        from model import trainer_jax as impl
+    rt = impl.start_runtime(cfg)
+    _check_memory(plan.model_cfg, rt, cfg)
 
     finished: dict = {}
 
     def session() -> dict | None:
         """Train this host's part from the newest checkpoint to ``cfg.steps``; the chief returns the manifest."""
-        s = trainer.build_session(cfg, rt, plan, say)
-        train_chunk = trainer.make_train_step(cfg, rt, plan, s)
-        validation_loss = trainer.make_eval_step(cfg, rt, s)
-        built = trainer.run_loop(cfg, rt, plan, s, train_chunk, validation_loss, say=say, on_log=on_log)
+        s = impl.build_session(cfg, rt, plan, say)
+        built = trainer.run_loop(cfg, rt, plan, s, impl.make_steps(cfg, rt, plan, s), say=say, on_log=on_log)
         finished["checkpoint"] = runs.latest_checkpoint(s.local)
         return built
 
@@ -299,13 +300,11 @@ def _model_config(cfg: TrainConfig, vocab_size: int, seq_len: int) -> tuple[Mode
     return base, prefix
 
 
-def _check_memory(model_cfg: ModelConfig, per_replica: int, cfg: TrainConfig) -> None:
+def _check_memory(model_cfg: ModelConfig, rt, cfg: TrainConfig) -> None:
     """Stop before building a model that cannot fit in this host's memory (CPU training only)."""
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU") or cfg.strategy == "tpu":
+    if rt.accelerated:
         return  # accelerator memory is checked by the runtime; we cannot ask it cheaply before allocating
-    need = training_memory_bytes(model_cfg, per_replica, mixed_precision=cfg.mixed_precision != "off")
+    need = training_memory_bytes(model_cfg, rt.per_replica, mixed_precision=cfg.mixed_precision != "off")
     have = host_memory_bytes()
     if have and need > have:
         raise TrainError(f"preset {model_cfg.preset} with micro_batch {cfg.micro_batch} needs about "

@@ -51,6 +51,18 @@ class Runtime(NamedTuple):
     chief: bool          # this host writes the run directory
     local_replicas: int  # replicas on this host
     per_replica: int     # sequences per replica per micro-batch
+    accelerated: bool = False  # GPUs or TPUs (host memory is not what limits the model)
+    platform: str = "cpu"      # JAX's platform name (cpu, gpu, tpu); the TensorFlow backend's is not asked
+
+
+class Steps(NamedTuple):
+    """What :func:`run_loop` drives, made by a backend (this module's :func:`make_steps`, or model.trainer_jax's)."""
+
+    start: int                                        # optimizer steps done when the session starts
+    train: Callable[[int], tuple]                     # n → (loss sum, last loss, last grad norm) of n steps
+    validation_loss: Callable[[], float] | None       # the mean NLL over eval_batches; None without validation
+    save: Callable[[int], None]                       # publish the checkpoint of that step (the chief's)
+    sync: Callable[[], None]                          # the Keras model's variables hold the training state
 
 
 class Session(NamedTuple):
@@ -93,8 +105,10 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     if cfg.micro_batch % replicas:
         raise TrainError(f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} replicas of strategy "
                          f"{cfg.strategy}; use a multiple of {replicas}")
+    accelerated = bool(tf.config.list_physical_devices("GPU")) or cfg.strategy == "tpu"
     return Runtime(strategy=strategy, replicas=replicas, worker=worker, workers=workers, chief=chief,
-                   local_replicas=replicas // workers, per_replica=cfg.micro_batch // replicas)
+                   local_replicas=replicas // workers, per_replica=cfg.micro_batch // replicas,
+                   accelerated=accelerated)
 
 
 # ----------------------------------------------------------------- build
@@ -296,25 +310,51 @@ def make_eval_step(cfg: TrainConfig, rt: Runtime, s: Session) -> Callable[[], fl
 # ----------------------------------------------------------------- the loop
 
 
-def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
-             validation_loss: Callable[[], float] | None, *, say: Callable[[str], None],
-             on_log: Callable[[int, dict], None] | None) -> dict | None:
-    """Train from the session's step to ``cfg.steps``; then :func:`finish` (the chief's manifest, else None).
-
-    Each call of ``train_chunk`` runs up to ``steps_per_execution`` steps, ending on
-    the next log, evaluation or checkpoint step.
-    """
+def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session) -> Steps:
+    """The TensorFlow session's compiled steps and checkpoints, as :func:`run_loop` drives them."""
     import tensorflow as tf
 
+    train_chunk = make_train_step(cfg, rt, plan, s)
+
+    def train(n: int) -> tuple:
+        try:
+            return train_chunk(s.iterator, tf.constant(n, tf.int32))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:  # a damaged shard, mid-run?
+            if isinstance(err, tf.errors.InvalidArgumentError) and not re.search(r"record|parse|[Ee]xample",
+                                                                                 str(err)):
+                raise  # not about the data: a bug, with its traceback
+            raise _named_data_error(cfg, err) from None
+
+    return Steps(start=int(s.step.numpy()), train=train, validation_loss=make_eval_step(cfg, rt, s),
+                 save=lambda step: save_checkpoint(cfg, rt, s, step), sync=lambda: None)
+
+
+def describe_run(cfg: TrainConfig, rt: Runtime, plan: Plan, lm) -> str:
+    """The first line of a new run: the model, the batch, where it trains."""
     from model import gpt2
 
+    where = (f"strategy {cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}"
+             if cfg.backend == "tensorflow" else f"JAX on {rt.replicas} {rt.platform} device(s), {rt.workers} "
+             f"process(es), precision {cfg.mixed_precision}")
+    return (f"training {gpt2.describe(lm)}; {cfg.steps:,} steps of {cfg.batch_tokens:,} tokens "
+            f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), {where}")
+
+
+def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s, steps: Steps, *, say: Callable[[str], None],
+             on_log: Callable[[int, dict], None] | None) -> dict | None:
+    """Train from ``steps.start`` to ``cfg.steps``; then :func:`finish` (the chief's manifest, else None).
+
+    Backend-neutral: ``s`` is either backend's session (``local``, ``lm``,
+    ``board``, ``val_ds``); each ``steps.train`` call runs up to
+    ``steps_per_execution`` steps, ending on the next log, evaluation or
+    checkpoint step.
+    """
     schedule = lr_schedule(cfg)
     metrics_path = os.path.join(s.local, runs.METRICS)
-    start_step = int(s.step.numpy())
+    start_step = steps.start
     if start_step == 0:
-        say(f"training {gpt2.describe(s.lm)}; {cfg.steps:,} steps of {cfg.batch_tokens:,} tokens "
-            f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), strategy "
-            f"{cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}")
+        say(describe_run(cfg, rt, plan, s.lm))
+    validation_loss = steps.validation_loss
     has_validation = validation_loss is not None
     counts, sampler = None, None  # the chief's: validation text counts (bits/char) and text samples
     if rt.chief:
@@ -333,13 +373,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
     stop = min(cfg.steps, cfg.stop_at or cfg.steps)  # a planned pause before the end keeps the schedule of steps
     while current < stop:
         n = min([cfg.steps_per_execution, stop - current] + [m - current % m for m in marks])
-        try:
-            loss_sum, loss, norm = train_chunk(s.iterator, tf.constant(n, tf.int32))
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:  # a damaged shard, mid-run?
-            if isinstance(err, tf.errors.InvalidArgumentError) and not re.search(r"record|parse|[Ee]xample",
-                                                                                 str(err)):
-                raise  # not about the data: a bug, with its traceback
-            raise _named_data_error(cfg, err) from None
+        loss_sum, loss, norm = steps.train(n)
         window_loss += float(loss_sum)
         current += n
         record, sample = None, None
@@ -366,6 +400,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
             say(f"step {current}: validation loss {val:.4f} ({said})")
             if sampler is not None:
                 started = time.monotonic()
+                steps.sync()
                 sample = sampler()
                 window_start += time.monotonic() - started  # tokens_per_s stays the training's (as before samples)
         if record and rt.chief:
@@ -377,7 +412,7 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, train_chunk,
         if record and on_log:
             on_log(current, record)
         if current % cfg.checkpoint_every == 0 or current == stop:
-            save_checkpoint(cfg, rt, s, current)
+            steps.save(current)
             if sync is not None:
                 sync.sync_checkpoint()
     if current < cfg.steps:

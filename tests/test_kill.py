@@ -93,6 +93,10 @@ COMMANDS = {
                                  "--set", "checkpoint_every=2", "--set", "eval_batches=0", "--set", "log_every=2"),
     "export": lambda i, out: _cli("export", "hf", "--run", i["run"], "--out", str(out)),
 }
+# the same run on the JAX backend (its own process: Keras reads its backend when first imported), two micro-batches
+# a step and dropout on: the scan's dropout states and the data position must resume as the weights do
+COMMANDS["train-jax"] = lambda i, out: [*COMMANDS["train"](i, out), "--backend", "jax", "--batch-tokens", "512",
+                                        "--set", "dropout=0.1"]
 
 
 def _artifact(name: str, out: Path) -> str:
@@ -102,7 +106,7 @@ def _artifact(name: str, out: Path) -> str:
 def _content(name: str, uri: str) -> dict:
     """What must be equal between an interrupted and an uninterrupted run."""
     manifest = {k: v for k, v in storage.read_manifest(uri).items() if k not in VOLATILE}
-    if name == "train":  # the weights and optimizer state of the last checkpoint, bit for bit, and the curve
+    if name.startswith("train"):  # the weights and optimizer state of the last checkpoint, bit for bit, and the curve
         return {"weights": _weights(uri), "metrics": [{k: v for k, v in row.items() if k in ("step", "loss", "lr")}
                                                       for row in _metrics(uri)]}
     if name.startswith("crawl-"):  # a document records when it was fetched: compare the documents, not the bytes
@@ -148,7 +152,7 @@ def _bytes(path: Path):
 
 
 def _leftovers(uri: str, killed: list[int]) -> list[str]:
-    found = [str(p) for p in Path(uri).rglob(".*.tmp")]
+    found = [str(p) for pattern in (".*.tmp", "*.tmp-*") for p in Path(uri).rglob(pattern)]
     for entry in os.scandir(tempfile.gettempdir()):
         parts = entry.name.split("-")
         if entry.name.startswith("gpt2ja-") and len(parts) > 3 and parts[2].isdigit() and int(parts[2]) in killed:
