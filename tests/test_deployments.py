@@ -243,21 +243,58 @@ def _dockerfile_workdir() -> str:
     return next(ln.split()[1] for ln in _dockerfile() if ln.startswith("WORKDIR "))
 
 
+def _stages() -> dict[str, list[str]]:
+    """The Dockerfile's lines by build stage (``FROM … AS name``), in order; the global ARGs under ``""``."""
+    stages: dict[str, list[str]] = {"": []}
+    for ln in _dockerfile():
+        if ln.startswith("FROM "):
+            stages[ln.split()[-1]] = []
+        stages[list(stages)[-1]].append(ln)
+    return stages
+
+
 def test_the_dockerfile_builds_on_tensorflow_gpu_installs_the_project_and_runs_gpt2ja():
     import tomllib
     from importlib.metadata import version
 
-    lines = _dockerfile()
+    lines, stages = _dockerfile(), _stages()
     tf_arg = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("ARG TF_VERSION="))
     assert tf_arg == version("tensorflow")  # the image's TensorFlow is the one the tests run with
-    assert "FROM tensorflow/tensorflow:${TF_VERSION}-gpu" in lines
-    copied = [ln.split()[1] for ln in lines if ln.startswith("COPY ")]
+    assert list(stages)[-1] == "tensorflow"  # the last stage: what `docker build` builds without --target
+    assert stages["tensorflow"][0] == "FROM tensorflow/tensorflow:${TF_VERSION}-gpu AS tensorflow"
+    copied = [ln.split()[1] for ln in stages["sources"] if ln.startswith("COPY ")]
     assert all((REPO / c).exists() for c in copied), copied
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert {p.rstrip("*") for p in packages["include"]} <= set(copied)  # every package the wheel holds
     ignore = (REPO / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
     assert all(f"!{c}" in ignore or f"!{c}/" in ignore for c in copied)  # and the context lets them in
-    assert lines[-2:] == ['ENTRYPOINT ["gpt2ja"]', 'CMD ["--help"]']
+    for target in ("jax", "tensorflow"):  # both install what the sources stage holds, and run gpt2ja
+        assert "COPY --from=sources /src/ ./" in stages[target]
+        assert stages[target][-2:] == ['ENTRYPOINT ["gpt2ja"]', 'CMD ["--help"]']
+
+
+def test_the_dockerfile_jax_target_is_cuda_13_jax_without_tensorflow():
+    from importlib.metadata import version
+
+    stages = _stages()
+    jax = stages["jax"]
+    assert "ARG JAX_VERSION=" + version("jax") in stages[""]  # the JAX the tests run with
+    base = next(ln.split("=", 1)[1] for ln in stages[""] if ln.startswith("ARG JAX_BASE="))
+    assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-base-ubuntu24\.04", base), base
+    assert jax[0] == "FROM ${JAX_BASE} AS jax" and "ARG JAX_EXTRA=cuda13" in jax
+    assert "KERAS_BACKEND=jax \\" in jax
+    assert 'RUN bash infra/jobs/install-jax.sh python "${JAX_EXTRA}" "${JAX_VERSION}" .' in jax
+    assert not [ln for ln in jax if "tensorflow" in ln.lower()]
+
+
+def test_the_jax_install_leaves_every_tensorflow_package_out():
+    """install-jax.sh's requirement list, read from this checkout's installed metadata: TensorFlow-free."""
+    out = subprocess.run(["bash", str(REPO / "infra" / "jobs" / "install-jax.sh"), "--requirements", sys.executable],
+                         capture_output=True, text=True, check=True).stdout.split()
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in out}
+    assert not {n for n in names if n.startswith("tensorflow")} and "keras-hub" not in names
+    assert {"tensorboard", "keras", "prefect", "sentencepiece", "tokenizers"} <= names  # gpt2ja's and keras-hub's
+    assert not [r for r in out if "extra ==" in r]
 
 
 def _dry_run(script: str, **env) -> tuple[list[str], list[list[str]]]:
@@ -320,6 +357,30 @@ def test_the_tpu_vm_job_sets_up_every_worker_and_trains_from_one_client():
     assert wheel[1:4] == ["-m", "pip", "wheel"] and gcloud[1][5].endswith("gpt2ja-0.1.0-py3-none-any.whl")
 
 
+def test_the_gpu_vm_job_with_backend_jax_runs_the_jax_image_on_a_cuda_13_driver():
+    args, commands = _dry_run("gpu-vm.sh", PROJECT="p1", BUCKET="b1", BACKEND="jax")
+    cfg = _train_config(args)
+    assert (cfg.backend, cfg.strategy, cfg.mixed_precision) == ("jax", "default", "bf16")
+    (create,) = commands
+    assert create[create.index("--image-family") + 1].endswith("-nvidia-580")  # CUDA 13 needs driver >= 580
+    assert "gpt2ja-image=us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja-jax:latest" in create[create.index("--metadata") + 1]
+
+
+def test_the_tpu_vm_job_with_backend_jax_trains_on_every_worker():
+    args, commands = _dry_run("tpu-vm.sh", PROJECT="p1", BUCKET="b1", TPU_TYPE="v6e-16", BACKEND="jax")
+    cfg = _train_config(args)
+    assert (cfg.backend, cfg.strategy, cfg.tpu, cfg.mixed_precision) == ("jax", "default", None, "bf16")
+    gcloud = [c for c in commands if c[0] == "gcloud"]
+    create, scp, setup, train = gcloud
+    assert create[create.index("--version") + 1] == "v2-alpha-tpuv6e"
+    assert [Path(f).name for f in scp[5:8]] == ["gpt2ja-0.1.0-py3-none-any.whl", "tpu-vm-setup.sh", "install-jax.sh"]
+    assert setup[setup.index("--command") + 1].endswith("/gpt2ja-0.1.0-py3-none-any.whl jax")
+    assert all("--worker=all" in c for c in (scp, setup, train))  # every host trains: one JAX process each
+    command = shlex.split(train[train.index("--command") + 1])
+    assert command[0] == "KERAS_BACKEND=jax" and "TPU_LOAD_LIBRARY=0" not in command
+    assert command[1].endswith("/gpt2ja-venv/bin/gpt2ja") and command[2:] == args
+
+
 def test_the_job_scripts_are_valid_bash():
     for script in sorted((REPO / "infra" / "jobs").glob("*.sh")):
         subprocess.run(["bash", "-n", str(script)], check=True)
@@ -333,9 +394,10 @@ def test_gcloud_accepts_every_flag_of_the_job_commands(tmp_path):
            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true"}
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
-    commands = [c for script in ("gpu-vm.sh", "tpu-vm.sh") for c in _dry_run(script, DELETE_WHEN_DONE="true")[1]
-                if c[0] == "gcloud"]
-    assert len(commands) == 6
+    routes = ({}, {"BACKEND": "jax", "TPU_TYPE": "v6e-16"})  # TensorFlow as before; JAX on a slice of v6e
+    commands = [c for script in ("gpu-vm.sh", "tpu-vm.sh") for route in routes
+                for c in _dry_run(script, DELETE_WHEN_DONE="true", **route)[1] if c[0] == "gcloud"]
+    assert len(commands) == 12
     for command in commands:
         if "--metadata-from-file" in command:  # the dry run's arguments file is gone: give one that exists
             i = command.index("--metadata-from-file") + 1

@@ -214,17 +214,195 @@ def test_the_tpu_vm_script_defaults_to_the_same_runtime():
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Google Cloud CLI is not installed")
-def test_gcloud_accepts_the_rendered_tpu_vm_commands(tmp_path):
+@pytest.mark.parametrize("backend, tpu_type", [("tensorflow", "v4-8"), ("jax", "v6e-16")])
+def test_gcloud_accepts_the_rendered_tpu_vm_commands(tmp_path, backend, tpu_type):
     """Real gcloud parses each command and stops at the missing account: flags are right, nothing is sent."""
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true"}
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
-    job = TpuVmJob(project="p1", tpu_type="v4-8")
-    commands = [c for c in vertex.tpu_vm_commands(job, vertex.train_args(SETTINGS, DATA, RUN, job))
+    job = TpuVmJob(project="p1", tpu_type=tpu_type)
+    settings = SETTINGS.model_copy(update={"backend": backend})
+    commands = [c for c in vertex.tpu_vm_commands(job, vertex.train_args(settings, DATA, RUN, job))
                 if c[0] == "gcloud"]
     assert len(commands) == 4
     for command in commands:
         got = procs.run(command, env=env, cwd=REPO)
         assert got.returncode != 0 and "You do not currently have an active account selected" in got.stderr, \
             f"{shlex.join(command)}\n{got.stderr}"
+
+
+# ----------------------------------------------------------------- the JAX route (train.backend jax)
+
+JAX_SETTINGS = SETTINGS.model_copy(update={"backend": "jax"})
+JAX_IMAGE = "us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja-jax:latest"
+# what Vertex AI sets on a replica of a job of two pools (https://cloud.google.com/vertex-ai/docs/training/distributed-training)
+CLUSTER_SPEC = {"cluster": {"workerpool0": ["cmle-training-workerpool0-ab12-0:2222"],
+                            "workerpool1": ["cmle-training-workerpool1-ab12-0:2222",
+                                            "cmle-training-workerpool1-ab12-1:2222"]},
+                "environment": "cloud", "task": {"type": "workerpool1", "index": 1, "trial": ""}, "job": "{}"}
+
+
+def _jax_expected():
+    return JAX_SETTINGS.train_config(DATA, RUN)  # strategy stays default: TensorFlow's, unused by JAX
+
+
+def _env(pool) -> dict[str, str]:
+    return {e.name: e.value for e in pool.container_spec.env}
+
+
+def test_the_jax_version_is_the_one_the_tests_run_with():
+    from importlib.metadata import version
+
+    assert vertex.JAX_VERSION == version("jax")
+    assert f"JAX_VERSION=${{JAX_VERSION:-{vertex.JAX_VERSION}}}" in (REPO / "infra" / "jobs" / "tpu-vm.sh").read_text()
+
+
+def test_jax_on_one_gpu_host_is_one_pool_running_gpt2ja_with_the_jax_backend(v1):
+    job = GpuJob(project="p1", image=JAX_IMAGE, gpu_type="a100", gpus=8)
+    request = vertex.custom_job_request(job, vertex.train_args(JAX_SETTINGS, DATA, RUN, job))
+    (pool,) = request.custom_job.job_spec.worker_pool_specs
+    assert pool.container_spec.image_uri == JAX_IMAGE and list(pool.container_spec.command) == ["gpt2ja"]
+    assert _env(pool) == {"KERAS_BACKEND": "jax"}  # one process: nothing for jax.distributed
+    args = list(pool.container_spec.args)
+    assert args[args.index("--backend") + 1] == "jax"
+    assert _as_gpt2ja_parses(args) == _jax_expected()
+    assert not request.custom_job.job_spec.scheduling.restart_job_on_worker_restart
+
+
+def test_jax_on_several_gpu_hosts_renders_the_process_count_and_starts_through_the_launcher(v1):
+    job = GpuJob(project="p1", image=JAX_IMAGE, gpu_type="h100", gpus=8, replicas=4)
+    request = vertex.custom_job_request(job, vertex.train_args(JAX_SETTINGS, DATA, RUN, job))
+    chief, workers = request.custom_job.job_spec.worker_pool_specs  # pool 0 = JAX process 0
+    assert (chief.replica_count, workers.replica_count) == (1, 3)
+    assert chief.container_spec == workers.container_spec
+    assert list(chief.container_spec.command) == vertex.JAX_LAUNCH
+    assert vertex.JAX_LAUNCH[:4] == ["python", "-m", "infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
+    assert _env(chief) == {"KERAS_BACKEND": "jax", "JAX_NUM_PROCESSES": "4"}
+    assert _as_gpt2ja_parses(list(chief.container_spec.args)) == _jax_expected()
+    assert request.custom_job.job_spec.scheduling.restart_job_on_worker_restart  # jax.distributed restarts whole
+    assert v1.CreateCustomJobRequest.from_json(vertex.request_json(request)) == request
+
+
+def test_the_tensorflow_request_is_what_it_was():
+    job = GpuJob(project="p1", image=IMAGE, gpu_type="a100", gpus=8, replicas=2)
+    args = vertex.train_args(SETTINGS, DATA, RUN, job)
+    assert "--backend" not in args and vertex.backend_of(args) == "tensorflow"
+    pool = vertex.custom_job_request(job, args).custom_job.job_spec.worker_pool_specs[1]
+    assert list(pool.container_spec.command) == ["gpt2ja"] and _env(pool) == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_the_launcher_numbers_the_processes_pool_by_pool_from_cluster_spec():
+    got = vertex.jax_processes(json.dumps(CLUSTER_SPEC))
+    assert got == {"JAX_COORDINATOR_ADDRESS": "cmle-training-workerpool0-ab12-0:2222", "JAX_NUM_PROCESSES": "3",
+                   "JAX_PROCESS_ID": "2"}
+    chief = {**CLUSTER_SPEC, "task": {"type": "workerpool0", "index": 0}}
+    assert vertex.jax_processes(json.dumps(chief))["JAX_PROCESS_ID"] == "0"
+    env = vertex.launch(["gpt2ja", "train"], {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3",
+                                              "KERAS_BACKEND": "jax"})
+    assert env == {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "KERAS_BACKEND": "jax", **got}
+    with pytest.raises(JobError, match="rendered for JAX_NUM_PROCESSES=4 hosts but CLUSTER_SPEC lists 3"):
+        vertex.launch(["gpt2ja"], {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "4"})
+    with pytest.raises(JobError, match="^CLUSTER_SPEC is not set"):
+        vertex.launch(["gpt2ja"], {})
+    with pytest.raises(JobError, match="^CLUSTER_SPEC is not Vertex AI's cluster spec"):
+        vertex.jax_processes('{"cluster": {}, "task": {"type": "workerpool1", "index": 0}}')
+
+
+def test_the_launcher_runs_the_command_with_the_process_variables():
+    """``python -m infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, with the variables set."""
+    import sys
+
+    show = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('JAX_')}))"
+    env = {**os.environ, "CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3"}
+    got = procs.run([sys.executable, "-m", "infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO,
+                    env=env)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == vertex.jax_processes(json.dumps(CLUSTER_SPEC))
+    assert "JAX_PROCESS_ID=2" in got.stderr  # one line saying what it set
+    env.pop("CLUSTER_SPEC")
+    got = procs.run([sys.executable, "-m", "infra.vertex", "launch", "--", "true"], cwd=REPO, env=env)
+    assert got.returncode == 2 and got.stderr.startswith("error: CLUSTER_SPEC is not set")
+
+
+@pytest.mark.parametrize("tpu_type, chips, machine, topology", [
+    ("v6e", 16, "ct6e-standard-4t", "4x4"), ("v6e", 8, "ct6e-standard-8t", "2x4"),
+    ("v5e", 4, "ct5lp-hightpu-4t", "2x2"), ("v5e", 64, "ct5lp-hightpu-4t", "8x8"),
+])
+def test_a_vertex_tpu_slice_is_one_pool_of_its_machine_type_and_topology(v1, tpu_type, chips, machine, topology):
+    job = vertex.VertexTpuJob(project="p1", image=JAX_IMAGE, tpu_type=tpu_type, chips=chips)
+    request = vertex.custom_job_request(job, vertex.train_args(JAX_SETTINGS, DATA, RUN, job))
+    (pool,) = request.custom_job.job_spec.worker_pool_specs  # one replica: JAX finds the slice's hosts itself
+    assert pool.replica_count == 1
+    assert (pool.machine_spec.machine_type, pool.machine_spec.tpu_topology) == (machine, topology)
+    assert pool.machine_spec.accelerator_count == 0  # the machine type is the TPU
+    assert list(pool.container_spec.command) == ["gpt2ja"] and _env(pool) == {"KERAS_BACKEND": "jax"}
+    assert _as_gpt2ja_parses(list(pool.container_spec.args)) == _jax_expected()
+    assert job.hosts == (1 if chips <= 8 else chips // 4)
+    assert v1.CreateCustomJobRequest.from_json(vertex.request_json(request)) == request
+
+
+def test_the_vertex_tpu_dry_run_prints_the_request(v1, capsys, tmp_path):
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config["train"]["backend"] = "jax"
+    path = tmp_path / "jax.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    code = vertex.main(["render", "--config", str(path), "--root", "gs://b1/gpt2ja", "--project", "p1",
+                        "--image", JAX_IMAGE, "--vertex-tpu", "v6e", "--chips", "16", "--dry-run"])
+    assert code == 0
+    (pool,) = json.loads(capsys.readouterr().out)["customJob"]["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": "ct6e-standard-4t", "tpuTopology": "4x4"}
+    assert _as_gpt2ja_parses(pool["containerSpec"]["args"]).backend == "jax"
+
+
+@pytest.mark.parametrize("settings, job, expected", [
+    (SETTINGS, vertex.VertexTpuJob(project="p", image="i", tpu_type="v5e", chips=8),
+     "Vertex AI TPU v5e slice of 8 chip(s) trains with backend jax only (set backend: jax); TensorFlow on a "
+     "TPU runs on a TPU VM (--tpu TYPE)"),
+    (JAX_SETTINGS.model_copy(update={"strategy": "multi_worker"}), GpuJob(project="p", image="i", gpus=1, replicas=2),
+     "train strategy 'multi_worker' is TensorFlow's; backend jax trains on every device of 2 host(s) × 1 L4 "
+     "without one (leave strategy default)"),
+    (JAX_SETTINGS.model_copy(update={"micro_batch": 8}), vertex.VertexTpuJob(project="p", image="i", chips=16),
+     "micro_batch 8 is not a multiple of the 16 devices of Vertex AI TPU v6e slice of 16 chip(s) (it is summed "
+     "over them); use micro_batch 16"),
+])
+def test_jax_settings_that_do_not_fit_are_one_clear_line(settings, job, expected):
+    with pytest.raises(JobError) as err:
+        vertex.train_args(settings, DATA, RUN, job)
+    assert str(err.value) == expected
+
+
+def test_a_vertex_tpu_slice_has_a_documented_shape():
+    with pytest.raises(ValueError, match="v5e slices have 1, 4, 8, 16, 32, 64, 128, 256 chips, not 12"):
+        vertex.VertexTpuJob(project="p", image="i", tpu_type="v5e", chips=12)
+
+
+def test_jax_on_a_tpu_vm_slice_sets_up_and_trains_on_every_worker():
+    job = TpuVmJob(project="p", tpu_type="v6e-16", name="slice1")
+    commands = vertex.tpu_vm_commands(job, vertex.train_args(JAX_SETTINGS, DATA, RUN, job))
+    gcloud = [c for c in commands if c[0] == "gcloud"]
+    create, scp, setup, train = gcloud
+    assert create[create.index("--version") + 1] == "v2-alpha-tpuv6e"
+    assert scp[5:8] == ["build/wheel/gpt2ja-0.1.0-py3-none-any.whl", "infra/jobs/tpu-vm-setup.sh",
+                        "infra/jobs/install-jax.sh"]
+    assert setup[setup.index("--command") + 1] == f"bash ~/tpu-vm-setup.sh {vertex.JAX_VERSION} " \
+                                                  "~/gpt2ja-0.1.0-py3-none-any.whl jax"
+    assert all("--worker=all" in c for c in (scp, setup, train)) and "--worker=0" not in train
+    command = shlex.split(train[train.index("--command") + 1])
+    assert command[:2] == ["KERAS_BACKEND=jax", "~/gpt2ja-venv/bin/gpt2ja"]  # no TPU_LOAD_LIBRARY, no tpu name
+    cfg = _as_gpt2ja_parses(command[2:])
+    assert (cfg.backend, cfg.strategy, cfg.tpu) == ("jax", "default", None) and cfg == _jax_expected()
+
+
+@pytest.mark.parametrize("tpu_type, runtime", [("v6e-8", "v2-alpha-tpuv6e"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+                                               ("v5p-8", "v2-alpha-tpuv5"), ("v4-32", "tpu-ubuntu2204-base")])
+def test_the_jax_tpu_software_follows_the_generation_in_the_renderer_and_the_script(tpu_type, runtime):
+    import subprocess
+
+    assert TpuVmJob(project="p", tpu_type=tpu_type).jax_runtime_version == runtime
+    out = subprocess.run(["bash", str(REPO / "infra" / "jobs" / "tpu-vm.sh"), "--dry-run"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "BACKEND": "jax", "TPU_TYPE": tpu_type}).stdout
+    create = next(shlex.split(ln[2:]) for ln in out.splitlines() if "tpu-vm create" in ln)
+    assert create[create.index("--version") + 1] == runtime
