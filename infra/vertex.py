@@ -510,8 +510,8 @@ def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
     ``jax[tpu]`` and the project without TensorFlow on every worker (``tpu-vm-setup.sh
     VERSION WHEEL jax``, with ``install-jax.sh``), and ``gpt2ja train`` on every worker
     (``--worker=all``): JAX runs one process per host, and ``jax.distributed.initialize()``
-    finds the slice's hosts itself on Cloud TPU (the trainer calls it with no arguments
-    when ``JAX_COORDINATOR_ADDRESS`` and the others are unset).
+    finds the slice's hosts itself on Cloud TPU (``model.trainer_jax`` calls it with no
+    arguments there when ``JAX_COORDINATOR_ADDRESS`` and the others are unset).
 
     Backend tensorflow (below): train from worker 0.
 
