@@ -267,9 +267,8 @@ def file_reader(manifest: dict) -> Callable[[str], Iterator[np.ndarray]]:
 
 def pairs(batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(B, seq_len + 1)`` id blocks → ``(inputs, targets)``, ``(B, seq_len)`` int32 each (contiguous)."""
-    for ids in batches:
-        ids = ids.astype(np.int32, copy=False)
-        yield np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
+    for ids in batches:  # fresh, writable arrays: never views of a reader's buffer
+        yield np.array(ids[:, :-1], np.int32, order="C"), np.array(ids[:, 1:], np.int32, order="C")
 
 
 class _Slot:

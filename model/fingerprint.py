@@ -194,7 +194,7 @@ def _vweak32(rows: np.ndarray, i: int, a: np.ndarray, b: np.ndarray) -> tuple[np
 
 
 def _fingerprint_rows(rows: np.ndarray) -> np.ndarray:
-    """``Fingerprint64`` of every row of an ``(n, L)`` uint8 matrix (all keys of byte length ``L``) → ``(n,)`` uint64."""
+    """``Fingerprint64`` of every row of an ``(n, L)`` uint8 matrix (keys of byte length ``L``) → ``(n,)`` uint64."""
     count, n = rows.shape
     k0, k1, k2 = _U(K0), _U(K1), _U(K2)
     if n == 0:
@@ -294,7 +294,7 @@ def hash_bucket_fast(keys: Sequence[str | bytes], num_buckets: int) -> np.ndarra
 
 
 def _numbered_keys(prefix: bytes, lo: int, hi: int) -> np.ndarray:
-    """``prefix + b":" + str(i)`` for i in ``[lo, hi)``, all with the same digit count, as an ``(hi - lo, L)`` uint8 matrix."""
+    """``prefix + b":" + str(i)`` for i in ``[lo, hi)`` (one digit count) as an ``(hi - lo, L)`` uint8 matrix."""
     i = np.arange(lo, hi, dtype=np.int64)
     digits = len(str(lo))
     powers = 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)  # (digits,)

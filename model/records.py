@@ -344,7 +344,8 @@ def example_prefix(name: str, size: int) -> bytes:
 
     Example::
 
-        example_prefix("tokens", 130)    # b'\\n\\x96\\x01\\n\\x93\\x01\\n\\x06tokens\\x12\\x88\\x01\\n\\x85\\x01\\n\\x82\\x01'
+        example_prefix("tokens", 130)
+        # b'\\n\\x96\\x01\\n\\x93\\x01\\n\\x06tokens\\x12\\x88\\x01\\n\\x85\\x01\\n\\x82\\x01'  (23 bytes)
     """
     key = name.encode()
     heads = [b"\x0a" + _varint_bytes(size)]  # BytesList.value (field 1)

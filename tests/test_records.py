@@ -177,6 +177,24 @@ def test_reader_equals_tf_data_record_for_record(shards, name):
             [e.tolist() for e in iter_examples(shards["many"], "train")]
 
 
+@pytest.mark.parametrize("block", [1, 7, 97, 4096])
+def test_records_across_blocks_and_gzip_members(shards, tmp_path, monkeypatch, block):
+    """Tiny read blocks put records across block edges; two gzip members split one record (TensorFlow reads on)."""
+    from model import records
+
+    src = storage.join(shards["many"], "train-00001-of-00035.tfrecord")
+    raw = gzip.decompress(Path(src).read_bytes())
+    two = tmp_path / "two-members.tfrecord"
+    two.write_bytes(gzip.compress(raw[:1001]) + gzip.compress(raw[1001:]))
+    flat = tmp_path / "flat.tfrecord"
+    flat.write_bytes(raw)
+    expected = [r.numpy() for r in tf.data.TFRecordDataset(src, compression_type="GZIP")]
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(two), compression_type="GZIP")] == expected
+    monkeypatch.setattr(records, "BLOCK", block)
+    for path, compression in ((src, "GZIP"), (str(two), "GZIP"), (str(flat), "")):
+        assert list(read_records(path, compression)) == expected, path
+
+
 def _example(**features) -> bytes:
     kinds = {bytes: ("bytes_list", tf.train.BytesList), float: ("float_list", tf.train.FloatList),
              int: ("int64_list", tf.train.Int64List)}
