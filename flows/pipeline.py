@@ -21,13 +21,18 @@ from prefect import flow, get_run_logger
 
 from flows import artifacts
 from flows.config import PipelineConfig, load_config
-from flows.stages import STAGES
+from flows.stages import STAGES, use_backend
 from infra.errors import Gpt2jaError
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: PipelineConfig) -> dict:
-    """Run the configured stages in order; returns ``{stage: {"uri", "skipped"}}`` (``crawl``: one per crawl)."""
+    """Run the configured stages in order; returns ``{stage: {"uri", "skipped"}}`` (``crawl``: one per crawl).
+
+    The run's Keras backend (``train.backend``) is chosen first, before any stage loads Keras: training,
+    evaluation and export of one pipeline run on the same backend, in this process.
+    """
+    use_backend(config.train.backend if config.train is not None else None)
     out: dict = {}
     for stage in STAGES:  # each stage's outputs are named by the config, so its inputs are known before it runs
         if stage.enabled(config):

@@ -314,9 +314,20 @@ def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
     return result
 
 
+def use_backend(name: str | None) -> None:
+    """This flow run's Keras backend (``model.backend.use``), chosen before a stage loads Keras; one line if it can't."""
+    from model import backend
+
+    try:
+        backend.use(name)
+    except backend.BackendError as err:
+        raise StageError(f"train: {err}") from None
+
+
 @flow(name="train", log_prints=True)
 def train_flow(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  # type: ignore[valid-type]
     """Train (or resume, or skip when finished) a GPT-2 on the shards; the run directory is ``run_uri``."""
+    use_backend(settings.backend)
     return train_task(shards_uri, run_uri, settings)
 
 
