@@ -372,9 +372,14 @@ def evaluate(
     prime_chars: int = typer.Option(DEFAULT_PRIME_CHARS, "--prime-chars", min=0,
                                     help="Characters of the run's training text that prime the PPMd baseline "
                                          "(0: no primed figure)."),
+    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
+                                          "where it is installed, else jax)."),
 ) -> None:
     """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies), beside the same
     text's compression baselines (PPMd order 8 alone and primed with training text, gzip, xz); writes eval.json."""
+    from model import backend as backends
+
+    backends.use(backend)  # before any model code imports Keras
     from model.baselines import verdict
     from model.evaluate import evaluate_run
 
@@ -421,8 +426,13 @@ def generate(
     max_chars: int = typer.Option(200, "--max-chars", help="Stop after this many characters."),
     num: int = typer.Option(1, help="Samples per prompt."),
     seed: int = typer.Option(0, help="Random seed."),
+    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
+                                          "where it is installed, else jax)."),
 ) -> None:
     """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
+    from model import backend as backends
+
+    backends.use(backend)  # before any model code imports Keras
     from model.generate import generate_run
 
     samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
@@ -444,9 +454,14 @@ def export_hf_command(
                                            help="Then upload it to this Hub model repo (owner/name), created if "
                                                 "missing; token from HF_TOKEN, endpoint from HF_ENDPOINT."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
+    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
+                                          "where it is installed, else jax)."),
 ) -> None:
     """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors, tokenizer, model card),
     verified by logits; optionally push it to the Hub."""
+    from model import backend as backends
+
+    backends.use(backend)  # before any model code imports Keras
     from model.export import export_hf, push_to_hub as push
 
     try:

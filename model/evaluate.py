@@ -91,23 +91,31 @@ def windows(seq: Sequence[int], context: int, stride: int, text: int = 0) -> lis
 
 
 class _Scorer:
-    """Batches windows through one compiled forward pass of fixed shape (batch, C)."""
+    """Batches windows through one compiled forward pass of fixed shape (batch, C), on this process's backend.
+
+    The pass is written once with ``keras.ops``; TensorFlow runs it as a
+    ``tf.function``, JAX as a jitted stateless call (:func:`model.gpt2.stateless_jit`).
+    """
 
     def __init__(self, lm, vocab_size: int, context: int, batch_size: int) -> None:
-        import tensorflow as tf
+        from keras import ops
 
-        from model import gpt2
+        from model import backend, gpt2
 
         self.context, self.batch_size = context, batch_size
 
-        @tf.function(input_signature=[tf.TensorSpec([batch_size, context], tf.int32)] * 2)
         def logprobs(inputs, targets):
             scores = gpt2.mask_padding(gpt2.logits(lm, inputs), vocab_size)       # (B, C, V)
-            logp = tf.nn.log_softmax(scores, axis=-1)
-            picked = tf.gather(logp, tf.maximum(targets, 0), batch_dims=2)        # (B, C)
-            return tf.where(targets >= 0, picked, 0.0)
+            logp = ops.log_softmax(scores, axis=-1)
+            picked = ops.take_along_axis(logp, ops.maximum(targets, 0)[..., None], axis=-1)[..., 0]  # (B, C)
+            return ops.where(targets >= 0, picked, ops.zeros_like(picked))
 
-        self.fn = logprobs
+        if backend.loaded() == "jax":
+            self.fn = gpt2.stateless_jit(lm, logprobs)
+        else:
+            import tensorflow as tf
+
+            self.fn = tf.function(logprobs, input_signature=[tf.TensorSpec([batch_size, context], tf.int32)] * 2)
 
     def run(self, wins: list[Window], advance: Callable[..., Any] | None = None) -> list[np.ndarray]:
         """Per window, the log-probabilities (nats) of its targets (0 where not scored).
@@ -122,7 +130,7 @@ class _Scorer:
             for row, w in enumerate(chunk):
                 inputs[row, :len(w.inputs)] = w.inputs
                 targets[row, :len(w.targets)] = w.targets
-            lp = self.fn(inputs, targets).numpy().astype(np.float64)
+            lp = np.asarray(self.fn(inputs, targets), np.float64)
             out.extend(lp[row, :len(w.targets)] for row, w in enumerate(chunk))
             if advance is not None:
                 advance(len(chunk), tokens=sum(t >= 0 for w in chunk for t in w.targets))

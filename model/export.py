@@ -46,7 +46,9 @@ that differ on purpose.
 Verification: the staged directory is loaded with
 ``GPT2LMHeadModel.from_pretrained(dir, local_files_only=True)`` and its logits
 on a fixed batch of ids are compared with ours; a difference ≥ 1e-4 is an
-:class:`ExportError` and nothing is published.
+:class:`ExportError` and nothing is published. Ours are the run's logits on
+the process's Keras backend (:mod:`model.backend`): on a machine with JAX and
+PyTorch but no TensorFlow the export and its check run on JAX.
 """
 
 from __future__ import annotations
@@ -186,10 +188,12 @@ def hf_logits(model, ids: np.ndarray) -> np.ndarray:
 
 def max_logit_diff(run, export_dir: str, ids: np.ndarray | None = None) -> float:
     """Max abs difference between the run's logits and the exported model's on ``ids``."""
+    from keras import ops
+
     from model import gpt2
 
     ids = verification_ids(run.config) if ids is None else np.asarray(ids)
-    ours = gpt2.logits(run.model, ids.astype(np.int32)).numpy()
+    ours = ops.convert_to_numpy(gpt2.logits(run.model, ids.astype(np.int32)))  # on this process's backend
     theirs = hf_logits(load_hf(export_dir), ids)
     if ours.shape != theirs.shape:
         return float("inf")

@@ -31,7 +31,8 @@ and one value tensor per layer (:func:`model.gpt2.call_with_layer_caches`), and
 each new token costs one single-position step; without it, each token is a
 full forward pass over the window (the reference the cache is tested against).
 Steps run in chunks inside one ``tf.function`` (XLA where it is faster:
-:class:`Generator`); between chunks Python
+:class:`Generator`; on the JAX backend, jitted programs around KerasHub's
+cache: :mod:`model.generate_jax`); between chunks Python
 checks the stops: EOS, a number of new tokens, or a length in characters of
 the decoded text. When the window is full, the oldest ``C - keep`` tokens are
 dropped (default ``keep = C // 2``) and the cache is rebuilt from the rest, so
@@ -237,7 +238,21 @@ class Generator:
     step, not KerasHub's single stacked tensor (copied whole every token):
     batch 8, 200 new tokens, 2-core CPU, ``mini`` greedy 719 → 1,423 and
     ``small`` 138 → 280 tokens/s.
+
+    On the JAX backend ``Generator(...)`` is a
+    :class:`model.generate_jax.JaxGenerator`: the same loop (:meth:`generate_ids`)
+    around jitted JAX pieces. The loop's two compiled steps are :meth:`_fill` and
+    :meth:`_chunk`; the rest of this class is TensorFlow's.
     """
+
+    def __new__(cls, *args, **kwargs):
+        from model import backend
+
+        if cls is Generator and backend.loaded() == "jax":
+            from model.generate_jax import JaxGenerator
+
+            cls = JaxGenerator
+        return super().__new__(cls)
 
     def __init__(self, lm, *, vocab_size: int, eos_id: int, jit_compile: bool | None = None) -> None:
         import tensorflow as tf
@@ -320,6 +335,35 @@ class Generator:
 
         return decode
 
+    def _no_cache(self):
+        """The decoder's cache argument when the cache is not used (a full pass per token)."""
+        import tensorflow as tf
+
+        return tf.zeros([1])
+
+    def _fill(self, buffer: np.ndarray):
+        """The cache of ``buffer`` (B, T ≤ C): every layer's keys and values at its positions."""
+        import tensorflow as tf
+
+        return self._prefill(tf.constant(buffer))
+
+    def _chunk(self, use_cache: bool, greedy: bool, buffer: np.ndarray, fixed: np.ndarray, cache, index: int,
+               n: int, done: np.ndarray, t: int, sampling: tuple) -> tuple[np.ndarray, object, int, int]:
+        """Up to ``n`` decoding steps from position ``index``: ``(buffer, cache, index, t)`` after them.
+
+        ``sampling`` is ``(seed, temperature, top_k, top_p)``; ``t`` counts the
+        steps of the whole call (each step's random draw depends on it).
+        """
+        import tensorflow as tf
+
+        seed, temperature, top_k, top_p = sampling
+        decode = self._decoder(use_cache, greedy, self._xla(len(buffer)))
+        new_buffer, cache, new_index, _, new_t = decode(
+            tf.constant(buffer), tf.constant(fixed), cache, tf.constant(index, tf.int32), tf.constant(n, tf.int32),
+            tf.constant(done), tf.constant(t, tf.int32), tf.constant(seed, tf.int32),
+            tf.constant(temperature, tf.float32), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32))
+        return new_buffer.numpy(), cache, int(new_index), int(new_t)
+
     # ------------------------------------------------------------ the loop
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 1.0,
@@ -330,8 +374,6 @@ class Generator:
 
         ``stop(row, ids)`` is asked after each chunk; True ends that row ("max_chars").
         """
-        import tensorflow as tf
-
         check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
         c = self.context
         keep = keep if keep is not None else c // 2
@@ -349,11 +391,9 @@ class Generator:
         index = min(len(r) for r in rows)
         out: list[list[int]] = [[] for _ in rows]
         reason: list[str | None] = [None] * batch
-        cache = tf.zeros([1])  # replaced by the prefill when the cache is used
+        cache = self._no_cache()  # replaced by the prefill when the cache is used
         stale, t = True, 0
-        decode = self._decoder(use_cache, greedy, self._xla(batch))
-        params = (tf.constant(seed % (2**31), tf.int32), tf.constant(float(temperature), tf.float32),
-                  tf.constant(int(min(top_k, 2**31 - 1)), tf.int32), tf.constant(float(top_p), tf.float32))
+        sampling = (seed % (2**31), float(temperature), int(min(top_k, 2**31 - 1)), float(top_p))
         while any(r is None for r in reason):
             if index == c:  # the window is full: keep its last `keep` tokens
                 buffer = np.concatenate([buffer[:, c - keep:], np.zeros((batch, c - keep), np.int32)], axis=1)
@@ -361,13 +401,11 @@ class Generator:
                 index, stale = keep, True
             if use_cache and stale:
                 # only the filled positions: the decoder writes position index - 1 onwards before reading it
-                cache, stale = self._prefill(tf.constant(buffer[:, :prefill_length(index, c)])), False
+                cache, stale = self._fill(buffer[:, :prefill_length(index, c)]), False
             n = min(chunk, c - index)
             done = np.array([r is not None for r in reason])
-            new_buffer, cache, new_index, _, new_t = decode(
-                tf.constant(buffer), tf.constant(fixed), cache, tf.constant(index, tf.int32),
-                tf.constant(n, tf.int32), tf.constant(done), tf.constant(t, tf.int32), *params)
-            buffer, new_index, t = new_buffer.numpy(), int(new_index), int(new_t)
+            buffer, cache, new_index, t = self._chunk(use_cache, greedy, buffer, fixed, cache, index, n, done, t,
+                                                      sampling)
             for b in range(batch):
                 for p in range(index, new_index):
                     if reason[b] is not None:

@@ -1,4 +1,4 @@
-"""GPT-2 as a Keras 3 model on TensorFlow: KerasHub's backbone, a tied LM head, the loss.
+"""GPT-2 as a Keras 3 model on TensorFlow or JAX: KerasHub's backbone, a tied LM head, the loss.
 
 The network is KerasHub's ``GPT2Backbone`` (pre-LayerNorm decoder blocks,
 learned position embeddings, tanh-approximated GELU, final LayerNorm) built
@@ -6,12 +6,22 @@ from a :class:`~model.presets.ModelConfig` — never ``from_preset``, which woul
 download weights — wrapped in KerasHub's ``GPT2CausalLM`` with no preprocessor.
 The LM head is the token embedding used in reverse (``ReversibleEmbedding``
 with ``tie_weights=True``): logits = h · Eᵀ, one matrix for input and output,
-as in GPT-2. Training and scoring run KerasHub's layers as they are. The
-one-token decoding step is ours, :func:`call_with_layer_caches`: KerasHub's
-weights and LayerNorm/feed-forward sublayers, with the attention written out
-over one key and one value tensor per layer (KerasHub's ``call_with_cache``
-copies its one stacked cache whole and transposes it at every token); tests
-check it against ``call_with_cache`` and the full forward pass.
+as in GPT-2. Training and scoring run KerasHub's layers as they are.
+
+Backends. The model, the forward pass and the loss are written with
+``keras.ops`` and run on whichever backend :mod:`model.backend` chose for the
+process (on TensorFlow they are the ops they always were:
+``sparse_categorical_crossentropy`` is ``tf.nn.sparse_softmax_cross_entropy_with_logits``).
+Importing this module imports no TensorFlow. On JAX, :func:`stateless_jit`
+compiles a function of the model with its weights as arguments of the program.
+The TensorFlow generator's one-token decoding step is ours,
+:func:`call_with_layer_caches` (TensorFlow only, imported when called):
+KerasHub's weights and LayerNorm/feed-forward sublayers, with the attention
+written out over one key and one value tensor per layer (KerasHub's
+``call_with_cache`` copies its one stacked cache whole and transposes it at
+every token); tests check it against ``call_with_cache`` and the full forward
+pass. The JAX generator (:mod:`model.generate_jax`) runs KerasHub's
+``call_with_cache`` itself.
 
 Shapes: token ids ``(B, T)`` int32 → logits ``(B, T, V_padded)`` float32
 (cast from the compute dtype under mixed precision), ``T ≤ context_length``.
@@ -20,20 +30,21 @@ Example::
 
     cfg = ModelConfig.from_preset("tiny", vocab_size=257, context_length=64)
     lm = build_model(cfg)
-    out = logits(lm, tf.zeros((2, 64), tf.int32))               # (2, 64, 320)
+    out = logits(lm, np.zeros((2, 64), np.int32))                # (2, 64, 320)
     loss = causal_lm_loss(out, targets)                          # mean NLL over targets ≥ 0
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from model.presets import ModelConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras_hub  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 IGNORE_ID = -1  # a target < 0 is not scored (no loss, no count)
 
@@ -42,9 +53,10 @@ def build_model(cfg: ModelConfig, *, dtype: str | None = None) -> "keras_hub.mod
     """A randomly initialised GPT-2 of shape ``cfg`` (GPT-2's init: N(0, 0.02), embeddings N(0, 0.01)).
 
     ``dtype`` is a Keras dtype policy name: None/"float32", or "mixed_bfloat16"
-    / "mixed_float16" (variables stay float32, matmuls run in 16 bits). Build it
-    inside ``strategy.scope()`` to place variables for a ``tf.distribute`` strategy;
-    seed it with ``keras.utils.set_random_seed`` for reproducible weights.
+    / "mixed_float16" (variables stay float32, matmuls run in 16 bits). On
+    TensorFlow, build it inside ``strategy.scope()`` to place variables for a
+    ``tf.distribute`` strategy; seed it with ``keras.utils.set_random_seed`` for
+    reproducible weights.
     """
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=cfg.padded_vocab_size,
@@ -62,16 +74,17 @@ def build_model(cfg: ModelConfig, *, dtype: str | None = None) -> "keras_hub.mod
 
 
 def logits(lm, token_ids, *, training: bool = False):
-    """``(B, T)`` int32 ids → ``(B, T, V_padded)`` float32 next-token logits (causal)."""
-    ids = tf.convert_to_tensor(token_ids, tf.int32)
-    out = lm({"token_ids": ids, "padding_mask": tf.ones_like(ids)}, training=training)
-    return tf.cast(out, tf.float32)
+    """``(B, T)`` int32 ids → ``(B, T, V_padded)`` float32 next-token logits (causal), a backend tensor."""
+    ids = ops.convert_to_tensor(token_ids, "int32")
+    out = lm({"token_ids": ids, "padding_mask": ops.ones_like(ids)}, training=training)
+    return ops.cast(out, "float32")
 
 
 def mask_padding(scores, vocab_size: int):
     """Logits ``(..., V_padded)`` with those of padding ids (``≥ vocab_size``) at -inf: never sampled or scored."""
-    ids = tf.range(tf.shape(scores)[-1])
-    return tf.where(ids < vocab_size, scores, tf.constant(float("-inf"), scores.dtype))
+    scores = ops.convert_to_tensor(scores)
+    real = ops.arange(scores.shape[-1]) < vocab_size                   # (V_padded,): the width is static
+    return ops.where(real, scores, ops.full_like(scores, float("-inf")))
 
 
 def token_nll(scores, targets):
@@ -79,11 +92,11 @@ def token_nll(scores, targets):
 
     ``scores`` (B, T, V) float, ``targets`` (B, T) int → ((B, T) nll, (B, T) float mask).
     """
-    targets = tf.convert_to_tensor(targets, tf.int32)
+    targets = ops.convert_to_tensor(targets, "int32")
     mask = targets >= 0
-    safe = tf.where(mask, targets, 0)  # an ignored target still needs a valid index
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(scores, tf.float32))
-    weights = tf.cast(mask, tf.float32)
+    safe = ops.where(mask, targets, 0)  # an ignored target still needs a valid index
+    nll = ops.sparse_categorical_crossentropy(safe, ops.cast(scores, "float32"), from_logits=True)
+    weights = ops.cast(mask, "float32")
     return nll * weights, weights
 
 
@@ -94,7 +107,7 @@ def causal_lm_loss_sum(scores, targets):
     mean is over every scored token of the global batch however it is split.
     """
     nll, weights = token_nll(scores, targets)
-    return tf.reduce_sum(nll), tf.reduce_sum(weights)
+    return ops.sum(nll), ops.sum(weights)
 
 
 def causal_lm_loss(scores, targets):
@@ -104,7 +117,7 @@ def causal_lm_loss(scores, targets):
     the next ids (the shards give ``inputs = w[:-1]``, ``targets = w[1:]``).
     """
     total, count = causal_lm_loss_sum(scores, targets)
-    return total / tf.maximum(count, 1.0)
+    return total / ops.maximum(count, 1.0)
 
 
 def token_embedding(lm):
@@ -134,8 +147,45 @@ def describe(lm) -> str:
             f"{b.vocabulary_size:,} ids, {b.max_sequence_length} positions, {lm.count_params():,} parameters")
 
 
+def stateless_jit(lm, fn: Callable, **jit_options) -> Callable:
+    """``fn(*args)`` compiled with ``jax.jit`` (JAX backend), the model's variables passed in at each call.
+
+    ``fn`` uses ``lm`` as usual (``logits(lm, ids)``, ``lm.call_with_cache``):
+    inside the compiled program its variables read the values given as
+    arguments (a ``keras.StatelessScope``), so the weights are inputs of the
+    program, not constants folded into it (a model's worth of constants per
+    program, and stale ones after ``assign``). Every call passes the variables'
+    current values; ``fn`` must not update them. ``jit_options`` go to ``jax.jit``.
+
+    Example::
+
+        forward = stateless_jit(lm, lambda ids: logits(lm, ids))
+        forward(np.zeros((2, 64), np.int32))                      # a jax.Array (2, 64, 320)
+    """
+    import jax
+    import keras
+
+    variables = list(lm.variables)
+
+    def run(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    compiled = jax.jit(run, **jit_options)
+
+    def call(*args):
+        return compiled([v.value for v in variables], *args)
+
+    return call
+
+
+# ----------------------------------------------------------------- TensorFlow's decoding step
+
+
 def empty_layer_caches(lm, batch, length: int) -> tuple:
     """Zeroed keys and values for :func:`call_with_layer_caches`: ``2 × layers`` tensors of ``(B, H, C, D)``."""
+    import tensorflow as tf
+
     b = lm.backbone
     shape = [batch, b.num_heads, length, b.hidden_dim // b.num_heads]
     return tuple(tf.zeros(shape, lm.compute_dtype) for _ in range(2 * b.num_layers))
@@ -165,9 +215,9 @@ def call_with_layer_caches(lm, token_ids, caches: tuple, index, weights: list | 
       makes them once, outside the loop, and passes them to every step.
     * The tied LM head without transposing the embedding (:func:`reverse_embedding`).
 
-    Inference only: no dropout, as KerasHub's at ``training=False``.
+    Inference only: no dropout, as KerasHub's at ``training=False``. TensorFlow only.
     """
-    from keras import ops
+    import tensorflow as tf
 
     b = lm.backbone
     layers = b.transformer_layers
@@ -200,6 +250,8 @@ def call_with_layer_caches(lm, token_ids, caches: tuple, index, weights: list | 
 def decoding_weights(lm) -> list:
     """Per layer, KerasHub's attention projections as 2-D matrices in the compute dtype: the ``(d, 3d)``
     query|key|value kernel, its bias, the ``(d, d)`` output kernel and its bias (for :func:`call_with_layer_caches`)."""
+    import tensorflow as tf
+
     dtype, out = lm.compute_dtype, []
     for layer in lm.backbone.transformer_layers:
         attention = layer._self_attention_layer
@@ -222,6 +274,8 @@ def reverse_embedding(embedding, x):
     was part of the decoding-step change measured in the README's Speed.)
     An untied, soft-capped or recast head goes through KerasHub's own call.
     """
+    import tensorflow as tf
+
     if not embedding.tie_weights or embedding.reverse_dtype is not None or embedding.logit_soft_cap is not None:
         return embedding(x, reverse=True)
     table = tf.cast(embedding.embeddings, x.dtype)

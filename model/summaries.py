@@ -158,7 +158,14 @@ class Sampler:
     """A short continuation of one fixed prompt, made with :func:`model.generate.generate` (compiled once).
 
     Sampled with the project's default settings (``DEFAULT_SAMPLING``) and a
-    fixed seed, so two evaluations differ only because the model did.
+    fixed seed, so two evaluations differ only because the model did. The
+    generator is this process's backend's (:class:`model.generate.Generator`).
+
+    Example::
+
+        sampler = Sampler(lm, tok, "吾輩は", tokens=40, seed=0)
+        prompt, text = sampler()                          # with lm's variables
+        prompt, text = sampler(weights=trainable_values)  # JAX: with these arrays; lm's variables untouched
     """
 
     def __init__(self, lm, tokenizer: "Tokenizer", prompt: str, *, tokens: int, seed: int) -> None:
@@ -167,12 +174,27 @@ class Sampler:
         self.lm, self.tokenizer, self.prompt, self.tokens, self.seed = lm, tokenizer, prompt, tokens, seed
         self.generator = Generator(lm, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
 
-    def __call__(self) -> tuple[str, str]:
-        """``(prompt, continuation)``."""
+    def __call__(self, weights: list | None = None) -> tuple[str, str]:
+        """``(prompt, continuation)``.
+
+        ``weights`` (JAX backend only): values of ``lm.trainable_variables``, in
+        that order, to sample with instead of the variables' own (the JAX
+        trainer keeps its weights as arrays); the variables are not changed.
+        """
+        import contextlib
+
+        import keras
+
         from model.generate import generate
 
-        [sample] = generate(self.lm, self.tokenizer, self.prompt, max_new_tokens=self.tokens, seed=self.seed,
-                            generator=self.generator)
+        scope = contextlib.nullcontext()
+        if weights is not None:
+            if keras.backend.backend() != "jax":
+                raise ValueError("Sampler(weights=…) is for the JAX backend; on TensorFlow assign the variables")
+            scope = keras.StatelessScope(state_mapping=list(zip(self.lm.trainable_variables, weights, strict=True)))
+        with scope:  # the JAX generator reads each variable's value when it is called: these values in the scope
+            [sample] = generate(self.lm, self.tokenizer, self.prompt, max_new_tokens=self.tokens, seed=self.seed,
+                                generator=self.generator)
         return self.prompt, sample.text
 
 
