@@ -81,7 +81,7 @@ class JaxGenerator(Generator):
         self._decoders: dict[tuple[bool, bool], Callable] = {}
 
     def _prefill_fn(self, buffer):
-        """KerasHub's cache ``(B, layers, 2, C, heads, head_dim)`` holding the keys and values of ``buffer`` (B, T ≤ C)."""
+        """KerasHub's cache ``(B, layers, 2, C, heads, head_dim)`` holding ``buffer``'s keys and values (B, T ≤ C)."""
         import jax.numpy as jnp
 
         b = self.lm.backbone

@@ -74,7 +74,7 @@ def _figures(run_uri: str, out: Path) -> None:
 
 
 def tensorflow_side(root: str) -> None:
-    """The TensorFlow subprocess: ``{root}/tf/run`` written on TensorFlow, and its figures in ``{root}/on-tensorflow``."""
+    """The TensorFlow subprocess: ``{root}/tf/run`` written on TensorFlow, its figures in ``{root}/on-tensorflow``."""
     import keras
 
     from tests.corpora import write_tiny_run
