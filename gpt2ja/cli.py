@@ -364,6 +364,31 @@ def train(
     print(f"run: {uri}")
 
 
+@app.command("convert-checkpoints")
+def convert_checkpoints(
+    run: str = typer.Option(..., "--run", help="A local run directory with TensorFlow checkpoints (ckpt-N.index)."),
+) -> None:
+    """Write the newest tf.train.Checkpoint of a run made by an older gpt2ja in the format both backends read
+    (checkpoints/ckpt-N.npz and its index); the TensorFlow files stay beside it."""
+    from model import backend, checkpoint, runs
+
+    backend.use("tensorflow")  # the old files are read by TensorFlow itself
+    from model.train import TrainConfig
+
+    from infra import storage
+
+    if storage.is_gcs(run):
+        _fail(f"{run}: convert a local copy of the run (gsutil -m cp -r), then copy it back")
+    hparams = runs.read_hparams(run)
+    model_cfg = runs.model_config(hparams, run_uri=f"run {run}")
+    train_cfg = None
+    if hparams.get("train"):
+        train_cfg = TrainConfig.model_validate({**hparams["train"], "backend": "tensorflow"})
+    seq_len = (hparams.get("data") or {}).get("seq_len")
+    per_step = train_cfg.batch_tokens // seq_len if train_cfg and seq_len else None
+    checkpoint.convert_tf_run(run, model_cfg, train_cfg, examples_per_step=per_step)
+
+
 @app.command("eval")
 def evaluate(
     run: str = typer.Option(..., "--run", help="A run directory."),
@@ -401,7 +426,9 @@ def score(
     run: str = typer.Option(..., "--run", help="A run directory."),
 ) -> None:
     """Per-token log-probabilities of a text and their total."""
-    from model import runs
+    from model import backend, runs
+
+    backend.use(None)  # before any model code imports Keras
     from model.evaluate import score as score_text
 
     loaded = runs.load_run(run)

@@ -199,18 +199,25 @@ def read_index(text: str) -> dict:
 def latest(ckpt_dir: str) -> str | None:
     """The newest published checkpoint under ``ckpt_dir`` (what the index names), or None before the first."""
     path = os.path.join(ckpt_dir, INDEX)
-    if not os.path.exists(path):
-        if tf_checkpoints(ckpt_dir):
-            raise CheckpointError(f"{ckpt_dir} holds TensorFlow checkpoints of an older gpt2ja "
-                                  f"({tf_checkpoints(ckpt_dir)[-1]}); convert them with `gpt2ja "
-                                  f"convert-checkpoints --run {os.path.dirname(ckpt_dir.rstrip('/'))}`")
-        return None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     try:
-        index = read_index(text)
+        index = read_index(text) if text is not None else None
     except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        index, bad = None, f"{path}: {err}"
+    else:
+        bad = None
+    if index is None:
+        old = tf_checkpoints(ckpt_dir)
+        if old and not _steps(ckpt_dir):
+            raise CheckpointError(f"{ckpt_dir} holds TensorFlow checkpoints of an older gpt2ja ({old[-1]}); "
+                                  f"convert them with `gpt2ja convert-checkpoints --run "
+                                  f"{os.path.dirname(ckpt_dir.rstrip('/'))}`")
+        if bad:
+            raise CheckpointError(bad)
+        return None
     newest = os.path.join(ckpt_dir, index["latest"])
     if os.path.exists(newest):
         return newest

@@ -83,6 +83,12 @@ class Session(NamedTuple):
 def start_runtime(cfg: TrainConfig) -> Runtime:
     """Set TensorFlow's options, start the strategy and split the micro-batch over its replicas."""
     # Keras, then keras_hub (model.gpt2), load before the strategy starts: the order train() always had
+    from model import backend
+
+    try:
+        backend.use("tensorflow")
+    except backend.BackendError as err:
+        raise TrainError(str(err)) from None
     import keras  # noqa: F401
     import tensorflow as tf
 

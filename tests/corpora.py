@@ -86,7 +86,6 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from model import checkpoint, gpt2, runs
     from model.presets import ModelConfig
