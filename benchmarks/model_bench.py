@@ -32,6 +32,24 @@ GPU (bf16, XLA; the small and medium presets; the issue's aim is ≥ 40 % of the
 
     python benchmarks/model_bench.py --data gs://bucket/datasets/ja/sp32k-1024 --presets small,medium \\
         --mixed-precision bf16 --xla --micro-batch 16 --steps 20 --peak-tflops 989 --matmul-size 8192
+
+JAX (``--backend jax``, no TensorFlow imported): the project's own JAX train step,
+:func:`model.trainer_jax.make_step` (the step ``gpt2ja train --backend jax`` runs:
+``stateless_call``, micro-batches accumulated by ``lax.scan`` inside the jitted step,
+donated state, AdamW, clipping), on random ids of ``--vocab`` ids drawn once on the
+device (a step's cost does not depend on them), so no shards are needed and the
+vocabulary can be GPT-2's 50,304. Tokens/s = measured steps × tokens per step ÷ their
+wall time, synchronised once after them (as the trainer only waits at log steps). The
+ceiling is ``jax.numpy`` matmul in the training precision, in the same process; the
+datasheet peak comes from ``--peak-tflops`` or, for a known GPU, from
+:data:`ceiling.DATASHEET_BF16_TFLOPS` (the source is printed). One GPU, or the CPU::
+
+    python benchmarks/model_bench.py --backend jax --presets small --vocab 50304 --seq-len 1024 \\
+        --micro-batch 16 --accum 2 --steps 30 --warmup 10 --mixed-precision bf16 --dropout 0 --matmul-size 8192
+    .venv/bin/python benchmarks/model_bench.py --backend jax --presets tiny --vocab 3000 --seq-len 128 \\
+        --micro-batch 4 --steps 4 --warmup 2 --generation-presets ''
+
+A model FLOP/s above the measured ceiling is printed as a benchmark bug (:func:`ceiling.check`), not as a row.
 """
 
 from __future__ import annotations
@@ -39,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,42 +67,63 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from crawl_bench import machine  # noqa: E402
+import ceiling  # noqa: E402
 
 NEW_TOKENS = 256
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
-    """nanoGPT's 6N + 12·L·H·Q·T for a model config at ``seq_len``."""
+    """PaLM's 6·N + 12·L·H·T (:func:`ceiling.flops_per_token`) for a model config at ``seq_len``."""
     from model.presets import param_count
 
     n = param_count(cfg) - cfg.context_length * cfg.hidden_dim  # without position embeddings
-    return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    return ceiling.flops_per_token(n, cfg.num_layers, cfg.hidden_dim, seq_len)
 
 
-def matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
-    """Best FLOP/s of ``size``² × ``size``² ``tf.matmul`` in ``dtype`` on the default device (2·size³ per product)."""
-    import tensorflow as tf
+def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, steps: int,
+                      warmup: int, *, mixed_precision: str, dropout: float | None) -> dict:
+    """tokens/s of :func:`model.trainer_jax.make_step` on random ids (one device), after ``warmup`` steps."""
+    from model import backend
 
-    a = tf.random.normal([size, size], dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    b = tf.cast(tf.random.normal([size, size], dtype=tf.float32), dtype)
+    backend.use("jax")
+    import jax
+    import keras
+    import numpy as np
 
-    @tf.function
-    def chain(x, y, n):
-        acc = tf.zeros([], tf.float32)
-        for _ in tf.range(n):
-            acc += tf.cast(tf.linalg.matmul(x, y)[0, 0], tf.float32)  # keep each product alive
-        return acc
+    from model import gpt2, trainer_jax
+    from model.optim import make_optimizer
+    from model.presets import ModelConfig
+    from model.train import TrainConfig
 
-    n = tf.constant(4)
-    float(chain(a, b, n))  # trace, warm up
-    best = 0.0
-    for _ in range(repeats):
+    model_cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len, dropout=dropout)
+    tokens = accum * micro_batch * seq_len
+    cfg = TrainConfig(data="synthetic", run="unused", preset=preset, steps=10**6, warmup_steps=0,
+                      batch_tokens=tokens, micro_batch=micro_batch, backend="jax", dropout=dropout,
+                      mixed_precision=mixed_precision)
+    keras.utils.set_random_seed(0)
+    lm = gpt2.build_model(model_cfg, dtype="mixed_bfloat16" if mixed_precision == "bf16" else None)
+    opt = make_optimizer(cfg, lm)
+    step = trainer_jax.make_step(cfg, lm, opt, accum=accum)
+    state = [[v.value for v in lm.trainable_variables], [v.value for v in lm.non_trainable_variables],
+             [v.value for v in opt.variables]]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, size=(accum, micro_batch, seq_len + 1), dtype=np.int32)
+    inputs, targets = jax.device_put(ids[..., :-1]), jax.device_put(ids[..., 1:])
+    first = []
+    for _ in range(warmup):  # the first compiles
         t0 = time.perf_counter()
-        float(chain(a, b, n))
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
-    return best
+        *state, loss, _norm = step(*state, inputs, targets)
+        float(loss)
+        first.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(steps - warmup):
+        *state, loss, _norm = step(*state, inputs, targets)
+    final = float(loss)  # waits for every step dispatched
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": (steps - warmup) * tokens / wall, "tokens_per_step": tokens, "warmup_step_s": first,
+            "measured_steps": steps - warmup, "measured_s": wall, "loss": final,
+            "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+            "attention_dropout": model_cfg.dropout}
 
 
 def training_rate(shards: str, preset: str, steps: int, micro_batch: int, *, xla: bool,
@@ -139,52 +177,129 @@ def device_name() -> str:
     return f"{len(gpus)} × {details.get('device_name', 'GPU')}, TensorFlow {tf.__version__}"
 
 
+def peak_of(device: str, given: float | None) -> tuple[float | None, str]:
+    """(datasheet TFLOP/s, where it comes from): ``--peak-tflops`` if given, else the table's figure for the GPU."""
+    if given:
+        return given, "--peak-tflops"
+    found = ceiling.datasheet_peak(device)
+    return (found[0], found[1]) if found else (None, "")
+
+
+def row(preset: str, params: int, rate: float, model_flops: float, ceil: float, peak: float | None) -> str:
+    """One table row, or a benchmark-bug line when the figure implies more than the measured ceiling."""
+    bug = ceiling.check(f"{preset} at {rate:,.0f} tokens/s", model_flops, ceil)
+    if bug:
+        return bug
+    out = (f"| {preset} | {params / 1e6:,.1f} M | {rate:,.0f} | {model_flops / 1e9:,.1f} | "
+           f"{model_flops / ceil:.2f}")
+    if peak:
+        out += f" | {model_flops / (peak * 1e12):.1%}"
+    return out + " |"
+
+
+def main_jax(args) -> None:
+    """``--backend jax``: the JAX train step on random ids, against the jnp matmul ceiling and the datasheet."""
+    from model import backend
+
+    backend.use("jax")
+    import jax
+
+    from model.presets import ModelConfig, param_count
+
+    for line in ceiling.machine_lines():
+        print(line)
+    dev = jax.devices()[0]
+    precision = "bf16" if args.mixed_precision == "bf16" else "fp32"
+    print(f"device: {len(jax.devices())} × {dev.device_kind} ({dev.platform}), JAX {jax.__version__}; the "
+          "benchmark runs on the first")
+    ceil = ceiling.jax_matmul(precision, args.matmul_size)
+    peak, source = peak_of(dev.device_kind, args.peak_tflops)
+    print(f"{precision} jnp matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e12:,.3f} TFLOP/s"
+          + (f"; datasheet peak {peak:g} TFLOP/s dense bf16 ({source})" if peak else ""))
+    print(f"training (model.trainer_jax.make_step): random ids of {args.vocab:,}, seq_len {args.seq_len}, "
+          f"{args.accum} × {args.micro_batch} sequences a step, {args.steps} steps ({args.warmup} not counted), "
+          f"precision {args.mixed_precision}, dropout {'preset' if args.dropout is None else args.dropout}; "
+          "model FLOPs per token 6·N + 12·L·H·T (PaLM)")
+    print("| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
+          + (" | MFU vs datasheet" if peak else "") + " |")
+    print("| --- | --- | --- | --- | ---" + (" | ---" if peak else "") + " |")
+    results = []
+    for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
+        cfg = ModelConfig.from_preset(preset, vocab_size=args.vocab, context_length=args.seq_len,
+                                      dropout=args.dropout)
+        got = jax_training_rate(preset, args.vocab, args.seq_len, args.micro_batch, args.accum, args.steps,
+                                args.warmup, mixed_precision=args.mixed_precision, dropout=args.dropout)
+        fpt = flops_per_token(cfg, args.seq_len)
+        model_flops = got["tokens_per_s"] * fpt
+        print(row(preset, param_count(cfg), got["tokens_per_s"], model_flops, ceil, peak), flush=True)
+        results.append({"preset": preset, "parameters": param_count(cfg), "flops_per_token": fpt,
+                        "model_flops": model_flops, "mfu_measured": model_flops / ceil,
+                        "mfu_datasheet": model_flops / (peak * 1e12) if peak else None,
+                        "bug": bool(ceiling.check("", model_flops, ceil)), **got})
+    print(f"first steps (compile included): " + "; ".join(
+        f"{r['preset']} " + ", ".join(f"{x:.1f} s" for x in r["warmup_step_s"]) for r in results))
+    print("RESULT " + json.dumps({"backend": "jax", "jax": jax.__version__, "device": dev.device_kind,
+                                  "precision": precision, "ceiling_flops": ceil, "peak_tflops": peak,
+                                  "peak_source": source, "rows": results}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="a shards artifact (gpt2ja shards), local or gs://")
+    ap.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
+                    help="tensorflow: gpt2ja train's loop on --data; jax: model.trainer_jax's step on random ids")
+    ap.add_argument("--data", help="(tensorflow) a shards artifact (gpt2ja shards), local or gs://")
     ap.add_argument("--presets", default="tiny,mini,small")
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps per preset (the first is not counted)")
     ap.add_argument("--micro-batch", type=int, default=4)
-    ap.add_argument("--xla", action="store_true", help="compile training and decoding steps with XLA")
+    ap.add_argument("--xla", action="store_true", help="(tensorflow) compile training and decoding steps with XLA")
     ap.add_argument("--mixed-precision", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--matmul-size", type=int, default=2048)
-    ap.add_argument("--peak-tflops", type=float, default=None, help="datasheet peak of the device in this precision")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="datasheet peak of the device in this precision (jax: known GPUs are looked up)")
     ap.add_argument("--generation-presets", default="tiny,mini,small",
-                    help="presets for the KV-cache comparison ('' = none)")
+                    help="(tensorflow) presets for the KV-cache comparison ('' = none)")
+    ap.add_argument("--vocab", type=int, default=50304, help="(jax) ids of the random data (GPT-2's 50,304)")
+    ap.add_argument("--seq-len", type=int, default=1024, help="(jax) sequence length")
+    ap.add_argument("--accum", type=int, default=1, help="(jax) micro-batches per optimizer step")
+    ap.add_argument("--warmup", type=int, default=2, help="(jax) first steps not counted (compiling)")
+    ap.add_argument("--dropout", type=float, default=None, help="(jax) override the preset's dropout")
     args = ap.parse_args()
+    if args.backend == "jax":
+        if not 0 < args.warmup < args.steps:
+            ap.error("--warmup must be at least 1 (the compile) and leave a step to measure")
+        main_jax(args)
+        return
+    if not args.data:
+        ap.error("--data is needed with --backend tensorflow")
 
     import tensorflow as tf
 
     from infra import storage
-    from model.presets import ModelConfig
+    from model.presets import ModelConfig, param_count
 
-    print(f"machine: {machine()}")
-    print(f"device: {device_name()}; load average before: {os.getloadavg()[0]:.2f}")
+    for line in ceiling.machine_lines():
+        print(line)
+    print(f"device: {device_name()}")
     manifest = storage.read_manifest(args.data)
     seq_len, vocab = manifest["seq_len"], manifest["vocab_size"]
-    matmul_dtype = {"off": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[args.mixed_precision]
-    ceiling = matmul_flops(matmul_dtype, args.matmul_size)
     precision = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}[args.mixed_precision]
-    print(f"{precision} tf.matmul {args.matmul_size}²: {ceiling / 1e9:,.1f} GFLOP/s (best of 5)")
+    ceil = ceiling.tf_matmul(precision, args.matmul_size)
+    peak = args.peak_tflops
+    print(f"{precision} tf.matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e9:,.1f} GFLOP/s")
     print(f"training: seq_len {seq_len}, vocabulary {vocab:,}, micro-batch {args.micro_batch}, "
-          f"{args.steps} steps, XLA {'on' if args.xla else 'off'}, precision {precision}")
+          f"{args.steps} steps, XLA {'on' if args.xla else 'off'}, precision {precision}; model FLOPs per token "
+          "6·N + 12·L·H·T (PaLM)")
     print("| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
-          + (" | MFU vs datasheet" if args.peak_tflops else "") + " |")
+          + (" | MFU vs datasheet" if peak else "") + " |")
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
         cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
         rate = training_rate(args.data, preset, args.steps, args.micro_batch, xla=args.xla,
                              mixed_precision=args.mixed_precision)
-        model_flops = rate * flops_per_token(cfg, seq_len)
-        from model.presets import param_count
-
-        row = (f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {rate:,.0f} | {model_flops / 1e9:,.1f} | "
-               f"{model_flops / ceiling:.2f}")
-        if args.peak_tflops:
-            row += f" | {model_flops / (args.peak_tflops * 1e12):.1%}"
-        print(row + " |", flush=True)
-    after = matmul_flops(matmul_dtype, args.matmul_size)
+        print(row(preset, param_count(cfg), rate, rate * flops_per_token(cfg, seq_len), ceil, peak), flush=True)
+    after = ceiling.tf_matmul(precision, args.matmul_size)
     print(f"{precision} tf.matmul again after training: {after / 1e9:,.1f} GFLOP/s "
           f"(the MFU column uses the first figure)")
+    del tf
 
     gen_presets = [p.strip() for p in args.generation_presets.split(",") if p.strip()]
     if gen_presets:
@@ -193,7 +308,7 @@ def main() -> None:
         for preset in gen_presets:
             cached, full = generation_rates(preset, vocab, xla=args.xla, mixed_precision=args.mixed_precision)
             print(f"| {preset} | {cached:,.1f} | {full:,.1f} | {cached / full:.1f}× |", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """gpt2ja against its peer: PyTorch Hugging Face GPT-2 of the same shape, training tokens/s and generation tokens/s.
 
-Training (per preset): gpt2ja's own step, the code path of ``gpt2ja train``
+Training (per preset): gpt2ja's own step on each of its backends, the code path of ``gpt2ja train``
 (``model.train.train`` with ``benchmarks/model_bench.py``'s training config:
 real shards, AdamW with decay on the kernels only, global-norm clipping to 1.0,
-fp32, XLA off unless ``--xla``) against ``transformers``' ``GPT2LMHeadModel``
+fp32, XLA off unless ``--xla``) on TensorFlow (``gpt2ja-tf``) and on JAX
+(``gpt2ja-jax``: ``--backend jax``, :mod:`model.trainer_jax`'s one jitted step; XLA
+always, on every core), against ``transformers``' ``GPT2LMHeadModel``
 built from the same shape (padded vocabulary, tied output layer, ``gelu_new``,
 the preset's dropout, transformers' default attention implementation) trained
 with ``torch.optim.AdamW`` (the same hyper-parameters, decay on the 2-D
@@ -16,6 +18,18 @@ the steps after the first (the first traces or compiles). The PyTorch side
 feeds pre-drawn random ids from memory; gpt2ja reads its shards through
 ``tf.data`` as ``gpt2ja train`` does (hundreds of times faster than any step
 here: README "Speed").
+
+Honest figures: beside every training figure the script prints the model
+FLOP/s it implies (PaLM's ``6·N + 12·L·H·T`` per token, ``ceiling.flops_per_token``)
+and the fp32 matmul ceiling (``benchmarks/ceiling.py``, 2048², 4 chained
+products, best of 5) measured in the same run in each framework (TensorFlow,
+JAX, PyTorch; each in its own process with the trainers' threads) before the
+training rounds and after them. A figure above the highest ceiling any
+framework reached in the run is printed as a benchmark bug, not as a result:
+no step can outrun the machine's best matrix product. One above its own
+framework's ceiling but not the highest is marked ``(above its framework's
+matmul)``: a framework may reach more FLOP/s in a fused step than in one
+``matmul`` call, or the load moved between the two measurements.
 
 Generation: a run of the preset trained for one step from random weights (the
 real trainer), and its own Hugging Face export (``model.export.export_hf``).
@@ -51,7 +65,8 @@ Usage (CPU; about 15 minutes for tiny and mini on two cores)::
 
     .venv/bin/python benchmarks/peer_bench.py --presets tiny,mini --rounds 3 --json /tmp/peer.json
     .venv/bin/python benchmarks/peer_bench.py --quick              # tiny only, 1 round, short generation
-    .venv/bin/python benchmarks/peer_bench.py --presets small --steps 3 --warmup 1 --gen-presets ''
+    .venv/bin/python benchmarks/peer_bench.py --presets small --rounds 1 --steps 4 --warmup 2 --gen-presets ''
+    .venv/bin/python benchmarks/peer_bench.py --presets tiny --contenders gpt2ja-jax,torch-eager --gen-presets ''
     .venv/bin/python benchmarks/peer_bench.py --presets '' --gen-presets '' --profile tiny
 """
 
@@ -73,7 +88,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-TRAIN_KINDS = ("gpt2ja", "torch-eager", "torch-compile")
+TRAIN_KINDS = ("gpt2ja-tf", "gpt2ja-jax", "torch-eager", "torch-compile")
+#: the worker of each contender, and the framework whose matmul ceiling it is held against
+TRAIN_WORKER = {"gpt2ja-tf": "train-tf", "gpt2ja-jax": "train-jax", "torch-eager": "train-torch",
+                "torch-compile": "train-torch"}
+FRAMEWORK = {"gpt2ja-tf": "tf", "gpt2ja-jax": "jax", "torch-eager": "torch", "torch-compile": "torch"}
+FRAMEWORK_NAME = {"tf": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+CEILING_SIZE = 2048
 GEN_SIDES = ("gpt2ja", "hf")
 GEN_MODES = ("greedy", "sample")
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, CLIP = 6e-4, (0.9, 0.95), 1e-8, 0.1, 1.0  # TrainConfig's defaults
@@ -162,27 +183,63 @@ def build_shards(work: Path, vocab: int, seq_len: int) -> str:
                         ShardsConfig(seq_len=seq_len, num_shards={"train": 2, "validation": 1}, workers=1))
 
 
-def worker_train_tf(spec: dict) -> dict:
+def worker_train_tf(spec: dict, backend: str = "tensorflow") -> dict:
     """``gpt2ja train`` for ``steps`` steps, logging every step: the run's own ``tokens_per_s`` of each step.
 
     The config of ``model_bench.training_rate`` (one micro-batch per step, no warmup of the learning rate,
     no validation, no checkpoint before the end), but every step's rate is kept so that ``warmup`` steps
-    are dropped on both sides alike.
+    are dropped on both sides alike. The wall time of the steps, timed here around ``train`` from the
+    run's own log lines, is kept beside them (``check_s``): the trainer's window and this clock must agree.
     """
-    threads = set_tf_threads(spec["cores"])
+    threads = set_tf_threads(spec["cores"]) if backend == "tensorflow" else {"jax": "XLA CPU, all cores"}
     import tempfile
 
     from model.train import TrainConfig, train
+
+    stamps = []
+
+    def progress(line: str) -> None:  # the trainer's line for each logged step: when it was said
+        if line.startswith("step ") and "tok/s" in line:
+            stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as run:
         cfg = TrainConfig(data=spec["data"], run=os.path.join(run, spec["preset"]), preset=spec["preset"],
                           steps=spec["steps"], batch_tokens=spec["micro_batch"] * spec["seq_len"],
                           micro_batch=spec["micro_batch"], warmup_steps=0, log_every=1, eval_batches=0,
-                          checkpoint_every=10**6, jit_compile=spec["xla"])
-        train(cfg, progress=None)
+                          eval_sample_tokens=0, checkpoint_every=10**6,
+                          jit_compile=spec["xla"] if backend == "tensorflow" else False, backend=backend)
+        train(cfg, progress=progress)
         with open(os.path.join(run, spec["preset"], "metrics.jsonl"), encoding="utf-8") as fh:
             rates = [json.loads(line)["tokens_per_s"] for line in fh if '"tokens_per_s"' in line]
-    return {"tokens_per_s": statistics.median(rates[spec["warmup"]:]), "step_rates": rates, **threads}
+    tokens = spec["micro_batch"] * spec["seq_len"]
+    w = spec["warmup"]
+    clock = (len(stamps) - w) * tokens / (stamps[-1] - stamps[w - 1]) if w >= 1 and len(stamps) > w else None
+    return {"tokens_per_s": statistics.median(rates[w:]), "step_rates": rates, "clock_tokens_per_s": clock,
+            **threads}
+
+
+def worker_train_jax(spec: dict) -> dict:
+    """``gpt2ja train --backend jax``: the same run as :func:`worker_train_tf`, on JAX (no TensorFlow imported)."""
+    from model import backend
+
+    backend.use("jax")
+    return worker_train_tf(spec, backend="jax")
+
+
+def worker_ceiling(spec: dict) -> dict:
+    """fp32 matmul FLOP/s of one framework (``spec["framework"]``), with the trainers' threads."""
+    import ceiling
+
+    fw = spec["framework"]
+    if fw == "tf":
+        set_tf_threads(spec["cores"])
+    elif fw == "torch":
+        set_torch_threads(spec["cores"])
+    elif fw == "jax":
+        from model import backend
+
+        backend.use("jax")
+    return {"flops": ceiling.MATMUL[fw]("fp32", spec["size"])}
 
 
 def torch_model(preset: str, vocab: int, seq_len: int):
@@ -483,7 +540,8 @@ def profile(args, data: str, vocab: int, seq_len: int) -> dict:
     return found
 
 
-WORKERS = {"prepare": worker_prepare, "train-tf": worker_train_tf, "train-torch": worker_train_torch,
+WORKERS = {"prepare": worker_prepare, "train-tf": worker_train_tf, "train-jax": worker_train_jax,
+           "ceiling": worker_ceiling, "train-torch": worker_train_torch,
            "gen-tf": worker_gen_tf, "gen-hf": worker_gen_hf, "profile-tf": worker_profile_tf,
            "profile-torch": worker_profile_torch}
 
@@ -492,6 +550,8 @@ def run_worker(kind: str, spec: dict, timeout: float) -> dict:
     """One measurement in a fresh process: its JSON result, or ``{"error": one line}``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    jax_side = kind == "train-jax" or (kind == "ceiling" and spec.get("framework") == "jax")
+    env["KERAS_BACKEND"] = "jax" if jax_side else "tensorflow"
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
@@ -510,20 +570,23 @@ def run_worker(kind: str, spec: dict, timeout: float) -> dict:
 
 
 def machine(cores: int) -> str:
-    from crawl_bench import cpu_name
+    """The machine lines of :func:`ceiling.machine_lines` (date, CPU model and SIMD flags, OS, versions), threads."""
+    import ceiling
 
-    cpu = cpu_name()
+    return "; ".join(ceiling.machine_lines()) + (f"; threads: TensorFlow intra-op = inter-op = {cores}, torch "
+                                                 f"num_threads = interop = {cores}, JAX: XLA's CPU default (all "
+                                                 "cores)")
 
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "absent"
 
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, TensorFlow {version('tensorflow')}, Keras {version('keras')}, KerasHub "
-            f"{version('keras-hub')}, torch {version('torch')}, transformers {version('transformers')}; threads: "
-            f"TensorFlow intra-op = inter-op = {cores}, torch num_threads = interop = {cores}")
+def ceilings(args, say) -> dict[str, float | None]:
+    """``{framework: fp32 matmul FLOP/s}``, each measured in its own process with the trainers' threads."""
+    out = {}
+    for fw in ("tf", "jax", "torch"):
+        got = run_worker("ceiling", {"framework": fw, "cores": args.cores, "size": CEILING_SIZE}, args.timeout)
+        out[fw] = got.get("flops")
+        say(f"  {FRAMEWORK_NAME[fw]} fp32 matmul {CEILING_SIZE}²: "
+            + (f"{out[fw] / 1e9:,.1f} GFLOP/s" if out[fw] else f"failed ({got.get('error')})"))
+    return out
 
 
 def summary(values: list[float]) -> dict:
@@ -538,7 +601,7 @@ def cell(s: dict | None, fmt: str = ",.0f") -> str:
 
 
 def bench_training(args, data: str, vocab: int, seq_len: int, say) -> dict:
-    kinds = [k for k in TRAIN_KINDS if args.torch_compile or k != "torch-compile"]
+    kinds = [k for k in TRAIN_KINDS if (args.torch_compile or k != "torch-compile") and k in args.contenders]
     results: dict = {}
     for preset in args.presets:
         got: dict[str, list] = {k: [] for k in kinds}
@@ -551,7 +614,7 @@ def bench_training(args, data: str, vocab: int, seq_len: int, say) -> dict:
                 spec = {"cores": args.cores, "preset": preset, "steps": args.steps, "micro_batch": args.micro_batch,
                         "data": data, "vocab": vocab, "seq_len": seq_len, "xla": args.xla, "warmup": args.warmup,
                         "compile": kind == "torch-compile"}
-                out = run_worker("train-tf" if kind == "gpt2ja" else "train-torch", spec, args.timeout)
+                out = run_worker(TRAIN_WORKER[kind], spec, args.timeout)
                 if "error" in out:
                     errors[kind] = out["error"]
                     say(f"  {preset} round {r + 1} {kind}: FAILED {out['error']}")
@@ -560,10 +623,13 @@ def bench_training(args, data: str, vocab: int, seq_len: int, say) -> dict:
                 extras[kind] = {k: v for k, v in out.items() if k != "tokens_per_s"}
                 say(f"  {preset} round {r + 1} {kind}: {out['tokens_per_s']:,.0f} tokens/s "
                     f"({out['process_s']:.0f} s in the process"
-                    + ", steps " + " ".join(f"{x:,.0f}" for x in out["step_rates"]) + ")")
+                    + ", steps " + " ".join(f"{x:,.0f}" for x in out["step_rates"])
+                    + (f"; by this script's clock {out['clock_tokens_per_s']:,.0f}" if out.get("clock_tokens_per_s")
+                       else "") + ")")
         stats = {k: summary(v) for k, v in got.items() if v}
         torch_best = max((stats[k]["median"] for k in ("torch-eager", "torch-compile") if k in stats), default=None)
-        ratio = stats["gpt2ja"]["median"] / torch_best if "gpt2ja" in stats and torch_best else None
+        ratio = {k: stats[k]["median"] / torch_best for k in ("gpt2ja-tf", "gpt2ja-jax")
+                 if k in stats and torch_best}
         results[preset] = {"tokens_per_s": stats, "errors": errors, "workers": extras, "ratio_vs_best_torch": ratio}
     return results
 
@@ -594,6 +660,47 @@ def bench_generation(args, exports: dict, say) -> dict:
     return results
 
 
+def print_training(training: dict, vocab: int, seq_len: int, before: dict, after: dict) -> None:
+    """One row per contender: tokens/s, the model GFLOP/s it implies, its framework's measured ceiling.
+
+    A figure above the highest ceiling measured in the run (any framework, before or after) is a benchmark
+    bug and is printed as one, in place of the figure.
+    """
+    import ceiling
+
+    from model.presets import ModelConfig, param_count
+
+    best = max((v for d in (before, after) for v in d.values() if v), default=None)
+    print("| preset | parameters | contender | tokens/s | model GFLOP/s | framework's fp32 matmul GFLOP/s "
+          "(before / after) | model ÷ best matmul of the run |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for preset, t in training.items():
+        cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
+        n = param_count(cfg) - cfg.context_length * cfg.hidden_dim
+        fpt = ceiling.flops_per_token(n, cfg.num_layers, cfg.hidden_dim, seq_len)
+        for kind in TRAIN_KINDS:
+            s = t["tokens_per_s"].get(kind)
+            if s is None:
+                if kind in t["errors"]:
+                    print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | failed: {t['errors'][kind]} "
+                          "| | | |")
+                continue
+            fw = FRAMEWORK[kind]
+            own = [x for x in (before.get(fw), after.get(fw)) if x]
+            ceil_cell = " / ".join(f"{x / 1e9:,.1f}" if x else "–" for x in (before.get(fw), after.get(fw)))
+            flops = s["median"] * fpt
+            bug = ceiling.check(f"{kind} at {s['median']:,.0f} tokens/s", flops, best)
+            if bug:
+                print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | {bug} | | {ceil_cell} | |")
+                continue
+            mark = " (above its framework's matmul)" if own and flops > max(own) else ""
+            share = f"{flops / best:.2f}" if best else "–"
+            print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | {cell(s)} | {flops / 1e9:,.1f}{mark} | "
+                  f"{ceil_cell} | {share} |")
+        for kind, ratio in t["ratio_vs_best_torch"].items():
+            print(f"{preset}: {kind} ÷ faster PyTorch = {ratio:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -608,6 +715,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=16, help="sequences per step")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    ap.add_argument("--contenders", default=",".join(TRAIN_KINDS),
+                    help=f"training contenders, comma-separated (default: all of {', '.join(TRAIN_KINDS)})")
     ap.add_argument("--xla", action="store_true", help="gpt2ja's step and every decoder compiled with XLA (off = gpt2ja's defaults: XLA for greedy decoding only)")
     ap.add_argument("--gen-presets", default="tiny", help="generation presets ('' = no generation figures)")
     ap.add_argument("--gen-batches", default="1,8")
@@ -629,6 +738,10 @@ def main() -> None:
         ap.error(f"--warmup {args.warmup} must leave at least one of the {args.steps} steps")
     if args.quick:
         args.presets, args.rounds, args.steps, args.gen_batches, args.new_tokens = "tiny", 1, 4, "1", 50
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [c for c in args.contenders if c not in TRAIN_KINDS]
+    if unknown:
+        ap.error(f"unknown contender {unknown[0]}; choose among {', '.join(TRAIN_KINDS)}")
     args.presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     args.gen_presets = [p.strip() for p in args.gen_presets.split(",") if p.strip()]
     args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b.strip()]
@@ -648,12 +761,17 @@ def main() -> None:
 
     manifest = storage.read_manifest(prep["data"])
     vocab, seq_len = manifest["vocab_size"], manifest["seq_len"]
+    ceil_before, ceil_after = {}, {}
+    if args.presets:
+        say("fp32 matmul ceilings before training:")
+        ceil_before = ceilings(args, say)
     training = bench_training(args, prep["data"], vocab, seq_len, say) if args.presets else {}
+    if args.presets:
+        say("fp32 matmul ceilings after training:")
+        ceil_after = ceilings(args, say)
     generation = bench_generation(args, prep["exports"], say) if args.gen_presets else {}
     load_after = os.getloadavg()[0]
     profiled = profile(args, prep["data"], vocab, seq_len) if args.profile else {}
-
-    from model.presets import ModelConfig, param_count
 
     print(f"machine: {machine(args.cores)}")
     print(f"load average before: {load_before:.2f}, after: {load_after:.2f}")
@@ -664,17 +782,10 @@ def main() -> None:
         print(f"training: fp32, {args.micro_batch} sequences × {seq_len} per step, AdamW, clip 1.0, {args.steps} "
               f"steps per measurement (median tokens/s of steps {args.warmup + 1}–{args.steps}), {args.rounds} "
               "interleaved rounds: "
-              f"median (min–max); gpt2ja XLA {'on' if args.xla else 'off'}; PyTorch attention {attention}")
-        print("| preset | parameters | gpt2ja tokens/s | PyTorch eager tokens/s | PyTorch compile tokens/s "
-              "| gpt2ja ÷ faster PyTorch |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for preset, t in training.items():
-            s = t["tokens_per_s"]
-            cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
-            cells = [cell(s.get(k)) if k in s else ("not run" if k not in t["errors"] else
-                                                     f"failed: {t['errors'][k]}") for k in TRAIN_KINDS]
-            ratio = f"{t['ratio_vs_best_torch']:.2f}" if t["ratio_vs_best_torch"] else "–"
-            print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | " + " | ".join(cells) + f" | {ratio} |")
+              f"median (min–max); gpt2ja-tf XLA {'on' if args.xla else 'off'}, gpt2ja-jax XLA (jit) always; PyTorch "
+              f"attention {attention}; model FLOPs per token 6·N + 12·L·H·T (PaLM); each framework's fp32 matmul "
+              f"{CEILING_SIZE}² measured before and after the training rounds (GFLOP/s, before / after)")
+        print_training(training, vocab, seq_len, ceil_before, ceil_after)
     if generation:
         print(f"generation: {args.new_tokens} new tokens on every row, prompt of {args.prompt_len} ids, KV cache on "
               f"both sides, gpt2ja XLA {'on' if args.xla else 'as by default (on; off for one row of a 20 M+ model on the CPU)'}; tokens/s (all rows), {args.rounds} interleaved "
@@ -697,7 +808,8 @@ def main() -> None:
             "machine": machine(args.cores), "load_before": load_before, "load_after": load_after,
             "data": prep["data"], "vocab_size": vocab, "seq_len": seq_len, "micro_batch": args.micro_batch,
             "steps": args.steps, "rounds": args.rounds, "xla": args.xla, "new_tokens": args.new_tokens,
-            "prompt_len": args.prompt_len, "training": training, "generation": generation, "profile": profiled},
+            "prompt_len": args.prompt_len, "training": training, "generation": generation, "profile": profiled,
+            "ceilings": {"before": ceil_before, "after": ceil_after}},
             indent=2) + "\n")
         print(f"figures written to {args.json}")
 
