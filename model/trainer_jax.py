@@ -33,7 +33,9 @@ Devices: every device JAX sees. With more than one,
 is split along its micro-batch axis (XLA inserts the gradient all-reduce).
 Several hosts: every host runs the same command; ``jax.distributed`` is
 started from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
-``JAX_PROCESS_ID`` when they are set, and detects a Cloud TPU slice by itself;
+``JAX_PROCESS_ID`` when they are set, or by JAX's own detection on a Cloud TPU
+slice that lists several hosts in ``TPU_WORKER_HOSTNAMES`` (and anywhere with
+``GPT2JA_JAX_DISTRIBUTED=auto``: SLURM, Open MPI, a TPU VM that does not set it);
 each host reads the global stream and keeps its rows of every global batch
 (the rule of :mod:`model.data_order`), and process 0 is the chief that writes
 the run directory. Tested here on JAX's CPU build, one and two devices.
@@ -89,10 +91,14 @@ def _start_distributed() -> None:
         if not all(given):
             raise TrainError(f"set all of {', '.join(_DISTRIBUTED_ENV)} for a JAX job of several hosts (set: "
                              f"{', '.join(k for k, v in zip(_DISTRIBUTED_ENV, given) if v)})")
+        try:  # CPU hosts (the tests) exchange gradients through gloo; GPUs and TPUs ignore the setting
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except (AttributeError, ValueError):
+            pass
         jax.distributed.initialize(coordinator_address=given[0], num_processes=int(given[1]),
                                    process_id=int(given[2]))
-    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a Cloud TPU slice of several hosts
-        jax.distributed.initialize()
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("GPT2JA_JAX_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()  # a Cloud TPU slice (or a cluster JAX detects: SLURM, Open MPI, …)
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from tests import procs
 from tests.corpora import write_tiny_run
+from tests.net import free_ports
 from tests.test_model_train import SEQ_LEN, make_shards
 from tokenization.bytes_tokenizer import ByteTokenizer
 
@@ -38,14 +40,25 @@ def start(tmp_path_factory) -> str:
     return str(write_tiny_run(tmp_path_factory.mktemp("jax-start"), ByteTokenizer(), context=SEQ_LEN))
 
 
-def _train(shards: str, run: Path, *args: str, env: dict | None = None) -> list[dict]:
-    cmd = [sys.executable, "-m", "gpt2ja", "train", "--data", shards, "--run", str(run), "--steps", "6",
-           "--batch-tokens", str(4 * 4 * SEQ_LEN), "--micro-batch", "4", "--warmup-steps", "2",
-           "--learning-rate", "3e-3", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "eval_every=3",
-           "--set", "eval_batches=2", "--set", "eval_sample_tokens=4", "--set", "seed=3", *args]
-    got = procs.run(cmd, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
-    assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+def _command(shards: str, run: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "gpt2ja", "train", "--data", shards, "--run", str(run), "--steps", "6",
+            "--batch-tokens", str(4 * 4 * SEQ_LEN), "--micro-batch", "4", "--warmup-steps", "2",
+            "--learning-rate", "3e-3", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "eval_every=3",
+            "--set", "eval_batches=2", "--set", "eval_sample_tokens=4", "--set", "seed=3", *args]
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(shards: str, run: Path, *args: str, env: dict | None = None) -> list[dict]:
+    got = procs.run(_command(shards, run, *args), cwd=REPO, env=_env(**(env or {})))
+    assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+    return _metrics(run)
 
 
 def _final(run: Path) -> dict[str, np.ndarray]:
@@ -93,6 +106,34 @@ def test_two_devices_train_as_one(shards, tmp_path):
         # elsewhere, Adam's division by √v turns the sums' rounding (1e-7) into up to 1e-4 of a tiny update
         tolerance = {"atol": 2 * 6 * 3e-3} if "key/bias" in name else {"rtol": 1e-3, "atol": 1e-5}
         np.testing.assert_allclose(twin[name], value, err_msg=name, **tolerance)
+
+
+def test_two_hosts_train_as_two_devices_of_one(shards, tmp_path):
+    # jax.distributed: two processes on 127.0.0.1, one CPU device each, every host reading the global stream and
+    # keeping its rows of each batch; process 0 writes the run. Against one process with two devices.
+    # Host w holds rows [8w, 8w+8) of each 16-row batch, so a micro-batch is other rows than on one host: the same
+    # global batch and gradient, other dropout masks (hence dropout 0). Validation: each host scores its own files,
+    # as on TensorFlow; these shards have a single one: off.
+    args = ("--preset", "tiny", "--backend", "jax", "--set", "dropout=0", "--set", "eval_batches=0")
+    one = _train(shards, tmp_path / "one", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    [port] = free_ports(1)
+    hosts = [subprocess.Popen(_command(shards, tmp_path / "two", *args), cwd=REPO, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    try:
+        logs = [host.communicate()[0] for host in hosts]
+    finally:
+        for host in hosts:
+            procs.kill_group(host)
+    assert [host.returncode for host in hosts] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert "JAX on 2 cpu device(s), 2 process(es)" in logs[0]
+    two = _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a["step"], a["grad_norm"], b["grad_norm"])
 
 
 def test_the_pipeline_runs_end_to_end_on_jax(tmp_path):
