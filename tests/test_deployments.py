@@ -108,6 +108,17 @@ def test_the_parameters_are_the_ones_the_pipeline_passes(demo):
         validate_parameters(_flow_of(d.entrypoint), d.parameters)  # each one a valid input of its flow
 
 
+def test_the_train_form_offers_the_backend():
+    # the Run form of the train and pipeline deployments: a choice of tensorflow or jax, tensorflow by default
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.stages import train_flow
+
+    schema = parameter_schema(train_flow).model_dump()
+    field = (schema.get("definitions") or schema["$defs"])["TrainSection"]["properties"]["backend"]
+    assert field["enum"] == ["tensorflow", "jax"] and field["default"] == "tensorflow"
+
+
 # ----------------------------------------------------------------- infra/prefect.yaml
 
 
