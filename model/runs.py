@@ -7,7 +7,7 @@
         tokenizer/            a copy of the tokenizer artifact (with its manifest)
         checkpoints/          ckpt-{step}.npz and their index (model.checkpoint), the last K kept
         metrics.jsonl         one JSON object per logged step (and per validation)
-        tensorboard/          tf.summary event files
+        tensorboard/          TensorBoard event files (model.summaries; no TensorFlow needed)
         eval.json             written by ``gpt2ja eval``
         eval/, export/        the evaluate and export stages' outputs (each with its own manifest)
         _MANIFEST.json        written last by the train stage (``infra.stage.run_stage``) when training
