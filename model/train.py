@@ -20,12 +20,16 @@ same example, every global batch is the same examples, and within an epoch
 none is seen twice or skipped. Each host reads the global stream and keeps its
 rows of every global batch; each replica takes its rows of the host batch.
 
-Strategies: ``default`` (CPU or one GPU), ``mirrored`` (all local GPUs),
-``multi_worker`` (``TF_CONFIG``; one process per host, the chief writes),
-``tpu`` (``tpu`` names the TPU; data and run on ``gs://``). The tests exercise
+Backends (``backend``): ``tensorflow`` with a strategy, ``default`` (CPU or
+one GPU), ``mirrored`` (all local GPUs), ``multi_worker`` (``TF_CONFIG``; one
+process per host, the chief writes), ``tpu`` (``tpu`` names the TPU; data and
+run on ``gs://``); or ``jax`` (:mod:`model.trainer_jax`: every local device,
+``jax.distributed`` across hosts, no TensorFlow needed). Both write the same
+checkpoints (:mod:`model.checkpoint`) and logs. The tests exercise
 ``default``, ``mirrored`` over two logical CPUs and ``multi_worker`` with two
-worker processes on 127.0.0.1 (with resumes from 2 to 1 and 1 to 2 workers);
-GPUs and TPUs have not been available here.
+worker processes on 127.0.0.1 (with resumes from 2 to 1 and 1 to 2 workers),
+and JAX on one and two CPU devices and as two processes; GPUs and TPUs have
+not been available here.
 
 Run directory: written locally; a ``gs://`` run is staged in a local
 directory and copied up as it trains (:class:`model.run_sync.RunSync`): its
@@ -39,11 +43,12 @@ the same run gets :class:`infra.stage.LockHeld`), and the run's
 hosts of a multi-worker job neither lock nor write a manifest.
 
 Code: this module holds the config and :func:`train` (inputs checked and the
-fingerprint computed before TensorFlow starts, then the session under the train
-stage); :mod:`model.trainer` holds the parts it runs: ``start_runtime``
-(strategy), ``build_session`` (model, optimizer, data, checkpoints, resume),
-``make_train_step``/``make_eval_step`` (the compiled steps) and ``run_loop``
-(logging, evaluation, checkpoints, then the manifest).
+fingerprint computed before any backend starts, then the session under the
+train stage); :mod:`model.trainer` (TensorFlow) and :mod:`model.trainer_jax`
+hold the parts it runs: ``start_runtime`` (strategy or devices),
+``build_session`` (model, optimizer, data, resume), ``make_steps`` (the
+compiled steps and checkpoints), and the backend-neutral ``run_loop`` of
+:mod:`model.trainer` (logging, evaluation, checkpoints, then the manifest).
 
 Example::
 
