@@ -9,7 +9,7 @@ file, each file only when it changed since its last upload (it remembers
                         files, hparams.json and the tokenizer copy; returns without waiting for them
     sync_checkpoint()   after every checkpoint, on the calling thread: the new checkpoint's files (once each),
                         every changed log, then the index checkpoints/checkpoint, then the checkpoints the
-                        CheckpointManager pruned are deleted from the bucket too
+                        training pruned (keep_checkpoints) are deleted from the bucket too
     close()             the same as a checkpoint, then the threads stop (the run's files are final)
 
 So TensorBoard (``--logdir gs://…/runs/r1/tensorboard``: the event files keep
@@ -41,7 +41,7 @@ Example::
 
     sync = RunSync("/tmp/gpt2ja-runs/3f…", "gs://bucket/runs/r1")
     sync.sync_logs()          # after a metrics.jsonl line and its TensorBoard scalars are written
-    sync.sync_checkpoint()    # after CheckpointManager.save
+    sync.sync_checkpoint()    # after model.checkpoint.save
     sync.close()              # at the end
 """
 

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from infra import storage
@@ -56,12 +57,12 @@ def staging(root: Path) -> Path:
 
 
 def checkpoint(root: Path, step: int) -> None:
-    """What tf.train.CheckpointManager.save writes: the checkpoint's files, then the index naming it."""
-    ckpt = root / runs.CHECKPOINT_DIR
-    write(ckpt / f"ckpt-{step}.data-00000-of-00001", bytes(1000 + step))
-    write(ckpt / f"ckpt-{step}.index", b"index %d" % step)
-    write(ckpt / "checkpoint", b'model_checkpoint_path: "ckpt-%d"\nall_model_checkpoint_paths: "ckpt-%d"\n'
-          % (step, step))
+    """What training's save writes (model.checkpoint, keep 1): the checkpoint's file, then the index naming it,
+    then the older checkpoint pruned."""
+    from model import checkpoint as ckpt
+
+    ckpt.save(str(root / runs.CHECKPOINT_DIR), step, {"model/w": np.full(250 + step, step, np.float32)},
+              examples=8 * step, backend="jax", keep=1)
 
 
 def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_root, gcs_precondition_proxy,
@@ -87,9 +88,7 @@ def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_roo
 
     checkpoint(local, 2)
     sync.sync_checkpoint()
-    checkpoint(local, 4)
-    for old in (local / runs.CHECKPOINT_DIR).glob("ckpt-2.*"):  # keep_checkpoints=1 prunes ckpt-2
-        old.unlink()
+    checkpoint(local, 4)  # keep 1 prunes ckpt-2
     sync.sync_checkpoint()
     sync.close()
 
@@ -97,26 +96,23 @@ def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_roo
     assert counts[runs.METRICS] == counts["tensorboard/train/events.out.tfevents.1.host.1.v2"] == 2
     assert counts[runs.HPARAMS] == counts["tokenizer/tokenizer.json"] == 1  # unchanged: not sent again
     for step in (2, 4):
-        assert counts[f"checkpoints/ckpt-{step}.index"] == counts[f"checkpoints/ckpt-{step}.data-00000-of-00001"] == 1
+        assert counts[f"checkpoints/ckpt-{step}.npz"] == 1
     assert counts["checkpoints/checkpoint"] == 2
     sent = uploads(proxy, run)
     last_index = len(sent) - 1 - sent[::-1].index("checkpoints/checkpoint")
-    assert last_index > max(sent.index("checkpoints/ckpt-4.index"),
-                            sent.index("checkpoints/ckpt-4.data-00000-of-00001"))  # the index after its files
+    assert last_index > sent.index("checkpoints/ckpt-4.npz")  # the index after its file
     assert {rel for rel in remote(run) if rel.startswith("checkpoints/")} == {
-        "checkpoints/checkpoint", "checkpoints/ckpt-4.index", "checkpoints/ckpt-4.data-00000-of-00001"}
+        "checkpoints/checkpoint", "checkpoints/ckpt-4.npz"}
 
     # another machine resumes the run from the bucket: what it downloaded and never rewrites is not sent again
     other = tmp_path / "other"
     runs.download(run, str(other))
     before = len(uploads(proxy, run))
-    checkpoint(other, 6)
-    for old in (other / runs.CHECKPOINT_DIR).glob("ckpt-4.*"):
-        old.unlink()
+    checkpoint(other, 6)  # prunes the downloaded ckpt-4
     RunSync(str(other), run, min_rewrite_s=0).close()
     again = uploads(proxy, run)[before:]
     assert not [rel for rel in again if rel.startswith(("checkpoints/ckpt-4", "tensorboard/"))], again
-    assert {"checkpoints/ckpt-6.index", "checkpoints/checkpoint"} <= set(again)
+    assert {"checkpoints/ckpt-6.npz", "checkpoints/checkpoint"} <= set(again)
     assert not any(rel.startswith("checkpoints/ckpt-4") for rel in remote(run))  # pruned there too
 
 
@@ -165,14 +161,13 @@ def test_readers_fetch_into_their_own_cache_and_name_a_checkpoint_whose_files_ar
     checkpoint(tmp_path / "staging", 2)
     storage.upload_dir(str(tmp_path / "staging"), run)
     runs.fetch(run)
-    assert sorted(p.name for p in (cache / runs.CHECKPOINT_DIR).iterdir()) \
-        == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    assert sorted(p.name for p in (cache / runs.CHECKPOINT_DIR).iterdir()) == ["checkpoint", "ckpt-2.npz"]
 
-    for part in ("index", "data-00000-of-00001"):
-        storage.delete(storage.join(run, runs.CHECKPOINT_DIR, f"ckpt-2.{part}"))
+    storage.delete(storage.join(run, runs.CHECKPOINT_DIR, "ckpt-2.npz"))
+    shutil.rmtree(cache)
     with pytest.raises(storage.StorageError) as caught:
         runs.fetch(run)
-    assert "\n" not in str(caught.value) and "names checkpoint ckpt-2, whose files are not in the bucket" \
+    assert "\n" not in str(caught.value) and "names checkpoint ckpt-2.npz, which is not in the bucket" \
         in str(caught.value)
     shutil.rmtree(cache)
 
@@ -223,7 +218,7 @@ def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(shard
     sent = uploads(proxy, run)
     assert sent.count("checkpoints/checkpoint") == 2  # at ckpt-4 and ckpt-8
     assert Counter(rel for rel in sent if rel.startswith("checkpoints/ckpt-")) == {
-        f"checkpoints/ckpt-{step}.{part}": 1 for step in (4, 8) for part in ("index", "data-00000-of-00001")}
+        f"checkpoints/ckpt-{step}.npz": 1 for step in (4, 8)}
     last_index = len(sent) - 1 - sent[::-1].index("checkpoints/checkpoint")
     assert all(sent.index(rel) < last_index for rel in sent if rel.startswith("checkpoints/ckpt-8"))
     assert not any(rel.startswith("checkpoints/ckpt-4") for rel in remote(run))  # keep_checkpoints=1
