@@ -128,10 +128,7 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     from model import data as data_mod
     from model import data_order, gpt2
 
-    local = runs.local_dir(cfg.run) if rt.chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{rt.worker}-")
-    if storage.is_gcs(cfg.run):  # every host resumes from the bucket (where the chief's checkpoints are)
-        runs.download(cfg.run, local)
-    os.makedirs(local, exist_ok=True)
+    local = host_dir(cfg, rt)
 
     # ---- model, optimizer, data, checkpoint
     keras.utils.set_random_seed(cfg.seed)
@@ -143,27 +140,9 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         examples = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
     ckpt_dir = os.path.join(local, runs.CHECKPOINT_DIR)
 
-    # ---- resume, or start (from init_from's weights). Every host restores the chief's newest checkpoint:
-    # its own copy (the chief; any host of a gs:// run) or the run directory itself (a local run, which the
-    # hosts must share); only the chief writes checkpoints.
-    prefix = runs.latest_checkpoint(local)
-    if not rt.chief and not storage.is_gcs(cfg.run):
-        prefix = runs.latest_checkpoint(cfg.run)
-    resumed = _restore(lm, opt, step, examples, prefix, cfg.run)
-    if resumed is None:
-        if plan.init_prefix:
-            runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
-            say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
-        if rt.chief:
-            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
-            runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
-    else:
-        at = int(examples.numpy())
-        say(f"resuming run {cfg.run} from step {resumed} at example {at:,} (epoch "
-            f"{at / data_order.epoch_size(cfg.data):.2f})")
-        if rt.chief:
-            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=resumed)
-            runs.truncate_metrics(local, resumed)
+    at_step, at_example = resume_or_start(cfg, rt, plan, lm, opt, local, say)
+    step.assign(at_step)
+    examples.assign(at_example)
 
     # ---- the training data from this run's position; then validation data, TensorBoard
     train_ds = data_order.train_dataset(cfg.data, global_batch=plan.accum * cfg.micro_batch, workers=rt.workers,
@@ -180,6 +159,51 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
                                       by_tokens=cfg.tensorboard_by_tokens)
     return Session(local=local, lm=lm, opt=opt, step=step, examples=examples, train_ds=train_ds,
                    iterator=iter(train_ds), ckpt_dir=ckpt_dir, val_ds=val_ds, board=board)
+
+
+def host_dir(cfg: TrainConfig, rt: Runtime) -> str:
+    """Where this host writes: the run's local directory (the chief; a gs:// run downloaded into it to resume),
+    or a scratch directory of its own (the other hosts)."""
+    local = runs.local_dir(cfg.run) if rt.chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{rt.worker}-")
+    if storage.is_gcs(cfg.run):  # every host resumes from the bucket (where the chief's checkpoints are)
+        runs.download(cfg.run, local)
+    os.makedirs(local, exist_ok=True)
+    return local
+
+
+def resume_or_start(cfg: TrainConfig, rt: Runtime, plan: Plan, lm, opt, local: str,
+                    say: Callable[[str], None]) -> tuple[int, int]:
+    """Restore the newest checkpoint into ``lm`` and ``opt`` (or init_from's weights); ``(step, examples)``.
+
+    Every host restores the chief's newest checkpoint: its own copy (the chief; any host of a gs:// run) or
+    the run directory itself (a local run, which the hosts must share); only the chief writes the run's files.
+    The dropout states come back only from a checkpoint of this backend (each draws its own stream).
+    """
+    from model import checkpoint, data_order
+
+    path = runs.latest_checkpoint(local if rt.chief or storage.is_gcs(cfg.run) else cfg.run)
+    if path is None:
+        if plan.init_prefix:
+            runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
+            say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
+        if rt.chief:
+            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
+            runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
+        return 0, 0
+    try:
+        ckpt = checkpoint.load(path)
+        checkpoint.assign_model(lm, ckpt)
+        checkpoint.assign_optimizer(opt, ckpt)
+        if ckpt.meta.get("backend") == cfg.backend:
+            checkpoint.assign_rng(lm, ckpt)
+    except checkpoint.CheckpointError as err:
+        raise TrainError(f"run {cfg.run}: {err}") from None
+    say(f"resuming run {cfg.run} from step {ckpt.step} at example {ckpt.examples:,} (epoch "
+        f"{ckpt.examples / data_order.epoch_size(cfg.data):.2f})")
+    if rt.chief:
+        runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=ckpt.step)
+        runs.truncate_metrics(local, ckpt.step)
+    return ckpt.step, ckpt.examples
 
 
 def save_checkpoint(cfg: TrainConfig, rt: Runtime, s: Session, step: int) -> None:
@@ -465,25 +489,6 @@ def _named_data_error(cfg: TrainConfig, err) -> Exception:
         return TrainError(f"{named}; the run's last checkpoint is kept, so the same command resumes it")
     return TrainError(f"reading shards {cfg.data} failed ({data_mod.tf_message(err)}); check them with "
                       "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged")
-
-
-def _restore(lm, opt, step, examples, path: str | None, run_uri: str) -> int | None:
-    """Restore the checkpoint ``path`` (the newest) into the variables; its step, or None for a fresh run."""
-    from model import checkpoint
-
-    if path is None:
-        return None
-    try:
-        ckpt = checkpoint.load(path)
-        checkpoint.assign_model(lm, ckpt)
-        checkpoint.assign_optimizer(opt, ckpt)
-        if ckpt.meta.get("backend") == "tensorflow":  # another backend's dropout stream does not carry over
-            checkpoint.assign_rng(lm, ckpt)
-    except checkpoint.CheckpointError as err:
-        raise TrainError(f"run {run_uri}: {err}") from None
-    step.assign(ckpt.step)
-    examples.assign(ckpt.examples)
-    return ckpt.step
 
 
 def _duration(seconds: float) -> str:

@@ -50,16 +50,14 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from infra import storage
 from model import backend, checkpoint, runs, summaries
 from model.data import DataError
 from model.optim import make_optimizer
 from model.train import Plan, TrainConfig, TrainError
-from model.trainer import Runtime, Steps
+from model.trainer import Runtime, Steps, host_dir, resume_or_start
 
 __all__ = ["JaxSession", "build_session", "make_steps", "start_runtime"]
 
@@ -137,40 +135,11 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     from model import data as data_mod
     from model import data_order, gpt2
 
-    local = runs.local_dir(cfg.run) if rt.chief else tempfile.mkdtemp(prefix=f"gpt2ja-worker{rt.worker}-")
-    if storage.is_gcs(cfg.run):  # every host resumes from the bucket (where the chief's checkpoints are)
-        runs.download(cfg.run, local)
-    os.makedirs(local, exist_ok=True)
-
+    local = host_dir(cfg, rt)
     keras.utils.set_random_seed(cfg.seed)
     lm = gpt2.build_model(plan.model_cfg, dtype="mixed_bfloat16" if cfg.mixed_precision == "bf16" else None)
     opt = make_optimizer(cfg, lm)
-    ckpt_dir = os.path.join(local, runs.CHECKPOINT_DIR)
-
-    path = runs.latest_checkpoint(local if rt.chief or storage.is_gcs(cfg.run) else cfg.run)
-    start, examples = 0, 0
-    if path is not None:
-        try:
-            ckpt = checkpoint.load(path)
-            checkpoint.assign_model(lm, ckpt)
-            checkpoint.assign_optimizer(opt, ckpt)
-            if ckpt.meta.get("backend") == "jax":  # another backend's dropout stream does not carry over
-                checkpoint.assign_rng(lm, ckpt)
-        except checkpoint.CheckpointError as err:
-            raise TrainError(f"run {cfg.run}: {err}") from None
-        start, examples = ckpt.step, ckpt.examples
-        say(f"resuming run {cfg.run} from step {start} at example {examples:,} (epoch "
-            f"{examples / data_order.epoch_size(cfg.data):.2f})")
-        if rt.chief:
-            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=start)
-            runs.truncate_metrics(local, start)
-    else:
-        if plan.init_prefix:
-            runs.restore_weights(lm, plan.init_prefix, what=f"init_from {cfg.init_from}")
-            say(f"initialised weights from {plan.init_prefix} (optimizer and data start fresh)")
-        if rt.chief:
-            runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm)
-            runs.truncate_metrics(local, 0)  # lines of a session that died before its first checkpoint
+    start, examples = resume_or_start(cfg, rt, plan, lm, opt, local, say)
 
     state = {"trainable": [v.value for v in lm.trainable_variables],
              "non_trainable": [v.value for v in lm.non_trainable_variables],
@@ -190,7 +159,8 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
         board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
                                       by_tokens=cfg.tensorboard_by_tokens)
     return JaxSession(local=local, lm=lm, opt=opt, state=state, start=start, examples=examples, train_ds=train_ds,
-                      val_ds=val_ds, ckpt_dir=ckpt_dir, board=board, mesh=_mesh(rt))
+                      val_ds=val_ds, ckpt_dir=os.path.join(local, runs.CHECKPOINT_DIR), board=board,
+                      mesh=_mesh(rt))
 
 
 def _mesh(rt: Runtime):
@@ -288,7 +258,6 @@ def _put(array, mesh, axis: int, workers: int):
 
 def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: JaxSession) -> Steps:
     """The jitted step and evaluation, the checkpoints and the model sync, as :func:`model.trainer.run_loop` drives."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 

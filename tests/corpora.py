@@ -76,11 +76,12 @@ def mirror_stages(base: Path, *, part_docs: int | None = None) -> dict:
     return {"base": base, "text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
 
 
-def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool = True) -> Path:
+def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool = True, seed: int = 3) -> Path:
     """``{root}/run``: an untrained tiny model (checkpoint step 1) with its hparams and tokenizer copy.
 
     ``randomize`` gives every weight a random value (LayerNorm gains near 1), so logits
     differ across ids: what an export's logit check needs. The bytes tokenizer by default.
+    Written by whichever Keras backend this process runs (no TensorFlow needed).
     """
     import json
 
@@ -91,12 +92,12 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
     from model.presets import ModelConfig
     from tokenization.bytes_tokenizer import ByteTokenizer
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     tok = tok or ByteTokenizer()
     cfg = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=context, dropout=0.0)
     lm = gpt2.build_model(cfg)
     if randomize:
-        rng = np.random.default_rng(5)
+        rng = np.random.default_rng(seed + 2)
         for v in lm.backbone.weights:
             base = 1.0 if v.path.endswith("gamma") else 0.0
             v.assign(base + rng.normal(0.0, 0.15, size=tuple(v.shape)).astype(np.float32))

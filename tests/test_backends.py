@@ -85,29 +85,14 @@ def tensorflow_side(root: str) -> None:
 
 
 def _write_jax_run(root: Path) -> Path:
-    """``{root}/run`` as ``write_tiny_run`` lays it out (other random weights), written without TensorFlow."""
+    """``{root}/run`` written by ``write_tiny_run`` on JAX (other random weights), and its logits of :func:`_ids`."""
     import keras
 
-    from model import checkpoint, gpt2, runs
-    from model.presets import ModelConfig
-    from tokenization.bytes_tokenizer import ByteTokenizer
+    from model import gpt2, runs
+    from tests.corpora import write_tiny_run
 
-    keras.utils.set_random_seed(4)
-    tok = ByteTokenizer()
-    cfg = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, context_length=CONTEXT, dropout=0.0)
-    lm = gpt2.build_model(cfg)
-    rng = np.random.default_rng(6)
-    for v in lm.backbone.weights:
-        base = 1.0 if v.path.endswith("gamma") else 0.0
-        v.assign(base + rng.normal(0.0, 0.15, size=tuple(v.shape)).astype(np.float32))
-    run = root / "run"
-    (run / runs.CHECKPOINT_DIR).mkdir(parents=True)
-    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
-                                                cfg.padded_vocab_size}))
-    tok.save(str(run / runs.TOKENIZER_DIR))
-    checkpoint.save(str(run / runs.CHECKPOINT_DIR), 1, checkpoint.model_arrays(lm), examples=0,
-                    backend=keras.backend.backend(), keep=1)
-    np.save(root / "logits.npy", keras.ops.convert_to_numpy(gpt2.logits(lm, _ids())))
+    run = write_tiny_run(root, context=CONTEXT, seed=4)
+    np.save(root / "logits.npy", keras.ops.convert_to_numpy(gpt2.logits(runs.load_run(str(run)).model, _ids())))
     return run
 
 
