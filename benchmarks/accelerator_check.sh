@@ -240,6 +240,9 @@ train_cmd() {  # train_cmd RUN: the one command both runs use
 }
 
 step4() {
+  # two JAX processes share the GPU (the unbroken run beside the killed one, then beside its resume): JAX takes
+  # 75 % of the GPU's memory per process by default, so each gets 45 % (`small` at micro-batch 16 needs far less)
+  local -x XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
   train_cmd "$RUN_A"
   say "Shards: $SHARDS ($("$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); \
 print(f\"{d['training_works']} works, {d['shard_counts']['tokens']:,} tokens, seq_len {d['seq_len']}, vocabulary {d['vocab']:,}\")" \
