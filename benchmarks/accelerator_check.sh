@@ -96,7 +96,7 @@ if [ "$MODE" = prepare ]; then
   exit $?
 fi
 
-# ----------------------------------------------------------------- --cpu-smoke: prepare + a stand-in device, then the check
+# ----------------------------------------------------------------- --cpu-smoke: prepare + a device stand-in, then the check
 if [ "$MODE" = smoke ]; then
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpt2ja-accelerator-smoke-XXXXXX")"
   trap 'rm -rf "$WORK"' EXIT
@@ -125,7 +125,7 @@ cleanup() {
 trap cleanup EXIT
 
 SITE="${GPT2JA_SITE:-${TMPDIR:-/tmp}/gpt2ja-site}"
-if ! "$PY" -c "import keras_hub, pydantic, typer, pyppmd" >/dev/null 2>&1; then
+if ! "$PY" -c "import keras_hub, pydantic, typer, pyppmd, datasketch" >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$DIR"/wheels/*.whl || { echo "error: installing $DIR/wheels failed" >&2; exit 1; }
 fi

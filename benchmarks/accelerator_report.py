@@ -1,4 +1,4 @@
-"""The accelerator check's two verdicts in numbers: JAX against PyTorch (step 3), a resumed run against an unbroken one (step 4).
+"""The accelerator check's verdicts in numbers: JAX against PyTorch (step 3), a resumed run against an unbroken one (4).
 
 ``compare``: the JSON of ``model_bench.py --backend jax`` and of ``torch_gpt2.py``
 (same shape, same batch), with the matmul ceilings ``ceiling.py --json`` measured

@@ -5,7 +5,7 @@ project's own stages, from a part of an Aozora corpus in the site's layout
 (``cards/<person id>/files/<stem>.zip``)::
 
     works of every author but one ─► gpt2ja crawl files ─► clean ─► tokenizer train ─► shards
-    the held-out author's works    ─► gpt2ja crawl files ─► clean ─► heldout/ (Document parts, no training use)
+    the held-out author's works    ─► gpt2ja crawl files ─► clean ─► heldout/ (Documents, never trained on)
 
 Output (``DEST``)::
 

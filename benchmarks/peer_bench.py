@@ -46,8 +46,8 @@ warm-up call.
 Method: every measurement is a fresh subprocess (``peer_bench.py --worker
 …``), one at a time, TensorFlow and PyTorch never in one process; threads set
 explicitly to all cores (TensorFlow intra- and inter-op, ``torch.set_num_threads``
-and interop). Rounds interleave the contenders (tf, torch-eager, torch-compile,
-tf, …); the table gives the median over ``--rounds`` rounds and the spread
+and interop). Rounds interleave the contenders (gpt2ja-tf, gpt2ja-jax, torch-eager, torch-compile,
+gpt2ja-tf, …); the table gives the median over ``--rounds`` rounds and the spread
 (min–max). Without ``--data`` the script builds its own data once under
 ``--work``: a synthetic Japanese-looking corpus → a sentencepiece unigram
 tokenizer of ``--vocab`` ids → shards of ``--seq-len`` (the real stages).

@@ -181,7 +181,8 @@ def bench(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, s
             "preset": preset, "vocab_rows": s.vocab, "seq_len": seq_len, "micro_batch": micro_batch, "accum": accum,
             "tokens_per_step": tokens, "dtype": dtype, "compile": compile_, "dropout": s.dropout,
             "attention": "F.scaled_dot_product_attention(is_causal=True)", "fused_adamw": dev == "cuda",
-            "parameters": n + model.wpe.weight.numel(), "flops_per_token": flops_per_token(n, s.layers, s.width, seq_len),
+            "parameters": n + model.wpe.weight.numel(),
+            "flops_per_token": flops_per_token(n, s.layers, s.width, seq_len),
             "warmup_step_s": first, "measured_steps": steps - warmup, "measured_s": wall,
             "tokens_per_s": (steps - warmup) * tokens / wall, "loss": final * accum,
             "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
@@ -203,6 +204,10 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.warmup < args.steps:
         ap.error("--warmup must be at least 1 (the compile) and leave a step to measure")
+    import ceiling
+
+    for line in ceiling.machine_lines(("numpy", "torch", "triton")):
+        print(line)
     out = bench(args.preset, args.vocab, args.seq_len, args.micro_batch, args.accum, args.steps, args.warmup,
                 args.dtype, args.compile, args.dropout, threads=args.threads)
     print(f"torch {out['torch']} on {out['device_name']}: {args.preset}, {out['parameters']:,} parameters, "
