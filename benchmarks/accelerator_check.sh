@@ -72,7 +72,8 @@ prepare() {  # prepare DIR tiny|full
   echo "data → $dir/data (the project's stages: crawl files, clean, tokenizer, shards; held-out author apart)"
   if [ "$sizes" = tiny ]; then
     "$PY" "$REPO/benchmarks/device_data.py" "$dir/data" --bulk "$REPO/examples/aozora-mirror" --holdout 000121 \
-      --every 1 --vocab 3000 --seq-len 128 --sample-sentences 20000 --heldout-chars 20000 >/dev/null || return 1
+      --every 1 --vocab 3000 --seq-len 128 --sample-sentences 20000 --heldout-chars 20000 \
+      --validation-fraction 0.25 >/dev/null || return 1
   else
     "$PY" "$REPO/benchmarks/device_data.py" "$dir/data" --bulk "$BULK" --holdout 000074 --every 10 --vocab 8000 \
       --seq-len 1024 --sample-sentences 200000 --heldout-chars 100000 >/dev/null || return 1

@@ -30,6 +30,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +43,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+#: share of the training works' documents (by id hash) kept for validation: training's validation loss reads a few
+#: micro-batches of 16 sequences of 1024 from it (clean's default, 0.05, gives a handful of works here)
+VALIDATION_FRACTION = 0.1
 
 
 def gpt2ja(*args: str, log: Path) -> None:
@@ -82,7 +88,7 @@ def size_of(path: Path) -> int:
 
 
 def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_len: int, sample_sentences: int,
-            heldout_chars: int) -> dict:
+            heldout_chars: int, validation_fraction: float = VALIDATION_FRACTION) -> dict:
     from corpus.jsonl import ShardWriter, read_documents
 
     t0 = time.time()
@@ -92,12 +98,20 @@ def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_le
     root.mkdir(parents=True)
     log = dest / "prepare.log"
     train_zips, held_zips = pick(bulk, holdout, every)
-    with tempfile.TemporaryDirectory(prefix="gpt2ja-device-data-") as tmp:
-        tmp = Path(tmp)
+    # `crawl files` names a document by its absolute path, and clean splits train/validation by a hash of that
+    # name: the links live at a path fixed by the inputs (not a random temporary one), so the split is the same
+    # on every preparation from the same corpus on this machine; a lock serialises preparations that share it
+    key = hashlib.sha256(f"{bulk.resolve()}\0{holdout}\0{every}".encode()).hexdigest()[:12]
+    tmp = Path(tempfile.gettempdir()) / "gpt2ja-device-data" / key
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(tmp, ignore_errors=True)
         link_tree(train_zips, tmp / "train")
         link_tree(held_zips, tmp / "heldout")
         gpt2ja("crawl", "files", str(tmp / "train"), "--root", str(root), "--crawl-id", "check", log=log)
-        gpt2ja("clean", "--in", str(root / "raw/files/check"), "--out", str(root / "clean/check"), log=log)
+        gpt2ja("clean", "--in", str(root / "raw/files/check"), "--out", str(root / "clean/check"),
+               "--set", f"split.validation_fraction={validation_fraction}", log=log)
         gpt2ja("crawl", "files", str(tmp / "heldout"), "--root", str(tmp / "hroot"), "--crawl-id", "heldout", log=log)
         gpt2ja("clean", "--in", str(tmp / "hroot/raw/files/heldout"), "--out", str(tmp / "hroot/clean"), log=log)
         taken, chars = 0, 0
@@ -107,6 +121,7 @@ def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_le
                     break
                 out.write(doc)
                 taken, chars = taken + 1, chars + len(doc.text)
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(root / "raw")  # read by nothing downstream; the clean manifest still names it
     gpt2ja("tokenizer", "train", "--corpus", str(root / "clean/check"), "--vocab-size", str(vocab),
            "--sample-sentences", str(sample_sentences), "--out", str(root / "tokenizers/sp"), log=log)
@@ -135,9 +150,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--sample-sentences", type=int, default=200_000)
     ap.add_argument("--heldout-chars", type=int, default=100_000)
+    ap.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
+                    help="share of the training authors' documents kept for validation")
     args = ap.parse_args()
     info = prepare(args.dest, args.bulk, args.holdout, args.every, args.vocab, args.seq_len, args.sample_sentences,
-                   args.heldout_chars)
+                   args.heldout_chars, args.validation_fraction)
     print(json.dumps(info, ensure_ascii=False))
 
 
