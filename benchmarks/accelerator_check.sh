@@ -213,7 +213,7 @@ EOF
 }
 
 step2() {
-  say "The project's JAX train step (\`model.trainer_jax.make_step\`, what \`gpt2ja train --backend jax\` runs) on random ids:"
+  say "The project's JAX train step (\`gpt2ja.model.trainer_jax.make_step\`, what \`gpt2ja train --backend jax\` runs) on random ids:"
   block "$PY" "$REPO/benchmarks/model_bench.py" --backend jax --presets "$BENCH_PRESET" --vocab "$BENCH_VOCAB" \
     --seq-len "$BENCH_SEQ" --micro-batch "$BENCH_MICRO" --accum "$BENCH_ACCUM" --steps "$BENCH_STEPS" \
     --warmup "$BENCH_WARMUP" --mixed-precision "$PRECISION" --dropout 0 --matmul-size "$MATMUL" || return 1

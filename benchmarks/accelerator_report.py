@@ -7,7 +7,7 @@ in the same call, as one Markdown table: tokens/s, model TFLOP/s (PaLM's
 framework's own measured ceiling. A figure above its measured ceiling is
 printed as a benchmark bug and fails the step.
 
-``resume``: the newest checkpoint of each run (``model.checkpoint``'s npz)
+``resume``: the newest checkpoint of each run (``gpt2ja.model.checkpoint``'s npz)
 must be at ``--steps``; the weights and AdamW state are compared array by
 array (``--bitwise``: equal bit for bit, as on the CPU; otherwise the max abs
 difference is reported, as on a GPU, where XLA's reductions need not be
@@ -49,7 +49,7 @@ def compare(args) -> int:
     device = jax_run.get("device") or torch_run.get("device_name") or "?"
     peak, source = (jax_run.get("peak_tflops"), jax_run.get("peak_source")) if jax_run.get("peak_tflops") else (
         ceiling.datasheet_peak(device) or (None, ""))
-    sides = [("gpt2ja, JAX (model.trainer_jax.make_step)", "jax", row["tokens_per_s"], row["flops_per_token"]),
+    sides = [("gpt2ja, JAX (gpt2ja.model.trainer_jax.make_step)", "jax", row["tokens_per_s"], row["flops_per_token"]),
              ("PyTorch (benchmarks/torch_gpt2.py" + (", torch.compile" if torch_run.get("compile") else "") + ")",
               "torch", torch_run["tokens_per_s"], torch_run["flops_per_token"])]
     if abs(row["flops_per_token"] - torch_run["flops_per_token"]) > 1e-6 * row["flops_per_token"]:
@@ -82,7 +82,7 @@ def compare(args) -> int:
 
 
 def _newest(run: str):
-    from model import checkpoint
+    from gpt2ja.model import checkpoint
 
     path = checkpoint.latest(os.path.join(run, "checkpoints"))
     if path is None:

@@ -33,7 +33,7 @@ from crawl_bench import machine  # noqa: E402
 
 def raw_texts(bulk: Path) -> list[tuple[str, str]]:
     """(name, decoded .txt with its notation) of every zip."""
-    from crawler.extract.aozora import decode_sjis
+    from gpt2ja.crawler.extract.aozora import decode_sjis
 
     out = []
     for path in sorted(bulk.rglob("*.zip")):
@@ -44,10 +44,10 @@ def raw_texts(bulk: Path) -> list[tuple[str, str]]:
 
 
 def bench_filters(texts: list[tuple[str, str]]) -> None:
-    from corpus.aozora import strip_notation
-    from corpus.document import Document
-    from corpus.filters import PRESETS, build_filters, first_failure
-    from corpus.normalize import normalize
+    from gpt2ja.corpus.aozora import strip_notation
+    from gpt2ja.corpus.document import Document
+    from gpt2ja.corpus.filters import PRESETS, build_filters, first_failure
+    from gpt2ja.corpus.normalize import normalize
 
     filters = build_filters(PRESETS["literature"])
     size = sum(len(t.encode("utf-8")) for _, t in texts)
@@ -71,9 +71,9 @@ def bench_filters(texts: list[tuple[str, str]]) -> None:
 
 
 def bench_dedup(texts: list[tuple[str, str]]) -> None:
-    from corpus.aozora import strip_notation
-    from corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
-    from corpus.normalize import normalize
+    from gpt2ja.corpus.aozora import strip_notation
+    from gpt2ja.corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
+    from gpt2ja.corpus.normalize import normalize
 
     cfg = DedupConfig()
     clean = [(name, normalize(strip_notation(t).text)) for name, t in texts]
@@ -99,9 +99,9 @@ def peak_rss_mb() -> float:
 
 
 def bench_stage(bulk: Path, copies: int, workers_list: list[int]) -> None:
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from infra import storage
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.infra import storage
 
     with tempfile.TemporaryDirectory() as root:
         raw = crawl_files(str(bulk), root=root, crawl_id="bulk", part_docs=256)
@@ -119,7 +119,7 @@ def bench_stage(bulk: Path, copies: int, workers_list: list[int]) -> None:
             inputs = [raw, extra]
         else:
             inputs = [raw]
-        raw_bytes = sum(len(d.text.encode("utf-8")) for d in __import__("corpus.jsonl", fromlist=["x"])
+        raw_bytes = sum(len(d.text.encode("utf-8")) for d in __import__("gpt2ja.corpus.jsonl", fromlist=["x"])
                         .read_documents(inputs))
         for workers in workers_list:
             out = os.path.join(root, f"clean-{workers}")

@@ -49,8 +49,8 @@ def machine() -> str:
 
 
 def bench_crawl(repeat: int) -> None:
-    from crawler.mirror import MirrorServer
-    from crawler.runner import CrawlConfig, crawl_in_subprocess
+    from gpt2ja.crawler.mirror import MirrorServer
+    from gpt2ja.crawler.runner import CrawlConfig, crawl_in_subprocess
 
     rates = []
     for i in range(repeat):
@@ -60,7 +60,7 @@ def bench_crawl(repeat: int) -> None:
             t0 = time.perf_counter()
             crawl_in_subprocess(cfg)
             wall = time.perf_counter() - t0
-            from infra import storage
+            from gpt2ja.infra import storage
 
             seconds = storage.read_manifest(cfg.out_uri)["timings"]["seconds"]
             pages = len(server.requests)
@@ -73,7 +73,7 @@ def bench_crawl(repeat: int) -> None:
 
 
 def bench_extract(label: str, zips: list[Path], xhtml: list[Path]) -> None:
-    from crawler.extract.aozora import from_xhtml, from_zip
+    from gpt2ja.crawler.extract.aozora import from_xhtml, from_zip
 
     blobs = [(p.name, p.read_bytes()) for p in zips]
     packed = sum(len(b) for _, b in blobs)

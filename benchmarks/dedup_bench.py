@@ -11,7 +11,7 @@
    largest task's), precision and recall against the known set, and how many
    documents the engines decide differently;
 2. ``--real``: the whole of aozora-bulk (or ``--real-works N`` of it) through the
-   clean stage's phase 1 (crawler.files → clean → dedup records), then both
+   clean stage's phase 1 (gpt2ja.crawler.files → clean → dedup records), then both
    engines on the same records: which documents they decide differently, and why.
 
 Usage::
@@ -46,8 +46,8 @@ def paragraphs(bulk: Path) -> list[str]:
     """Cleaned paragraphs (≥ 80 characters) of every work, in file order."""
     from clean_bench import raw_texts
 
-    from corpus.aozora import strip_notation
-    from corpus.normalize import normalize
+    from gpt2ja.corpus.aozora import strip_notation
+    from gpt2ja.corpus.normalize import normalize
 
     out = []
     for _, text in raw_texts(bulk):
@@ -83,12 +83,12 @@ def synthetic(paras: list[str], n: int, seed: int = 0) -> tuple[list[tuple[str, 
 
 
 def _sign(args: tuple) -> int:
-    """Phase 1's dedup records of one part, as corpus.clean.process_part writes them."""
+    """Phase 1's dedup records of one part, as gpt2ja.corpus.clean.process_part writes them."""
     import numpy as np
 
-    from corpus.clean import record_key
-    from corpus.dedup import DedupConfig, exact_key, signature
-    from infra import storage
+    from gpt2ja.corpus.clean import record_key
+    from gpt2ja.corpus.dedup import DedupConfig, exact_key, signature
+    from gpt2ja.infra import storage
 
     work, index, docs = args
     cfg = DedupConfig()
@@ -127,9 +127,9 @@ RUN_ENGINE = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {repo!r} + "/benchmarks"]
-from corpus.clean import find_duplicates
-from infra.parallel import pool_map
-from corpus.dedup import DedupConfig
+from gpt2ja.corpus.clean import find_duplicates
+from gpt2ja.infra.parallel import pool_map
+from gpt2ja.corpus.dedup import DedupConfig
 from dedup_bench import Measured, peak_mb
 work, parts, n, engine, workers, max_rows = {work!r}, {parts}, {n}, {engine!r}, {workers}, {max_rows}
 pool, peaks = pool_map(workers), tempfile.mkdtemp()
@@ -160,7 +160,7 @@ def run_engine(work: str, parts: int, n: int, engine: str, workers: int, max_row
 
 def bench_synthetic(paras: list[str], n: int, workers: int, engines: tuple[str, ...] = ("memory", "sharded"),
                     max_rows: int | None = None) -> None:
-    from infra.parallel import pool_map
+    from gpt2ja.infra.parallel import pool_map
 
     docs, truth = synthetic(paras, n)
     ids = {}
@@ -199,10 +199,10 @@ def bench_synthetic(paras: list[str], n: int, workers: int, engines: tuple[str, 
 
 def bench_real(bulk: Path, works: int | None, workers: int) -> None:
     """Phase 1 of the clean stage on aozora-bulk, then both engines on the same dedup records."""
-    from corpus.clean import CleanConfig, find_duplicates, process_part
-    from infra.parallel import pool_map
-    from crawler.files import crawl_files
-    from corpus.jsonl import list_parts
+    from gpt2ja.corpus.clean import CleanConfig, find_duplicates, process_part
+    from gpt2ja.infra.parallel import pool_map
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.corpus.jsonl import list_parts
 
     with tempfile.TemporaryDirectory(prefix="dedup-real-") as root:
         source = bulk

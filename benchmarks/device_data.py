@@ -89,7 +89,7 @@ def size_of(path: Path) -> int:
 
 def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_len: int, sample_sentences: int,
             heldout_chars: int, validation_fraction: float = VALIDATION_FRACTION) -> dict:
-    from corpus.jsonl import ShardWriter, read_documents
+    from gpt2ja.corpus.jsonl import ShardWriter, read_documents
 
     t0 = time.time()
     if dest.exists():
@@ -127,7 +127,7 @@ def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_le
            "--sample-sentences", str(sample_sentences), "--out", str(root / "tokenizers/sp"), log=log)
     gpt2ja("shards", "--corpus", str(root / "clean/check"), "--tokenizer", str(root / "tokenizers/sp"),
            "--seq-len", str(seq_len), "--out", str(root / "shards"), "--workers", "1", log=log)
-    from infra import storage
+    from gpt2ja.infra import storage
 
     manifest = storage.read_manifest(str(root / "shards")) or {}
     info = {"bulk": str(bulk), "holdout_person": holdout, "training_works": len(train_zips), "every": every,

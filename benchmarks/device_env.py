@@ -73,8 +73,8 @@ CARRY = (
     "keras-hub", "kagglehub", "kagglesdk",            # KerasHub imports kagglehub at import time
     "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
     "typer",
-    "pyppmd",                                         # model/baselines.py: PPMd order 8
-    "datasketch",                                     # gpt2ja's --config/--set reader imports flows.config,
+    "pyppmd",                                         # gpt2ja/model/baselines.py: PPMd order 8
+    "datasketch",                                     # gpt2ja's --config/--set reader imports gpt2ja.flows.config,
 )                                                     # which imports the clean stage's dedup (MinHash)
 
 #: wheels whose platform tags pip matches exactly (README of the device tool, "Notes"): tried in this order

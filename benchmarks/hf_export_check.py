@@ -6,7 +6,7 @@ and ``AutoModelForCausalLM`` from the export's folder, then scoring and
 
 1. the machine, torch and transformers versions and the device;
 2. bits per character of ``--text`` scored by the export, with gpt2ja's own
-   sliding windows (``model.evaluate.windows``: ``EOS text``, context = the
+   sliding windows (``gpt2ja.model.evaluate.windows``: ``EOS text``, context = the
    model's positions, stride half of it, padding ids masked), next to
    ``--expect-bpc`` (the ``gpt2ja eval`` figure of the same run and text); the
    tokenizer's ids are gpt2ja's (tested in tests/test_export.py), so the two
@@ -22,7 +22,7 @@ It writes a Markdown report (``--report``). Usage::
         --text data/studies/recipe/eval-texts/heldout/validation --expect-bpc 4.3489 --device cpu
 
 On the device machine, which has torch and transformers but no gpt2ja
-environment, carry pydantic's wheels (model.evaluate's imports) and run it
+environment, carry pydantic's wheels (gpt2ja.model.evaluate's imports) and run it
 with that machine's ``python3``.
 """
 
@@ -47,7 +47,7 @@ def score(model, tok, texts: list[str], *, batch: int, device) -> dict:
     import numpy as np
     import torch
 
-    from model.evaluate import LN2, windows
+    from gpt2ja.model.evaluate import LN2, windows
 
     context = int(model.config.n_positions)
     stride = max(1, context // 2)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.evaluate import read_texts
+    from gpt2ja.model.evaluate import read_texts
 
     if not Path(args.export, "config.json").is_file():
         print(f"error: {args.export} is not a Hugging Face export (no config.json); make one with gpt2ja export hf",

@@ -1,6 +1,6 @@
 """GPT-2 speed on this machine: training tokens/s, model FLOP/s, matmul FLOP/s, "MFU", and generation with/without the KV cache.
 
-Training: each preset trains ``--steps`` real optimizer steps (``model.train.train``,
+Training: each preset trains ``--steps`` real optimizer steps (``gpt2ja.model.train.train``,
 the same loop as ``gpt2ja train``) on a shards artifact; the figure is the median
 ``tokens_per_s`` the run logs after the first (compile) step.
 
@@ -34,7 +34,7 @@ GPU (bf16, XLA; the small and medium presets; the issue's aim is ≥ 40 % of the
         --mixed-precision bf16 --xla --micro-batch 16 --steps 20 --peak-tflops 989 --matmul-size 8192
 
 JAX (``--backend jax``, no TensorFlow imported): the project's own JAX train step,
-:func:`model.trainer_jax.make_step` (the step ``gpt2ja train --backend jax`` runs:
+:func:`gpt2ja.model.trainer_jax.make_step` (the step ``gpt2ja train --backend jax`` runs:
 ``stateless_call``, micro-batches accumulated by ``lax.scan`` inside the jitted step,
 donated state, AdamW, clipping), on random ids of ``--vocab`` ids drawn once on the
 device (a step's cost does not depend on them), so no shards are needed and the
@@ -74,7 +74,7 @@ NEW_TOKENS = 256
 
 def flops_per_token(cfg, seq_len: int) -> float:
     """PaLM's 6·N + 12·L·H·T (:func:`ceiling.flops_per_token`) for a model config at ``seq_len``."""
-    from model.presets import param_count
+    from gpt2ja.model.presets import param_count
 
     n = param_count(cfg) - cfg.context_length * cfg.hidden_dim  # without position embeddings
     return ceiling.flops_per_token(n, cfg.num_layers, cfg.hidden_dim, seq_len)
@@ -82,18 +82,18 @@ def flops_per_token(cfg, seq_len: int) -> float:
 
 def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, steps: int,
                       warmup: int, *, mixed_precision: str, dropout: float | None) -> dict:
-    """tokens/s of :func:`model.trainer_jax.make_step` on random ids (one device), after ``warmup`` steps."""
-    from model import backend
+    """tokens/s of :func:`gpt2ja.model.trainer_jax.make_step` on random ids (one device), after ``warmup`` steps."""
+    from gpt2ja.model import backend
 
     backend.use("jax")
     import jax
     import keras
     import numpy as np
 
-    from model import gpt2, trainer_jax
-    from model.optim import make_optimizer
-    from model.presets import ModelConfig
-    from model.train import TrainConfig
+    from gpt2ja.model import gpt2, trainer_jax
+    from gpt2ja.model.optim import make_optimizer
+    from gpt2ja.model.presets import ModelConfig
+    from gpt2ja.model.train import TrainConfig
 
     model_cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len, dropout=dropout)
     tokens = accum * micro_batch * seq_len
@@ -128,8 +128,8 @@ def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, a
 
 def training_rate(shards: str, preset: str, steps: int, micro_batch: int, *, xla: bool,
                   mixed_precision: str) -> float:
-    from infra import storage
-    from model.train import TrainConfig, train
+    from gpt2ja.infra import storage
+    from gpt2ja.model.train import TrainConfig, train
 
     seq_len = storage.read_manifest(shards)["seq_len"]
     with tempfile.TemporaryDirectory() as run:
@@ -148,9 +148,9 @@ def generation_rates(preset: str, vocab_size: int, *, xla: bool, mixed_precision
     """(tokens/s with the KV cache, tokens/s without) for 256 new tokens from a one-token prompt."""
     import keras
 
-    from model import gpt2
-    from model.generate import Generator
-    from model.presets import ModelConfig
+    from gpt2ja.model import gpt2
+    from gpt2ja.model.generate import Generator
+    from gpt2ja.model.presets import ModelConfig
 
     keras.utils.set_random_seed(0)
     cfg = ModelConfig.from_preset(preset, vocab_size=vocab_size, context_length=max(512, NEW_TOKENS + 1))
@@ -199,12 +199,12 @@ def row(preset: str, params: int, rate: float, model_flops: float, ceil: float, 
 
 def main_jax(args) -> None:
     """``--backend jax``: the JAX train step on random ids, against the jnp matmul ceiling and the datasheet."""
-    from model import backend
+    from gpt2ja.model import backend
 
     backend.use("jax")
     import jax
 
-    from model.presets import ModelConfig, param_count
+    from gpt2ja.model.presets import ModelConfig, param_count
 
     for line in ceiling.machine_lines():
         print(line)
@@ -216,7 +216,7 @@ def main_jax(args) -> None:
     peak, source = peak_of(dev.device_kind, args.peak_tflops)
     print(f"{precision} jnp matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e12:,.3f} TFLOP/s"
           + (f"; datasheet peak {peak:g} TFLOP/s dense bf16 ({source})" if peak else ""))
-    print(f"training (model.trainer_jax.make_step): random ids of {args.vocab:,}, seq_len {args.seq_len}, "
+    print(f"training (gpt2ja.model.trainer_jax.make_step): random ids of {args.vocab:,}, seq_len {args.seq_len}, "
           f"{args.accum} × {args.micro_batch} sequences a step, {args.steps} steps ({args.warmup} not counted), "
           f"precision {args.mixed_precision}, dropout {'preset' if args.dropout is None else args.dropout}; "
           "model FLOPs per token 6·N + 12·L·H·T (PaLM)")
@@ -246,7 +246,7 @@ def main_jax(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
-                    help="tensorflow: gpt2ja train's loop on --data; jax: model.trainer_jax's step on random ids")
+                    help="tensorflow: gpt2ja train's loop on --data; jax: gpt2ja.model.trainer_jax's step on random ids")
     ap.add_argument("--data", help="(tensorflow) a shards artifact (gpt2ja shards), local or gs://")
     ap.add_argument("--presets", default="tiny,mini,small")
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps per preset (the first is not counted)")
@@ -274,8 +274,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from infra import storage
-    from model.presets import ModelConfig, param_count
+    from gpt2ja.infra import storage
+    from gpt2ja.model.presets import ModelConfig, param_count
 
     for line in ceiling.machine_lines():
         print(line)

@@ -1,10 +1,10 @@
 """gpt2ja against its peer: PyTorch Hugging Face GPT-2 of the same shape, training tokens/s and generation tokens/s.
 
 Training (per preset): gpt2ja's own step on each of its backends, the code path of ``gpt2ja train``
-(``model.train.train`` with ``benchmarks/model_bench.py``'s training config:
+(``gpt2ja.model.train.train`` with ``benchmarks/model_bench.py``'s training config:
 real shards, AdamW with decay on the kernels only, global-norm clipping to 1.0,
 fp32, XLA off unless ``--xla``) on TensorFlow (``gpt2ja-tf``) and on JAX
-(``gpt2ja-jax``: ``--backend jax``, :mod:`model.trainer_jax`'s one jitted step; XLA
+(``gpt2ja-jax``: ``--backend jax``, :mod:`gpt2ja.model.trainer_jax`'s one jitted step; XLA
 always, on every core), against ``transformers``' ``GPT2LMHeadModel``
 built from the same shape (padded vocabulary, tied output layer, ``gelu_new``,
 the preset's dropout, transformers' default attention implementation) trained
@@ -32,7 +32,7 @@ matmul)``: a framework may reach more FLOP/s in a fused step than in one
 ``matmul`` call, or the load moved between the two measurements.
 
 Generation: a run of the preset trained for one step from random weights (the
-real trainer), and its own Hugging Face export (``model.export.export_hf``).
+real trainer), and its own Hugging Face export (``gpt2ja.model.export.export_hf``).
 ``Generator.generate_ids`` (fixed-size KV cache, XLA as ``gpt2ja generate``
 chooses: on, except for one row of a model of 20 M parameters or more on the
 CPU) against ``GPT2LMHeadModel.generate`` (its dynamic KV cache), greedy
@@ -125,13 +125,13 @@ def worker_prepare(spec: dict) -> dict:
     set_tf_threads(spec["cores"])
     work = Path(spec["work"])
     data = spec["data"] or build_shards(work, spec["vocab"], spec["seq_len"])
-    from model.export import export_hf
-    from model.train import TrainConfig, train
+    from gpt2ja.model.export import export_hf
+    from gpt2ja.model.train import TrainConfig, train
 
     exports = {}
     for preset in spec["gen_presets"]:
         run, out = work / f"run-{preset}", work / f"run-{preset}-hf"
-        from infra import storage
+        from gpt2ja.infra import storage
 
         seq_len = storage.read_manifest(data)["seq_len"]
         train(TrainConfig(data=data, run=str(run), preset=preset, steps=1, batch_tokens=2 * seq_len, micro_batch=2,
@@ -154,11 +154,11 @@ def synthetic_text(rng: random.Random, words: list[str], weights: list[float], s
 
 def build_shards(work: Path, vocab: int, seq_len: int) -> str:
     """Synthetic clean corpus → sentencepiece ``vocab`` → shards of ``seq_len`` under ``work`` (kept for reruns)."""
-    from corpus.document import Document
-    from corpus.jsonl import ShardWriter
-    from infra import storage
-    from tokenization.shards import ShardsConfig, write_shards
-    from tokenization.train import train_tokenizer
+    from gpt2ja.corpus.document import Document
+    from gpt2ja.corpus.jsonl import ShardWriter
+    from gpt2ja.infra import storage
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.tokenization.train import train_tokenizer
 
     corpus, tok_uri, shards = work / "clean", work / f"sp{vocab}", work / f"sp{vocab}-{seq_len}"
     if storage.read_manifest(str(shards)):
@@ -194,7 +194,7 @@ def worker_train_tf(spec: dict, backend: str = "tensorflow") -> dict:
     threads = set_tf_threads(spec["cores"]) if backend == "tensorflow" else {"jax": "XLA CPU, all cores"}
     import tempfile
 
-    from model.train import TrainConfig, train
+    from gpt2ja.model.train import TrainConfig, train
 
     stamps = []
 
@@ -220,7 +220,7 @@ def worker_train_tf(spec: dict, backend: str = "tensorflow") -> dict:
 
 def worker_train_jax(spec: dict) -> dict:
     """``gpt2ja train --backend jax``: the same run as :func:`worker_train_tf`, on JAX (no TensorFlow imported)."""
-    from model import backend
+    from gpt2ja.model import backend
 
     backend.use("jax")
     return worker_train_tf(spec, backend="jax")
@@ -236,18 +236,18 @@ def worker_ceiling(spec: dict) -> dict:
     elif fw == "torch":
         set_torch_threads(spec["cores"])
     elif fw == "jax":
-        from model import backend
+        from gpt2ja.model import backend
 
         backend.use("jax")
     return {"flops": ceiling.MATMUL[fw]("fp32", spec["size"])}
 
 
 def torch_model(preset: str, vocab: int, seq_len: int):
-    """``GPT2LMHeadModel`` with the shape gpt2ja builds for ``preset`` (config from model.export.hf_config)."""
+    """``GPT2LMHeadModel`` with the shape gpt2ja builds for ``preset`` (config from gpt2ja.model.export.hf_config)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from model.export import hf_config
-    from model.presets import ModelConfig
+    from gpt2ja.model.export import hf_config
+    from gpt2ja.model.presets import ModelConfig
 
     cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
     config = {k: v for k, v in hf_config(cfg, eos_id=1).items() if k not in ("architectures", "torch_dtype")}
@@ -295,8 +295,8 @@ def prompt_ids(vocab: int, length: int) -> list[int]:
 
 def worker_gen_tf(spec: dict) -> dict:
     threads = set_tf_threads(spec["cores"])
-    from model.generate import Generator
-    from model.runs import load_run
+    from gpt2ja.model.generate import Generator
+    from gpt2ja.model.runs import load_run
 
     run = load_run(spec["run"])
     vocab = run.tokenizer.vocab_size
@@ -358,21 +358,21 @@ def timed(fn, reps: int, warmup: int = 2) -> float:
 
 
 def worker_profile_tf(spec: dict) -> dict:
-    """ms per step of gpt2ja's parts: model.gpt2's model and loss, model.optim's AdamW, as the trainer builds them.
+    """ms per step of gpt2ja's parts: gpt2ja.model.gpt2's model and loss, gpt2ja.model.optim's AdamW, as the trainer builds them.
 
     Each part is one ``tf.function`` (``jit_compile`` off, and on for the whole step), fed the same
-    ``(B, T)`` batch from memory; the data pipeline is the trainer's (``model.data_order.train_dataset``) alone.
+    ``(B, T)`` batch from memory; the data pipeline is the trainer's (``gpt2ja.model.data_order.train_dataset``) alone.
     """
     threads = set_tf_threads(spec["cores"])
     import keras
     import tensorflow as tf
 
     tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})  # as trainer.start_runtime
-    from model import gpt2
-    from model.data_order import train_dataset
-    from model.optim import make_optimizer
-    from model.presets import ModelConfig
-    from model.train import TrainConfig
+    from gpt2ja.model import gpt2
+    from gpt2ja.model.data_order import train_dataset
+    from gpt2ja.model.optim import make_optimizer
+    from gpt2ja.model.presets import ModelConfig
+    from gpt2ja.model.train import TrainConfig
 
     b, t, reps = spec["micro_batch"], spec["seq_len"], spec["reps"]
     keras.utils.set_random_seed(0)
@@ -668,7 +668,7 @@ def print_training(training: dict, vocab: int, seq_len: int, before: dict, after
     """
     import ceiling
 
-    from model.presets import ModelConfig, param_count
+    from gpt2ja.model.presets import ModelConfig, param_count
 
     best = max((v for d in (before, after) for v in d.values() if v), default=None)
     print("| preset | parameters | contender | tokens/s | model GFLOP/s | framework's fp32 matmul GFLOP/s "
@@ -757,7 +757,7 @@ def main() -> None:
                                   "seq_len": args.seq_len, "gen_presets": args.gen_presets}, args.timeout)
     if "error" in prep:
         sys.exit(f"peer_bench: preparing the data failed ({prep['error']})")
-    from infra import storage
+    from gpt2ja.infra import storage
 
     manifest = storage.read_manifest(prep["data"])
     vocab, seq_len = manifest["vocab_size"], manifest["seq_len"]

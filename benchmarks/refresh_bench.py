@@ -30,10 +30,10 @@ def _size(path: Path) -> str:
 
 
 def main() -> None:
-    from corpus.clean import CleanConfig, run_clean
-    from corpus.jsonl import read_documents
-    from crawler.files import crawl_files
-    from infra import storage
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
+    from gpt2ja.corpus.jsonl import read_documents
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.infra import storage
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bulk", default=str(REPO.parent / "shared" / "aozora-bulk" / "cards"))

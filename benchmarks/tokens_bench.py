@@ -46,7 +46,7 @@ _TOKENIZERS: dict = {}  # per process, by URI
 def _encode_chunk(args):
     uri, texts = args
     if uri not in _TOKENIZERS:
-        from tokenization.tokenizer import Tokenizer
+        from gpt2ja.tokenization.tokenizer import Tokenizer
         _TOKENIZERS[uri] = Tokenizer.load(uri)
     tok = _TOKENIZERS[uri]
     return sum(len(tok.encode(t)) for t in texts)
@@ -68,10 +68,10 @@ def encode_rate(uri: str, texts: list[str], processes: int) -> float:
 
 
 def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> dict[str, str]:
-    from corpus.jsonl import read_documents
-    from infra import storage
-    from tokenization.tokenizer import TokenizerError
-    from tokenization.train import train_tokenizer
+    from gpt2ja.corpus.jsonl import read_documents
+    from gpt2ja.infra import storage
+    from gpt2ja.tokenization.tokenizer import TokenizerError
+    from gpt2ja.tokenization.train import train_tokenizer
 
     texts = [d.text for d in read_documents(storage.join(corpus, "validation"))]
     print(f"validation split: {len(texts)} documents, {sum(len(t) for t in texts):,} characters")
@@ -86,7 +86,7 @@ def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> d
             print(f"tokenizer {name}: not trained: {exc}")
             continue
         train_s = time.perf_counter() - t0
-        from tokenization.tokenizer import Tokenizer
+        from gpt2ja.tokenization.tokenizer import Tokenizer
 
         tok = Tokenizer.load(out)
         chars = sum(len(t) for t in texts)
@@ -99,8 +99,8 @@ def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> d
 
 
 def bench_shards(corpus: str, tok_uri: str, seq_len: int, root: str) -> str:
-    from infra import storage
-    from tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.infra import storage
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
     best = None
     for workers in (1, 2):
@@ -116,7 +116,7 @@ def bench_shards(corpus: str, tok_uri: str, seq_len: int, root: str) -> str:
 
 
 def bench_read(shards: str, seq_len: int, batch: int = 8, seconds: float = 10.0) -> float:
-    from model.data import make_dataset
+    from gpt2ja.model.data import make_dataset
 
     ds = make_dataset(shards, "train", batch, shuffle=True, repeat=True)
     it = iter(ds)
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--shards-with", default="sp-unigram-16k", help="which trained tokenizer builds the shards")
     args = ap.parse_args()
-    from infra import storage
+    from gpt2ja.infra import storage
 
     if storage.read_manifest(args.corpus) is None:
         raise SystemExit(f"error: {args.corpus} is not a clean corpus; build it first (see the docstring)")

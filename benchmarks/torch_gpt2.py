@@ -14,7 +14,7 @@ GPT-2 training code follows (nanoGPT's, Karpathy's llm.c's PyTorch reference):
   gradient norm clipped to 1.0, ``zero_grad(set_to_none=True)``;
 * micro-batches accumulated in one optimizer step.
 
-The shape is gpt2ja's preset (``model.presets``), so the same parameter count
+The shape is gpt2ja's preset (``gpt2ja.model.presets``), so the same parameter count
 and model FLOPs per token (PaLM's ``6·N + 12·L·H·T``, :func:`ceiling.flops_per_token`)
 as gpt2ja's model of that preset. The data are random ids drawn once on the device
 (the throughput of a step does not depend on them).
@@ -118,7 +118,7 @@ class GPT2(nn.Module):
 
 
 def shape_of(preset: str, vocab: int, seq_len: int, dropout: float | None) -> Shape:
-    from model.presets import ModelConfig
+    from gpt2ja.model.presets import ModelConfig
 
     cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len, dropout=dropout)
     return Shape(vocab=cfg.padded_vocab_size, seq_len=seq_len, layers=cfg.num_layers, heads=cfg.num_heads,

@@ -15,9 +15,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
-from model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pyppmd until an evaluation runs
-from model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
+from gpt2ja.crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
+from gpt2ja.model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pyppmd until an evaluation runs
+from gpt2ja.model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
 
 # `gpt2ja --help` lists the commands in the order a pipeline runs them, then the tools around it
 COMMAND_ORDER = ("crawl", "clean", "tokenizer", "shards", "train", "eval", "generate", "score", "export", "run",
@@ -68,7 +68,7 @@ app.add_typer(crawl_app, name="crawl")
 tokenizer_app = typer.Typer(help="Train and inspect tokenizers ({root}/tokenizers/{name}/).",
                             no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tokenizer_app, name="tokenizer")
-from studies.cli import app as study_app  # noqa: E402 - `gpt2ja study vocab|sampling` (studies/)
+from gpt2ja.studies.cli import app as study_app  # noqa: E402 - `gpt2ja study vocab|sampling` (studies/)
 
 app.add_typer(study_app, name="study")
 
@@ -103,7 +103,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _crawl(sets: list[str] | None, **kwargs) -> None:
-    from crawler.runner import run_crawl
+    from gpt2ja.crawler.runner import run_crawl
 
     cfg = _settings(CrawlConfig, "crawl", None, sets, kwargs)
     out = run_crawl(cfg)
@@ -111,7 +111,7 @@ def _crawl(sets: list[str] | None, **kwargs) -> None:
 
 
 def _print_summary(out_uri: str) -> None:
-    from infra import storage
+    from gpt2ja.infra import storage
 
     manifest = storage.read_manifest(out_uri)
     if manifest is None:
@@ -180,7 +180,7 @@ def crawl_files(
     crawl_id: Optional[str] = CRAWL_ID,
 ) -> None:
     """Turn your own text files into raw Documents."""
-    from crawler.files import crawl_files as run
+    from gpt2ja.crawler.files import crawl_files as run
 
     out = run(str(directory), root=root, crawl_id=crawl_id)
     _print_summary(out)
@@ -209,8 +209,8 @@ def crawl_warc(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Read web archives: HTML responses (WARC) and text conversions (WET) → Japanese main text."""
-    from crawler.warc import WarcConfig
-    from crawler.warc import crawl_warc as run
+    from gpt2ja.crawler.warc import WarcConfig
+    from gpt2ja.crawler.warc import crawl_warc as run
 
     out = run(_settings(WarcConfig, "crawl", None, sets, {"paths": paths, "root": root, "crawl_id": crawl_id,
                                                          "workers": workers, "min_kana_ratio": min_kana_ratio,
@@ -230,10 +230,10 @@ def clean(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Clean raw crawls: Aozora notation, NFKC, Japanese quality filters, dedup, train/validation split."""
-    from corpus.clean import CleanConfig, run_clean
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
 
     run_clean(_settings(CleanConfig, "clean", config, sets, {"inputs": inputs, "out": out, "workers": workers}))
-    from infra import storage
+    from gpt2ja.infra import storage
 
     c = storage.read_manifest(out)["counts"]
     print(f"{c['documents_in']:,} documents in → {c['documents_out']:,} out "
@@ -253,8 +253,8 @@ def _settings(model, section: str, config: Optional[Path], sets: list[str], give
 
     Every default lives in the model; unknown sections and settings are errors.
     """
-    from flows.config import ConfigError, PipelineConfig
-    from infra import yamlconfig
+    from gpt2ja.flows.config import ConfigError, PipelineConfig
+    from gpt2ja.infra import yamlconfig
 
     where = str(config) if config else "the command line"
     data = yamlconfig.read_section(config, section, ConfigError, example="configs/demo.yaml",
@@ -277,7 +277,7 @@ def tokenizer_train(
                                          "1,000,000; sentencepiece's time grows with it: 200,000 serves 8k–16k)."),
 ) -> None:
     """Train a tokenizer on a clean corpus; report characters per token on its validation split."""
-    from tokenization.train import cli_train
+    from gpt2ja.tokenization.train import cli_train
 
     if kind != "bytes" and vocab_size is None:
         _fail("--vocab-size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
@@ -291,7 +291,7 @@ def tokenizer_encode(
     text: str = typer.Argument(..., help="The text to encode."),
 ) -> None:
     """Show how a tokenizer splits a text: ids and pieces."""
-    from tokenization.tokenizer import Tokenizer
+    from gpt2ja.tokenization.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tokenizer)
     ids = tok.encode(text)
@@ -319,7 +319,7 @@ def shards(
     """Encode a clean corpus and pack it into GZIP TFRecord shards (train and validation)."""
     from pydantic import ValidationError
 
-    from tokenization.shards import cli_shards
+    from gpt2ja.tokenization.shards import cli_shards
 
     try:
         cli_shards(corpus, tokenizer, seq_len, out, workers=workers)
@@ -353,7 +353,7 @@ def train(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
-    from model.train import TrainConfig, train as run_train
+    from gpt2ja.model.train import TrainConfig, train as run_train
 
     given = {"data": data, "run": run, "preset": preset, "steps": steps, "stop_at": stop_at, "init_from": init_from,
              "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
@@ -370,12 +370,12 @@ def convert_checkpoints(
 ) -> None:
     """Write the newest tf.train.Checkpoint of a run made by an older gpt2ja in the format both backends read
     (checkpoints/ckpt-N.npz and its index); the TensorFlow files stay beside it."""
-    from model import backend, checkpoint, runs
+    from gpt2ja.model import backend, checkpoint, runs
 
     backend.use("tensorflow")  # the old files are read by TensorFlow itself
-    from model.train import TrainConfig
+    from gpt2ja.model.train import TrainConfig
 
-    from infra import storage
+    from gpt2ja.infra import storage
 
     if storage.is_gcs(run):
         _fail(f"{run}: convert a local copy of the run (gsutil -m cp -r), then copy it back")
@@ -402,11 +402,11 @@ def evaluate(
 ) -> None:
     """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies), beside the same
     text's compression baselines (PPMd order 8 alone and primed with training text, gzip, xz); writes eval.json."""
-    from model import backend as backends
+    from gpt2ja.model import backend as backends
 
     backends.use(backend)  # before any model code imports Keras
-    from model.baselines import verdict
-    from model.evaluate import evaluate_run
+    from gpt2ja.model.baselines import verdict
+    from gpt2ja.model.evaluate import evaluate_run
 
     result = evaluate_run(run, text, stride=stride, prime_chars=prime_chars)
     keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
@@ -426,10 +426,10 @@ def score(
     run: str = typer.Option(..., "--run", help="A run directory."),
 ) -> None:
     """Per-token log-probabilities of a text and their total."""
-    from model import backend, runs
+    from gpt2ja.model import backend, runs
 
     backend.use(None)  # before any model code imports Keras
-    from model.evaluate import score as score_text
+    from gpt2ja.model.evaluate import score as score_text
 
     loaded = runs.load_run(run)
     got = score_text(loaded.model, loaded.tokenizer, text)
@@ -457,10 +457,10 @@ def generate(
                                           "where it is installed, else jax)."),
 ) -> None:
     """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
-    from model import backend as backends
+    from gpt2ja.model import backend as backends
 
     backends.use(backend)  # before any model code imports Keras
-    from model.generate import generate_run
+    from gpt2ja.model.generate import generate_run
 
     samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
                            top_p=top_p, greedy=greedy, seed=seed)
@@ -486,10 +486,10 @@ def export_hf_command(
 ) -> None:
     """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors, tokenizer, model card),
     verified by logits; optionally push it to the Hub."""
-    from model import backend as backends
+    from gpt2ja.model import backend as backends
 
     backends.use(backend)  # before any model code imports Keras
-    from model.export import export_hf, push_to_hub as push
+    from gpt2ja.model.export import export_hf, push_to_hub as push
 
     try:
         uri = export_hf(run, out)
@@ -513,8 +513,8 @@ def export_parquet_command(
 ) -> None:
     """Export a clean corpus as Parquet: one file per part; columns id, source, url, title, author, text,
     license, fetched_at, split, meta (JSON text)."""
-    from corpus.parquet import ParquetConfig, export_parquet, summary
-    from infra import storage
+    from gpt2ja.corpus.parquet import ParquetConfig, export_parquet, summary
+    from gpt2ja.infra import storage
 
     cfg = _settings(ParquetConfig, "parquet", None, None, {"corpus": corpus, "out": out, "compression": compression,
                                                           "row_group_docs": row_group_docs})
@@ -527,7 +527,7 @@ def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. 
                                                       metavar="CONFIG.yaml")) -> None:
     """Run the Prefect pipeline of one config: crawl → clean → tokenizer → shards, then train → evaluate →
     export when the config has those sections; finished stages are skipped (no server needed)."""
-    from flows.pipeline import cli_run
+    from gpt2ja.flows.pipeline import cli_run
 
     cli_run(str(config))
 
@@ -535,7 +535,7 @@ def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. 
 @app.command()
 def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML .html file.")) -> None:
     """Print the plain UTF-8 text of a local Aozora file (notation, header and footer removed)."""
-    from crawler.extract.aozora import extract_path
+    from gpt2ja.crawler.extract.aozora import extract_path
 
     got = extract_path(str(path))
     sys.stdout.write(got.text + "\n")
@@ -544,7 +544,7 @@ def extract(path: Path = typer.Argument(..., help="An Aozora .txt, .zip or XHTML
 @app.command()
 def show(uri: str = typer.Argument(..., help="An artifact directory (local or gs://).")) -> None:
     """Print an artifact's manifest: stage, counts, drops, files."""
-    from infra.stage import require
+    from gpt2ja.infra.stage import require
 
     manifest = require(uri, "artifact", "rerun the stage that writes it")
     print(json.dumps({k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at")
@@ -564,7 +564,7 @@ def serve(
     Uses PREFECT_API_URL when it answers; otherwise starts a Prefect server (SQLite) on
     127.0.0.1 and stops it again on Ctrl-C. Analytics are off.
     """
-    from flows.deployments import cli_serve
+    from gpt2ja.flows.deployments import cli_serve
 
     cli_serve(str(config), port=port, check=check)
 
@@ -577,7 +577,7 @@ def serve_mirror(
     """Serve a local site mirror on 127.0.0.1 (for crawling it) until Ctrl-C."""
     import time
 
-    from crawler.mirror import MirrorServer
+    from gpt2ja.crawler.mirror import MirrorServer
 
     if not directory.is_dir():
         _fail(f"{directory} is not a directory")
@@ -665,11 +665,11 @@ INTERRUPTED = "error: interrupted; rerun the same command to resume (finished wo
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's errors become one line, not a usage block or a traceback."""
-    from infra.errors import Gpt2jaError
+    from gpt2ja.infra.errors import Gpt2jaError
 
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["run"], ["demo"]) and "--help" not in args:
-        from infra.lifetime import reap_when_gone
+        from gpt2ja.infra.lifetime import reap_when_gone
 
         reap_when_gone()  # Prefect's temporary server must not outlive a killed run
     command = typer.main.get_command(app)

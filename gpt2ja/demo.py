@@ -37,8 +37,8 @@ ENV_DEFAULTS = {
 
 def demo_config(root: str):
     """``configs/demo.yaml`` with ``root`` and the bundled mirror's path from here (any working directory works)."""
-    from flows.config import ConfigError, validate_config
-    from infra.yamlconfig import read_yaml
+    from gpt2ja.flows.config import ConfigError, validate_config
+    from gpt2ja.infra.yamlconfig import read_yaml
 
     if not MIRROR.is_dir():
         raise ConfigError(f"the bundled mirror is missing at {MIRROR}; restore examples/ from git")
@@ -61,8 +61,8 @@ def run_demo(root: str = "data/demo") -> str:
           "tokenizer → shards → train → evaluate + generate → export.\nPrefect runs in ephemeral mode: it starts "
           "a temporary local API server first (a few seconds).", flush=True)
 
-    from flows.artifacts import summary
-    from flows.pipeline import pipeline, stage_results
+    from gpt2ja.flows.artifacts import summary
+    from gpt2ja.flows.pipeline import pipeline, stage_results
 
     outcome = pipeline(config)
     print(summary(config, outcome))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler.mirror import MirrorServer, RecordingHandler
+from gpt2ja.crawler.mirror import MirrorServer, RecordingHandler
 
 pytest_plugins = ["tests.conftest_gcs"]
 

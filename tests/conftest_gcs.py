@@ -58,7 +58,7 @@ class Emulator:
 def gcs_emulator():
     """A running gcp-storage-emulator; STORAGE_EMULATOR_HOST points at it."""
     pytest.importorskip("gcp_storage_emulator", reason="install the dev extras: pip install -e '.[dev]'")
-    from infra import storage
+    from gpt2ja.infra import storage
 
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
@@ -109,7 +109,7 @@ def gcs_precondition_proxy(gcs_emulator):
 @pytest.fixture
 def gcs_proxy_root(gcs_emulator, gcs_precondition_proxy, monkeypatch):
     """``gs://bucket/<unique prefix>`` reached through the precondition-enforcing proxy."""
-    from infra import storage
+    from gpt2ja.infra import storage
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_precondition_proxy.url)
     gcs_precondition_proxy.requests.clear()

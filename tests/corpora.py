@@ -5,10 +5,10 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from corpus.document import Document
-from corpus.jsonl import ShardWriter
-from crawler.extract.aozora import from_zip
-from infra import storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter
+from gpt2ja.crawler.extract.aozora import from_zip
+from gpt2ja.infra import storage
 
 REPO = Path(__file__).resolve().parent.parent
 ZIPS = sorted((REPO / "examples" / "aozora-mirror" / "cards").glob("*/files/*.zip"))
@@ -61,9 +61,9 @@ def mirror_stages(base: Path, *, part_docs: int | None = None) -> dict:
     """
     import shutil
 
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from tokenization.train import train_tokenizer
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.tokenization.train import train_tokenizer
 
     text = base / "text"
     text.mkdir()
@@ -88,9 +88,9 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
     import keras
     import numpy as np
 
-    from model import checkpoint, gpt2, runs
-    from model.presets import ModelConfig
-    from tokenization.bytes_tokenizer import ByteTokenizer
+    from gpt2ja.model import checkpoint, gpt2, runs
+    from gpt2ja.model.presets import ModelConfig
+    from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
     keras.utils.set_random_seed(seed)
     tok = tok or ByteTokenizer()

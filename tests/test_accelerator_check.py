@@ -40,7 +40,7 @@ def test_the_accelerator_check_runs_end_to_end_in_a_device_stand_in(tmp_path):
         assert heading in text
     assert "import tensorflow: ImportError" in text and "tensorflow absent" in text  # the stand-in has none
     assert "| tiny | 0.8 M |" in text or "BENCHMARK BUG" in text  # the JAX step's row (or its flag)
-    assert "| gpt2ja, JAX (model.trainer_jax.make_step) |" in text and "| PyTorch (benchmarks/torch_gpt2.py) |" in text
+    assert "| gpt2ja, JAX (gpt2ja.model.trainer_jax.make_step) |" in text and "| PyTorch (benchmarks/torch_gpt2.py) |" in text
     assert "SIGKILL after checkpoint" in text
     assert "weights and optimizer state: bitwise equal to the unbroken run's" in text
     assert "ppmd_order8_primed_bits_per_character" in text and "logits checked against transformers" in text

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from corpus.aozora import gaiji_char, strip_notation
-from crawler.extract import ExtractError
-from crawler.extract.aozora import decode_sjis, extract_path, from_txt, from_xhtml, from_zip
+from gpt2ja.corpus.aozora import gaiji_char, strip_notation
+from gpt2ja.crawler.extract import ExtractError
+from gpt2ja.crawler.extract.aozora import decode_sjis, extract_path, from_txt, from_xhtml, from_zip
 
 MIRROR = Path(__file__).resolve().parent.parent / "examples" / "aozora-mirror"
 XHTML_FILES = sorted(MIRROR.glob("cards/*/files/*.html"))

@@ -57,9 +57,9 @@ def _figures(run_uri: str, out: Path) -> None:
     """``out/logits.npy``, ``out/figures.json`` (evaluate_run's, greedy ids) of the run, on this process's backend."""
     from keras import ops
 
-    from model import gpt2, runs
-    from model.evaluate import evaluate_run
-    from model.generate import Generator
+    from gpt2ja.model import gpt2, runs
+    from gpt2ja.model.evaluate import evaluate_run
+    from gpt2ja.model.generate import Generator
 
     out.mkdir(parents=True)
     run = runs.load_run(run_uri)
@@ -88,7 +88,7 @@ def _write_jax_run(root: Path) -> Path:
     """``{root}/run`` written by ``write_tiny_run`` on JAX (other random weights), and its logits of :func:`_ids`."""
     import keras
 
-    from model import gpt2, runs
+    from gpt2ja.model import gpt2, runs
     from tests.corpora import write_tiny_run
 
     run = write_tiny_run(root, context=CONTEXT, seed=4)
@@ -100,8 +100,8 @@ def _steered(token: int, strength: float):
     """A JAX model whose logits are ``strength`` for ``token`` and 0 for every other id (tests/test_model.py's)."""
     import keras
 
-    from model import gpt2
-    from model.presets import ModelConfig
+    from gpt2ja.model import gpt2
+    from gpt2ja.model.presets import ModelConfig
 
     keras.utils.set_random_seed(0)
     lm = gpt2.build_model(ModelConfig.from_preset("tiny", vocab_size=257, context_length=CONTEXT))
@@ -119,10 +119,10 @@ def _steered(token: int, strength: float):
 
 def _generation_rules(tf_run: Path) -> dict:
     """tests/test_model.py's generation cases on JAX, as plain values (random weights: ``tf_run``'s)."""
-    from model import runs
-    from model.generate import Generator, generate
-    from model.summaries import Sampler
-    from tokenization.bytes_tokenizer import ByteTokenizer
+    from gpt2ja.model import runs
+    from gpt2ja.model.generate import Generator, generate
+    from gpt2ja.model.summaries import Sampler
+    from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
     tok = ByteTokenizer()
     out: dict = {}
@@ -245,8 +245,8 @@ def test_eval_generate_and_export_run_on_jax_without_tensorflow(sides):
     imported; the export's own logit check passed, and transformers gives the JAX logits."""
     import torch
 
-    from infra import storage
-    from model.export import load_hf
+    from gpt2ja.infra import storage
+    from gpt2ja.model.export import load_hf
 
     outcome = json.loads((sides / "jax" / "outcome.json").read_text())
     assert outcome["tensorflow_modules"] == []
@@ -284,7 +284,7 @@ def test_jax_generation_follows_the_rules(sides):
 def test_jax_filters_match_the_reference():
     """The JAX top-k/top-p (one sort) keep the numpy reference's tokens: ties, padding, k past V, p → 0."""
     jax = pytest.importorskip("jax")
-    from model.generate_jax import filter_logits
+    from gpt2ja.model.generate_jax import filter_logits
     from tests.test_model import reference_filter
 
     warp = jax.jit(filter_logits)

@@ -1,4 +1,4 @@
-"""Compression baselines (model/baselines.py): PPMd order 8 alone and primed, gzip, xz, on short Japanese texts.
+"""Compression baselines (gpt2ja/model/baselines.py): PPMd order 8 alone and primed, gzip, xz, on short Japanese texts.
 
 The figures are checked against pyppmd, gzip and lzma called here directly; the
 priming sample is read from a small run → shards → clean-corpus chain built on
@@ -18,11 +18,11 @@ from pathlib import Path
 import pyppmd
 import pytest
 
-from corpus.document import Document
-from corpus.jsonl import ShardWriter
-from infra import storage
-from model import baselines
-from model.baselines import Prime, compression_baselines, training_sample
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter
+from gpt2ja.infra import storage
+from gpt2ja.model import baselines
+from gpt2ja.model.baselines import Prime, compression_baselines, training_sample
 
 REPO = Path(__file__).resolve().parent.parent
 # Natsume Sōseki, 吾輩は猫である (public domain): the prime, and a held-out passage in the same voice
@@ -127,7 +127,7 @@ def test_a_missing_training_text_is_said_not_raised(tmp_path):
 
 
 def test_the_module_loads_no_tensorflow():
-    code = ("import sys; from model.baselines import compression_baselines; compression_baselines('猫である。'); "
+    code = ("import sys; from gpt2ja.model.baselines import compression_baselines; compression_baselines('猫である。'); "
             "print('tensorflow' in sys.modules)")
     got = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert got.stdout.strip() == "False"
@@ -139,8 +139,8 @@ def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path, monkeypatch
     from typer.testing import CliRunner
 
     from gpt2ja.cli import app
-    from model.evaluate import EVAL_DIR, write_evaluation
-    from model.train import TrainConfig, train
+    from gpt2ja.model.evaluate import EVAL_DIR, write_evaluation
+    from gpt2ja.model.train import TrainConfig, train
     from tests.test_model_train import SEQ_LEN, TEXT as TRAIN_TEXT, make_shards
 
     shards = make_shards(tmp_path / "data")
@@ -173,8 +173,8 @@ def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path, monkeypatch
     assert "No primed PPMd figure: priming turned off (prime characters 0)." in got.output
 
     # samples drawn at the default settings: new defaults make the evaluation again, not a skip
-    from infra import storage
-    from model import generate
+    from gpt2ja.infra import storage
+    from gpt2ja.model import generate
 
     sampled = str(tmp_path / "eval-sampled")
     settings = {"num": 1, "max_chars": 4, "seed": 0}

@@ -1,7 +1,7 @@
 """Two writers on one output, started as users start them (the CLI, in processes of their own).
 
 For every pair of writers that can meet on one output, one is held inside its
-stage with its lock taken (``GPT2JA_STAGE_HOLD``, infra/stage.py) while the
+stage with its lock taken (``GPT2JA_STAGE_HOLD``, gpt2ja/infra/stage.py) while the
 other starts: the second refuses with one line naming the holder (or, told to
 wait, waits and then builds), and the artifact that is published verifies
 against its manifest byte for byte (sha256 of every file).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import stage, storage
+from gpt2ja.infra import stage, storage
 from tests.corpora import ZIPS
 
 pytestmark = pytest.mark.slow
@@ -78,9 +78,9 @@ def _verifies(out: str) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """Two text folders, their crawls, two clean corpora and two tokenizers, built once for the module."""
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from tokenization.train import train_tokenizer
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.tokenization.train import train_tokenizer
 
     base = tmp_path_factory.mktemp("world")
     dirs = {}
@@ -194,7 +194,7 @@ def test_outputs_equal_to_an_input_are_refused_and_the_input_is_kept(world, tmp_
 
 def test_a_damaged_shard_is_rebuilt_not_re_recorded(world, tmp_path):
     """A shard damaged after the fact, the manifest deleted, the stage rerun: the file is rebuilt."""
-    from tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
     out = str(tmp_path / "shards")
     cfg = ShardsConfig(seq_len=64, workers=1)

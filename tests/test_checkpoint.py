@@ -1,4 +1,4 @@
-"""model.checkpoint: one file per step published whole, an index written after it, the newest K kept; older runs'
+"""gpt2ja.model.checkpoint: one file per step published whole, an index written after it, the newest K kept; older runs'
 TensorFlow checkpoints converted (`gpt2ja convert-checkpoints`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import checkpoint
+from gpt2ja.model import checkpoint
 from tests import procs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,11 +62,11 @@ def test_damage_is_one_line_naming_the_file(tmp_path):
 OLD_RUN = """
 import json, sys
 import keras, numpy as np, tensorflow as tf
-from model import gpt2, runs
-from model.optim import make_optimizer
-from model.presets import ModelConfig
-from model.train import TrainConfig
-from tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.model import gpt2, runs
+from gpt2ja.model.optim import make_optimizer
+from gpt2ja.model.presets import ModelConfig
+from gpt2ja.model.train import TrainConfig
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 run = sys.argv[1]
 keras.utils.set_random_seed(5)
@@ -79,7 +79,7 @@ with tf.GradientTape() as tape:
     loss = gpt2.causal_lm_loss(gpt2.logits(lm, x, training=True), x)
 opt.apply(tape.gradient(loss, lm.trainable_variables), lm.trainable_variables)  # moments that are not zero
 step, examples = tf.Variable(3, dtype=tf.int64), tf.Variable(24, dtype=tf.int64)
-# the object graph gpt2ja wrote before model.checkpoint
+# the object graph gpt2ja wrote before gpt2ja.model.checkpoint
 tf.train.Checkpoint(backbone=lm.backbone, optimizer=opt, step=step, examples=examples,
                     rng=gpt2.dropout_rng_states(lm)).save(run + "/checkpoints/ckpt")  # → ckpt-1
 (ByteTokenizer()).save(run + "/tokenizer")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from corpus.clean import CleanConfig, CleanError, run_clean
-from corpus.document import Document
-from corpus.jsonl import ShardWriter, list_parts, read_documents
-from corpus.split import SplitConfig, split_of
-from crawler.extract.aozora import from_zip
-from infra import storage
+from gpt2ja.corpus.clean import CleanConfig, CleanError, run_clean
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter, list_parts, read_documents
+from gpt2ja.corpus.split import SplitConfig, split_of
+from gpt2ja.crawler.extract.aozora import from_zip
+from gpt2ja.infra import storage
 from tests.conftest import MIRROR
 
 FILES = MIRROR / "cards"
@@ -213,7 +213,7 @@ def test_interrupted_clean_resumes_per_shard(tmp_path):
     raw = raw_crawl(tmp_path, "r", [[doc("羅生門")], [doc("鼻")], [doc("ごん狐")]])
     cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)
     # simulate a first run that finished phase 1 for part 0 only
-    from corpus.clean import _work_dir, process_part
+    from gpt2ja.corpus.clean import _work_dir, process_part
     fp_files = json.dumps([[f["sha256"] for f in storage.read_manifest(raw)["files"]]])
     import hashlib
     content = hashlib.sha256(fp_files.encode()).hexdigest()

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from corpus.jsonl import list_parts, read_documents
-from crawler.extract.aozora import from_xhtml, from_zip
-from crawler.mirror import MirrorServer
-from crawler.runner import CrawlConfig, crawl_in_subprocess
-from infra import storage
+from gpt2ja.corpus.jsonl import list_parts, read_documents
+from gpt2ja.crawler.extract.aozora import from_xhtml, from_zip
+from gpt2ja.crawler.mirror import MirrorServer
+from gpt2ja.crawler.runner import CrawlConfig, crawl_in_subprocess
+from gpt2ja.infra import storage
 from tests.conftest import MIRROR, TestSiteHandler, author_urls
 
 CARD_PATH = re.compile(r"^/cards/\d{6}/card\d+\.html$")
@@ -128,7 +128,7 @@ def test_interrupted_crawl_resumes_without_refetching(tmp_path):
                           polite=False, progress_interval=0,
                           settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
         log = open(tmp_path / "crawl.log", "w+")  # a file, not a pipe: a full pipe would stall the crawl
-        proc = subprocess.Popen([sys.executable, "-m", "crawler.runner", cfg.model_dump_json()],
+        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         # A card's document is complete once its last edition (the XHTML, when there is one) has arrived.
         while sum(1 for p, s, _ in server.requests if s == 200 and re.search(r"/files/\d+_\d+\.html$", p)) < 6:
@@ -174,7 +174,7 @@ def test_a_killed_crawl_resumes_to_the_same_documents(tmp_path):
                           polite=False, progress_interval=0, part_docs=2,
                           settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
         log = open(tmp_path / "crawl.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "crawler.runner", cfg.model_dump_json()],
+        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         while len(list_parts(cfg.out_uri)) < 3:  # some documents stored (parts of 2)
             assert proc.poll() is None, "crawl ended before it could be killed"

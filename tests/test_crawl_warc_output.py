@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from corpus.jsonl import read_documents
-from crawler.mirror import MirrorServer
-from crawler.runner import CrawlConfig, crawl_in_subprocess
-from crawler.warc import WarcConfig, crawl_warc
-from crawler.warc_writer import REDIRECTED_FROM, Fetched, WarcFiles, record_bytes
-from infra import stage, storage
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.mirror import MirrorServer
+from gpt2ja.crawler.runner import CrawlConfig, crawl_in_subprocess
+from gpt2ja.crawler.warc import WarcConfig, crawl_warc
+from gpt2ja.crawler.warc_writer import REDIRECTED_FROM, Fetched, WarcFiles, record_bytes
+from gpt2ja.infra import stage, storage
 from tests.conftest import MIRROR, TestSiteHandler
 from tests.test_crawl_web import PARAS, page
 
@@ -215,7 +215,7 @@ def test_a_killed_crawl_resumes_its_warc_file_and_stores_each_response_once(tmp_
     record is written before the spider parses the response), fetches the rest again, stores what is not
     stored yet, and publishes the file the killed session had begun: every response fetched, once.
     """
-    from corpus.jsonl import list_parts
+    from gpt2ja.corpus.jsonl import list_parts
     from tests.conftest import author_urls
 
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
@@ -224,7 +224,7 @@ def test_a_killed_crawl_resumes_its_warc_file_and_stores_each_response_once(tmp_
                           settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
         filling = Path(cfg.state_path, "warc", "aozora-k-00000.warc.gz")
         log = open(tmp_path / "crawl.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "crawler.runner", cfg.model_dump_json()],
+        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             while len(list_parts(cfg.out_uri)) < 2:  # some documents stored, so their cards are skipped later
@@ -273,7 +273,7 @@ def test_warc_files_go_to_gcs_with_the_documents(gcs_emulator, tmp_path):
 
 def test_a_warc_that_cannot_be_written_stops_the_crawl_in_one_line(tmp_path):
     """No WARC file can be made (its state folder is a file): the crawl stops, publishes nothing, says where."""
-    from crawler.runner import CrawlError
+    from gpt2ja.crawler.runner import CrawlError
 
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
         cfg = CrawlConfig(source="aozora", start_urls=[server.url("/cards/000121/card628.html")], warc=True,

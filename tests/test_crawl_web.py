@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from corpus.jsonl import read_documents
-from crawler.extract.web import decode_html, kana_ratio
-from crawler.runner import CrawlConfig, crawl_in_subprocess
-from infra import storage
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.extract.web import decode_html, kana_ratio
+from gpt2ja.crawler.runner import CrawlConfig, crawl_in_subprocess
+from gpt2ja.infra import storage
 from tests.conftest import author_urls
 
 ARTICLE = (
@@ -194,13 +194,13 @@ def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_pat
     port = free_port()
     cfg = CrawlConfig(source="web", start_urls=[f"http://127.0.0.1:{port}/index.html"], root=str(tmp_path),
                       crawl_id="w", polite=False, progress_interval=0)
-    from crawler.runner import CrawlError
+    from gpt2ja.crawler.runner import CrawlError
 
     with pytest.raises(CrawlError, match="no page could be fetched") as err:
         crawl_in_subprocess(cfg)
     assert "\n" not in str(err.value)
     assert storage.read_manifest(cfg.out_uri) is None
-    from crawler.mirror import MirrorServer
+    from gpt2ja.crawler.mirror import MirrorServer
     from tests.conftest import TestSiteHandler
 
     server = MirrorServer(str(bad_site), port=port, handler=TestSiteHandler)  # the site is back
@@ -229,7 +229,7 @@ def test_reaching_max_pages_is_a_complete_bounded_crawl(bad_site, serve, tmp_pat
 def test_ruby_readings_are_dropped_and_the_base_text_stays_inline():
     """Aozora's XHTML marks furigana as <ruby><rb>下人</rb><rp>（</rp><rt>げにん</rt><rp>）</rp></ruby>: the text
     keeps 下人 in its sentence (trafilatura alone put each base on a line of its own and kept no reading)."""
-    from crawler.extract.web import page_from_html
+    from gpt2ja.crawler.extract.web import page_from_html
 
     ruby = "一人の<ruby><rb>下人</rb><rp>（</rp><rt>げにん</rt><rp>）</rp></ruby>が、<ruby>羅生門<rt>らしょうもん</rt></ruby>の下で"
     html = page("羅生門", [ruby + "雨やみを待っていた。" + PARAS[1], PARAS[2]], charset_meta='<meta charset="utf-8">')

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError, validate_config
-from infra import storage
+from gpt2ja.flows.config import ConfigError, validate_config
+from gpt2ja.infra import storage
 from tests import procs
 from tests.net import free_port
 
@@ -105,7 +105,7 @@ def two_runs(prefect_harness, dask_cluster, tmp_path_factory):
     """The pipeline (crawl, clean, tokenizer, shards) run locally, then on Dask into the same root."""
     from distributed import get_task_stream
 
-    from flows.pipeline import pipeline
+    from gpt2ja.flows.pipeline import pipeline
 
     cluster, client = dask_cluster
     root = tmp_path_factory.mktemp("dask") / "run"
@@ -164,8 +164,8 @@ def test_each_part_is_one_prefect_task_run_on_the_dask_workers(two_runs):
 
 @pytest.mark.slow
 def test_an_up_to_date_stage_skips_and_a_deleted_shard_is_rebuilt_alone(two_runs):
-    from flows.runners import TaskRunnerConfig
-    from flows.stages import clean_flow, shards_flow
+    from gpt2ja.flows.runners import TaskRunnerConfig
+    from gpt2ja.flows.stages import clean_flow, shards_flow
 
     config = two_runs["config"]
     shards = Path(config.shards_uri)
@@ -219,9 +219,9 @@ def test_a_bad_task_runner_gives_one_clear_line(tmp_path, task_runner, expected)
 
 
 def test_an_unreachable_dask_scheduler_is_one_line(prefect_harness, tmp_path):
-    from crawler.files import crawl_files
-    from flows.config import CleanSection
-    from flows.stages import StageError, clean_flow
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.flows.config import CleanSection
+    from gpt2ja.flows.stages import StageError, clean_flow
 
     raw = crawl_files(str(CARDS), root=str(tmp_path), crawl_id="mirror", part_docs=8)
     address = f"tcp://127.0.0.1:{free_port()}"

@@ -11,7 +11,7 @@ import pytest
 from datasketch import MinHash
 from pydantic import ValidationError
 
-from corpus.dedup import (
+from gpt2ja.corpus.dedup import (
     DedupConfig,
     DedupRecord,
     Deduplicator,
@@ -25,8 +25,8 @@ from corpus.dedup import (
     shingles,
     signature,
 )
-from corpus.document import Document
-from crawler.extract.aozora import from_zip
+from gpt2ja.corpus.document import Document
+from gpt2ja.crawler.extract.aozora import from_zip
 
 FILES = Path(__file__).resolve().parent.parent / "examples" / "aozora-mirror" / "cards" / "000879" / "files"
 WORKS = {"rashomon": "127_ruby_150.zip", "hana": "42_ruby_154.zip", "kumo": "92_ruby_164.zip"}

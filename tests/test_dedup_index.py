@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from corpus.clean import CleanConfig, CleanError, run_clean
-from corpus.dedup_index import DedupIndexError, read_chain
-from corpus.document import Document
-from corpus.jsonl import read_documents
-from crawler.extract.aozora import from_zip
-from infra import storage
+from gpt2ja.corpus.clean import CleanConfig, CleanError, run_clean
+from gpt2ja.corpus.dedup_index import DedupIndexError, read_chain
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.extract.aozora import from_zip
+from gpt2ja.infra import storage
 from tests.assertions import one_line_error
 from tests.corpora import ZIPS
 from tests.test_clean import outputs, raw_crawl
@@ -149,7 +149,7 @@ def test_a_refresh_keeps_only_the_new_works_and_reads_none_of_version_1(refreshe
     assert any(p.startswith(str(Path(r["v2"]).resolve()) + "/part-") for p in opened)  # the new crawl was read
     assert {k: (out / k).stat().st_mtime_ns for k in r["v1_files"]} == r["v1_files"]  # nor rewritten
     # the manifest lists every part (v1's carried from the index) and they verify, sha256 included
-    from infra.stage import verify
+    from gpt2ja.infra.stage import verify
 
     assert verify(str(out), second["fingerprint"], deep=True)[1] == []
     chain = read_chain(str(index))
@@ -269,8 +269,8 @@ def test_corpus_refresh_with_the_index_cleans_only_the_new_crawl(prefect_harness
     """A ``files`` crawl is read whole at every refresh: its old files come back as ``duplicate_id``."""
     import shutil
 
-    from flows.config import PipelineConfig
-    from flows.refresh import corpus_refresh
+    from gpt2ja.flows.config import PipelineConfig
+    from gpt2ja.flows.refresh import corpus_refresh
 
     folder = tmp_path / "texts"
     folder.mkdir()
@@ -363,14 +363,14 @@ def test_a_refresh_killed_before_its_index_version_is_built_ends_as_an_uninterru
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dedup index v1 → v2: 39 documents read from 1 new crawl(s)" in done.stdout
     assert _splits(out) == _splits(refreshed["out"])
-    from infra.stage import verify
+    from gpt2ja.infra.stage import verify
 
     assert verify(str(out), deep=True)[1] == [] and verify(str(index / "v2"), deep=True)[1] == []
 
 
 def _crawl_at(root: str, name: str, parts: list[list[Document]]) -> str:
     """A raw crawl (parts and manifest) at ``{root}/raw/aozora/{name}``, local or ``gs://``."""
-    from corpus.jsonl import ShardWriter, list_parts
+    from gpt2ja.corpus.jsonl import ShardWriter, list_parts
 
     out = storage.join(root, "raw", "aozora", name)
     for i, docs in enumerate(parts):
@@ -385,7 +385,7 @@ def _crawl_at(root: str, name: str, parts: list[list[Document]]) -> str:
 
 def test_the_index_on_a_bucket_gives_the_local_result(storage_root, refreshed):
     """The same refresh under ``gs://`` (the storage emulator) and locally: the same corpus parts."""
-    from corpus.jsonl import read_documents as read
+    from gpt2ja.corpus.jsonl import read_documents as read
 
     v1 = _crawl_at(storage_root, "lib", parts_of([work(p) for p in ZIPS[0::2]]))
     v2 = _crawl_at(storage_root, "lib.refresh-r2", parts_of(list(read(refreshed["v2"]))))

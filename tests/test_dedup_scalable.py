@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus.clean import CleanConfig, run_clean
-from corpus.dedup import DedupConfig, signature
-from corpus.jsonl import read_documents
-from corpus.lsh_index import ROW, _rows_uri, merge_sorted_runs
-from corpus.lsh_rows import NEAR, PAIR, PairSink, RunFile, save_array
-from infra import storage
+from gpt2ja.corpus.clean import CleanConfig, run_clean
+from gpt2ja.corpus.dedup import DedupConfig, signature
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.corpus.lsh_index import ROW, _rows_uri, merge_sorted_runs
+from gpt2ja.corpus.lsh_rows import NEAR, PAIR, PairSink, RunFile, save_array
+from gpt2ja.infra import storage
 from tests.test_clean import doc, outputs, raw_crawl, work_text
 from tests.test_dedup import edit_sentences
 
@@ -187,7 +187,7 @@ def test_spilled_candidate_pairs_come_out_as_the_held_ones(tmp_path):
 
 BUCKET_PEAK = r"""
 import json, sys
-from corpus.lsh_index import bucket_group
+from gpt2ja.corpus.lsh_index import bucket_group
 def mb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024

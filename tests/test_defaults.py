@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer.main
 
-from corpus.clean import CleanConfig
-from corpus.parquet import ParquetConfig
-from crawler.runner import CrawlConfig
+from gpt2ja.corpus.clean import CleanConfig
+from gpt2ja.corpus.parquet import ParquetConfig
+from gpt2ja.crawler.runner import CrawlConfig
 from gpt2ja.cli import app
-from model.generate import DEFAULT_SAMPLING
-from model.train import TrainConfig
+from gpt2ja.model.generate import DEFAULT_SAMPLING
+from gpt2ja.model.train import TrainConfig
 
 MODELS = {("crawl", "aozora"): CrawlConfig, ("crawl", "web"): CrawlConfig, ("clean",): CleanConfig,
           ("train",): TrainConfig, ("export", "parquet"): ParquetConfig}
@@ -40,7 +40,7 @@ def test_sampling_defaults_are_one_value_everywhere():
             assert param.default == DEFAULT_SAMPLING[param.name], param.name
     import inspect
 
-    from model.generate import generate
+    from gpt2ja.model.generate import generate
 
     sig = inspect.signature(generate).parameters
     assert {k: sig[k].default for k in DEFAULT_SAMPLING} == DEFAULT_SAMPLING
@@ -53,7 +53,7 @@ def test_a_web_crawl_is_bounded_by_default_and_an_aozora_crawl_is_not():
 
 
 def test_the_pipeline_primes_ppmd_as_the_cli_does():
-    from flows.config import EvaluateSection
-    from model.baselines import DEFAULT_PRIME_CHARS
+    from gpt2ja.flows.config import EvaluateSection
+    from gpt2ja.model.baselines import DEFAULT_PRIME_CHARS
 
     assert EvaluateSection().prime_chars == DEFAULT_PRIME_CHARS

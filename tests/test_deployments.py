@@ -1,7 +1,7 @@
-"""Deployments, `gpt2ja serve`, infra/prefect.yaml, the Dockerfile and the GPU / TPU job specs.
+"""Deployments, `gpt2ja serve`, deploy/prefect.yaml, the Dockerfile and the GPU / TPU job specs.
 
 The deployments are built from configs/serve-demo.yaml and compared with what the
-config says; infra/prefect.yaml must hold the same ones. The job specs cannot run
+config says; deploy/prefect.yaml must hold the same ones. The job specs cannot run
 here (no cloud account, no accelerator): their dry runs are rendered, real gcloud
 checks their flags (it stops at "no active account" before any request), and the
 gpt2ja command line they run is parsed by our CLI and validated as a TrainConfig.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.deployments import (ServeError, build_deployments, load_serve_config, prefect_api, stage_flows,
+from gpt2ja.flows.deployments import (ServeError, build_deployments, load_serve_config, prefect_api, stage_flows,
                                validate_parameters)
 from tests import procs
 from tests.net import free_port
@@ -64,13 +64,13 @@ def _flow_of(entrypoint: str):
 def test_the_deployments_are_the_refresh_the_pipeline_and_every_stage(demo):
     serve_config, config, deployments = demo
     stages = list(stage_flows())
-    assert set(DATA_STAGES) <= set(stages)  # train, evaluate, ... too once flows/stages.py has them
+    assert set(DATA_STAGES) <= set(stages)  # train, evaluate, ... too once gpt2ja/flows/stages.py has them
     assert list(deployments) == ["corpus-refresh", "pipeline", *stages, "train-vertex"]
     for name, d in deployments.items():
         assert d.flow_name == name and d.tags == ["gpt2ja", "demo"]
         flow = _flow_of(d.entrypoint)  # the entrypoint imports and names a real flow
         assert flow.name == name, d.entrypoint
-        assert re.fullmatch(r"flows/(refresh|pipeline|stages|vertex_job)\.py:\w+", d.entrypoint)
+        assert re.fullmatch(r"gpt2ja/flows/(refresh|pipeline|stages|vertex_job)\.py:\w+", d.entrypoint)
 
 
 def test_only_the_refresh_is_scheduled_with_the_cron_of_the_config(demo):
@@ -97,7 +97,7 @@ def test_the_parameters_are_the_ones_the_pipeline_passes(demo):
                            "out": config.shards_uri, "settings": whole["shards"]}
     # Vertex AI: the train settings; the demo root is local, so the gs:// URIs and the job come from the Run form
     assert p["train-vertex"] == {"settings": whole["train"]}
-    if "train" in p:  # the model stages, where flows/stages.py has them
+    if "train" in p:  # the model stages, where gpt2ja/flows/stages.py has them
         assert p["train"] == {"shards_uri": config.shards_uri, "run_uri": "data/demo/runs/tiny-demo",
                               "settings": whole["train"]}
         assert p["evaluate"] == {"run_uri": config.run_uri, "texts": ["data/demo/clean/aozora-demo/validation"],
@@ -112,19 +112,19 @@ def test_the_train_form_offers_the_backend():
     # the Run form of the train and pipeline deployments: a choice of tensorflow or jax, tensorflow by default
     from prefect.utilities.callables import parameter_schema
 
-    from flows.stages import train_flow
+    from gpt2ja.flows.stages import train_flow
 
     schema = parameter_schema(train_flow).model_dump()
     field = (schema.get("definitions") or schema["$defs"])["TrainSection"]["properties"]["backend"]
     assert field["enum"] == ["tensorflow", "jax"] and field["default"] == "tensorflow"
 
 
-# ----------------------------------------------------------------- infra/prefect.yaml
+# ----------------------------------------------------------------- deploy/prefect.yaml
 
 
 @pytest.fixture(scope="module")
 def prefect_yaml():
-    return yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text(encoding="utf-8"))
 
 
 def _validated(flow, parameters: dict) -> dict:
@@ -145,8 +145,8 @@ def test_prefect_yaml_holds_the_served_deployments_for_a_process_and_a_docker_po
     docker = {d["name"]: d for d in listed if d["work_pool"]["name"] == "gpt2ja-docker"}
     assert len(process) + len(docker) == len(listed)
     # every flow the YAML names exists; every served deployment whose flow exists is in the YAML
-    # (a stage flow added to flows/stages.py later shows up here as missing from infra/prefect.yaml)
-    assert set(process) == set(deployments), "infra/prefect.yaml and the served deployments differ"
+    # (a stage flow added to gpt2ja/flows/stages.py later shows up here as missing from deploy/prefect.yaml)
+    assert set(process) == set(deployments), "deploy/prefect.yaml and the served deployments differ"
     # train-vertex only launches and follows a cloud job: the process pool (the image has no gcp extra)
     assert set(docker) == {f"{name}-docker" for name in process if name != "train-vertex"}
     for name, served in deployments.items():
@@ -198,7 +198,7 @@ def test_serve_check_lists_the_deployments_and_starts_nothing(in_repo, capsys):
     code, out, _err = _cli(["serve", "--check", SERVE_DEMO], capsys)
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0].split()[:3] == ["corpus-refresh/corpus-refresh", "flows/refresh.py:corpus_refresh", "cron"]
+    assert lines[0].split()[:3] == ["corpus-refresh/corpus-refresh", "gpt2ja/flows/refresh.py:corpus_refresh", "cron"]
     assert "'0 4 * * 1' Asia/Tokyo" in lines[0]
     assert [ln.split()[0] for ln in lines[1:]] == [f"{n}/{n}" for n in ["pipeline", *stage_flows(), "train-vertex"]]
 
@@ -246,7 +246,7 @@ def test_a_silent_api_url_elsewhere_is_named_not_replaced():
 
 
 def _dockerfile() -> list[str]:
-    return [ln.strip() for ln in (REPO / "infra" / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8").splitlines()
             if ln.strip() and not ln.lstrip().startswith("#")]
 
 
@@ -277,7 +277,7 @@ def test_the_dockerfile_builds_on_tensorflow_gpu_installs_the_project_and_runs_g
     assert all((REPO / c).exists() for c in copied), copied
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert {p.rstrip("*") for p in packages["include"]} <= set(copied)  # every package the wheel holds
-    ignore = (REPO / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
     assert all(f"!{c}" in ignore or f"!{c}/" in ignore for c in copied)  # and the context lets them in
     for target in ("jax", "tensorflow"):  # both install what the sources stage holds, and run gpt2ja
         assert "COPY --from=sources /src/ ./" in stages[target]
@@ -294,13 +294,13 @@ def test_the_dockerfile_jax_target_is_cuda_13_jax_without_tensorflow():
     assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-base-ubuntu24\.04", base), base
     assert jax[0] == "FROM ${JAX_BASE} AS jax" and "ARG JAX_EXTRA=cuda13" in jax
     assert "KERAS_BACKEND=jax \\" in jax
-    assert 'RUN bash infra/jobs/install-jax.sh python "${JAX_EXTRA}" "${JAX_VERSION}" .' in jax
+    assert 'RUN bash deploy/jobs/install-jax.sh python "${JAX_EXTRA}" "${JAX_VERSION}" .' in jax
     assert not [ln for ln in jax if "tensorflow" in ln.lower()]
 
 
 def test_the_jax_install_leaves_every_tensorflow_package_out():
     """install-jax.sh's requirement list, read from this checkout's installed metadata: TensorFlow-free."""
-    out = subprocess.run(["bash", str(REPO / "infra" / "jobs" / "install-jax.sh"), "--requirements", sys.executable],
+    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / "install-jax.sh"), "--requirements", sys.executable],
                          capture_output=True, text=True, check=True).stdout.split()
     names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in out}
     assert not {n for n in names if n.startswith("tensorflow")} and "keras-hub" not in names
@@ -310,7 +310,7 @@ def test_the_jax_install_leaves_every_tensorflow_package_out():
 
 def _dry_run(script: str, **env) -> tuple[list[str], list[list[str]]]:
     """(the gpt2ja command line, the commands) that ``script --dry-run`` prints."""
-    out = subprocess.run(["bash", str(REPO / "infra" / "jobs" / script), "--dry-run"], capture_output=True,
+    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / script), "--dry-run"], capture_output=True,
                          text=True, check=True, env={**os.environ, **env}).stdout.splitlines()
     gpt2ja = [shlex.split(ln.removeprefix("gpt2ja>")) for ln in out if ln.startswith("gpt2ja>")]
     commands = [shlex.split(ln[2:]) for ln in out if ln.startswith("+ ")]
@@ -323,7 +323,7 @@ def _train_config(args: list[str]):
     import typer
 
     from gpt2ja.cli import app
-    from model.train import TrainConfig
+    from gpt2ja.model.train import TrainConfig
 
     group = typer.main.get_command(app)
     assert args[0] == "train"
@@ -345,7 +345,7 @@ def test_the_gpu_vm_job_trains_mirrored_from_gs_in_the_image():
     metadata = create[create.index("--metadata") + 1]
     assert "install-nvidia-driver=True" in metadata and "gpt2ja-image=us-central1-docker.pkg.dev/p1/" in metadata
     files = dict(kv.split("=", 1) for kv in create[create.index("--metadata-from-file") + 1].split(","))
-    assert Path(files["startup-script"]) == REPO / "infra" / "jobs" / "gpu-vm-startup.sh"
+    assert Path(files["startup-script"]) == REPO / "deploy" / "jobs" / "gpu-vm-startup.sh"
     startup = files["startup-script"]
     assert 'docker run --rm --gpus all' in Path(startup).read_text() and '"${ARGS[@]}"' in Path(startup).read_text()
 
@@ -393,7 +393,7 @@ def test_the_tpu_vm_job_with_backend_jax_trains_on_every_worker():
 
 
 def test_the_job_scripts_are_valid_bash():
-    for script in sorted((REPO / "infra" / "jobs").glob("*.sh")):
+    for script in sorted((REPO / "deploy" / "jobs").glob("*.sh")):
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
@@ -467,7 +467,7 @@ def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_r
 
 
 def test_building_the_deployments_imports_no_heavy_library(in_repo):
-    code = ("import sys; from flows.deployments import load_serve_config, build_deployments; "
+    code = ("import sys; from gpt2ja.flows.deployments import load_serve_config, build_deployments; "
             f"build_deployments(*load_serve_config({SERVE_DEMO!r})); "
             "print(sorted(m for m in ('tensorflow', 'scrapy', 'fugashi', 'MeCab', 'torch', "
             "'google.cloud.aiplatform_v1') if m in sys.modules))")

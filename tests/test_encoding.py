@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from crawler.extract import ExtractError
-from crawler.extract.aozora import from_zip
-from crawler.files import AmbiguousEncoding, crawl_files, decode_text
-from infra import storage
+from gpt2ja.crawler.extract import ExtractError
+from gpt2ja.crawler.extract.aozora import from_zip
+from gpt2ja.crawler.files import AmbiguousEncoding, crawl_files, decode_text
+from gpt2ja.infra import storage
 from tests.corpora import ZIPS
 
 TEXTS = {

@@ -37,9 +37,9 @@ torch = pytest.importorskip("torch", reason="torch is needed to load the export 
 pytest.importorskip("transformers", reason="transformers is needed to load the export")
 pytest.importorskip("safetensors", reason="safetensors is needed to write the export")
 
-from model import gpt2, runs  # noqa: E402
-from model.export import ExportError, export_hf, load_hf  # noqa: E402
-from model.presets import ModelError  # noqa: E402
+from gpt2ja.model import gpt2, runs  # noqa: E402
+from gpt2ja.model.export import ExportError, export_hf, load_hf  # noqa: E402
+from gpt2ja.model.presets import ModelError  # noqa: E402
 from tests import procs  # noqa: E402
 from tests.corpora import write_tiny_run  # noqa: E402
 
@@ -56,7 +56,7 @@ AOZORA_PD = "public domain; Aozora Bunko file terms: https://www.aozora.gr.jp/gu
 EVAL = {"bits_per_character": 6.1331, "bits_per_byte": 2.0812, "token_perplexity": 279.3, "characters": 14283,
         "step": 1, "texts_from": ["data/demo/clean/aozora-demo/validation"],
         "baselines": {"ppmd_order8_bits_per_character": 4.512, "ppmd_order8_bits_per_byte": 1.531,  # flat, as
-                      "ppmd_order8_primed_bits_per_character": None,                         # model/baselines.py
+                      "ppmd_order8_primed_bits_per_character": None,                         # gpt2ja/model/baselines.py
                       "ppmd_order8_primed_bits_per_byte": None, "gzip_bits_per_character": 7.25,
                       "gzip_bits_per_byte": 2.46, "characters": 14283, "prime_missing": "no sample"}}
 
@@ -117,7 +117,7 @@ def test_export_layout_and_logits_match(exported):
 
 
 def test_export_manifest_verifies_and_a_second_export_is_skipped(exported):
-    from infra import stage, storage
+    from gpt2ja.infra import stage, storage
 
     run, out = exported
     manifest, problems = stage.verify(str(out), deep=True)
@@ -135,7 +135,7 @@ def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
     the same bits/char as our evaluation of the run; generate timed with the export's own settings."""
     import importlib.util
 
-    from model.evaluate import bits_per_character
+    from gpt2ja.model.evaluate import bits_per_character
 
     run, out = exported
     text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3   # > 1 window of 32 ids
@@ -158,8 +158,8 @@ def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
 
 def test_new_sampling_defaults_redo_the_export(exported, tmp_path, monkeypatch):
     """generation_config.json carries gpt2ja generate's defaults: when they change, the export is not skipped."""
-    from infra import storage
-    from model import generate
+    from gpt2ja.infra import storage
+    from gpt2ja.model import generate
 
     run, _ = exported
     out = tmp_path / "hf"
@@ -209,7 +209,7 @@ def test_bad_run_uri_is_one_clear_error(tmp_path):
 
 def test_mismatch_is_refused_and_nothing_published(tmp_path, monkeypatch):
     run = write_run(tmp_path)
-    monkeypatch.setattr("model.export.ACTIVATION", "gelu")  # a wrong config: logits differ slightly
+    monkeypatch.setattr("gpt2ja.model.export.ACTIVATION", "gelu")  # a wrong config: logits differ slightly
     with pytest.raises(ExportError, match=r"transformers logits differ from the run's by .* nothing was published"):
         export_hf(str(run), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -217,7 +217,7 @@ def test_mismatch_is_refused_and_nothing_published(tmp_path, monkeypatch):
 
 def spm_tokenizer(tmp_path: Path, model_type: str = "bpe", vocab_size: int = 320):
     """A 320-id sentencepiece tokenizer (our trainer options) trained in ~0.1 s on a few repeated lines."""
-    from tokenization.spm import SentencePieceTokenizer, train_model
+    from gpt2ja.tokenization.spm import SentencePieceTokenizer, train_model
 
     sample = tmp_path / "sample.txt"
     sample.write_text("吾輩は猫である。名前は まだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
@@ -231,7 +231,7 @@ def spm_tokenizer(tmp_path: Path, model_type: str = "bpe", vocab_size: int = 320
 def test_sentencepiece_run_ships_spm_model_and_our_artifact(tmp_path):
     import sentencepiece
 
-    from tokenization.tokenizer import Tokenizer
+    from gpt2ja.tokenization.tokenizer import Tokenizer
 
     tok = spm_tokenizer(tmp_path)
     run = write_run(tmp_path, tok)
@@ -296,7 +296,7 @@ def test_tokenizer_starts_every_text_with_the_document_start_and_pads_on_the_lef
 
 def test_generate_on_the_tokenizer_output_is_our_greedy_generate(exported):
     """`model.generate(**tokenizer(prompt))` = `gpt2ja generate --greedy`, one prompt and a left-padded batch."""
-    from model.generate import generate
+    from gpt2ja.model.generate import generate
 
     run, out = exported
     hf, model = hf_tokenizer_of(out), load_hf(str(out))
@@ -344,7 +344,7 @@ def test_generation_config_samples_with_our_defaults_and_pipeline_does_not_warn(
     import transformers
     from transformers import GenerationConfig, pipeline
 
-    from model.generate import DEFAULT_SAMPLING
+    from gpt2ja.model.generate import DEFAULT_SAMPLING
 
     run, out = exported
     raw = json.loads((out / "generation_config.json").read_text())
@@ -403,7 +403,7 @@ def test_model_card_metadata_parses_and_carries_the_corpus_licence_and_eval(expo
 
 
 def test_nested_baselines_render_too():
-    from model.model_card import baseline_rows
+    from gpt2ja.model.model_card import baseline_rows
 
     assert baseline_rows({"ppmd": {"bits_per_character": 4.5, "bits_per_byte": 1.5}}) == [("ppmd", 4.5, 1.5)]
 
@@ -416,7 +416,7 @@ def test_nested_baselines_render_too():
     ({}, ("unknown", None)),
 ])
 def test_hub_licence_from_the_documents(licences, expected):
-    from model.model_card import hub_license, license_class
+    from gpt2ja.model.model_card import hub_license, license_class
 
     assert hub_license(licences)[:2] == expected
     assert license_class(AOZORA_PD) == "public-domain"
@@ -453,7 +453,7 @@ def test_push_to_hub_uploads_the_export_through_huggingface_hub(exported, monkey
 
 
 def test_push_to_an_unreachable_hub_is_one_line(exported, monkeypatch):
-    from model.export import push_to_hub
+    from gpt2ja.model.export import push_to_hub
 
     run, out = exported
     monkeypatch.setenv("HF_TOKEN", "hf_x")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from corpus.jsonl import read_documents
-from crawler.files import crawl_files
-from infra import storage
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.files import crawl_files
+from gpt2ja.infra import storage
 from tests import procs
 from tests.conftest import MIRROR
 

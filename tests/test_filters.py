@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from corpus.document import Document
-from corpus.filters import (
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.filters import (
     PRESETS,
     DupLineCharFraction,
     DupLineFraction,
@@ -43,8 +43,8 @@ from corpus.filters import (
     first_failure,
     preset_for_source,
 )
-from corpus.normalize import KEPT_BY_NFKC, PROTECTED, normalize
-from crawler.extract.aozora import from_zip
+from gpt2ja.corpus.normalize import KEPT_BY_NFKC, PROTECTED, normalize
+from gpt2ja.crawler.extract.aozora import from_zip
 
 MIRROR = Path(__file__).resolve().parent.parent / "examples" / "aozora-mirror"
 AME_NIMO_MAKEZU = MIRROR / "cards/000081/files/45630_txt_23610.zip"

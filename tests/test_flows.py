@@ -21,8 +21,8 @@ import pytest
 from tests import procs
 import yaml
 
-from flows.config import ConfigError, load_config
-from infra import storage
+from gpt2ja.flows.config import ConfigError, load_config
+from gpt2ja.infra import storage
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_STAGES = ("crawl", "clean", "tokenizer", "shards")
@@ -72,7 +72,7 @@ def demo_config(demo_config_path):
 
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, demo_config):
-    from flows.pipeline import pipeline
+    from gpt2ja.flows.pipeline import pipeline
 
     state = pipeline(demo_config, return_state=True)
     assert state.is_completed(), state
@@ -84,7 +84,7 @@ def first_run(prefect_harness, demo_config):
 
 
 def test_importing_the_flows_imports_no_heavy_library():
-    code = ("import sys, flows.pipeline, flows.stages, flows.config, flows.artifacts, gpt2ja.demo; "
+    code = ("import sys, gpt2ja.flows.pipeline, gpt2ja.flows.stages, gpt2ja.flows.config, gpt2ja.flows.artifacts, gpt2ja.demo; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'transformers', 'scrapy', 'fugashi', 'MeCab') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -108,7 +108,7 @@ def test_the_demo_config_is_the_demo():
 
 @pytest.mark.slow
 def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
-    from flows.pipeline import pipeline
+    from gpt2ja.flows.pipeline import pipeline
 
     assert not any(_skipped(first_run["outcome"]).values())
     assert first_run["uris"] == {"crawl": storage.join(demo_config.root, "raw", "aozora", "demo"),
@@ -119,7 +119,7 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
     assert manifests["crawl"]["counts"]["documents"] == 36  # as `make demo`: 48 cards, 12 with no readable edition
     assert manifests["crawl"]["counts"]["drops"]["no_edition_readable"] == 12
     # documents keep the mirror's site address, whatever port it was served on: ids and split are stable
-    from corpus.jsonl import read_documents
+    from gpt2ja.corpus.jsonl import read_documents
 
     urls = [d.url for d in read_documents(first_run["uris"]["crawl"])]
     assert len(urls) == 36 and all(u.startswith("http://mirror.local/cards/") for u in urls)
@@ -160,7 +160,7 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
 
 @pytest.mark.slow
 def test_deleted_or_partial_outputs_are_rebuilt_and_the_rest_skipped(first_run, demo_config):
-    from flows.pipeline import pipeline
+    from gpt2ja.flows.pipeline import pipeline
 
     storage.delete(demo_config.clean_uri)                                    # deleted
     storage.delete(storage.join(demo_config.eval_uri, storage.MANIFEST))     # partial (no manifest)
@@ -182,7 +182,7 @@ def _shard_files(uri: str) -> dict[str, os.stat_result]:
     return {p.name: p.stat() for p in Path(uri).glob("*.tfrecord")}
 
 
-# Runs `python -m flows.pipeline CONFIG` unchanged, with one audit hook (PEP 578) that only watches
+# Runs `python -m gpt2ja.flows.pipeline CONFIG` unchanged, with one audit hook (PEP 578) that only watches
 # file opens: when the shards stage opens the corpus's validation part while every train shard is
 # finished (their completion records exist), the process writes READY and waits there to be killed.
 HOLD = """
@@ -202,8 +202,8 @@ def hold(event, args):
 
 
 sys.addaudithook(hold)
-sys.argv = ["flows.pipeline", config]
-runpy.run_module("flows.pipeline", run_name="__main__", alter_sys=True)
+sys.argv = ["gpt2ja.flows.pipeline", config]
+runpy.run_module("gpt2ja.flows.pipeline", run_name="__main__", alter_sys=True)
 """
 
 
@@ -218,7 +218,7 @@ def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_sha
     """
     from prefect.settings import PREFECT_API_URL
 
-    from flows.pipeline import pipeline
+    from gpt2ja.flows.pipeline import pipeline
 
     shards = Path(demo_config.shards_uri)
     reference = storage.read_manifest(str(shards))
@@ -263,10 +263,10 @@ def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_sha
 
 @pytest.mark.slow
 def test_the_generate_flow_samples_what_the_evaluation_sampled(first_run, demo_config):
-    """The on-demand flow and the evaluate stage share model.generate: same run, settings and seed, same text."""
+    """The on-demand flow and the evaluate stage share gpt2ja.model.generate: same run, settings and seed, same text."""
     from prefect import get_client
 
-    from flows.stages import generate_flow
+    from gpt2ja.flows.stages import generate_flow
 
     assert generate_flow(demo_config.run_uri, demo_config.generate) == {"uri": demo_config.run_uri, "samples": 3}
     with get_client(sync_client=True) as client:
@@ -278,7 +278,7 @@ def test_the_generate_flow_samples_what_the_evaluation_sampled(first_run, demo_c
 
 def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, demo_config, tmp_path):
     """The train stage would otherwise 'resume' a finished run on new data and call it trained."""
-    from flows.stages import StageError, train_flow
+    from gpt2ja.flows.stages import StageError, train_flow
 
     run = tmp_path / "old-run"
     run.mkdir()
@@ -288,8 +288,8 @@ def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, de
 
 
 def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
-    from flows.config import FilesCrawl
-    from flows.stages import StageError, crawl_flow
+    from gpt2ja.flows.config import FilesCrawl
+    from gpt2ja.flows.stages import StageError, crawl_flow
 
     (tmp_path / "empty").mkdir()
     started = time.monotonic()
@@ -299,8 +299,8 @@ def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
 
 
 def test_evaluating_an_unfinished_run_is_one_line(prefect_harness, tmp_path):
-    from flows.config import EvaluateSection
-    from flows.stages import StageError, evaluate_flow
+    from gpt2ja.flows.config import EvaluateSection
+    from gpt2ja.flows.stages import StageError, evaluate_flow
 
     (tmp_path / "run").mkdir()
     with pytest.raises(StageError, match=r"^evaluate: run .*run has no _MANIFEST.json: .*rerun the train stage"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra import stage
+from gpt2ja.infra import stage
 from tests.corpora import data_pipeline_config
 
 pytestmark = pytest.mark.slow

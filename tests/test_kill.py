@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from corpus.jsonl import read_documents
-from infra import stage, storage
-from crawler.mirror import MirrorServer
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.infra import stage, storage
+from gpt2ja.crawler.mirror import MirrorServer
 from tests.conftest import MIRROR, TestSiteHandler, author_urls
 from tests.corpora import mirror_stages, write_tiny_run
 
@@ -40,7 +40,7 @@ VOLATILE = ("created_at", "timings", "build_id", "uri")
 def inputs(tmp_path_factory) -> dict:
     stages = mirror_stages(tmp_path_factory.mktemp("kill"))
     base, clean, tok = stages["base"], stages["clean"], stages["tokenizer"]
-    from tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
     shards = write_shards(clean, tok, str(base / "root" / "shards"),
                           ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1))
@@ -133,7 +133,7 @@ def _warc_records(uri: str) -> list[tuple]:
 
 
 def _weights(run: str) -> dict:
-    from model import checkpoint, runs
+    from gpt2ja.model import checkpoint, runs
 
     arrays = checkpoint.load(runs.latest_checkpoint(run)).arrays
     return {name: value.tobytes() for name, value in arrays.items() if name.startswith(("model/", "optimizer/"))}

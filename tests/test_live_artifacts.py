@@ -4,7 +4,7 @@ The train flow runs a 10-step tiny model (bytes-tokenizer shards, as in
 test_model_train) in a thread against Prefect's test server; the test holds the
 run after its step-5 log (and evaluation) until it has read the artifacts
 through the API, as the UI does. The throttling and the failure handling of
-:class:`flows.artifacts.Progress` are checked without a server (a fake clock).
+:class:`gpt2ja.flows.artifacts.Progress` are checked without a server (a fake clock).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from flows import artifacts
+from gpt2ja.flows import artifacts
 from tests import procs
 
 
@@ -100,8 +100,8 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
     pytest.importorskip("tensorflow")
     from prefect import get_client
 
-    from flows.config import TrainSection
-    from flows.stages import train_flow
+    from gpt2ja.flows.config import TrainSection
+    from gpt2ja.flows.stages import train_flow
     from tests.test_model_train import SEQ_LEN, make_shards
 
     shards = make_shards(tmp_path / "data")
@@ -161,14 +161,14 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
 
 @pytest.mark.slow
 def test_a_data_stage_shows_its_phases_as_progress_artifacts(prefect_harness, tmp_path):
-    """The clean flow's phases (filter, dedup, write), reported through infra.progress, become progress artifacts."""
+    """The clean flow's phases (filter, dedup, write), reported through gpt2ja.infra.progress, become progress artifacts."""
     import shutil
 
     from prefect import get_client
 
-    from crawler.files import crawl_files
-    from flows.config import CleanSection
-    from flows.stages import clean_flow
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.flows.config import CleanSection
+    from gpt2ja.flows.stages import clean_flow
     from tests.corpora import ZIPS
 
     text = tmp_path / "text"

@@ -14,14 +14,14 @@ import math
 import numpy as np
 import pytest
 
-from model.presets import (PRESETS, ModelConfig, ModelError, padded_vocab, param_count, preset_param_counts)
-from tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.model.presets import (PRESETS, ModelConfig, ModelError, padded_vocab, param_count, preset_param_counts)
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 tf = pytest.importorskip("tensorflow")
 
-from model import gpt2  # noqa: E402
-from model.evaluate import bits_per_character, score, token_logprobs, windows  # noqa: E402
-from model.generate import Generator, check_sampling, filter_logits, generate  # noqa: E402
+from gpt2ja.model import gpt2  # noqa: E402
+from gpt2ja.model.evaluate import bits_per_character, score, token_logprobs, windows  # noqa: E402
+from gpt2ja.model.generate import Generator, check_sampling, filter_logits, generate  # noqa: E402
 
 TOK = ByteTokenizer()  # 257 ids, EOS 256
 CONTEXT = 32
@@ -340,7 +340,7 @@ def test_a_prompt_outside_the_vocabulary_goes_through_byte_fallback(tmp_path):
     generation and scoring take such a prompt as it is and give it back unchanged."""
     import keras
 
-    from tokenization.spm import BYTE_IDS, UNK_ID, SentencePieceTokenizer, train_model
+    from gpt2ja.tokenization.spm import BYTE_IDS, UNK_ID, SentencePieceTokenizer, train_model
 
     sample = tmp_path / "sample.txt"
     sample.write_text("吾輩は猫である。名前はまだ無い。\nどこで生れたかとんと見当がつかぬ。\n" * 40, encoding="utf-8")

@@ -20,19 +20,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus.document import Document
-from corpus.jsonl import ShardWriter
-from infra import storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter
+from gpt2ja.infra import storage
 from tests import procs
-from tokenization.bytes_tokenizer import ByteTokenizer
-from tokenization.shards import ShardsConfig, write_shards
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
 tf = pytest.importorskip("tensorflow")
 
-from model import checkpoint, runs  # noqa: E402
-from model.evaluate import evaluate_run  # noqa: E402
-from model.generate import generate_run  # noqa: E402
-from model.train import TrainConfig, TrainError, train  # noqa: E402
+from gpt2ja.model import checkpoint, runs  # noqa: E402
+from gpt2ja.model.evaluate import evaluate_run  # noqa: E402
+from gpt2ja.model.generate import generate_run  # noqa: E402
+from gpt2ja.model.train import TrainConfig, TrainError, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "吾輩は猫である。名前はまだ無い。"
@@ -87,7 +87,7 @@ def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
     assert config(shards, tmp_path, batch_tokens=4 * 256).accumulation_steps(SEQ_LEN) == 4
     with pytest.raises(TrainError, match="unknown model preset 'huge'"):
         train(config(shards, tmp_path / "r2", preset="huge"), progress=None)
-    monkeypatch.setattr("model.train.host_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr("gpt2ja.model.train.host_memory_bytes", lambda: 8 * 2**30)
     with pytest.raises(TrainError, match=r"preset xl with micro_batch 8 needs about 2\d\.\d GiB to train "
                                          r"\(1,4\d\d,\d{3},\d{3} parameters\), this machine has 8\.0 GiB"):
         train(config(shards, tmp_path / "r3", preset="xl"), progress=None)
@@ -153,7 +153,7 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
-    from model.train import TrainConfig, train
+    from gpt2ja.model.train import TrainConfig, train
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     kill_at = int(sys.argv[2])
 
@@ -203,7 +203,7 @@ def test_resume_after_kill_gives_identical_weights(shards, tmp_path):
 
 WAIT_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
-    from model.train import TrainConfig, train
+    from gpt2ja.model.train import TrainConfig, train
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     go = sys.argv[2]
 
@@ -217,7 +217,7 @@ WAIT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_second_train_of_the_same_run_is_refused_while_the_first_finishes(shards, tmp_path):
-    from infra import stage
+    from gpt2ja.infra import stage
 
     run = tmp_path / "busy"
     cfg = config(shards, run, steps=4, checkpoint_every=4, eval_batches=0)
@@ -253,7 +253,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from model.train import TrainConfig, train
+    from gpt2ja.model.train import TrainConfig, train
     train(TrainConfig(**json.loads(sys.argv[1])), progress=None)
 """)
 

@@ -1,4 +1,4 @@
-"""infra.parallel: the local pool keeps the order of the items and turns a dead worker into one line."""
+"""gpt2ja.infra.parallel: the local pool keeps the order of the items and turns a dead worker into one line."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from infra.parallel import WorkerDied, map_with_progress, pool_map
+from gpt2ja.infra.parallel import WorkerDied, map_with_progress, pool_map
 
 
 def test_results_come_in_item_order_and_each_is_reported_once():

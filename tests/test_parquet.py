@@ -12,10 +12,10 @@ import pytest
 
 from tests import procs
 
-from corpus.document import Document
-from corpus.jsonl import ShardWriter
-from corpus.parquet import COLUMNS, ParquetConfig, ParquetError, export_parquet
-from infra import storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter
+from gpt2ja.corpus.parquet import COLUMNS, ParquetConfig, ParquetError, export_parquet
+from gpt2ja.infra import storage
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import progress as prog
+from gpt2ja.infra import progress as prog
 from tests import procs
 from tests.conftest import MIRROR
 from tests.corpora import mirror_stages, write_tiny_run
@@ -145,7 +145,7 @@ def test_an_unknown_length_says_what_runs_and_off_prints_nothing(monkeypatch):
 
 
 def test_parts_advance_in_the_parent_as_each_finishes():
-    from infra.parallel import map_with_progress, pool_map
+    from gpt2ja.infra.parallel import map_with_progress, pool_map
 
     seen: list[int] = []
     got = map_with_progress(pool_map(2), len, ["ab", "c", "def"], ["a", "b", "c"], seen.append)

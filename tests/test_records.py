@@ -1,9 +1,9 @@
-"""The TensorFlow-free data path (model.fingerprint, model.records, the numpy pipelines) held to TensorFlow's.
+"""The TensorFlow-free data path (gpt2ja.model.fingerprint, gpt2ja.model.records, the numpy pipelines) held to TensorFlow's.
 
 Every comparison is exact (``np.array_equal``) against the live TensorFlow
 path it replaces: ``tf.strings.to_hash_bucket_fast``, ``TFRecordDataset`` +
-``parse_example``, :func:`model.data_order.train_dataset` and
-:func:`model.data.make_dataset`'s validation stream. The shards are written by
+``parse_example``, :func:`gpt2ja.model.data_order.train_dataset` and
+:func:`gpt2ja.model.data.make_dataset`'s validation stream. The shards are written by
 the real shard writer from a synthetic corpus (documents of 1–240 characters,
 the bytes tokenizer), small enough to build in seconds:
 
@@ -36,17 +36,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus.document import Document
-from infra import storage
-from model.data import DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked, \
+from gpt2ja.corpus.document import Document
+from gpt2ja.infra import storage
+from gpt2ja.model.data import DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked, \
     validation_batches, verify_shards
-from model.data_order import _keyed_order, read_trace, train_batches, train_dataset
-from model.fingerprint import HASH_BUCKETS, K2, fingerprint64, fingerprint64_py, hash_bucket_fast, keyed_order
-from model.records import crc32c, crc32c_rows, parse_bytes_feature, read_records, read_token_rows
+from gpt2ja.model.data_order import _keyed_order, read_trace, train_batches, train_dataset
+from gpt2ja.model.fingerprint import HASH_BUCKETS, K2, fingerprint64, fingerprint64_py, hash_bucket_fast, keyed_order
+from gpt2ja.model.records import crc32c, crc32c_rows, parse_bytes_feature, read_records, read_token_rows
 from tests.assertions import one_line_error
 from tests.corpora import write_clean_corpus
-from tokenization.bytes_tokenizer import ByteTokenizer
-from tokenization.shards import ShardsConfig, import_tensorflow, pack_tokens, serialize_example, write_shards
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.shards import ShardsConfig, import_tensorflow, pack_tokens, serialize_example, write_shards
 
 tf = import_tensorflow()
 REPO = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def test_reader_equals_tf_data_record_for_record(shards, name):
 @pytest.mark.parametrize("block", [1, 7, 97, 4096])
 def test_records_across_blocks_and_gzip_members(shards, tmp_path, monkeypatch, block):
     """Tiny read blocks put records across block edges; two gzip members split one record (TensorFlow reads on)."""
-    from model import records
+    from gpt2ja.model import records
 
     src = storage.join(shards["many"], "train-00001-of-00035.tfrecord")
     raw = gzip.decompress(Path(src).read_bytes())
@@ -425,9 +425,9 @@ def _digest(batches, n: int) -> str:
 
 NO_TF_SCRIPT = """
 import hashlib, json, sys
-from model.data import validation_batches, verify_shards
-from model.data_order import train_batches
-from model import records
+from gpt2ja.model.data import validation_batches, verify_shards
+from gpt2ja.model.data_order import train_batches
+from gpt2ja.model import records
 uri = sys.argv[1]
 out = {"train": _digest(train_batches(uri, global_batch=8, workers=2, worker=1, shuffle_buffer=100, start_example=50,
                                       seed=4), 300),

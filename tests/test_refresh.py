@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from corpus.document import document_id
-from corpus.jsonl import read_documents
-from flows.config import PipelineConfig
-from infra import stage, storage
+from gpt2ja.corpus.document import document_id
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.flows.config import PipelineConfig
+from gpt2ja.infra import stage, storage
 from tests import procs
 from tests.conftest import author_urls
 
@@ -74,7 +74,7 @@ def corpus_ids(uri: str) -> set[str]:
 
 @pytest.mark.slow
 def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy, tmp_path):
-    from flows.refresh import corpus_refresh
+    from gpt2ja.flows.refresh import corpus_refresh
 
     server = serve(mirror_copy)
     config = PipelineConfig.model_validate({
@@ -137,7 +137,7 @@ def _crawl_dir(root: str, source: str, crawl_id: str, documents: int | None) -> 
 
 
 def test_the_first_refresh_makes_the_base_crawl_then_each_one_its_own(tmp_path):
-    from crawler.refresh import corpus_inputs, known_settings, plan_refresh
+    from gpt2ja.crawler.refresh import corpus_inputs, known_settings, plan_refresh
 
     root = str(tmp_path)
     first = plan_refresh(root, "aozora", "demo", "r1")
@@ -148,7 +148,7 @@ def test_the_first_refresh_makes_the_base_crawl_then_each_one_its_own(tmp_path):
     _crawl_dir(root, "aozora", "demo.other", 5)       # not a refresh of demo either
     plan = plan_refresh(root, "aozora", "demo", "r2")
     assert (plan.crawl_id, plan.base, plan.known, plan.done) == ("demo.refresh-r2", False, [base], False)
-    assert known_settings(plan.known) == {"DUPEFILTER_CLASS": "crawler.dupefilter.KnownDocumentsDupeFilter",
+    assert known_settings(plan.known) == {"DUPEFILTER_CLASS": "gpt2ja.crawler.dupefilter.KnownDocumentsDupeFilter",
                                           "GPT2JA_KNOWN_CRAWLS": [base]}
     assert plan_refresh(root, "web", "demo", "r2").known == []  # web pages lead on: never skipped
     _crawl_dir(root, "web", "demo", 3)
@@ -172,8 +172,8 @@ def test_a_refresh_of_a_warc_crawl_reads_its_archives_again(prefect_harness, tmp
     """A warc entry in a refreshed config: the base crawl first, then a crawl of its own per refresh (no spider)."""
     import yaml
 
-    from flows.config import validate_config
-    from flows.refresh import corpus_refresh
+    from gpt2ja.flows.config import validate_config
+    from gpt2ja.flows.refresh import corpus_refresh
 
     repo = Path(__file__).resolve().parent.parent
     data = yaml.safe_load((repo / "configs" / "warc-demo.yaml").read_text(encoding="utf-8"))

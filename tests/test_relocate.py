@@ -1,6 +1,6 @@
 """A root moved to another directory, then copied to a bucket, still trains and evaluates from any directory.
 
-Manifests name their inputs relative to themselves (infra/stage.py), so nothing
+Manifests name their inputs relative to themselves (gpt2ja/infra/stage.py), so nothing
 in a root depends on where it was built or on the working directory.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import stage, storage
+from gpt2ja.infra import stage, storage
 from tests.corpora import ZIPS
 
 pytestmark = pytest.mark.slow
@@ -32,10 +32,10 @@ def _gpt2ja(cwd: Path, *args: str) -> str:
 
 def _build_root(root: Path) -> None:
     """crawl (files) → clean → tokenizer → shards under ``root``, the demo's layout, built in this process."""
-    from corpus.clean import CleanConfig, run_clean
-    from crawler.files import crawl_files
-    from tokenization.shards import ShardsConfig, write_shards
-    from tokenization.train import train_tokenizer
+    from gpt2ja.corpus.clean import CleanConfig, run_clean
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.tokenization.train import train_tokenizer
 
     text = root.parent / "text"
     text.mkdir()

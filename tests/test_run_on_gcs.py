@@ -1,4 +1,4 @@
-"""A ``gs://`` run copied to its bucket as it trains (model.run_sync), on the GCS emulator.
+"""A ``gs://`` run copied to its bucket as it trains (gpt2ja.model.run_sync), on the GCS emulator.
 
 The bucket is reached through tests/gcs_precondition_proxy.py, a real HTTP
 proxy that records the object name of every upload in order: the tests count
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra import storage
-from model import runs
-from model.run_sync import RunSync
+from gpt2ja.infra import storage
+from gpt2ja.model import runs
+from gpt2ja.model.run_sync import RunSync
 
 
 def write(path: Path, data: bytes, *, append: bool = False) -> None:
@@ -57,9 +57,9 @@ def staging(root: Path) -> Path:
 
 
 def checkpoint(root: Path, step: int) -> None:
-    """What training's save writes (model.checkpoint, keep 1): the checkpoint's file, then the index naming it,
+    """What training's save writes (gpt2ja.model.checkpoint, keep 1): the checkpoint's file, then the index naming it,
     then the older checkpoint pruned."""
-    from model import checkpoint as ckpt
+    from gpt2ja.model import checkpoint as ckpt
 
     ckpt.save(str(root / runs.CHECKPOINT_DIR), step, {"model/w": np.full(250 + step, step, np.float32)},
               examples=8 * step, backend="jax", keep=1)
@@ -190,7 +190,7 @@ def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(shard
     the newest checkpoint loaded mid-run, a resume from the bucket alone, the run loaded after."""
     from tests.test_model_train import SEQ_LEN, config
 
-    from model.train import train
+    from gpt2ja.model.train import train
 
     run, proxy = f"{gcs_proxy_root}/r", gcs_precondition_proxy
     kw = dict(checkpoint_every=4, keep_checkpoints=1, eval_batches=0, log_every=1)

@@ -14,17 +14,17 @@ import shutil
 import numpy as np
 import pytest
 
-from corpus.document import Document
-from corpus.jsonl import read_documents
-from infra import storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.infra import storage
 from tests.assertions import one_line_error
 from tests.corpora import mirror_split, write_clean_corpus
-from model.data import (AUTOTUNE, DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked,
+from gpt2ja.model.data import (AUTOTUNE, DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked,
                         shard_files, verify_shards)
-from tokenization.shards import (ShardsConfig, ShardsError, cli_shards, import_tensorflow, pack_tokens,
+from gpt2ja.tokenization.shards import (ShardsConfig, ShardsError, cli_shards, import_tensorflow, pack_tokens,
                                  serialize_example, shard_of, token_dtype, unpack_tokens, write_shards)
-from tokenization.tokenizer import Tokenizer
-from tokenization.train import train_tokenizer
+from gpt2ja.tokenization.tokenizer import Tokenizer
+from gpt2ja.tokenization.train import train_tokenizer
 
 SEQ_LEN = 64
 CFG = dict(seq_len=SEQ_LEN, num_shards={"train": 4, "validation": 2}, workers=1)

@@ -1,4 +1,4 @@
-"""The stage contract (infra/stage.py): locks, verified skips, publish last, relocatable references."""
+"""The stage contract (gpt2ja/infra/stage.py): locks, verified skips, publish last, relocatable references."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from infra import stage, storage
+from gpt2ja.infra import stage, storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +114,7 @@ def test_the_lock_of_a_killed_writer_is_taken_over_and_said_so(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {REPO!r})
-        from infra import stage
+        from gpt2ja.infra import stage
         stage.OutputLock({out!r}, "demo").acquire()
         print("locked", flush=True)
         time.sleep(600)

@@ -1,4 +1,4 @@
-"""Behavioural tests for infra/storage.py on local paths and on the GCS emulator.
+"""Behavioural tests for gpt2ja/infra/storage.py on local paths and on the GCS emulator.
 
 Most tests take ``storage_root`` (tests/conftest_gcs.py) and so run twice: on a
 local tmp dir and on ``gs://bucket/prefix`` served by gcp-storage-emulator.
@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from infra import stage, storage
-from infra.storage import AlreadyExistsError, StorageError, join
+from gpt2ja.infra import stage, storage
+from gpt2ja.infra.storage import AlreadyExistsError, StorageError, join
 
 
 def _one_line(err: BaseException) -> str:

@@ -21,12 +21,12 @@ import pytest
 from tests import procs
 import yaml
 
-from studies import metrics
+from gpt2ja.studies import metrics
 from tests.corpora import mirror_texts
-from studies.common import StudyError, load_config, slug
-from studies.sampling import SamplingStudyConfig, cut_point, select_prompts
-from studies.vocab import VocabStudyConfig
-from studies.vocab_data import chunks
+from gpt2ja.studies.common import StudyError, load_config, slug
+from gpt2ja.studies.sampling import SamplingStudyConfig, cut_point, select_prompts
+from gpt2ja.studies.vocab import VocabStudyConfig
+from gpt2ja.studies.vocab_data import chunks
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -110,7 +110,7 @@ def test_text_metrics_has_every_column():
 
 def test_the_method_closest_to_human_at_every_context_is_recommended():
     """Hand-made table: 'near' is closest to the human row on every measure at both lengths, 'far' farthest."""
-    from studies.sampling_report import CLOSENESS, recommend, settings_line
+    from gpt2ja.studies.sampling_report import CLOSENESS, recommend, settings_line
 
     def row(L, method, family, shift, **kw):
         values = {m: 0.5 + shift for m in CLOSENESS}
@@ -216,8 +216,8 @@ def test_study_commands_print_one_error_line(tmp_path, capsys):
 
 
 def test_importing_the_studies_loads_no_tensorflow():
-    code = ("import sys, gpt2ja.cli, studies.cli, studies.vocab, studies.sampling, studies.metrics, studies.recipe, "
-            "studies.vocab_report, studies.sampling_report\n"
+    code = ("import sys, gpt2ja.cli, gpt2ja.studies.cli, gpt2ja.studies.vocab, gpt2ja.studies.sampling, gpt2ja.studies.metrics, gpt2ja.studies.recipe, "
+            "gpt2ja.studies.vocab_report, gpt2ja.studies.sampling_report\n"
             "heavy = sorted(m for m in ('tensorflow', 'keras', 'fugashi', 'scrapy') if m in sys.modules)\n"
             "assert not heavy, heavy")
     proc = procs.run([sys.executable, "-c", code], cwd=REPO)
@@ -231,7 +231,7 @@ def test_importing_the_studies_loads_no_tensorflow():
 def vocab_study(tmp_path_factory):
     """The vocabulary study on the mirror's 48 works: bytes (2 seeds) and sentencepiece 3,000, tiny runs."""
     pytest.importorskip("tensorflow")
-    from studies.vocab import run_vocab_study
+    from gpt2ja.studies.vocab import run_vocab_study
 
     tmp = tmp_path_factory.mktemp("vocab-study")
     source = mirror_texts(tmp / "texts")
@@ -252,8 +252,8 @@ def vocab_study(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vocab_study_end_to_end(vocab_study):
-    from corpus.jsonl import read_documents
-    from infra import storage
+    from gpt2ja.corpus.jsonl import read_documents
+    from gpt2ja.infra import storage
 
     cfg, written, lines = vocab_study
     root = Path(cfg.root)
@@ -290,7 +290,7 @@ def test_vocab_study_end_to_end(vocab_study):
     # a rerun skips every stage and writes the same bytes; a deleted evaluation is rebuilt identically
     before = {k: Path(v).read_bytes() for k, v in written.items()}
     shutil.rmtree(root / "runs" / "sp3k-s0" / "eval-heldout")
-    from studies.vocab import run_vocab_study
+    from gpt2ja.studies.vocab import run_vocab_study
 
     again: list[str] = []
     run_vocab_study(cfg, command="gpt2ja study vocab --config tiny.yaml", say=again.append)
@@ -313,7 +313,7 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
     The bytes run's window is 32 tokens and a 16-character prompt is ~48 bytes: prompts are cut and
     continuations scored in sliding windows, as for long prompts on a real model.
     """
-    from studies.sampling import run_sampling_study
+    from gpt2ja.studies.sampling import run_sampling_study
 
     vcfg, _, _ = vocab_study
     run = str(Path(vcfg.root) / "runs" / "bytes-s0")
@@ -344,7 +344,7 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
     assert "| context (chars) | best k (all measures) |" in md and "as the context grows: " in md
     assert "of the prompts are longer than the model's window of 32 tokens" in md
     assert "### The defaults of `gpt2ja generate`" in md
-    from studies.sampling_report import read_aggregate, recommend
+    from gpt2ja.studies.sampling_report import read_aggregate, recommend
 
     best = recommend(read_aggregate(written["csv"]), [4, 16])[0][0]  # the CSV gives back the report's choice
     assert f"The closest overall is **{best['method']}** (`" in md
@@ -363,9 +363,9 @@ def test_sampling_study_end_to_end(vocab_study, tmp_path):
 
 def test_generate_defaults_are_the_sampling_studys_choice():
     """`gpt2ja generate` and the pipeline's generate section sample as the committed study recommends."""
-    from flows.config import GenerateSection
-    from model.generate import DEFAULT_SAMPLING, SAMPLING_STUDY
-    from studies.sampling_report import read_aggregate, recommend
+    from gpt2ja.flows.config import GenerateSection
+    from gpt2ja.model.generate import DEFAULT_SAMPLING, SAMPLING_STUDY
+    from gpt2ja.studies.sampling_report import read_aggregate, recommend
 
     repo = Path(__file__).resolve().parent.parent
     agg = read_aggregate(str(repo / f"{SAMPLING_STUDY}.csv"))

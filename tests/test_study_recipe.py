@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from tests.corpora import mirror_texts
-from studies.common import StudyError, load_config
-from studies.recipe import RecipeStudyConfig, verdict
+from gpt2ja.studies.common import StudyError, load_config
+from gpt2ja.studies.recipe import RecipeStudyConfig, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_the_shipped_recipe_config_loads():
 def test_training_clock_sums_each_records_steps_at_its_rate():
     """The minutes of the loss plot and the table's seconds come from one clock: each timed record's steps
     at its own tokens/s (records without a rate, e.g. validation ones, do not move it)."""
-    from studies.vocab import training_clock, training_speed
+    from gpt2ja.studies.vocab import training_clock, training_speed
 
     metrics = [{"step": 10, "tokens_per_s": 100, "loss": 5.0}, {"step": 10, "validation/loss": 4.5},
                {"step": 30, "tokens_per_s": 200, "loss": 4.0}, {"step": 40, "tokens_per_s": 400}]
@@ -79,7 +79,7 @@ def test_the_verdict_needs_more_than_the_seed_spread():
 @pytest.fixture(scope="module")
 def recipe_study(tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from studies.recipe import run_recipe_study
+    from gpt2ja.studies.recipe import run_recipe_study
 
     tmp = tmp_path_factory.mktemp("recipe-study")
     source = mirror_texts(tmp / "texts")
@@ -101,8 +101,8 @@ def recipe_study(tmp_path_factory):
 
 @pytest.mark.slow
 def test_recipe_study_end_to_end(recipe_study):
-    from corpus.jsonl import read_documents
-    from infra import storage
+    from gpt2ja.corpus.jsonl import read_documents
+    from gpt2ja.infra import storage
 
     cfg, written, lines = recipe_study
     root = Path(cfg.root)
@@ -142,7 +142,7 @@ def test_recipe_study_end_to_end(recipe_study):
     assert Path(written["png_loss"]).read_bytes().startswith(b"\x89PNG")
 
     # a rerun trains nothing, keeps the plan and writes the same report
-    from studies.recipe import run_recipe_study
+    from gpt2ja.studies.recipe import run_recipe_study
 
     before = {k: Path(v).read_bytes() for k, v in written.items()}
     again: list[str] = []

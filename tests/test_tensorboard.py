@@ -1,6 +1,6 @@
 """TensorBoard of a training run, read back with TensorBoard's own readers.
 
-The writer (``model.summaries.TensorBoard``) uses the ``tensorboard`` package
+The writer (``gpt2ja.model.summaries.TensorBoard``) uses the ``tensorboard`` package
 alone: it is checked in a subprocess where ``import tensorflow`` fails (a
 blocker first on ``PYTHONPATH``) and in one where TensorFlow is installed but
 must stay unimported, read back with ``EventAccumulator`` and the data provider
@@ -29,9 +29,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
-from model import runs, summaries
+from gpt2ja.model import runs, summaries
 from tests import procs
-from tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "吾輩は猫である。名前はまだ無い。"  # tests.test_model_train.TEXT (that module needs TensorFlow to import)
@@ -78,10 +78,10 @@ def _write(board: summaries.TensorBoard) -> None:
         board.write(step, record, sample=sample)
 
 
-# Writes RECORDS (argv[2], JSON) through model.summaries in a fresh interpreter; prints its TensorFlow modules.
+# Writes RECORDS (argv[2], JSON) through gpt2ja.model.summaries in a fresh interpreter; prints its TensorFlow modules.
 WRITE_SCRIPT = textwrap.dedent("""
     import json, sys
-    from model import summaries
+    from gpt2ja.model import summaries
     hparams, records = json.loads(sys.argv[2])
     board = summaries.TensorBoard(sys.argv[1], batch_tokens=256, by_tokens=True)
     board.hparams(hparams)
@@ -286,7 +286,7 @@ def test_from_validation_takes_any_iterable_of_pairs():
 @pytest.mark.slow
 def test_a_tiny_run_writes_the_tensorboard_layout(tmp_path):
     pytest.importorskip("tensorflow")
-    from model.train import train
+    from gpt2ja.model.train import train
     from tests.test_model_train import SEQ_LEN, config, make_shards
 
     shards = make_shards(tmp_path / "data")

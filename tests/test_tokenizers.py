@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from corpus.document import Document
-from corpus.jsonl import read_documents
-from infra import stage, storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.infra import stage, storage
 from tests import procs
 from tests.assertions import one_line_error
 from tests.corpora import REPO, mirror_split, write_clean_corpus
-from tokenization.bytes_tokenizer import ByteTokenizer
-from tokenization.mecab import Segmenter
-from tokenization.spm import BYTE_IDS, N_META_PIECES
-from tokenization.tokenizer import EOS, TOKENIZER_JSON, Tokenizer, TokenizerError
-from tokenization.train import Reservoir, cli_train, train_tokenizer, training_sentences
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.mecab import Segmenter
+from gpt2ja.tokenization.spm import BYTE_IDS, N_META_PIECES
+from gpt2ja.tokenization.tokenizer import EOS, TOKENIZER_JSON, Tokenizer, TokenizerError
+from gpt2ja.tokenization.train import Reservoir, cli_train, train_tokenizer, training_sentences
 
 VOCAB = 3000  # the mirror has ~2,100 characters at 99.95% coverage; byte fallback adds 259 fixed pieces
 
@@ -218,7 +218,7 @@ def test_training_is_deterministic_and_reruns_skip(clean_corpus, tmp_path):
     kwargs = dict(model_type="unigram", sample_sentences=900, seed=7)
     a = train_tokenizer(clean_corpus, "sentencepiece", 2600, str(tmp_path / "a"), **kwargs)
     b = str(tmp_path / "b")
-    code = ("from tokenization.train import train_tokenizer\n"
+    code = ("from gpt2ja.tokenization.train import train_tokenizer\n"
             f"train_tokenizer({clean_corpus!r}, 'sentencepiece', 2600, {b!r}, **{kwargs!r})\n")
     result = procs.run([sys.executable, "-c", code], cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -292,11 +292,11 @@ def test_mecab_kind_needs_no_mecab_at_inference(trained):
     code = (
         "import sys\n"
         "sys.modules['fugashi'] = None; sys.modules['unidic_lite'] = None  # any import of them fails\n"
-        "from tokenization.tokenizer import Tokenizer\n"
+        "from gpt2ja.tokenization.tokenizer import Tokenizer\n"
         f"tok = Tokenizer.load({trained['mecab-unigram']!r})\n"
         "text = '下人は、すばやく、老婆の腕を掴んでいました。\\n🍣'\n"
         "assert tok.kind == 'mecab+sentencepiece' and tok.decode(tok.encode(text)) == text\n"
-        "assert 'tokenization.mecab' not in sys.modules\n"
+        "assert 'gpt2ja.tokenization.mecab' not in sys.modules\n"
         "print('ok')\n"
     )
     result = procs.run([sys.executable, "-c", code], cwd=REPO)

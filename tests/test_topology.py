@@ -21,19 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from corpus.document import Document
-from corpus.jsonl import ShardWriter
-from infra import storage
+from gpt2ja.corpus.document import Document
+from gpt2ja.corpus.jsonl import ShardWriter
+from gpt2ja.infra import storage
 from tests import procs
 from tests.net import free_ports
-from tokenization.bytes_tokenizer import ByteTokenizer
-from tokenization.shards import ShardsConfig, write_shards
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
 tf = pytest.importorskip("tensorflow")
 
-from model import checkpoint, runs  # noqa: E402
-from model.data_order import read_trace, train_dataset  # noqa: E402
-from model.train import TrainConfig, train  # noqa: E402
+from gpt2ja.model import checkpoint, runs  # noqa: E402
+from gpt2ja.model.data_order import read_trace, train_dataset  # noqa: E402
+from gpt2ja.model.train import TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32
@@ -43,7 +43,7 @@ FILLER = "吾輩は猫である。名."  # 9 three-byte characters and a dot: 28
 WORKER_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CONFIG"] = sys.argv[2]          # before TensorFlow starts: the cluster and this task
-    from model.train import TrainConfig, train
+    from gpt2ja.model.train import TrainConfig, train
     train(TrainConfig(**json.loads(sys.argv[1])), progress=None)
 """)
 

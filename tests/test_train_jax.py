@@ -22,7 +22,7 @@ from tests import procs
 from tests.corpora import write_tiny_run
 from tests.net import free_ports
 from tests.test_model_train import SEQ_LEN, make_shards
-from tokenization.bytes_tokenizer import ByteTokenizer
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def _train(shards: str, run: Path, *args: str, env: dict | None = None) -> list[
 
 
 def _final(run: Path) -> dict[str, np.ndarray]:
-    from model import checkpoint
+    from gpt2ja.model import checkpoint
 
     return checkpoint.load(str(run / "checkpoints" / "ckpt-6.npz")).arrays
 

@@ -1,4 +1,4 @@
-"""infra/vertex.py: Vertex AI custom jobs and Cloud TPU VM commands rendered from the train settings, offline.
+"""gpt2ja/infra/vertex.py: Vertex AI custom jobs and Cloud TPU VM commands rendered from the train settings, offline.
 
 Nothing here reaches Google Cloud: the requests are built with google-cloud-aiplatform's own
 proto-plus types (a wrong field or enum raises), printed as the REST JSON, parsed back, and the
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import TrainSection
-from infra import vertex
-from infra.vertex import GpuJob, JobError, TpuVmJob
+from gpt2ja.flows.config import TrainSection
+from gpt2ja.infra import vertex
+from gpt2ja.infra.vertex import GpuJob, JobError, TpuVmJob
 from tests import procs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def _as_gpt2ja_parses(args: list[str]):
     import typer
 
     from gpt2ja.cli import _settings, app
-    from model.train import TrainConfig
+    from gpt2ja.model.train import TrainConfig
 
     assert args[0] == "train"
     ctx = typer.main.get_command(app).commands["train"].make_context("train", list(args[1:]))
@@ -208,7 +208,7 @@ def test_tpu_slices_past_one_host_use_the_pod_runtime_and_devices_follow_the_gen
 
 
 def test_the_tpu_vm_script_defaults_to_the_same_runtime():
-    text = (REPO / "infra" / "jobs" / "tpu-vm.sh").read_text()
+    text = (REPO / "deploy" / "jobs" / "tpu-vm.sh").read_text()
     assert f"TF_VERSION=${{TF_VERSION:-{vertex.TPU_TF_VERSION}}}" in text and "-pjrt" in text
 
 
@@ -255,7 +255,7 @@ def test_the_jax_version_is_the_one_the_tests_run_with():
     from importlib.metadata import version
 
     assert vertex.JAX_VERSION == version("jax")
-    assert f"JAX_VERSION=${{JAX_VERSION:-{vertex.JAX_VERSION}}}" in (REPO / "infra" / "jobs" / "tpu-vm.sh").read_text()
+    assert f"JAX_VERSION=${{JAX_VERSION:-{vertex.JAX_VERSION}}}" in (REPO / "deploy" / "jobs" / "tpu-vm.sh").read_text()
 
 
 def test_jax_on_one_gpu_host_is_one_pool_running_gpt2ja_with_the_jax_backend(v1):
@@ -277,7 +277,7 @@ def test_jax_on_several_gpu_hosts_renders_the_process_count_and_starts_through_t
     assert (chief.replica_count, workers.replica_count) == (1, 3)
     assert chief.container_spec == workers.container_spec
     assert list(chief.container_spec.command) == vertex.JAX_LAUNCH
-    assert vertex.JAX_LAUNCH[:4] == ["python", "-m", "infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
+    assert vertex.JAX_LAUNCH[:4] == ["python", "-m", "gpt2ja.infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
     assert _env(chief) == {"KERAS_BACKEND": "jax", "JAX_NUM_PROCESSES": "4"}
     assert _as_gpt2ja_parses(list(chief.container_spec.args)) == _jax_expected()
     assert request.custom_job.job_spec.scheduling.restart_job_on_worker_restart  # jax.distributed restarts whole
@@ -310,18 +310,18 @@ def test_the_launcher_numbers_the_processes_pool_by_pool_from_cluster_spec():
 
 
 def test_the_launcher_runs_the_command_with_the_process_variables():
-    """``python -m infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, with the variables set."""
+    """``python -m gpt2ja.infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, with the variables set."""
     import sys
 
     show = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('JAX_')}))"
     env = {**os.environ, "CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3"}
-    got = procs.run([sys.executable, "-m", "infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO,
+    got = procs.run([sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO,
                     env=env)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == vertex.jax_processes(json.dumps(CLUSTER_SPEC))
     assert "JAX_PROCESS_ID=2" in got.stderr  # one line saying what it set
     env.pop("CLUSTER_SPEC")
-    got = procs.run([sys.executable, "-m", "infra.vertex", "launch", "--", "true"], cwd=REPO, env=env)
+    got = procs.run([sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", "true"], cwd=REPO, env=env)
     assert got.returncode == 2 and got.stderr.startswith("error: CLUSTER_SPEC is not set")
 
 
@@ -385,8 +385,8 @@ def test_jax_on_a_tpu_vm_slice_sets_up_and_trains_on_every_worker():
     gcloud = [c for c in commands if c[0] == "gcloud"]
     create, scp, setup, train = gcloud
     assert create[create.index("--version") + 1] == "v2-alpha-tpuv6e"
-    assert scp[5:8] == ["build/wheel/gpt2ja-0.1.0-py3-none-any.whl", "infra/jobs/tpu-vm-setup.sh",
-                        "infra/jobs/install-jax.sh"]
+    assert scp[5:8] == ["build/wheel/gpt2ja-0.1.0-py3-none-any.whl", "deploy/jobs/tpu-vm-setup.sh",
+                        "deploy/jobs/install-jax.sh"]
     assert setup[setup.index("--command") + 1] == f"bash ~/tpu-vm-setup.sh {vertex.JAX_VERSION} " \
                                                   "~/gpt2ja-0.1.0-py3-none-any.whl jax"
     assert all("--worker=all" in c for c in (scp, setup, train)) and "--worker=0" not in train
@@ -402,7 +402,7 @@ def test_the_jax_tpu_software_follows_the_generation_in_the_renderer_and_the_scr
     import subprocess
 
     assert TpuVmJob(project="p", tpu_type=tpu_type).jax_runtime_version == runtime
-    out = subprocess.run(["bash", str(REPO / "infra" / "jobs" / "tpu-vm.sh"), "--dry-run"], capture_output=True,
+    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / "tpu-vm.sh"), "--dry-run"], capture_output=True,
                          text=True, check=True, env={**os.environ, "BACKEND": "jax", "TPU_TYPE": tpu_type}).stdout
     create = next(shlex.split(ln[2:]) for ln in out.splitlines() if "tpu-vm create" in ln)
     assert create[create.index("--version") + 1] == runtime

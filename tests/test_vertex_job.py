@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import TrainSection
-from infra import storage, vertex, vertex_watch
-from infra.vertex import GpuJob
+from gpt2ja.flows.config import TrainSection
+from gpt2ja.infra import storage, vertex, vertex_watch
+from gpt2ja.infra.vertex import GpuJob
 from tests import procs
 from tests.vertex_server import VertexServer
 
@@ -60,10 +60,10 @@ def prefect_harness():
 @pytest.fixture(scope="module")
 def bucket(gcs_emulator, tmp_path_factory) -> str:
     """A root on the emulator holding tiny bytes-tokenizer shards (seq_len 32) with their corpus and tokenizer."""
-    from corpus.document import Document
-    from corpus.jsonl import ShardWriter
-    from tokenization.bytes_tokenizer import ByteTokenizer
-    from tokenization.shards import ShardsConfig, write_shards
+    from gpt2ja.corpus.document import Document
+    from gpt2ja.corpus.jsonl import ShardWriter
+    from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+    from gpt2ja.tokenization.shards import ShardsConfig, write_shards
 
     local = tmp_path_factory.mktemp("vertex-data")
     corpus = str(local / "clean")
@@ -128,7 +128,7 @@ def _request_in(artifact) -> dict:
 
 @pytest.mark.slow
 def test_two_hosts_train_as_chief_and_worker_and_the_flow_checks_the_run(prefect_harness, bucket, stand_in):
-    from flows.vertex_job import train_vertex_flow
+    from gpt2ja.flows.vertex_job import train_vertex_flow
 
     server = stand_in()
     shards, run = storage.join(bucket, "shards"), storage.join(bucket, "runs", "two-hosts")
@@ -170,8 +170,8 @@ def test_two_hosts_train_as_chief_and_worker_and_the_flow_checks_the_run(prefect
 
 def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harness, bucket, stand_in):
     """batch_tokens 100 is no multiple of micro_batch × seq_len: found by each replica (before TensorFlow)."""
-    from flows.stages import StageError
-    from flows.vertex_job import train_vertex_flow
+    from gpt2ja.flows.stages import StageError
+    from gpt2ja.flows.vertex_job import train_vertex_flow
 
     server = stand_in()
     run = storage.join(bucket, "runs", "bad-batch")
@@ -194,7 +194,7 @@ def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harnes
 
 
 def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stand_in):
-    from flows.vertex_job import train_vertex_flow
+    from gpt2ja.flows.vertex_job import train_vertex_flow
 
     server = stand_in()
     job = GpuJob(project="p1", region="europe-west4", image=IMAGE, gpu_type="a100", gpus=8, replicas=3)
@@ -212,8 +212,8 @@ def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stan
 
 
 def test_missing_shards_are_refused_before_a_job_is_created(prefect_harness, bucket, stand_in):
-    from flows.stages import StageError
-    from flows.vertex_job import train_vertex_flow
+    from gpt2ja.flows.stages import StageError
+    from gpt2ja.flows.vertex_job import train_vertex_flow
 
     server = stand_in()
     missing = storage.join(bucket, "datasets", "none")
@@ -312,7 +312,7 @@ def test_cancelling_the_flow_run_from_prefect_cancels_the_job(prefect_harness, b
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        serving = subprocess.Popen([sys.executable, "-c", "import prefect; from flows.vertex_job import "
+        serving = subprocess.Popen([sys.executable, "-c", "import prefect; from gpt2ja.flows.vertex_job import "
                                     "train_vertex_flow as f; prefect.serve(f.to_deployment(name='cancel-test'))"],
                                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

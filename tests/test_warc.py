@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from corpus.jsonl import read_documents
-from crawler.warc import WarcConfig, WarcError, crawl_warc, expand_paths
-from infra import storage
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.warc import WarcConfig, WarcError, crawl_warc, expand_paths
+from gpt2ja.infra import storage
 from tests import procs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,7 +247,7 @@ def test_the_cli_options_take_their_defaults_from_the_config_model():
 def test_the_bundled_demo_archive_is_what_make_demo_writes(tmp_path):
     from warcio.archiveiterator import ArchiveIterator
 
-    from crawler.warc_demo import make_demo
+    from gpt2ja.crawler.warc_demo import make_demo
 
     bundled = REPO / "examples" / "warc" / "aozora-mirror.warc.gz"
     fresh = make_demo(str(tmp_path / bundled.name))
@@ -256,7 +256,7 @@ def test_the_bundled_demo_archive_is_what_make_demo_writes(tmp_path):
         with open(path, "rb") as fh:
             return [(r.rec_headers.headers, r.content_stream().read()) for r in ArchiveIterator(fh)]
 
-    assert records(bundled) == records(fresh)  # regenerate it with: python -m crawler.warc make-demo <path>
+    assert records(bundled) == records(fresh)  # regenerate it with: python -m gpt2ja.crawler.warc make-demo <path>
 
 
 def gpt2ja(*args: str) -> subprocess.CompletedProcess:
@@ -287,8 +287,8 @@ def test_the_warc_demo_config_crawls_and_cleans(tmp_path):
     """configs/warc-demo.yaml: the bundled archive → raw documents → a clean corpus (the stages as the flow runs them)."""
     import yaml
 
-    from corpus.clean import run_clean
-    from flows.config import WarcCrawl, validate_config
+    from gpt2ja.corpus.clean import run_clean
+    from gpt2ja.flows.config import WarcCrawl, validate_config
 
     data = yaml.safe_load((REPO / "configs" / "warc-demo.yaml").read_text(encoding="utf-8"))
     data["root"] = str(tmp_path / "run")
@@ -316,8 +316,8 @@ def test_the_crawl_flow_reads_each_file_as_a_task(archives, tmp_path):
     """A ``warc`` crawl entry in the flow: its files are parts on the entry's task runner (here threads)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import WarcCrawl
-    from flows.stages import crawl_flow
+    from gpt2ja.flows.config import WarcCrawl
+    from gpt2ja.flows.stages import crawl_flow
 
     entry = WarcCrawl(paths=[archives["dir"]], crawl_id="flow", workers=2, task_runner={"kind": "threads"})
     with prefect_test_harness(server_startup_timeout=procs.STARTUP_LIMIT_S):

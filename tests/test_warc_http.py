@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from corpus.jsonl import read_documents
-from crawler.mirror import MirrorServer, RecordingHandler
-from crawler.warc import WarcConfig, WarcError, crawl_warc, expand_paths
-from crawler.warc_inputs import FetchError
-from infra import storage
+from gpt2ja.corpus.jsonl import read_documents
+from gpt2ja.crawler.mirror import MirrorServer, RecordingHandler
+from gpt2ja.crawler.warc import WarcConfig, WarcError, crawl_warc, expand_paths
+from gpt2ja.crawler.warc_inputs import FetchError
+from gpt2ja.infra import storage
 from tests import procs
 from tests import test_warc
 from tests.test_warc import DROPS, in_process
@@ -196,7 +196,7 @@ def test_first_and_offset_need_a_listing(archives):
 
 def test_a_flow_entry_reads_a_listing(server, tmp_path):
     """The pipeline's (and the refresh flow's) ``warc`` entry takes the same inputs and selection."""
-    from flows.config import WarcCrawl
+    from gpt2ja.flows.config import WarcCrawl
 
     entry = WarcCrawl(paths=[server.url("/" + LISTING)], crawl_id="flow", paths_base=server.url("/"), offset=1,
                       limit=1, http_backoff_s=0)
