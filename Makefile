@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast demo ui bench clean-venv
+.PHONY: venv lint test test-fast demo ui bench clean-venv
 
 venv: $(STAMP)
 
@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-test: venv
+# ruff's lint and format check (pyproject.toml [tool.ruff]); `ruff format .` fixes the second.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The whole suite, slow tests included (what CI runs).
+test: lint
 	$(BIN)/python -m pytest
 
-test-fast: venv
+# The tests that need no server, no training and no subprocess: seconds, for every edit.
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv

@@ -43,23 +43,41 @@ def compare(args) -> int:
     import ceiling
 
     jax_run, torch_run = _json(args.jax), _json(args.torch)
-    ceil = {"jax": (_json(args.ceiling_jax).get("flops") or {}).get("jax"),
-            "torch": (_json(args.ceiling_torch).get("flops") or {}).get("torch")}
+    ceil = {
+        "jax": (_json(args.ceiling_jax).get("flops") or {}).get("jax"),
+        "torch": (_json(args.ceiling_torch).get("flops") or {}).get("torch"),
+    }
     row = jax_run["rows"][0]
     device = jax_run.get("device") or torch_run.get("device_name") or "?"
-    peak, source = (jax_run.get("peak_tflops"), jax_run.get("peak_source")) if jax_run.get("peak_tflops") else (
-        ceiling.datasheet_peak(device) or (None, ""))
-    sides = [("gpt2ja, JAX (gpt2ja.model.trainer_jax.make_step)", "jax", row["tokens_per_s"], row["flops_per_token"]),
-             ("PyTorch (benchmarks/torch_gpt2.py" + (", torch.compile" if torch_run.get("compile") else "") + ")",
-              "torch", torch_run["tokens_per_s"], torch_run["flops_per_token"])]
+    peak, source = (
+        (jax_run.get("peak_tflops"), jax_run.get("peak_source"))
+        if jax_run.get("peak_tflops")
+        else (ceiling.datasheet_peak(device) or (None, ""))
+    )
+    sides = [
+        ("gpt2ja, JAX (gpt2ja.model.trainer_jax.make_step)", "jax", row["tokens_per_s"], row["flops_per_token"]),
+        (
+            "PyTorch (benchmarks/torch_gpt2.py" + (", torch.compile" if torch_run.get("compile") else "") + ")",
+            "torch",
+            torch_run["tokens_per_s"],
+            torch_run["flops_per_token"],
+        ),
+    ]
     if abs(row["flops_per_token"] - torch_run["flops_per_token"]) > 1e-6 * row["flops_per_token"]:
-        print(f"note: the two models differ in FLOPs per token ({row['flops_per_token']:,.0f} against "
-              f"{torch_run['flops_per_token']:,.0f}): not the same shape")
-    print(f"{row['preset']}, {row['parameters']:,} parameters, {row['tokens_per_step']:,} tokens a step, "
-          f"{row['flops_per_token'] / 1e6:,.1f} MFLOP per token (6·N + 12·L·H·T, PaLM appendix B), {device}")
+        print(
+            f"note: the two models differ in FLOPs per token ({row['flops_per_token']:,.0f} against "
+            f"{torch_run['flops_per_token']:,.0f}): not the same shape"
+        )
+    print(
+        f"{row['preset']}, {row['parameters']:,} parameters, {row['tokens_per_step']:,} tokens a step, "
+        f"{row['flops_per_token'] / 1e6:,.1f} MFLOP per token (6·N + 12·L·H·T, PaLM appendix B), {device}"
+    )
     print("")
-    print("| side | tokens/s | model TFLOP/s | MFU vs datasheet" + (f" ({peak:g})" if peak else "")
-          + " | MFU vs the framework's measured matmul |")
+    print(
+        "| side | tokens/s | model TFLOP/s | MFU vs datasheet"
+        + (f" ({peak:g})" if peak else "")
+        + " | MFU vs the framework's measured matmul |"
+    )
     print("| --- | --- | --- | --- | --- |")
     bugs = 0
     for label, fw, rate, fpt in sides:
@@ -127,8 +145,10 @@ def resume(args) -> int:
             if d > worst[part][0]:
                 worst[part] = (d, k)
     weights = sum(1 for k in keys if k.startswith("model/"))
-    print(f"step {a.step} against step {b.step}, examples {a.examples:,} against {b.examples:,}: {len(keys)} arrays "
-          f"({weights} weights, {len(keys) - weights} optimizer), {len(keys) - unequal} bitwise equal")
+    print(
+        f"step {a.step} against step {b.step}, examples {a.examples:,} against {b.examples:,}: {len(keys)} arrays "
+        f"({weights} weights, {len(keys) - weights} optimizer), {len(keys) - unequal} bitwise equal"
+    )
     for part, (d, k) in worst.items():
         print(f"max abs difference, {part}: {d:.3g}" + (f" ({k})" if k else ""))
     la, lb = _losses(args.killed), _losses(args.unbroken)
@@ -140,15 +160,19 @@ def resume(args) -> int:
         print(f"resumed run: steps {logged[0]}..{logged[-1]} logged once each, in order")
     gaps = [abs(la[s] - lb[s]) for s in logged if s in lb]
     if gaps:
-        print(f"training loss, killed+resumed against unbroken, at {len(gaps)} steps: max difference {max(gaps):.3g} "
-              f"(step {logged[-1]}: {la[logged[-1]]:.6f} against {lb.get(logged[-1], float('nan')):.6f})")
+        print(
+            f"training loss, killed+resumed against unbroken, at {len(gaps)} steps: max difference {max(gaps):.3g} "
+            f"(step {logged[-1]}: {la[logged[-1]]:.6f} against {lb.get(logged[-1], float('nan')):.6f})"
+        )
     if a.examples != b.examples:
         print("error: the runs stopped at other data positions")
         ok = False
     if args.bitwise:
         if unequal:
-            print(f"error: {unequal} arrays differ; on the CPU a resumed run must end bit for bit where the unbroken "
-                  "one does")
+            print(
+                f"error: {unequal} arrays differ; on the CPU a resumed run must end bit for bit where the unbroken "
+                "one does"
+            )
             ok = False
         else:
             print("weights and optimizer state: bitwise equal to the unbroken run's")

@@ -42,8 +42,20 @@ DATASHEET_BF16_TFLOPS = (
     ("L4", 121.0, "NVIDIA L4 datasheet: 242 TFLOP/s bf16 with sparsity, 121 dense"),
 )
 
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-              "amx_bf16", "asimd", "sve")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
 
 
 def datasheet_peak(device_name: str) -> tuple[float, str] | None:
@@ -82,7 +94,7 @@ def jax_matmul(dtype: str, size: int, repeats: int = 5, chain: int = 4) -> float
 
     dt = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}[dtype]
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
-    scale = 1.0 / size ** 0.5  # keeps the chained products finite
+    scale = 1.0 / size**0.5  # keeps the chained products finite
     a = (jax.random.normal(ka, (size, size), jnp.float32) * scale).astype(dt)
     b = (jax.random.normal(kb, (size, size), jnp.float32) * scale).astype(dt)
 
@@ -102,7 +114,7 @@ def torch_matmul(dtype: str, size: int, repeats: int = 5, chain: int = 4, device
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     g = torch.Generator(device="cpu").manual_seed(0)
-    scale = 1.0 / size ** 0.5
+    scale = 1.0 / size**0.5
     a = (torch.randn(size, size, generator=g) * scale).to(dev, dt)
     b = (torch.randn(size, size, generator=g) * scale).to(dev, dt)
 
@@ -124,7 +136,7 @@ def tf_matmul(dtype: str, size: int, repeats: int = 5, chain: int = 4) -> float:
     import tensorflow as tf
 
     dt = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[dtype]
-    scale = 1.0 / size ** 0.5
+    scale = 1.0 / size**0.5
     a = tf.cast(tf.random.stateless_normal([size, size], seed=[0, 1]) * scale, dt)
     b = tf.cast(tf.random.stateless_normal([size, size], seed=[0, 2]) * scale, dt)
 
@@ -143,9 +155,11 @@ MATMUL = {"jax": jax_matmul, "torch": torch_matmul, "tf": tf_matmul}
 def check(label: str, model_flops: float, ceiling: float | None) -> str:
     """'' when ``model_flops`` is at most the measured ceiling, else one line that says it is a benchmark bug."""
     if ceiling and model_flops > ceiling:
-        return (f"BENCHMARK BUG: {label} implies {model_flops / 1e9:,.1f} GFLOP/s of model FLOPs, above the "
-                f"{ceiling / 1e9:,.1f} GFLOP/s matmul ceiling measured in the same run: the step was not timed as "
-                "it ran, or did less work than counted; not a result")
+        return (
+            f"BENCHMARK BUG: {label} implies {model_flops / 1e9:,.1f} GFLOP/s of model FLOPs, above the "
+            f"{ceiling / 1e9:,.1f} GFLOP/s matmul ceiling measured in the same run: the step was not timed as "
+            "it ran, or did less work than counted; not a result"
+        )
     return ""
 
 
@@ -164,8 +178,7 @@ def cpu_flags() -> list[str]:
     """The matmul-relevant SIMD flags /proc/cpuinfo names (the whole list is a hundred words)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith(("flags", "Features"))),
-                         [])
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith(("flags", "Features"))), [])
     except OSError:
         flags = []
     return [f for f in SIMD_FLAGS if f in flags]
@@ -178,15 +191,18 @@ def version(name: str) -> str:
         return "absent"
 
 
-def machine_lines(packages: tuple[str, ...] = ("numpy", "jax", "jaxlib", "keras", "keras-hub", "tensorflow",
-                                               "torch", "transformers")) -> list[str]:
+def machine_lines(
+    packages: tuple[str, ...] = ("numpy", "jax", "jaxlib", "keras", "keras-hub", "tensorflow", "torch", "transformers"),
+) -> list[str]:
     """What a benchmark prints first: date, CPU (model, SIMD flags, cores, load), OS, Python, package versions."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return [f"date: {now}",
-            f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, flags {' '.join(cpu_flags()) or 'none listed'}; "
-            f"load average {os.getloadavg()[0]:.2f}",
-            f"OS: {platform.system()} {platform.release()} {platform.machine()}; Python {platform.python_version()}",
-            "versions: " + ", ".join(f"{p} {version(p)}" for p in packages)]
+    return [
+        f"date: {now}",
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, flags {' '.join(cpu_flags()) or 'none listed'}; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        f"OS: {platform.system()} {platform.release()} {platform.machine()}; Python {platform.python_version()}",
+        "versions: " + ", ".join(f"{p} {version(p)}" for p in packages),
+    ]
 
 
 def main() -> None:
@@ -215,8 +231,11 @@ def main() -> None:
     for line in machine_lines():
         print(line)
     for fw, flops in got.items():
-        shown = f"{flops / 1e12:,.2f} TFLOP/s" if flops and flops > 1e12 else (
-            f"{flops / 1e9:,.1f} GFLOP/s" if flops else "failed")
+        shown = (
+            f"{flops / 1e12:,.2f} TFLOP/s"
+            if flops and flops > 1e12
+            else (f"{flops / 1e9:,.1f} GFLOP/s" if flops else "failed")
+        )
         print(f"{fw} {args.dtype} matmul {args.size}² (4 chained products, best of {args.repeats}): {shown}")
 
 

@@ -66,29 +66,34 @@ def bench_filters(texts: list[tuple[str, str]]) -> None:
         timings["filters"] += t3 - t2
     total = sum(timings.values())
     parts = ", ".join(f"{k} {size / 1e6 / v:.1f} MB/s" for k, v in timings.items())
-    print(f"clean per core: {len(texts)} works, {size / 1e6:.1f} MB raw UTF-8: notation + NFKC + filters "
-          f"{size / 1e6 / total:.1f} MB/s of CPU time ({parts}); {dropped} dropped by the literature preset")
+    print(
+        f"clean per core: {len(texts)} works, {size / 1e6:.1f} MB raw UTF-8: notation + NFKC + filters "
+        f"{size / 1e6 / total:.1f} MB/s of CPU time ({parts}); {dropped} dropped by the literature preset"
+    )
 
 
 def bench_dedup(texts: list[tuple[str, str]]) -> None:
     from gpt2ja.corpus.aozora import strip_notation
-    from gpt2ja.corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
+    from gpt2ja.corpus.dedup import DedupConfig, Deduplicator, DedupRecord, exact_key, signature
     from gpt2ja.corpus.normalize import normalize
 
     cfg = DedupConfig()
     clean = [(name, normalize(strip_notation(t).text)) for name, t in texts]
     size = sum(len(t.encode("utf-8")) for _, t in clean)
     t0 = time.process_time()
-    records = [DedupRecord(key=name, priority=(name,), exact=exact_key(t), sig=signature(t, cfg), meta={})
-               for name, t in clean]
+    records = [
+        DedupRecord(key=name, priority=(name,), exact=exact_key(t), sig=signature(t, cfg), meta={}) for name, t in clean
+    ]
     t1 = time.process_time()
     dedup = Deduplicator(cfg)
     for rec in sorted(records, key=lambda r: (r.priority, r.key)):
         dedup.add(rec)
     t2 = time.process_time()
     stats = dedup.stats()
-    print(f"dedup: signatures {size / 1e6 / (t1 - t0):.1f} MB/s of clean text; LSH pass {t2 - t1:.2f} s for "
-          f"{len(records)} documents; {stats['exact_duplicate']} exact + {stats['near_duplicate']} near duplicates")
+    print(
+        f"dedup: signatures {size / 1e6 / (t1 - t0):.1f} MB/s of clean text; LSH pass {t2 - t1:.2f} s for "
+        f"{len(records)} documents; {stats['exact_duplicate']} exact + {stats['near_duplicate']} near duplicates"
+    )
 
 
 def peak_rss_mb() -> float:
@@ -119,8 +124,10 @@ def bench_stage(bulk: Path, copies: int, workers_list: list[int]) -> None:
             inputs = [raw, extra]
         else:
             inputs = [raw]
-        raw_bytes = sum(len(d.text.encode("utf-8")) for d in __import__("gpt2ja.corpus.jsonl", fromlist=["x"])
-                        .read_documents(inputs))
+        raw_bytes = sum(
+            len(d.text.encode("utf-8"))
+            for d in __import__("gpt2ja.corpus.jsonl", fromlist=["x"]).read_documents(inputs)
+        )
         for workers in workers_list:
             out = os.path.join(root, f"clean-{workers}")
             t0 = time.perf_counter()
@@ -128,10 +135,12 @@ def bench_stage(bulk: Path, copies: int, workers_list: list[int]) -> None:
             wall = time.perf_counter() - t0
             m = storage.read_manifest(out)
             c = m["counts"]
-            print(f"stage ×{copies}, {workers} worker(s): {c['documents_in']:,} docs, {raw_bytes / 1e6:.0f} MB in "
-                  f"{wall:.1f} s = {raw_bytes / 1e6 / wall:.1f} MB/s wall; out {c['documents_out']:,} docs; "
-                  f"phases {m['timings']}; peak RSS so far {peak_rss_mb():.0f} MB; "
-                  f"drops {c['drops']}")
+            print(
+                f"stage ×{copies}, {workers} worker(s): {c['documents_in']:,} docs, {raw_bytes / 1e6:.0f} MB in "
+                f"{wall:.1f} s = {raw_bytes / 1e6 / wall:.1f} MB/s wall; out {c['documents_out']:,} docs; "
+                f"phases {m['timings']}; peak RSS so far {peak_rss_mb():.0f} MB; "
+                f"drops {c['drops']}"
+            )
 
 
 def main() -> None:

@@ -44,8 +44,10 @@ def cpu_name() -> str:
 def machine() -> str:
     import scrapy
 
-    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Scrapy {scrapy.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, Scrapy {scrapy.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def bench_crawl(repeat: int) -> None:
@@ -55,8 +57,14 @@ def bench_crawl(repeat: int) -> None:
     rates = []
     for i in range(repeat):
         with tempfile.TemporaryDirectory() as root, MirrorServer(str(MIRROR)) as server:
-            cfg = CrawlConfig(source="aozora", root=root, crawl_id=f"bench{i}", polite=False, progress_interval=0,
-                              start_urls=[server.url(f"/index_pages/person{a}.html") for a in AUTHORS])
+            cfg = CrawlConfig(
+                source="aozora",
+                root=root,
+                crawl_id=f"bench{i}",
+                polite=False,
+                progress_interval=0,
+                start_urls=[server.url(f"/index_pages/person{a}.html") for a in AUTHORS],
+            )
             t0 = time.perf_counter()
             crawl_in_subprocess(cfg)
             wall = time.perf_counter() - t0
@@ -67,9 +75,11 @@ def bench_crawl(repeat: int) -> None:
             rates.append((pages / seconds, pages / wall, pages))
     crawl_rate = statistics.median(r[0] for r in rates)
     wall_rate = statistics.median(r[1] for r in rates)
-    print(f"crawl  aozora mirror, politeness off: {rates[0][2]} pages per crawl, "
-          f"{crawl_rate:.0f} pages/s inside the crawl, {wall_rate:.0f} pages/s including process start "
-          f"(median of {repeat})")
+    print(
+        f"crawl  aozora mirror, politeness off: {rates[0][2]} pages per crawl, "
+        f"{crawl_rate:.0f} pages/s inside the crawl, {wall_rate:.0f} pages/s including process start "
+        f"(median of {repeat})"
+    )
 
 
 def bench_extract(label: str, zips: list[Path], xhtml: list[Path]) -> None:
@@ -84,9 +94,11 @@ def bench_extract(label: str, zips: list[Path], xhtml: list[Path]) -> None:
     t0 = time.perf_counter()
     chars = sum(len(from_zip(b, name).text) for name, b in blobs)
     dt = time.perf_counter() - t0
-    print(f"extract {label}: {len(blobs)} zips, {packed / 1e6:.1f} MB zipped / {text_bytes / 1e6:.1f} MB Shift_JIS "
-          f"in {dt:.2f} s = {packed / 1e6 / dt:.1f} MB/s zipped, {text_bytes / 1e6 / dt:.1f} MB/s text, "
-          f"{chars / dt / 1e6:.2f} M chars/s")
+    print(
+        f"extract {label}: {len(blobs)} zips, {packed / 1e6:.1f} MB zipped / {text_bytes / 1e6:.1f} MB Shift_JIS "
+        f"in {dt:.2f} s = {packed / 1e6 / dt:.1f} MB/s zipped, {text_bytes / 1e6 / dt:.1f} MB/s text, "
+        f"{chars / dt / 1e6:.2f} M chars/s"
+    )
     if xhtml:
         pages = [(p.name, p.read_bytes()) for p in xhtml]
         size = sum(len(b) for _, b in pages)
@@ -104,8 +116,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {machine()}")
     bench_crawl(args.repeat)
-    bench_extract("mirror", sorted(MIRROR.glob("cards/*/files/*.zip")),
-                  sorted(p for p in MIRROR.glob("cards/*/files/*.html")))
+    bench_extract(
+        "mirror", sorted(MIRROR.glob("cards/*/files/*.zip")), sorted(p for p in MIRROR.glob("cards/*/files/*.html"))
+    )
     bulk = Path(args.bulk)
     if bulk.is_dir():
         bench_extract("aozora-bulk", sorted(bulk.rglob("*.zip")), [])

@@ -96,10 +96,17 @@ def _sign(args: tuple) -> int:
     buf = io.BytesIO()
     np.savez(buf, sigs=sigs)
     storage.write_bytes(storage.join(work, f"dedup{index:05d}.npz"), buf.getvalue())
-    storage.write_text(storage.join(work, f"dedup{index:05d}.json"), json.dumps({
-        "keys": [record_key(index, p) for p in range(len(docs))], "prios": [[f, i] for i, f, _ in docs],
-        "exacts": [exact_key(t) for _, _, t in docs],
-        "metas": [{"title": "", "url": "", "id": i, "chars": len(t)} for i, _, t in docs]}))
+    storage.write_text(
+        storage.join(work, f"dedup{index:05d}.json"),
+        json.dumps(
+            {
+                "keys": [record_key(index, p) for p in range(len(docs))],
+                "prios": [[f, i] for i, f, _ in docs],
+                "exacts": [exact_key(t) for _, _, t in docs],
+                "metas": [{"title": "", "url": "", "id": i, "chars": len(t)} for i, _, t in docs],
+            }
+        ),
+    )
     return len(docs)
 
 
@@ -149,8 +156,9 @@ print(json.dumps({{"wall": wall, "driver_mb": peak_mb(), "worker_mb": max(steps.
 
 def run_engine(work: str, parts: int, n: int, engine: str, workers: int, max_rows: int | None = None) -> dict:
     """Phase 2 of one engine in a fresh process (its own peak RSS; each worker's VmHWM via :class:`Measured`)."""
-    code = RUN_ENGINE.format(repo=str(REPO), work=work, parts=parts, n=n, engine=engine, workers=workers,
-                             max_rows=max_rows)
+    code = RUN_ENGINE.format(
+        repo=str(REPO), work=work, parts=parts, n=n, engine=engine, workers=workers, max_rows=max_rows
+    )
     env = {**os.environ, "GPT2JA_PROGRESS": "off"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     if out.returncode:
@@ -158,14 +166,19 @@ def run_engine(work: str, parts: int, n: int, engine: str, workers: int, max_row
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_synthetic(paras: list[str], n: int, workers: int, engines: tuple[str, ...] = ("memory", "sharded"),
-                    max_rows: int | None = None) -> None:
+def bench_synthetic(
+    paras: list[str],
+    n: int,
+    workers: int,
+    engines: tuple[str, ...] = ("memory", "sharded"),
+    max_rows: int | None = None,
+) -> None:
     from gpt2ja.infra.parallel import pool_map
 
     docs, truth = synthetic(paras, n)
     ids = {}
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as work:
-        parts = [docs[i: i + PART_DOCS] for i in range(0, n, PART_DOCS)]
+        parts = [docs[i : i + PART_DOCS] for i in range(0, n, PART_DOCS)]
         for index, part in enumerate(parts):
             for pos, (doc_id, _, _) in enumerate(part):
                 ids[f"{index:05d}:{pos:07d}"] = doc_id
@@ -173,36 +186,44 @@ def bench_synthetic(paras: list[str], n: int, workers: int, engines: tuple[str, 
         pool_map(workers)(_sign, [(work, i, p) for i, p in enumerate(parts)], [str(i) for i in range(len(parts))])
         sign_s = time.perf_counter() - t0
         chars = sum(len(t) for _, _, t in docs)
-        print(f"\n{n:,} documents ({chars / 1e6:.0f} M characters, {len(truth):,} known copies), "
-              f"{len(parts)} parts; signatures {sign_s:.1f} s on {workers} processes (phase 1, both engines)")
+        print(
+            f"\n{n:,} documents ({chars / 1e6:.0f} M characters, {len(truth):,} known copies), "
+            f"{len(parts)} parts; signatures {sign_s:.1f} s on {workers} processes (phase 1, both engines)"
+        )
         results = {}
         for engine in engines:
             r = run_engine(work, len(parts), n, engine, workers, max_rows)
             found = {ids[k] for k in r["dropped"]}
             hit = len(found & truth)
             results[engine] = found
-            print(f"  {engine:8s} phase 2 {r['wall']:7.1f} s = {n / r['wall']:8,.0f} docs/s; peak RSS driver "
-                  f"{r['driver_mb']:6.0f} MB, largest worker {r['worker_mb']:5.0f} MB; dropped {len(found):,}: "
-                  f"precision {hit / max(1, len(found)):.4f}, recall {hit / max(1, len(truth)):.4f}; "
-                  f"candidates {r['stats']['lsh_candidates']:,}, rejected {r['stats']['rejected_by_verify']:,}")
+            print(
+                f"  {engine:8s} phase 2 {r['wall']:7.1f} s = {n / r['wall']:8,.0f} docs/s; peak RSS driver "
+                f"{r['driver_mb']:6.0f} MB, largest worker {r['worker_mb']:5.0f} MB; dropped {len(found):,}: "
+                f"precision {hit / max(1, len(found)):.4f}, recall {hit / max(1, len(truth)):.4f}; "
+                f"candidates {r['stats']['lsh_candidates']:,}, rejected {r['stats']['rejected_by_verify']:,}"
+            )
             if len(r["steps_mb"]) > 1:
-                print("           largest worker per step: " + ", ".join(
-                    f"{step} {mb:.0f} MB" for step, mb in sorted(r["steps_mb"].items())))
+                print(
+                    "           largest worker per step: "
+                    + ", ".join(f"{step} {mb:.0f} MB" for step, mb in sorted(r["steps_mb"].items()))
+                )
         if len(results) < 2:
             return
         only_sharded = results["sharded"] - results["memory"]
         only_memory = results["memory"] - results["sharded"]
-        print(f"  documents decided differently by the two engines: {len(only_sharded | only_memory)} "
-              f"(dropped by sharded only: {len(only_sharded)}, of them known copies {len(only_sharded & truth)}; "
-              f"by memory only: {len(only_memory)})")
+        print(
+            f"  documents decided differently by the two engines: {len(only_sharded | only_memory)} "
+            f"(dropped by sharded only: {len(only_sharded)}, of them known copies {len(only_sharded & truth)}; "
+            f"by memory only: {len(only_memory)})"
+        )
 
 
 def bench_real(bulk: Path, works: int | None, workers: int) -> None:
     """Phase 1 of the clean stage on aozora-bulk, then both engines on the same dedup records."""
     from gpt2ja.corpus.clean import CleanConfig, find_duplicates, process_part
-    from gpt2ja.infra.parallel import pool_map
-    from gpt2ja.crawler.files import crawl_files
     from gpt2ja.corpus.jsonl import list_parts
+    from gpt2ja.crawler.files import crawl_files
+    from gpt2ja.infra.parallel import pool_map
 
     with tempfile.TemporaryDirectory(prefix="dedup-real-") as root:
         source = bulk
@@ -217,19 +238,27 @@ def bench_real(bulk: Path, works: int | None, workers: int) -> None:
         work = os.path.join(root, "work")
         parts = list_parts(raw)
         t0 = time.perf_counter()
-        results = pool_map(workers)(process_part, [(i, u, cfg.model_dump_json(), work) for i, u in enumerate(parts)],
-                                    [str(i) for i in range(len(parts))])
+        results = pool_map(workers)(
+            process_part,
+            [(i, u, cfg.model_dump_json(), work) for i, u in enumerate(parts)],
+            [str(i) for i in range(len(parts))],
+        )
         kept = sum(r["docs_kept"] for r in results)
-        print(f"\nreal: {source} ({sum(r['docs_in'] for r in results):,} works, {kept:,} kept by the filters) "
-              f"phase 1 {time.perf_counter() - t0:.0f} s")
+        print(
+            f"\nreal: {source} ({sum(r['docs_in'] for r in results):,} works, {kept:,} kept by the filters) "
+            f"phase 1 {time.perf_counter() - t0:.0f} s"
+        )
         out = {}
         for engine in ("memory", "sharded"):
             t0 = time.perf_counter()
-            dropped, clusters, stats = find_duplicates(work, list(range(len(parts))), cfg.dedup.model_copy(
-                update={"engine": engine}), kept, pool_map(workers))
+            dropped, clusters, stats = find_duplicates(
+                work, list(range(len(parts))), cfg.dedup.model_copy(update={"engine": engine}), kept, pool_map(workers)
+            )
             out[engine] = (dropped, clusters)
-            print(f"  {engine:8s} {time.perf_counter() - t0:5.1f} s; dropped {len(dropped)}: "
-                  f"{stats['exact_duplicate']} exact, {stats['near_duplicate']} near, {stats['clusters']} clusters")
+            print(
+                f"  {engine:8s} {time.perf_counter() - t0:5.1f} s; dropped {len(dropped)}: "
+                f"{stats['exact_duplicate']} exact, {stats['near_duplicate']} near, {stats['clusters']} clusters"
+            )
         memory, sharded = out["memory"][0], out["sharded"][0]
         titles = {}
         for engine in out:
@@ -240,10 +269,14 @@ def bench_real(bulk: Path, works: int | None, workers: int) -> None:
         differ = sorted(set(memory) ^ set(sharded) | {k for k in set(memory) & set(sharded) if memory[k] != sharded[k]})
         print(f"  decided differently: {len(differ)}")
         for key in differ:
+
             def say(d):
                 return f"{d[key][0]} of {titles.get(d[key][1], {}).get('title', d[key][1])}" if key in d else "kept"
-            print(f"    {titles.get(key, {}).get('title', key)} ({titles.get(key, {}).get('url', '')}): "
-                  f"memory {say(memory)}; sharded {say(sharded)} (J to kept {jac.get(key, '-')})")
+
+            print(
+                f"    {titles.get(key, {}).get('title', key)} ({titles.get(key, {}).get('url', '')}): "
+                f"memory {say(memory)}; sharded {say(sharded)} (J to kept {jac.get(key, '-')})"
+            )
 
 
 def main() -> None:
@@ -255,16 +288,22 @@ def main() -> None:
     ap.add_argument("--with-1m", action="store_true", help="also 1,000,000 documents (about 1.5 G characters)")
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--engines", default="memory,sharded", help="engines of the synthetic runs, comma-separated")
-    ap.add_argument("--max-rows-in-memory", type=int, default=None,
-                    help="the sharded engine's bucket rows sorted in memory (default: DedupConfig's)")
+    ap.add_argument(
+        "--max-rows-in-memory",
+        type=int,
+        default=None,
+        help="the sharded engine's bucket rows sorted in memory (default: DedupConfig's)",
+    )
     ap.add_argument("--real", action="store_true", help="also both engines on aozora-bulk through the clean stage")
     ap.add_argument("--real-works", type=int, default=None, help="only the first N works of aozora-bulk")
     args = ap.parse_args()
     bulk = Path(args.bulk)
     if not bulk.is_dir():
         raise SystemExit(f"error: {bulk} not found; pass --bulk DIR")
-    print(f"machine: {machine()}; {args.workers} worker process(es); max_rows_in_memory "
-          f"{args.max_rows_in_memory or 'default'}")
+    print(
+        f"machine: {machine()}; {args.workers} worker process(es); max_rows_in_memory "
+        f"{args.max_rows_in_memory or 'default'}"
+    )
     sizes = args.sizes + ([1_000_000] if args.with_1m else [])
     if sizes:
         paras = paragraphs(bulk)

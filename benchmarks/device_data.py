@@ -54,12 +54,18 @@ def gpt2ja(*args: str, log: Path) -> None:
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"$ gpt2ja {' '.join(args)}\n")
         out.flush()
-        done = subprocess.run([sys.executable, "-m", "gpt2ja", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "GPT2JA_PROGRESS": "off", "TF_CPP_MIN_LOG_LEVEL": "2"})
+        done = subprocess.run(
+            [sys.executable, "-m", "gpt2ja", *args],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GPT2JA_PROGRESS": "off", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
     if done.returncode:
         tail = log.read_text(encoding="utf-8").splitlines()[-15:]
-        sys.exit(f"device_data: gpt2ja {args[0]} failed (exit {done.returncode}); the end of {log}:\n"
-                 + "\n".join(tail))
+        sys.exit(
+            f"device_data: gpt2ja {args[0]} failed (exit {done.returncode}); the end of {log}:\n" + "\n".join(tail)
+        )
 
 
 def pick(bulk: Path, holdout: str, every: int) -> tuple[list[Path], list[Path]]:
@@ -69,8 +75,10 @@ def pick(bulk: Path, holdout: str, every: int) -> tuple[list[Path], list[Path]]:
         sys.exit(f"device_data: no Aozora zips under {bulk}/cards/*/files/; give --bulk an Aozora corpus folder")
     held = [z for z in zips if z.parts[-3] == holdout]
     if not held:
-        sys.exit(f"device_data: no works of person {holdout} under {bulk}; choose --holdout among "
-                 + ", ".join(sorted({z.parts[-3] for z in zips})))
+        sys.exit(
+            f"device_data: no works of person {holdout} under {bulk}; choose --holdout among "
+            + ", ".join(sorted({z.parts[-3] for z in zips}))
+        )
     rest = [z for z in zips if z.parts[-3] != holdout]
     return rest[::every], held
 
@@ -87,8 +95,17 @@ def size_of(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_len: int, sample_sentences: int,
-            heldout_chars: int, validation_fraction: float = VALIDATION_FRACTION) -> dict:
+def prepare(
+    dest: Path,
+    bulk: Path,
+    holdout: str,
+    every: int,
+    vocab: int,
+    seq_len: int,
+    sample_sentences: int,
+    heldout_chars: int,
+    validation_fraction: float = VALIDATION_FRACTION,
+) -> dict:
     from gpt2ja.corpus.jsonl import ShardWriter, read_documents
 
     t0 = time.time()
@@ -110,8 +127,16 @@ def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_le
         link_tree(train_zips, tmp / "train")
         link_tree(held_zips, tmp / "heldout")
         gpt2ja("crawl", "files", str(tmp / "train"), "--root", str(root), "--crawl-id", "check", log=log)
-        gpt2ja("clean", "--in", str(root / "raw/files/check"), "--out", str(root / "clean/check"),
-               "--set", f"split.validation_fraction={validation_fraction}", log=log)
+        gpt2ja(
+            "clean",
+            "--in",
+            str(root / "raw/files/check"),
+            "--out",
+            str(root / "clean/check"),
+            "--set",
+            f"split.validation_fraction={validation_fraction}",
+            log=log,
+        )
         gpt2ja("crawl", "files", str(tmp / "heldout"), "--root", str(tmp / "hroot"), "--crawl-id", "heldout", log=log)
         gpt2ja("clean", "--in", str(tmp / "hroot/raw/files/heldout"), "--out", str(tmp / "hroot/clean"), log=log)
         taken, chars = 0, 0
@@ -123,19 +148,49 @@ def prepare(dest: Path, bulk: Path, holdout: str, every: int, vocab: int, seq_le
                 taken, chars = taken + 1, chars + len(doc.text)
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(root / "raw")  # read by nothing downstream; the clean manifest still names it
-    gpt2ja("tokenizer", "train", "--corpus", str(root / "clean/check"), "--vocab-size", str(vocab),
-           "--sample-sentences", str(sample_sentences), "--out", str(root / "tokenizers/sp"), log=log)
-    gpt2ja("shards", "--corpus", str(root / "clean/check"), "--tokenizer", str(root / "tokenizers/sp"),
-           "--seq-len", str(seq_len), "--out", str(root / "shards"), "--workers", "1", log=log)
+    gpt2ja(
+        "tokenizer",
+        "train",
+        "--corpus",
+        str(root / "clean/check"),
+        "--vocab-size",
+        str(vocab),
+        "--sample-sentences",
+        str(sample_sentences),
+        "--out",
+        str(root / "tokenizers/sp"),
+        log=log,
+    )
+    gpt2ja(
+        "shards",
+        "--corpus",
+        str(root / "clean/check"),
+        "--tokenizer",
+        str(root / "tokenizers/sp"),
+        "--seq-len",
+        str(seq_len),
+        "--out",
+        str(root / "shards"),
+        "--workers",
+        "1",
+        log=log,
+    )
     from gpt2ja.infra import storage
 
     manifest = storage.read_manifest(str(root / "shards")) or {}
-    info = {"bulk": str(bulk), "holdout_person": holdout, "training_works": len(train_zips), "every": every,
-            "heldout_works": taken, "heldout_characters": chars, "vocab": vocab, "seq_len": seq_len,
-            "shard_counts": manifest.get("counts"),
-            "bytes": {name: size_of(dest / name) for name in ("root/clean", "root/tokenizers", "root/shards",
-                                                               "heldout")},
-            "seconds": round(time.time() - t0, 1)}
+    info = {
+        "bulk": str(bulk),
+        "holdout_person": holdout,
+        "training_works": len(train_zips),
+        "every": every,
+        "heldout_works": taken,
+        "heldout_characters": chars,
+        "vocab": vocab,
+        "seq_len": seq_len,
+        "shard_counts": manifest.get("counts"),
+        "bytes": {name: size_of(dest / name) for name in ("root/clean", "root/tokenizers", "root/shards", "heldout")},
+        "seconds": round(time.time() - t0, 1),
+    }
     (dest / "PREPARED.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return info
 
@@ -150,11 +205,24 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--sample-sentences", type=int, default=200_000)
     ap.add_argument("--heldout-chars", type=int, default=100_000)
-    ap.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
-                    help="share of the training authors' documents kept for validation")
+    ap.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=VALIDATION_FRACTION,
+        help="share of the training authors' documents kept for validation",
+    )
     args = ap.parse_args()
-    info = prepare(args.dest, args.bulk, args.holdout, args.every, args.vocab, args.seq_len, args.sample_sentences,
-                   args.heldout_chars, args.validation_fraction)
+    info = prepare(
+        args.dest,
+        args.bulk,
+        args.holdout,
+        args.every,
+        args.vocab,
+        args.seq_len,
+        args.sample_sentences,
+        args.heldout_chars,
+        args.validation_fraction,
+    )
     print(json.dumps(info, ensure_ascii=False))
 
 

@@ -43,7 +43,8 @@ from pathlib import Path
 
 #: what the device image ('cuda') holds, as read on 2026-11-17 (/work/.library/device/KINDS.md, "Python
 #: packages already there"); normalised names
-DEVICE_HAS = frozenset("""
+DEVICE_HAS = frozenset(
+    """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
 cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax
@@ -63,23 +64,37 @@ sentence-transformers setuptools shellingham simplejson six sortedcontainers sta
 tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio
 torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions
 typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
-""".split())
+""".split()
+)
 
 #: carried as wheels (the versions installed here): what the JAX path imports that the device lacks, found by
 #: running the whole check in the stand-in. typer is on the device too, but gpt2ja's command line is tested with
 #: this version (recent typer needs pydantic and annotated-doc, which it gets here), so it travels pinned.
 CARRY = (
-    "keras", "namex", "optree",                       # Keras 3 (absl-py, h5py, ml-dtypes, rich: on the device)
-    "keras-hub", "kagglehub", "kagglesdk",            # KerasHub imports kagglehub at import time
-    "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
+    "keras",
+    "namex",
+    "optree",  # Keras 3 (absl-py, h5py, ml-dtypes, rich: on the device)
+    "keras-hub",
+    "kagglehub",
+    "kagglesdk",  # KerasHub imports kagglehub at import time
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
     "typer",
-    "pyppmd",                                         # gpt2ja/model/baselines.py: PPMd order 8
-    "datasketch",                                     # gpt2ja's --config/--set reader imports gpt2ja.flows.config,
-)                                                     # which imports the clean stage's dedup (MinHash)
+    "pyppmd",  # gpt2ja/model/baselines.py: PPMd order 8
+    "datasketch",  # gpt2ja's --config/--set reader imports gpt2ja.flows.config,
+)  # which imports the clean stage's dedup (MinHash)
 
 #: wheels whose platform tags pip matches exactly (README of the device tool, "Notes"): tried in this order
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 BLOCKER = 'raise ImportError("TensorFlow is not installed on this machine (gpt2ja device stand-in)")\n'
 
@@ -103,9 +118,29 @@ def wheels(dest: Path, python_version: str) -> list[Path]:
     pins = [f"{have[norm(n)].metadata['Name']}=={have[norm(n)].version}" for n in CARRY]
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
     abi = "cp" + python_version.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           python_version, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none", *plat,
-           "-d", str(dest), *pins]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "--abi",
+        abi,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        *plat,
+        "-d",
+        str(dest),
+        *pins,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"device_env: pip download failed:\n{done.stderr[-2000:]}")
@@ -155,9 +190,14 @@ def simulate(dest: Path, *, carry: bool = True) -> Path:
         shutil.rmtree(dest)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(dest)], check=True)
-    site = Path(subprocess.run([str(dest / "bin" / "python"), "-c", "import sysconfig; "
-                                "print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True,
-                               text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(dest / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     here = Path(sysconfig.get_paths()["purelib"])
     have = installed()
     wanted = _closure(have, DEVICE_HAS & have.keys(), exclude={norm(n) for n in CARRY})
@@ -185,11 +225,14 @@ def simulate(dest: Path, *, carry: bool = True) -> Path:
 
 def missing(module: str) -> list[str]:
     """Distributions of this interpreter outside DEVICE_HAS that ``import module`` loads."""
-    code = (f"import importlib, sys; importlib.import_module({module!r}); "
-            "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    code = (
+        f"import importlib, sys; importlib.import_module({module!r}); "
+        "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax")}
-    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env=env).stdout.split()
+    names = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     owners = metadata.packages_distributions()
     dists = {norm(d) for n in names for d in owners.get(n, [])}
     return sorted(d for d in dists if d not in DEVICE_HAS)

@@ -51,23 +51,23 @@ def score(model, tok, texts: list[str], *, batch: int, device) -> dict:
 
     context = int(model.config.n_positions)
     stride = max(1, context // 2)
-    padding = model.generation_config.suppress_tokens or []   # the export names its padding rows there
+    padding = model.generation_config.suppress_tokens or []  # the export names its padding rows there
     real = min(padding) if padding else int(model.config.vocab_size)
     wins = []
     for i, text in enumerate(texts):
-        ids = tok(text)["input_ids"]                  # the export's tokenizer puts EOS first, as training did
+        ids = tok(text)["input_ids"]  # the export's tokenizer puts EOS first, as training did
         if ids[:1] != [tok.eos_token_id]:
             raise SystemExit(f"error: the export's tokenizer did not start {text[:20]!r} with <|endoftext|>")
         wins.extend(windows(ids, context, stride, i))
     nats, tokens = 0.0, 0
     with torch.inference_mode():
         for b in range(0, len(wins), batch):
-            chunk = wins[b:b + batch]
+            chunk = wins[b : b + batch]
             inputs = np.zeros((len(chunk), context), np.int64)
             targets = np.full((len(chunk), context), -1, np.int64)
             for row, w in enumerate(chunk):
-                inputs[row, :len(w.inputs)] = w.inputs
-                targets[row, :len(w.targets)] = w.targets
+                inputs[row, : len(w.inputs)] = w.inputs
+                targets[row, : len(w.targets)] = w.targets
             t = torch.as_tensor(targets, device=device)
             logits = model(torch.as_tensor(inputs, device=device)).logits.float()
             logits[..., real:] = float("-inf")
@@ -75,8 +75,15 @@ def score(model, tok, texts: list[str], *, batch: int, device) -> dict:
             nats -= float(torch.where(t >= 0, logp, torch.zeros_like(logp)).double().sum())
             tokens += int((t >= 0).sum())
     chars = sum(len(t) for t in texts)
-    return {"characters": chars, "tokens": tokens, "windows": len(wins), "context": context, "stride": stride,
-            "bits_per_character": nats / LN2 / chars, "token_perplexity": math.exp(nats / tokens)}
+    return {
+        "characters": chars,
+        "tokens": tokens,
+        "windows": len(wins),
+        "context": context,
+        "stride": stride,
+        "bits_per_character": nats / LN2 / chars,
+        "token_perplexity": math.exp(nats / tokens),
+    }
 
 
 def generation_speed(model, tok, prompt: str, *, batch: int, greedy: bool, reps: int, device) -> tuple[float, str]:
@@ -84,7 +91,7 @@ def generation_speed(model, tok, prompt: str, *, batch: int, greedy: bool, reps:
     import torch
 
     new = int(model.generation_config.max_new_tokens)
-    room = int(model.config.n_positions) - new      # the prompt is cut from the left to fit (the model card's advice)
+    room = int(model.config.n_positions) - new  # the prompt is cut from the left to fit (the model card's advice)
     enc = tok([prompt] * batch, return_tensors="pt", truncation=True, max_length=room).to(device)
     options = {"max_new_tokens": new, "min_new_tokens": new}
     if greedy:
@@ -123,50 +130,73 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2ja.model.evaluate import read_texts
 
     if not Path(args.export, "config.json").is_file():
-        print(f"error: {args.export} is not a Hugging Face export (no config.json); make one with gpt2ja export hf",
-              file=sys.stderr)
+        print(
+            f"error: {args.export} is not a Hugging Face export (no config.json); make one with gpt2ja export hf",
+            file=sys.stderr,
+        )
         return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    lines = ["# Hugging Face export check", "",
-             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} · {platform.platform()} · "
-             f"Python {platform.python_version()} · torch {torch.__version__} · transformers "
-             f"{transformers.__version__} · {os.cpu_count()} CPUs", ""]
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    lines = [
+        "# Hugging Face export check",
+        "",
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} · {platform.platform()} · "
+        f"Python {platform.python_version()} · torch {torch.__version__} · transformers "
+        f"{transformers.__version__} · {os.cpu_count()} CPUs",
+        "",
+    ]
     if device.type == "cuda":
-        lines += [f"Device: {torch.cuda.get_device_name(device)} (fp32 weights, TF32 matmuls "
-                  f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})", ""]
+        lines += [
+            f"Device: {torch.cuda.get_device_name(device)} (fp32 weights, TF32 matmuls "
+            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})",
+            "",
+        ]
     else:
         lines += [f"Device: CPU, {torch.get_num_threads()} threads", ""]
     tok = AutoTokenizer.from_pretrained(args.export)
     model = AutoModelForCausalLM.from_pretrained(args.export).to(device).eval()
     conf = model.generation_config
-    lines += [f"Export `{args.export}`: {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"{len(tok):,} token ids, context {model.config.n_positions}; generation_config: temperature "
-              f"{conf.temperature}, top-k {conf.top_k}, top-p {conf.top_p}, {conf.max_new_tokens} new tokens.", ""]
+    lines += [
+        f"Export `{args.export}`: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(tok):,} token ids, context {model.config.n_positions}; generation_config: temperature "
+        f"{conf.temperature}, top-k {conf.top_k}, top-p {conf.top_p}, {conf.max_new_tokens} new tokens.",
+        "",
+    ]
 
     texts = read_texts([args.text])
     started = time.perf_counter()
     got = score(model, tok, texts, batch=args.batch, device=device)
     seconds = time.perf_counter() - started
-    lines += ["## Bits per character", "",
-              f"{got['characters']:,} characters of `{args.text}` ({len(texts)} texts, {got['tokens']:,} tokens, "
-              f"{got['windows']:,} windows of {got['context']} with stride {got['stride']}), "
-              f"{seconds:.1f} s:", "",
-              "| | bits/char | token perplexity |", "| --- | --- | --- |",
-              f"| the export, transformers on {device.type} | {got['bits_per_character']:.4f} | "
-              f"{got['token_perplexity']:.2f} |"]
+    lines += [
+        "## Bits per character",
+        "",
+        f"{got['characters']:,} characters of `{args.text}` ({len(texts)} texts, {got['tokens']:,} tokens, "
+        f"{got['windows']:,} windows of {got['context']} with stride {got['stride']}), "
+        f"{seconds:.1f} s:",
+        "",
+        "| | bits/char | token perplexity |",
+        "| --- | --- | --- |",
+        f"| the export, transformers on {device.type} | {got['bits_per_character']:.4f} | "
+        f"{got['token_perplexity']:.2f} |",
+    ]
     if args.expect_bpc is not None:
         diff = got["bits_per_character"] - args.expect_bpc
-        lines += [f"| gpt2ja eval (TensorFlow) | {args.expect_bpc:.4f} | |", "",
-                  f"Difference {diff:+.2e} bits/char ({'agrees' if abs(diff) < 1e-3 else 'DISAGREES'}: "
-                  "within 1e-3 is floating-point order)."]
-    lines += ["", "## generate", "",
-              "| decoding | batch | tokens/s (median) |", "| --- | --- | --- |"]
+        lines += [
+            f"| gpt2ja eval (TensorFlow) | {args.expect_bpc:.4f} | |",
+            "",
+            f"Difference {diff:+.2e} bits/char ({'agrees' if abs(diff) < 1e-3 else 'DISAGREES'}: "
+            "within 1e-3 is floating-point order).",
+        ]
+    lines += ["", "## generate", "", "| decoding | batch | tokens/s (median) |", "| --- | --- | --- |"]
     sample = ""
     for greedy in (False, True):
         for batch in (1, 8):
-            rate, text = generation_speed(model, tok, args.prompt, batch=batch, greedy=greedy, reps=args.reps,
-                                          device=device)
+            rate, text = generation_speed(
+                model, tok, args.prompt, batch=batch, greedy=greedy, reps=args.reps, device=device
+            )
             label = "greedy" if greedy else "the export's generation_config"
             lines.append(f"| {label} | {batch} | {rate:,.0f} |")
             if not greedy and batch == 1:
@@ -177,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(report, encoding="utf-8")
     if args.expect_bpc is not None and abs(got["bits_per_character"] - args.expect_bpc) >= 1e-3:
-        print(f"error: the export scores {got['bits_per_character']:.4f} bits/char where gpt2ja eval gave "
-              f"{args.expect_bpc:.4f}", file=sys.stderr)
+        print(
+            f"error: the export scores {got['bits_per_character']:.4f} bits/char where gpt2ja eval gave "
+            f"{args.expect_bpc:.4f}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,4 +1,4 @@
-"""GPT-2 speed on this machine: training tokens/s, model FLOP/s, matmul FLOP/s, "MFU", and generation with/without the KV cache.
+"""GPT-2 speed on this machine: training tokens/s, model FLOP/s, matmul FLOP/s, "MFU", generation with/without KV cache.
 
 Training: each preset trains ``--steps`` real optimizer steps (``gpt2ja.model.train.train``,
 the same loop as ``gpt2ja train``) on a shards artifact; the figure is the median
@@ -80,8 +80,18 @@ def flops_per_token(cfg, seq_len: int) -> float:
     return ceiling.flops_per_token(n, cfg.num_layers, cfg.hidden_dim, seq_len)
 
 
-def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, steps: int,
-                      warmup: int, *, mixed_precision: str, dropout: float | None) -> dict:
+def jax_training_rate(
+    preset: str,
+    vocab: int,
+    seq_len: int,
+    micro_batch: int,
+    accum: int,
+    steps: int,
+    warmup: int,
+    *,
+    mixed_precision: str,
+    dropout: float | None,
+) -> dict:
     """tokens/s of :func:`gpt2ja.model.trainer_jax.make_step` on random ids (one device), after ``warmup`` steps."""
     from gpt2ja.model import backend
 
@@ -97,15 +107,27 @@ def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, a
 
     model_cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len, dropout=dropout)
     tokens = accum * micro_batch * seq_len
-    cfg = TrainConfig(data="synthetic", run="unused", preset=preset, steps=10**6, warmup_steps=0,
-                      batch_tokens=tokens, micro_batch=micro_batch, backend="jax", dropout=dropout,
-                      mixed_precision=mixed_precision)
+    cfg = TrainConfig(
+        data="synthetic",
+        run="unused",
+        preset=preset,
+        steps=10**6,
+        warmup_steps=0,
+        batch_tokens=tokens,
+        micro_batch=micro_batch,
+        backend="jax",
+        dropout=dropout,
+        mixed_precision=mixed_precision,
+    )
     keras.utils.set_random_seed(0)
     lm = gpt2.build_model(model_cfg, dtype="mixed_bfloat16" if mixed_precision == "bf16" else None)
     opt = make_optimizer(cfg, lm)
     step = trainer_jax.make_step(cfg, lm, opt, accum=accum)
-    state = [[v.value for v in lm.trainable_variables], [v.value for v in lm.non_trainable_variables],
-             [v.value for v in opt.variables]]
+    state = [
+        [v.value for v in lm.trainable_variables],
+        [v.value for v in lm.non_trainable_variables],
+        [v.value for v in opt.variables],
+    ]
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(accum, micro_batch, seq_len + 1), dtype=np.int32)
     inputs, targets = jax.device_put(ids[..., :-1]), jax.device_put(ids[..., 1:])
@@ -120,23 +142,39 @@ def jax_training_rate(preset: str, vocab: int, seq_len: int, micro_batch: int, a
         *state, loss, _norm = step(*state, inputs, targets)
     final = float(loss)  # waits for every step dispatched
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": (steps - warmup) * tokens / wall, "tokens_per_step": tokens, "warmup_step_s": first,
-            "measured_steps": steps - warmup, "measured_s": wall, "loss": final,
-            "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-            "attention_dropout": model_cfg.dropout}
+    return {
+        "tokens_per_s": (steps - warmup) * tokens / wall,
+        "tokens_per_step": tokens,
+        "warmup_step_s": first,
+        "measured_steps": steps - warmup,
+        "measured_s": wall,
+        "loss": final,
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.devices()[0].platform,
+        "attention_dropout": model_cfg.dropout,
+    }
 
 
-def training_rate(shards: str, preset: str, steps: int, micro_batch: int, *, xla: bool,
-                  mixed_precision: str) -> float:
+def training_rate(shards: str, preset: str, steps: int, micro_batch: int, *, xla: bool, mixed_precision: str) -> float:
     from gpt2ja.infra import storage
     from gpt2ja.model.train import TrainConfig, train
 
     seq_len = storage.read_manifest(shards)["seq_len"]
     with tempfile.TemporaryDirectory() as run:
-        cfg = TrainConfig(data=shards, run=os.path.join(run, preset), preset=preset, steps=steps,
-                          batch_tokens=micro_batch * seq_len, micro_batch=micro_batch, warmup_steps=0,
-                          log_every=1, eval_batches=0, checkpoint_every=10**6, jit_compile=xla,
-                          mixed_precision=mixed_precision)
+        cfg = TrainConfig(
+            data=shards,
+            run=os.path.join(run, preset),
+            preset=preset,
+            steps=steps,
+            batch_tokens=micro_batch * seq_len,
+            micro_batch=micro_batch,
+            warmup_steps=0,
+            log_every=1,
+            eval_batches=0,
+            checkpoint_every=10**6,
+            jit_compile=xla,
+            mixed_precision=mixed_precision,
+        )
         train(cfg, progress=None)
         with open(os.path.join(run, preset, "metrics.jsonl"), encoding="utf-8") as fh:
             rates = [json.loads(line)["tokens_per_s"] for line in fh if '"tokens_per_s"' in line]
@@ -190,8 +228,7 @@ def row(preset: str, params: int, rate: float, model_flops: float, ceil: float, 
     bug = ceiling.check(f"{preset} at {rate:,.0f} tokens/s", model_flops, ceil)
     if bug:
         return bug
-    out = (f"| {preset} | {params / 1e6:,.1f} M | {rate:,.0f} | {model_flops / 1e9:,.1f} | "
-           f"{model_flops / ceil:.2f}")
+    out = f"| {preset} | {params / 1e6:,.1f} M | {rate:,.0f} | {model_flops / 1e9:,.1f} | {model_flops / ceil:.2f}"
     if peak:
         out += f" | {model_flops / (peak * 1e12):.1%}"
     return out + " |"
@@ -210,43 +247,87 @@ def main_jax(args) -> None:
         print(line)
     dev = jax.devices()[0]
     precision = "bf16" if args.mixed_precision == "bf16" else "fp32"
-    print(f"device: {len(jax.devices())} × {dev.device_kind} ({dev.platform}), JAX {jax.__version__}; the "
-          "benchmark runs on the first")
+    print(
+        f"device: {len(jax.devices())} × {dev.device_kind} ({dev.platform}), JAX {jax.__version__}; the "
+        "benchmark runs on the first"
+    )
     ceil = ceiling.jax_matmul(precision, args.matmul_size)
     peak, source = peak_of(dev.device_kind, args.peak_tflops)
-    print(f"{precision} jnp matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e12:,.3f} TFLOP/s"
-          + (f"; datasheet peak {peak:g} TFLOP/s dense bf16 ({source})" if peak else ""))
-    print(f"training (gpt2ja.model.trainer_jax.make_step): random ids of {args.vocab:,}, seq_len {args.seq_len}, "
-          f"{args.accum} × {args.micro_batch} sequences a step, {args.steps} steps ({args.warmup} not counted), "
-          f"precision {args.mixed_precision}, dropout {'preset' if args.dropout is None else args.dropout}; "
-          "model FLOPs per token 6·N + 12·L·H·T (PaLM)")
-    print("| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
-          + (" | MFU vs datasheet" if peak else "") + " |")
+    print(
+        f"{precision} jnp matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e12:,.3f} TFLOP/s"
+        + (f"; datasheet peak {peak:g} TFLOP/s dense bf16 ({source})" if peak else "")
+    )
+    print(
+        f"training (gpt2ja.model.trainer_jax.make_step): random ids of {args.vocab:,}, seq_len {args.seq_len}, "
+        f"{args.accum} × {args.micro_batch} sequences a step, {args.steps} steps ({args.warmup} not counted), "
+        f"precision {args.mixed_precision}, dropout {'preset' if args.dropout is None else args.dropout}; "
+        "model FLOPs per token 6·N + 12·L·H·T (PaLM)"
+    )
+    print(
+        "| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
+        + (" | MFU vs datasheet" if peak else "")
+        + " |"
+    )
     print("| --- | --- | --- | --- | ---" + (" | ---" if peak else "") + " |")
     results = []
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
-        cfg = ModelConfig.from_preset(preset, vocab_size=args.vocab, context_length=args.seq_len,
-                                      dropout=args.dropout)
-        got = jax_training_rate(preset, args.vocab, args.seq_len, args.micro_batch, args.accum, args.steps,
-                                args.warmup, mixed_precision=args.mixed_precision, dropout=args.dropout)
+        cfg = ModelConfig.from_preset(preset, vocab_size=args.vocab, context_length=args.seq_len, dropout=args.dropout)
+        got = jax_training_rate(
+            preset,
+            args.vocab,
+            args.seq_len,
+            args.micro_batch,
+            args.accum,
+            args.steps,
+            args.warmup,
+            mixed_precision=args.mixed_precision,
+            dropout=args.dropout,
+        )
         fpt = flops_per_token(cfg, args.seq_len)
         model_flops = got["tokens_per_s"] * fpt
         print(row(preset, param_count(cfg), got["tokens_per_s"], model_flops, ceil, peak), flush=True)
-        results.append({"preset": preset, "parameters": param_count(cfg), "flops_per_token": fpt,
-                        "model_flops": model_flops, "mfu_measured": model_flops / ceil,
-                        "mfu_datasheet": model_flops / (peak * 1e12) if peak else None,
-                        "bug": bool(ceiling.check("", model_flops, ceil)), **got})
-    print(f"first steps (compile included): " + "; ".join(
-        f"{r['preset']} " + ", ".join(f"{x:.1f} s" for x in r["warmup_step_s"]) for r in results))
-    print("RESULT " + json.dumps({"backend": "jax", "jax": jax.__version__, "device": dev.device_kind,
-                                  "precision": precision, "ceiling_flops": ceil, "peak_tflops": peak,
-                                  "peak_source": source, "rows": results}), flush=True)
+        results.append(
+            {
+                "preset": preset,
+                "parameters": param_count(cfg),
+                "flops_per_token": fpt,
+                "model_flops": model_flops,
+                "mfu_measured": model_flops / ceil,
+                "mfu_datasheet": model_flops / (peak * 1e12) if peak else None,
+                "bug": bool(ceiling.check("", model_flops, ceil)),
+                **got,
+            }
+        )
+    print(
+        "first steps (compile included): "
+        + "; ".join(f"{r['preset']} " + ", ".join(f"{x:.1f} s" for x in r["warmup_step_s"]) for r in results)
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "backend": "jax",
+                "jax": jax.__version__,
+                "device": dev.device_kind,
+                "precision": precision,
+                "ceiling_flops": ceil,
+                "peak_tflops": peak,
+                "peak_source": source,
+                "rows": results,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
-                    help="tensorflow: gpt2ja train's loop on --data; jax: gpt2ja.model.trainer_jax's step on random ids")
+    ap.add_argument(
+        "--backend",
+        default="tensorflow",
+        choices=["tensorflow", "jax"],
+        help="tensorflow: gpt2ja train's loop on --data; jax: gpt2ja.model.trainer_jax's step on random ids",
+    )
     ap.add_argument("--data", help="(tensorflow) a shards artifact (gpt2ja shards), local or gs://")
     ap.add_argument("--presets", default="tiny,mini,small")
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps per preset (the first is not counted)")
@@ -254,10 +335,17 @@ def main() -> None:
     ap.add_argument("--xla", action="store_true", help="(tensorflow) compile training and decoding steps with XLA")
     ap.add_argument("--mixed-precision", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--matmul-size", type=int, default=2048)
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="datasheet peak of the device in this precision (jax: known GPUs are looked up)")
-    ap.add_argument("--generation-presets", default="tiny,mini,small",
-                    help="(tensorflow) presets for the KV-cache comparison ('' = none)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="datasheet peak of the device in this precision (jax: known GPUs are looked up)",
+    )
+    ap.add_argument(
+        "--generation-presets",
+        default="tiny,mini,small",
+        help="(tensorflow) presets for the KV-cache comparison ('' = none)",
+    )
     ap.add_argument("--vocab", type=int, default=50304, help="(jax) ids of the random data (GPT-2's 50,304)")
     ap.add_argument("--seq-len", type=int, default=1024, help="(jax) sequence length")
     ap.add_argument("--accum", type=int, default=1, help="(jax) micro-batches per optimizer step")
@@ -286,19 +374,26 @@ def main() -> None:
     ceil = ceiling.tf_matmul(precision, args.matmul_size)
     peak = args.peak_tflops
     print(f"{precision} tf.matmul {args.matmul_size}² (4 chained, best of 5): {ceil / 1e9:,.1f} GFLOP/s")
-    print(f"training: seq_len {seq_len}, vocabulary {vocab:,}, micro-batch {args.micro_batch}, "
-          f"{args.steps} steps, XLA {'on' if args.xla else 'off'}, precision {precision}; model FLOPs per token "
-          "6·N + 12·L·H·T (PaLM)")
-    print("| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
-          + (" | MFU vs datasheet" if peak else "") + " |")
+    print(
+        f"training: seq_len {seq_len}, vocabulary {vocab:,}, micro-batch {args.micro_batch}, "
+        f"{args.steps} steps, XLA {'on' if args.xla else 'off'}, precision {precision}; model FLOPs per token "
+        "6·N + 12·L·H·T (PaLM)"
+    )
+    print(
+        "| preset | parameters | tokens/s | model GFLOP/s | MFU vs measured matmul"
+        + (" | MFU vs datasheet" if peak else "")
+        + " |"
+    )
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
         cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
-        rate = training_rate(args.data, preset, args.steps, args.micro_batch, xla=args.xla,
-                             mixed_precision=args.mixed_precision)
+        rate = training_rate(
+            args.data, preset, args.steps, args.micro_batch, xla=args.xla, mixed_precision=args.mixed_precision
+        )
         print(row(preset, param_count(cfg), rate, rate * flops_per_token(cfg, seq_len), ceil, peak), flush=True)
     after = ceiling.tf_matmul(precision, args.matmul_size)
-    print(f"{precision} tf.matmul again after training: {after / 1e9:,.1f} GFLOP/s "
-          f"(the MFU column uses the first figure)")
+    print(
+        f"{precision} tf.matmul again after training: {after / 1e9:,.1f} GFLOP/s (the MFU column uses the first figure)"
+    )
     del tf
 
     gen_presets = [p.strip() for p in args.generation_presets.split(",") if p.strip()]

@@ -75,13 +75,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,8 +88,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 TRAIN_KINDS = ("gpt2ja-tf", "gpt2ja-jax", "torch-eager", "torch-compile")
 #: the worker of each contender, and the framework whose matmul ceiling it is held against
-TRAIN_WORKER = {"gpt2ja-tf": "train-tf", "gpt2ja-jax": "train-jax", "torch-eager": "train-torch",
-                "torch-compile": "train-torch"}
+TRAIN_WORKER = {
+    "gpt2ja-tf": "train-tf",
+    "gpt2ja-jax": "train-jax",
+    "torch-eager": "train-torch",
+    "torch-compile": "train-torch",
+}
 FRAMEWORK = {"gpt2ja-tf": "tf", "gpt2ja-jax": "jax", "torch-eager": "torch", "torch-compile": "torch"}
 FRAMEWORK_NAME = {"tf": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 CEILING_SIZE = 2048
@@ -108,8 +110,10 @@ def set_tf_threads(cores: int) -> dict:
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    return {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {
+        "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
 
 
 def set_torch_threads(cores: int) -> dict:
@@ -134,8 +138,20 @@ def worker_prepare(spec: dict) -> dict:
         from gpt2ja.infra import storage
 
         seq_len = storage.read_manifest(data)["seq_len"]
-        train(TrainConfig(data=data, run=str(run), preset=preset, steps=1, batch_tokens=2 * seq_len, micro_batch=2,
-                          warmup_steps=0, eval_batches=0, log_every=1), progress=None)
+        train(
+            TrainConfig(
+                data=data,
+                run=str(run),
+                preset=preset,
+                steps=1,
+                batch_tokens=2 * seq_len,
+                micro_batch=2,
+                warmup_steps=0,
+                eval_batches=0,
+                log_every=1,
+            ),
+            progress=None,
+        )
         export_hf(str(run), str(out))
         exports[preset] = {"run": str(run), "export": str(out)}
     return {"data": data, "exports": exports}
@@ -165,22 +181,37 @@ def build_shards(work: Path, vocab: int, seq_len: int) -> str:
         return str(shards)
     if not storage.read_manifest(str(corpus)):
         rng = random.Random(0)
-        chars = ([chr(c) for c in range(0x3041, 0x3094)] + [chr(c) for c in range(0x30A1, 0x30F7)]
-                 + [chr(c) for c in range(0x4E00, 0x4E00 + 600)])  # hiragana, katakana, 600 kanji
+        chars = (
+            [chr(c) for c in range(0x3041, 0x3094)]
+            + [chr(c) for c in range(0x30A1, 0x30F7)]
+            + [chr(c) for c in range(0x4E00, 0x4E00 + 600)]
+        )  # hiragana, katakana, 600 kanji
         words = sorted({"".join(rng.choices(chars, k=rng.randint(1, 4))) for _ in range(30_000)})
         weights = [1.0 / (i + 1) for i in range(len(words))]
         rng.shuffle(weights)
         for split, docs in (("train", 400), ("validation", 20)):
             with ShardWriter(storage.join(str(corpus), split)) as out:
                 for i in range(docs):
-                    out.write(Document.new(source="synthetic", url=f"bench://{split}/{i}",
-                                           text=synthetic_text(rng, words, weights, 60), license="benchmark"))
+                    out.write(
+                        Document.new(
+                            source="synthetic",
+                            url=f"bench://{split}/{i}",
+                            text=synthetic_text(rng, words, weights, 60),
+                            license="benchmark",
+                        )
+                    )
         files = [storage.file_info(u, root=str(corpus)) for u in storage.list_files(str(corpus))]
-        storage.write_manifest(str(corpus), storage.build_manifest(stage="clean", config={"bench": "peer"}, counts={},
-                                                                   files=files, timings={}))
+        storage.write_manifest(
+            str(corpus),
+            storage.build_manifest(stage="clean", config={"bench": "peer"}, counts={}, files=files, timings={}),
+        )
     train_tokenizer(str(corpus), "sentencepiece", vocab, str(tok_uri), num_threads=2)
-    return write_shards(str(corpus), str(tok_uri), str(shards),
-                        ShardsConfig(seq_len=seq_len, num_shards={"train": 2, "validation": 1}, workers=1))
+    return write_shards(
+        str(corpus),
+        str(tok_uri),
+        str(shards),
+        ShardsConfig(seq_len=seq_len, num_shards={"train": 2, "validation": 1}, workers=1),
+    )
 
 
 def worker_train_tf(spec: dict, backend: str = "tensorflow") -> dict:
@@ -203,19 +234,28 @@ def worker_train_tf(spec: dict, backend: str = "tensorflow") -> dict:
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as run:
-        cfg = TrainConfig(data=spec["data"], run=os.path.join(run, spec["preset"]), preset=spec["preset"],
-                          steps=spec["steps"], batch_tokens=spec["micro_batch"] * spec["seq_len"],
-                          micro_batch=spec["micro_batch"], warmup_steps=0, log_every=1, eval_batches=0,
-                          eval_sample_tokens=0, checkpoint_every=10**6,
-                          jit_compile=spec["xla"] if backend == "tensorflow" else False, backend=backend)
+        cfg = TrainConfig(
+            data=spec["data"],
+            run=os.path.join(run, spec["preset"]),
+            preset=spec["preset"],
+            steps=spec["steps"],
+            batch_tokens=spec["micro_batch"] * spec["seq_len"],
+            micro_batch=spec["micro_batch"],
+            warmup_steps=0,
+            log_every=1,
+            eval_batches=0,
+            eval_sample_tokens=0,
+            checkpoint_every=10**6,
+            jit_compile=spec["xla"] if backend == "tensorflow" else False,
+            backend=backend,
+        )
         train(cfg, progress=progress)
         with open(os.path.join(run, spec["preset"], "metrics.jsonl"), encoding="utf-8") as fh:
             rates = [json.loads(line)["tokens_per_s"] for line in fh if '"tokens_per_s"' in line]
     tokens = spec["micro_batch"] * spec["seq_len"]
     w = spec["warmup"]
     clock = (len(stamps) - w) * tokens / (stamps[-1] - stamps[w - 1]) if w >= 1 and len(stamps) > w else None
-    return {"tokens_per_s": statistics.median(rates[w:]), "step_rates": rates, "clock_tokens_per_s": clock,
-            **threads}
+    return {"tokens_per_s": statistics.median(rates[w:]), "step_rates": rates, "clock_tokens_per_s": clock, **threads}
 
 
 def worker_train_jax(spec: dict) -> dict:
@@ -262,11 +302,18 @@ def worker_train_torch(spec: dict) -> dict:
     torch.manual_seed(0)
     model, cfg = torch_model(spec["preset"], spec["vocab"], spec["seq_len"])
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(("transformer.wte",
-                                                                                          "transformer.wpe"))]
+    decay = [
+        p
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and not n.startswith(("transformer.wte", "transformer.wpe"))
+    ]
     rest = [p for n, p in model.named_parameters() if not any(p is q for q in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
-                            lr=LEARNING_RATE, betas=BETAS, eps=EPS)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
+        lr=LEARNING_RATE,
+        betas=BETAS,
+        eps=EPS,
+    )
     forward = torch.compile(model) if spec["compile"] else model
     b, t, v = spec["micro_batch"], spec["seq_len"], cfg.vocab_size
     data = torch.randint(0, v, (spec["steps"], b, t + 1))
@@ -274,7 +321,7 @@ def worker_train_torch(spec: dict) -> dict:
     for step in range(spec["steps"]):
         t0 = time.perf_counter()
         x, y = data[step, :, :-1], data[step, :, 1:]
-        logits = forward(input_ids=x).logits                                   # (B, T, V_padded)
+        logits = forward(input_ids=x).logits  # (B, T, V_padded)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -283,8 +330,13 @@ def worker_train_torch(spec: dict) -> dict:
         float(loss)
         seconds.append(time.perf_counter() - t0)
     rates = [b * t / s for s in seconds]
-    return {"tokens_per_s": statistics.median(rates[spec["warmup"]:]), "step_rates": rates, "first_step_s": seconds[0],
-            "attention": model.config._attn_implementation, **threads}
+    return {
+        "tokens_per_s": statistics.median(rates[spec["warmup"] :]),
+        "step_rates": rates,
+        "first_step_s": seconds[0],
+        "attention": model.config._attn_implementation,
+        **threads,
+    }
 
 
 def prompt_ids(vocab: int, length: int) -> list[int]:
@@ -329,8 +381,11 @@ def worker_gen_hf(spec: dict) -> dict:
         for batch in spec["batches"]:
             ids = torch.tensor([prompt] * batch)
             for mode in GEN_MODES:
-                kw = ({"do_sample": False} if mode == "greedy"
-                      else {"do_sample": True, "top_k": 0, "top_p": 0.99, "temperature": 1.0})
+                kw = (
+                    {"do_sample": False}
+                    if mode == "greedy"
+                    else {"do_sample": True, "top_k": 0, "top_p": 0.99, "temperature": 1.0}
+                )
                 args = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": True, **kw}
                 model.generate(**args, max_new_tokens=8, min_new_tokens=8)  # warm up
                 torch.manual_seed(1)
@@ -358,7 +413,7 @@ def timed(fn, reps: int, warmup: int = 2) -> float:
 
 
 def worker_profile_tf(spec: dict) -> dict:
-    """ms per step of gpt2ja's parts: gpt2ja.model.gpt2's model and loss, gpt2ja.model.optim's AdamW, as the trainer builds them.
+    """ms per step of gpt2ja's parts: model.gpt2's model and loss, model.optim's AdamW, as the trainer builds them.
 
     Each part is one ``tf.function`` (``jit_compile`` off, and on for the whole step), fed the same
     ``(B, T)`` batch from memory; the data pipeline is the trainer's (``gpt2ja.model.data_order.train_dataset``) alone.
@@ -377,8 +432,15 @@ def worker_profile_tf(spec: dict) -> dict:
     b, t, reps = spec["micro_batch"], spec["seq_len"], spec["reps"]
     keras.utils.set_random_seed(0)
     cfg = ModelConfig.from_preset(spec["preset"], vocab_size=spec["vocab"], context_length=t)
-    tcfg = TrainConfig(data=spec["data"], run="/nonexistent", preset=spec["preset"], steps=1000, warmup_steps=0,
-                       batch_tokens=b * t, micro_batch=b)
+    tcfg = TrainConfig(
+        data=spec["data"],
+        run="/nonexistent",
+        preset=spec["preset"],
+        steps=1000,
+        warmup_steps=0,
+        batch_tokens=b * t,
+        micro_batch=b,
+    )
     lm = gpt2.build_model(cfg)
     opt = make_optimizer(tcfg, lm)
     variables = lm.trainable_variables
@@ -510,10 +572,15 @@ def worker_profile_torch(spec: dict) -> dict:
         opt.step()
         loss.item()
 
-    parts = {"forward (logits)": fwd, "forward + loss": fwd_loss, "forward + loss + backward": fwd_bwd,
-             "LM head + softmax cross-entropy, fwd+bwd": head_loss,
-             "softmax cross-entropy alone, fwd+bwd": softmax_only,
-             "optimizer apply (AdamW)": apply, "whole step, eager": step}
+    parts = {
+        "forward (logits)": fwd,
+        "forward + loss": fwd_loss,
+        "forward + loss + backward": fwd_bwd,
+        "LM head + softmax cross-entropy, fwd+bwd": head_loss,
+        "softmax cross-entropy alone, fwd+bwd": softmax_only,
+        "optimizer apply (AdamW)": apply,
+        "whole step, eager": step,
+    }
     return {"ms": {name: timed(fn, reps) * 1e3 for name, fn in parts.items()}, **threads}
 
 
@@ -521,13 +588,22 @@ def profile(args, data: str, vocab: int, seq_len: int) -> dict:
     """The parts of one training step on both sides, in ms (median of ``--profile-reps``), one process each."""
     found = {}
     for preset in args.profile:
-        spec = {"cores": args.cores, "preset": preset, "micro_batch": args.micro_batch, "seq_len": seq_len,
-                "vocab": vocab, "data": data, "reps": args.profile_reps}
+        spec = {
+            "cores": args.cores,
+            "preset": preset,
+            "micro_batch": args.micro_batch,
+            "seq_len": seq_len,
+            "vocab": vocab,
+            "data": data,
+            "reps": args.profile_reps,
+        }
         tf_side = run_worker("profile-tf", spec, args.timeout)
         torch_side = run_worker("profile-torch", spec, args.timeout)
         found[preset] = {"gpt2ja": tf_side, "torch": torch_side}
-        print(f"profile {preset}: {args.micro_batch} × {seq_len} tokens per step, vocabulary {vocab:,}, fp32; "
-              f"ms per call, median of {args.profile_reps} after 2 warm-up calls")
+        print(
+            f"profile {preset}: {args.micro_batch} × {seq_len} tokens per step, vocabulary {vocab:,}, fp32; "
+            f"ms per call, median of {args.profile_reps} after 2 warm-up calls"
+        )
         print("| part | gpt2ja (TensorFlow) ms | PyTorch eager ms |")
         print("| --- | --- | --- |")
         ours, theirs = tf_side.get("ms", {}), torch_side.get("ms", {})
@@ -540,10 +616,17 @@ def profile(args, data: str, vocab: int, seq_len: int) -> dict:
     return found
 
 
-WORKERS = {"prepare": worker_prepare, "train-tf": worker_train_tf, "train-jax": worker_train_jax,
-           "ceiling": worker_ceiling, "train-torch": worker_train_torch,
-           "gen-tf": worker_gen_tf, "gen-hf": worker_gen_hf, "profile-tf": worker_profile_tf,
-           "profile-torch": worker_profile_torch}
+WORKERS = {
+    "prepare": worker_prepare,
+    "train-tf": worker_train_tf,
+    "train-jax": worker_train_jax,
+    "ceiling": worker_ceiling,
+    "train-torch": worker_train_torch,
+    "gen-tf": worker_gen_tf,
+    "gen-hf": worker_gen_hf,
+    "profile-tf": worker_profile_tf,
+    "profile-torch": worker_profile_torch,
+}
 
 
 def run_worker(kind: str, spec: dict, timeout: float) -> dict:
@@ -561,7 +644,7 @@ def run_worker(kind: str, spec: dict, timeout: float) -> dict:
     if done.returncode or not lines:
         tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
         return {"error": f"exit {done.returncode}: {tail[0][:300]}"}
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["process_s"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -573,9 +656,11 @@ def machine(cores: int) -> str:
     """The machine lines of :func:`ceiling.machine_lines` (date, CPU model and SIMD flags, OS, versions), threads."""
     import ceiling
 
-    return "; ".join(ceiling.machine_lines()) + (f"; threads: TensorFlow intra-op = inter-op = {cores}, torch "
-                                                 f"num_threads = interop = {cores}, JAX: XLA's CPU default (all "
-                                                 "cores)")
+    return "; ".join(ceiling.machine_lines()) + (
+        f"; threads: TensorFlow intra-op = inter-op = {cores}, torch "
+        f"num_threads = interop = {cores}, JAX: XLA's CPU default (all "
+        "cores)"
+    )
 
 
 def ceilings(args, say) -> dict[str, float | None]:
@@ -584,14 +669,21 @@ def ceilings(args, say) -> dict[str, float | None]:
     for fw in ("tf", "jax", "torch"):
         got = run_worker("ceiling", {"framework": fw, "cores": args.cores, "size": CEILING_SIZE}, args.timeout)
         out[fw] = got.get("flops")
-        say(f"  {FRAMEWORK_NAME[fw]} fp32 matmul {CEILING_SIZE}²: "
-            + (f"{out[fw] / 1e9:,.1f} GFLOP/s" if out[fw] else f"failed ({got.get('error')})"))
+        say(
+            f"  {FRAMEWORK_NAME[fw]} fp32 matmul {CEILING_SIZE}²: "
+            + (f"{out[fw] / 1e9:,.1f} GFLOP/s" if out[fw] else f"failed ({got.get('error')})")
+        )
     return out
 
 
 def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "values": values}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
+    }
 
 
 def cell(s: dict | None, fmt: str = ",.0f") -> str:
@@ -611,9 +703,18 @@ def bench_training(args, data: str, vocab: int, seq_len: int, say) -> dict:
             for kind in kinds:
                 if kind in errors:
                     continue  # failed once (e.g. torch.compile): not retried every round
-                spec = {"cores": args.cores, "preset": preset, "steps": args.steps, "micro_batch": args.micro_batch,
-                        "data": data, "vocab": vocab, "seq_len": seq_len, "xla": args.xla, "warmup": args.warmup,
-                        "compile": kind == "torch-compile"}
+                spec = {
+                    "cores": args.cores,
+                    "preset": preset,
+                    "steps": args.steps,
+                    "micro_batch": args.micro_batch,
+                    "data": data,
+                    "vocab": vocab,
+                    "seq_len": seq_len,
+                    "xla": args.xla,
+                    "warmup": args.warmup,
+                    "compile": kind == "torch-compile",
+                }
                 out = run_worker(TRAIN_WORKER[kind], spec, args.timeout)
                 if "error" in out:
                     errors[kind] = out["error"]
@@ -621,15 +722,21 @@ def bench_training(args, data: str, vocab: int, seq_len: int, say) -> dict:
                     continue
                 got[kind].append(out["tokens_per_s"])
                 extras[kind] = {k: v for k, v in out.items() if k != "tokens_per_s"}
-                say(f"  {preset} round {r + 1} {kind}: {out['tokens_per_s']:,.0f} tokens/s "
+                say(
+                    f"  {preset} round {r + 1} {kind}: {out['tokens_per_s']:,.0f} tokens/s "
                     f"({out['process_s']:.0f} s in the process"
-                    + ", steps " + " ".join(f"{x:,.0f}" for x in out["step_rates"])
-                    + (f"; by this script's clock {out['clock_tokens_per_s']:,.0f}" if out.get("clock_tokens_per_s")
-                       else "") + ")")
+                    + ", steps "
+                    + " ".join(f"{x:,.0f}" for x in out["step_rates"])
+                    + (
+                        f"; by this script's clock {out['clock_tokens_per_s']:,.0f}"
+                        if out.get("clock_tokens_per_s")
+                        else ""
+                    )
+                    + ")"
+                )
         stats = {k: summary(v) for k, v in got.items() if v}
         torch_best = max((stats[k]["median"] for k in ("torch-eager", "torch-compile") if k in stats), default=None)
-        ratio = {k: stats[k]["median"] / torch_best for k in ("gpt2ja-tf", "gpt2ja-jax")
-                 if k in stats and torch_best}
+        ratio = {k: stats[k]["median"] / torch_best for k in ("gpt2ja-tf", "gpt2ja-jax") if k in stats and torch_best}
         results[preset] = {"tokens_per_s": stats, "errors": errors, "workers": extras, "ratio_vs_best_torch": ratio}
     return results
 
@@ -643,9 +750,15 @@ def bench_generation(args, exports: dict, say) -> dict:
             for side in GEN_SIDES:
                 if side in errors:
                     continue
-                spec = {"cores": args.cores, "run": exports[preset]["run"], "export": exports[preset]["export"],
-                        "batches": args.gen_batches, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len,
-                        "xla": args.xla}
+                spec = {
+                    "cores": args.cores,
+                    "run": exports[preset]["run"],
+                    "export": exports[preset]["export"],
+                    "batches": args.gen_batches,
+                    "new_tokens": args.new_tokens,
+                    "prompt_len": args.prompt_len,
+                    "xla": args.xla,
+                }
                 out = run_worker("gen-tf" if side == "gpt2ja" else "gen-hf", spec, args.timeout)
                 if "error" in out:
                     errors[side] = out["error"]
@@ -653,10 +766,15 @@ def bench_generation(args, exports: dict, say) -> dict:
                     continue
                 for key, rate in out["tokens_per_s"].items():
                     got[side].setdefault(key, []).append(rate)
-                say(f"  {preset} round {r + 1} {side}: " + ", ".join(
-                    f"{k} {v:,.1f}" for k, v in out["tokens_per_s"].items()) + " tokens/s")
-        results[preset] = {"tokens_per_s": {side: {k: summary(v) for k, v in rows.items()}
-                                            for side, rows in got.items()}, "errors": errors}
+                say(
+                    f"  {preset} round {r + 1} {side}: "
+                    + ", ".join(f"{k} {v:,.1f}" for k, v in out["tokens_per_s"].items())
+                    + " tokens/s"
+                )
+        results[preset] = {
+            "tokens_per_s": {side: {k: summary(v) for k, v in rows.items()} for side, rows in got.items()},
+            "errors": errors,
+        }
     return results
 
 
@@ -671,8 +789,10 @@ def print_training(training: dict, vocab: int, seq_len: int, before: dict, after
     from gpt2ja.model.presets import ModelConfig, param_count
 
     best = max((v for d in (before, after) for v in d.values() if v), default=None)
-    print("| preset | parameters | contender | tokens/s | model GFLOP/s | framework's fp32 matmul GFLOP/s "
-          "(before / after) | model ÷ best matmul of the run |")
+    print(
+        "| preset | parameters | contender | tokens/s | model GFLOP/s | framework's fp32 matmul GFLOP/s "
+        "(before / after) | model ÷ best matmul of the run |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for preset, t in training.items():
         cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len)
@@ -682,8 +802,9 @@ def print_training(training: dict, vocab: int, seq_len: int, before: dict, after
             s = t["tokens_per_s"].get(kind)
             if s is None:
                 if kind in t["errors"]:
-                    print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | failed: {t['errors'][kind]} "
-                          "| | | |")
+                    print(
+                        f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | failed: {t['errors'][kind]} | | | |"
+                    )
                 continue
             fw = FRAMEWORK[kind]
             own = [x for x in (before.get(fw), after.get(fw)) if x]
@@ -695,8 +816,10 @@ def print_training(training: dict, vocab: int, seq_len: int, before: dict, after
                 continue
             mark = " (above its framework's matmul)" if own and flops > max(own) else ""
             share = f"{flops / best:.2f}" if best else "–"
-            print(f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | {cell(s)} | {flops / 1e9:,.1f}{mark} | "
-                  f"{ceil_cell} | {share} |")
+            print(
+                f"| {preset} | {param_count(cfg) / 1e6:,.1f} M | {kind} | {cell(s)} | {flops / 1e9:,.1f}{mark} | "
+                f"{ceil_cell} | {share} |"
+            )
         for kind, ratio in t["ratio_vs_best_torch"].items():
             print(f"{preset}: {kind} ÷ faster PyTorch = {ratio:.2f}")
 
@@ -715,9 +838,17 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=16, help="sequences per step")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
-    ap.add_argument("--contenders", default=",".join(TRAIN_KINDS),
-                    help=f"training contenders, comma-separated (default: all of {', '.join(TRAIN_KINDS)})")
-    ap.add_argument("--xla", action="store_true", help="gpt2ja's step and every decoder compiled with XLA (off = gpt2ja's defaults: XLA for greedy decoding only)")
+    ap.add_argument(
+        "--contenders",
+        default=",".join(TRAIN_KINDS),
+        help=f"training contenders, comma-separated (default: all of {', '.join(TRAIN_KINDS)})",
+    )
+    ap.add_argument(
+        "--xla",
+        action="store_true",
+        help="gpt2ja's step and every decoder compiled with XLA "
+        "(off = gpt2ja's defaults: XLA for greedy decoding only)",
+    )
     ap.add_argument("--gen-presets", default="tiny", help="generation presets ('' = no generation figures)")
     ap.add_argument("--gen-batches", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=200)
@@ -753,8 +884,18 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     os.makedirs(args.work, exist_ok=True)
     say(f"preparing data{' and runs for generation' if args.gen_presets else ''} under {args.work} …")
-    prep = run_worker("prepare", {"cores": args.cores, "work": args.work, "data": args.data, "vocab": args.vocab,
-                                  "seq_len": args.seq_len, "gen_presets": args.gen_presets}, args.timeout)
+    prep = run_worker(
+        "prepare",
+        {
+            "cores": args.cores,
+            "work": args.work,
+            "data": args.data,
+            "vocab": args.vocab,
+            "seq_len": args.seq_len,
+            "gen_presets": args.gen_presets,
+        },
+        args.timeout,
+    )
     if "error" in prep:
         sys.exit(f"peer_bench: preparing the data failed ({prep['error']})")
     from gpt2ja.infra import storage
@@ -777,19 +918,26 @@ def main() -> None:
     print(f"load average before: {load_before:.2f}, after: {load_after:.2f}")
     print(f"data: {prep['data']} (vocabulary {vocab:,}, seq_len {seq_len})")
     if training:
-        attention = next((w.get("attention") for t in training.values() for k, w in t["workers"].items()
-                          if w.get("attention")), "?")
-        print(f"training: fp32, {args.micro_batch} sequences × {seq_len} per step, AdamW, clip 1.0, {args.steps} "
-              f"steps per measurement (median tokens/s of steps {args.warmup + 1}–{args.steps}), {args.rounds} "
-              "interleaved rounds: "
-              f"median (min–max); gpt2ja-tf XLA {'on' if args.xla else 'off'}, gpt2ja-jax XLA (jit) always; PyTorch "
-              f"attention {attention}; model FLOPs per token 6·N + 12·L·H·T (PaLM); each framework's fp32 matmul "
-              f"{CEILING_SIZE}² measured before and after the training rounds (GFLOP/s, before / after)")
+        attention = next(
+            (w.get("attention") for t in training.values() for k, w in t["workers"].items() if w.get("attention")), "?"
+        )
+        print(
+            f"training: fp32, {args.micro_batch} sequences × {seq_len} per step, AdamW, clip 1.0, {args.steps} "
+            f"steps per measurement (median tokens/s of steps {args.warmup + 1}–{args.steps}), {args.rounds} "
+            "interleaved rounds: "
+            f"median (min–max); gpt2ja-tf XLA {'on' if args.xla else 'off'}, gpt2ja-jax XLA (jit) always; PyTorch "
+            f"attention {attention}; model FLOPs per token 6·N + 12·L·H·T (PaLM); each framework's fp32 matmul "
+            f"{CEILING_SIZE}² measured before and after the training rounds (GFLOP/s, before / after)"
+        )
         print_training(training, vocab, seq_len, ceil_before, ceil_after)
     if generation:
-        print(f"generation: {args.new_tokens} new tokens on every row, prompt of {args.prompt_len} ids, KV cache on "
-              f"both sides, gpt2ja XLA {'on' if args.xla else 'as by default (on; off for one row of a 20 M+ model on the CPU)'}; tokens/s (all rows), {args.rounds} interleaved "
-              f"rounds: median (min–max)")
+        DEFAULT_XLA = "as by default (on; off for one row of a 20 M+ model on the CPU)"
+        print(
+            f"generation: {args.new_tokens} new tokens on every row, prompt of {args.prompt_len} ids, KV cache on "
+            f"both sides, gpt2ja XLA {'on' if args.xla else DEFAULT_XLA}; "
+            f"tokens/s (all rows), {args.rounds} interleaved "
+            f"rounds: median (min–max)"
+        )
         print("| preset | batch | decoding | gpt2ja tokens/s | transformers tokens/s | gpt2ja ÷ transformers |")
         print("| --- | --- | --- | --- | --- | --- |")
         for preset, g in generation.items():
@@ -799,18 +947,34 @@ def main() -> None:
                     ours, theirs = (g["tokens_per_s"][side].get(key) for side in GEN_SIDES)
                     ratio = f"{ours['median'] / theirs['median']:.2f}" if ours and theirs else "–"
                     label = "greedy" if mode == "greedy" else "top-p 0.99"
-                    print(f"| {preset} | {batch} | {label} | {cell(ours, ',.1f')} | {cell(theirs, ',.1f')} | "
-                          f"{ratio} |")
+                    print(f"| {preset} | {batch} | {label} | {cell(ours, ',.1f')} | {cell(theirs, ',.1f')} | {ratio} |")
             for side, err in g["errors"].items():
                 print(f"{preset} {side}: failed: {err}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": machine(args.cores), "load_before": load_before, "load_after": load_after,
-            "data": prep["data"], "vocab_size": vocab, "seq_len": seq_len, "micro_batch": args.micro_batch,
-            "steps": args.steps, "rounds": args.rounds, "xla": args.xla, "new_tokens": args.new_tokens,
-            "prompt_len": args.prompt_len, "training": training, "generation": generation, "profile": profiled,
-            "ceilings": {"before": ceil_before, "after": ceil_after}},
-            indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine(args.cores),
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "data": prep["data"],
+                    "vocab_size": vocab,
+                    "seq_len": seq_len,
+                    "micro_batch": args.micro_batch,
+                    "steps": args.steps,
+                    "rounds": args.rounds,
+                    "xla": args.xla,
+                    "new_tokens": args.new_tokens,
+                    "prompt_len": args.prompt_len,
+                    "training": training,
+                    "generation": generation,
+                    "profile": profiled,
+                    "ceilings": {"before": ceil_before, "after": ceil_after},
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"figures written to {args.json}")
 
 

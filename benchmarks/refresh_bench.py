@@ -62,12 +62,15 @@ def main() -> None:
 
         def clean(inputs: list[str], out: Path, **dedup) -> dict:
             started = time.time()
-            run_clean(CleanConfig(inputs=inputs, out=str(out), workers=args.workers,
-                                  dedup={"engine": "sharded", **dedup}))
+            run_clean(
+                CleanConfig(inputs=inputs, out=str(out), workers=args.workers, dedup={"engine": "sharded", **dedup})
+            )
             manifest = storage.read_manifest(str(out))
             t = manifest["timings"]
-            print(f"  {time.time() - started:.1f} s (filter {t.get('filter_s', 0)} s, dedup {t.get('dedup_s', 0)} s, "
-                  f"write {t.get('write_s', 0)} s); {manifest['counts']['documents_out']:,} documents out")
+            print(
+                f"  {time.time() - started:.1f} s (filter {t.get('filter_s', 0)} s, dedup {t.get('dedup_s', 0)} s, "
+                f"write {t.get('write_s', 0)} s); {manifest['counts']['documents_out']:,} documents out"
+            )
             return manifest
 
         print(f"raw: version 1 {_size(Path(v1))}, refresh {_size(Path(v2))}")
@@ -79,8 +82,10 @@ def main() -> None:
         print("indexed refresh:")
         m = clean([v1, v2], out, index="auto")
         info = m["dedup_index"]
-        print(f"  read {info['documents_read']:,} documents of {len(info['inputs_read'])} crawl(s); "
-              f"index {info['against']} → {info['produced']}; drops {m['counts']['drops']}")
+        print(
+            f"  read {info['documents_read']:,} documents of {len(info['inputs_read'])} crawl(s); "
+            f"index {info['against']} → {info['produced']}; drops {m['counts']['drops']}"
+        )
         for v in sorted((root / "dedup-index" / "bulk").glob("v*")):
             print(f"index {v.name}: {_size(v)}")
 

@@ -47,6 +47,7 @@ def _encode_chunk(args):
     uri, texts = args
     if uri not in _TOKENIZERS:
         from gpt2ja.tokenization.tokenizer import Tokenizer
+
         _TOKENIZERS[uri] = Tokenizer.load(uri)
     tok = _TOKENIZERS[uri]
     return sum(len(tok.encode(t)) for t in texts)
@@ -54,7 +55,7 @@ def _encode_chunk(args):
 
 def encode_rate(uri: str, texts: list[str], processes: int) -> float:
     size = sum(len(t.encode("utf-8")) for t in texts)
-    chunks = [(uri, texts[i::processes * 4]) for i in range(processes * 4)]
+    chunks = [(uri, texts[i :: processes * 4]) for i in range(processes * 4)]
     if processes == 1:
         t0 = time.perf_counter()
         for c in chunks:
@@ -92,8 +93,10 @@ def bench_tokenizers(corpus: str, names: list[str], sample: int, root: str) -> d
         chars = sum(len(t) for t in texts)
         tokens = sum(len(tok.encode(t)) for t in texts)
         r1, r2 = encode_rate(out, texts, 1), encode_rate(out, texts, 2)
-        print(f"tokenizer {name}: trained in {train_s:.1f} s ({sample:,} sampled lines), "
-              f"{chars / tokens:.3f} characters/token, encoding {r1:.1f} MB/s (1 process), {r2:.1f} MB/s (2)")
+        print(
+            f"tokenizer {name}: trained in {train_s:.1f} s ({sample:,} sampled lines), "
+            f"{chars / tokens:.3f} characters/token, encoding {r1:.1f} MB/s (1 process), {r2:.1f} MB/s (2)"
+        )
         made[name] = out
     return made
 
@@ -109,8 +112,10 @@ def bench_shards(corpus: str, tok_uri: str, seq_len: int, root: str) -> str:
         write_shards(corpus, tok_uri, out, ShardsConfig(seq_len=seq_len, workers=workers))
         wall = time.perf_counter() - t0
         tokens = storage.read_manifest(out)["counts"]["tokens"]
-        print(f"shards write, {workers} worker(s): {tokens:,} tokens in {wall:.1f} s = {tokens / wall:,.0f} tokens/s "
-              f"(TensorFlow import in each worker included)")
+        print(
+            f"shards write, {workers} worker(s): {tokens:,} tokens in {wall:.1f} s = {tokens / wall:,.0f} tokens/s "
+            f"(TensorFlow import in each worker included)"
+        )
         best = out
     return best
 

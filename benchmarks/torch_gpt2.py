@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -49,12 +48,12 @@ import torch.nn.functional as F  # noqa: E402
 
 @dataclass(frozen=True)
 class Shape:
-    vocab: int       # rows of the token embedding (already padded)
-    seq_len: int     # positions
+    vocab: int  # rows of the token embedding (already padded)
+    seq_len: int  # positions
     layers: int
     heads: int
-    width: int       # n_embd
-    mlp: int         # 4 × width in GPT-2
+    width: int  # n_embd
+    mlp: int  # 4 × width in GPT-2
     dropout: float
 
 
@@ -69,10 +68,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)                                   # 3 × (B, T, C)
+        q, k, v = self.qkv(x).split(c, dim=2)  # 3 × (B, T, C)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.drop(self.out(y.transpose(1, 2).reshape(b, t, c)))
 
 
@@ -100,7 +98,7 @@ class GPT2(nn.Module):
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.layers))
         self.ln_f = nn.LayerNorm(s.width)
         self.lm_head = nn.Linear(s.width, s.vocab, bias=False)
-        self.lm_head.weight = self.wte.weight                                   # tied
+        self.lm_head.weight = self.wte.weight  # tied
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 std = 0.02 / math.sqrt(2 * s.layers) if getattr(m, "residual", False) else 0.02
@@ -110,10 +108,10 @@ class GPT2(nn.Module):
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        x = self.drop(self.wte(ids) + self.wpe(torch.arange(t, device=ids.device)))    # (B, T, C)
+        x = self.drop(self.wte(ids) + self.wpe(torch.arange(t, device=ids.device)))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))                                            # (B, T, V)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -121,21 +119,44 @@ def shape_of(preset: str, vocab: int, seq_len: int, dropout: float | None) -> Sh
     from gpt2ja.model.presets import ModelConfig
 
     cfg = ModelConfig.from_preset(preset, vocab_size=vocab, context_length=seq_len, dropout=dropout)
-    return Shape(vocab=cfg.padded_vocab_size, seq_len=seq_len, layers=cfg.num_layers, heads=cfg.num_heads,
-                 width=cfg.hidden_dim, mlp=cfg.intermediate_dim, dropout=cfg.dropout)
+    return Shape(
+        vocab=cfg.padded_vocab_size,
+        seq_len=seq_len,
+        layers=cfg.num_layers,
+        heads=cfg.num_heads,
+        width=cfg.hidden_dim,
+        mlp=cfg.intermediate_dim,
+        dropout=cfg.dropout,
+    )
 
 
 def optimizer(model: nn.Module, device: str, lr: float = 6e-4, weight_decay: float = 0.1) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2 and p is not model.wpe.weight and p is not model.wte.weight]
     rest = [p for p in params if not any(p is q for q in decay)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device == "cuda" or None)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=device == "cuda" or None,
+    )
 
 
-def bench(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, steps: int, warmup: int,
-          dtype: str, compile_: bool, dropout: float | None = None, device: str | None = None,
-          threads: int | None = None) -> dict:
+def bench(
+    preset: str,
+    vocab: int,
+    seq_len: int,
+    micro_batch: int,
+    accum: int,
+    steps: int,
+    warmup: int,
+    dtype: str,
+    compile_: bool,
+    dropout: float | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict:
     """Train ``steps`` optimizer steps on random ids; tokens/s over the steps after ``warmup``, timed as one block."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
@@ -151,6 +172,7 @@ def bench(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, s
     amp = torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=dtype == "bf16")
     g = torch.Generator(device=dev).manual_seed(0)
     data = torch.randint(0, s.vocab, (accum, micro_batch, seq_len + 1), device=dev, generator=g)
+
     def one_step() -> torch.Tensor:
         for i in range(accum):
             x, y = data[i, :, :-1], data[i, :, 1:]
@@ -173,19 +195,34 @@ def bench(preset: str, vocab: int, seq_len: int, micro_batch: int, accum: int, s
     final = float(loss.detach())  # waits for every step queued: one synchronisation, as a trainer logging rarely
     wall = time.perf_counter() - t0
     tokens = accum * micro_batch * seq_len
-    n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()   # tied head counted once
+    n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # tied head counted once
     from ceiling import flops_per_token
 
-    return {"framework": "torch", "torch": torch.__version__, "device": dev,
-            "device_name": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-            "preset": preset, "vocab_rows": s.vocab, "seq_len": seq_len, "micro_batch": micro_batch, "accum": accum,
-            "tokens_per_step": tokens, "dtype": dtype, "compile": compile_, "dropout": s.dropout,
-            "attention": "F.scaled_dot_product_attention(is_causal=True)", "fused_adamw": dev == "cuda",
-            "parameters": n + model.wpe.weight.numel(),
-            "flops_per_token": flops_per_token(n, s.layers, s.width, seq_len),
-            "warmup_step_s": first, "measured_steps": steps - warmup, "measured_s": wall,
-            "tokens_per_s": (steps - warmup) * tokens / wall, "loss": final * accum,
-            "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
+    return {
+        "framework": "torch",
+        "torch": torch.__version__,
+        "device": dev,
+        "device_name": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+        "preset": preset,
+        "vocab_rows": s.vocab,
+        "seq_len": seq_len,
+        "micro_batch": micro_batch,
+        "accum": accum,
+        "tokens_per_step": tokens,
+        "dtype": dtype,
+        "compile": compile_,
+        "dropout": s.dropout,
+        "attention": "F.scaled_dot_product_attention(is_causal=True)",
+        "fused_adamw": dev == "cuda",
+        "parameters": n + model.wpe.weight.numel(),
+        "flops_per_token": flops_per_token(n, s.layers, s.width, seq_len),
+        "warmup_step_s": first,
+        "measured_steps": steps - warmup,
+        "measured_s": wall,
+        "tokens_per_s": (steps - warmup) * tokens / wall,
+        "loss": final * accum,
+        "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -208,12 +245,25 @@ def main() -> None:
 
     for line in ceiling.machine_lines(("numpy", "torch", "triton")):
         print(line)
-    out = bench(args.preset, args.vocab, args.seq_len, args.micro_batch, args.accum, args.steps, args.warmup,
-                args.dtype, args.compile, args.dropout, threads=args.threads)
-    print(f"torch {out['torch']} on {out['device_name']}: {args.preset}, {out['parameters']:,} parameters, "
-          f"{args.accum} × {args.micro_batch} × {args.seq_len} tokens a step, {args.dtype}, "
-          f"compile {'on' if args.compile else 'off'}: {out['tokens_per_s']:,.0f} tokens/s "
-          f"(steps {args.warmup + 1}–{args.steps}; first step {out['warmup_step_s'][0]:.1f} s)")
+    out = bench(
+        args.preset,
+        args.vocab,
+        args.seq_len,
+        args.micro_batch,
+        args.accum,
+        args.steps,
+        args.warmup,
+        args.dtype,
+        args.compile,
+        args.dropout,
+        threads=args.threads,
+    )
+    print(
+        f"torch {out['torch']} on {out['device_name']}: {args.preset}, {out['parameters']:,} parameters, "
+        f"{args.accum} × {args.micro_batch} × {args.seq_len} tokens a step, {args.dtype}, "
+        f"compile {'on' if args.compile else 'off'}: {out['tokens_per_s']:,.0f} tokens/s "
+        f"(steps {args.warmup + 1}–{args.steps}; first step {out['warmup_step_s'][0]:.1f} s)"
+    )
     print("RESULT " + json.dumps(out), flush=True)
 
 

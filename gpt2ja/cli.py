@@ -20,8 +20,24 @@ from gpt2ja.model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pypp
 from gpt2ja.model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
 
 # `gpt2ja --help` lists the commands in the order a pipeline runs them, then the tools around it
-COMMAND_ORDER = ("crawl", "clean", "tokenizer", "shards", "train", "eval", "generate", "score", "export", "run",
-                 "demo", "serve", "serve-mirror", "study", "show", "extract")
+COMMAND_ORDER = (
+    "crawl",
+    "clean",
+    "tokenizer",
+    "shards",
+    "train",
+    "eval",
+    "generate",
+    "score",
+    "export",
+    "run",
+    "demo",
+    "serve",
+    "serve-mirror",
+    "study",
+    "show",
+    "extract",
+)
 
 
 class PipelineOrder(TyperGroup):
@@ -47,8 +63,8 @@ app = typer.Typer(
     name="gpt2ja",
     cls=PipelineOrder,
     help="Train Japanese GPT-2 models end to end: crawl → clean → tokenizer → TFRecord shards → "
-         "train → evaluate / generate / export. Every stage reads and writes artifacts under a run root "
-         "(a local directory or gs://bucket/prefix).",
+    "train → evaluate / generate / export. Every stage reads and writes artifacts under a run root "
+    "(a local directory or gs://bucket/prefix).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -57,28 +73,38 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_version,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", is_eager=True, callback=_version, help="Print the version and exit."
+    ),
+) -> None:
     """The group's own options (its help text is the Typer's)."""
 
 
-crawl_app = typer.Typer(help="Collect raw Japanese text into {root}/raw/{source}/{crawl_id}/.",
-                        no_args_is_help=True, rich_markup_mode=None)
+crawl_app = typer.Typer(
+    help="Collect raw Japanese text into {root}/raw/{source}/{crawl_id}/.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(crawl_app, name="crawl")
-tokenizer_app = typer.Typer(help="Train and inspect tokenizers ({root}/tokenizers/{name}/).",
-                            no_args_is_help=True, rich_markup_mode=None)
+tokenizer_app = typer.Typer(
+    help="Train and inspect tokenizers ({root}/tokenizers/{name}/).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(tokenizer_app, name="tokenizer")
 from gpt2ja.studies.cli import app as study_app  # noqa: E402 - `gpt2ja study vocab|sampling` (studies/)
 
 app.add_typer(study_app, name="study")
 
 ROOT = typer.Option("data", "--root", help="Run root: a local directory or gs://bucket/prefix.")
-SET = typer.Option(None, "--set", help="Any setting without a flag, as key=value (dotted for nested ones, "
-                                       "e.g. split.validation_fraction=0.1); repeat for several.")
+SET = typer.Option(
+    None,
+    "--set",
+    help="Any setting without a flag, as key=value (dotted for nested ones, "
+    "e.g. split.validation_fraction=0.1); repeat for several.",
+)
 
 
-CRAWL_ID = typer.Option(None, "--crawl-id", help="Output name; default today's UTC date. "
-                                               "The same id resumes an interrupted crawl.")
+CRAWL_ID = typer.Option(
+    None, "--crawl-id", help="Output name; default today's UTC date. The same id resumes an interrupted crawl."
+)
 
 
 def _crawl_default(name: str):
@@ -88,13 +114,18 @@ def _crawl_default(name: str):
 
 # Crawl options: None means "the config model's default" (each default lives in its model only).
 POLITE = typer.Option(None, "--polite/--no-polite", help="--no-polite only for a local mirror (default polite).")
-DEPTH_LIMIT = typer.Option(None, help=f"Links deep from a start page (default {_crawl_default('depth_limit')}; "
-                                      "0: no limit).")
-PROGRESS = typer.Option(None, help="Seconds between progress lines "
-                                   f"(default {_crawl_default('progress_interval')}; 0: off).")
+DEPTH_LIMIT = typer.Option(
+    None, help=f"Links deep from a start page (default {_crawl_default('depth_limit')}; 0: no limit)."
+)
+PROGRESS = typer.Option(
+    None, help=f"Seconds between progress lines (default {_crawl_default('progress_interval')}; 0: off)."
+)
 CONTACT = typer.Option(None, help="Contact added to the User-Agent.")
-WARC = typer.Option(None, "--warc/--no-warc", help="Store the raw responses as WARC files in warc/ beside the "
-                                                  "documents (default: on for web, off for aozora).")
+WARC = typer.Option(
+    None,
+    "--warc/--no-warc",
+    help="Store the raw responses as WARC files in warc/ beside the documents (default: on for web, off for aozora).",
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -121,20 +152,26 @@ def _print_summary(out_uri: str) -> None:
     print(f"{c.get('documents', 0)} documents, {c.get('characters', 0):,} characters → {out_uri}")
     if c.get("warc"):
         records = c["warc"].get("records", {})
-        print(f"warc: {records.get('response', 0)} responses in {c['warc'].get('files', 0)} file(s) → "
-              f"{out_uri.rstrip('/')}/warc/")
+        print(
+            f"warc: {records.get('response', 0)} responses in {c['warc'].get('files', 0)} file(s) → "
+            f"{out_uri.rstrip('/')}/warc/"
+        )
     if c.get("drops"):
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
 
 
 @crawl_app.command("aozora")
 def crawl_aozora(
-    start_url: list[str] = typer.Option(..., "--start-url", help="An author page (…/index_pages/personN.html) "
-                                                                 "or a card page; repeat for several."),
+    start_url: list[str] = typer.Option(
+        ..., "--start-url", help="An author page (…/index_pages/personN.html) or a card page; repeat for several."
+    ),
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
-    editions: Optional[str] = typer.Option(None, help="Editions to fetch, preferred first: txt (the zip), xhtml "
-                                                      f"(default {','.join(_crawl_default('editions'))})."),
+    editions: Optional[str] = typer.Option(
+        None,
+        help="Editions to fetch, preferred first: txt (the zip), xhtml "
+        f"(default {','.join(_crawl_default('editions'))}).",
+    ),
     polite: Optional[bool] = POLITE,
     max_pages: Optional[int] = typer.Option(None, help="Stop after this many responses (default 0: no limit)."),
     depth_limit: Optional[int] = DEPTH_LIMIT,
@@ -144,10 +181,20 @@ def crawl_aozora(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl Aozora Bunko: author pages → card pages → text zips and XHTML editions."""
-    _crawl(sets, source="aozora", start_urls=start_url, root=root, crawl_id=crawl_id,
-           editions=[e.strip() for e in editions.split(",") if e.strip()] if editions else None, polite=polite,
-           max_pages=max_pages, depth_limit=depth_limit, progress_interval=progress_interval, contact=contact,
-           warc=warc)
+    _crawl(
+        sets,
+        source="aozora",
+        start_urls=start_url,
+        root=root,
+        crawl_id=crawl_id,
+        editions=[e.strip() for e in editions.split(",") if e.strip()] if editions else None,
+        polite=polite,
+        max_pages=max_pages,
+        depth_limit=depth_limit,
+        progress_interval=progress_interval,
+        contact=contact,
+        warc=warc,
+    )
 
 
 @crawl_app.command("web")
@@ -157,20 +204,36 @@ def crawl_web(
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
     polite: Optional[bool] = POLITE,
-    max_pages: Optional[int] = typer.Option(None, help="Stop after this many responses "
-                                                       f"(default {WEB_MAX_PAGES}; 0: no limit)."),
+    max_pages: Optional[int] = typer.Option(
+        None, help=f"Stop after this many responses (default {WEB_MAX_PAGES}; 0: no limit)."
+    ),
     depth_limit: Optional[int] = DEPTH_LIMIT,
-    min_kana_ratio: Optional[float] = typer.Option(None, help="Pages with a smaller hiragana+katakana share are not "
-                                                              f"Japanese (default {_crawl_default('min_kana_ratio')})."),
+    min_kana_ratio: Optional[float] = typer.Option(
+        None,
+        help="Pages with a smaller hiragana+katakana share are not "
+        f"Japanese (default {_crawl_default('min_kana_ratio')}).",
+    ),
     progress_interval: Optional[float] = PROGRESS,
     contact: Optional[str] = CONTACT,
     warc: Optional[bool] = WARC,
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Crawl web pages from seeds or sitemaps, keeping the main text of Japanese pages."""
-    _crawl(sets, source="web", start_urls=seed, sitemaps=sitemap, root=root, crawl_id=crawl_id, polite=polite,
-           max_pages=max_pages, depth_limit=depth_limit, min_kana_ratio=min_kana_ratio,
-           progress_interval=progress_interval, contact=contact, warc=warc)
+    _crawl(
+        sets,
+        source="web",
+        start_urls=seed,
+        sitemaps=sitemap,
+        root=root,
+        crawl_id=crawl_id,
+        polite=polite,
+        max_pages=max_pages,
+        depth_limit=depth_limit,
+        min_kana_ratio=min_kana_ratio,
+        progress_interval=progress_interval,
+        contact=contact,
+        warc=warc,
+    )
 
 
 @crawl_app.command("files")
@@ -188,44 +251,71 @@ def crawl_files(
 
 @crawl_app.command("warc")
 def crawl_warc(
-    paths: list[str] = typer.Argument(..., help="WARC or WET files (.warc.gz, .warc, .wet.gz, .wet), folders of "
-                                                "them, gs:// objects and prefixes, http(s):// file URLs, or path "
-                                                "listings such as Common Crawl's https://data.commoncrawl.org/"
-                                                "crawl-data/CC-MAIN-2024-10/wet.paths.gz (s3:// is refused: use "
-                                                "the https:// mirror)."),
+    paths: list[str] = typer.Argument(
+        ...,
+        help="WARC or WET files (.warc.gz, .warc, .wet.gz, .wet), folders of "
+        "them, gs:// objects and prefixes, http(s):// file URLs, or path "
+        "listings such as Common Crawl's https://data.commoncrawl.org/"
+        "crawl-data/CC-MAIN-2024-10/wet.paths.gz (s3:// is refused: use "
+        "the https:// mirror).",
+    ),
     root: str = ROOT,
     crawl_id: Optional[str] = CRAWL_ID,
-    workers: Optional[int] = typer.Option(None, help="Files read in parallel, one process each "
-                                                     "(default: all cores)."),
-    min_kana_ratio: Optional[float] = typer.Option(None, help="Pages with a smaller hiragana+katakana share are not "
-                                                              f"Japanese (default {_crawl_default('min_kana_ratio')})."),
-    limit: Optional[int] = typer.Option(None, "--first", help="Read only the first N entries of each path "
-                                                              "listing (after --offset); a snapshot lists "
-                                                              "~90,000 files."),
+    workers: Optional[int] = typer.Option(None, help="Files read in parallel, one process each (default: all cores)."),
+    min_kana_ratio: Optional[float] = typer.Option(
+        None,
+        help="Pages with a smaller hiragana+katakana share are not "
+        f"Japanese (default {_crawl_default('min_kana_ratio')}).",
+    ),
+    limit: Optional[int] = typer.Option(
+        None,
+        "--first",
+        help="Read only the first N entries of each path listing (after --offset); a snapshot lists ~90,000 files.",
+    ),
     offset: Optional[int] = typer.Option(None, "--offset", help="Skip the first N entries of each path listing."),
-    paths_base: Optional[str] = typer.Option(None, "--paths-base", help="What a listing's relative paths are "
-                                                                        "joined to (default "
-                                                                        "https://data.commoncrawl.org/)."),
+    paths_base: Optional[str] = typer.Option(
+        None,
+        "--paths-base",
+        help="What a listing's relative paths are joined to (default https://data.commoncrawl.org/).",
+    ),
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Read web archives: HTML responses (WARC) and text conversions (WET) → Japanese main text."""
     from gpt2ja.crawler.warc import WarcConfig
     from gpt2ja.crawler.warc import crawl_warc as run
 
-    out = run(_settings(WarcConfig, "crawl", None, sets, {"paths": paths, "root": root, "crawl_id": crawl_id,
-                                                         "workers": workers, "min_kana_ratio": min_kana_ratio,
-                                                         "limit": limit, "offset": offset,
-                                                         "paths_base": paths_base}))
+    out = run(
+        _settings(
+            WarcConfig,
+            "crawl",
+            None,
+            sets,
+            {
+                "paths": paths,
+                "root": root,
+                "crawl_id": crawl_id,
+                "workers": workers,
+                "min_kana_ratio": min_kana_ratio,
+                "limit": limit,
+                "offset": offset,
+                "paths_base": paths_base,
+            },
+        )
+    )
     _print_summary(out)
 
 
 @app.command()
 def clean(
-    inputs: list[str] = typer.Option(..., "--in", help="A raw crawl directory ({root}/raw/{source}/{crawl_id}); "
-                                                      "repeat for several crawls and sources."),
+    inputs: list[str] = typer.Option(
+        ...,
+        "--in",
+        help="A raw crawl directory ({root}/raw/{source}/{crawl_id}); repeat for several crawls and sources.",
+    ),
     out: str = typer.Option(..., "--out", help="The clean corpus directory, e.g. data/clean/aozora."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `clean:` section (presets, dedup, "
-                                                                 "split); see configs/clean.yaml."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML with a `clean:` section (presets, dedup, split); see configs/clean.yaml."
+    ),
     workers: Optional[int] = typer.Option(None, help="Processes for the per-shard phases (default: all cores)."),
     sets: Optional[list[str]] = SET,
 ) -> None:
@@ -236,15 +326,19 @@ def clean(
     from gpt2ja.infra import storage
 
     c = storage.read_manifest(out)["counts"]
-    print(f"{c['documents_in']:,} documents in → {c['documents_out']:,} out "
-          f"(train {c['splits']['train']['documents']:,}, validation {c['splits']['validation']['documents']:,}); "
-          f"{c['characters_out']:,} characters → {out}")
+    print(
+        f"{c['documents_in']:,} documents in → {c['documents_out']:,} out "
+        f"(train {c['splits']['train']['documents']:,}, validation {c['splits']['validation']['documents']:,}); "
+        f"{c['characters_out']:,} characters → {out}"
+    )
     if c["drops"]:
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
     index = storage.read_manifest(out).get("dedup_index")
     if index:  # an indexed clean (dedup.index): what it read and deduplicated against
-        print(f"dedup index {index['against'] or '(none)'} → {index['produced']}: {index['documents_read']:,} "
-              f"documents read from {len(index['inputs_read'])} new crawl(s)")
+        print(
+            f"dedup index {index['against'] or '(none)'} → {index['produced']}: {index['documents_read']:,} "
+            f"documents read from {len(index['inputs_read'])} new crawl(s)"
+        )
     print(f"report: {storage.join(out, 'report.md')}")
 
 
@@ -257,12 +351,18 @@ def _settings(model, section: str, config: Optional[Path], sets: list[str], give
     from gpt2ja.infra import yamlconfig
 
     where = str(config) if config else "the command line"
-    data = yamlconfig.read_section(config, section, ConfigError, example="configs/demo.yaml",
-                                   allowed=PipelineConfig.model_fields) if config else {}
+    data = (
+        yamlconfig.read_section(
+            config, section, ConfigError, example="configs/demo.yaml", allowed=PipelineConfig.model_fields
+        )
+        if config
+        else {}
+    )
     data = yamlconfig.apply_overrides(data, sets or [], ConfigError)
     data.update({k: v for k, v in given.items() if v is not None})
-    return yamlconfig.validate(model, data, where, ConfigError, expected=f"the {section} settings",
-                               label=f"{section} settings from")
+    return yamlconfig.validate(
+        model, data, where, ConfigError, expected=f"the {section} settings", label=f"{section} settings from"
+    )
 
 
 @tokenizer_app.command("train")
@@ -273,16 +373,25 @@ def tokenizer_train(
     out: str = typer.Option(..., "--out", help="Where the tokenizer goes, e.g. data/tokenizers/sp16k."),
     model_type: str = typer.Option("unigram", "--model-type", help="sentencepiece kinds: unigram or bpe."),
     sample_sentences: Optional[int] = typer.Option(
-        None, "--sample-sentences", help="Train on a seeded uniform sample of this many sentences (default "
-                                         "1,000,000; sentencepiece's time grows with it: 200,000 serves 8k–16k)."),
+        None,
+        "--sample-sentences",
+        help="Train on a seeded uniform sample of this many sentences (default "
+        "1,000,000; sentencepiece's time grows with it: 200,000 serves 8k–16k).",
+    ),
 ) -> None:
     """Train a tokenizer on a clean corpus; report characters per token on its validation split."""
     from gpt2ja.tokenization.train import cli_train
 
     if kind != "bytes" and vocab_size is None:
         _fail("--vocab-size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
-    cli_train(corpus, kind, vocab_size if vocab_size is not None else 257, out, model_type=model_type,
-              **({"sample_sentences": sample_sentences} if sample_sentences is not None else {}))
+    cli_train(
+        corpus,
+        kind,
+        vocab_size if vocab_size is not None else 257,
+        out,
+        model_type=model_type,
+        **({"sample_sentences": sample_sentences} if sample_sentences is not None else {}),
+    )
 
 
 @tokenizer_app.command("encode")
@@ -334,31 +443,59 @@ def train(
     run: str = typer.Option(..., "--run", help="The run directory, local or gs://; an existing run resumes."),
     preset: Optional[str] = typer.Option(None, help="tiny, micro, mini, small (117M), medium, large or xl."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
-    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Pause after this step (checkpointed); the same "
-                                          "command without it continues. The schedule stays that of --steps."),
+    stop_at: Optional[int] = typer.Option(
+        None,
+        "--stop-at",
+        help="Pause after this step (checkpointed); the same "
+        "command without it continues. The schedule stays that of --steps.",
+    ),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune from this run's weights."),
     batch_tokens: Optional[int] = typer.Option(None, help="Global batch in tokens (gradient accumulation reaches it)."),
     micro_batch: Optional[int] = typer.Option(None, help="Sequences per forward/backward pass."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
-    backend: Optional[str] = typer.Option(None, help="tensorflow (default) or jax (GPUs, TPUs; no TensorFlow "
-                                          "needed): the same model, data order and checkpoints."),
-    strategy: Optional[str] = typer.Option(None, help="TensorFlow's strategy: default, mirrored, multi_worker "
-                                           "(TF_CONFIG) or tpu."),
+    backend: Optional[str] = typer.Option(
+        None,
+        help="tensorflow (default) or jax (GPUs, TPUs; no TensorFlow "
+        "needed): the same model, data order and checkpoints.",
+    ),
+    strategy: Optional[str] = typer.Option(
+        None, help="TensorFlow's strategy: default, mirrored, multi_worker (TF_CONFIG) or tpu."
+    ),
     mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
     jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
-    override: Optional[bool] = typer.Option(None, "--override", help="Resume although the learning rate, batch "
-                                            "or other optimisation settings changed (recorded in hparams.json)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with a `train:` section (any TrainConfig field)."),
+    override: Optional[bool] = typer.Option(
+        None,
+        "--override",
+        help="Resume although the learning rate, batch "
+        "or other optimisation settings changed (recorded in hparams.json).",
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML with a `train:` section (any TrainConfig field)."
+    ),
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
-    from gpt2ja.model.train import TrainConfig, train as run_train
+    from gpt2ja.model.train import TrainConfig
+    from gpt2ja.model.train import train as run_train
 
-    given = {"data": data, "run": run, "preset": preset, "steps": steps, "stop_at": stop_at, "init_from": init_from,
-             "batch_tokens": batch_tokens, "micro_batch": micro_batch, "learning_rate": learning_rate,
-             "warmup_steps": warmup_steps, "backend": backend, "strategy": strategy, "mixed_precision": mixed_precision,
-             "jit_compile": jit_compile, "override": override}
+    given = {
+        "data": data,
+        "run": run,
+        "preset": preset,
+        "steps": steps,
+        "stop_at": stop_at,
+        "init_from": init_from,
+        "batch_tokens": batch_tokens,
+        "micro_batch": micro_batch,
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps,
+        "backend": backend,
+        "strategy": strategy,
+        "mixed_precision": mixed_precision,
+        "jit_compile": jit_compile,
+        "override": override,
+    }
     cfg = _settings(TrainConfig, "train", config, sets, given)
     uri = run_train(cfg)
     print(f"run: {uri}")
@@ -373,9 +510,8 @@ def convert_checkpoints(
     from gpt2ja.model import backend, checkpoint, runs
 
     backend.use("tensorflow")  # the old files are read by TensorFlow itself
-    from gpt2ja.model.train import TrainConfig
-
     from gpt2ja.infra import storage
+    from gpt2ja.model.train import TrainConfig
 
     if storage.is_gcs(run):
         _fail(f"{run}: convert a local copy of the run (gsutil -m cp -r), then copy it back")
@@ -394,11 +530,15 @@ def evaluate(
     run: str = typer.Option(..., "--run", help="A run directory."),
     text: list[str] = typer.Option(..., "--text", help="Held-out text: .txt files or a clean corpus split folder."),
     stride: Optional[int] = typer.Option(None, help="Sliding-window stride in tokens (default: half the context)."),
-    prime_chars: int = typer.Option(DEFAULT_PRIME_CHARS, "--prime-chars", min=0,
-                                    help="Characters of the run's training text that prime the PPMd baseline "
-                                         "(0: no primed figure)."),
-    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
-                                          "where it is installed, else jax)."),
+    prime_chars: int = typer.Option(
+        DEFAULT_PRIME_CHARS,
+        "--prime-chars",
+        min=0,
+        help="Characters of the run's training text that prime the PPMd baseline (0: no primed figure).",
+    ),
+    backend: Optional[str] = typer.Option(
+        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
+    ),
 ) -> None:
     """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies), beside the same
     text's compression baselines (PPMd order 8 alone and primed with training text, gzip, xz); writes eval.json."""
@@ -412,10 +552,21 @@ def evaluate(
     keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
     shown = {k: result[k] for k in keys if k in result}
     b = result["baselines"]
-    shown["baselines"] = {k: b[k] for k in (
-        "ppmd_order8_bits_per_character", "ppmd_order8_bits_per_byte", "ppmd_order8_primed_bits_per_character",
-        "ppmd_order8_primed_bits_per_byte", "prime_characters", "prime_source", "gzip_bits_per_character",
-        "gzip_bits_per_byte", "xz_bits_per_character", "xz_bits_per_byte")}
+    shown["baselines"] = {
+        k: b[k]
+        for k in (
+            "ppmd_order8_bits_per_character",
+            "ppmd_order8_bits_per_byte",
+            "ppmd_order8_primed_bits_per_character",
+            "ppmd_order8_primed_bits_per_byte",
+            "prime_characters",
+            "prime_source",
+            "gzip_bits_per_character",
+            "gzip_bits_per_byte",
+            "xz_bits_per_character",
+            "xz_bits_per_byte",
+        )
+    }
     print(json.dumps(shown, ensure_ascii=False, indent=2))
     print("\n".join(verdict(result["bits_per_character"], b)))
 
@@ -442,19 +593,26 @@ def score(
 def generate(
     run: str = typer.Option(..., "--run", help="A run directory."),
     prompt: list[str] = typer.Option([""], "--prompt", help="A prompt (repeat for several; empty: unconditional)."),
-    top_k: int = typer.Option(SAMPLING["top_k"], "--top-k",
-                              help="Keep the k most likely tokens (0: off; default: the sampling study's choice)."),
-    top_p: float = typer.Option(SAMPLING["top_p"], "--top-p",
-                                help="Keep the smallest set whose probability reaches p (1: off; default: the "
-                                     "sampling study's choice)."),
-    temperature: float = typer.Option(SAMPLING["temperature"],
-                                      help="Divide the logits by this first (default: the sampling study's choice)."),
+    top_k: int = typer.Option(
+        SAMPLING["top_k"],
+        "--top-k",
+        help="Keep the k most likely tokens (0: off; default: the sampling study's choice).",
+    ),
+    top_p: float = typer.Option(
+        SAMPLING["top_p"],
+        "--top-p",
+        help="Keep the smallest set whose probability reaches p (1: off; default: the sampling study's choice).",
+    ),
+    temperature: float = typer.Option(
+        SAMPLING["temperature"], help="Divide the logits by this first (default: the sampling study's choice)."
+    ),
     greedy: bool = typer.Option(False, help="Always take the most likely token."),
     max_chars: int = typer.Option(200, "--max-chars", help="Stop after this many characters."),
     num: int = typer.Option(1, help="Samples per prompt."),
     seed: int = typer.Option(0, help="Random seed."),
-    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
-                                          "where it is installed, else jax)."),
+    backend: Optional[str] = typer.Option(
+        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
+    ),
 ) -> None:
     """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
     from gpt2ja.model import backend as backends
@@ -462,14 +620,27 @@ def generate(
     backends.use(backend)  # before any model code imports Keras
     from gpt2ja.model.generate import generate_run
 
-    samples = generate_run(run, prompt, num=num, max_chars=max_chars, temperature=temperature, top_k=top_k,
-                           top_p=top_p, greedy=greedy, seed=seed)
+    samples = generate_run(
+        run,
+        prompt,
+        num=num,
+        max_chars=max_chars,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        seed=seed,
+    )
     for sample in samples:
         print(f"--- prompt {sample.prompt!r} (stopped: {sample.stopped})")
         print(sample.prompt + sample.text)
 
 
-export_app = typer.Typer(help="Export a trained run (Hugging Face) or a clean corpus (Parquet) to other formats.", no_args_is_help=True, rich_markup_mode=None)
+export_app = typer.Typer(
+    help="Export a trained run (Hugging Face) or a clean corpus (Parquet) to other formats.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(export_app, name="export")
 
 
@@ -477,19 +648,25 @@ app.add_typer(export_app, name="export")
 def export_hf_command(
     run: str = typer.Option(..., "--run", help="A run directory."),
     out: str = typer.Option(..., "--out", help="Where the Hugging Face model goes (local or gs://)."),
-    push_to_hub: str | None = typer.Option(None, "--push-to-hub", metavar="REPO",
-                                           help="Then upload it to this Hub model repo (owner/name), created if "
-                                                "missing; token from HF_TOKEN, endpoint from HF_ENDPOINT."),
+    push_to_hub: str | None = typer.Option(
+        None,
+        "--push-to-hub",
+        metavar="REPO",
+        help="Then upload it to this Hub model repo (owner/name), created if "
+        "missing; token from HF_TOKEN, endpoint from HF_ENDPOINT.",
+    ),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
-    backend: Optional[str] = typer.Option(None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow "
-                                          "where it is installed, else jax)."),
+    backend: Optional[str] = typer.Option(
+        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
+    ),
 ) -> None:
     """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors, tokenizer, model card),
     verified by logits; optionally push it to the Hub."""
     from gpt2ja.model import backend as backends
 
     backends.use(backend)  # before any model code imports Keras
-    from gpt2ja.model.export import export_hf, push_to_hub as push
+    from gpt2ja.model.export import export_hf
+    from gpt2ja.model.export import push_to_hub as push
 
     try:
         uri = export_hf(run, out)
@@ -503,28 +680,34 @@ def export_hf_command(
 @export_app.command("parquet")
 def export_parquet_command(
     corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory (local or gs://)."),
-    out: str = typer.Option(..., "--out", help="Where the Parquet files go (local or gs://), "
-                                               "e.g. data/export/aozora-parquet."),
-    compression: Optional[str] = typer.Option(None, help="Column compression: zstd (default), snappy, gzip or "
-                                                         "none."),
-    row_group_docs: Optional[int] = typer.Option(None, "--row-group-docs", help="Documents per row group (default "
-                                                                                "1,000; a group also ends at 32 MiB "
-                                                                                "of text)."),
+    out: str = typer.Option(
+        ..., "--out", help="Where the Parquet files go (local or gs://), e.g. data/export/aozora-parquet."
+    ),
+    compression: Optional[str] = typer.Option(None, help="Column compression: zstd (default), snappy, gzip or none."),
+    row_group_docs: Optional[int] = typer.Option(
+        None, "--row-group-docs", help="Documents per row group (default 1,000; a group also ends at 32 MiB of text)."
+    ),
 ) -> None:
     """Export a clean corpus as Parquet: one file per part; columns id, source, url, title, author, text,
     license, fetched_at, split, meta (JSON text)."""
     from gpt2ja.corpus.parquet import ParquetConfig, export_parquet, summary
     from gpt2ja.infra import storage
 
-    cfg = _settings(ParquetConfig, "parquet", None, None, {"corpus": corpus, "out": out, "compression": compression,
-                                                          "row_group_docs": row_group_docs})
+    cfg = _settings(
+        ParquetConfig,
+        "parquet",
+        None,
+        None,
+        {"corpus": corpus, "out": out, "compression": compression, "row_group_docs": row_group_docs},
+    )
     uri, did = export_parquet(cfg)
     print(summary(storage.read_manifest(uri), did))
 
 
 @app.command("run")
-def run_pipeline(config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.",
-                                                      metavar="CONFIG.yaml")) -> None:
+def run_pipeline(
+    config: Path = typer.Argument(..., help="A pipeline YAML, e.g. configs/pipeline-demo.yaml.", metavar="CONFIG.yaml"),
+) -> None:
     """Run the Prefect pipeline of one config: crawl → clean → tokenizer → shards, then train → evaluate →
     export when the config has those sections; finished stages are skipped (no server needed)."""
     from gpt2ja.flows.pipeline import cli_run
@@ -547,15 +730,21 @@ def show(uri: str = typer.Argument(..., help="An artifact directory (local or gs
     from gpt2ja.infra.stage import require
 
     manifest = require(uri, "artifact", "rerun the stage that writes it")
-    print(json.dumps({k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at")
-                      if k in manifest}, ensure_ascii=False, indent=2))
+    print(
+        json.dumps(
+            {k: manifest[k] for k in ("stage", "counts", "timings", "code_version", "created_at") if k in manifest},
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     print(f"{len(manifest.get('files', []))} files, fingerprint {manifest.get('fingerprint', '')[:16]}")
 
 
 @app.command()
 def serve(
-    config: Path = typer.Argument(Path("configs/serve-demo.yaml"), help="A serve config: the pipeline YAML and the "
-                                                                        "corpus-refresh schedule."),
+    config: Path = typer.Argument(
+        Path("configs/serve-demo.yaml"), help="A serve config: the pipeline YAML and the corpus-refresh schedule."
+    ),
     port: int = typer.Option(4200, help="Port of the local Prefect server (127.0.0.1) started when none answers."),
     check: bool = typer.Option(False, "--check", help="Build the deployments and list them; start nothing."),
 ) -> None:
@@ -600,17 +789,52 @@ def demo(root: str = typer.Option("data/demo", "--root", help="Where the demo wr
 
 
 # Option values as people read them (click would print the Python type: `<list[str]>`)
-URI_OPTIONS = {"root", "out", "run", "data", "corpus", "tokenizer", "init_from", "inputs", "in_", "shards",
-               "clean", "raw", "out_dir"}
+URI_OPTIONS = {
+    "root",
+    "out",
+    "run",
+    "data",
+    "corpus",
+    "tokenizer",
+    "init_from",
+    "inputs",
+    "in_",
+    "shards",
+    "clean",
+    "raw",
+    "out_dir",
+}
 URL_OPTIONS = {"seed", "sitemap", "start_url", "start_urls"}
-METAVARS = {"sets": "KEY=VALUE", "set": "KEY=VALUE", "push_to_hub": "OWNER/NAME", "text": "PATH",
-            "config": "YAML", "prompt": "TEXT"}
+METAVARS = {
+    "sets": "KEY=VALUE",
+    "set": "KEY=VALUE",
+    "push_to_hub": "OWNER/NAME",
+    "text": "PATH",
+    "config": "YAML",
+    "prompt": "TEXT",
+}
 # What people type from other tools' habits, and our name for it: `--lr` is nanoGPT's, `--max-steps` HF's
-ALIASES = {"--lr": "--learning-rate", "--max-steps": "--steps", "--max_steps": "--steps", "--batch-size": "--micro-batch",
-           "--output": "--out", "--output-dir": "--out", "--out-dir": "--out", "--model": "--preset",
-           "--warmup": "--warmup-steps", "--temp": "--temperature", "--topk": "--top-k", "--topp": "--top-p",
-           "--top_k": "--top-k", "--top_p": "--top-p", "--vocab": "--vocab-size", "--in": "--in",
-           "--input": "--in", "--seq-length": "--seq-len", "--context": "--seq-len"}
+ALIASES = {
+    "--lr": "--learning-rate",
+    "--max-steps": "--steps",
+    "--max_steps": "--steps",
+    "--batch-size": "--micro-batch",
+    "--output": "--out",
+    "--output-dir": "--out",
+    "--out-dir": "--out",
+    "--model": "--preset",
+    "--warmup": "--warmup-steps",
+    "--temp": "--temperature",
+    "--topk": "--top-k",
+    "--topp": "--top-p",
+    "--top_k": "--top-k",
+    "--top_p": "--top-p",
+    "--vocab": "--vocab-size",
+    "--in": "--in",
+    "--input": "--in",
+    "--seq-length": "--seq-len",
+    "--context": "--seq-len",
+}
 
 
 def _metavars(command) -> None:
@@ -649,8 +873,9 @@ def _no_such_option(exc) -> str:
     import difflib
 
     ctx = exc.ctx
-    options = sorted({o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts)
-                      if o.startswith("--")})
+    options = sorted(
+        {o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+    )
     name = exc.option_name
     guess = ALIASES.get(name.split("=", 1)[0]) if ALIASES.get(name.split("=", 1)[0]) in options else None
     guess = guess or next(iter(difflib.get_close_matches(name, options, n=1, cutoff=0.6)), None)

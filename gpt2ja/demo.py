@@ -19,19 +19,18 @@ import os
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"
 MIRROR = REPO / "examples" / "aozora-mirror"
 
 # Prefect in ephemeral mode, offline; TensorFlow and transformers less chatty. A value the user set wins.
 ENV_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",       # no telemetry (no network here)
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (no network here)
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # 20 s is short on two busy cores
     "PREFECT_LOGGING_LOG_PRINTS": "true",
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",                # transformers' "Loading weights" bar in the export check
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar in the export check
 }
 
 
@@ -57,9 +56,12 @@ def run_demo(root: str = "data/demo") -> str:
         os.environ.setdefault(name, value)
     config = demo_config(root)
     started = time.monotonic()
-    print(f"gpt2ja demo: the Prefect `pipeline` flow with {_rel(CONFIG)} (root {root}): crawl → clean → "
-          "tokenizer → shards → train → evaluate + generate → export.\nPrefect runs in ephemeral mode: it starts "
-          "a temporary local API server first (a few seconds).", flush=True)
+    print(
+        f"gpt2ja demo: the Prefect `pipeline` flow with {_rel(CONFIG)} (root {root}): crawl → clean → "
+        "tokenizer → shards → train → evaluate + generate → export.\nPrefect runs in ephemeral mode: it starts "
+        "a temporary local API server first (a few seconds).",
+        flush=True,
+    )
 
     from gpt2ja.flows.artifacts import summary
     from gpt2ja.flows.pipeline import pipeline, stage_results
@@ -68,10 +70,18 @@ def run_demo(root: str = "data/demo") -> str:
     print(summary(config, outcome))
     built = [s for s, r in stage_results(outcome) if not r["skipped"]]
     took = time.monotonic() - started
-    print(f"\nDone in {took:.0f} s: " + (f"built {', '.join(dict.fromkeys(built))}; the other stages were up to date."
-                                       if built else "every stage was up to date (skipped)."))
-    print("Run it again and every stage is skipped; delete a stage's directory to rebuild it. "
-          "Next: the same flows on a real corpus (README.md, 'A tour').")
+    print(
+        f"\nDone in {took:.0f} s: "
+        + (
+            f"built {', '.join(dict.fromkeys(built))}; the other stages were up to date."
+            if built
+            else "every stage was up to date (skipped)."
+        )
+    )
+    print(
+        "Run it again and every stage is skipped; delete a stage's directory to rebuild it. "
+        "Next: the same flows on a real corpus (README.md, 'A tour')."
+    )
     return outcome["train"]["uri"]
 
 

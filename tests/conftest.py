@@ -44,7 +44,7 @@ class TestSiteHandler(RecordingHandler):
         if self.path.startswith("/slow/"):
             time.sleep(self.server.slow_seconds)
         if self.path.startswith("/redirect/"):  # loop: → itself; pingpong: a ↔ b; chain/N: → chain/N+1, forever
-            name = self.path[len("/redirect/"):]
+            name = self.path[len("/redirect/") :]
             target = {"loop": "/redirect/loop", "ping": "/redirect/pong", "pong": "/redirect/ping"}.get(name)
             if target is None and name.startswith("chain/"):
                 target = f"/redirect/chain/{int(name.split('/')[1]) + 1}"

@@ -63,8 +63,17 @@ def gcs_emulator():
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
     cmd = [
-        sys.executable, "-m", "gcp_storage_emulator", "start",
-        "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", BUCKET,
+        sys.executable,
+        "-m",
+        "gcp_storage_emulator",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+        "--default-bucket",
+        BUCKET,
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -22,9 +22,16 @@ def write_clean_corpus(root: Path, train: list[Document], validation: list[Docum
             for doc in docs:
                 out.write(doc)
     files = [storage.file_info(u, root=uri) for u in storage.list_files(uri)]
-    storage.write_manifest(uri, storage.build_manifest(
-        stage="clean", config={"test": root.name}, counts={"documents": len(train) + len(validation)},
-        files=files, timings={}))
+    storage.write_manifest(
+        uri,
+        storage.build_manifest(
+            stage="clean",
+            config={"test": root.name},
+            counts={"documents": len(train) + len(validation)},
+            files=files,
+            timings={},
+        ),
+    )
     return uri
 
 
@@ -33,8 +40,15 @@ def mirror_split() -> tuple[list[Document], list[Document]]:
     docs = []
     for path in ZIPS:
         work = from_zip(path.read_bytes(), path.name)
-        docs.append(Document.new(source="aozora", url=str(path.relative_to(REPO)), title=work.title,
-                                 author=work.author, text=unicodedata.normalize("NFKC", work.text)))
+        docs.append(
+            Document.new(
+                source="aozora",
+                url=str(path.relative_to(REPO)),
+                title=work.title,
+                author=work.author,
+                text=unicodedata.normalize("NFKC", work.text),
+            )
+        )
     validation = [d for d in docs if int(d.id, 16) % 8 == 0]
     train = [d for d in docs if int(d.id, 16) % 8 != 0]
     return train, validation
@@ -70,8 +84,9 @@ def mirror_stages(base: Path, *, part_docs: int | None = None) -> dict:
     for z in ZIPS:
         shutil.copy(z, text / z.name)
     raw = crawl_files(str(text), str(base / "root"), "all", **({"part_docs": part_docs} if part_docs else {}))
-    clean = run_clean(CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2,
-                                  split={"validation_fraction": 0.3}))
+    clean = run_clean(
+        CleanConfig(inputs=[raw], out=str(base / "root" / "clean" / "c"), workers=2, split={"validation_fraction": 0.3})
+    )
     tok = train_tokenizer(clean, "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))
     return {"base": base, "text": str(text), "raw": raw, "clean": clean, "tokenizer": tok}
 
@@ -103,11 +118,16 @@ def write_tiny_run(root: Path, tok=None, *, context: int = 32, randomize: bool =
             v.assign(base + rng.normal(0.0, 0.15, size=tuple(v.shape)).astype(np.float32))
     run = root / "run"
     (run / runs.CHECKPOINT_DIR).mkdir(parents=True)
-    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size":
-                                                cfg.padded_vocab_size}))
+    (run / runs.HPARAMS).write_text(json.dumps({"model": cfg.model_dump(), "padded_vocab_size": cfg.padded_vocab_size}))
     tok.save(str(run / runs.TOKENIZER_DIR))
-    checkpoint.save(str(run / runs.CHECKPOINT_DIR), 1, checkpoint.model_arrays(lm), examples=0,
-                    backend=keras.backend.backend(), keep=1)
+    checkpoint.save(
+        str(run / runs.CHECKPOINT_DIR),
+        1,
+        checkpoint.model_arrays(lm),
+        examples=0,
+        backend=keras.backend.backend(),
+        keep=1,
+    )
     return run
 
 

@@ -170,7 +170,9 @@ class PreconditionProxy:
                         }
                     }
                     payload = json.dumps(error).encode()
-                    self._reply(412, "Precondition Failed", [("Content-Type", "application/json; charset=UTF-8")], payload)
+                    self._reply(
+                        412, "Precondition Failed", [("Content-Type", "application/json; charset=UTF-8")], payload
+                    )
                     return
                 # Host is passed through so the emulator's resumable session
                 # URLs point back at the proxy.
@@ -182,10 +184,16 @@ class PreconditionProxy:
             def _forbidden(self, name: str) -> None:
                 """GCS's answer to an upload without write permission (its JSON error format)."""
                 message = f"the caller does not have storage.objects.create access to {name}"
-                error = {"error": {"code": 403, "message": message,
-                                   "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}}
-                self._reply(403, "Forbidden", [("Content-Type", "application/json; charset=UTF-8")],
-                            json.dumps(error).encode())
+                error = {
+                    "error": {
+                        "code": 403,
+                        "message": message,
+                        "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+                    }
+                }
+                self._reply(
+                    403, "Forbidden", [("Content-Type", "application/json; charset=UTF-8")], json.dumps(error).encode()
+                )
 
             def _upload_name(self, body: bytes | None) -> str | None:
                 """The object name when this request starts an upload (not a resumable upload's later chunks)."""
@@ -210,8 +218,12 @@ class PreconditionProxy:
                     and segments[6] == "o"
                 )
                 # DELETE /storage/v1/b/{bucket}/o/{name}
-                is_delete = (self.command == "DELETE" and len(segments) == 7
-                             and segments[1:3] == ["storage", "v1"] and segments[5] == "o")
+                is_delete = (
+                    self.command == "DELETE"
+                    and len(segments) == 7
+                    and segments[1:3] == ["storage", "v1"]
+                    and segments[5] == "o"
+                )
                 if "ifGenerationMatch" not in query or "upload_id" in query or not (is_upload or is_delete):
                     return None
                 expected = int(query["ifGenerationMatch"][0])

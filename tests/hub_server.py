@@ -30,10 +30,29 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 #: the licence ids the Hub accepts that a gpt2ja export can derive (the Hub's list is longer)
-HUB_LICENSES = {"other", "unknown", "apache-2.0", "mit", "cc0-1.0", "pddl", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0",
-                "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0",
-                "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0",
-                "cc-by-nc-sa-4.0"}
+HUB_LICENSES = {
+    "other",
+    "unknown",
+    "apache-2.0",
+    "mit",
+    "cc0-1.0",
+    "pddl",
+    "cc-by-2.0",
+    "cc-by-2.5",
+    "cc-by-3.0",
+    "cc-by-4.0",
+    "cc-by-sa-3.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-2.0",
+    "cc-by-nc-3.0",
+    "cc-by-nc-4.0",
+    "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0",
+    "cc-by-nc-sa-2.0",
+    "cc-by-nc-sa-3.0",
+    "cc-by-nc-sa-4.0",
+}
 
 
 def metadata_errors(readme: str) -> list[str]:
@@ -101,13 +120,21 @@ class HubServer:
                     hub.requests.append(("POST", path, value))
                     hub.validated.append(value["content"])
                     errors = metadata_errors(value["content"])
-                    return self._reply(400 if errors else 200,
-                                       {"errors": [{"message": e} for e in errors], "warnings": []})
+                    return self._reply(
+                        400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []}
+                    )
                 if "/preupload/" in path:
                     value = json.loads(raw)
                     hub.requests.append(("POST", path, value))
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in value["files"]]})
+                    return self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                for f in value["files"]
+                            ]
+                        },
+                    )
                 if "/commit/" in path:
                     lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
                     hub.requests.append(("POST", path, lines))
@@ -117,8 +144,10 @@ class HubServer:
                         elif line.get("key") == "file":
                             hub.files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
                     repo = path.split("/api/models/", 1)[1].split("/commit/")[0]
-                    return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'0' * 40}",
-                                             "commitOid": "0" * 40, "success": True})
+                    return self._reply(
+                        200,
+                        {"commitUrl": f"{hub.url}/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40, "success": True},
+                    )
                 hub.requests.append(("POST", path, raw[:200]))
                 self._reply(404, {"error": "not found"})
 

@@ -20,7 +20,7 @@ STARTUP_LIMIT_S = 600
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, **kwargs)`` in its own process group, reaped on any exit."""
+    """``subprocess.run(cmd, capture_output=True, text=True, **kwargs)`` in its own process group, reaped on exit."""
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     capture = kwargs.pop("capture_output")

@@ -219,7 +219,12 @@ def test_header_block_is_cut_and_title_author_read():
 
 def test_header_without_block_and_with_subtitle():
     body = strip_notation("編輯後記\n『青空』記事\n梶井基次郎\n\n　本文。\n")
-    assert (body.title, body.author, body.header["subtitle"], body.text) == ("編輯後記", "梶井基次郎", "『青空』記事", "　本文。")
+    assert (body.title, body.author, body.header["subtitle"], body.text) == (
+        "編輯後記",
+        "梶井基次郎",
+        "『青空』記事",
+        "　本文。",
+    )
 
 
 def test_translator_line_is_not_the_author():

@@ -39,9 +39,9 @@ from tests import procs
 
 REPO = Path(__file__).resolve().parent.parent
 CONTEXT = 32
-TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3   # 297 byte tokens: many windows
-PROMPTS = ["吾輩は猫", "", "ab"]            # rows of different lengths step together
-GREEDY = {"max_new_tokens": 70, "keep": 20, "chunk": 16}   # 70 new ids through 32 positions: the window slides
+TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3  # 297 byte tokens: many windows
+PROMPTS = ["吾輩は猫", "", "ab"]  # rows of different lengths step together
+GREEDY = {"max_new_tokens": 70, "keep": 20, "chunk": 16}  # 70 new ids through 32 positions: the window slides
 TOLERANCE = 1e-4
 
 
@@ -111,9 +111,9 @@ def _steered(token: int, strength: float):
     unit = np.zeros(b.hidden_dim, np.float32)
     unit[0] = 1.0
     table = np.zeros(b.token_embedding.embeddings.shape, np.float32)
-    table[token] = unit                                    # E[token] = e₀
+    table[token] = unit  # E[token] = e₀
     b.token_embedding.embeddings.assign(table)
-    b.layer_norm.beta.assign(strength * unit)              # final state strength · e₀: logit `strength` at token
+    b.layer_norm.beta.assign(strength * unit)  # final state strength · e₀: logit `strength` at token
     return lm
 
 
@@ -127,17 +127,22 @@ def _generation_rules(tf_run: Path) -> dict:
     tok = ByteTokenizer()
     out: dict = {}
     eos_lm = _steered(tok.eos_id, 20.0)
-    out["eos"] = [(s.prompt, s.text, s.ids, s.stopped)
-                  for s in generate(eos_lm, tok, ["吾輩は", ""], num=2, max_chars=50, top_k=5, seed=1)]
+    out["eos"] = [
+        (s.prompt, s.text, s.ids, s.stopped)
+        for s in generate(eos_lm, tok, ["吾輩は", ""], num=2, max_chars=50, top_k=5, seed=1)
+    ]
     lm = _steered(ord("a"), 20.0)
     sampler = Sampler(lm, tok, "x", tokens=5, seed=0)  # the JAX trainer's: its weights as arrays
     out["sampler"] = [sampler()[1], sampler(weights=[v.value for v in eos_lm.trainable_variables])[1], sampler()[1]]
     gen = Generator(lm, vocab_size=257, eos_id=256)
-    out["long"] = [(s.text, s.stopped) for use_cache in (True, False)
-                   for s in generate(lm, tok, "x", max_chars=100, greedy=True, use_cache=use_cache, generator=gen)]
+    out["long"] = [
+        (s.text, s.stopped)
+        for use_cache in (True, False)
+        for s in generate(lm, tok, "x", max_chars=100, greedy=True, use_cache=use_cache, generator=gen)
+    ]
     [capped] = generate(lm, tok, "x", max_new_tokens=7, max_chars=100, greedy=True, generator=gen)
     out["capped"] = (capped.text, capped.stopped)
-    lm = _steered(300, 10.0)   # a padding id; unmasked it would win almost always
+    lm = _steered(300, 10.0)  # a padding id; unmasked it would win almost always
     out["padding"] = [i for s in generate(lm, tok, ["", "吾輩"], num=4, max_new_tokens=40, seed=5) for i in s.ids]
     run = runs.load_run(str(tf_run))
     gen = Generator(run.model, vocab_size=257, eos_id=256)
@@ -145,11 +150,15 @@ def _generation_rules(tf_run: Path) -> dict:
     out["cached_greedy"] = gen.generate_ids(prompts, greedy=True, **GREEDY)
     out["full_greedy"] = gen.generate_ids(prompts, greedy=True, use_cache=False, **GREEDY)
     sample = {"top_k": 50, "top_p": 0.9, **GREEDY}
-    out["sampled"] = [gen.generate_ids(prompts, seed=11, **sample),
-                      gen.generate_ids(prompts, seed=11, use_cache=False, **sample),
-                      gen.generate_ids(prompts, seed=11, **sample), gen.generate_ids(prompts, seed=12, **sample)]
-    out["distinct"] = len({tuple(s.ids) for s in generate(run.model, tok, "吾輩は", num=3, max_new_tokens=20,
-                                                             seed=3, generator=gen)})
+    out["sampled"] = [
+        gen.generate_ids(prompts, seed=11, **sample),
+        gen.generate_ids(prompts, seed=11, use_cache=False, **sample),
+        gen.generate_ids(prompts, seed=11, **sample),
+        gen.generate_ids(prompts, seed=12, **sample),
+    ]
+    out["distinct"] = len(
+        {tuple(s.ids) for s in generate(run.model, tok, "吾輩は", num=3, max_new_tokens=20, seed=3, generator=gen)}
+    )
     return out
 
 
@@ -166,18 +175,31 @@ def jax_side(root: str) -> None:
     run = _write_jax_run(root_ / "jax")
     (root_ / "jax" / "text.txt").write_text(TEXT, encoding="utf-8")
     printed = {}
-    for name, argv in {"eval": ["eval", "--run", str(run), "--text", str(root_ / "jax" / "text.txt"),
-                                "--prime-chars", "0"],
-                       "generate": ["generate", "--run", str(run), "--prompt", "吾輩は", "--max-chars", "12",
-                                    "--num", "2", "--seed", "1"],
-                       "export": ["export", "hf", "--run", str(run), "--out", str(root_ / "jax" / "hf")]}.items():
+    for name, argv in {
+        "eval": ["eval", "--run", str(run), "--text", str(root_ / "jax" / "text.txt"), "--prime-chars", "0"],
+        "generate": [
+            "generate",
+            "--run",
+            str(run),
+            "--prompt",
+            "吾輩は",
+            "--max-chars",
+            "12",
+            "--num",
+            "2",
+            "--seed",
+            "1",
+        ],
+        "export": ["export", "hf", "--run", str(run), "--out", str(root_ / "jax" / "hf")],
+    }.items():
         with contextlib.redirect_stdout(io.StringIO()) as stdout:
             main(argv)
         printed[name] = stdout.getvalue()
     rules = _generation_rules(root_ / "tf" / "run")
     tensorflow = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
-    (root_ / "jax" / "outcome.json").write_text(json.dumps({"printed": printed, "rules": rules,
-                                                            "tensorflow_modules": tensorflow}, ensure_ascii=False))
+    (root_ / "jax" / "outcome.json").write_text(
+        json.dumps({"printed": printed, "rules": rules, "tensorflow_modules": tensorflow}, ensure_ascii=False)
+    )
 
 
 def _side(name: str, root: Path, *, block_tensorflow: bool) -> None:
@@ -301,6 +323,7 @@ def test_jax_filters_match_the_reference():
                 for top_p in (1.0, 0.95, 0.5, 1e-9):
                     got = np.asarray(warp(logits, np.float32(temperature), np.int32(top_k), np.float32(top_p)))
                     want = reference_filter(logits, temperature, top_k, top_p)
-                    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want),
-                                                  err_msg=f"seed {seed} T {temperature} k {top_k} p {top_p}")
+                    np.testing.assert_array_equal(
+                        np.isneginf(got), np.isneginf(want), err_msg=f"seed {seed} T {temperature} k {top_k} p {top_p}"
+                    )
                     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)

@@ -26,10 +26,14 @@ from gpt2ja.model.baselines import Prime, compression_baselines, training_sample
 
 REPO = Path(__file__).resolve().parent.parent
 # Natsume Sōseki, 吾輩は猫である (public domain): the prime, and a held-out passage in the same voice
-PRIME = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
-         "ニャーニャー泣いていた事だけは記憶している。吾輩はここで始めて人間というものを見た。") * 20
-TEXT = ("吾輩は猫である。名前はまだ無い。吾輩はここで始めて人間というものを見た。しかもあとで聞くと"
-        "それは書生という人間中で一番獰悪な種族であったそうだ。")
+PRIME = (
+    "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
+    "ニャーニャー泣いていた事だけは記憶している。吾輩はここで始めて人間というものを見た。"
+) * 20
+TEXT = (
+    "吾輩は猫である。名前はまだ無い。吾輩はここで始めて人間というものを見た。しかもあとで聞くと"
+    "それは書生という人間中で一番獰悪な種族であったそうだ。"
+)
 MEM = 16 << 20
 
 
@@ -91,14 +95,25 @@ def make_run(root: Path, train_texts: list[str], *, with_counts: bool = True) ->
         for i, t in enumerate(train_texts):
             out.write(Document.new(source="test", url=f"train/{i}", text=t))
     counts = {"splits": {"train": {"documents": len(train_texts), "characters": sum(map(len, train_texts))}}}
-    storage.write_manifest(str(corpus), storage.build_manifest(
-        stage="clean", config={}, counts=counts if with_counts else {}, files=[], timings={}))
-    storage.write_manifest(str(shards), storage.build_manifest(  # as run_stage publishes it: refs relative
-        stage="shards", config={}, counts={}, files=[], timings={},
-        extra={"corpus": {"uri": storage.relative_ref(str(corpus), str(shards))}, "refs": "relative"}))
+    storage.write_manifest(
+        str(corpus),
+        storage.build_manifest(stage="clean", config={}, counts=counts if with_counts else {}, files=[], timings={}),
+    )
+    storage.write_manifest(
+        str(shards),
+        storage.build_manifest(  # as run_stage publishes it: refs relative
+            stage="shards",
+            config={},
+            counts={},
+            files=[],
+            timings={},
+            extra={"corpus": {"uri": storage.relative_ref(str(corpus), str(shards))}, "refs": "relative"},
+        ),
+    )
     run.mkdir()
-    (run / "hparams.json").write_text(json.dumps({"model": {}, "refs": "relative",
-                                                  "data": {"uri": storage.relative_ref(str(shards), str(run))}}))
+    (run / "hparams.json").write_text(
+        json.dumps({"model": {}, "refs": "relative", "data": {"uri": storage.relative_ref(str(shards), str(run))}})
+    )
     return str(run)
 
 
@@ -127,8 +142,10 @@ def test_a_missing_training_text_is_said_not_raised(tmp_path):
 
 
 def test_the_module_loads_no_tensorflow():
-    code = ("import sys; from gpt2ja.model.baselines import compression_baselines; compression_baselines('猫である。'); "
-            "print('tensorflow' in sys.modules)")
+    code = (
+        "import sys; from gpt2ja.model.baselines import compression_baselines; compression_baselines('猫である。'); "
+        "print('tensorflow' in sys.modules)"
+    )
     got = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert got.stdout.strip() == "False"
 
@@ -141,12 +158,27 @@ def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path, monkeypatch
     from gpt2ja.cli import app
     from gpt2ja.model.evaluate import EVAL_DIR, write_evaluation
     from gpt2ja.model.train import TrainConfig, train
-    from tests.test_model_train import SEQ_LEN, TEXT as TRAIN_TEXT, make_shards
+    from tests.test_model_train import SEQ_LEN, make_shards
+    from tests.test_model_train import TEXT as TRAIN_TEXT
 
     shards = make_shards(tmp_path / "data")
     run = tmp_path / "run"
-    train(TrainConfig(data=shards, run=str(run), preset="tiny", batch_tokens=8 * SEQ_LEN, micro_batch=8, steps=2,
-                      warmup_steps=1, checkpoint_every=2, eval_every=2, eval_batches=1, log_every=1), progress=None)
+    train(
+        TrainConfig(
+            data=shards,
+            run=str(run),
+            preset="tiny",
+            batch_tokens=8 * SEQ_LEN,
+            micro_batch=8,
+            steps=2,
+            warmup_steps=1,
+            checkpoint_every=2,
+            eval_every=2,
+            eval_batches=1,
+            log_every=1,
+        ),
+        progress=None,
+    )
     held_out = tmp_path / "held-out.txt"
     held_out.write_text(TRAIN_TEXT * 3, encoding="utf-8")
 
@@ -165,7 +197,7 @@ def test_a_tiny_evaluation_writes_and_prints_the_baselines(tmp_path, monkeypatch
 
     got = CliRunner().invoke(app, ["eval", "--run", str(run), "--text", str(held_out), "--prime-chars", "0"])
     assert got.exit_code == 0, got.output
-    printed = json.loads(got.output[:got.output.rindex("}") + 1])
+    printed = json.loads(got.output[: got.output.rindex("}") + 1])
     written = json.loads((run / "eval.json").read_text())["baselines"]
     assert printed["baselines"]["ppmd_order8_bits_per_character"] == written["ppmd_order8_bits_per_character"]
     assert written["ppmd_order8_primed_bits_per_character"] is None

@@ -94,18 +94,29 @@ def world(tmp_path_factory) -> dict:
     raw = {name: crawl_files(d, root, f"c-{name}") for name, d in dirs.items()}
     # ids of a files crawl hash the file's path (a temp dir here): a large validation share keeps that split
     # non-empty whatever the path (the shards need one)
-    clean = {name: run_clean(CleanConfig(inputs=[raw[name]], out=str(base / "root" / "clean" / name), workers=1,
-                                         split={"validation_fraction": 0.3}))
-             for name in raw}
-    toks = {"bytes": train_tokenizer(clean["all"], "bytes", None, str(base / "root" / "tokenizers" / "bytes")),
-            "sp": train_tokenizer(clean["all"], "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp"))}
+    clean = {
+        name: run_clean(
+            CleanConfig(
+                inputs=[raw[name]],
+                out=str(base / "root" / "clean" / name),
+                workers=1,
+                split={"validation_fraction": 0.3},
+            )
+        )
+        for name in raw
+    }
+    toks = {
+        "bytes": train_tokenizer(clean["all"], "bytes", None, str(base / "root" / "tokenizers" / "bytes")),
+        "sp": train_tokenizer(clean["all"], "sentencepiece", 3000, str(base / "root" / "tokenizers" / "sp")),
+    }
     return {"base": base, "root": root, "dirs": dirs, "raw": raw, "clean": clean, "tokenizers": toks}
 
 
 def test_two_crawls_of_files_into_one_output(world, procs, tmp_path):
     gate = tmp_path / "go"
-    first = _hold(procs, _cli("crawl", "files", world["dirs"]["all"], "--root", str(tmp_path), "--crawl-id", "x"),
-                  "crawl", gate)
+    first = _hold(
+        procs, _cli("crawl", "files", world["dirs"]["all"], "--root", str(tmp_path), "--crawl-id", "x"), "crawl", gate
+    )
     _refused(_cli("crawl", "files", world["dirs"]["half"], "--root", str(tmp_path), "--crawl-id", "x"), first)
     _finish(first, gate)
     manifest = _verifies(str(tmp_path / "raw" / "files" / "x"))
@@ -126,9 +137,13 @@ def test_two_cleans_with_other_inputs_into_one_output(world, procs, tmp_path):
 def test_a_waiting_writer_builds_after_the_first_and_its_artifact_verifies(world, procs, tmp_path):
     out, gate = str(tmp_path / "clean"), tmp_path / "go"
     first = _hold(procs, _cli("clean", "--in", world["raw"]["half"], "--out", out, "--workers", "1"), "clean", gate)
-    second = subprocess.Popen(_cli("clean", "--in", world["raw"]["all"], "--out", out, "--workers", "1"),
-                              env={**os.environ, "GPT2JA_LOCK_WAIT_S": "600"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    second = subprocess.Popen(
+        _cli("clean", "--in", world["raw"]["all"], "--out", out, "--workers", "1"),
+        env={**os.environ, "GPT2JA_LOCK_WAIT_S": "600"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     procs.append(second)
     _finish(first, gate)
     log, _ = second.communicate()
@@ -139,8 +154,12 @@ def test_a_waiting_writer_builds_after_the_first_and_its_artifact_verifies(world
 
 def test_two_tokenizer_trainings_into_one_output(world, procs, tmp_path):
     out, gate = str(tmp_path / "tok"), tmp_path / "go"
-    first = _hold(procs, _cli("tokenizer", "train", "--corpus", world["clean"]["all"], "--vocab-size", "3000",
-                              "--out", out), "tokenizer", gate)
+    first = _hold(
+        procs,
+        _cli("tokenizer", "train", "--corpus", world["clean"]["all"], "--vocab-size", "3000", "--out", out),
+        "tokenizer",
+        gate,
+    )
     _refused(_cli("tokenizer", "train", "--corpus", world["clean"]["all"], "--kind", "bytes", "--out", out), first)
     _finish(first, gate)
     assert _verifies(out)["counts"]["vocab_size"] == 3000
@@ -149,10 +168,30 @@ def test_two_tokenizer_trainings_into_one_output(world, procs, tmp_path):
 def test_two_shards_with_other_tokenizers_into_one_output(world, procs, tmp_path):
     out, gate = str(tmp_path / "shards"), tmp_path / "go"
     corpus, toks = world["clean"]["all"], world["tokenizers"]
-    first = _hold(procs, _cli("shards", "--corpus", corpus, "--tokenizer", toks["sp"], "--seq-len", "64", "--out",
-                              out, "--workers", "1"), "shards", gate)
-    _refused(_cli("shards", "--corpus", corpus, "--tokenizer", toks["bytes"], "--seq-len", "64", "--out", out,
-                  "--workers", "1"), first)
+    first = _hold(
+        procs,
+        _cli(
+            "shards", "--corpus", corpus, "--tokenizer", toks["sp"], "--seq-len", "64", "--out", out, "--workers", "1"
+        ),
+        "shards",
+        gate,
+    )
+    _refused(
+        _cli(
+            "shards",
+            "--corpus",
+            corpus,
+            "--tokenizer",
+            toks["bytes"],
+            "--seq-len",
+            "64",
+            "--out",
+            out,
+            "--workers",
+            "1",
+        ),
+        first,
+    )
     _finish(first, gate)
     manifest = _verifies(out)
     assert stage.input_uri(manifest, manifest["tokenizer"]["uri"]) == toks["sp"]
@@ -164,11 +203,39 @@ def test_a_rebuilt_input_is_not_published_over(world, procs, tmp_path):
     corpus = str(tmp_path / "clean")
     shutil.copytree(world["clean"]["all"], corpus)
     out, gate = str(tmp_path / "shards"), tmp_path / "go"
-    reader = _hold(procs, _cli("shards", "--corpus", corpus, "--tokenizer", world["tokenizers"]["bytes"],
-                               "--seq-len", "64", "--out", out, "--workers", "1"), "shards", gate)
-    rebuilt = subprocess.run(_cli("clean", "--in", world["raw"]["half"], "--out", corpus, "--workers", "1",
-                                  "--set", "split.validation_fraction=0.3"),
-                             capture_output=True, text=True)
+    reader = _hold(
+        procs,
+        _cli(
+            "shards",
+            "--corpus",
+            corpus,
+            "--tokenizer",
+            world["tokenizers"]["bytes"],
+            "--seq-len",
+            "64",
+            "--out",
+            out,
+            "--workers",
+            "1",
+        ),
+        "shards",
+        gate,
+    )
+    rebuilt = subprocess.run(
+        _cli(
+            "clean",
+            "--in",
+            world["raw"]["half"],
+            "--out",
+            corpus,
+            "--workers",
+            "1",
+            "--set",
+            "split.validation_fraction=0.3",
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     gate.touch()
     log, _ = reader.communicate()
@@ -182,9 +249,20 @@ def test_outputs_equal_to_an_input_are_refused_and_the_input_is_kept(world, tmp_
     shutil.copytree(world["raw"]["half"], crawl)
     shutil.copytree(world["clean"]["all"], corpus)
     before = {uri: storage.read_manifest(uri) for uri in (crawl, corpus)}
-    for cmd in (_cli("clean", "--in", crawl, "--out", crawl),
-                _cli("shards", "--corpus", corpus, "--tokenizer", world["tokenizers"]["bytes"], "--seq-len", "64",
-                     "--out", corpus)):
+    for cmd in (
+        _cli("clean", "--in", crawl, "--out", crawl),
+        _cli(
+            "shards",
+            "--corpus",
+            corpus,
+            "--tokenizer",
+            world["tokenizers"]["bytes"],
+            "--seq-len",
+            "64",
+            "--out",
+            corpus,
+        ),
+    ):
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 1 and "is its input" in done.stderr and "Traceback" not in done.stderr
     for uri, manifest in before.items():
@@ -220,8 +298,12 @@ def test_two_pipelines_on_one_root(procs, tmp_path):
     _refused(_cli("run", str(path)), first)
     _finish(first, gate)
     root = tmp_path / "root"
-    for uri in (f"{root}/raw/aozora/demo", f"{root}/clean/aozora-demo", f"{root}/tokenizers/sp-unigram-3000",
-                f"{root}/datasets/aozora-demo/sp3000-128"):
+    for uri in (
+        f"{root}/raw/aozora/demo",
+        f"{root}/clean/aozora-demo",
+        f"{root}/tokenizers/sp-unigram-3000",
+        f"{root}/datasets/aozora-demo/sp3000-128",
+    ):
         _verifies(uri)
     again = subprocess.run(_cli("run", str(path)), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

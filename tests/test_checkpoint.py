@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _arrays(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"model/w": rng.normal(size=(3, 4)).astype(np.float32), "optimizer/iteration": np.int64(seed),
-            "rng/0": np.array([seed, 7], np.uint32)}
+    return {
+        "model/w": rng.normal(size=(3, 4)).astype(np.float32),
+        "optimizer/iteration": np.int64(seed),
+        "rng/0": np.array([seed, 7], np.uint32),
+    }
 
 
 def test_the_newest_k_are_kept_and_the_index_names_the_newest(tmp_path):
@@ -95,8 +98,9 @@ def test_a_tensorflow_checkpoint_of_an_older_run_converts(tmp_path):
     run = tmp_path / "old"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     assert procs.run([sys.executable, "-c", OLD_RUN, str(run)], cwd=REPO, env=env).returncode == 0
-    refused = procs.run([sys.executable, "-m", "gpt2ja", "eval", "--run", str(run), "--text", str(run)],
-                        cwd=REPO, env=env)
+    refused = procs.run(
+        [sys.executable, "-m", "gpt2ja", "eval", "--run", str(run), "--text", str(run)], cwd=REPO, env=env
+    )
     assert refused.returncode != 0 and "convert-checkpoints --run" in refused.stderr
     said = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(said) == 1 and "holds TensorFlow checkpoints" in said[0] and "Traceback" not in refused.stderr

@@ -33,12 +33,25 @@ def work_text(title: str) -> str:
     return from_zip(path.read_bytes(), path.name).text
 
 
-def doc(title: str, text: str | None = None, *, source="aozora", url=None, fetched_at="2026-11-01T00:00:00Z",
-        author=None, meta=None) -> Document:
-    d = Document.new(source=source, url=url or f"https://www.aozora.gr.jp/works/{title}", title=title,
-                     author=author if author is not None else WORKS.get(title, ("", "作者不詳"))[1],
-                     text=text if text is not None else work_text(title), fetched_at=fetched_at,
-                     meta={"aozora_notation_removed": True, **(meta or {})})
+def doc(
+    title: str,
+    text: str | None = None,
+    *,
+    source="aozora",
+    url=None,
+    fetched_at="2026-11-01T00:00:00Z",
+    author=None,
+    meta=None,
+) -> Document:
+    d = Document.new(
+        source=source,
+        url=url or f"https://www.aozora.gr.jp/works/{title}",
+        title=title,
+        author=author if author is not None else WORKS.get(title, ("", "作者不詳"))[1],
+        text=text if text is not None else work_text(title),
+        fetched_at=fetched_at,
+        meta={"aozora_notation_removed": True, **(meta or {})},
+    )
     return d
 
 
@@ -54,8 +67,9 @@ def raw_crawl(root: Path, name: str, parts: list[list[Document]], source="aozora
                 pass
         w.close()
     files = [storage.file_info(u) for u in list_parts(out)]
-    storage.write_manifest(out, storage.build_manifest(stage="crawl", config={"name": name}, counts={},
-                                                       files=files, timings={}))
+    storage.write_manifest(
+        out, storage.build_manifest(stage="crawl", config={"name": name}, counts={}, files=files, timings={})
+    )
     return out
 
 
@@ -68,8 +82,7 @@ def literature(tmp_path_factory):
     root = tmp_path_factory.mktemp("lit")
     titles = list(WORKS)
     raw = raw_crawl(root, "c1", [[doc(t) for t in titles[:4]], [doc(t) for t in titles[4:]]])
-    cfg = CleanConfig(inputs=[raw], out=str(root / "clean"), workers=2,
-                      split=SplitConfig(validation_fraction=0.3))
+    cfg = CleanConfig(inputs=[raw], out=str(root / "clean"), workers=2, split=SplitConfig(validation_fraction=0.3))
     run_clean(cfg)
     return root, raw, cfg
 
@@ -104,8 +117,9 @@ def test_rerun_is_skipped_and_rebuild_is_byte_identical(literature, tmp_path):
     again = cfg.model_copy(update={"out": str(tmp_path / "again"), "workers": 1})
     run_clean(again)
     after = outputs(again.out)
-    assert {k: v for k, v in after.items() if k != "_MANIFEST.json"} == \
-        {k: v for k, v in before.items() if k != "_MANIFEST.json"}
+    assert {k: v for k, v in after.items() if k != "_MANIFEST.json"} == {
+        k: v for k, v in before.items() if k != "_MANIFEST.json"
+    }
 
 
 def test_deleted_output_is_rebuilt(literature):
@@ -136,13 +150,24 @@ def test_cross_crawl_and_cross_source_duplicates(tmp_path):
     old = raw_crawl(tmp_path, "2026-10", [[doc("羅生門"), doc("鼻")]])
     sentences = work_text("鼻").split("。")
     edited = "。".join(s + ("、実に" if i % 25 == 0 else "") for i, s in enumerate(sentences))  # a few changes
-    new = raw_crawl(tmp_path, "2026-11", [[
-        doc("羅生門", url="https://mirror.example/rashomon", fetched_at="2026-11-20T00:00:00Z"),
-        doc("鼻", edited, url="https://mirror.example/hana", fetched_at="2026-11-20T00:00:00Z"),
-        doc("蜘蛛の糸", fetched_at="2026-11-20T00:00:00Z"),
-        doc("鼻", fetched_at="2026-11-20T00:00:00Z")]])  # the same URL as in the old crawl: the same id
-    mine = raw_crawl(tmp_path, "mine", [[doc("ごん狐", source="files", url="file:///home/u/gon.txt",
-                                              fetched_at="2026-11-25T00:00:00Z")]], source="files")
+    new = raw_crawl(
+        tmp_path,
+        "2026-11",
+        [
+            [
+                doc("羅生門", url="https://mirror.example/rashomon", fetched_at="2026-11-20T00:00:00Z"),
+                doc("鼻", edited, url="https://mirror.example/hana", fetched_at="2026-11-20T00:00:00Z"),
+                doc("蜘蛛の糸", fetched_at="2026-11-20T00:00:00Z"),
+                doc("鼻", fetched_at="2026-11-20T00:00:00Z"),
+            ]
+        ],
+    )  # the same URL as in the old crawl: the same id
+    mine = raw_crawl(
+        tmp_path,
+        "mine",
+        [[doc("ごん狐", source="files", url="file:///home/u/gon.txt", fetched_at="2026-11-25T00:00:00Z")]],
+        source="files",
+    )
     cfg = CleanConfig(inputs=[new, old, mine], out=str(tmp_path / "clean"), workers=2)
     run_clean(cfg)
     docs = list(read_documents([storage.join(cfg.out, s) for s in ("train", "validation")]))
@@ -158,12 +183,25 @@ def test_cross_crawl_and_cross_source_duplicates(tmp_path):
 
 def test_bad_inputs_are_counted_never_fatal(tmp_path):
     ok = doc("蜘蛛の糸")
-    unclosed = doc("壊れた注記", "　これは《ルビの閉じていない文章です。" + work_text("ごん狐")[:400],
-                   meta={"aozora_notation_removed": False}, author="作者不詳")
-    all_notes = doc("注記だけ", "［＃ここから２字下げ］\n［＃ここで字下げ終わり］\n［＃改ページ］\n",
-                    meta={"aozora_notation_removed": False}, author="作者不詳")
-    english = doc("English", "This is an English text that is long enough to pass the length filter. " * 20,
-                  source="web", url="https://example.com/en", author="")
+    unclosed = doc(
+        "壊れた注記",
+        "　これは《ルビの閉じていない文章です。" + work_text("ごん狐")[:400],
+        meta={"aozora_notation_removed": False},
+        author="作者不詳",
+    )
+    all_notes = doc(
+        "注記だけ",
+        "［＃ここから２字下げ］\n［＃ここで字下げ終わり］\n［＃改ページ］\n",
+        meta={"aozora_notation_removed": False},
+        author="作者不詳",
+    )
+    english = doc(
+        "English",
+        "This is an English text that is long enough to pass the length filter. " * 20,
+        source="web",
+        url="https://example.com/en",
+        author="",
+    )
     raw = raw_crawl(tmp_path, "bad", [[ok, unclosed, all_notes, english], [], [doc("ごん狐")]])
     # a corrupted JSON line in part 0, and part 2 truncated in the middle of its gzip stream
     p0 = Path(raw, "part-00000.jsonl.gz")
@@ -187,8 +225,13 @@ def test_bad_inputs_are_counted_never_fatal(tmp_path):
 
 
 def test_a_clean_that_drops_every_document_fails_unless_allowed(tmp_path):
-    english = doc("English", "This is an English text that is long enough to pass the length filter. " * 20,
-                  source="web", url="https://example.com/en", author="")
+    english = doc(
+        "English",
+        "This is an English text that is long enough to pass the length filter. " * 20,
+        source="web",
+        url="https://example.com/en",
+        author="",
+    )
     raw = raw_crawl(tmp_path, "en", [[english]], source="web")
     cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)
     with pytest.raises(CleanError) as err:
@@ -214,8 +257,10 @@ def test_interrupted_clean_resumes_per_shard(tmp_path):
     cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)
     # simulate a first run that finished phase 1 for part 0 only
     from gpt2ja.corpus.clean import _work_dir, process_part
+
     fp_files = json.dumps([[f["sha256"] for f in storage.read_manifest(raw)["files"]]])
     import hashlib
+
     content = hashlib.sha256(fp_files.encode()).hexdigest()
     fp = storage.fingerprint({**cfg.fingerprint_config(), "inputs_content": content}, [storage.read_manifest(raw)])
     work = _work_dir(cfg, fp)

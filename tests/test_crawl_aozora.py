@@ -31,8 +31,14 @@ def crawled(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     server = MirrorServer(str(MIRROR), handler=TestSiteHandler).start()
     try:
-        cfg = CrawlConfig(source="aozora", start_urls=author_urls(server), root=str(root), crawl_id="t1",
-                          polite=False, progress_interval=0)
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=author_urls(server),
+            root=str(root),
+            crawl_id="t1",
+            polite=False,
+            progress_interval=0,
+        )
         out = crawl_in_subprocess(cfg)
     finally:
         server.stop()
@@ -124,12 +130,22 @@ def test_interrupted_crawl_resumes_without_refetching(tmp_path):
     """Ctrl-C (SIGINT) mid-crawl, then the same command again: every page fetched once, nothing lost."""
     server = MirrorServer(str(MIRROR), handler=TestSiteHandler).start()
     try:
-        cfg = CrawlConfig(source="aozora", start_urls=author_urls(server), root=str(tmp_path), crawl_id="r",
-                          polite=False, progress_interval=0,
-                          settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=author_urls(server),
+            root=str(tmp_path),
+            crawl_id="r",
+            polite=False,
+            progress_interval=0,
+            settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2},
+        )
         log = open(tmp_path / "crawl.log", "w+")  # a file, not a pipe: a full pipe would stall the crawl
-        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         # A card's document is complete once its last edition (the XHTML, when there is one) has arrived.
         while sum(1 for p, s, _ in server.requests if s == 200 and re.search(r"/files/\d+_\d+\.html$", p)) < 6:
             assert proc.poll() is None, "crawl ended before it could be interrupted"
@@ -170,12 +186,23 @@ def test_a_killed_crawl_resumes_to_the_same_documents(tmp_path):
     """
     server = MirrorServer(str(MIRROR), handler=TestSiteHandler).start()
     try:
-        cfg = CrawlConfig(source="aozora", start_urls=author_urls(server), root=str(tmp_path), crawl_id="k",
-                          polite=False, progress_interval=0, part_docs=2,
-                          settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=author_urls(server),
+            root=str(tmp_path),
+            crawl_id="k",
+            polite=False,
+            progress_interval=0,
+            part_docs=2,
+            settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2},
+        )
         log = open(tmp_path / "crawl.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         while len(list_parts(cfg.out_uri)) < 3:  # some documents stored (parts of 2)
             assert proc.poll() is None, "crawl ended before it could be killed"
             time.sleep(0.05)

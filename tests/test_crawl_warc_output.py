@@ -45,7 +45,7 @@ class ArchiveSiteHandler(TestSiteHandler):
     def do_GET(self):
         for prefix in ("/go/", "/gz/", "/chunked/"):
             if self.path.startswith(prefix):
-                return getattr(self, "_" + prefix.strip("/"))(self.path[len(prefix) - 1:])
+                return getattr(self, "_" + prefix.strip("/"))(self.path[len(prefix) - 1 :])
         return super().do_GET()
 
     def _go(self, target: str) -> None:
@@ -65,10 +65,14 @@ class ArchiveSiteHandler(TestSiteHandler):
 
     def _chunked(self, target: str) -> None:
         body = Path(self.translate_path(target)).read_bytes()
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 500]), body[i:i + 500]) for i in range(0, len(body), 500))
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 500]), body[i : i + 500]) for i in range(0, len(body), 500)
+        )
         self.log_request(200)
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
-                         b"Connection: close\r\n\r\n" + chunks + b"0\r\n\r\n")
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n" + chunks + b"0\r\n\r\n"
+        )
         self.close_connection = True
 
 
@@ -77,24 +81,43 @@ def site(tmp_path) -> Path:
     """Good pages in three encodings, pages each spider rule drops, and the edge cases of storing responses."""
     site = tmp_path / "site"
     (site / "private").mkdir(parents=True)
-    links = ["/utf8.html", "/sjis.html", "/eucjp.html", "/english.html", "/empty.html", "/nav.html", "/canon.html",
-             "/canon.html?ref=top", "/notes.txt", "/gz/zipped.html", "/chunked/chunks.html", "/go/moved.html",
-             "/huge.html", "/missing.html", "/private/secret.html"]
+    links = [
+        "/utf8.html",
+        "/sjis.html",
+        "/eucjp.html",
+        "/english.html",
+        "/empty.html",
+        "/nav.html",
+        "/canon.html",
+        "/canon.html?ref=top",
+        "/notes.txt",
+        "/gz/zipped.html",
+        "/chunked/chunks.html",
+        "/go/moved.html",
+        "/huge.html",
+        "/missing.html",
+        "/private/secret.html",
+    ]
     (site / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
     (site / "index.html").write_text(page("目次", PARAS[:1], links, charset_meta=UTF8), encoding="utf-8")
     for name, title in (("utf8", "ユーティーエフ"), ("zipped", "圧縮"), ("chunks", "分割"), ("moved", "移転先")):
         (site / f"{name}.html").write_text(page(title, PARAS, charset_meta=UTF8), encoding="utf-8")
     (site / "sjis.html").write_bytes(page("シフトJIS①", PARAS + ["値段は①百円～二百円です。"]).encode("cp932"))
     (site / "eucjp.html").write_bytes(
-        page("イーユーシー", PARAS, charset_meta='<meta http-equiv="Content-Type" content="text/html; charset=EUC-JP">')
-        .encode("euc_jp"))
-    (site / "english.html").write_text(page("English", ["This page is written in English only. " * 20] * 3),
-                                       encoding="utf-8")
+        page(
+            "イーユーシー", PARAS, charset_meta='<meta http-equiv="Content-Type" content="text/html; charset=EUC-JP">'
+        ).encode("euc_jp")
+    )
+    (site / "english.html").write_text(
+        page("English", ["This page is written in English only. " * 20] * 3), encoding="utf-8"
+    )
     (site / "empty.html").write_bytes(b"")
-    (site / "nav.html").write_text(f'<html><head>{UTF8}</head><body><nav><a href="/index.html">トップ</a></nav>'
-                                   "</body></html>", encoding="utf-8")
-    (site / "canon.html").write_text(page("正規", PARAS, head='<link rel="canonical" href="/canon.html">',
-                                          charset_meta=UTF8), encoding="utf-8")
+    (site / "nav.html").write_text(
+        f'<html><head>{UTF8}</head><body><nav><a href="/index.html">トップ</a></nav></body></html>', encoding="utf-8"
+    )
+    (site / "canon.html").write_text(
+        page("正規", PARAS, head='<link rel="canonical" href="/canon.html">', charset_meta=UTF8), encoding="utf-8"
+    )
     (site / "notes.txt").write_text("テキストファイルです。" * 10, encoding="utf-8")
     (site / "huge.html").write_text(page("巨大", PARAS * 400, charset_meta=UTF8), encoding="utf-8")
     (site / "private" / "secret.html").write_text(page("秘密", PARAS), encoding="utf-8")
@@ -119,8 +142,15 @@ def in_process(fn, items, names):
 
 def test_web_crawl_stores_what_reached_the_spider_and_crawl_warc_gives_the_same_documents(site, tmp_path):
     with MirrorServer(str(site), handler=ArchiveSiteHandler) as server:
-        cfg = CrawlConfig(source="web", start_urls=[server.url("/index.html")], root=str(tmp_path / "root"),
-                          crawl_id="w", polite=False, progress_interval=0, download_maxsize=200_000)
+        cfg = CrawlConfig(
+            source="web",
+            start_urls=[server.url("/index.html")],
+            root=str(tmp_path / "root"),
+            crawl_id="w",
+            polite=False,
+            progress_interval=0,
+            download_maxsize=200_000,
+        )
         assert cfg.warc is True  # on by default for web
         out = crawl_in_subprocess(cfg)
     manifest = storage.read_manifest(out)
@@ -129,16 +159,22 @@ def test_web_crawl_stores_what_reached_the_spider_and_crawl_warc_gives_the_same_
 
     recs = records(os.path.join(out, "warc"))
     kinds = Counter(h.get_header("WARC-Type") for _, h, _, _ in recs)
-    responses = {h.get_header("WARC-Target-URI"): (h, http, body) for _, h, http, body in recs
-                 if h.get_header("WARC-Type") == "response"}
+    responses = {
+        h.get_header("WARC-Target-URI"): (h, http, body)
+        for _, h, http, body in recs
+        if h.get_header("WARC-Type") == "response"
+    }
     # exactly the 2xx responses the spider parsed, each once: not robots.txt, the 302, the 404, nor huge.html
     # (answered 200, but Scrapy cancelled it past download_maxsize)
-    served = Counter(server.url(p) for p, status, _ in server.requests
-                     if status == 200 and p not in ("/robots.txt", "/huge.html"))
+    served = Counter(
+        server.url(p) for p, status, _ in server.requests if status == 200 and p not in ("/robots.txt", "/huge.html")
+    )
     assert kinds["response"] == len(responses) == len(served) == 13 and set(responses) == set(served)
     assert recs[0][1].get_header("WARC-Type") == "warcinfo"
-    assert kinds == {"warcinfo": 1, "response": 13, "request": 13} and manifest["counts"]["warc"] == \
-        {"files": 1, "records": dict(kinds)}
+    assert kinds == {"warcinfo": 1, "response": 13, "request": 13} and manifest["counts"]["warc"] == {
+        "files": 1,
+        "records": dict(kinds),
+    }
     drops = manifest["counts"]["drops"]
     assert {k: drops[k] for k in NOT_FETCHED} == {"http_404": 1, "robots_disallowed": 1, "too_large": 1}
 
@@ -152,23 +188,33 @@ def test_web_crawl_stores_what_reached_the_spider_and_crawl_warc_gives_the_same_
         assert responses[server.url(path)][2] == (site / name).read_bytes(), path
     moved = responses[server.url("/moved.html")][0]
     assert moved.get_header(REDIRECTED_FROM) == server.url("/go/moved.html")
-    requests = {h.get_header("WARC-Concurrent-To"): http for _, h, http, _ in recs
-                if h.get_header("WARC-Type") == "request"}
+    requests = {
+        h.get_header("WARC-Concurrent-To"): http for _, h, http, _ in recs if h.get_header("WARC-Type") == "request"
+    }
     assert set(requests) == {h.get_header("WARC-Record-ID") for h, _, _ in responses.values()}
     assert all(http.get_header("User-Agent").startswith("gpt2ja-crawler/") for http in requests.values())
 
     # the key property: the archive gives the crawl's documents back, and drops the same pages for the same reasons
-    again = crawl_warc(WarcConfig(paths=[os.path.join(out, "warc")], root=str(tmp_path / "root"), crawl_id="again"),
-                       map_parts=in_process)
+    again = crawl_warc(
+        WarcConfig(paths=[os.path.join(out, "warc")], root=str(tmp_path / "root"), crawl_id="again"),
+        map_parts=in_process,
+    )
     crawled = {d.id: d for d in read_documents(out)}
     archived = {d.id: d for d in read_documents(again)}
     assert len(crawled) == 8 and set(archived) == set(crawled)  # index, 3 encodings, canon, gz, chunked, moved
     for doc_id, doc in crawled.items():
         other = archived[doc_id]
-        assert (other.url, other.title, other.author, other.text, other.license, other.source) == \
-            (doc.url, doc.title, doc.author, doc.text, doc.license, doc.source)
-        assert {k: v for k, v in other.meta.items() if k not in ONE_SIDED_META} == \
-            {k: v for k, v in doc.meta.items() if k not in ONE_SIDED_META}
+        assert (other.url, other.title, other.author, other.text, other.license, other.source) == (
+            doc.url,
+            doc.title,
+            doc.author,
+            doc.text,
+            doc.license,
+            doc.source,
+        )
+        assert {k: v for k, v in other.meta.items() if k not in ONE_SIDED_META} == {
+            k: v for k, v in doc.meta.items() if k not in ONE_SIDED_META
+        }
         # fetched_at: the archive's is the WARC-Date (the response's arrival), the crawl's the document's making
         assert other.fetched_at == responses[other.meta["fetched_url"]][0].get_header("WARC-Date") <= doc.fetched_at
     counts = storage.read_manifest(again)["counts"]
@@ -184,9 +230,16 @@ def test_aozora_crawl_stores_every_response_it_parsed_in_rolled_files(tmp_path):
     ``not_html``, the card pages too short); what is checked is that the archive holds what was fetched.
     """
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
-        cfg = CrawlConfig(source="aozora", start_urls=[server.url("/index_pages/person879.html")],
-                          root=str(tmp_path / "root"), crawl_id="a", polite=False, progress_interval=0, warc=True,
-                          warc_file_bytes=100_000)
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=[server.url("/index_pages/person879.html")],
+            root=str(tmp_path / "root"),
+            crawl_id="a",
+            polite=False,
+            progress_interval=0,
+            warc=True,
+            warc_file_bytes=100_000,
+        )
         out = crawl_in_subprocess(cfg)
     assert CrawlConfig(source="aozora", start_urls=["http://x/"]).warc is False  # off unless asked
     manifest = storage.read_manifest(out)
@@ -197,8 +250,14 @@ def test_aozora_crawl_stores_every_response_it_parsed_in_rolled_files(tmp_path):
     assert uris == served and max(uris.values()) == 1
     assert sum(1 for u in uris if u.endswith(".zip")) == manifest["counts"]["documents"] == 12
     zip_path = "/cards/000879/files/127_ruby_150.zip"  # stored as served, byte for byte
-    assert next(b for _, h, _, b in recs if h.get_header("WARC-Target-URI") == server.url(zip_path)
-                and h.get_header("WARC-Type") == "response") == (MIRROR / zip_path.lstrip("/")).read_bytes()
+    assert (
+        next(
+            b
+            for _, h, _, b in recs
+            if h.get_header("WARC-Target-URI") == server.url(zip_path) and h.get_header("WARC-Type") == "response"
+        )
+        == (MIRROR / zip_path.lstrip("/")).read_bytes()
+    )
     files = sorted({name for name, *_ in recs})
     assert len(files) > 1 and files == [f"aozora-a-{i:05d}.warc.gz" for i in range(len(files))]
     firsts = [next(h for name, h, _, _ in recs if name == f).get_header("WARC-Type") for f in files]
@@ -219,13 +278,25 @@ def test_a_killed_crawl_resumes_its_warc_file_and_stores_each_response_once(tmp_
     from tests.conftest import author_urls
 
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
-        cfg = CrawlConfig(source="aozora", start_urls=author_urls(server)[:2], root=str(tmp_path), crawl_id="k",
-                          polite=False, progress_interval=0, part_docs=2, warc=True,
-                          settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2})
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=author_urls(server)[:2],
+            root=str(tmp_path),
+            crawl_id="k",
+            polite=False,
+            progress_interval=0,
+            part_docs=2,
+            warc=True,
+            settings={"CONCURRENT_REQUESTS": 2, "CONCURRENT_REQUESTS_PER_DOMAIN": 2},
+        )
         filling = Path(cfg.state_path, "warc", "aozora-k-00000.warc.gz")
         log = open(tmp_path / "crawl.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             while len(list_parts(cfg.out_uri)) < 2:  # some documents stored, so their cards are skipped later
                 assert proc.poll() is None, "crawl ended before it could be killed"
@@ -248,8 +319,10 @@ def test_a_killed_crawl_resumes_its_warc_file_and_stores_each_response_once(tmp_
     again = {server.url(p) for p, status, _ in server.requests[first:] if status == 200 and p != "/robots.txt"}
     assert again < fetched  # the rerun did not fetch everything: what it skipped came from the killed session
     assert [name for name, h, _, _ in recs if h.get_header("WARC-Type") == "warcinfo"] == ["aozora-k-00000.warc.gz"]
-    assert storage.read_manifest(cfg.out_uri)["counts"]["warc"] == \
-        {"files": 1, "records": {"request": len(uris), "response": len(uris), "warcinfo": 1}}
+    assert storage.read_manifest(cfg.out_uri)["counts"]["warc"] == {
+        "files": 1,
+        "records": {"request": len(uris), "response": len(uris), "warcinfo": 1},
+    }
 
 
 def test_warc_files_go_to_gcs_with_the_documents(gcs_emulator, tmp_path):
@@ -257,18 +330,29 @@ def test_warc_files_go_to_gcs_with_the_documents(gcs_emulator, tmp_path):
     from warcio.archiveiterator import ArchiveIterator
 
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
-        cfg = CrawlConfig(source="aozora", start_urls=[server.url("/cards/000121/card628.html")], warc=True,
-                          root=f"gs://{gcs_emulator.bucket}/warc-test", crawl_id="g", polite=False,
-                          progress_interval=0, state_dir=str(tmp_path / "state"))
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=[server.url("/cards/000121/card628.html")],
+            warc=True,
+            root=f"gs://{gcs_emulator.bucket}/warc-test",
+            crawl_id="g",
+            polite=False,
+            progress_interval=0,
+            state_dir=str(tmp_path / "state"),
+        )
         out = crawl_in_subprocess(cfg, env={"STORAGE_EMULATOR_HOST": gcs_emulator.host})
     manifest = storage.read_manifest(out)
     [entry] = [f for f in manifest["files"] if f["path"].startswith("warc/")]
     data = storage.read_bytes(storage.join(out, entry["path"]))
     assert len(data) == entry["bytes"] and stage.verify(out, deep=True)[1] == []
-    uris = [r.rec_headers.get_header("WARC-Target-URI") for r in ArchiveIterator(io.BytesIO(data))
-            if r.rec_type == "response"]
-    assert sorted(uris) == sorted(server.url(p) for p, status, _ in server.requests
-                                  if status == 200 and p != "/robots.txt")
+    uris = [
+        r.rec_headers.get_header("WARC-Target-URI")
+        for r in ArchiveIterator(io.BytesIO(data))
+        if r.rec_type == "response"
+    ]
+    assert sorted(uris) == sorted(
+        server.url(p) for p, status, _ in server.requests if status == 200 and p != "/robots.txt"
+    )
 
 
 def test_a_warc_that_cannot_be_written_stops_the_crawl_in_one_line(tmp_path):
@@ -276,8 +360,15 @@ def test_a_warc_that_cannot_be_written_stops_the_crawl_in_one_line(tmp_path):
     from gpt2ja.crawler.runner import CrawlError
 
     with MirrorServer(str(MIRROR), handler=TestSiteHandler) as server:
-        cfg = CrawlConfig(source="aozora", start_urls=[server.url("/cards/000121/card628.html")], warc=True,
-                          root=str(tmp_path), crawl_id="f", polite=False, progress_interval=0)
+        cfg = CrawlConfig(
+            source="aozora",
+            start_urls=[server.url("/cards/000121/card628.html")],
+            warc=True,
+            root=str(tmp_path),
+            crawl_id="f",
+            polite=False,
+            progress_interval=0,
+        )
         os.makedirs(cfg.state_path)
         Path(cfg.state_path, "warc").write_text("not a folder")
         with pytest.raises(CrawlError, match=r"crawl aozora/f: cannot read the crawl's WARC files in .*rerun") as err:
@@ -288,8 +379,14 @@ def test_a_warc_that_cannot_be_written_stops_the_crawl_in_one_line(tmp_path):
 
 def _fetched(n: int, size: int = 2000) -> Fetched:
     body = page(f"頁{n}", PARAS).encode("utf-8").ljust(size)
-    return Fetched(url=f"http://site.jp/p{n}.html", status=200, headers=[("Content-Type", "text/html")], body=body,
-                   fetched_at=f"2026-01-01T00:00:{n:02d}Z", request_headers=[("User-Agent", "t")])
+    return Fetched(
+        url=f"http://site.jp/p{n}.html",
+        status=200,
+        headers=[("Content-Type", "text/html")],
+        body=body,
+        fetched_at=f"2026-01-01T00:00:{n:02d}Z",
+        request_headers=[("User-Agent", "t")],
+    )
 
 
 def test_a_file_torn_by_a_kill_is_cut_back_and_continued(tmp_path):
@@ -311,8 +408,9 @@ def test_a_file_torn_by_a_kill_is_cut_back_and_continued(tmp_path):
     assert second.close() == [storage.join(out, "warc", "web-k-00000.warc.gz")]
     recs = records(os.path.join(out, "warc"))
     assert [h.get_header("WARC-Type") for _, h, _, _ in recs] == ["warcinfo"] + ["response", "request"] * 4
-    assert [h.get_header("WARC-Target-URI") for _, h, _, _ in recs[1::2]] == \
-        [f"http://site.jp/p{n}.html" for n in (0, 1, 2, 9)]
+    assert [h.get_header("WARC-Target-URI") for _, h, _, _ in recs[1::2]] == [
+        f"http://site.jp/p{n}.html" for n in (0, 1, 2, 9)
+    ]
     assert second.summary() == {"files": 1, "records": {"request": 4, "response": 4, "warcinfo": 1}}
 
     # killed between publishing a file and removing it from the state dir: the published copy counts
@@ -343,6 +441,7 @@ def test_warc_is_on_for_web_and_named_in_the_fingerprint_only_when_on():
     aozora = CrawlConfig(source="aozora", start_urls=["http://x/"])
     assert (web.warc, aozora.warc) == (True, False)
     assert web.fingerprint_config()["warc"] is True and "warc" not in aozora.fingerprint_config()
-    assert CrawlConfig(source="web", start_urls=["http://x/"], warc=False).fingerprint_config() == \
-        {k: v for k, v in web.fingerprint_config().items() if k != "warc"}
+    assert CrawlConfig(source="web", start_urls=["http://x/"], warc=False).fingerprint_config() == {
+        k: v for k, v in web.fingerprint_config().items() if k != "warc"
+    }
     assert "warc_file_bytes" not in web.fingerprint_config()  # how files are cut is not what they hold

@@ -54,15 +54,20 @@ def dask_cluster():
     """
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield cluster, client
 
 
 def _config(root: Path) -> dict:
     """Crawl (6 raw parts of 8 works), clean, tokenizer, shards (4 + 2); no train section."""
     return {
-        "root": str(root), "corpus": "mirror", "tokenizer_name": "sp3000", "dataset": "sp3000-64",
+        "root": str(root),
+        "corpus": "mirror",
+        "tokenizer_name": "sp3000",
+        "dataset": "sp3000-64",
         "crawl": [{"source": "files", "directory": str(CARDS), "crawl_id": "mirror", "part_docs": 8}],
         "clean": {"workers": 1, "split": {"validation_fraction": 0.2}},
         "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000},
@@ -131,14 +136,22 @@ def two_runs(prefect_harness, dask_cluster, tmp_path_factory):
     snapshots["dask"] = {s: _snapshot(u) for s, u in stages.items()}
     names["dask"] = sorted((Counter(_task_run_names()) - Counter(names["local"])).elements())
     print(f"pipeline: local {seconds['local']:.1f} s, dask {seconds['dask']:.1f} s")
-    return {"config": dask, "outcomes": (first, second), "snapshots": snapshots, "names": names,
-            "stream": stream.data, "workers": set(cluster.scheduler_info["workers"])}
+    return {
+        "config": dask,
+        "outcomes": (first, second),
+        "snapshots": snapshots,
+        "names": names,
+        "stream": stream.data,
+        "workers": set(cluster.scheduler_info["workers"]),
+    }
 
 
 @pytest.mark.slow
 def test_the_dask_run_writes_the_same_bytes_as_the_local_run(two_runs):
-    local, dask = ({**run, "tokenizer": {k: v for k, v in run["tokenizer"].items() if k in TOKENIZER_FILES}}
-                   for run in (two_runs["snapshots"]["local"], two_runs["snapshots"]["dask"]))
+    local, dask = (
+        {**run, "tokenizer": {k: v for k, v in run["tokenizer"].items() if k in TOKENIZER_FILES}}
+        for run in (two_runs["snapshots"]["local"], two_runs["snapshots"]["dask"])
+    )
     assert len(local["clean"]) >= 6 and len(local["shards"]) == 6 + 6 + 1  # parts, report, shards, records
     assert sorted(local["tokenizer"]) == sorted(TOKENIZER_FILES)
     for stage in ("clean", "tokenizer", "shards"):
@@ -154,10 +167,12 @@ def test_the_dask_run_writes_the_same_bytes_as_the_local_run(two_runs):
 def test_each_part_is_one_prefect_task_run_on_the_dask_workers(two_runs):
     names = two_runs["names"]
     assert not [n for n in names["local"] if n.startswith(PARTS)]  # the packages' own pools
-    assert [n for n in names["dask"] if n.startswith(PARTS[:2])] == \
-        [f"clean-filter-{i:05d}" for i in range(6)] + [f"clean-write-{i:05d}" for i in range(6)]
-    assert [n for n in names["dask"] if n.startswith(PARTS[2:])] == \
-        [f"shards-train-{i:05d}" for i in range(4)] + [f"shards-validation-{i:05d}" for i in range(2)]
+    assert [n for n in names["dask"] if n.startswith(PARTS[:2])] == [f"clean-filter-{i:05d}" for i in range(6)] + [
+        f"clean-write-{i:05d}" for i in range(6)
+    ]
+    assert [n for n in names["dask"] if n.startswith(PARTS[2:])] == [f"shards-train-{i:05d}" for i in range(4)] + [
+        f"shards-validation-{i:05d}" for i in range(2)
+    ]
     # the shards ran on the test's cluster (the clean parts on the LocalCluster their runner started)
     assert len(two_runs["stream"]) == 6 and {t["worker"] for t in two_runs["stream"]} <= two_runs["workers"]
 
@@ -195,15 +210,20 @@ def test_an_up_to_date_stage_skips_and_a_deleted_shard_is_rebuilt_alone(two_runs
     assert _snapshot(str(shards)) == reference
 
 
-@pytest.mark.parametrize("task_runner, expected", [
-    ({"kind": "spark"}, "task_runner.kind: must be one of 'local', 'threads', 'processes' or 'dask', got 'spark'"),
-    ({"kind": "dask", "address": "10.0.0.5:8786"}, "task_runner.address: '10.0.0.5:8786' is not a Dask scheduler "
-                                                   "address; write tcp://host:port"),
-    ({"kind": "dask", "address": "tcp://10.0.0.5"}, "is not a Dask scheduler address; write tcp://host:port"),
-    ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 2}, "has its own workers; drop n_workers"),
-    ({"kind": "threads", "address": "tcp://10.0.0.5:8786"}, "address is for kind dask, not threads"),
-    ({"kind": "local", "n_workers": 4}, "n_workers is not used by kind local"),
-])
+@pytest.mark.parametrize(
+    "task_runner, expected",
+    [
+        ({"kind": "spark"}, "task_runner.kind: must be one of 'local', 'threads', 'processes' or 'dask', got 'spark'"),
+        (
+            {"kind": "dask", "address": "10.0.0.5:8786"},
+            "task_runner.address: '10.0.0.5:8786' is not a Dask scheduler address; write tcp://host:port",
+        ),
+        ({"kind": "dask", "address": "tcp://10.0.0.5"}, "is not a Dask scheduler address; write tcp://host:port"),
+        ({"kind": "dask", "address": "tcp://10.0.0.5:8786", "n_workers": 2}, "has its own workers; drop n_workers"),
+        ({"kind": "threads", "address": "tcp://10.0.0.5:8786"}, "address is for kind dask, not threads"),
+        ({"kind": "local", "n_workers": 4}, "n_workers is not used by kind local"),
+    ],
+)
 def test_a_bad_task_runner_gives_one_clear_line(tmp_path, task_runner, expected):
     for where in ("top", "shards"):
         data = _config(tmp_path)
@@ -230,6 +250,9 @@ def test_an_unreachable_dask_scheduler_is_one_line(prefect_harness, tmp_path):
     with pytest.raises(StageError) as err:
         clean_flow([raw], str(tmp_path / "clean"), settings)
     msg = str(err.value)
-    assert msg.startswith(f"clean: cannot reach the Dask scheduler at {address} (") and \
-        "fix task_runner.address" in msg and "\n" not in msg, msg
+    assert (
+        msg.startswith(f"clean: cannot reach the Dask scheduler at {address} (")
+        and "fix task_runner.address" in msg
+        and "\n" not in msg
+    ), msg
     assert time.monotonic() - started < 30

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from gpt2ja.corpus.dedup import (
     DedupConfig,
-    DedupRecord,
     Deduplicator,
+    DedupRecord,
     candidate_probability,
     choose_bands,
     deduplicate,
@@ -36,7 +36,9 @@ CFG = DedupConfig()
 @pytest.fixture(scope="module")
 def texts() -> dict[str, str]:
     # NFKC as the clean stage does before dedup
-    return {name: unicodedata.normalize("NFKC", from_zip((FILES / f).read_bytes(), f).text) for name, f in WORKS.items()}
+    return {
+        name: unicodedata.normalize("NFKC", from_zip((FILES / f).read_bytes(), f).text) for name, f in WORKS.items()
+    }
 
 
 def edit_sentences(text: str, fraction: float, seed: int = 0) -> str:
@@ -125,8 +127,9 @@ def test_verify_rejects_lsh_candidates_below_threshold(texts):
     assert dedup.add(record("b", edited, "2", loose)) == (None, None)
     assert dedup.stats()["rejected_by_verify"] == 1
     unverified = DedupConfig(threshold=0.45, bands=32, rows=4, verify=False)
-    assert deduplicate([record("a", original, "1", unverified), record("b", edited, "2", unverified)],
-                       unverified) == {"b": ("near_duplicate", "a")}
+    assert deduplicate([record("a", original, "1", unverified), record("b", edited, "2", unverified)], unverified) == {
+        "b": ("near_duplicate", "a")
+    }
 
 
 def test_result_is_independent_of_input_order(texts):
@@ -188,17 +191,22 @@ def test_cross_crawl_copy_is_dropped_and_oldest_kept(texts):
     def crawl(url: str, fetched_at: str) -> Document:
         return Document.new(source="aozora", url=url, title="羅生門", text=texts["rashomon"], fetched_at=fetched_at)
 
-    for old_url, new_url in [("https://www.aozora.gr.jp/cards/000879/card127.html",
-                              "https://mirror.example.jp/aozora/127.html"),
-                             ("https://mirror.example.jp/aozora/127.html",
-                              "https://www.aozora.gr.jp/cards/000879/card127.html")]:
+    for old_url, new_url in [
+        ("https://www.aozora.gr.jp/cards/000879/card127.html", "https://mirror.example.jp/aozora/127.html"),
+        ("https://mirror.example.jp/aozora/127.html", "https://www.aozora.gr.jp/cards/000879/card127.html"),
+    ]:
         old, new = crawl(old_url, "2024-05-01T00:00:00Z"), crawl(new_url, "2025-05-01T00:00:00Z")
         assert old.id != new.id
         records = [make_record(d, d.text, CFG, priority=(d.fetched_at, 0, d.id)) for d in (new, old)]
         assert records[0].meta == {"title": "羅生門", "url": new_url, "chars": len(texts["rashomon"])}
         assert deduplicate(records, CFG) == {new.id: ("exact_duplicate", old.id)}
         # the later crawl's text was edited a little: still a duplicate of the old one
-        edited = Document.new(source="aozora", url=new_url, title="羅生門",
-                              text=edit_sentences(texts["rashomon"], 0.05), fetched_at="2025-05-01T00:00:00Z")
+        edited = Document.new(
+            source="aozora",
+            url=new_url,
+            title="羅生門",
+            text=edit_sentences(texts["rashomon"], 0.05),
+            fetched_at="2025-05-01T00:00:00Z",
+        )
         records = [make_record(d, d.text, CFG, priority=(d.fetched_at, 0, d.id)) for d in (edited, old)]
         assert deduplicate(records, CFG) == {edited.id: ("near_duplicate", old.id)}

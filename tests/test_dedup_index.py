@@ -42,16 +42,23 @@ V1, V2 = "2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z"
 INDEXED = {"engine": "sharded", "index": "auto"}
 
 
-def work(path: Path, *, site: str = "https://lib.example/works/", fetched_at: str = V1,
-         text: str | None = None) -> Document:
+def work(
+    path: Path, *, site: str = "https://lib.example/works/", fetched_at: str = V1, text: str | None = None
+) -> Document:
     got = from_zip(path.read_bytes(), path.name)
-    return Document.new(source="aozora", url=site + path.name, title=got.title, author=got.author,
-                        text=text if text is not None else unicodedata.normalize("NFKC", got.text),
-                        fetched_at=fetched_at, meta={"aozora_notation_removed": True})
+    return Document.new(
+        source="aozora",
+        url=site + path.name,
+        title=got.title,
+        author=got.author,
+        text=text if text is not None else unicodedata.normalize("NFKC", got.text),
+        fetched_at=fetched_at,
+        meta={"aozora_notation_removed": True},
+    )
 
 
 def parts_of(docs: list[Document], size: int = 5) -> list[list[Document]]:
-    return [docs[i: i + size] for i in range(0, len(docs), size)]
+    return [docs[i : i + size] for i in range(0, len(docs), size)]
 
 
 class Opened:
@@ -85,9 +92,15 @@ def crawls(tmp_path_factory):
     old, new = ZIPS[0::2], ZIPS[1::2]
     v1 = raw_crawl(root, "lib", parts_of([work(p) for p in old]))
     again = [work(p, site="https://mirror.example/copy/", fetched_at=V2) for p in old[0::2]]
-    edited = [work(p, site="https://mirror.example/edit/", fetched_at=V2,
-                   text=edit_sentences(unicodedata.normalize("NFKC", from_zip(p.read_bytes(), p.name).text), 0.05))
-              for p in old[1:5:2]]
+    edited = [
+        work(
+            p,
+            site="https://mirror.example/edit/",
+            fetched_at=V2,
+            text=edit_sentences(unicodedata.normalize("NFKC", from_zip(p.read_bytes(), p.name).text), 0.05),
+        )
+        for p in old[1:5:2]
+    ]
     refetched = [work(old[1], fetched_at=V2)]
     fresh = [work(p, fetched_at=V2) for p in new]
     v2 = raw_crawl(root, "lib.refresh-r2", parts_of(again + edited + refetched + fresh))
@@ -121,8 +134,18 @@ def refreshed(crawls, tmp_path_factory):
         part.unlink()
     with Opened() as opened:
         second = _clean([v1, v2], out, INDEXED)
-    return {"root": work_root, "scratch": scratch, "out": out, "first": first, "second": second,
-            "v1_files": v1_files, "opened": opened.paths, "v1": v1, "v2": v2, "fresh": fresh}
+    return {
+        "root": work_root,
+        "scratch": scratch,
+        "out": out,
+        "first": first,
+        "second": second,
+        "v1_files": v1_files,
+        "opened": opened.paths,
+        "v1": v1,
+        "v2": v2,
+        "fresh": fresh,
+    }
 
 
 def test_a_refresh_keeps_only_the_new_works_and_reads_none_of_version_1(refreshed):
@@ -276,11 +299,18 @@ def test_corpus_refresh_with_the_index_cleans_only_the_new_crawl(prefect_harness
     folder.mkdir()
     for z in ZIPS[:12]:
         shutil.copy(z, folder / z.name)
-    config = PipelineConfig.model_validate({
-        "root": str(tmp_path / "run"), "corpus": "mine", "tokenizer_name": "sp", "dataset": "sp-128",
-        "crawl": [{"source": "files", "directory": str(folder), "crawl_id": "mine", "part_docs": 4}],
-        "clean": {"workers": 1, "dedup": INDEXED}, "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000},
-        "shards": {"seq_len": 128}})
+    config = PipelineConfig.model_validate(
+        {
+            "root": str(tmp_path / "run"),
+            "corpus": "mine",
+            "tokenizer_name": "sp",
+            "dataset": "sp-128",
+            "crawl": [{"source": "files", "directory": str(folder), "crawl_id": "mine", "part_docs": 4}],
+            "clean": {"workers": 1, "dedup": INDEXED},
+            "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000},
+            "shards": {"seq_len": 128},
+        }
+    )
     first = corpus_refresh(config, refresh_id="r1")
     assert first["dedup_index"]["produced"] == "v1" and first["documents_after"] == 12
 
@@ -306,8 +336,10 @@ def test_corpus_refresh_with_the_index_cleans_only_the_new_crawl(prefect_harness
 def dask_client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -346,10 +378,32 @@ def test_a_refresh_killed_before_its_index_version_is_built_ends_as_an_uninterru
     out = tmp_path / "clean" / "lib"
     _clean([copy], out, INDEXED)
     gate = tmp_path / "gate"
-    cmd = [sys.executable, "-m", "gpt2ja", "clean", "--in", copy, "--in", refreshed["v2"], "--out", str(out),
-           "--workers", "1", "--set", "dedup.engine=sharded", "--set", "dedup.index=auto"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "GPT2JA_STAGE_HOLD": f"dedup-index={gate}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2ja",
+        "clean",
+        "--in",
+        copy,
+        "--in",
+        refreshed["v2"],
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--set",
+        "dedup.engine=sharded",
+        "--set",
+        "dedup.index=auto",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "GPT2JA_STAGE_HOLD": f"dedup-index={gate}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         while not Path(f"{gate}.held").exists():  # the stage says when it holds
             assert proc.poll() is None, proc.stdout.read()
@@ -378,8 +432,9 @@ def _crawl_at(root: str, name: str, parts: list[list[Document]]) -> str:
             for d in docs:
                 w.write(d)
     files = [storage.file_info(u) for u in list_parts(out)]
-    storage.write_manifest(out, storage.build_manifest(stage="crawl", config={"name": name}, counts={},
-                                                       files=files, timings={}))
+    storage.write_manifest(
+        out, storage.build_manifest(stage="crawl", config={"name": name}, counts={}, files=files, timings={})
+    )
     return out
 
 

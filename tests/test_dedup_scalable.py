@@ -57,8 +57,9 @@ def _corpus_files(out: str) -> dict[str, bytes]:
     """Every output file; the manifest without its timings."""
     files = outputs(out)
     manifest = json.loads(files.pop("_MANIFEST.json"))
-    files["_MANIFEST.json"] = json.dumps({k: v for k, v in manifest.items() if k not in TIMING_FIELDS},
-                                         sort_keys=True).encode()
+    files["_MANIFEST.json"] = json.dumps(
+        {k: v for k, v in manifest.items() if k not in TIMING_FIELDS}, sort_keys=True
+    ).encode()
     return files
 
 
@@ -74,17 +75,42 @@ def no_chains(tmp_path_factory):
     root = tmp_path_factory.mktemp("nochain")
     titles = ["羅生門", "鼻", "蜘蛛の糸", "ごん狐", "手袋を買いに", "よだかの星"]
     old = raw_crawl(root, "old", [[doc(t) for t in titles[:3]], [doc(t) for t in titles[3:]]])
-    new = raw_crawl(root, "new", [
-        [doc("羅生門", work_text("羅生門").replace("。", "。\n"), url="https://m.example/r",
-             fetched_at="2026-11-20T00:00:00Z"),
-         doc("鼻", edit_sentences(work_text("鼻"), 0.05), url="https://m.example/h",
-             fetched_at="2026-11-20T00:00:00Z"),
-         doc("ごん狐", edit_sentences(work_text("ごん狐"), 0.05, seed=3), url="https://m.example/g",
-             fetched_at="2026-10-01T00:00:00Z")],  # older than the original: the edited copy is kept
-        [doc("ごん狐", edit_sentences(work_text("ごん狐"), 0.05, seed=3), url="https://m.example/g2",
-             fetched_at="2026-11-21T00:00:00Z"),  # an exact copy of the kept edit
-         doc("蜘蛛の糸", fetched_at="2026-11-25T00:00:00Z"),  # the same id as the old one
-         doc("〔雨ニモマケズ〕", fetched_at="2026-11-25T00:00:00Z")]])
+    new = raw_crawl(
+        root,
+        "new",
+        [
+            [
+                doc(
+                    "羅生門",
+                    work_text("羅生門").replace("。", "。\n"),
+                    url="https://m.example/r",
+                    fetched_at="2026-11-20T00:00:00Z",
+                ),
+                doc(
+                    "鼻",
+                    edit_sentences(work_text("鼻"), 0.05),
+                    url="https://m.example/h",
+                    fetched_at="2026-11-20T00:00:00Z",
+                ),
+                doc(
+                    "ごん狐",
+                    edit_sentences(work_text("ごん狐"), 0.05, seed=3),
+                    url="https://m.example/g",
+                    fetched_at="2026-10-01T00:00:00Z",
+                ),
+            ],  # older than the original: the edited copy is kept
+            [
+                doc(
+                    "ごん狐",
+                    edit_sentences(work_text("ごん狐"), 0.05, seed=3),
+                    url="https://m.example/g2",
+                    fetched_at="2026-11-21T00:00:00Z",
+                ),  # an exact copy of the kept edit
+                doc("蜘蛛の糸", fetched_at="2026-11-25T00:00:00Z"),  # the same id as the old one
+                doc("〔雨ニモマケズ〕", fetched_at="2026-11-25T00:00:00Z"),
+            ],
+        ],
+    )
     return root, [new, old]
 
 
@@ -92,8 +118,11 @@ def test_without_chains_the_sharded_engine_drops_what_the_memory_engine_drops(no
     root, raws = no_chains
     memory = _clean(raws, tmp_path / "memory", "memory")
     sharded = _clean(raws, tmp_path / "sharded", "sharded")
-    assert memory["counts"]["drops"] == sharded["counts"]["drops"] == \
-        {"duplicate_id": 1, "exact_duplicate": 2, "near_duplicate": 2}
+    assert (
+        memory["counts"]["drops"]
+        == sharded["counts"]["drops"]
+        == {"duplicate_id": 1, "exact_duplicate": 2, "near_duplicate": 2}
+    )
     for stat in ("documents", "kept", "exact_duplicate", "near_duplicate", "clusters"):
         assert memory["dedup"][stat] == sharded["dedup"][stat], stat
     assert sharded["dedup"]["engine"] == "sharded" and "engine" not in memory["dedup"]
@@ -110,18 +139,28 @@ def _chain() -> list[str]:
     text = "".join(work_text("羅生門").split())
     n = len(text) * 3 // 4
     d = n // 9
-    return [text[i * d: i * d + n] for i in range(3)]
+    return [text[i * d : i * d + n] for i in range(3)]
 
 
 def test_a_chain_is_one_component_in_the_sharded_engine(tmp_path):
     a, b, c = _chain()
     cfg = DedupConfig()
-    j = {k: float(np.mean(signature(x, cfg) == signature(y, cfg))) for k, (x, y) in
-         {"ab": (a, b), "bc": (b, c), "ac": (a, c)}.items()}
+    j = {
+        k: float(np.mean(signature(x, cfg) == signature(y, cfg)))
+        for k, (x, y) in {"ab": (a, b), "bc": (b, c), "ac": (a, c)}.items()
+    }
     assert j["ab"] >= 0.7 and j["bc"] >= 0.7 and j["ac"] < 0.7, j
-    raw = raw_crawl(tmp_path, "chain", [[doc("A", a, url="https://c.example/a", fetched_at="2026-01-01T00:00:00Z"),
-                                         doc("B", b, url="https://c.example/b", fetched_at="2026-02-01T00:00:00Z")],
-                                        [doc("C", c, url="https://c.example/c", fetched_at="2026-03-01T00:00:00Z")]])
+    raw = raw_crawl(
+        tmp_path,
+        "chain",
+        [
+            [
+                doc("A", a, url="https://c.example/a", fetched_at="2026-01-01T00:00:00Z"),
+                doc("B", b, url="https://c.example/b", fetched_at="2026-02-01T00:00:00Z"),
+            ],
+            [doc("C", c, url="https://c.example/c", fetched_at="2026-03-01T00:00:00Z")],
+        ],
+    )
     memory = _clean([raw], tmp_path / "memory", "memory")
     sharded = _clean([raw], tmp_path / "sharded", "sharded")
     # memory: C is compared with the KEPT documents only (A), so it stays; components drop it with B
@@ -217,8 +256,13 @@ def test_a_bucket_tasks_peak_memory_does_not_grow_with_the_corpus(tmp_path):
             rows["part"], rows["pos"] = part, np.arange(len(rows))
             save_array(_rows_uri(work, group["label"], part), rows)
         args = json.dumps([work, group, list(range(parts)), cfg, [], 0])
-        out = subprocess.run([sys.executable, "-c", BUCKET_PEAK, args], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent.parent, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", BUCKET_PEAK, args],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+        )
         peaks.append(json.loads(out.stdout))
     small, large = peaks
     assert small["runs"] >= 2 and large["runs"] >= 20 and large["pairs"] > 1_000_000, peaks
@@ -232,15 +276,24 @@ def test_an_interrupted_dedup_resumes_after_a_bucket_file_is_deleted(no_chains, 
     with pytest.raises(RuntimeError, match="interrupted at dedup-verify-00001"):
         run_clean(cfg, map_parts=InProcess(fail_on="dedup-verify-00001"))
     buckets = sorted(Path(tmp_path / "out" / "_work").glob("*/dedup/buckets/*.rows"))
-    assert [p.name for p in buckets] == ["bands000-003.rows", "bands004-007.rows", "bands008-011.rows",
-                                         "bands012-015.rows", "exact.rows", "ids.rows"]
+    assert [p.name for p in buckets] == [
+        "bands000-003.rows",
+        "bands004-007.rows",
+        "bands008-011.rows",
+        "bands012-015.rows",
+        "exact.rows",
+        "ids.rows",
+    ]
     buckets[1].unlink()
     again = InProcess()
     run_clean(cfg, map_parts=again)
-    assert [n for n in again.names if not n.startswith("write-")] == \
-        ["dedup-bucket-bands004-007"] + [f"dedup-verify-{i:05d}" for i in range(1, 4)]  # 0 had finished
-    assert _corpus_files(cfg.out) == {**_corpus_files(str(tmp_path / "reference")),
-                                      "_MANIFEST.json": _corpus_files(cfg.out)["_MANIFEST.json"]}
+    assert [n for n in again.names if not n.startswith("write-")] == ["dedup-bucket-bands004-007"] + [
+        f"dedup-verify-{i:05d}" for i in range(1, 4)
+    ]  # 0 had finished
+    assert _corpus_files(cfg.out) == {
+        **_corpus_files(str(tmp_path / "reference")),
+        "_MANIFEST.json": _corpus_files(cfg.out)["_MANIFEST.json"],
+    }
     assert storage.read_manifest(cfg.out)["counts"] == reference["counts"]
 
 
@@ -258,8 +311,10 @@ def dask_cluster():
     """A running Dask cluster (2 worker processes, one thread each), as in tests/test_dask.py."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import typer.main
 
+from gpt2ja.cli import app
 from gpt2ja.corpus.clean import CleanConfig
 from gpt2ja.corpus.parquet import ParquetConfig
 from gpt2ja.crawler.runner import CrawlConfig
-from gpt2ja.cli import app
 from gpt2ja.model.generate import DEFAULT_SAMPLING
 from gpt2ja.model.train import TrainConfig
 
-MODELS = {("crawl", "aozora"): CrawlConfig, ("crawl", "web"): CrawlConfig, ("clean",): CleanConfig,
-          ("train",): TrainConfig, ("export", "parquet"): ParquetConfig}
+MODELS = {
+    ("crawl", "aozora"): CrawlConfig,
+    ("crawl", "web"): CrawlConfig,
+    ("clean",): CleanConfig,
+    ("train",): TrainConfig,
+    ("export", "parquet"): ParquetConfig,
+}
 
 
 def _command(path: tuple[str, ...]):

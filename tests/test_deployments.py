@@ -27,8 +27,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpt2ja.flows.deployments import (ServeError, build_deployments, load_serve_config, prefect_api, stage_flows,
-                               validate_parameters)
+from gpt2ja.flows.deployments import (
+    ServeError,
+    build_deployments,
+    load_serve_config,
+    prefect_api,
+    stage_flows,
+    validate_parameters,
+)
 from tests import procs
 from tests.net import free_port
 
@@ -76,8 +82,11 @@ def test_the_deployments_are_the_refresh_the_pipeline_and_every_stage(demo):
 def test_only_the_refresh_is_scheduled_with_the_cron_of_the_config(demo):
     serve_config, _config, deployments = demo
     (schedule,) = deployments["corpus-refresh"].schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == \
-        (serve_config.refresh.cron, serve_config.refresh.timezone, True) == ("0 4 * * 1", "Asia/Tokyo", True)
+    assert (
+        (schedule.schedule.cron, schedule.schedule.timezone, schedule.active)
+        == (serve_config.refresh.cron, serve_config.refresh.timezone, True)
+        == ("0 4 * * 1", "Asia/Tokyo", True)
+    )
     assert deployments["corpus-refresh"].concurrency_limit == 1
     assert not any(d.schedules for name, d in deployments.items() if name != "corpus-refresh")
 
@@ -91,19 +100,37 @@ def test_the_parameters_are_the_ones_the_pipeline_passes(demo):
     assert p["crawl"] == {"root": "data/demo", "crawl": whole["crawl"]}
     assert p["clean"]["inputs"][0] == "data/demo/raw/aozora/demo"  # then every refresh crawl, if any
     assert (p["clean"]["out"], p["clean"]["settings"]) == ("data/demo/clean/aozora-demo", whole["clean"])
-    assert p["tokenizer"] == {"corpus_uri": config.clean_uri, "out": config.tokenizer_uri,
-                              "settings": whole["tokenizer"]}
-    assert p["shards"] == {"corpus_uri": config.clean_uri, "tokenizer_uri": config.tokenizer_uri,
-                           "out": config.shards_uri, "settings": whole["shards"]}
+    assert p["tokenizer"] == {
+        "corpus_uri": config.clean_uri,
+        "out": config.tokenizer_uri,
+        "settings": whole["tokenizer"],
+    }
+    assert p["shards"] == {
+        "corpus_uri": config.clean_uri,
+        "tokenizer_uri": config.tokenizer_uri,
+        "out": config.shards_uri,
+        "settings": whole["shards"],
+    }
     # Vertex AI: the train settings; the demo root is local, so the gs:// URIs and the job come from the Run form
     assert p["train-vertex"] == {"settings": whole["train"]}
     if "train" in p:  # the model stages, where gpt2ja/flows/stages.py has them
-        assert p["train"] == {"shards_uri": config.shards_uri, "run_uri": "data/demo/runs/tiny-demo",
-                              "settings": whole["train"]}
-        assert p["evaluate"] == {"run_uri": config.run_uri, "texts": ["data/demo/clean/aozora-demo/validation"],
-                                 "out": config.eval_uri, "settings": whole["evaluate"], "sampling": whole["generate"]}
-        assert p["export"] == {"run_uri": config.run_uri, "out": "data/demo/runs/tiny-demo/export/hf",
-                               "settings": whole["export"]}
+        assert p["train"] == {
+            "shards_uri": config.shards_uri,
+            "run_uri": "data/demo/runs/tiny-demo",
+            "settings": whole["train"],
+        }
+        assert p["evaluate"] == {
+            "run_uri": config.run_uri,
+            "texts": ["data/demo/clean/aozora-demo/validation"],
+            "out": config.eval_uri,
+            "settings": whole["evaluate"],
+            "sampling": whole["generate"],
+        }
+        assert p["export"] == {
+            "run_uri": config.run_uri,
+            "out": "data/demo/runs/tiny-demo/export/hf",
+            "settings": whole["export"],
+        }
     for name, d in deployments.items():
         validate_parameters(_flow_of(d.entrypoint), d.parameters)  # each one a valid input of its flow
 
@@ -134,8 +161,10 @@ def _validated(flow, parameters: dict) -> dict:
     from pydantic import TypeAdapter
 
     hints = typing.get_type_hints(flow.fn)
-    return {k: TypeAdapter(hints[k]).dump_python(TypeAdapter(hints[k]).validate_python(v), mode="json")
-            for k, v in parameters.items()}
+    return {
+        k: TypeAdapter(hints[k]).dump_python(TypeAdapter(hints[k]).validate_python(v), mode="json")
+        for k, v in parameters.items()
+    }
 
 
 def test_prefect_yaml_holds_the_served_deployments_for_a_process_and_a_docker_pool(demo, prefect_yaml):
@@ -161,13 +190,15 @@ def test_prefect_yaml_holds_the_served_deployments_for_a_process_and_a_docker_po
             assert ours == theirs, f"{d['name']}: parameters differ from the served deployment's"
             assert d.get("tags") == served.tags
     refresh = process["corpus-refresh"]["schedules"]
-    assert [(s["cron"], s["timezone"], s["active"]) for s in refresh] == \
-        [(serve_config.refresh.cron, serve_config.refresh.timezone, True)]
+    assert [(s["cron"], s["timezone"], s["active"]) for s in refresh] == [
+        (serve_config.refresh.cron, serve_config.refresh.timezone, True)
+    ]
     assert [s["active"] for s in docker["corpus-refresh-docker"]["schedules"]] == [False]  # not twice
     assert all(not d.get("schedules") for n, d in process.items() if n != "corpus-refresh")
     pulls = {json.dumps(d["pull"]) for d in docker.values()}
-    assert pulls == {json.dumps([{"prefect.deployments.steps.set_working_directory":
-                                  {"directory": _dockerfile_workdir()}}])}
+    assert pulls == {
+        json.dumps([{"prefect.deployments.steps.set_working_directory": {"directory": _dockerfile_workdir()}}])
+    }
     assert {d["work_pool"]["job_variables"]["image"] for d in docker.values()} == {"gpt2ja:latest"}
 
 
@@ -203,18 +234,22 @@ def test_serve_check_lists_the_deployments_and_starts_nothing(in_repo, capsys):
     assert [ln.split()[0] for ln in lines[1:]] == [f"{n}/{n}" for n in ["pipeline", *stage_flows(), "train-vertex"]]
 
 
-@pytest.mark.parametrize("text, expected", [
-    (None, "file not found; give a YAML file such as configs/serve-demo.yaml"),
-    ("refresh: [unclosed", "not valid YAML at line 1"),
-    ("- a list\n", "expected a mapping of settings (pipeline, refresh)"),
-    ("pipeline: configs/demo.yaml\n", "refresh: required but missing"),
-    ("pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * *'}\n", "refresh: Invalid cron string"),
-    ("pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * * 1', timezone: Asia/Tokio}\n",
-     "refresh: Invalid timezone"),
-    ("pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * * 1'}\nschedule: daily\n",
-     "schedule: unknown setting"),
-    ("pipeline: configs/nope.yaml\nrefresh: {cron: '0 4 * * 1'}\n", "pipeline: configs/nope.yaml is not a file"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (None, "file not found; give a YAML file such as configs/serve-demo.yaml"),
+        ("refresh: [unclosed", "not valid YAML at line 1"),
+        ("- a list\n", "expected a mapping of settings (pipeline, refresh)"),
+        ("pipeline: configs/demo.yaml\n", "refresh: required but missing"),
+        ("pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * *'}\n", "refresh: Invalid cron string"),
+        (
+            "pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * * 1', timezone: Asia/Tokio}\n",
+            "refresh: Invalid timezone",
+        ),
+        ("pipeline: configs/demo.yaml\nrefresh: {cron: '0 4 * * 1'}\nschedule: daily\n", "schedule: unknown setting"),
+        ("pipeline: configs/nope.yaml\nrefresh: {cron: '0 4 * * 1'}\n", "pipeline: configs/nope.yaml is not a file"),
+    ],
+)
 def test_a_bad_serve_config_gives_one_clear_line(in_repo, tmp_path, capsys, text, expected):
     path = tmp_path / "serve.yaml"
     if text is not None:
@@ -246,8 +281,11 @@ def test_a_silent_api_url_elsewhere_is_named_not_replaced():
 
 
 def _dockerfile() -> list[str]:
-    return [ln.strip() for ln in (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.lstrip().startswith("#")]
+    return [
+        ln.strip()
+        for ln in (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def _dockerfile_workdir() -> str:
@@ -300,8 +338,12 @@ def test_the_dockerfile_jax_target_is_cuda_13_jax_without_tensorflow():
 
 def test_the_jax_install_leaves_every_tensorflow_package_out():
     """install-jax.sh's requirement list, read from this checkout's installed metadata: TensorFlow-free."""
-    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / "install-jax.sh"), "--requirements", sys.executable],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "jobs" / "install-jax.sh"), "--requirements", sys.executable],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in out}
     assert not {n for n in names if n.startswith("tensorflow")} and "keras-hub" not in names
     assert {"tensorboard", "keras", "prefect", "sentencepiece", "tokenizers"} <= names  # gpt2ja's and keras-hub's
@@ -310,8 +352,13 @@ def test_the_jax_install_leaves_every_tensorflow_package_out():
 
 def _dry_run(script: str, **env) -> tuple[list[str], list[list[str]]]:
     """(the gpt2ja command line, the commands) that ``script --dry-run`` prints."""
-    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / script), "--dry-run"], capture_output=True,
-                         text=True, check=True, env={**os.environ, **env}).stdout.splitlines()
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "jobs" / script), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    ).stdout.splitlines()
     gpt2ja = [shlex.split(ln.removeprefix("gpt2ja>")) for ln in out if ln.startswith("gpt2ja>")]
     commands = [shlex.split(ln[2:]) for ln in out if ln.startswith("+ ")]
     assert len(gpt2ja) == 1 and commands, out
@@ -347,7 +394,7 @@ def test_the_gpu_vm_job_trains_mirrored_from_gs_in_the_image():
     files = dict(kv.split("=", 1) for kv in create[create.index("--metadata-from-file") + 1].split(","))
     assert Path(files["startup-script"]) == REPO / "deploy" / "jobs" / "gpu-vm-startup.sh"
     startup = files["startup-script"]
-    assert 'docker run --rm --gpus all' in Path(startup).read_text() and '"${ARGS[@]}"' in Path(startup).read_text()
+    assert "docker run --rm --gpus all" in Path(startup).read_text() and '"${ARGS[@]}"' in Path(startup).read_text()
 
 
 def test_the_tpu_vm_job_sets_up_every_worker_and_trains_from_one_client():
@@ -374,7 +421,9 @@ def test_the_gpu_vm_job_with_backend_jax_runs_the_jax_image_on_a_cuda_13_driver(
     assert (cfg.backend, cfg.strategy, cfg.mixed_precision) == ("jax", "default", "bf16")
     (create,) = commands
     assert create[create.index("--image-family") + 1].endswith("-nvidia-580")  # CUDA 13 needs driver >= 580
-    assert "gpt2ja-image=us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja-jax:latest" in create[create.index("--metadata") + 1]
+    assert (
+        "gpt2ja-image=us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja-jax:latest" in create[create.index("--metadata") + 1]
+    )
 
 
 def test_the_tpu_vm_job_with_backend_jax_trains_on_every_worker():
@@ -401,29 +450,40 @@ def test_the_job_scripts_are_valid_bash():
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Google Cloud CLI is not installed")
 def test_gcloud_accepts_every_flag_of_the_job_commands(tmp_path):
     """Real gcloud parses each command and stops at the missing account: flags are right, nothing is sent."""
-    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-           "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
-           "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true"}
+    env = {
+        **os.environ,
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+    }
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
     routes = ({}, {"BACKEND": "jax", "TPU_TYPE": "v6e-16"})  # TensorFlow as before; JAX on a slice of v6e
-    commands = [c for script in ("gpu-vm.sh", "tpu-vm.sh") for route in routes
-                for c in _dry_run(script, DELETE_WHEN_DONE="true", **route)[1] if c[0] == "gcloud"]
+    commands = [
+        c
+        for script in ("gpu-vm.sh", "tpu-vm.sh")
+        for route in routes
+        for c in _dry_run(script, DELETE_WHEN_DONE="true", **route)[1]
+        if c[0] == "gcloud"
+    ]
     assert len(commands) == 12
     for command in commands:
         if "--metadata-from-file" in command:  # the dry run's arguments file is gone: give one that exists
             i = command.index("--metadata-from-file") + 1
             command[i] = re.sub(r"gpt2ja-args=[^,]+", f"gpt2ja-args={REPO / 'README.md'}", command[i])
         got = procs.run(command, env=env)
-        assert got.returncode != 0 and "You do not currently have an active account selected" in got.stderr, \
+        assert got.returncode != 0 and "You do not currently have an active account selected" in got.stderr, (
             f"{shlex.join(command)}\n{got.stderr}"
+        )
 
 
 # ----------------------------------------------------------------- gpt2ja serve, for real
 
 
 def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(url + path, data=json.dumps(body or {}).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body or {}).encode(), method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)
 
@@ -432,14 +492,25 @@ def _api(url: str, path: str, body: dict | None = None):
 def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_repo, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONUNBUFFERED": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt2ja", "serve", SERVE_DEMO, "--port", str(port)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2ja", "serve", SERVE_DEMO, "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # as a terminal
     expected = {"corpus-refresh", "pipeline", *stage_flows(), "train-vertex"}
     try:
         deployments = []
@@ -467,9 +538,11 @@ def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_r
 
 
 def test_building_the_deployments_imports_no_heavy_library(in_repo):
-    code = ("import sys; from gpt2ja.flows.deployments import load_serve_config, build_deployments; "
-            f"build_deployments(*load_serve_config({SERVE_DEMO!r})); "
-            "print(sorted(m for m in ('tensorflow', 'scrapy', 'fugashi', 'MeCab', 'torch', "
-            "'google.cloud.aiplatform_v1') if m in sys.modules))")
+    code = (
+        "import sys; from gpt2ja.flows.deployments import load_serve_config, build_deployments; "
+        f"build_deployments(*load_serve_config({SERVE_DEMO!r})); "
+        "print(sorted(m for m in ('tensorflow', 'scrapy', 'fugashi', 'MeCab', 'torch', "
+        "'google.cloud.aiplatform_v1') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

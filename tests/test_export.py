@@ -53,12 +53,24 @@ def write_run(root: Path, tok=None) -> Path:
 
 
 AOZORA_PD = "public domain; Aozora Bunko file terms: https://www.aozora.gr.jp/guide/kijyunn.html"
-EVAL = {"bits_per_character": 6.1331, "bits_per_byte": 2.0812, "token_perplexity": 279.3, "characters": 14283,
-        "step": 1, "texts_from": ["data/demo/clean/aozora-demo/validation"],
-        "baselines": {"ppmd_order8_bits_per_character": 4.512, "ppmd_order8_bits_per_byte": 1.531,  # flat, as
-                      "ppmd_order8_primed_bits_per_character": None,                         # gpt2ja/model/baselines.py
-                      "ppmd_order8_primed_bits_per_byte": None, "gzip_bits_per_character": 7.25,
-                      "gzip_bits_per_byte": 2.46, "characters": 14283, "prime_missing": "no sample"}}
+EVAL = {
+    "bits_per_character": 6.1331,
+    "bits_per_byte": 2.0812,
+    "token_perplexity": 279.3,
+    "characters": 14283,
+    "step": 1,
+    "texts_from": ["data/demo/clean/aozora-demo/validation"],
+    "baselines": {
+        "ppmd_order8_bits_per_character": 4.512,
+        "ppmd_order8_bits_per_byte": 1.531,  # flat, as
+        "ppmd_order8_primed_bits_per_character": None,  # gpt2ja/model/baselines.py
+        "ppmd_order8_primed_bits_per_byte": None,
+        "gzip_bits_per_character": 7.25,
+        "gzip_bits_per_byte": 2.46,
+        "characters": 14283,
+        "prime_missing": "no sample",
+    },
+}
 
 
 def write_corpus(root: Path, run: Path, licences: list[str]) -> None:
@@ -68,15 +80,36 @@ def write_corpus(root: Path, run: Path, licences: list[str]) -> None:
         (clean / split).mkdir(parents=True)
         with gzip.open(clean / split / "part-00000.jsonl.gz", "wt", encoding="utf-8") as f:
             for i, note in enumerate(docs):
-                f.write(json.dumps({"id": f"{split}{i}", "source": "aozora", "url": f"http://x/{split}{i}",
-                                    "text": "吾輩は猫である。", "license": note}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"{split}{i}",
+                            "source": "aozora",
+                            "url": f"http://x/{split}{i}",
+                            "text": "吾輩は猫である。",
+                            "license": note,
+                        }
+                    )
+                    + "\n"
+                )
     (clean / "_MANIFEST.json").write_text(json.dumps({"stage": "clean", "fingerprint": "c"}))
     shards.mkdir()
-    (shards / "_MANIFEST.json").write_text(json.dumps({"stage": "shards", "fingerprint": "s", "refs": "relative",
-                                                       "inputs": [{"uri": "../clean", "fingerprint": "c"}]}))
+    (shards / "_MANIFEST.json").write_text(
+        json.dumps(
+            {
+                "stage": "shards",
+                "fingerprint": "s",
+                "refs": "relative",
+                "inputs": [{"uri": "../clean", "fingerprint": "c"}],
+            }
+        )
+    )
     hparams = json.loads((run / runs.HPARAMS).read_text())
-    hparams.update(refs="relative", data={"uri": "../shards", "seq_len": CONTEXT},
-                   train={"preset": "tiny", "batch_tokens": 2048, "learning_rate": 1e-3, "warmup_steps": 10})
+    hparams.update(
+        refs="relative",
+        data={"uri": "../shards", "seq_len": CONTEXT},
+        train={"preset": "tiny", "batch_tokens": 2048, "learning_rate": 1e-3, "warmup_steps": 10},
+    )
     (run / runs.HPARAMS).write_text(json.dumps(hparams))
 
 
@@ -95,11 +128,22 @@ def exported(tmp_path_factory):
 def test_export_layout_and_logits_match(exported):
     run, out = exported
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md",
-            "gpt2ja_tokenizer/tokenizer.json", "gpt2ja_tokenizer/_MANIFEST.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "README.md",
+        "gpt2ja_tokenizer/tokenizer.json",
+        "gpt2ja_tokenizer/_MANIFEST.json",
+    } <= names
     conf = json.loads((out / "config.json").read_text())
-    assert (conf["vocab_size"], conf["n_embd"], conf["n_layer"], conf["n_head"], conf["n_positions"]) == \
-        (320, 128, 2, 2, CONTEXT)
+    assert (conf["vocab_size"], conf["n_embd"], conf["n_layer"], conf["n_head"], conf["n_positions"]) == (
+        320,
+        128,
+        2,
+        2,
+        CONTEXT,
+    )
     assert conf["activation_function"] == "gelu_new" and conf["layer_norm_epsilon"] == 1e-5
     assert conf["bos_token_id"] == conf["eos_token_id"] == 256 and conf["tie_word_embeddings"] is True
     assert json.loads((out / "generation_config.json").read_text())["suppress_tokens"] == list(range(257, 320))
@@ -138,7 +182,7 @@ def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
     from gpt2ja.model.evaluate import bits_per_character
 
     run, out = exported
-    text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3   # > 1 window of 32 ids
+    text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 3  # > 1 window of 32 ids
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     expected = bits_per_character(run.model, run.tokenizer, [text])
     assert expected["tokens"] > CONTEXT
@@ -146,8 +190,20 @@ def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
     report = tmp_path / "report.md"
-    argv = ["--export", str(out), "--text", str(tmp_path / "text.txt"), "--device", "cpu", "--reps", "1",
-            "--expect-bpc", f"{expected['bits_per_character']:.6f}", "--report", str(report)]
+    argv = [
+        "--export",
+        str(out),
+        "--text",
+        str(tmp_path / "text.txt"),
+        "--device",
+        "cpu",
+        "--reps",
+        "1",
+        "--expect-bpc",
+        f"{expected['bits_per_character']:.6f}",
+        "--report",
+        str(report),
+    ]
     assert check.main(argv) == 0
     written = report.read_text(encoding="utf-8")
     assert "agrees" in written and f"| gpt2ja eval (TensorFlow) | {expected['bits_per_character']:.4f} |" in written
@@ -182,10 +238,15 @@ def test_greedy_generation_gives_the_same_ids(exported):
         scores = gpt2.mask_padding(gpt2.logits(run.model, ids)[:, -1], run.config.vocab_size)
         ids = np.concatenate([ids, np.argmax(scores.numpy(), axis=-1)[:, None].astype(np.int32)], axis=1)
     with torch.no_grad():
-        theirs = hf.generate(torch.as_tensor(prompt), max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                             attention_mask=torch.ones_like(torch.as_tensor(prompt))).numpy()
+        theirs = hf.generate(
+            torch.as_tensor(prompt),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            attention_mask=torch.ones_like(torch.as_tensor(prompt)),
+        ).numpy()
     assert theirs.tolist() == ids.tolist()
-    assert all(0 <= i < run.config.vocab_size for i in ids[0, prompt.shape[1]:])
+    assert all(0 <= i < run.config.vocab_size for i in ids[0, prompt.shape[1] :])
 
 
 def test_auto_tokenizer_gives_our_ids_and_text(exported):
@@ -220,11 +281,20 @@ def spm_tokenizer(tmp_path: Path, model_type: str = "bpe", vocab_size: int = 320
     from gpt2ja.tokenization.spm import SentencePieceTokenizer, train_model
 
     sample = tmp_path / "sample.txt"
-    sample.write_text("吾輩は猫である。名前は まだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
-                      "何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。\n" * 50,
-                      encoding="utf-8")
-    proto = train_model(str(sample), where="test", vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
-                        num_threads=1, max_sentence_length=4096)
+    sample.write_text(
+        "吾輩は猫である。名前は まだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
+        "何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。\n" * 50,
+        encoding="utf-8",
+    )
+    proto = train_model(
+        str(sample),
+        where="test",
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        num_threads=1,
+        max_sentence_length=4096,
+    )
     return SentencePieceTokenizer(proto)
 
 
@@ -280,13 +350,13 @@ def test_tokenizer_starts_every_text_with_the_document_start_and_pads_on_the_lef
     run, out = exported
     hf, eos = hf_tokenizer_of(out), run.tokenizer.eos_id
     ours = run.tokenizer.encode("吾輩は猫")
-    assert hf("吾輩は猫")["input_ids"] == [eos] + ours            # training's document start
+    assert hf("吾輩は猫")["input_ids"] == [eos] + ours  # training's document start
     assert hf("吾輩は猫", add_special_tokens=False)["input_ids"] == ours
     assert json.loads((out / "tokenizer.json").read_text())["post_processor"]["type"] == "TemplateProcessing"
     batch = hf(["吾輩は猫", "猫"], padding=True)
     short = [eos] + run.tokenizer.encode("猫")
     pads = len(batch["input_ids"][0]) - len(short)
-    assert batch["input_ids"][1] == [eos] * pads + short          # pads are eos too ...
+    assert batch["input_ids"][1] == [eos] * pads + short  # pads are eos too ...
     assert batch["attention_mask"][1] == [0] * pads + [1] * len(short)  # ... told apart by the mask only
     conf = json.loads((out / "tokenizer_config.json").read_text())
     assert conf["tokenizer_class"] == "PreTrainedTokenizerFast" and conf["model_max_length"] == CONTEXT
@@ -306,7 +376,7 @@ def test_generate_on_the_tokenizer_output_is_our_greedy_generate(exported):
 
     def continuation(row: list[int], prompt_len: int) -> list[int]:
         got = row[prompt_len:]
-        return got[:got.index(eos)] if eos in got else got   # ours stops before eos
+        return got[: got.index(eos)] if eos in got else got  # ours stops before eos
 
     for prompt, want in zip(prompts, ours):
         inputs = hf(prompt, return_tensors="pt")
@@ -325,10 +395,10 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left(exported):
 
     run, out = exported
     hf, model = hf_tokenizer_of(out), load_hf(str(out))
-    text = "ある日の暮方の事である。" * 4                        # 144 bytes: 4.5 contexts
+    text = "ある日の暮方の事である。" * 4  # 144 bytes: 4.5 contexts
     new = 8
     ids = hf(text, truncation=True, max_length=CONTEXT - new, return_tensors="pt")
-    assert ids["input_ids"][0].tolist() == [256] + run.tokenizer.encode(text)[-(CONTEXT - new - 1):]
+    assert ids["input_ids"][0].tolist() == [256] + run.tokenizer.encode(text)[-(CONTEXT - new - 1) :]
     with torch.no_grad():
         got = model.generate(**ids, do_sample=False, max_new_tokens=new, min_new_tokens=new)
     assert got.shape == (1, CONTEXT)
@@ -351,8 +421,11 @@ def test_generation_config_samples_with_our_defaults_and_pipeline_does_not_warn(
     assert "max_length" not in raw and raw["max_new_tokens"] == CONTEXT // 2
     conf = GenerationConfig.from_pretrained(str(out))
     assert conf.do_sample is True
-    assert (conf.temperature, conf.top_k, conf.top_p) == (DEFAULT_SAMPLING["temperature"], DEFAULT_SAMPLING["top_k"],
-                                                          DEFAULT_SAMPLING["top_p"])
+    assert (conf.temperature, conf.top_k, conf.top_p) == (
+        DEFAULT_SAMPLING["temperature"],
+        DEFAULT_SAMPLING["top_k"],
+        DEFAULT_SAMPLING["top_p"],
+    )
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
@@ -372,8 +445,8 @@ def test_generation_config_samples_with_our_defaults_and_pipeline_does_not_warn(
     assert text.startswith("吾輩は猫")
     prompt = [run.tokenizer.eos_id] + run.tokenizer.encode("吾輩は猫")
     ids = [r["generated_token_ids"] for r in rows]
-    assert all(row[:len(prompt)] == prompt for row in ids)     # the pipeline added the document start
-    assert len({tuple(row) for row in ids}) > 1                  # sampled, not greedy
+    assert all(row[: len(prompt)] == prompt for row in ids)  # the pipeline added the document start
+    assert len({tuple(row) for row in ids}) > 1  # sampled, not greedy
 
 
 # ----------------------------------------------------------------- the model card
@@ -384,7 +457,7 @@ def test_model_card_metadata_parses_and_carries_the_corpus_licence_and_eval(expo
     from huggingface_hub.repocard import metadata_load
 
     run, out = exported
-    card = ModelCard.load(out / "README.md")               # parses the YAML header, no network
+    card = ModelCard.load(out / "README.md")  # parses the YAML header, no network
     meta = metadata_load(out / "README.md")
     assert ModelCardData(**meta).to_dict() == card.data.to_dict()  # the header round-trips as card data
     data = card.data
@@ -398,7 +471,10 @@ def test_model_card_metadata_parses_and_carries_the_corpus_licence_and_eval(expo
     assert "| baseline: PPMd order 8 | 4.5120 | 1.5310 | – |" in text
     assert "| baseline: PPMd order 8 primed with training text | – | – | – |" in text
     assert "| baseline: gzip -9 | 7.2500 | 2.4600 | – |" in text and "baseline: characters" not in text
-    assert "top-k 640, top-p off (1.0)" in text and "Preset `tiny`, 1 optimizer steps of 2,048 tokens: 2,048 tokens" in text
+    assert (
+        "top-k 640, top-p off (1.0)" in text
+        and "Preset `tiny`, 1 optimizer steps of 2,048 tokens: 2,048 tokens" in text
+    )
     assert "| public-domain | 3 |" in text and "## Limits" in text
 
 
@@ -408,48 +484,55 @@ def test_nested_baselines_render_too():
     assert baseline_rows({"ppmd": {"bits_per_character": 4.5, "bits_per_byte": 1.5}}) == [("ppmd", 4.5, 1.5)]
 
 
-@pytest.mark.parametrize("licences, expected", [
-    ({"public-domain": 40}, ("other", "public-domain")),
-    ({"cc-by-4.0": 2}, ("cc-by-4.0", None)),
-    ({"public-domain": 3, "cc-by-4.0": 1}, ("other", "mixed")),
-    ({"public-domain": 3, "": 1}, ("unknown", None)),
-    ({}, ("unknown", None)),
-])
+@pytest.mark.parametrize(
+    "licences, expected",
+    [
+        ({"public-domain": 40}, ("other", "public-domain")),
+        ({"cc-by-4.0": 2}, ("cc-by-4.0", None)),
+        ({"public-domain": 3, "cc-by-4.0": 1}, ("other", "mixed")),
+        ({"public-domain": 3, "": 1}, ("unknown", None)),
+        ({}, ("unknown", None)),
+    ],
+)
 def test_hub_licence_from_the_documents(licences, expected):
     from gpt2ja.model.model_card import hub_license, license_class
 
     assert hub_license(licences)[:2] == expected
     assert license_class(AOZORA_PD) == "public-domain"
     assert license_class("https://creativecommons.org/licenses/by-nc-sa/4.0/") == "cc-by-nc-sa-4.0"
-    assert license_class("http://creativecommons.org/licenses/by/2.1/jp/") == "http://creativecommons.org/licenses/by/2.1/jp/"
+    assert (
+        license_class("http://creativecommons.org/licenses/by/2.1/jp/")
+        == "http://creativecommons.org/licenses/by/2.1/jp/"
+    )
 
 
 # ----------------------------------------------------------------- push to the Hub (a local stand-in)
 
 
 def test_push_to_hub_uploads_the_export_through_huggingface_hub(exported, monkeypatch):
-    from gpt2ja.cli import app
     from typer.testing import CliRunner
 
+    from gpt2ja.cli import app
     from tests.hub_server import HubServer
 
     run, out = exported
     with HubServer() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
-        result = CliRunner().invoke(app, ["export", "hf", "--run", run.uri, "--out", str(out),
-                                          "--push-to-hub", "someone/gpt2ja-tiny"])
+        result = CliRunner().invoke(
+            app, ["export", "hf", "--run", run.uri, "--out", str(out), "--push-to-hub", "someone/gpt2ja-tiny"]
+        )
     assert result.exit_code == 0, result.output
     assert f"pushed {out} → {hub.url}/someone/gpt2ja-tiny/commit/" in result.output
     assert hub.requests[0][:2] == ("POST", "/api/repos/create")
     assert hub.requests[0][2]["name"] == "gpt2ja-tiny" and hub.requests[0][2]["organization"] == "someone"
     assert all(h.get("authorization") == "Bearer hf_local_test_token" for h in hub.headers)
     local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
-    assert set(hub.files) == local - {"_MANIFEST.json"}   # provenance with local paths stays home
+    assert set(hub.files) == local - {"_MANIFEST.json"}  # provenance with local paths stays home
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "generation_config.json"):
         assert hub.files[name] == (out / name).read_bytes()
     assert hub.commits[0]["summary"] == "gpt2ja export, step 1"
-    assert hub.validated == [(out / "README.md").read_text()]   # the card's metadata passed the stand-in's checks
+    assert hub.validated == [(out / "README.md").read_text()]  # the card's metadata passed the stand-in's checks
 
 
 def test_push_to_an_unreachable_hub_is_one_line(exported, monkeypatch):
@@ -500,8 +583,11 @@ print(json.dumps({{"class": type(tok).__name__, "model": type(model).__name__, "
     got = procs.run([str(py), "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert got.returncode == 0, got.stderr[-2000:]
     result = json.loads(got.stdout.strip().splitlines()[-1])
-    assert (result["class"], result["model"], result["max_len"]) == ("PreTrainedTokenizerFast", "GPT2LMHeadModel",
-                                                                     CONTEXT)
+    assert (result["class"], result["model"], result["max_len"]) == (
+        "PreTrainedTokenizerFast",
+        "GPT2LMHeadModel",
+        CONTEXT,
+    )
     hf, model = hf_tokenizer_of(out), load_hf(str(out))
     inputs = hf(["吾輩は猫", "名前"], return_tensors="pt", padding=True)
     assert (result["ids"], result["mask"]) == (inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())

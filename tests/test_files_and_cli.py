@@ -32,15 +32,21 @@ def user_dir(tmp_path):
     (d / "sub").mkdir(parents=True)
     (d / "plain.txt").write_text("これは利用者の手元にある普通のテキストです。\n二行目です。\n", encoding="utf-8")
     (d / "sjis.txt").write_bytes("シフトJISで書かれた文章です。①番目の段落～。\n".encode("cp932"))
-    (d / "aozora.txt").write_bytes("題名\n著者\n\n　本文《ほんぶん》です。［＃改ページ］\n\n底本：「どこか」\n".encode("cp932"))
+    (d / "aozora.txt").write_bytes(
+        "題名\n著者\n\n　本文《ほんぶん》です。［＃改ページ］\n\n底本：「どこか」\n".encode("cp932")
+    )
     shutil.copy(RASHOMON_ZIP, d / "sub" / "rashomon.zip")
     (d / "sub" / "broken.zip").write_bytes(RASHOMON_ZIP.read_bytes()[:500])
     (d / "records.jsonl").write_text(
-        json.dumps({"text": "一つ目のレコードです。", "title": "一"}, ensure_ascii=False) + "\n"
+        json.dumps({"text": "一つ目のレコードです。", "title": "一"}, ensure_ascii=False)
+        + "\n"
         + "{not json\n"
-        + json.dumps({"title": "本文なし"}, ensure_ascii=False) + "\n"
-        + json.dumps({"text": "二つ目のレコードです。", "url": "https://example.jp/2"}, ensure_ascii=False) + "\n",
-        encoding="utf-8")
+        + json.dumps({"title": "本文なし"}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"text": "二つ目のレコードです。", "url": "https://example.jp/2"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
     with gzip.open(d / "more.jsonl.gz", "wt", encoding="utf-8") as fh:
         fh.write(json.dumps({"text": "圧縮されたレコードです。"}, ensure_ascii=False) + "\n")
     (d / "garbage.txt").write_bytes(b"\x80\x81\xff" * 50)
@@ -54,8 +60,13 @@ def test_files_source_reads_a_users_directory(user_dir, tmp_path):
     all_docs = list(read_documents(out))
     docs = {d.title: d for d in all_docs}
     manifest = storage.read_manifest(out)
-    assert manifest["counts"]["drops"] == {"bad_jsonl_line": 2, "bad_zip": 1, "empty_text": 1,
-                                           "undecodable": 1, "unsupported_file": 1}
+    assert manifest["counts"]["drops"] == {
+        "bad_jsonl_line": 2,
+        "bad_zip": 1,
+        "empty_text": 1,
+        "undecodable": 1,
+        "unsupported_file": 1,
+    }
     assert manifest["counts"]["documents"] == len(all_docs) == 7
     assert docs["plain"].text.startswith("これは利用者の手元にある") and docs["plain"].meta["encoding"] == "utf-8"
     assert "①番目の段落～" in docs["sjis"].text and docs["sjis"].meta["encoding"] == "cp932"
@@ -88,22 +99,30 @@ def test_extract_txt_file(tmp_path):
     assert got.returncode == 0 and got.stdout == gpt2ja("extract", str(RASHOMON_ZIP)).stdout
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["crawl", "aozora", "--bogus"], "'gpt2ja crawl aozora' has no option --bogus"),
-    (["train", "--lr", "3e-4"], "has no option --lr; did you mean --learning-rate?"),  # nanoGPT's name
-    (["train", "--data", "d", "--run", "r", "--max-steps", "9"], "did you mean --steps?"),
-    (["clean", "--inn", "x"], "did you mean --in?"),
-    (["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "-1"], "steps: must be at least 1, got -1"),
-    (["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "10"],
-     "warmup_steps 100 must be fewer than steps 10"),
-    (["crawl", "aozora"], "Missing option '--start-url'"),
-    (["crawl", "aozora", "--start-url", "http://x/", "--max-pages", "-1"], "max_pages"),
-    (["crawl", "web", "--seed", "http://x/", "--polite", "--settings"], "has no option --settings"),
-    (["crawl", "web"], "give at least one start URL"),
-    (["crawl", "files", "/no/such/dir"], "is not a directory"),
-    (["extract", "/no/such/file.zip"], "/no/such/file.zip"),
-    (["show", "/no/such/artifact"], "no _MANIFEST.json"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["crawl", "aozora", "--bogus"], "'gpt2ja crawl aozora' has no option --bogus"),
+        (["train", "--lr", "3e-4"], "has no option --lr; did you mean --learning-rate?"),  # nanoGPT's name
+        (["train", "--data", "d", "--run", "r", "--max-steps", "9"], "did you mean --steps?"),
+        (["clean", "--inn", "x"], "did you mean --in?"),
+        (
+            ["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "-1"],
+            "steps: must be at least 1, got -1",
+        ),
+        (
+            ["train", "--data", "d", "--run", "r", "--preset", "tiny", "--steps", "10"],
+            "warmup_steps 100 must be fewer than steps 10",
+        ),
+        (["crawl", "aozora"], "Missing option '--start-url'"),
+        (["crawl", "aozora", "--start-url", "http://x/", "--max-pages", "-1"], "max_pages"),
+        (["crawl", "web", "--seed", "http://x/", "--polite", "--settings"], "has no option --settings"),
+        (["crawl", "web"], "give at least one start URL"),
+        (["crawl", "files", "/no/such/dir"], "is not a directory"),
+        (["extract", "/no/such/file.zip"], "/no/such/file.zip"),
+        (["show", "/no/such/artifact"], "no _MANIFEST.json"),
+    ],
+)
 def test_bad_arguments_get_one_clear_line(args, needle):
     got = gpt2ja(*args)
     assert got.returncode != 0
@@ -153,24 +172,54 @@ def test_clean_command_with_config(tmp_path):
     crawl = gpt2ja("crawl", "files", str(texts), "--root", str(root), "--crawl-id", "mine")
     assert crawl.returncode == 0, crawl.stderr
     raw = root / "raw" / "files" / "mine"
-    got = gpt2ja("clean", "--in", str(raw), "--out", str(root / "clean" / "mine"),
-                 "--config", str(Path(__file__).resolve().parent.parent / "configs" / "clean.yaml"))
+    got = gpt2ja(
+        "clean",
+        "--in",
+        str(raw),
+        "--out",
+        str(root / "clean" / "mine"),
+        "--config",
+        str(Path(__file__).resolve().parent.parent / "configs" / "clean.yaml"),
+    )
     assert got.returncode == 0, got.stderr
     assert "4 documents in → 3 out" in got.stdout
     assert "exact_duplicate 1" in got.stdout
     assert (root / "clean" / "mine" / "report.md").exists()
 
     # and a tokenizer on it
-    tok = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "sentencepiece",
-                 "--vocab-size", "100", "--out", str(root / "tok"))
+    tok = gpt2ja(
+        "tokenizer",
+        "train",
+        "--corpus",
+        str(root / "clean" / "mine"),
+        "--kind",
+        "sentencepiece",
+        "--vocab-size",
+        "100",
+        "--out",
+        str(root / "tok"),
+    )
     assert tok.returncode == 1 and len(tok.stderr.strip().splitlines()) == 1
     assert "too small" in tok.stderr and "Traceback" not in tok.stderr
-    none = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "sentencepiece",
-                  "--vocab-size", "400", "--sample-sentences", "0", "--out", str(root / "tok0"))
+    none = gpt2ja(
+        "tokenizer",
+        "train",
+        "--corpus",
+        str(root / "clean" / "mine"),
+        "--kind",
+        "sentencepiece",
+        "--vocab-size",
+        "400",
+        "--sample-sentences",
+        "0",
+        "--out",
+        str(root / "tok0"),
+    )
     assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1
     assert "sample_sentences" in none.stderr and "must be positive" in none.stderr
-    tok = gpt2ja("tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "bytes",
-                 "--out", str(root / "tok"))
+    tok = gpt2ja(
+        "tokenizer", "train", "--corpus", str(root / "clean" / "mine"), "--kind", "bytes", "--out", str(root / "tok")
+    )
     assert tok.returncode == 0, tok.stderr
     shown = gpt2ja("tokenizer", "encode", str(root / "tok"), "羅生門")
     assert shown.returncode == 0

@@ -255,7 +255,11 @@ def test_dup_ngram_fraction():
     web = PRESETS["web"]
     dup = DupNgramFraction(web.max_dup_ngram_fraction, web.ngram_sample_chars)
     assert dup.filter(doc(PROSE)) == (True, None)
-    sentences = ["今日は晴れて暖かい一日でした。", "駅前の店で新しい本を買いました。", "夕方から友人と映画を見に行きました。"]
+    sentences = [
+        "今日は晴れて暖かい一日でした。",
+        "駅前の店で新しい本を買いました。",
+        "夕方から友人と映画を見に行きました。",
+    ]
     copied = "".join(sentences * 2)  # every sentence twice: half the text repeats
     assert dup.measure(TextStats(copied))[20] == pytest.approx(0.5, abs=0.02)
     assert dup.filter(doc(copied)) == (False, "dup_ngram_fraction")

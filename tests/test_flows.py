@@ -17,20 +17,25 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests import procs
 import yaml
 
 from gpt2ja.flows.config import ConfigError, load_config
 from gpt2ja.infra import storage
+from tests import procs
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_STAGES = ("crawl", "clean", "tokenizer", "shards")
 MODEL_STAGES = ("train", "evaluate", "export")
 STAGES = DATA_STAGES + MODEL_STAGES
 # The demo's choices, with a 10-step run: the tests check the machinery, not the model.
-FAST_TRAIN = {"steps": 10, "warmup_steps": 2, "log_every": 5, "eval_every": 10, "checkpoint_every": 10,
-              "eval_batches": 2}
+FAST_TRAIN = {
+    "steps": 10,
+    "warmup_steps": 2,
+    "log_every": 5,
+    "eval_every": 10,
+    "checkpoint_every": 10,
+    "eval_batches": 2,
+}
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +83,19 @@ def first_run(prefect_harness, demo_config):
     assert state.is_completed(), state
     outcome = state.result()
     uris = _uris(outcome)
-    evaluation = {name: Path(demo_config.eval_uri, name).read_text(encoding="utf-8")
-                  for name in ("eval.json", "samples.jsonl")}
+    evaluation = {
+        name: Path(demo_config.eval_uri, name).read_text(encoding="utf-8") for name in ("eval.json", "samples.jsonl")
+    }
     return {"outcome": outcome, "uris": uris, "created": _created(uris), "evaluation": evaluation}
 
 
 def test_importing_the_flows_imports_no_heavy_library():
-    code = ("import sys, gpt2ja.flows.pipeline, gpt2ja.flows.stages, gpt2ja.flows.config, gpt2ja.flows.artifacts, gpt2ja.demo; "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'transformers', 'scrapy', 'fugashi', 'MeCab') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, gpt2ja.flows.pipeline, gpt2ja.flows.stages, gpt2ja.flows.config, "
+        "gpt2ja.flows.artifacts, gpt2ja.demo; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'transformers', 'scrapy', 'fugashi', 'MeCab') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -96,13 +105,23 @@ def test_the_demo_config_is_the_demo():
     from gpt2ja.demo import demo_config as load_demo
 
     cfg = load_demo("data/demo")
-    assert (cfg.tokenizer.kind, cfg.tokenizer.model_type, cfg.tokenizer.vocab_size) == \
-        ("sentencepiece", "unigram", 3000)
+    assert (cfg.tokenizer.kind, cfg.tokenizer.model_type, cfg.tokenizer.vocab_size) == (
+        "sentencepiece",
+        "unigram",
+        3000,
+    )
     assert (cfg.shards.seq_len, cfg.train.preset, cfg.train.steps, cfg.train.batch_tokens) == (128, "tiny", 120, 2048)
-    assert (cfg.generate.prompts, cfg.generate.num, cfg.generate.top_k, cfg.generate.top_p) == \
-        (["ある日の暮方の事である。"], 3, 40, 0.9)
-    assert (cfg.run_uri, cfg.eval_uri, cfg.export_uri) == \
-        ("data/demo/runs/tiny-demo", "data/demo/runs/tiny-demo/eval", "data/demo/runs/tiny-demo/export/hf")
+    assert (cfg.generate.prompts, cfg.generate.num, cfg.generate.top_k, cfg.generate.top_p) == (
+        ["ある日の暮方の事である。"],
+        3,
+        40,
+        0.9,
+    )
+    assert (cfg.run_uri, cfg.eval_uri, cfg.export_uri) == (
+        "data/demo/runs/tiny-demo",
+        "data/demo/runs/tiny-demo/eval",
+        "data/demo/runs/tiny-demo/export/hf",
+    )
     assert Path(cfg.crawl[0].serve_mirror).resolve() == REPO / "examples" / "aozora-mirror"
 
 
@@ -111,10 +130,15 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
     from gpt2ja.flows.pipeline import pipeline
 
     assert not any(_skipped(first_run["outcome"]).values())
-    assert first_run["uris"] == {"crawl": storage.join(demo_config.root, "raw", "aozora", "demo"),
-                                 "clean": demo_config.clean_uri, "tokenizer": demo_config.tokenizer_uri,
-                                 "shards": demo_config.shards_uri, "train": demo_config.run_uri,
-                                 "evaluate": demo_config.eval_uri, "export": demo_config.export_uri}
+    assert first_run["uris"] == {
+        "crawl": storage.join(demo_config.root, "raw", "aozora", "demo"),
+        "clean": demo_config.clean_uri,
+        "tokenizer": demo_config.tokenizer_uri,
+        "shards": demo_config.shards_uri,
+        "train": demo_config.run_uri,
+        "evaluate": demo_config.eval_uri,
+        "export": demo_config.export_uri,
+    }
     manifests = {s: storage.read_manifest(u) for s, u in first_run["uris"].items()}
     assert manifests["crawl"]["counts"]["documents"] == 36  # as `make demo`: 48 cards, 12 with no readable edition
     assert manifests["crawl"]["counts"]["drops"]["no_edition_readable"] == 12
@@ -134,11 +158,13 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
     assert 0 < result["bits_per_character"] < 20 and 0 < result["bits_per_byte"] < result["bits_per_character"]
     assert result["characters"] == manifests["clean"]["counts"]["splits"]["validation"]["characters"]
     samples = [json.loads(line) for line in Path(demo_config.eval_uri, "samples.jsonl").read_text().splitlines()]
-    assert [(s["prompt"], s["top_k"], s["top_p"], s["max_chars"]) for s in samples] == \
-        [("ある日の暮方の事である。", 40, 0.9, 60)] * 3
+    assert [(s["prompt"], s["top_k"], s["top_p"], s["max_chars"]) for s in samples] == [
+        ("ある日の暮方の事である。", 40, 0.9, 60)
+    ] * 3
     assert all(0 < len(s["text"]) <= 60 for s in samples) and len({s["text"] for s in samples}) == 3
-    assert {"eval.json", "samples.jsonl", "loss.png", "report.md"} <= \
-        {f["path"] for f in manifests["evaluate"]["files"]}
+    assert {"eval.json", "samples.jsonl", "loss.png", "report.md"} <= {
+        f["path"] for f in manifests["evaluate"]["files"]
+    }
     assert manifests["export"]["max_logit_diff"] < 1e-4
     assert {"config.json", "model.safetensors"} <= {f["path"] for f in manifests["export"]["files"]}
 
@@ -153,29 +179,48 @@ def test_pipeline_builds_every_stage_then_skips_them(first_run, demo_config):
 
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
-    assert {"crawl-aozora-demo", "clean-aozora-demo", "tokenizer-sp-unigram-3000", "shards-sp3000-128",
-            "train-tiny-demo", "train-tiny-demo-loss-curve", "evaluate-tiny-demo", "samples-tiny-demo",
-            "export-tiny-demo", "pipeline-run"} <= keys
+    assert {
+        "crawl-aozora-demo",
+        "clean-aozora-demo",
+        "tokenizer-sp-unigram-3000",
+        "shards-sp3000-128",
+        "train-tiny-demo",
+        "train-tiny-demo-loss-curve",
+        "evaluate-tiny-demo",
+        "samples-tiny-demo",
+        "export-tiny-demo",
+        "pipeline-run",
+    } <= keys
 
 
 @pytest.mark.slow
 def test_deleted_or_partial_outputs_are_rebuilt_and_the_rest_skipped(first_run, demo_config):
     from gpt2ja.flows.pipeline import pipeline
 
-    storage.delete(demo_config.clean_uri)                                    # deleted
-    storage.delete(storage.join(demo_config.eval_uri, storage.MANIFEST))     # partial (no manifest)
+    storage.delete(demo_config.clean_uri)  # deleted
+    storage.delete(storage.join(demo_config.eval_uri, storage.MANIFEST))  # partial (no manifest)
     outcome = pipeline(demo_config)
-    assert _skipped(outcome) == {"crawl": True, "clean": False, "tokenizer": True, "shards": True, "train": True,
-                                 "evaluate": False, "export": True}
+    assert _skipped(outcome) == {
+        "crawl": True,
+        "clean": False,
+        "tokenizer": True,
+        "shards": True,
+        "train": True,
+        "evaluate": False,
+        "export": True,
+    }
     created = _created(first_run["uris"])
     assert created["crawl"] == first_run["created"]["crawl"]
     assert created["clean"] > first_run["created"]["clean"]  # rebuilt
-    assert storage.read_manifest(demo_config.clean_uri)["fingerprint"] == \
-        storage.read_manifest(first_run["uris"]["tokenizer"])["inputs"][0]["fingerprint"]
+    assert (
+        storage.read_manifest(demo_config.clean_uri)["fingerprint"]
+        == storage.read_manifest(first_run["uris"]["tokenizer"])["inputs"][0]["fingerprint"]
+    )
     assert created["evaluate"] > first_run["created"]["evaluate"]
     # the same checkpoint, texts and seed: the same figures and samples
-    assert {name: Path(demo_config.eval_uri, name).read_text(encoding="utf-8")
-            for name in ("eval.json", "samples.jsonl")} == first_run["evaluation"]
+    assert {
+        name: Path(demo_config.eval_uri, name).read_text(encoding="utf-8") for name in ("eval.json", "samples.jsonl")
+    } == first_run["evaluation"]
 
 
 def _shard_files(uri: str) -> dict[str, os.stat_result]:
@@ -208,8 +253,9 @@ runpy.run_module("gpt2ja.flows.pipeline", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_shards(first_run, demo_config,
-                                                                                    demo_config_path, tmp_path):
+def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_shards(
+    first_run, demo_config, demo_config_path, tmp_path
+):
     """SIGKILL the pipeline (a real process) after the train shards are written and before the validation ones.
 
     The rerun must skip crawl, clean and tokenizer, keep the 8 finished shard files
@@ -227,9 +273,15 @@ def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_sha
 
     part = next(Path(demo_config.clean_uri, "validation").glob("part-*.jsonl.gz"))
     ready = tmp_path / "ready"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "TMPDIR": str(tmp_path),
-           "HOLD_PART": str(part.resolve()), "HOLD_READY": str(ready), "HOLD_CONFIG": str(demo_config_path),
-           "HOLD_RECORDS": os.pathsep.join(str(shards / "_work" / f"train-{i:05d}.json") for i in range(8))}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "TMPDIR": str(tmp_path),
+        "HOLD_PART": str(part.resolve()),
+        "HOLD_READY": str(ready),
+        "HOLD_CONFIG": str(demo_config_path),
+        "HOLD_RECORDS": os.pathsep.join(str(shards / "_work" / f"train-{i:05d}.json") for i in range(8)),
+    }
     log = tmp_path / "pipeline.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", HOLD], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -248,17 +300,29 @@ def test_a_pipeline_killed_in_the_shards_stage_resumes_with_only_the_missing_sha
     assert storage.read_manifest(str(shards)) is None  # partial: no manifest
 
     outcome = pipeline(demo_config)
-    assert _skipped(outcome) == {"crawl": True, "clean": True, "tokenizer": True, "shards": False, "train": True,
-                                 "evaluate": True, "export": True}
+    assert _skipped(outcome) == {
+        "crawl": True,
+        "clean": True,
+        "tokenizer": True,
+        "shards": False,
+        "train": True,
+        "evaluate": True,
+        "export": True,
+    }
     after = _shard_files(str(shards))
     for name, st in killed_at.items():  # the finished shards were kept, not rewritten
         assert (after[name].st_ino, after[name].st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
-    assert sorted(set(after) - set(killed_at)) == ["validation-00000-of-00002.tfrecord",
-                                                   "validation-00001-of-00002.tfrecord"]
+    assert sorted(set(after) - set(killed_at)) == [
+        "validation-00000-of-00002.tfrecord",
+        "validation-00001-of-00002.tfrecord",
+    ]
     assert {p.name: p.read_bytes() for p in shards.glob("*.tfrecord")} == reference_bytes
     manifest = storage.read_manifest(str(shards))
-    assert (manifest["fingerprint"], manifest["files"], manifest["counts"]) == \
-        (reference["fingerprint"], reference["files"], reference["counts"])
+    assert (manifest["fingerprint"], manifest["files"], manifest["counts"]) == (
+        reference["fingerprint"],
+        reference["files"],
+        reference["counts"],
+    )
 
 
 @pytest.mark.slow
@@ -304,36 +368,46 @@ def test_evaluating_an_unfinished_run_is_one_line(prefect_harness, tmp_path):
 
     (tmp_path / "run").mkdir()
     with pytest.raises(StageError, match=r"^evaluate: run .*run has no _MANIFEST.json: .*rerun the train stage"):
-        evaluate_flow(str(tmp_path / "run"), [str(tmp_path / "run")], str(tmp_path / "run" / "eval"),
-                      EvaluateSection())
+        evaluate_flow(str(tmp_path / "run"), [str(tmp_path / "run")], str(tmp_path / "run" / "eval"), EvaluateSection())
 
 
-BASE = ("root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
-        "crawl: [{source: files, directory: ., crawl_id: f}]\n"
-        "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n")
+BASE = (
+    "root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
+    "crawl: [{source: files, directory: ., crawl_id: f}]\n"
+    "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n"
+)
 TRAIN = "train: {preset: tiny, steps: 10, warmup_steps: 2}\n"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("root: [unclosed", "not valid YAML at line 1"),
-    ("- just\n- a list\n", "expected a mapping"),
-    ("root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\ncrawl: []\n"
-     "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n", "crawl:"),
-    (BASE.replace("seq_len: 128", "seq_len: 4"), "shards.seq_len:"),
-    ("root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
-     "crawl: [{source: aozora, crawl_id: a, root: y, start_urls: [http://mirror.local/]}]\n"
-     "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n", "root is set once"),
-    (BASE + "clean: {dedupe: {}}\n", "unknown clean setting"),
-    (BASE + TRAIN, "run: required with a train section"),
-    (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 2, run: elsewhere}\n", "set by the pipeline"),
-    (BASE + "run: r\ntrain: {preset: tiny, warmup_steps: 2}\n", "train: steps: required but missing"),
-    (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 10}\n", "must be fewer than steps"),
-    (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 2, stepz: 3}\n", "unknown train setting"),
-    (BASE + "evaluate: {}\n", "evaluate: needs a train section"),
-    (BASE + "run: r\n" + TRAIN + "generate: {prompts: [a]}\n", "add an evaluate section"),
-    (BASE + "run: r\n" + TRAIN + "evaluate: {}\ngenerate: {prompts: [a], top_p: 0}\n", "generate.top_p:"),
-    (BASE + "run: r\n" + TRAIN + "export: {format: onnx}\n", "export.format:"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("root: [unclosed", "not valid YAML at line 1"),
+        ("- just\n- a list\n", "expected a mapping"),
+        (
+            "root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\ncrawl: []\n"
+            "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n",
+            "crawl:",
+        ),
+        (BASE.replace("seq_len: 128", "seq_len: 4"), "shards.seq_len:"),
+        (
+            "root: x\ncorpus: c\ntokenizer_name: t\ndataset: d\n"
+            "crawl: [{source: aozora, crawl_id: a, root: y, start_urls: [http://mirror.local/]}]\n"
+            "tokenizer: {kind: sentencepiece, vocab_size: 3000}\nshards: {seq_len: 128}\n",
+            "root is set once",
+        ),
+        (BASE + "clean: {dedupe: {}}\n", "unknown clean setting"),
+        (BASE + TRAIN, "run: required with a train section"),
+        (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 2, run: elsewhere}\n", "set by the pipeline"),
+        (BASE + "run: r\ntrain: {preset: tiny, warmup_steps: 2}\n", "train: steps: required but missing"),
+        (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 10}\n", "must be fewer than steps"),
+        (BASE + "run: r\ntrain: {preset: tiny, steps: 10, warmup_steps: 2, stepz: 3}\n", "unknown train setting"),
+        (BASE + "evaluate: {}\n", "evaluate: needs a train section"),
+        (BASE + "run: r\n" + TRAIN + "generate: {prompts: [a]}\n", "add an evaluate section"),
+        (BASE + "run: r\n" + TRAIN + "evaluate: {}\ngenerate: {prompts: [a], top_p: 0}\n", "generate.top_p:"),
+        (BASE + "run: r\n" + TRAIN + "export: {format: onnx}\n", "export.format:"),
+    ],
+)
 def test_a_bad_config_gives_one_clear_line(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")

@@ -22,9 +22,16 @@ def _held_run(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, list[psut
     """`gpt2ja run` held in its shards stage (a terminal's Ctrl-C reaches it); its descendants then."""
     gate = tmp_path / "gate"
     env = {**os.environ, "GPT2JA_STAGE_HOLD": f"shards={gate}"}
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2ja", "run", str(config)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2ja", "run", str(config)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     while not Path(str(gate) + ".held").exists():
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
@@ -50,8 +57,9 @@ def test_ctrl_c_ends_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
     assert "Traceback" not in err and "Crash detected! Execution was aborted by an interrupt signal" in err
     assert "error: interrupted; rerun the same command to resume" in err  # our one line, after Prefect's
     assert _gone(helpers) == []
-    done = subprocess.run([sys.executable, "-m", "gpt2ja", "run", str(config)], cwd=tmp_path, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "gpt2ja", "run", str(config)], cwd=tmp_path, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped (up to date): crawl, clean, tokenizer" in done.stdout + done.stderr
     assert stage.verify(str(tmp_path / "root" / "datasets" / "aozora-demo" / "sp3000-128"), deep=True)[1] == []

@@ -17,7 +17,6 @@ import pytest
 from gpt2ja.flows import artifacts
 from tests import procs
 
-
 # ----------------------------------------------------------------- without a server
 
 
@@ -47,15 +46,15 @@ class FakeApi:
 def test_progress_is_throttled_but_its_first_and_last_values_are_sent(monkeypatch):
     api, now = FakeApi(monkeypatch), [100.0]
     progress = artifacts.Progress("train-x-progress", "x", every_s=5, clock=lambda: now[0])
-    for step in range(1, 10):   # nine steps within a second of the start: none sent
+    for step in range(1, 10):  # nine steps within a second of the start: none sent
         now[0] += 0.1
         progress(step, 20)
     now[0] += 5
-    progress(10, 20)            # 5 s later: sent
-    progress(10, 20)            # unchanged: not sent
+    progress(10, 20)  # 5 s later: sent
+    progress(10, 20)  # unchanged: not sent
     now[0] += 1
-    progress(20, 20)            # 100 %: sent at once
-    progress.finish()           # already 100 %
+    progress(20, 20)  # 100 %: sent at once
+    progress.finish()  # already 100 %
     assert api.calls == [("create", 0.0), ("update", 50.0), ("update", 100.0)]
     assert progress.percent == 100.0
 
@@ -92,8 +91,9 @@ def _versions(client, artifact_key: str) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key])),
-                                 sort=ArtifactSort.CREATED_DESC)[::-1]
+    return client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key])), sort=ArtifactSort.CREATED_DESC
+    )[::-1]
 
 
 def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness, monkeypatch, tmp_path):
@@ -105,8 +105,18 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
     from tests.test_model_train import SEQ_LEN, make_shards
 
     shards = make_shards(tmp_path / "data")
-    settings = TrainSection(preset="tiny", batch_tokens=8 * SEQ_LEN, micro_batch=8, steps=10, warmup_steps=2,
-                            learning_rate=3e-3, log_every=1, eval_every=5, eval_batches=2, checkpoint_every=5)
+    settings = TrainSection(
+        preset="tiny",
+        batch_tokens=8 * SEQ_LEN,
+        micro_batch=8,
+        steps=10,
+        warmup_steps=2,
+        learning_rate=3e-3,
+        log_every=1,
+        eval_every=5,
+        eval_batches=2,
+        checkpoint_every=5,
+    )
     run = tmp_path / "live-run"
     monkeypatch.setattr(artifacts, "PROGRESS_EVERY_S", 0.0)  # every log step: the hold below sees step 5's percent
 
@@ -122,8 +132,9 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
 
     monkeypatch.setattr(artifacts.TrainLive, "on_log", held)
     outcome: dict = {}
-    flow_run = threading.Thread(target=lambda: outcome.update(state=train_flow(shards, str(run), settings,
-                                                                               return_state=True)))
+    flow_run = threading.Thread(
+        target=lambda: outcome.update(state=train_flow(shards, str(run), settings, return_state=True))
+    )
     flow_run.start()
     try:
         while not reached.wait(0.05) and flow_run.is_alive():
@@ -161,7 +172,7 @@ def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness,
 
 @pytest.mark.slow
 def test_a_data_stage_shows_its_phases_as_progress_artifacts(prefect_harness, tmp_path):
-    """The clean flow's phases (filter, dedup, write), reported through gpt2ja.infra.progress, become progress artifacts."""
+    """The clean flow's phases (filter, dedup, write), reported through infra.progress, become progress artifacts."""
     import shutil
 
     from prefect import get_client

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from gpt2ja.model.presets import (PRESETS, ModelConfig, ModelError, padded_vocab, param_count, preset_param_counts)
+from gpt2ja.model.presets import PRESETS, ModelConfig, ModelError, padded_vocab, param_count, preset_param_counts
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 tf = pytest.importorskip("tensorflow")
@@ -45,8 +45,8 @@ def steered(token: int, strength: float, context: int = CONTEXT):
     b = lm.backbone
     unit = np.zeros(b.hidden_dim, np.float32)
     unit[0] = 1.0
-    b.token_embedding.embeddings[token].assign(unit)   # E[token] = e₀
-    b.layer_norm.beta.assign(strength * unit)          # final state strength · e₀: logit `strength` at token
+    b.token_embedding.embeddings[token].assign(unit)  # E[token] = e₀
+    b.layer_norm.beta.assign(strength * unit)  # final state strength · e₀: logit `strength` at token
     return lm
 
 
@@ -74,8 +74,7 @@ def test_model_config_errors():
     with pytest.raises(ModelError, match="unknown model preset 'huge'; use one of tiny, micro, mini, small"):
         ModelConfig.from_preset("huge", vocab_size=257)
     with pytest.raises(ValueError, match="hidden_dim 130 is not divisible by num_heads 4"):
-        ModelConfig(vocab_size=257, num_layers=1, hidden_dim=130, num_heads=4, intermediate_dim=64,
-                    context_length=8)
+        ModelConfig(vocab_size=257, num_layers=1, hidden_dim=130, num_heads=4, intermediate_dim=64, context_length=8)
 
 
 # ----------------------------------------------------------------- the network
@@ -90,7 +89,7 @@ def test_forward_shape_param_count_and_tied_embedding(random_lm):
     # one (V_padded, H) matrix: input embedding and output layer
     matrices = [w for w in random_lm.weights if tuple(w.shape) == (320, 128)]
     assert len(matrices) == 1 and matrices[0] is gpt2.token_embedding(random_lm)
-    hidden = random_lm.backbone({"token_ids": ids, "padding_mask": tf.ones_like(ids)})   # (2, T, H)
+    hidden = random_lm.backbone({"token_ids": ids, "padding_mask": tf.ones_like(ids)})  # (2, T, H)
     manual = tf.einsum("bth,vh->btv", hidden, gpt2.token_embedding(random_lm))
     np.testing.assert_allclose(out.numpy(), manual.numpy(), atol=1e-5)
     # causal: changing the last token changes nothing before it
@@ -119,8 +118,11 @@ def test_loss_masks_ignored_targets():
 # ----------------------------------------------------------------- bits per character
 
 
-TEXTS = ["吾輩は猫である。名前はまだ無い。", "Hello, world!",
-         "どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。"]
+TEXTS = [
+    "吾輩は猫である。名前はまだ無い。",
+    "Hello, world!",
+    "どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。",
+]
 
 
 def test_bits_per_character_of_a_uniform_model():
@@ -210,11 +212,13 @@ def test_filters_match_the_reference_on_random_logits():
         for temperature in (0.7, 1.0, 1.6):
             for top_k in (0, 1, 3, vocab, vocab + 5):
                 for top_p in (1.0, 0.95, 0.5, 1e-9):
-                    got = warp(tf.constant(logits), tf.constant(temperature), tf.constant(top_k),
-                               tf.constant(top_p)).numpy()
+                    got = warp(
+                        tf.constant(logits), tf.constant(temperature), tf.constant(top_k), tf.constant(top_p)
+                    ).numpy()
                     want = reference_filter(logits, temperature, top_k, top_p)
-                    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want),
-                                                  err_msg=f"seed {seed} T {temperature} k {top_k} p {top_p}")
+                    np.testing.assert_array_equal(
+                        np.isneginf(got), np.isneginf(want), err_msg=f"seed {seed} T {temperature} k {top_k} p {top_p}"
+                    )
                     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
                     assert np.isfinite(got).any(axis=1).all()  # at least one token always kept
                     cases += 1
@@ -237,13 +241,17 @@ def test_large_vocabularies_keep_the_reference_tokens_by_bisection():
             for top_p in (0.99, 0.9, 0.5, 1e-9):
                 got = warp(tf.constant(logits), tf.constant(1.0), tf.constant(top_k), tf.constant(top_p)).numpy()
                 want = reference_filter(logits, 1.0, top_k, top_p)
-                np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want),
-                                              err_msg=f"seed {seed} V {vocab} k {top_k} p {top_p}")
+                np.testing.assert_array_equal(
+                    np.isneginf(got), np.isneginf(want), err_msg=f"seed {seed} V {vocab} k {top_k} p {top_p}"
+                )
                 sorted_ = filter_logits(tf.constant(logits), 1.0, top_k, top_p, full_sort=True).numpy()
                 np.testing.assert_array_equal(np.isneginf(got), np.isneginf(sorted_))
                 compiled = xla(tf.constant(logits), tf.constant(1.0), tf.constant(top_k), tf.constant(top_p))
-                np.testing.assert_array_equal(np.isneginf(compiled.numpy()), np.isneginf(want),
-                                              err_msg=f"XLA: seed {seed} V {vocab} k {top_k} p {top_p}")
+                np.testing.assert_array_equal(
+                    np.isneginf(compiled.numpy()),
+                    np.isneginf(want),
+                    err_msg=f"XLA: seed {seed} V {vocab} k {top_k} p {top_p}",
+                )
 
 
 def test_filter_semantics_by_hand():
@@ -255,8 +263,12 @@ def test_filter_semantics_by_hand():
     assert kept(0, 1e-9) == [False, False, True, False, False]  # one token: the last of the ties by id
     assert kept(3, 0.9) == [False, True, True, True, False]  # top-3 probabilities .42 .42 .16: p .9 keeps all
     assert kept(3, 0.8) == [False, True, True, False, False]  # … and p .8 drops the .16 (.16 ≤ 1 - .8)
-    for bad, message in [(dict(top_p=0.0), "top_p 0.0 must be in"), (dict(top_p=1.5), "top_p 1.5"),
-                         (dict(top_k=-1), "top_k -1 must be ≥ 0"), (dict(temperature=0.0), "temperature 0.0")]:
+    for bad, message in [
+        (dict(top_p=0.0), "top_p 0.0 must be in"),
+        (dict(top_p=1.5), "top_p 1.5"),
+        (dict(top_k=-1), "top_k -1 must be ≥ 0"),
+        (dict(temperature=0.0), "temperature 0.0"),
+    ]:
         with pytest.raises(ModelError, match=message):
             check_sampling(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, **bad})
     check_sampling(temperature=0.0, top_k=0, top_p=1.0, greedy=True)
@@ -269,7 +281,8 @@ def test_generation_stops_at_eos():
     lm = steered(TOK.eos_id, 20.0)
     samples = generate(lm, TOK, ["吾輩は", ""], num=2, max_chars=50, top_k=5, seed=1)
     assert [(s.prompt, s.text, s.ids, s.stopped) for s in samples] == [("吾輩は", "", [], "eos")] * 2 + [
-        ("", "", [], "eos")] * 2
+        ("", "", [], "eos")
+    ] * 2
 
 
 def test_generation_respects_max_chars_and_slides_past_the_context():
@@ -344,8 +357,17 @@ def test_a_prompt_outside_the_vocabulary_goes_through_byte_fallback(tmp_path):
 
     sample = tmp_path / "sample.txt"
     sample.write_text("吾輩は猫である。名前はまだ無い。\nどこで生れたかとんと見当がつかぬ。\n" * 40, encoding="utf-8")
-    tok = SentencePieceTokenizer(train_model(str(sample), where="test", vocab_size=286, model_type="unigram",
-                                             character_coverage=1.0, num_threads=1, max_sentence_length=4096))
+    tok = SentencePieceTokenizer(
+        train_model(
+            str(sample),
+            where="test",
+            vocab_size=286,
+            model_type="unigram",
+            character_coverage=1.0,
+            num_threads=1,
+            max_sentence_length=4096,
+        )
+    )
     prompt = "🍣と𠮷の猫"
     ids = tok.encode(prompt)
     assert UNK_ID not in ids and sum(i in BYTE_IDS for i in ids) == 4 + 4 + 3  # 🍣, 𠮷, の: never seen

@@ -23,9 +23,9 @@ import pytest
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.jsonl import ShardWriter
 from gpt2ja.infra import storage
-from tests import procs
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from gpt2ja.tokenization.shards import ShardsConfig, write_shards
+from tests import procs
 
 tf = pytest.importorskip("tensorflow")
 
@@ -47,11 +47,16 @@ def make_shards(root: Path) -> str:
             for i in range(n):
                 out.write(Document.new(source="test", url=f"{split}/{i}", text=TEXT * 2))
     files = [storage.file_info(u, root=corpus) for u in storage.list_files(corpus)]
-    storage.write_manifest(corpus, storage.build_manifest(stage="clean", config={"test": "model"}, counts={},
-                                                          files=files, timings={}))
+    storage.write_manifest(
+        corpus, storage.build_manifest(stage="clean", config={"test": "model"}, counts={}, files=files, timings={})
+    )
     tok = ByteTokenizer().save(str(root / "tokenizer"))
-    return write_shards(corpus, tok, str(root / "shards"),
-                        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 2, "validation": 1}, workers=1))
+    return write_shards(
+        corpus,
+        tok,
+        str(root / "shards"),
+        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 2, "validation": 1}, workers=1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +65,22 @@ def shards(tmp_path_factory) -> str:
 
 
 def config(shards: str, run: Path, **kw) -> TrainConfig:
-    base = dict(data=shards, run=str(run), preset="tiny", batch_tokens=8 * SEQ_LEN, micro_batch=8, steps=8,
-                learning_rate=3e-3, warmup_steps=2, checkpoint_every=4, eval_every=4, eval_batches=2, log_every=1,
-                deterministic=True, seed=7)
+    base = dict(
+        data=shards,
+        run=str(run),
+        preset="tiny",
+        batch_tokens=8 * SEQ_LEN,
+        micro_batch=8,
+        steps=8,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=4,
+        eval_every=4,
+        eval_batches=2,
+        log_every=1,
+        deterministic=True,
+        seed=7,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -81,15 +99,21 @@ def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="choose a model"):
         config(shards, tmp_path, preset=None)
     cfg = config(shards, tmp_path / "r", batch_tokens=300)
-    with pytest.raises(TrainError, match=r"not a multiple of micro_batch × seq_len = 8 × 32 = 256; "
-                                         r"use batch_tokens 256$"):
+    with pytest.raises(
+        TrainError,
+        match=r"not a multiple of micro_batch × seq_len = 8 × 32 = 256; "
+        r"use batch_tokens 256$",
+    ):
         train(cfg, progress=None)
     assert config(shards, tmp_path, batch_tokens=4 * 256).accumulation_steps(SEQ_LEN) == 4
     with pytest.raises(TrainError, match="unknown model preset 'huge'"):
         train(config(shards, tmp_path / "r2", preset="huge"), progress=None)
     monkeypatch.setattr("gpt2ja.model.train.host_memory_bytes", lambda: 8 * 2**30)
-    with pytest.raises(TrainError, match=r"preset xl with micro_batch 8 needs about 2\d\.\d GiB to train "
-                                         r"\(1,4\d\d,\d{3},\d{3} parameters\), this machine has 8\.0 GiB"):
+    with pytest.raises(
+        TrainError,
+        match=r"preset xl with micro_batch 8 needs about 2\d\.\d GiB to train "
+        r"\(1,4\d\d,\d{3},\d{3} parameters\), this machine has 8\.0 GiB",
+    ):
         train(config(shards, tmp_path / "r3", preset="xl"), progress=None)
     assert not (tmp_path / "r3").exists()  # stopped before writing anything
     old = tmp_path / "r4"  # a run started on other shards is not resumed on these (the CLI and the flow)
@@ -104,8 +128,18 @@ def test_config_errors_are_one_line(shards, tmp_path, monkeypatch):
 def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     run = tmp_path / "overfit"
     lines: list[str] = []
-    cfg = config(shards, run, steps=150, warmup_steps=10, learning_rate=3e-3, log_every=10, eval_every=50,
-                 checkpoint_every=50, steps_per_execution=10, deterministic=False)
+    cfg = config(
+        shards,
+        run,
+        steps=150,
+        warmup_steps=10,
+        learning_rate=3e-3,
+        log_every=10,
+        eval_every=50,
+        checkpoint_every=50,
+        steps_per_execution=10,
+        deterministic=False,
+    )
     assert train(cfg, progress=lines.append) == str(run)
     rows = metrics(run)
     first, last = rows[0]["loss"], rows[-1]["loss"]
@@ -120,8 +154,12 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
     assert hp["model"]["preset"] == "tiny" and hp["model"]["vocab_size"] == 257 and hp["padded_vocab_size"] == 320
     assert hp["model"]["context_length"] == SEQ_LEN and hp["train"]["steps"] == 150
     assert (run / runs.TOKENIZER_DIR / "tokenizer.json").exists()
-    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).iterdir()) == ["checkpoint", "ckpt-100.npz",
-                                                                             "ckpt-150.npz", "ckpt-50.npz"]
+    assert sorted(p.name for p in (run / runs.CHECKPOINT_DIR).iterdir()) == [
+        "checkpoint",
+        "ckpt-100.npz",
+        "ckpt-150.npz",
+        "ckpt-50.npz",
+    ]
     assert list((run / runs.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     manifest = storage.read_manifest(str(run))
     assert manifest["stage"] == "train" and manifest["counts"]["tokens"] == 150 * 256
@@ -142,8 +180,20 @@ def test_tiny_model_overfits_repeated_text(shards, tmp_path):
 
     # --init-from: a fresh run that starts from these weights (fresh optimizer)
     tuned = tmp_path / "tuned"
-    train(config(shards, tuned, preset=None, init_from=str(run), steps=2, warmup_steps=1, learning_rate=1e-5,
-                 eval_every=2, checkpoint_every=2), progress=None)
+    train(
+        config(
+            shards,
+            tuned,
+            preset=None,
+            init_from=str(run),
+            steps=2,
+            warmup_steps=1,
+            learning_rate=1e-5,
+            eval_every=2,
+            checkpoint_every=2,
+        ),
+        progress=None,
+    )
     rows = metrics(tuned)
     assert rows[0]["loss"] < 0.5  # starts trained (a random model is at ≈ 5.8)
     assert json.loads((tuned / runs.HPARAMS).read_text())["train"]["init_from"] == str(run)
@@ -223,8 +273,14 @@ def test_a_second_train_of_the_same_run_is_refused_while_the_first_finishes(shar
     cfg = config(shards, run, steps=4, checkpoint_every=4, eval_batches=0)
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-c", WAIT_SCRIPT, cfg.model_dump_json(), str(go)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAIT_SCRIPT, cfg.model_dump_json(), str(go)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lock = Path(stage.lock_uri(str(run)))
         while not lock.exists() and proc.poll() is None:
@@ -292,8 +348,14 @@ def test_resuming_with_other_optimisation_settings_is_refused_unless_overridden(
     train(config(shards, run, steps=6, learning_rate=1e-3, override=True), progress=None)
     hp = json.loads((run / runs.HPARAMS).read_text())
     assert hp["train"]["learning_rate"] == 1e-3
-    assert hp["history"] == [{"step": 4, "changed": {"learning_rate": [0.003, 0.001], "steps": [4, 6]},
-                              "override": True, "code_version": storage.code_version()}]
+    assert hp["history"] == [
+        {
+            "step": 4,
+            "changed": {"learning_rate": [0.003, 0.001], "steps": [4, 6]},
+            "override": True,
+            "code_version": storage.code_version(),
+        }
+    ]
     assert [r["step"] for r in metrics(run) if "loss" in r][-1] == 6
 
 

@@ -16,6 +16,9 @@ def test_results_come_in_item_order_and_each_is_reported_once():
 
 
 def test_a_worker_killed_mid_part_is_one_line_not_a_traceback():
-    with pytest.raises(WorkerDied, match=r"^a worker process died \(killed for memory\?\); rerun the same command "
-                                         r"with fewer workers: finished parts are kept$"):
+    with pytest.raises(
+        WorkerDied,
+        match=r"^a worker process died \(killed for memory\?\); rerun the same command "
+        r"with fewer workers: finished parts are kept$",
+    ):
         pool_map(2)(os._exit, [1, 1], ["a", "b"])  # the process ends without an answer, as under the OOM killer

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import procs
-
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.jsonl import ShardWriter
 from gpt2ja.corpus.parquet import COLUMNS, ParquetConfig, ParquetError, export_parquet
 from gpt2ja.infra import storage
+from tests import procs
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -26,20 +25,38 @@ NAMES = [name for name, _ in COLUMNS]
 
 def doc(title: str, text: str, **kwargs) -> Document:
     kwargs.setdefault("fetched_at", "2026-11-01T00:00:00Z")
-    return Document.new(source=kwargs.pop("source", "aozora"), url=f"https://www.aozora.gr.jp/works/{title}",
-                        title=title, text=text, **kwargs)
+    return Document.new(
+        source=kwargs.pop("source", "aozora"),
+        url=f"https://www.aozora.gr.jp/works/{title}",
+        title=title,
+        text=text,
+        **kwargs,
+    )
 
 
 # As the clean stage lays a corpus out: train/ and validation/ parts numbered after the raw part they came
 # from (a split that got nothing from a part skips its number), a report, and counts per split.
 LAYOUT = {
-    "train": {0: [doc("羅生門", "ある日の暮方の事である。\n一人の下人が、羅生門の下で雨やみを待っていた。\n",
-                      author="芥川 竜之介", meta={"clean": {"preset": "literature", "chars_raw": 40}}),
-                  doc("絵文字", "𠮷野家で🍣を食べた。\u3000全角空白と「括弧」。", license="CC BY 4.0",
-                      meta={"tags": ["a", "い"], "n": 1.5, "ok": True, "none": None})],
-              2: [doc("空", "", author="", fetched_at="", source="web")]},
-    "validation": {1: [doc("ごん狐", "これは、私が小さいときに、村の茂平というおじいさんからきいたお話です。",
-                           author="新美 南吉")]},
+    "train": {
+        0: [
+            doc(
+                "羅生門",
+                "ある日の暮方の事である。\n一人の下人が、羅生門の下で雨やみを待っていた。\n",
+                author="芥川 竜之介",
+                meta={"clean": {"preset": "literature", "chars_raw": 40}},
+            ),
+            doc(
+                "絵文字",
+                "𠮷野家で🍣を食べた。\u3000全角空白と「括弧」。",
+                license="CC BY 4.0",
+                meta={"tags": ["a", "い"], "n": 1.5, "ok": True, "none": None},
+            ),
+        ],
+        2: [doc("空", "", author="", fetched_at="", source="web")],
+    },
+    "validation": {
+        1: [doc("ごん狐", "これは、私が小さいときに、村の茂平というおじいさんからきいたお話です。", author="新美 南吉")]
+    },
 }
 
 
@@ -51,10 +68,17 @@ def write_corpus(uri: str, layout: dict = LAYOUT) -> str:
                     w.write(d)
     storage.write_text(storage.join(uri, "report.md"), "# report\n")
     files = [storage.file_info(u, root=uri) for u in storage.list_files(uri)]
-    splits = {s: {"documents": sum(len(d) for d in parts.values()),
-                  "characters": sum(len(x.text) for d in parts.values() for x in d)} for s, parts in layout.items()}
-    storage.write_manifest(uri, storage.build_manifest(stage="clean", config={"test": uri}, files=files,
-                                                       counts={"splits": splits}, timings={}))
+    splits = {
+        s: {
+            "documents": sum(len(d) for d in parts.values()),
+            "characters": sum(len(x.text) for d in parts.values() for x in d),
+        }
+        for s, parts in layout.items()
+    }
+    storage.write_manifest(
+        uri,
+        storage.build_manifest(stage="clean", config={"test": uri}, files=files, counts={"splits": splits}, timings={}),
+    )
     return uri
 
 
@@ -87,8 +111,11 @@ def test_one_file_per_part_with_the_fixed_schema(exported):
     manifest = storage.read_manifest(out)
     assert manifest["stage"] == "parquet"
     assert [c["name"] for c in manifest["schema"]] == NAMES
-    assert manifest["counts"]["splits"]["train"] == {"documents": 3, "characters": sum(
-        len(d.text) for d in documents("train")), "files": 2}
+    assert manifest["counts"]["splits"]["train"] == {
+        "documents": 3,
+        "characters": sum(len(d.text) for d in documents("train")),
+        "files": 2,
+    }
     assert manifest["inputs"][0]["uri"] == "../../clean/ja"  # relative: the root can move
 
 
@@ -98,8 +125,11 @@ def test_datasets_reads_it_offline(exported, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     datasets = pytest.importorskip("datasets")
     _, out = exported
-    ds = datasets.load_dataset("parquet", data_files={s: f"{out}/{s}/*.parquet" for s in ("train", "validation")},
-                               cache_dir=str(tmp_path / "hf" / "datasets"))
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={s: f"{out}/{s}/*.parquet" for s in ("train", "validation")},
+        cache_dir=str(tmp_path / "hf" / "datasets"),
+    )
     for split in ("train", "validation"):
         want = documents(split)
         got = ds[split]
@@ -108,8 +138,9 @@ def test_datasets_reads_it_offline(exported, tmp_path, monkeypatch):
         assert got.num_rows == len(want)
         assert [r["text"].encode("utf-8") for r in got] == [d.text.encode("utf-8") for d in want]
         assert [json.loads(r["meta"]) for r in got] == [d.meta for d in want]
-        assert [(r["id"], r["title"], r["author"], r["license"], r["fetched_at"], r["split"]) for r in got] == \
-            [(d.id, d.title, d.author, d.license, d.fetched_at, split) for d in want]
+        assert [(r["id"], r["title"], r["author"], r["license"], r["fetched_at"], r["split"]) for r in got] == [
+            (d.id, d.title, d.author, d.license, d.fetched_at, split) for d in want
+        ]
 
 
 def test_duckdb_reads_it(exported):
@@ -119,8 +150,10 @@ def test_duckdb_reads_it(exported):
     rel = f"read_parquet('{out}/*/*.parquet')"
     described = con.sql(f"DESCRIBE SELECT * FROM {rel}").fetchall()
     assert [(r[0], r[1]) for r in described] == [(n, "VARCHAR") for n in NAMES]
-    assert dict(con.sql(f"SELECT split, count(*) FROM {rel} GROUP BY split").fetchall()) == \
-        {"train": 3, "validation": 1}
+    assert dict(con.sql(f"SELECT split, count(*) FROM {rel} GROUP BY split").fetchall()) == {
+        "train": 3,
+        "validation": 1,
+    }
     rows = con.sql(f"SELECT id, text, meta FROM {rel}").fetchall()
     want = {d.id: d for s in ("train", "validation") for d in documents(s)}
     assert len(rows) == len(want)
@@ -141,16 +174,19 @@ def test_rerun_skips_and_an_interrupted_export_resumes_per_part(exported):
     (Path(out) / "train" / "part-00002.parquet").unlink()
     assert export_parquet(cfg, log=lambda line: None)[1] == {"skipped": False, "built": 1, "reused": 2}
     after = contents(out)
-    assert {k: v for k, v in after.items() if k != "_MANIFEST.json"} == \
-        {k: v for k, v in before.items() if k != "_MANIFEST.json"}  # byte-identical files
+    assert {k: v for k, v in after.items() if k != "_MANIFEST.json"} == {
+        k: v for k, v in before.items() if k != "_MANIFEST.json"
+    }  # byte-identical files
 
 
 def test_a_rebuilt_corpus_is_exported_again_and_options_change_the_fingerprint(exported):
     corpus, out = exported
     _, did = export_parquet(ParquetConfig(corpus=corpus, out=out, compression="none"), log=lambda line: None)
     assert did["built"] == 3
-    assert pq.ParquetFile(Path(out) / "validation" / "part-00001.parquet").metadata.row_group(0) \
-        .column(0).compression == "UNCOMPRESSED"
+    assert (
+        pq.ParquetFile(Path(out) / "validation" / "part-00001.parquet").metadata.row_group(0).column(0).compression
+        == "UNCOMPRESSED"
+    )
     shutil.rmtree(corpus)  # `gpt2ja clean` again, with other results
     write_corpus(corpus, {"train": {0: [doc("鼻", "禅智内供の鼻と云えば、池の尾で知らない者はない。")]}})
     _, did = export_parquet(ParquetConfig(corpus=corpus, out=out, compression="none"), log=lambda line: None)
@@ -201,8 +237,10 @@ def test_cli_exports_and_a_bad_corpus_is_one_clear_line(tmp_path):
         assert got.returncode == 1
         lines = got.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0], got.stderr
-    assert "has no _MANIFEST.json" in gpt2ja("export", "parquet", "--corpus", str(tmp_path / "nothing"),
-                                             "--out", str(tmp_path / "pq2")).stderr
+    assert (
+        "has no _MANIFEST.json"
+        in gpt2ja("export", "parquet", "--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "pq2")).stderr
+    )
     got = gpt2ja("export", "parquet", "--corpus", corpus, "--out", str(tmp_path / "pq3"), "--compression", "lz9")
     assert got.returncode == 1 and len(got.stderr.strip().splitlines()) == 1 and "compression" in got.stderr
 

@@ -29,7 +29,7 @@ from tests.corpora import mirror_stages, write_tiny_run
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ERASE_LINE = "\x1b[2K"  # rich's redraw of a live line: each refresh after the first erases the last one
-BAR = "━"               # rich's bar
+BAR = "━"  # rich's bar
 
 
 def gpt2ja(*args: str) -> list[str]:
@@ -37,18 +37,29 @@ def gpt2ja(*args: str) -> list[str]:
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE",
-                                                               "TTY_COMPATIBLE", "GPT2JA_PROGRESS")}
-    return {**env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40",
-            "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "GPT2JA_PROGRESS")
+    }
+    return {
+        **env,
+        "PYTHONPATH": str(REPO),
+        "TERM": "xterm-256color",
+        "COLUMNS": "160",
+        "LINES": "40",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        **extra,
+    }
 
 
 def on_terminal(cmd: list[str], **env: str) -> tuple[int, str]:
     """Run ``cmd`` with stdin, stdout and stderr on a pseudo-terminal of 160 columns; (exit status, all it drew)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=_env(**env), cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdin=slave, stdout=slave, stderr=slave, env=_env(**env), cwd=REPO, start_new_session=True
+    )
     os.close(slave)
     chunks = []
     try:
@@ -116,8 +127,7 @@ def test_plain_lines_every_tenth_with_counts_rate_and_eta(monkeypatch):
             bar.advance(1, docs=85, bytes=30_000)
     assert len(lines) == 10  # at 10 %, 20 % … 90 %, then the last line
     assert re.fullmatch(r"clean: filter 4/40 parts, 340 docs, [\d.]+ [kMG]?B/s, ETA \d:\d\d:\d\d", lines[0])
-    assert re.fullmatch(r"clean: filter 40/40 parts, 3,400 docs, [\d.]+ [kMG]?B/s, done in \d:\d\d:\d\d",
-                        lines[-1])
+    assert re.fullmatch(r"clean: filter 40/40 parts, 3,400 docs, [\d.]+ [kMG]?B/s, done in \d:\d\d:\d\d", lines[-1])
 
 
 def test_a_short_task_prints_nothing_in_plain_mode(monkeypatch):
@@ -135,8 +145,9 @@ def test_an_unknown_length_says_what_runs_and_off_prints_nothing(monkeypatch):
     lines: list[str] = []
     with prog.progress(None, "tokenizer: sentencepiece training", "steps", sink=lines.append) as bar:
         bar.update(info="one C++ call: no progress of its own")
-    assert lines == [lines[0]] and lines[0].startswith("tokenizer: sentencepiece training one C++ call: no progress "
-                                                       "of its own, done in 0:00:0")
+    assert lines == [lines[0]] and lines[0].startswith(
+        "tokenizer: sentencepiece training one C++ call: no progress of its own, done in 0:00:0"
+    )
     monkeypatch.setenv(prog.ENV, "0")
     lines.clear()
     with prog.progress(3, "shards: encode", "shards", sink=lines.append) as bar:
@@ -151,8 +162,7 @@ def test_parts_advance_in_the_parent_as_each_finishes():
     got = map_with_progress(pool_map(2), len, ["ab", "c", "def"], ["a", "b", "c"], seen.append)
     assert got == [2, 1, 3] and sorted(seen) == [1, 2, 3]
     seen.clear()  # a mapper that cannot say when each finishes (Prefect, Dask): all at the end, in order
-    got = map_with_progress(lambda fn, items, names: [fn(i) for i in items], len, ["ab", "c"], ["a", "b"],
-                             seen.append)
+    got = map_with_progress(lambda fn, items, names: [fn(i) for i in items], len, ["ab", "c"], ["a", "b"], seen.append)
     assert got == seen == [2, 1]
 
 
@@ -186,8 +196,11 @@ def test_clean_in_a_pipe_prints_plain_periodic_lines(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_tokenizer_training_bars_and_a_spinner_for_sentencepiece(inputs, tmp_path):
-    code, out = on_terminal(gpt2ja("tokenizer", "train", "--corpus", inputs["clean"], "--vocab-size", "3000",
-                                   "--out", str(tmp_path / "tok")))
+    code, out = on_terminal(
+        gpt2ja(
+            "tokenizer", "train", "--corpus", inputs["clean"], "--vocab-size", "3000", "--out", str(tmp_path / "tok")
+        )
+    )
     assert code == 0, out[-3000:]
     assert_live_bar(out, "tokenizer: sample")
     assert_live_bar(out, "tokenizer: validation")
@@ -196,8 +209,17 @@ def test_tokenizer_training_bars_and_a_spinner_for_sentencepiece(inputs, tmp_pat
 
 @pytest.mark.slow
 def test_shards_draw_a_live_bar_and_pipes_get_lines(inputs, tmp_path):
-    args = ("shards", "--corpus", inputs["clean"], "--tokenizer", inputs["tokenizer"], "--seq-len", "32",
-            "--workers", "2")
+    args = (
+        "shards",
+        "--corpus",
+        inputs["clean"],
+        "--tokenizer",
+        inputs["tokenizer"],
+        "--seq-len",
+        "32",
+        "--workers",
+        "2",
+    )
     code, out = on_terminal(gpt2ja(*args, "--out", str(tmp_path / "s1")))
     assert code == 0, out[-3000:]
     assert_live_bar(out, "shards: encode")
@@ -233,8 +255,17 @@ def test_eval_draws_a_bar_over_the_windows(tmp_path):
 @pytest.mark.slow
 def test_crawl_shows_one_status_line_and_logs_the_details_to_a_file(serve, tmp_path):
     server = serve(MIRROR)
-    args = ("crawl", "aozora", "--start-url", server.url("/index_pages/person879.html"), "--root", str(tmp_path),
-            "--crawl-id", "t", "--no-polite")
+    args = (
+        "crawl",
+        "aozora",
+        "--start-url",
+        server.url("/index_pages/person879.html"),
+        "--root",
+        str(tmp_path),
+        "--crawl-id",
+        "t",
+        "--no-polite",
+    )
     code, out = on_terminal(gpt2ja(*args))
     assert code == 0, out[-3000:]
     log = tmp_path / "logs" / "crawl" / "aozora-t.log"
@@ -256,8 +287,21 @@ def test_crawl_shows_one_status_line_and_logs_the_details_to_a_file(serve, tmp_p
 @pytest.mark.slow
 def test_crawl_in_a_pipe_prints_the_periodic_lines(serve, tmp_path):
     server = serve(MIRROR)
-    got = in_pipes(gpt2ja("crawl", "aozora", "--start-url", server.url("/index_pages/person879.html"),
-                          "--root", str(tmp_path), "--crawl-id", "p", "--no-polite", "--progress-interval", "0.2"))
+    got = in_pipes(
+        gpt2ja(
+            "crawl",
+            "aozora",
+            "--start-url",
+            server.url("/index_pages/person879.html"),
+            "--root",
+            str(tmp_path),
+            "--crawl-id",
+            "p",
+            "--no-polite",
+            "--progress-interval",
+            "0.2",
+        )
+    )
     assert got.returncode == 0, got.stderr[-3000:]
     assert not ANSI.search(got.stderr) and "drop http_404" not in got.stderr
     lines = [line for line in got.stderr.splitlines() if line.startswith("crawl aozora: ")]

@@ -1,4 +1,4 @@
-"""The TensorFlow-free data path (gpt2ja.model.fingerprint, gpt2ja.model.records, the numpy pipelines) held to TensorFlow's.
+"""The TensorFlow-free data path (model.fingerprint, model.records, the numpy pipelines) held to TensorFlow's.
 
 Every comparison is exact (``np.array_equal``) against the live TensorFlow
 path it replaces: ``tf.strings.to_hash_bucket_fast``, ``TFRecordDataset`` +
@@ -38,15 +38,22 @@ import pytest
 
 from gpt2ja.corpus.document import Document
 from gpt2ja.infra import storage
-from gpt2ja.model.data import DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked, \
-    validation_batches, verify_shards
+from gpt2ja.model.data import (
+    DataError,
+    iter_examples,
+    make_dataset,
+    parse_examples,
+    read_manifest_checked,
+    validation_batches,
+    verify_shards,
+)
 from gpt2ja.model.data_order import _keyed_order, read_trace, train_batches, train_dataset
 from gpt2ja.model.fingerprint import HASH_BUCKETS, K2, fingerprint64, fingerprint64_py, hash_bucket_fast, keyed_order
 from gpt2ja.model.records import crc32c, crc32c_rows, parse_bytes_feature, read_records, read_token_rows
-from tests.assertions import one_line_error
-from tests.corpora import write_clean_corpus
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from gpt2ja.tokenization.shards import ShardsConfig, import_tensorflow, pack_tokens, serialize_example, write_shards
+from tests.assertions import one_line_error
+from tests.corpora import write_clean_corpus
 
 tf = import_tensorflow()
 REPO = Path(__file__).resolve().parent.parent
@@ -55,9 +62,14 @@ TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかと
 
 def _documents(n: int, split: str, seed: int, longest: int = 8) -> list[Document]:
     rng = random.Random(seed)
-    return [Document.new(source="test", url=f"{split}/{i}",
-                         text=TEXT[:rng.randrange(1, longest + 1)] * rng.randrange(1, 31) + str(i))
-            for i in range(n)]
+    return [
+        Document.new(
+            source="test",
+            url=f"{split}/{i}",
+            text=TEXT[: rng.randrange(1, longest + 1)] * rng.randrange(1, 31) + str(i),
+        )
+        for i in range(n)
+    ]
 
 
 def _gunzipped(src: str, dest: Path) -> str:
@@ -78,12 +90,24 @@ def shards(tmp_path_factory) -> dict[str, str]:
     tiny = write_clean_corpus(root / "tiny", _documents(30, "train", 3, longest=2), _documents(12, "validation", 4))
     tok = ByteTokenizer().save(str(root / "bytes"))
     out = {
-        "many": write_shards(corpus, tok, str(root / "many"), ShardsConfig(
-            seq_len=16, num_shards={"train": 35, "validation": 20}, workers=1)),
-        "int32": write_shards(corpus, tok, str(root / "int32"), ShardsConfig(
-            seq_len=16, num_shards={"train": 3, "validation": 2}, workers=1, dtype="int32")),
-        "sparse": write_shards(tiny, tok, str(root / "sparse"), ShardsConfig(
-            seq_len=64, num_shards={"train": 20, "validation": 4}, workers=1)),
+        "many": write_shards(
+            corpus,
+            tok,
+            str(root / "many"),
+            ShardsConfig(seq_len=16, num_shards={"train": 35, "validation": 20}, workers=1),
+        ),
+        "int32": write_shards(
+            corpus,
+            tok,
+            str(root / "int32"),
+            ShardsConfig(seq_len=16, num_shards={"train": 3, "validation": 2}, workers=1, dtype="int32"),
+        ),
+        "sparse": write_shards(
+            tiny,
+            tok,
+            str(root / "sparse"),
+            ShardsConfig(seq_len=64, num_shards={"train": 20, "validation": 4}, workers=1),
+        ),
     }
     out["none"] = _gunzipped(out["many"], root / "none")
     return out
@@ -117,8 +141,11 @@ def test_fingerprint_pins():
     assert hash_bucket_fast(["Hello", "TensorFlow", "2.x"], 3).tolist() == [0, 2, 2]
     assert fingerprint64_py(b"") == K2 == int(fingerprint64([b""])[0])
     # Values TensorFlow 2.21 gave: data_order's keys, a multi-byte key, and an epoch's file order.
-    assert hash_bucket_fast(["0:3", "0:3:17:9123", "吾輩は猫である"], HASH_BUCKETS).tolist() == \
-        [1191673466245329895, 2889452610628215336, 757430871252389006]
+    assert hash_bucket_fast(["0:3", "0:3:17:9123", "吾輩は猫である"], HASH_BUCKETS).tolist() == [
+        1191673466245329895,
+        2889452610628215336,
+        757430871252389006,
+    ]
     assert keyed_order("0:0", 8).tolist() == [5, 6, 0, 7, 4, 2, 3, 1]
     assert hash_bucket_fast([], 7).dtype == np.int64 and keyed_order("0:0", 0).tolist() == []
 
@@ -130,13 +157,13 @@ def test_fingerprint_equals_tensorflow_on_every_length():
     keys = [b"".join(rng.choice(a).encode() for _ in range(n)) for n in range(301) for a in alphabets for _ in range(3)]
     keys += [bytes(rng.randrange(256) for _ in range(n)) for n in range(301)]  # any byte, not only UTF-8
     assert len(keys) > 3000 and max(map(len, keys)) > 1000
-    for buckets in (HASH_BUCKETS, 3, 1_000_003, 2 ** 62 + 7):
+    for buckets in (HASH_BUCKETS, 3, 1_000_003, 2**62 + 7):
         expected = tf.strings.to_hash_bucket_fast(tf.constant(keys), buckets).numpy()
         assert np.array_equal(hash_bucket_fast(keys, buckets), expected), buckets
     ours = fingerprint64(keys)
     assert ours.tolist() == [fingerprint64_py(k) for k in keys]  # the numpy path and the plain-Python one
-    strings = [k.decode() for k in keys[:40 * 9]]  # str keys hash as their UTF-8 bytes
-    assert np.array_equal(fingerprint64(strings), ours[:len(strings)])
+    strings = [k.decode() for k in keys[: 40 * 9]]  # str keys hash as their UTF-8 bytes
+    assert np.array_equal(fingerprint64(strings), ours[: len(strings)])
 
 
 @pytest.mark.parametrize("prefix", ["0:3", "5:0:17", "-1:12", "123456789:0"])
@@ -165,16 +192,20 @@ def test_reader_equals_tf_data_record_for_record(shards, name):
         path = storage.join(uri, entry["path"])
         theirs = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=manifest["compression"])]
         assert list(read_records(path, manifest["compression"])) == theirs
-        rows = list(read_token_rows(path, compression=manifest["compression"], dtype=manifest["dtype"],
-                                    example_len=manifest["example_len"]))
+        rows = list(
+            read_token_rows(
+                path, compression=manifest["compression"], dtype=manifest["dtype"], example_len=manifest["example_len"]
+            )
+        )
         assert all(r.dtype == np.dtype({"uint16": "<u2", "int32": "<i4"}[manifest["dtype"]]) for r in rows)
         ours = np.concatenate(rows) if rows else np.zeros((0, manifest["example_len"]))
         expected = parse_examples(tf.constant(theirs), dtype=manifest["dtype"]).numpy() if theirs else ours
         assert len(ours) == entry["examples"] and np.array_equal(ours, expected)
     assert verify_shards(uri)["examples"] == manifest["counts"]["examples"]
     if name == "none":
-        assert [e.tolist() for e in iter_examples(uri, "train")] == \
-            [e.tolist() for e in iter_examples(shards["many"], "train")]
+        assert [e.tolist() for e in iter_examples(uri, "train")] == [
+            e.tolist() for e in iter_examples(shards["many"], "train")
+        ]
 
 
 @pytest.mark.parametrize("block", [1, 7, 97, 4096])
@@ -196,8 +227,11 @@ def test_records_across_blocks_and_gzip_members(shards, tmp_path, monkeypatch, b
 
 
 def _example(**features) -> bytes:
-    kinds = {bytes: ("bytes_list", tf.train.BytesList), float: ("float_list", tf.train.FloatList),
-             int: ("int64_list", tf.train.Int64List)}
+    kinds = {
+        bytes: ("bytes_list", tf.train.BytesList),
+        float: ("float_list", tf.train.FloatList),
+        int: ("int64_list", tf.train.Int64List),
+    }
     feature = {}
     for key, values in features.items():
         kind, cls = kinds[type(values[0]) if values else bytes]
@@ -207,16 +241,28 @@ def _example(**features) -> bytes:
 
 def test_example_parser_agrees_with_tensorflow(tmp_path):
     rng = random.Random(3)
-    cases = [_example(tokens=[b"ab"]) + _example(tokens=[b"last wins"]),  # a map key twice: the last entry
-             _example(tokens=[b"kept"]) + _example(other=[1, 2]),          # merged messages keep both features
-             _example(tokens=[b""]), _example(tokens=[b"a", b"b"]), _example(tokens=[1]), _example(tokens=[1.5]),
-             _example(tokens=[]), _example(other=[b"x"]),
-             tf.train.Example(features=tf.train.Features(feature={"tokens": tf.train.Feature()})).SerializeToString()]
+    cases = [
+        _example(tokens=[b"ab"]) + _example(tokens=[b"last wins"]),  # a map key twice: the last entry
+        _example(tokens=[b"kept"]) + _example(other=[1, 2]),  # merged messages keep both features
+        _example(tokens=[b""]),
+        _example(tokens=[b"a", b"b"]),
+        _example(tokens=[1]),
+        _example(tokens=[1.5]),
+        _example(tokens=[]),
+        _example(other=[b"x"]),
+        tf.train.Example(features=tf.train.Features(feature={"tokens": tf.train.Feature()})).SerializeToString(),
+    ]
     for _ in range(200):  # other features around it, in random order and sizes
-        extra = {f"f{i}": rng.choice([[rng.randrange(-9, 10 ** 12) for _ in range(rng.randrange(5))],
-                                      [rng.random() for _ in range(rng.randrange(1, 5))],
-                                      [bytes(rng.randrange(256) for _ in range(rng.randrange(300)))]])
-                 for i in range(rng.randrange(4))}
+        extra = {
+            f"f{i}": rng.choice(
+                [
+                    [rng.randrange(-9, 10**12) for _ in range(rng.randrange(5))],
+                    [rng.random() for _ in range(rng.randrange(1, 5))],
+                    [bytes(rng.randrange(256) for _ in range(rng.randrange(300)))],
+                ]
+            )
+            for i in range(rng.randrange(4))
+        }
         cases.append(_example(**extra, tokens=[bytes(rng.randrange(256) for _ in range(rng.randrange(400)))]))
     spec = {"tokens": tf.io.FixedLenFeature([], tf.string)}
     for record in cases:
@@ -276,16 +322,20 @@ def test_an_epoch_is_every_example_once_and_resumes_match(shards):
     uri = shards["many"]
     total = sum(_counts(uri, "train"))
     everything = np.concatenate([e[None] for e in iter_examples(uri, "train")])
-    flat = np.concatenate([np.concatenate([x, y[:, -1:]], 1) for x, y in
-                           _np_batches(train_batches(uri, global_batch=9, shuffle_buffer=300), 2 * total // 9)])
+    flat = np.concatenate(
+        [
+            np.concatenate([x, y[:, -1:]], 1)
+            for x, y in _np_batches(train_batches(uri, global_batch=9, shuffle_buffer=300), 2 * total // 9)
+        ]
+    )
     first = flat[:total]
     assert np.array_equal(np.unique(first, axis=0), np.unique(everything, axis=0))  # the same multiset of rows
     assert np.array_equal(first[np.lexsort(first.T[::-1])], everything[np.lexsort(everything.T[::-1])])
-    assert not np.array_equal(first[:100], flat[total:total + 100])  # the next epoch in another order
+    assert not np.array_equal(first[:100], flat[total : total + 100])  # the next epoch in another order
     for start in (1, 299, 300, 301, total - 1, total, total + 450):  # every resume continues the same stream
         again = _np_batches(train_batches(uri, global_batch=9, shuffle_buffer=300, start_example=start), 4)
         rows = np.concatenate([np.concatenate([x, y[:, -1:]], 1) for x, y in again])
-        assert np.array_equal(rows, flat[start:start + 36]), start
+        assert np.array_equal(rows, flat[start : start + 36]), start
 
 
 @pytest.mark.slow
@@ -299,17 +349,21 @@ def test_trace_lines_equal(shards, tmp_path):
     assert sorted(ours) == sorted(theirs) == [0, 1]
     for w in (0, 1):  # both read ahead of what was taken: the first n batches' lines are what they have in common
         assert len(ours[w]) >= n * 4 and len(theirs[w]) >= n * 4
-        assert ours[w][:n * 4] == theirs[w][:n * 4]
-        assert [line["pos"] for line in ours[w][:8]] == [13 + w * 4 + i for i in range(4)] + \
-            [21 + w * 4 + i for i in range(4)]
+        assert ours[w][: n * 4] == theirs[w][: n * 4]
+        assert [line["pos"] for line in ours[w][:8]] == [13 + w * 4 + i for i in range(4)] + [
+            21 + w * 4 + i for i in range(4)
+        ]
     lines = (tmp_path / "np" / "worker0.jsonl").read_text().splitlines()[:3]
     assert lines == (tmp_path / "tf" / "worker0.jsonl").read_text().splitlines()[:3]  # the same bytes per line
 
 
 def test_argument_errors_match(shards):
     uri = shards["many"]
-    for kw, words in ((dict(global_batch=7, workers=2), "positive multiple"), (dict(global_batch=8, worker=1),
-                      "worker 1 in 0..0"), (dict(global_batch=8, start_example=-1), "start_example -1")):
+    for kw, words in (
+        (dict(global_batch=7, workers=2), "positive multiple"),
+        (dict(global_batch=8, worker=1), "worker 1 in 0..0"),
+        (dict(global_batch=8, start_example=-1), "start_example -1"),
+    ):
         with pytest.raises(DataError) as ours:
             train_batches(uri, **kw)
         with pytest.raises(DataError) as theirs:
@@ -324,8 +378,7 @@ def test_argument_errors_match(shards):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, batch, pipelines", [("many", 4, 1), ("many", 3, 3), ("int32", 5, 2),
-                                                    ("sparse", 2, 1)])
+@pytest.mark.parametrize("name, batch, pipelines", [("many", 4, 1), ("many", 3, 3), ("int32", 5, 2), ("sparse", 2, 1)])
 def test_validation_batches_equal_make_dataset(shards, name, batch, pipelines):
     """Past the first repeat, and with more files than slots (``many``: 20 files, cycle 16) or empty ones."""
     uri = shards[name]
@@ -334,8 +387,19 @@ def test_validation_batches_equal_make_dataset(shards, name, batch, pipelines):
         own = sum(counts[pid::pipelines])
         n = 2 * own // batch + 3  # beyond the second pass over this pipeline's files
         ours = _np_batches(validation_batches(uri, batch, num_input_pipelines=pipelines, input_pipeline_id=pid), n)
-        theirs = _tf_batches(make_dataset(uri, "validation", batch, shuffle=False, deterministic=True, repeat=True,
-                                          num_input_pipelines=pipelines, input_pipeline_id=pid), n)
+        theirs = _tf_batches(
+            make_dataset(
+                uri,
+                "validation",
+                batch,
+                shuffle=False,
+                deterministic=True,
+                repeat=True,
+                num_input_pipelines=pipelines,
+                input_pipeline_id=pid,
+            ),
+            n,
+        )
         _assert_same(ours, theirs)
 
 
@@ -350,17 +414,20 @@ def _damaged(src: str, dest: Path, damage) -> tuple[str, Path]:
 
 
 def _flip(at: int):
-    return lambda data: data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1:]
+    return lambda data: data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :]
 
 
-@pytest.mark.parametrize("source, damage, words", [
-    ("none", _flip(40), "record 0: the data's CRC does not match"),  # inside record 0's 52 bytes of data
-    ("none", _flip(2 * 68), "record 2: the length's CRC"),         # record 2's length (68 bytes a record)
-    ("none", lambda d: d[:len(d) - 5], "is cut off"),
-    ("many", lambda d: d[:len(d) // 2], "GZIP stream ends early"),
-    ("many", _flip(-6), "bad GZIP data"),                          # the gzip trailer's own CRC
-    ("many", lambda d: b"", "GZIP stream ends early"),
-])
+@pytest.mark.parametrize(
+    "source, damage, words",
+    [
+        ("none", _flip(40), "record 0: the data's CRC does not match"),  # inside record 0's 52 bytes of data
+        ("none", _flip(2 * 68), "record 2: the length's CRC"),  # record 2's length (68 bytes a record)
+        ("none", lambda d: d[: len(d) - 5], "is cut off"),
+        ("many", lambda d: d[: len(d) // 2], "GZIP stream ends early"),
+        ("many", _flip(-6), "bad GZIP data"),  # the gzip trailer's own CRC
+        ("many", lambda d: b"", "GZIP stream ends early"),
+    ],
+)
 def test_a_damaged_file_is_one_line_naming_it(shards, tmp_path, source, damage, words):
     uri, victim = _damaged(shards[source], tmp_path / "copy", damage)
     fix = "rerun `gpt2ja shards` with the same arguments: only that shard is rebuilt"
@@ -446,13 +513,17 @@ def test_numpy_pipelines_run_where_tensorflow_cannot_be_imported(shards, tmp_pat
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
     uri = shards["many"]
     # the digests this process gets (where both are importable; equal to TensorFlow's batches by the tests above)
-    expected = {"train": _digest(train_batches(uri, global_batch=8, workers=2, worker=1, shuffle_buffer=100,
-                                               start_example=50, seed=4), 300),
-                "validation": _digest(validation_batches(uri, 4, num_input_pipelines=2, input_pipeline_id=1), 200)}
+    expected = {
+        "train": _digest(
+            train_batches(uri, global_batch=8, workers=2, worker=1, shuffle_buffer=100, start_example=50, seed=4), 300
+        ),
+        "validation": _digest(validation_batches(uri, 4, num_input_pipelines=2, input_pipeline_id=1), 200),
+    }
     env = {"PYTHONPATH": f"{blocked}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     script = inspect.getsource(_digest) + NO_TF_SCRIPT
-    proc = subprocess.run([sys.executable, "-c", script, uri], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, uri], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     assert got["tensorflow"] is False and got["c_crc"] is False
@@ -468,5 +539,6 @@ def test_gcs_reads_equal_local_ones(shards, gcs_emulator):
     kw = dict(global_batch=6, shuffle_buffer=40, start_example=total - 10)
     _assert_same(_np_batches(train_batches(uri, **kw), 20), _np_batches(train_batches(shards["int32"], **kw), 20))
     _assert_same(_np_batches(validation_batches(uri, 3), 50), _np_batches(validation_batches(shards["int32"], 3), 50))
-    assert [e.tolist() for e in iter_examples(uri, "train")] == [e.tolist() for e in iter_examples(shards["int32"],
-                                                                                                     "train")]
+    assert [e.tolist() for e in iter_examples(uri, "train")] == [
+        e.tolist() for e in iter_examples(shards["int32"], "train")
+    ]

@@ -54,8 +54,11 @@ def prefect_harness():
 def add_work(mirror) -> None:
     """Publish one new work on the mirror: its card page (made from 鼻's), its text zip, a link from the author."""
     card = (mirror / "cards/000879/card42.html").read_text(encoding="utf-8")
-    card = (card.replace("42_ruby_154.zip", "99001_ruby_1.zip").replace("42_15228.html", "99001_1.html")
-            .replace('<font size="+2">鼻</font>', '<font size="+2">春の川</font>'))
+    card = (
+        card.replace("42_ruby_154.zip", "99001_ruby_1.zip")
+        .replace("42_15228.html", "99001_1.html")
+        .replace('<font size="+2">鼻</font>', '<font size="+2">春の川</font>')
+    )
     (mirror / NEW_CARD.lstrip("/")).write_text(card, encoding="utf-8")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -64,7 +67,7 @@ def add_work(mirror) -> None:
     author = mirror / "index_pages/person879.html"
     page = author.read_text(encoding="utf-8")
     link = '<li><a href="../cards/000879/card99001.html">春の川</a>　（新字新仮名、作品ID：99001）　</li>\n'
-    at = page.index("<li><a href=\"../cards/000879/card42.html\">")
+    at = page.index('<li><a href="../cards/000879/card42.html">')
     author.write_text(page[:at] + link + page[at:], encoding="utf-8")
 
 
@@ -77,13 +80,28 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     from gpt2ja.flows.refresh import corpus_refresh
 
     server = serve(mirror_copy)
-    config = PipelineConfig.model_validate({
-        "root": str(tmp_path / "run"), "corpus": "aozora", "tokenizer_name": "sp", "dataset": "sp-128",
-        # documents are recorded under the site's address, not the port the mirror happens to be on
-        "crawl": [{"source": "aozora", "crawl_id": "mirror", "polite": False, "progress_interval": 0,
-                   "start_urls": author_urls(server), "url_alias": {server.url(""): SITE}}],
-        "clean": {"workers": 1, "split": {"holdout_authors": ["新美 南吉"]}},
-        "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000}, "shards": {"seq_len": 128}})
+    config = PipelineConfig.model_validate(
+        {
+            "root": str(tmp_path / "run"),
+            "corpus": "aozora",
+            "tokenizer_name": "sp",
+            "dataset": "sp-128",
+            # documents are recorded under the site's address, not the port the mirror happens to be on
+            "crawl": [
+                {
+                    "source": "aozora",
+                    "crawl_id": "mirror",
+                    "polite": False,
+                    "progress_interval": 0,
+                    "start_urls": author_urls(server),
+                    "url_alias": {server.url(""): SITE},
+                }
+            ],
+            "clean": {"workers": 1, "split": {"holdout_authors": ["新美 南吉"]}},
+            "tokenizer": {"kind": "sentencepiece", "vocab_size": 3000},
+            "shards": {"seq_len": 128},
+        }
+    )
     base = storage.join(config.root, "raw", "aozora", "mirror")
 
     first = corpus_refresh(config, refresh_id="first")
@@ -92,8 +110,9 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     ids_before = corpus_ids(config.clean_uri)
     assert len(ids_before) == first["documents_after"]
     docs = list(read_documents(base))
-    assert all(d.id == document_id("aozora", d.url) and d.meta["fetched_url"] == server.url(d.url[len(SITE):])
-               for d in docs)
+    assert all(
+        d.id == document_id("aozora", d.url) and d.meta["fetched_url"] == server.url(d.url[len(SITE) :]) for d in docs
+    )
     cards_with_documents = {d.url.removeprefix(SITE) for d in docs}
     assert len(cards_with_documents) == 36
 
@@ -116,8 +135,10 @@ def test_a_refresh_adds_exactly_the_new_work(prefect_harness, serve, mirror_copy
     assert [stage.input_uri(clean, i["uri"]) for i in clean["inputs"]] == [base, refresh]
 
     third = corpus_refresh(config, refresh_id="third")  # nothing new: an empty crawl, the corpus untouched
-    assert storage.read_manifest(storage.join(config.root, "raw", "aozora", "mirror.refresh-third"))[
-        "counts"]["documents"] == 0
+    assert (
+        storage.read_manifest(storage.join(config.root, "raw", "aozora", "mirror.refresh-third"))["counts"]["documents"]
+        == 0
+    )
     assert third["clean"]["skipped"] and third["documents_after"] == second["documents_after"]
     again = corpus_refresh(config, refresh_id="third")  # the same refresh id: already done
     assert again["crawl"][0]["skipped"] and again["clean"]["skipped"]
@@ -131,8 +152,9 @@ def _crawl_dir(root: str, source: str, crawl_id: str, documents: int | None) -> 
     uri = storage.join(root, "raw", source, crawl_id)
     storage.write_bytes(storage.join(uri, "part-00000.jsonl.gz"), b"")
     if documents is not None:
-        storage.write_manifest(uri, storage.build_manifest(stage="crawl", config={}, counts={"documents": documents},
-                                                           files=[], timings={}))
+        storage.write_manifest(
+            uri, storage.build_manifest(stage="crawl", config={}, counts={"documents": documents}, files=[], timings={})
+        )
     return uri
 
 
@@ -144,19 +166,21 @@ def test_the_first_refresh_makes_the_base_crawl_then_each_one_its_own(tmp_path):
     assert (first.crawl_id, first.base, first.known) == ("demo", True, [])
 
     base = _crawl_dir(root, "aozora", "demo", 36)
-    _crawl_dir(root, "aozora", "demo2", 5)            # another configured crawl: not part of demo's history
-    _crawl_dir(root, "aozora", "demo.other", 5)       # not a refresh of demo either
+    _crawl_dir(root, "aozora", "demo2", 5)  # another configured crawl: not part of demo's history
+    _crawl_dir(root, "aozora", "demo.other", 5)  # not a refresh of demo either
     plan = plan_refresh(root, "aozora", "demo", "r2")
     assert (plan.crawl_id, plan.base, plan.known, plan.done) == ("demo.refresh-r2", False, [base], False)
-    assert known_settings(plan.known) == {"DUPEFILTER_CLASS": "gpt2ja.crawler.dupefilter.KnownDocumentsDupeFilter",
-                                          "GPT2JA_KNOWN_CRAWLS": [base]}
+    assert known_settings(plan.known) == {
+        "DUPEFILTER_CLASS": "gpt2ja.crawler.dupefilter.KnownDocumentsDupeFilter",
+        "GPT2JA_KNOWN_CRAWLS": [base],
+    }
     assert plan_refresh(root, "web", "demo", "r2").known == []  # web pages lead on: never skipped
     _crawl_dir(root, "web", "demo", 3)
     assert plan_refresh(root, "web", "demo", "r2").known == []
 
     r2 = _crawl_dir(root, "aozora", "demo.refresh-r2", 1)
     assert plan_refresh(root, "aozora", "demo", "r2").done  # the same refresh again: nothing to run
-    _crawl_dir(root, "aozora", "demo.refresh-r3", 0)       # found nothing: neither skipped from nor cleaned
+    _crawl_dir(root, "aozora", "demo.refresh-r3", 0)  # found nothing: neither skipped from nor cleaned
     r4 = _crawl_dir(root, "aozora", "demo.refresh-r4", None)  # interrupted
     plan = plan_refresh(root, "aozora", "demo", "r5")
     assert (plan.crawl_id, plan.resume, plan.known) == ("demo.refresh-r4", True, [base, r2])
@@ -183,5 +207,7 @@ def test_a_refresh_of_a_warc_crawl_reads_its_archives_again(prefect_harness, tmp
     first = corpus_refresh(config, "r1")
     second = corpus_refresh(config, "r2")
     assert first["crawl"][0]["uri"].endswith("/raw/warc/aozora-mirror")
-    assert second["crawl"][0]["uri"].endswith("/raw/warc/aozora-mirror.refresh-r2") and not second["crawl"][0]["skipped"]
+    assert (
+        second["crawl"][0]["uri"].endswith("/raw/warc/aozora-mirror.refresh-r2") and not second["crawl"][0]["skipped"]
+    )
     assert first["documents_after"] > 0 and second["documents_after"] == first["documents_after"]  # the same pages

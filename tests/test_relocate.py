@@ -19,13 +19,36 @@ from tests.corpora import ZIPS
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["--preset", "tiny", "--steps", "2", "--batch-tokens", "256", "--micro-batch", "8", "--warmup-steps", "1",
-         "--set", "checkpoint_every=2", "--set", "eval_every=2", "--set", "eval_batches=1", "--set", "log_every=1"]
+TRAIN = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "2",
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "8",
+    "--warmup-steps",
+    "1",
+    "--set",
+    "checkpoint_every=2",
+    "--set",
+    "eval_every=2",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "log_every=1",
+]
 
 
 def _gpt2ja(cwd: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "gpt2ja", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    done = subprocess.run(
+        [sys.executable, "-m", "gpt2ja", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -42,11 +65,16 @@ def _build_root(root: Path) -> None:
     for z in ZIPS[:12]:
         shutil.copy(z, text / z.name)
     raw = crawl_files(str(text), str(root), "mine")
-    clean = run_clean(CleanConfig(inputs=[raw], out=str(root / "clean" / "c"), workers=1,
-                                  split={"validation_fraction": 0.5}))  # ids hold the tmp path: the split varies
+    clean = run_clean(
+        CleanConfig(inputs=[raw], out=str(root / "clean" / "c"), workers=1, split={"validation_fraction": 0.5})
+    )  # ids hold the tmp path: the split varies
     tok = train_tokenizer(clean, "bytes", None, str(root / "tokenizers" / "bytes"))
-    write_shards(clean, tok, str(root / "datasets" / "c" / "bytes-32"),
-                 ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1))
+    write_shards(
+        clean,
+        tok,
+        str(root / "datasets" / "c" / "bytes-32"),
+        ShardsConfig(seq_len=32, num_shards={"train": 2, "validation": 1}, workers=1),
+    )
 
 
 def test_a_moved_root_then_a_bucket_trains_and_evaluates_from_anywhere(tmp_path, gcs_emulator):
@@ -62,8 +90,7 @@ def test_a_moved_root_then_a_bucket_trains_and_evaluates_from_anywhere(tmp_path,
     assert "bits" in out
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    _gpt2ja(elsewhere, "train", "--data", str(moved / "datasets/c/bytes-32"), "--run", str(moved / "runs/r2"),
-            *TRAIN)
+    _gpt2ja(elsewhere, "train", "--data", str(moved / "datasets/c/bytes-32"), "--run", str(moved / "runs/r2"), *TRAIN)
     run = storage.read_manifest(str(moved / "runs" / "r2"))
     assert stage.input_uri(run, run["inputs"][0]["uri"]) == str(moved / "datasets" / "c" / "bytes-32")
 
@@ -73,7 +100,13 @@ def test_a_moved_root_then_a_bucket_trains_and_evaluates_from_anywhere(tmp_path,
     shards = storage.join(bucket, "datasets", "c", "bytes-32")
     assert stage.verify(shards, deep=True)[1] == []
     _gpt2ja(elsewhere, "train", "--data", shards, "--run", storage.join(bucket, "runs", "r3"), *TRAIN)
-    out = _gpt2ja(elsewhere, "eval", "--run", storage.join(bucket, "runs", "r3"), "--text",
-                  storage.join(bucket, "clean", "c", "validation"))
+    out = _gpt2ja(
+        elsewhere,
+        "eval",
+        "--run",
+        storage.join(bucket, "runs", "r3"),
+        "--text",
+        storage.join(bucket, "clean", "c", "validation"),
+    )
     assert "bits" in out
     assert stage.verify(storage.join(bucket, "runs", "r3"), deep=True)[1] == []

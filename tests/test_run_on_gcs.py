@@ -34,7 +34,7 @@ def write(path: Path, data: bytes, *, append: bool = False) -> None:
 
 def remote(run: str) -> dict[str, int]:
     """``{run-relative path: size}`` of the run's objects in the bucket."""
-    return {uri[len(run) + 1:]: size for uri, size in storage.list_sizes(run).items()}
+    return {uri[len(run) + 1 :]: size for uri, size in storage.list_sizes(run).items()}
 
 
 def object_name(run: str, rel: str) -> str:
@@ -44,7 +44,7 @@ def object_name(run: str, rel: str) -> str:
 def uploads(proxy, run: str) -> list[str]:
     """The run-relative paths uploaded through the proxy so far, in order."""
     prefix = object_name(run, "")
-    return [name[len(prefix):] for name in proxy.uploads if name.startswith(prefix)]
+    return [name[len(prefix) :] for name in proxy.uploads if name.startswith(prefix)]
 
 
 def staging(root: Path) -> Path:
@@ -61,20 +61,30 @@ def checkpoint(root: Path, step: int) -> None:
     then the older checkpoint pruned."""
     from gpt2ja.model import checkpoint as ckpt
 
-    ckpt.save(str(root / runs.CHECKPOINT_DIR), step, {"model/w": np.full(250 + step, step, np.float32)},
-              examples=8 * step, backend="jax", keep=1)
+    ckpt.save(
+        str(root / runs.CHECKPOINT_DIR),
+        step,
+        {"model/w": np.full(250 + step, step, np.float32)},
+        examples=8 * step,
+        backend="jax",
+        keep=1,
+    )
 
 
-def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_root, gcs_precondition_proxy,
-                                                                   tmp_path):
+def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_root, gcs_precondition_proxy, tmp_path):
     run, proxy = f"{gcs_proxy_root}/r", gcs_precondition_proxy
     local = staging(tmp_path / "staging")
     metrics, events = local / runs.METRICS, local / runs.TENSORBOARD_DIR / "train" / "events.out.tfevents.1.host.1.v2"
     write(metrics, b'{"step": 1}\n')
     sync = RunSync(str(local), run, min_rewrite_s=0)
     sync.sync_logs()  # waits for the first round (started by the constructor); nothing changed since
-    assert set(remote(run)) == {runs.HPARAMS, runs.METRICS, "tokenizer/tokenizer.json", "tokenizer/_MANIFEST.json",
-                                "tensorboard/train/events.out.tfevents.1.host.1.v2"}
+    assert set(remote(run)) == {
+        runs.HPARAMS,
+        runs.METRICS,
+        "tokenizer/tokenizer.json",
+        "tokenizer/_MANIFEST.json",
+        "tensorboard/train/events.out.tfevents.1.host.1.v2",
+    }
     sent = uploads(proxy, run)
     assert sent.index("tokenizer/_MANIFEST.json") > sent.index("tokenizer/tokenizer.json")  # manifests last
 
@@ -83,8 +93,9 @@ def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_roo
     sync.sync_logs()
     sync.sync_logs()  # waits for the round the first call started
     assert storage.read_text(storage.join(run, runs.METRICS)).splitlines() == ['{"step": 1}', '{"step": 2}']
-    assert storage.read_bytes(storage.join(run, "tensorboard/train/events.out.tfevents.1.host.1.v2")) \
-        == b"header;scalars;"
+    assert (
+        storage.read_bytes(storage.join(run, "tensorboard/train/events.out.tfevents.1.host.1.v2")) == b"header;scalars;"
+    )
 
     checkpoint(local, 2)
     sync.sync_checkpoint()
@@ -102,7 +113,9 @@ def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_roo
     last_index = len(sent) - 1 - sent[::-1].index("checkpoints/checkpoint")
     assert last_index > sent.index("checkpoints/ckpt-4.npz")  # the index after its file
     assert {rel for rel in remote(run) if rel.startswith("checkpoints/")} == {
-        "checkpoints/checkpoint", "checkpoints/ckpt-4.npz"}
+        "checkpoints/checkpoint",
+        "checkpoints/ckpt-4.npz",
+    }
 
     # another machine resumes the run from the bucket: what it downloaded and never rewrites is not sent again
     other = tmp_path / "other"
@@ -116,8 +129,9 @@ def test_logs_go_up_when_they_change_and_each_checkpoint_file_once(gcs_proxy_roo
     assert not any(rel.startswith("checkpoints/ckpt-4") for rel in remote(run))  # pruned there too
 
 
-def test_a_log_changed_again_too_soon_waits_for_a_later_round_or_the_checkpoint(gcs_proxy_root,
-                                                                              gcs_precondition_proxy, tmp_path):
+def test_a_log_changed_again_too_soon_waits_for_a_later_round_or_the_checkpoint(
+    gcs_proxy_root, gcs_precondition_proxy, tmp_path
+):
     run, proxy = f"{gcs_proxy_root}/r", gcs_precondition_proxy
     local = staging(tmp_path / "staging")
     sync = RunSync(str(local), run, min_rewrite_s=3600)  # GCS: about one write per second to one object
@@ -167,8 +181,9 @@ def test_readers_fetch_into_their_own_cache_and_name_a_checkpoint_whose_files_ar
     shutil.rmtree(cache)
     with pytest.raises(storage.StorageError) as caught:
         runs.fetch(run)
-    assert "\n" not in str(caught.value) and "names checkpoint ckpt-2.npz, which is not in the bucket" \
-        in str(caught.value)
+    assert "\n" not in str(caught.value) and "names checkpoint ckpt-2.npz, which is not in the bucket" in str(
+        caught.value
+    )
     shutil.rmtree(cache)
 
 
@@ -184,13 +199,13 @@ def shards(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(shards, gcs_proxy_root,
-                                                                         gcs_precondition_proxy):
+def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(
+    shards, gcs_proxy_root, gcs_precondition_proxy
+):
     """Logs in the bucket before the first checkpoint, each checkpoint file uploaded once (pruned ones deleted),
     the newest checkpoint loaded mid-run, a resume from the bucket alone, the run loaded after."""
-    from tests.test_model_train import SEQ_LEN, config
-
     from gpt2ja.model.train import train
+    from tests.test_model_train import SEQ_LEN, config
 
     run, proxy = f"{gcs_proxy_root}/r", gcs_precondition_proxy
     kw = dict(checkpoint_every=4, keep_checkpoints=1, eval_batches=0, log_every=1)
@@ -218,7 +233,8 @@ def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(shard
     sent = uploads(proxy, run)
     assert sent.count("checkpoints/checkpoint") == 2  # at ckpt-4 and ckpt-8
     assert Counter(rel for rel in sent if rel.startswith("checkpoints/ckpt-")) == {
-        f"checkpoints/ckpt-{step}.npz": 1 for step in (4, 8)}
+        f"checkpoints/ckpt-{step}.npz": 1 for step in (4, 8)
+    }
     last_index = len(sent) - 1 - sent[::-1].index("checkpoints/checkpoint")
     assert all(sent.index(rel) < last_index for rel in sent if rel.startswith("checkpoints/ckpt-8"))
     assert not any(rel.startswith("checkpoints/ckpt-4") for rel in remote(run))  # keep_checkpoints=1
@@ -227,12 +243,14 @@ def test_a_gcs_run_is_readable_while_it_trains_and_resumes_from_the_bucket(shard
     lines: list[str] = []
     train(config(shards, run, steps=10, **kw), progress=lines.append)
     assert any("from step 8" in line for line in lines), lines
-    assert [r["step"] for r in map(json.loads, storage.read_text(storage.join(run, runs.METRICS)).splitlines())] \
-        == list(range(1, 11))
+    assert [
+        r["step"] for r in map(json.loads, storage.read_text(storage.join(run, runs.METRICS)).splitlines())
+    ] == list(range(1, 11))
     counts = Counter(uploads(proxy, run))
     assert all(n == 1 for rel, n in counts.items() if rel.startswith("checkpoints/ckpt-")), counts
-    assert {rel for rel in remote(run) if rel.startswith("checkpoints/ckpt-")} \
-        == {rel for rel in counts if rel.startswith("checkpoints/ckpt-10")}
+    assert {rel for rel in remote(run) if rel.startswith("checkpoints/ckpt-")} == {
+        rel for rel in counts if rel.startswith("checkpoints/ckpt-10")
+    }
     assert storage.read_manifest(run)["stage"] == "train"
 
     shutil.rmtree(local)

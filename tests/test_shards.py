@@ -17,14 +17,32 @@ import pytest
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.jsonl import read_documents
 from gpt2ja.infra import storage
-from tests.assertions import one_line_error
-from tests.corpora import mirror_split, write_clean_corpus
-from gpt2ja.model.data import (AUTOTUNE, DataError, iter_examples, make_dataset, parse_examples, read_manifest_checked,
-                        shard_files, verify_shards)
-from gpt2ja.tokenization.shards import (ShardsConfig, ShardsError, cli_shards, import_tensorflow, pack_tokens,
-                                 serialize_example, shard_of, token_dtype, unpack_tokens, write_shards)
+from gpt2ja.model.data import (
+    AUTOTUNE,
+    DataError,
+    iter_examples,
+    make_dataset,
+    parse_examples,
+    read_manifest_checked,
+    shard_files,
+    verify_shards,
+)
+from gpt2ja.tokenization.shards import (
+    ShardsConfig,
+    ShardsError,
+    cli_shards,
+    import_tensorflow,
+    pack_tokens,
+    serialize_example,
+    shard_of,
+    token_dtype,
+    unpack_tokens,
+    write_shards,
+)
 from gpt2ja.tokenization.tokenizer import Tokenizer
 from gpt2ja.tokenization.train import train_tokenizer
+from tests.assertions import one_line_error
+from tests.corpora import mirror_split, write_clean_corpus
 
 SEQ_LEN = 64
 CFG = dict(seq_len=SEQ_LEN, num_shards={"train": 4, "validation": 2}, workers=1)
@@ -39,8 +57,10 @@ def corpus(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def tokenizers(corpus, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tokenizers")
-    return {"bytes": train_tokenizer(corpus, "bytes", 257, str(root / "bytes")),
-            "sentencepiece": train_tokenizer(corpus, "sentencepiece", 3000, str(root / "sp"))}
+    return {
+        "bytes": train_tokenizer(corpus, "bytes", 257, str(root / "bytes")),
+        "sentencepiece": train_tokenizer(corpus, "sentencepiece", 3000, str(root / "sp")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +70,9 @@ def shards(corpus, tokenizers, tmp_path_factory) -> dict[str, str]:
     return {
         "bytes": write_shards(corpus, tokenizers["bytes"], str(root / "bytes"), ShardsConfig(**CFG)),
         "sentencepiece": write_shards(corpus, tokenizers["sentencepiece"], str(root / "sp"), ShardsConfig(**CFG)),
-        "bytes-int32": write_shards(corpus, tokenizers["bytes"], str(root / "int32"),
-                                    ShardsConfig(**CFG, dtype="int32")),
+        "bytes-int32": write_shards(
+            corpus, tokenizers["bytes"], str(root / "int32"), ShardsConfig(**CFG, dtype="int32")
+        ),
     }
 
 
@@ -79,13 +100,13 @@ def test_packing_decodes_back_to_each_shards_documents(corpus, tokenizers, shard
             assert all(r.shape == (SEQ_LEN + 1,) and r.dtype == np.int32 for r in rows)
             # Disjoint windows of seq_len + 1: concatenated, they are the shard's stream minus its tail.
             stream = np.concatenate(rows).tolist() if rows else []
-            assert stream == expected[:len(stream)]
+            assert stream == expected[: len(stream)]
             assert 0 <= len(expected) - len(stream) < SEQ_LEN + 1
             dropped += len(expected) - len(stream)
             # Split on EOS: every complete segment decodes to its document exactly.
             segments = np.split(np.array(stream), np.flatnonzero(np.array(stream) == tok.eos_id) + 1)
             texts = [tok.decode(seg[:-1].tolist()) for seg in segments[:-1]]
-            assert texts == [d.text for d in mine[:len(texts)]]
+            assert texts == [d.text for d in mine[: len(texts)]]
         assert manifest["counts"]["splits"][split]["dropped_tokens"] == dropped
 
 
@@ -93,8 +114,9 @@ def test_manifest_lists_files_counts_and_inputs(corpus, tokenizers, shards):
     uri = shards["bytes"]
     manifest = read_manifest_checked(uri)
     names = [f["path"] for f in manifest["files"]]
-    assert names == [f"train-{i:05d}-of-00004.tfrecord" for i in range(4)] + \
-        [f"validation-{i:05d}-of-00002.tfrecord" for i in range(2)]
+    assert names == [f"train-{i:05d}-of-00004.tfrecord" for i in range(4)] + [
+        f"validation-{i:05d}-of-00002.tfrecord" for i in range(2)
+    ]
     for entry in manifest["files"]:
         info = storage.file_info(storage.join(uri, entry["path"]), root=uri)
         assert {k: entry[k] for k in info} == info  # sizes and checksums
@@ -189,11 +211,17 @@ def test_rerun_rebuilds_only_unfinished_shards(corpus, tokenizers, shards, tmp_p
     write_shards(corpus, tokenizers["bytes"], str(out), ShardsConfig(**CFG))
     after = storage.read_manifest(str(out))
     changed = {p.name for p in out.rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p.name)}
-    assert changed == {"_MANIFEST.json", "train-00001-of-00004.tfrecord", "train-00001.json",
-                       "train-00003-of-00004.tfrecord", "train-00003.json"}
+    assert changed == {
+        "_MANIFEST.json",
+        "train-00001-of-00004.tfrecord",
+        "train-00001.json",
+        "train-00003-of-00004.tfrecord",
+        "train-00003.json",
+    }
     volatile = ("created_at", "timings", "uri", "build_id")
-    assert {k: v for k, v in after.items() if k not in volatile} == \
-        {k: v for k, v in before.items() if k not in volatile}  # same counts, files, checksums
+    assert {k: v for k, v in after.items() if k not in volatile} == {
+        k: v for k, v in before.items() if k not in volatile
+    }  # same counts, files, checksums
     # A complete output is skipped: nothing is touched.
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     write_shards(corpus, tokenizers["bytes"], str(out), ShardsConfig(**CFG))
@@ -249,8 +277,12 @@ def test_empty_corpus_or_split(tokenizers, tmp_path):
         assert not os.path.exists(out)  # nothing published
     # Without a validation split in num_shards, a train-only corpus is fine.
     corpus = str(tmp_path / "no-validation")
-    out = write_shards(corpus, tokenizers["bytes"], str(tmp_path / "train-only"),
-                       ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 1}, workers=1))
+    out = write_shards(
+        corpus,
+        tokenizers["bytes"],
+        str(tmp_path / "train-only"),
+        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 1}, workers=1),
+    )
     assert [f["split"] for f in read_manifest_checked(out)["files"]] == ["train"]
     # Too little text for one example in a split: an error, and no manifest.
     tiny = write_clean_corpus(tmp_path / "tiny", [doc], [Document.new(source="t", url="u2", text="短い。")])
@@ -270,8 +302,11 @@ def test_missing_manifests(corpus, tokenizers, tmp_path):
         write_shards(corpus, nothing, str(tmp_path / "b"), cfg)
     one_line_error(excinfo, f"tokenizer {nothing}", "no _MANIFEST.json", "gpt2ja tokenizer train")
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
-    for call in (lambda: read_manifest_checked(nothing), lambda: make_dataset(nothing, "train", 2),
-                 lambda: verify_shards(nothing)):
+    for call in (
+        lambda: read_manifest_checked(nothing),
+        lambda: make_dataset(nothing, "train", 2),
+        lambda: verify_shards(nothing),
+    ):
         with pytest.raises(DataError) as excinfo:
             call()
         one_line_error(excinfo, f"shards {nothing}", "no _MANIFEST.json", "gpt2ja shards")
@@ -285,8 +320,7 @@ def test_tokenizer_shard_mismatch(tokenizers, shards):
     for tokenizer in (tokenizers["sentencepiece"], Tokenizer.load(tokenizers["sentencepiece"])):
         with pytest.raises(DataError) as excinfo:
             read_manifest_checked(shards["bytes"], tokenizer=tokenizer)
-        one_line_error(excinfo, "mismatch", shards["bytes"], "vocab size 3000", "vocab size 257",
-                       tokenizers["bytes"])
+        one_line_error(excinfo, "mismatch", shards["bytes"], "vocab size 3000", "vocab size 257", tokenizers["bytes"])
     assert read_manifest_checked(shards["sentencepiece"], tokenizer=tokenizers["sentencepiece"])["vocab_size"] == 3000
 
 
@@ -307,7 +341,7 @@ def test_truncated_tfrecord_is_named(shards, tmp_path):
     shutil.copytree(shards["bytes"], out)
     victim = out / "train-00002-of-00004.tfrecord"
     data = victim.read_bytes()
-    victim.write_bytes(data[:len(data) // 2])
+    victim.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError) as excinfo:
         verify_shards(str(out))
     one_line_error(excinfo, str(victim), "corrupt, truncated", "rerun `gpt2ja shards`")

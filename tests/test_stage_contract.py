@@ -30,8 +30,9 @@ def _builder(out: str, texts: dict[str, str], config: dict, calls: list | None =
                 started.set()
                 go.wait(30)
         files = [storage.file_info(storage.join(out, n), root=out) for n in texts]
-        return storage.build_manifest(stage="demo", config=config, counts={"files": len(files)}, files=files,
-                                      timings={})
+        return storage.build_manifest(
+            stage="demo", config=config, counts={"files": len(files)}, files=files, timings={}
+        )
 
     return fp, build
 
@@ -89,8 +90,9 @@ def test_a_second_writer_gets_one_line_naming_the_holder_or_waits(tmp_path):
     started, go = threading.Event(), threading.Event()
     fp, slow = _builder(out, {"x.txt": "1"}, {"n": 1}, started=started, go=go)
     result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault("first", stage.run_stage("demo", out, fingerprint=fp,
-                                                                                  build=slow)))
+    t = threading.Thread(
+        target=lambda: result.setdefault("first", stage.run_stage("demo", out, fingerprint=fp, build=slow))
+    )
     t.start()
     assert started.wait(30)
     calls: list = []
@@ -100,8 +102,11 @@ def test_a_second_writer_gets_one_line_naming_the_holder_or_waits(tmp_path):
     message = str(err.value)
     assert f"pid {os.getpid()}" in message and "since" in message and "\n" not in message
     # a waiting writer gets the lock when the first is done and finds the output up to date
-    waiter = threading.Thread(target=lambda: result.setdefault(
-        "second", stage.run_stage("demo", out, fingerprint=fp, build=counted, wait_s=60)))
+    waiter = threading.Thread(
+        target=lambda: result.setdefault(
+            "second", stage.run_stage("demo", out, fingerprint=fp, build=counted, wait_s=60)
+        )
+    )
     waiter.start()
     go.set()
     t.join(60)
@@ -138,8 +143,11 @@ def test_outputs_that_are_or_hold_or_sit_inside_an_input_are_refused(tmp_path):
     inp = os.path.join(root, "clean", "c")
     fp, build = _builder(inp, {"x.txt": "1"}, {"n": 1})
     stage.run_stage("clean", inp, fingerprint=fp, build=build)
-    for out, words in ((inp, "is its input"), (os.path.join(inp, "sub"), "is inside its input"),
-                       (os.path.join(root, "clean"), "holds its input")):
+    for out, words in (
+        (inp, "is its input"),
+        (os.path.join(inp, "sub"), "is inside its input"),
+        (os.path.join(root, "clean"), "holds its input"),
+    ):
         with pytest.raises(stage.StageError, match=words):
             stage.run_stage("shards", out, fingerprint=fp, build=build, inputs=[inp])
     assert storage.read_manifest(inp)["stage"] == "demo"  # untouched
@@ -163,9 +171,15 @@ def test_input_references_are_relative_and_resolve_after_a_move(tmp_path):
 
     def shards() -> dict:
         storage.write_text(storage.join(out, "y.txt"), "2")
-        return storage.build_manifest(stage="shards", config={}, inputs=[m_in], counts={},
-                                      files=[storage.file_info(storage.join(out, "y.txt"), root=out)], timings={},
-                                      extra={"corpus": {"uri": storage.relative_ref(inp, out)}})
+        return storage.build_manifest(
+            stage="shards",
+            config={},
+            inputs=[m_in],
+            counts={},
+            files=[storage.file_info(storage.join(out, "y.txt"), root=out)],
+            timings={},
+            extra={"corpus": {"uri": storage.relative_ref(inp, out)}},
+        )
 
     stage.run_stage("shards", out, fingerprint=storage.fingerprint({}, [m_in]), build=shards, inputs=[inp])
     os.rename(root, tmp_path / "two")
@@ -175,11 +189,14 @@ def test_input_references_are_relative_and_resolve_after_a_move(tmp_path):
     assert storage.read_manifest(stage.input_uri(moved, moved["corpus"]["uri"]))["stage"] == "demo"
 
 
-@pytest.mark.parametrize("target,base,ref", [
-    ("gs://b/r/clean/x", "gs://b/r/datasets/x/t", "../../../clean/x"),
-    ("gs://other/clean/x", "gs://b/r/datasets/x", "gs://other/clean/x"),
-    ("gs://b/r/runs/a", "gs://b/r/runs/a/eval", ".."),
-])
+@pytest.mark.parametrize(
+    "target,base,ref",
+    [
+        ("gs://b/r/clean/x", "gs://b/r/datasets/x/t", "../../../clean/x"),
+        ("gs://other/clean/x", "gs://b/r/datasets/x", "gs://other/clean/x"),
+        ("gs://b/r/runs/a", "gs://b/r/runs/a/eval", ".."),
+    ],
+)
 def test_gcs_references(target, base, ref):
     assert storage.relative_ref(target, base) == ref
     assert storage.resolve_ref(ref, base) == target
@@ -194,8 +211,7 @@ def test_gcs_lock_one_holder_takeover_of_a_silent_one_and_a_lost_lock(gcs_proxy_
         stage.OutputLock(out, "shards").acquire(wait_s=0)
     # two machines racing for a lock whose holder went silent: exactly one wins (ifGenerationMatch)
     silent = {**holder, "host": "elsewhere", "heartbeat": "2026-01-01T00:00:00Z"}  # no pid check: another host
-    first._generation = storage.write_if_generation(stage.lock_uri(out), json.dumps(silent).encode(),
-                                                    first._generation)
+    first._generation = storage.write_if_generation(stage.lock_uri(out), json.dumps(silent).encode(), first._generation)
     lines: list[str] = []
     takers = [stage.OutputLock(out, "shards", stale_s=60, heartbeat_s=3600, log=lines.append) for _ in range(4)]
     won, errors = [], []

@@ -79,7 +79,10 @@ def test_list_files_recursive_sorted(storage_root):
 
     expected = [join(storage_root, *r.split("/")) for r in ["a.txt", "b.txt", "sub/deeper/y.txt", "sub/z.txt"]]
     assert storage.list_files(storage_root) == sorted(expected)
-    assert storage.list_files(storage_root, recursive=False) == [join(storage_root, "a.txt"), join(storage_root, "b.txt")]
+    assert storage.list_files(storage_root, recursive=False) == [
+        join(storage_root, "a.txt"),
+        join(storage_root, "b.txt"),
+    ]
     assert storage.list_files(join(storage_root, "missing")) == []
 
 
@@ -179,7 +182,9 @@ def test_upload_dir_writes_manifest_last(tmp_path, monkeypatch):
         (src / rel).write_text(rel)
     order = []
     real_publish = storage.publish
-    monkeypatch.setattr(storage, "publish", lambda s, d, **kw: (order.append(os.path.relpath(s, src)), real_publish(s, d, **kw)))
+    monkeypatch.setattr(
+        storage, "publish", lambda s, d, **kw: (order.append(os.path.relpath(s, src)), real_publish(s, d, **kw))
+    )
     storage.upload_dir(str(src), str(tmp_path / "dest"))
     assert order == ["sub/a.bin", "z.bin", "sub/" + storage.MANIFEST, storage.MANIFEST]
 
@@ -259,8 +264,13 @@ def test_manifest_write_read_verify(storage_root):
     assert stage.verify(out, fp)[1]  # files but no manifest: partial
     files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
     manifest = storage.build_manifest(
-        stage="shard", config=config, inputs=[up_read], counts={"shards": 1}, files=files,
-        timings={"total_s": 1.0}, extra={"notes": "テスト"},
+        stage="shard",
+        config=config,
+        inputs=[up_read],
+        counts={"shards": 1},
+        files=files,
+        timings={"total_s": 1.0},
+        extra={"notes": "テスト"},
     )
     assert manifest["fingerprint"] == fp
     assert manifest["inputs"] == [{"uri": upstream, "fingerprint": up_manifest["fingerprint"]}]

@@ -15,29 +15,56 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.corpora import mirror_texts
 from gpt2ja.studies.common import StudyError, load_config
 from gpt2ja.studies.recipe import RecipeStudyConfig, verdict
+from tests.corpora import mirror_texts
 
 REPO = Path(__file__).resolve().parent.parent
 
-BASE = {"root": "r", "source": "s", "corpus": "c", "holdout_author": "新美南吉", "budget_minutes": 1,
-        "tokenizers": [{"name": "sp", "kind": "sentencepiece", "vocab_size": 1000}],
-        "candidates": [{"name": "a", "preset": "tiny", "tokenizer": "sp", "seq_len": 32, "batch_tokens": 256,
-                        "micro_batch": 8, "learning_rate": 3e-3}]}
+BASE = {
+    "root": "r",
+    "source": "s",
+    "corpus": "c",
+    "holdout_author": "新美南吉",
+    "budget_minutes": 1,
+    "tokenizers": [{"name": "sp", "kind": "sentencepiece", "vocab_size": 1000}],
+    "candidates": [
+        {
+            "name": "a",
+            "preset": "tiny",
+            "tokenizer": "sp",
+            "seq_len": 32,
+            "batch_tokens": 256,
+            "micro_batch": 8,
+            "learning_rate": 3e-3,
+        }
+    ],
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"candidates": [{**BASE["candidates"][0], "tokenizer": "sp32k"}]},
-     r"candidate a: tokenizer 'sp32k' is not one of the study's tokenizers \(sp\)"),
-    ({"candidates": [{**BASE["candidates"][0], "batch_tokens": 300}]},
-     r"candidates\[0\]: candidate a: batch_tokens 300 is not a multiple of micro_batch × seq_len = 256; use 256"),
-    ({"candidates": [{**BASE["candidates"][0], "preset": "huge"}]}, r"candidates\[0\]: candidate a: unknown preset"),
-    ({"candidates": [BASE["candidates"][0], BASE["candidates"][0]]},
-     r"candidates: candidate names must be unique; repeated: a$"),
-    ({"train_options": {"learning_rate": 1}}, r"train_options learning_rate: not a TrainConfig field the study "),
-    ({"budget_minutes": 0}, r"budget_minutes: must be more than 0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"candidates": [{**BASE["candidates"][0], "tokenizer": "sp32k"}]},
+            r"candidate a: tokenizer 'sp32k' is not one of the study's tokenizers \(sp\)",
+        ),
+        (
+            {"candidates": [{**BASE["candidates"][0], "batch_tokens": 300}]},
+            r"candidates\[0\]: candidate a: batch_tokens 300 is not a multiple of micro_batch × seq_len = 256; use 256",
+        ),
+        (
+            {"candidates": [{**BASE["candidates"][0], "preset": "huge"}]},
+            r"candidates\[0\]: candidate a: unknown preset",
+        ),
+        (
+            {"candidates": [BASE["candidates"][0], BASE["candidates"][0]]},
+            r"candidates: candidate names must be unique; repeated: a$",
+        ),
+        ({"train_options": {"learning_rate": 1}}, r"train_options learning_rate: not a TrainConfig field the study "),
+        ({"budget_minutes": 0}, r"budget_minutes: must be more than 0"),
+    ],
+)
 def test_recipe_config_errors_are_one_line(tmp_path, change, message):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**BASE, **change}, allow_unicode=True), encoding="utf-8")
@@ -57,21 +84,28 @@ def test_training_clock_sums_each_records_steps_at_its_rate():
     at its own tokens/s (records without a rate, e.g. validation ones, do not move it)."""
     from gpt2ja.studies.vocab import training_clock, training_speed
 
-    metrics = [{"step": 10, "tokens_per_s": 100, "loss": 5.0}, {"step": 10, "validation/loss": 4.5},
-               {"step": 30, "tokens_per_s": 200, "loss": 4.0}, {"step": 40, "tokens_per_s": 400}]
+    metrics = [
+        {"step": 10, "tokens_per_s": 100, "loss": 5.0},
+        {"step": 10, "validation/loss": 4.5},
+        {"step": 30, "tokens_per_s": 200, "loss": 4.0},
+        {"step": 40, "tokens_per_s": 400},
+    ]
     clock = training_clock(metrics, batch_tokens=10)
     assert [round(seconds, 9) for seconds, _ in clock] == [1.0, 2.0, 2.25]
     assert [m["step"] for _, m in clock] == [10, 30, 40]
-    assert training_speed(metrics, 10) == (300.0, 2.25, None)   # median of the rates after the first
+    assert training_speed(metrics, 10) == (300.0, 2.25, None)  # median of the rates after the first
     assert training_speed([{"step": 1}], 10) == (None, None, None)
 
 
 def test_the_verdict_needs_more_than_the_seed_spread():
     best = {"candidate": "m", "bpc_heldout": 5.0, "ppmd_heldout": 5.5, "ppmd_primed_heldout": 4.8}
-    assert verdict(best, 0.1).startswith("The best candidate, m, beats PPMd order 8 alone on the held-out author "
-                                         "by 0.500 bits/char")
+    assert verdict(best, 0.1).startswith(
+        "The best candidate, m, beats PPMd order 8 alone on the held-out author by 0.500 bits/char"
+    )
     assert "+0.200 to go" in verdict(best, 0.1)
-    assert verdict({**best, "bpc_heldout": 4.0}, 0.1).endswith("It beats PPMd primed with training text (4.800) too, by 0.800.")
+    assert verdict({**best, "bpc_heldout": 4.0}, 0.1).endswith(
+        "It beats PPMd primed with training text (4.800) too, by 0.800."
+    )
     assert "not a clear win" in verdict(best, 0.6)
     assert verdict({**best, "bpc_heldout": 5.7}, 0.1).startswith("No candidate beats PPMd order 8 alone")
 
@@ -84,16 +118,51 @@ def recipe_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe-study")
     source = mirror_texts(tmp / "texts")
     cfg = RecipeStudyConfig(
-        root=str(tmp / "root"), source=str(source), crawl_id="mirror", corpus=str(tmp / "root" / "clean" / "mirror"),
-        holdout_author="新美南吉", validation_fraction=0.2, clean_workers=1,
-        tokenizers=[{"name": "sp3k", "kind": "sentencepiece", "vocab_size": 3000}], tokenizer_sample_sentences=5000,
-        tokenizer_threads=1, num_shards=2,
-        candidates=[{"name": "tiny-32", "preset": "tiny", "tokenizer": "sp3k", "seq_len": 32, "batch_tokens": 256,
-                     "micro_batch": 8, "learning_rate": 3e-3},
-                    {"name": "tiny-64", "preset": "tiny", "tokenizer": "sp3k", "seq_len": 64, "batch_tokens": 512,
-                     "micro_batch": 8, "learning_rate": 3e-3, "min_lr_ratio": 0.0}],
-        budget_minutes=0.02, final_minutes=0.05, calibration_steps=4, seeds=[0], winner_seeds=[0, 1], checkpoints=2, log_every=5,
-        eval_characters=1500, eval_chunk_chars=500, eval_batch_size=4, prime_chars=20_000, out=str(tmp / "docs"))
+        root=str(tmp / "root"),
+        source=str(source),
+        crawl_id="mirror",
+        corpus=str(tmp / "root" / "clean" / "mirror"),
+        holdout_author="新美南吉",
+        validation_fraction=0.2,
+        clean_workers=1,
+        tokenizers=[{"name": "sp3k", "kind": "sentencepiece", "vocab_size": 3000}],
+        tokenizer_sample_sentences=5000,
+        tokenizer_threads=1,
+        num_shards=2,
+        candidates=[
+            {
+                "name": "tiny-32",
+                "preset": "tiny",
+                "tokenizer": "sp3k",
+                "seq_len": 32,
+                "batch_tokens": 256,
+                "micro_batch": 8,
+                "learning_rate": 3e-3,
+            },
+            {
+                "name": "tiny-64",
+                "preset": "tiny",
+                "tokenizer": "sp3k",
+                "seq_len": 64,
+                "batch_tokens": 512,
+                "micro_batch": 8,
+                "learning_rate": 3e-3,
+                "min_lr_ratio": 0.0,
+            },
+        ],
+        budget_minutes=0.02,
+        final_minutes=0.05,
+        calibration_steps=4,
+        seeds=[0],
+        winner_seeds=[0, 1],
+        checkpoints=2,
+        log_every=5,
+        eval_characters=1500,
+        eval_chunk_chars=500,
+        eval_batch_size=4,
+        prime_chars=20_000,
+        out=str(tmp / "docs"),
+    )
     lines: list[str] = []
     written = run_recipe_study(cfg, command="gpt2ja study recipe --config tiny.yaml", say=lines.append)
     return cfg, written, lines
@@ -111,7 +180,11 @@ def test_recipe_study_end_to_end(recipe_study):
     # every candidate with seed 0, then the best of them again with seed 1, then its final run with seed 0
     winner = min(rows[:2], key=lambda r: float(r["bpc_heldout"]))["candidate"]
     assert [(r["stage"], r["candidate"], r["seed"]) for r in rows] == [
-        ("proxy", "tiny-32", "0"), ("proxy", "tiny-64", "0"), ("proxy", winner, "1"), ("final", winner, "0")]
+        ("proxy", "tiny-32", "0"),
+        ("proxy", "tiny-64", "0"),
+        ("proxy", winner, "1"),
+        ("final", winner, "0"),
+    ]
     assert any(line == f"winner {winner}: seed 1" for line in lines)
     assert any(line.startswith(f"final {winner}: ") for line in lines)
     plans = {c.name: json.loads((root / "plan" / f"{c.name}.json").read_text()) for c in cfg.candidates}
@@ -136,7 +209,7 @@ def test_recipe_study_end_to_end(recipe_study):
     assert f"{winner}-final-s0" in final["run"] and (root / "runs" / f"{winner}-final-s0" / "_MANIFEST.json").exists()
     assert "## The ranking: every candidate for 0.02 minutes" in md
     assert "```sh\ngpt2ja study recipe --config tiny.yaml\n```" in md and "Machine: " in md
-    assert "PPMd order 8" in md and f"Noise: the largest difference between seeds of one candidate is" in md
+    assert "PPMd order 8" in md and "Noise: the largest difference between seeds of one candidate is" in md
     assert f"({winner}); differences smaller than that are not results" in md
     assert "![training loss against minutes of training](recipe-loss.png)" in md
     assert Path(written["png_loss"]).read_bytes().startswith(b"\x89PNG")

@@ -30,15 +30,28 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 from gpt2ja.model import runs, summaries
-from tests import procs
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
+from tests import procs
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "吾輩は猫である。名前はまだ無い。"  # tests.test_model_train.TEXT (that module needs TensorFlow to import)
 HPARAMS = {"preset": "tiny", "num_layers": 2, "dropout": 0.0, "jit_compile": False, "learning_rate": 3e-3}
-RECORDS = [(2, {"loss": 5.25, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 4096.0, "val_loss": 5.5,
-                "val_bits_per_character": 7.75, "val_bits_per_byte": 2.5}, ("吾輩は", "猫で*ある。\n次")),
-           (4, {"loss": 4.5, "lr": 5e-4, "grad_norm": None}, None)]
+RECORDS = [
+    (
+        2,
+        {
+            "loss": 5.25,
+            "lr": 1e-3,
+            "grad_norm": 0.5,
+            "tokens_per_s": 4096.0,
+            "val_loss": 5.5,
+            "val_bits_per_character": 7.75,
+            "val_bits_per_byte": 2.5,
+        },
+        ("吾輩は", "猫で*ある。\n次"),
+    ),
+    (4, {"loss": 4.5, "lr": 5e-4, "grad_norm": None}, None),
+]
 
 
 def test_text_counts_leave_out_the_partial_characters_at_a_rows_edges():
@@ -95,8 +108,9 @@ WRITE_SCRIPT = textwrap.dedent("""
 def _write_in_subprocess(logdir: Path, blocker: Path | None) -> list[str]:
     path = [str(blocker)] if blocker else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [str(REPO)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = procs.run([sys.executable, "-c", WRITE_SCRIPT, str(logdir), json.dumps([HPARAMS, RECORDS])],
-                     cwd=REPO, env=env)
+    proc = procs.run(
+        [sys.executable, "-c", WRITE_SCRIPT, str(logdir), json.dumps([HPARAMS, RECORDS])], cwd=REPO, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -104,11 +118,25 @@ def _write_in_subprocess(logdir: Path, blocker: Path | None) -> list[str]:
 def _check_board(board: Path) -> None:
     """What WRITE_SCRIPT wrote, as EventAccumulator reads it."""
     tr, va, root = _events(board / "train"), _events(board / "validation"), _events(board)
-    assert set(tr.Tags()["tensors"]) == {"loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen/loss",
-                                         "tokens_seen/lr", "tokens_seen/grad_norm", "tokens_seen/tokens_per_s"}
-    assert set(va.Tags()["tensors"]) == {"loss", "bits_per_character", "bits_per_byte", "sample",
-                                         "tokens_seen/loss", "tokens_seen/bits_per_character",
-                                         "tokens_seen/bits_per_byte"}
+    assert set(tr.Tags()["tensors"]) == {
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "tokens_seen/loss",
+        "tokens_seen/lr",
+        "tokens_seen/grad_norm",
+        "tokens_seen/tokens_per_s",
+    }
+    assert set(va.Tags()["tensors"]) == {
+        "loss",
+        "bits_per_character",
+        "bits_per_byte",
+        "sample",
+        "tokens_seen/loss",
+        "tokens_seen/bits_per_character",
+        "tokens_seen/bits_per_byte",
+    }
     assert _scalars(tr, "loss") == [(2, 5.25), (4, 4.5)]
     assert _scalars(tr, "lr") == [(2, pytest.approx(1e-3)), (4, pytest.approx(5e-4))]
     assert _scalars(tr, "grad_norm") == [(2, 0.5)]  # None is not written
@@ -122,9 +150,14 @@ def _check_board(board: Path) -> None:
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {h.name for h in experiment.hparam_infos} == set(HPARAMS)
     assert {(m.name.group, m.name.tag) for m in experiment.metric_infos} == {
-        ("train", "loss"), ("validation", "loss"), ("validation", "bits_per_character"),
-        ("validation", "bits_per_byte")}
-    hp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
+        ("train", "loss"),
+        ("validation", "loss"),
+        ("validation", "bits_per_character"),
+        ("validation", "bits_per_byte"),
+    }
+    hp = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info.hparams
     assert hp["preset"].string_value == "tiny" and hp["num_layers"].number_value == 2
     assert hp["jit_compile"].HasField("bool_value") and not hp["jit_compile"].bool_value
     assert hp["learning_rate"].number_value == pytest.approx(3e-3)
@@ -144,8 +177,10 @@ def test_the_writer_imports_no_tensorflow(tmp_path, tensorflow):
     board = tmp_path / "tensorboard"
     assert _write_in_subprocess(board, blocker) == []
     _check_board(board)
-    names = {os.path.basename(f).split(".")[:3] == ["events", "out", "tfevents"]
-             for f in glob.glob(str(board / "**" / "events*"), recursive=True)}
+    names = {
+        os.path.basename(f).split(".")[:3] == ["events", "out", "tfevents"]
+        for f in glob.glob(str(board / "**" / "events*"), recursive=True)
+    }
     assert names == {True}
 
 
@@ -234,11 +269,15 @@ def test_the_records_are_those_tf_summary_wrote(tmp_path):
     root = tf.summary.create_file_writer(str(theirs))
     sub = {name: tf.summary.create_file_writer(str(theirs / name)) for name in ("train", "validation")}
     with root.as_default():
-        hp.hparams_config(hparams=[hp.HParam(name) for name in HPARAMS], metrics=[
-            hp.Metric("loss", group="train", display_name="training loss"),
-            hp.Metric("loss", group="validation", display_name="validation loss"),
-            hp.Metric("bits_per_character", group="validation", display_name="validation bits/char"),
-            hp.Metric("bits_per_byte", group="validation", display_name="validation bits/byte")])
+        hp.hparams_config(
+            hparams=[hp.HParam(name) for name in HPARAMS],
+            metrics=[
+                hp.Metric("loss", group="train", display_name="training loss"),
+                hp.Metric("loss", group="validation", display_name="validation loss"),
+                hp.Metric("bits_per_character", group="validation", display_name="validation bits/char"),
+                hp.Metric("bits_per_byte", group="validation", display_name="validation bits/byte"),
+            ],
+        )
         hp.hparams(HPARAMS)
     for step, record, sample in RECORDS:
         for key, (run, tag) in summaries.TAGS.items():
@@ -267,7 +306,7 @@ def test_from_validation_takes_any_iterable_of_pairs():
     row = np.array([tok.eos_id] + ids + [tok.eos_id] + ids[:15], dtype=np.int32)  # 65 ids
     batches = [(np.stack([row[:-1]] * 2), np.stack([row[1:]] * 2)) for _ in range(3)]
     counts, prompt = summaries.from_validation(tok, iter(batches), 2)  # 2 of the 3 batches
-    assert prompt == TEXT[:summaries.PROMPT_CHARS]
+    assert prompt == TEXT[: summaries.PROMPT_CHARS]
     assert counts == summaries.count_text(tok, [targets for _, targets in batches[:2]])
     assert counts.tokens == 4 * 64 and counts.characters == 4 * (16 + 5)  # EOS scored; TEXT + 5 whole chars
 
@@ -302,15 +341,19 @@ def test_a_tiny_run_writes_the_tensorboard_layout(tmp_path):
     assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(tr.Tags()["tensors"])
     assert {"loss", "bits_per_character", "bits_per_byte", "sample"} <= set(va.Tags()["tensors"])
     rows = {r["step"]: r for r in (json.loads(line) for line in (run / runs.METRICS).read_text().splitlines())}
-    for acc, tag, key in ((tr, "loss", "loss"), (va, "loss", "val_loss"),
-                          (va, "bits_per_character", "val_bits_per_character")):
+    for acc, tag, key in (
+        (tr, "loss", "loss"),
+        (va, "loss", "val_loss"),
+        (va, "bits_per_character", "val_bits_per_character"),
+    ):
         got = _scalars(acc, tag)
         assert [s for s, _ in got] == [2, 4], tag
         assert [v for _, v in got] == pytest.approx([rows[s][key] for s in (2, 4)], rel=1e-6), tag
 
     # bits: the validation loss (nats/token) × tokens/character (or byte) of the scored rows ÷ ln 2
-    for (_, loss), (_, bpc), (_, bpb) in zip(*(_scalars(va, t) for t in ("loss", "bits_per_character",
-                                                                          "bits_per_byte"))):
+    for (_, loss), (_, bpc), (_, bpb) in zip(
+        *(_scalars(va, t) for t in ("loss", "bits_per_character", "bits_per_byte"))
+    ):
         assert bpc > 0 and bpb > 0
         assert bpc == pytest.approx(3 * bpb, rel=1e-5)  # every character of the text is 3 UTF-8 bytes
         tokens_per_byte = bpb / (loss / math.log(2))
@@ -334,23 +377,58 @@ def test_a_tiny_run_writes_the_tensorboard_layout(tmp_path):
     content = root.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
-    assert metrics == {("train", "loss"), ("validation", "loss"), ("validation", "bits_per_character"),
-                       ("validation", "bits_per_byte")}
+    assert metrics == {
+        ("train", "loss"),
+        ("validation", "loss"),
+        ("validation", "bits_per_character"),
+        ("validation", "bits_per_byte"),
+    }
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     hp = start.hparams
     assert {h.name for h in experiment.hparam_infos} == set(hp)
     assert hp["preset"].string_value == "tiny" and hp["tokenizer"].string_value == "bytes"
     assert hp["schedule"].string_value == "warmup_cosine" and hp["mixed_precision"].string_value == "off"
-    numbers = {k: hp[k].number_value for k in ("seq_len", "vocab_size", "padded_vocab_size", "batch_tokens",
-                                               "micro_batch", "steps", "learning_rate", "warmup_steps")}
-    assert numbers == {"seq_len": SEQ_LEN, "vocab_size": 257, "padded_vocab_size": 320, "batch_tokens": 256,
-                       "micro_batch": 8, "steps": 4, "learning_rate": pytest.approx(3e-3), "warmup_steps": 2}
+    numbers = {
+        k: hp[k].number_value
+        for k in (
+            "seq_len",
+            "vocab_size",
+            "padded_vocab_size",
+            "batch_tokens",
+            "micro_batch",
+            "steps",
+            "learning_rate",
+            "warmup_steps",
+        )
+    }
+    assert numbers == {
+        "seq_len": SEQ_LEN,
+        "vocab_size": 257,
+        "padded_vocab_size": 320,
+        "batch_tokens": 256,
+        "micro_batch": 8,
+        "steps": 4,
+        "learning_rate": pytest.approx(3e-3),
+        "warmup_steps": 2,
+    }
     assert hp["num_layers"].number_value >= 1 and hp["parameters"].number_value > 10_000
 
     # the switches: no samples, no token axis; the run's fingerprint does not depend on them
     quiet = tmp_path / "quiet"
-    train(config(shards, quiet, steps=2, warmup_steps=1, eval_every=2, log_every=2, checkpoint_every=2,
-                 eval_sample_tokens=0, tensorboard_by_tokens=False), progress=None)
+    train(
+        config(
+            shards,
+            quiet,
+            steps=2,
+            warmup_steps=1,
+            eval_every=2,
+            log_every=2,
+            checkpoint_every=2,
+            eval_sample_tokens=0,
+            tensorboard_by_tokens=False,
+        ),
+        progress=None,
+    )
     tags = set(_events(quiet / runs.TENSORBOARD_DIR / "validation").Tags()["tensors"])
     assert tags == {"loss", "bits_per_character", "bits_per_byte"}
     assert cfg.fingerprint_config() == cfg.model_copy(update={"eval_sample_tokens": 0}).fingerprint_config()

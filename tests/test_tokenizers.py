@@ -18,14 +18,14 @@ import pytest
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.jsonl import read_documents
 from gpt2ja.infra import stage, storage
-from tests import procs
-from tests.assertions import one_line_error
-from tests.corpora import REPO, mirror_split, write_clean_corpus
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from gpt2ja.tokenization.mecab import Segmenter
 from gpt2ja.tokenization.spm import BYTE_IDS, N_META_PIECES
 from gpt2ja.tokenization.tokenizer import EOS, TOKENIZER_JSON, Tokenizer, TokenizerError
 from gpt2ja.tokenization.train import Reservoir, cli_train, train_tokenizer, training_sentences
+from tests import procs
+from tests.assertions import one_line_error
+from tests.corpora import REPO, mirror_split, write_clean_corpus
 
 VOCAB = 3000  # the mirror has ~2,100 characters at 99.95% coverage; byte fallback adds 259 fixed pieces
 
@@ -40,14 +40,34 @@ SP_NAMES = [n for n in SPECS if n != "bytes"]
 
 HARD_STRINGS = [
     "𠮷野家の髙橋さん",  # U+20BB7 (outside the BMP) and a cp932 extension kanji
-    "🍣👍🏽", "👨‍👩‍👧‍👦",  # emoji, skin-tone modifier, ZWJ sequence
-    "a\tb", "  double  spaces ", " leading", "trailing ", " ", "",
-    "\n", "\n\n", "\n\n\n末尾\n", "\r\n\r",
-    "<|endoftext|>", "前<|endoftext|>後",
-    "©®™", "한국어 텍스트", "Café naïve façade Ångström", "e\u0301",
-    "▁", "a▁b ▁ ▁▁",  # sentencepiece's own space symbol typed in text
-    "\x00\x01\x1f\x7f", "\u200b\u200d\ufeff", "\u2028\u2029", "\ue000私用", "\U0010ffff",
-    "\u3000全角スペース", "ｶﾀｶﾅ１２３", "1234567890 3.14159",
+    "🍣👍🏽",
+    "👨‍👩‍👧‍👦",  # emoji, skin-tone modifier, ZWJ sequence
+    "a\tb",
+    "  double  spaces ",
+    " leading",
+    "trailing ",
+    " ",
+    "",
+    "\n",
+    "\n\n",
+    "\n\n\n末尾\n",
+    "\r\n\r",
+    "<|endoftext|>",
+    "前<|endoftext|>後",
+    "©®™",
+    "한국어 텍스트",
+    "Café naïve façade Ångström",
+    "e\u0301",
+    "▁",
+    "a▁b ▁ ▁▁",  # sentencepiece's own space symbol typed in text
+    "\x00\x01\x1f\x7f",
+    "\u200b\u200d\ufeff",
+    "\u2028\u2029",
+    "\ue000私用",
+    "\U0010ffff",
+    "\u3000全角スペース",
+    "ｶﾀｶﾅ１２３",
+    "1234567890 3.14159",
     "吾輩は猫である。\n名前はまだ無い。\n",
 ]
 
@@ -166,8 +186,9 @@ def test_tokenizer_json_describes_the_artifact(trained, clean_corpus):
     manifest = storage.read_manifest(trained["mecab-unigram"])
     assert manifest["stage"] == "tokenizer"
     # the input is named relative to the artifact, so the root can move
-    assert manifest["inputs"] == [{"uri": storage.relative_ref(clean_corpus, trained["mecab-unigram"]),
-                                   "fingerprint": corpus_fp}]
+    assert manifest["inputs"] == [
+        {"uri": storage.relative_ref(clean_corpus, trained["mecab-unigram"]), "fingerprint": corpus_fp}
+    ]
     assert stage.input_uri(manifest, manifest["inputs"][0]["uri"]) == os.path.normpath(clean_corpus)
     assert {f["path"] for f in manifest["files"]} == {"spm.model", "spm.vocab", TOKENIZER_JSON}
     assert manifest["timings"]["mecab_s"] > 0
@@ -188,7 +209,8 @@ def test_save_load_local_and_gcs(trained, loaded, clean_corpus, gcs_emulator, tm
         manifest = storage.read_manifest(uri)
         assert manifest["fingerprint"] == storage.read_manifest(trained[name])["fingerprint"]
         assert {f["path"] for f in manifest["files"]} == {
-            storage.file_info(u, root=uri)["path"] for u in storage.list_files(uri)} - {storage.MANIFEST}
+            storage.file_info(u, root=uri)["path"] for u in storage.list_files(uri)
+        } - {storage.MANIFEST}
         again = Tokenizer.load(uri)
         assert type(again) is type(tok) and again.vocab_size == tok.vocab_size and again.eos_id == tok.eos_id
         assert [again.encode(t) for t in texts] == expected
@@ -218,8 +240,10 @@ def test_training_is_deterministic_and_reruns_skip(clean_corpus, tmp_path):
     kwargs = dict(model_type="unigram", sample_sentences=900, seed=7)
     a = train_tokenizer(clean_corpus, "sentencepiece", 2600, str(tmp_path / "a"), **kwargs)
     b = str(tmp_path / "b")
-    code = ("from gpt2ja.tokenization.train import train_tokenizer\n"
-            f"train_tokenizer({clean_corpus!r}, 'sentencepiece', 2600, {b!r}, **{kwargs!r})\n")
+    code = (
+        "from gpt2ja.tokenization.train import train_tokenizer\n"
+        f"train_tokenizer({clean_corpus!r}, 'sentencepiece', 2600, {b!r}, **{kwargs!r})\n"
+    )
     result = procs.run([sys.executable, "-c", code], cwd=REPO)
     assert result.returncode == 0, result.stderr
     for name in ("spm.vocab", "spm.model"):
@@ -391,6 +415,11 @@ def test_cli_train_prints_a_summary(trained, clean_corpus, capsys):
     cli_train(clean_corpus, "sentencepiece", VOCAB, trained["sentencepiece-bpe"], model_type="bpe")
     out = capsys.readouterr().out.strip()
     assert "\n" not in out
-    for part in ("sentencepiece (bpe)", f"vocab size {VOCAB:,}", "characters per token", "trained in",
-                 "Already up to date"):
+    for part in (
+        "sentencepiece (bpe)",
+        f"vocab size {VOCAB:,}",
+        "characters per token",
+        "trained in",
+        "Already up to date",
+    ):
         assert part in out, (part, out)

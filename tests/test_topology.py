@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 import sys
 import textwrap
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -24,10 +24,10 @@ import pytest
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.jsonl import ShardWriter
 from gpt2ja.infra import storage
-from tests import procs
-from tests.net import free_ports
 from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from gpt2ja.tokenization.shards import ShardsConfig, write_shards
+from tests import procs
+from tests.net import free_ports
 
 tf = pytest.importorskip("tensorflow")
 
@@ -59,11 +59,16 @@ def id_shards(tmp_path_factory) -> str:
                 assert len(text.encode()) == SEQ_LEN
                 out.write(Document.new(source="test", url=f"{split}/{i}", text=text))
     files = [storage.file_info(u, root=corpus) for u in storage.list_files(corpus)]
-    storage.write_manifest(corpus, storage.build_manifest(stage="clean", config={"test": "topology"}, counts={},
-                                                          files=files, timings={}))
+    storage.write_manifest(
+        corpus, storage.build_manifest(stage="clean", config={"test": "topology"}, counts={}, files=files, timings={})
+    )
     tok = ByteTokenizer().save(str(root / "tokenizer"))
-    return write_shards(corpus, tok, str(root / "shards"),
-                        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 3, "validation": 2}, workers=1))
+    return write_shards(
+        corpus,
+        tok,
+        str(root / "shards"),
+        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 3, "validation": 2}, workers=1),
+    )
 
 
 def example_id(head: list[int]) -> int:
@@ -71,9 +76,23 @@ def example_id(head: list[int]) -> int:
 
 
 def config(shards: str, run: Path | str, trace: Path, **kw) -> TrainConfig:
-    base = dict(data=shards, run=str(run), preset="tiny", dropout=0.0, batch_tokens=8 * SEQ_LEN, micro_batch=8,
-                steps=4, learning_rate=3e-3, warmup_steps=1, checkpoint_every=4, eval_batches=0, log_every=1,
-                shuffle_buffer=16, seed=5, trace_examples=str(trace))
+    base = dict(
+        data=shards,
+        run=str(run),
+        preset="tiny",
+        dropout=0.0,
+        batch_tokens=8 * SEQ_LEN,
+        micro_batch=8,
+        steps=4,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        checkpoint_every=4,
+        eval_batches=0,
+        log_every=1,
+        shuffle_buffer=16,
+        seed=5,
+        trace_examples=str(trace),
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -85,11 +104,24 @@ def train_on(workers: int, cfg: TrainConfig) -> None:
     cfg = cfg.model_copy(update={"strategy": "multi_worker"})
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs_ = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, cfg.model_dump_json(),
-                                json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-              for i in range(workers)]
+    procs_ = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER_SCRIPT,
+                cfg.model_dump_json(),
+                json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(workers)
+    ]
     outputs = []
     try:
         outputs = [p.communicate() for p in procs_]
@@ -118,20 +150,23 @@ def losses(run: Path | str) -> dict[int, float]:
 
 def test_the_order_does_not_depend_on_the_worker_count(id_shards):
     """Worker w of W gets rows [w·g, (w+1)·g) of the same global batches; an epoch is every id once."""
+
     def ids(ds, batches):
         return [[example_id(r[:4]) for r in x.numpy().tolist()] for x, _ in ds.take(batches)]
 
     one = ids(train_dataset(id_shards, global_batch=8, shuffle_buffer=16, seed=5), 15)
-    halves = [ids(train_dataset(id_shards, global_batch=8, workers=2, worker=w, shuffle_buffer=16, seed=5), 15)
-              for w in (0, 1)]
+    halves = [
+        ids(train_dataset(id_shards, global_batch=8, workers=2, worker=w, shuffle_buffer=16, seed=5), 15)
+        for w in (0, 1)
+    ]
     assert [a + b for a, b in zip(*halves)] == one
     flat = [i for batch in one for i in batch]
     for epoch in range(3):
-        assert sorted(flat[epoch * DOCS:(epoch + 1) * DOCS]) == list(range(DOCS))
-    assert flat[:DOCS] != flat[DOCS:2 * DOCS] != flat[2 * DOCS:3 * DOCS]  # each epoch in its own order
+        assert sorted(flat[epoch * DOCS : (epoch + 1) * DOCS]) == list(range(DOCS))
+    assert flat[:DOCS] != flat[DOCS : 2 * DOCS] != flat[2 * DOCS : 3 * DOCS]  # each epoch in its own order
     for start in (8, 32, 40, 56):  # resuming mid-block, at a block, at and after the epoch's end
         again = ids(train_dataset(id_shards, global_batch=8, start_example=start, shuffle_buffer=16, seed=5), 5)
-        assert [i for batch in again for i in batch] == flat[start:start + 40]
+        assert [i for batch in again for i in batch] == flat[start : start + 40]
     other = ids(train_dataset(id_shards, global_batch=8, shuffle_buffer=16, seed=6), 5)
     assert other != one[:5]
 
@@ -156,8 +191,9 @@ def test_resume_from_two_workers_to_one_and_back_sees_every_example_once(id_shar
         run = f"gs://{request.getfixturevalue('gcs_emulator').bucket}/topology-{uuid.uuid4().hex[:8]}/run"
     segments = [(2, 4), (1, 8), (2, 12)]
     for k, (workers, steps) in enumerate(segments):
-        train_on(workers, config(id_shards, run, tmp_path / f"trace-{k}", steps=12, checkpoint_every=12,
-                                 stop_at=steps))  # planned pauses: the schedule stays that of 12 steps
+        train_on(
+            workers, config(id_shards, run, tmp_path / f"trace-{k}", steps=12, checkpoint_every=12, stop_at=steps)
+        )  # planned pauses: the schedule stays that of 12 steps
     batch = 8
     seen: dict[int, tuple[int, int]] = {}
     start = 0
@@ -170,8 +206,8 @@ def test_resume_from_two_workers_to_one_and_back_sees_every_example_once(id_shar
     assert sorted(seen) == list(range(12 * batch))
     ids = [seen[p][0] for p in range(12 * batch)]
     for epoch in range(2):
-        assert Counter(ids[epoch * DOCS:(epoch + 1) * DOCS]) == Counter(range(DOCS))
-    assert len(set(ids[2 * DOCS:])) == 12 * batch - 2 * DOCS  # the third epoch's start: no repeat either
+        assert Counter(ids[epoch * DOCS : (epoch + 1) * DOCS]) == Counter(range(DOCS))
+    assert len(set(ids[2 * DOCS :])) == 12 * batch - 2 * DOCS  # the third epoch's start: no repeat either
     ref = consumed(tmp_path / "trace-ref", 0, 12 * batch)
     assert ids == [ref[p][0] for p in range(12 * batch)]
 

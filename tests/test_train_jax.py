@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from tests import procs
 from tests.corpora import write_tiny_run
 from tests.net import free_ports
 from tests.test_model_train import SEQ_LEN, make_shards
-from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,10 +41,39 @@ def start(tmp_path_factory) -> str:
 
 
 def _command(shards: str, run: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "gpt2ja", "train", "--data", shards, "--run", str(run), "--steps", "6",
-            "--batch-tokens", str(4 * 4 * SEQ_LEN), "--micro-batch", "4", "--warmup-steps", "2",
-            "--learning-rate", "3e-3", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "eval_every=3",
-            "--set", "eval_batches=2", "--set", "eval_sample_tokens=4", "--set", "seed=3", *args]
+    return [
+        sys.executable,
+        "-m",
+        "gpt2ja",
+        "train",
+        "--data",
+        shards,
+        "--run",
+        str(run),
+        "--steps",
+        "6",
+        "--batch-tokens",
+        str(4 * 4 * SEQ_LEN),
+        "--micro-batch",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--set",
+        "log_every=1",
+        "--set",
+        "checkpoint_every=3",
+        "--set",
+        "eval_every=3",
+        "--set",
+        "eval_batches=2",
+        "--set",
+        "eval_sample_tokens=4",
+        "--set",
+        "seed=3",
+        *args,
+    ]
 
 
 def _env(**extra: str) -> dict:
@@ -83,18 +112,31 @@ def test_both_backends_take_the_same_steps_from_the_same_weights(shards, start, 
         np.testing.assert_allclose(jax_state[name], tf_state[name], rtol=1e-3, atol=2e-4, err_msg=name)
     hparams = json.loads((tmp_path / "jax" / "hparams.json").read_text())
     assert hparams["train"]["backend"] == "jax"
+
     def boards(run: Path) -> list[str]:  # the same event folders (root, train, validation)
         return sorted(str(p.parent.relative_to(run)) for p in run.rglob("events.out.tfevents.*"))
 
-    assert boards(tmp_path / "jax" / "tensorboard") == boards(tmp_path / "tf" / "tensorboard") == [
-        ".", "train", "validation"]
+    assert (
+        boards(tmp_path / "jax" / "tensorboard")
+        == boards(tmp_path / "tf" / "tensorboard")
+        == [".", "train", "validation"]
+    )
 
 
 def test_two_devices_train_as_one(shards, tmp_path):
     # keras.distribution.DataParallel over two CPU devices: the batch split in two, the gradients all-reduced
     one = _train(shards, tmp_path / "one", "--preset", "tiny", "--backend", "jax", "--set", "dropout=0.1")
-    two = _train(shards, tmp_path / "two", "--preset", "tiny", "--backend", "jax", "--set", "dropout=0.1",
-                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    two = _train(
+        shards,
+        tmp_path / "two",
+        "--preset",
+        "tiny",
+        "--backend",
+        "jax",
+        "--set",
+        "dropout=0.1",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
     log = (tmp_path / "two" / "metrics.jsonl").read_text()
     assert log and [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):  # the same dropout masks: Keras draws them for the global batch
@@ -117,11 +159,18 @@ def test_two_hosts_train_as_two_devices_of_one(shards, tmp_path):
     args = ("--preset", "tiny", "--backend", "jax", "--set", "dropout=0", "--set", "eval_batches=0")
     one = _train(shards, tmp_path / "one", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     [port] = free_ports(1)
-    hosts = [subprocess.Popen(_command(shards, tmp_path / "two", *args), cwd=REPO, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                       JAX_PROCESS_ID=str(i)))
-             for i in range(2)]
+    hosts = [
+        subprocess.Popen(
+            _command(shards, tmp_path / "two", *args),
+            cwd=REPO,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
     try:
         logs = [host.communicate()[0] for host in hosts]
     finally:
@@ -146,8 +195,11 @@ def test_the_pipeline_runs_end_to_end_on_jax(tmp_path):
     config["train"].update(backend="jax", steps=20, warmup_steps=4, log_every=5, eval_every=10, checkpoint_every=10)
     path = tmp_path / "demo-jax.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    got = procs.run([sys.executable, "-m", "gpt2ja", "run", str(path)], cwd=tmp_path,
-                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    got = procs.run(
+        [sys.executable, "-m", "gpt2ja", "run", str(path)],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
     out = got.stdout + got.stderr
     assert got.returncode == 0, out[-4000:]
     assert "JAX on 1 cpu device(s)" in out and "pipeline done" in out

@@ -25,8 +25,18 @@ DATA = "gs://b1/gpt2ja/datasets/aozora-demo/sp3000-128"
 RUN = "gs://b1/gpt2ja/runs/small"
 IMAGE = "us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja:latest"
 # what the UI's train form holds: a few settings changed, the rest defaults
-SETTINGS = TrainSection(preset="small", steps=20_000, batch_tokens=524_288, micro_batch=64, learning_rate=6e-4,
-                        warmup_steps=500, mixed_precision="bf16", jit_compile=True, epsilon=1e-8, dropout=0.05)
+SETTINGS = TrainSection(
+    preset="small",
+    steps=20_000,
+    batch_tokens=524_288,
+    micro_batch=64,
+    learning_rate=6e-4,
+    warmup_steps=500,
+    mixed_precision="bf16",
+    jit_compile=True,
+    epsilon=1e-8,
+    dropout=0.05,
+)
 
 
 @pytest.fixture
@@ -63,8 +73,11 @@ def test_one_gpu_is_one_pool_of_one_l4_machine_running_the_settings(v1):
     assert isinstance(request, v1.CreateCustomJobRequest) and request.parent == "projects/p1/locations/us-central1"
     (pool,) = request.custom_job.job_spec.worker_pool_specs
     assert pool.replica_count == 1
-    assert (pool.machine_spec.machine_type, pool.machine_spec.accelerator_type, pool.machine_spec.accelerator_count) \
-        == ("g2-standard-12", v1.AcceleratorType.NVIDIA_L4, 1)
+    assert (
+        pool.machine_spec.machine_type,
+        pool.machine_spec.accelerator_type,
+        pool.machine_spec.accelerator_count,
+    ) == ("g2-standard-12", v1.AcceleratorType.NVIDIA_L4, 1)
     assert pool.container_spec.image_uri == IMAGE and list(pool.container_spec.command) == ["gpt2ja"]
     assert _as_gpt2ja_parses(list(pool.container_spec.args)) == _expected("default")
     assert not request.custom_job.job_spec.scheduling.restart_job_on_worker_restart
@@ -74,11 +87,16 @@ def test_eight_a100s_on_two_hosts_are_a_chief_pool_and_a_worker_pool_training_mu
     job = GpuJob(project="p1", region="europe-west4", image=IMAGE, gpu_type="a100", gpus=8, replicas=2)
     request = vertex.custom_job_request(job, vertex.train_args(SETTINGS, DATA, RUN, job))
 
-    chief, workers = request.custom_job.job_spec.worker_pool_specs  # Vertex AI: pool 0 → TF_CONFIG "chief", 1 → "worker"
+    chief, workers = (
+        request.custom_job.job_spec.worker_pool_specs
+    )  # Vertex AI: pool 0 → TF_CONFIG "chief", 1 → "worker"
     assert (chief.replica_count, workers.replica_count) == (1, 1)
     for pool in (chief, workers):
-        assert (pool.machine_spec.machine_type, pool.machine_spec.accelerator_type,
-                pool.machine_spec.accelerator_count) == ("a2-highgpu-8g", v1.AcceleratorType.NVIDIA_TESLA_A100, 8)
+        assert (
+            pool.machine_spec.machine_type,
+            pool.machine_spec.accelerator_type,
+            pool.machine_spec.accelerator_count,
+        ) == ("a2-highgpu-8g", v1.AcceleratorType.NVIDIA_TESLA_A100, 8)
         assert _as_gpt2ja_parses(list(pool.container_spec.args)) == _expected("multi_worker")
     assert chief.container_spec == workers.container_spec
     assert request.custom_job.job_spec.scheduling.restart_job_on_worker_restart  # a lost host restarts all, from gs://
@@ -92,7 +110,9 @@ def test_more_hosts_go_to_the_worker_pool(v1):
 
 
 def test_the_request_is_the_library_s_own_type_and_round_trips_through_its_json(v1):
-    job = GpuJob(project="p1", image=IMAGE, gpu_type="a100", gpus=8, replicas=2, service_account="t@p1.iam.gserviceaccount.com")
+    job = GpuJob(
+        project="p1", image=IMAGE, gpu_type="a100", gpus=8, replicas=2, service_account="t@p1.iam.gserviceaccount.com"
+    )
     request = vertex.custom_job_request(job, vertex.train_args(SETTINGS, DATA, RUN, job))
     text = vertex.request_json(request)
     assert v1.CreateCustomJobRequest.from_json(text) == request
@@ -114,14 +134,32 @@ def test_the_library_types_refuse_wrong_fields_and_enums_offline(v1):
 
 
 def test_dry_run_prints_the_request_as_json_with_the_machine_and_the_accelerator(v1, capsys):
-    code = vertex.main(["render", "--config", str(REPO / "configs" / "demo.yaml"), "--root", "gs://b1/gpt2ja",
-                        "--project", "p1", "--image", IMAGE, "--gpus", "8", "--gpu-type", "a100",
-                        "--replicas", "2", "--dry-run"])
+    code = vertex.main(
+        [
+            "render",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--root",
+            "gs://b1/gpt2ja",
+            "--project",
+            "p1",
+            "--image",
+            IMAGE,
+            "--gpus",
+            "8",
+            "--gpu-type",
+            "a100",
+            "--replicas",
+            "2",
+            "--dry-run",
+        ]
+    )
     assert code == 0
     body = json.loads(capsys.readouterr().out)
     pools = body["customJob"]["jobSpec"]["workerPoolSpecs"]
-    assert [p["machineSpec"] for p in pools] == 2 * [{"machineType": "a2-highgpu-8g",
-                                                     "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": 8}]
+    assert [p["machineSpec"] for p in pools] == 2 * [
+        {"machineType": "a2-highgpu-8g", "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": 8}
+    ]
     assert [int(p.get("replicaCount", 0)) for p in pools] == [1, 1]
     args = pools[0]["containerSpec"]["args"]
     cfg = _as_gpt2ja_parses(args)  # the demo config's train section, on gs://, multi_worker
@@ -132,22 +170,39 @@ def test_dry_run_prints_the_request_as_json_with_the_machine_and_the_accelerator
 def test_the_prefect_work_pool_variables_are_the_same_machine():
     job = GpuJob(project="p1", image=IMAGE, gpus=1)
     assert vertex.prefect_job_variables(job) == {
-        "region": "us-central1", "image": IMAGE, "machine_type": "g2-standard-12", "accelerator_type": "NVIDIA_L4",
-        "accelerator_count": 1, "boot_disk_size_gb": 200}
+        "region": "us-central1",
+        "image": IMAGE,
+        "machine_type": "g2-standard-12",
+        "accelerator_type": "NVIDIA_L4",
+        "accelerator_count": 1,
+        "boot_disk_size_gb": 200,
+    }
     with pytest.raises(JobError, match="one replica per flow run"):
         vertex.prefect_job_variables(GpuJob(project="p1", image=IMAGE, gpu_type="a100", gpus=8, replicas=2))
 
 
-@pytest.mark.parametrize("change, job, expected", [
-    ({"strategy": "tpu"}, GpuJob(project="p", image="i", gpu_type="a100", gpus=8, replicas=2),
-     "train strategy 'tpu' does not fit 2 host(s) × 8 A100: it needs 'multi_worker' "
-     "(set strategy: multi_worker, or leave it default)"),
-    ({"micro_batch": 12}, GpuJob(project="p", image="i", gpu_type="a100", gpus=8),
-     "micro_batch 12 is not a multiple of the 8 devices of 1 host(s) × 8 A100 (it is summed over them); "
-     "use micro_batch 16"),
-    ({"micro_batch": 6}, TpuVmJob(project="p", tpu_type="v4-8"),
-     "micro_batch 6 is not a multiple of the 4 devices of TPU v4-8 (it is summed over them); use micro_batch 8"),
-])
+@pytest.mark.parametrize(
+    "change, job, expected",
+    [
+        (
+            {"strategy": "tpu"},
+            GpuJob(project="p", image="i", gpu_type="a100", gpus=8, replicas=2),
+            "train strategy 'tpu' does not fit 2 host(s) × 8 A100: it needs 'multi_worker' "
+            "(set strategy: multi_worker, or leave it default)",
+        ),
+        (
+            {"micro_batch": 12},
+            GpuJob(project="p", image="i", gpu_type="a100", gpus=8),
+            "micro_batch 12 is not a multiple of the 8 devices of 1 host(s) × 8 A100 (it is summed over them); "
+            "use micro_batch 16",
+        ),
+        (
+            {"micro_batch": 6},
+            TpuVmJob(project="p", tpu_type="v4-8"),
+            "micro_batch 6 is not a multiple of the 4 devices of TPU v4-8 (it is summed over them); use micro_batch 8",
+        ),
+    ],
+)
 def test_settings_that_do_not_fit_the_hardware_are_one_clear_line(change, job, expected):
     settings = SETTINGS.model_copy(update=change)
     with pytest.raises(JobError) as err:
@@ -175,8 +230,22 @@ def test_the_command_line_names_a_bad_choice_in_one_line(capsys):
 
 
 def test_a_tpu_v4_8_is_one_host_with_the_tensorflow_pjrt_runtime_training_tpustrategy(capsys):
-    assert vertex.main(["render", "--config", str(REPO / "configs" / "demo.yaml"), "--root", "gs://b1/gpt2ja",
-                        "--project", "p1", "--tpu", "v4-8"]) == 0
+    assert (
+        vertex.main(
+            [
+                "render",
+                "--config",
+                str(REPO / "configs" / "demo.yaml"),
+                "--root",
+                "gs://b1/gpt2ja",
+                "--project",
+                "p1",
+                "--tpu",
+                "v4-8",
+            ]
+        )
+        == 0
+    )
     commands = [shlex.split(ln[2:]) for ln in capsys.readouterr().out.splitlines()]
     gcloud = [c for c in commands if c[0] == "gcloud"]
     create = gcloud[0]
@@ -217,19 +286,23 @@ def test_the_tpu_vm_script_defaults_to_the_same_runtime():
 @pytest.mark.parametrize("backend, tpu_type", [("tensorflow", "v4-8"), ("jax", "v6e-16")])
 def test_gcloud_accepts_the_rendered_tpu_vm_commands(tmp_path, backend, tpu_type):
     """Real gcloud parses each command and stops at the missing account: flags are right, nothing is sent."""
-    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-           "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
-           "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true"}
+    env = {
+        **os.environ,
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+    }
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
     job = TpuVmJob(project="p1", tpu_type=tpu_type)
     settings = SETTINGS.model_copy(update={"backend": backend})
-    commands = [c for c in vertex.tpu_vm_commands(job, vertex.train_args(settings, DATA, RUN, job))
-                if c[0] == "gcloud"]
+    commands = [c for c in vertex.tpu_vm_commands(job, vertex.train_args(settings, DATA, RUN, job)) if c[0] == "gcloud"]
     assert len(commands) == 4
     for command in commands:
         got = procs.run(command, env=env, cwd=REPO)
-        assert got.returncode != 0 and "You do not currently have an active account selected" in got.stderr, \
+        assert got.returncode != 0 and "You do not currently have an active account selected" in got.stderr, (
             f"{shlex.join(command)}\n{got.stderr}"
+        )
 
 
 # ----------------------------------------------------------------- the JAX route (train.backend jax)
@@ -237,10 +310,15 @@ def test_gcloud_accepts_the_rendered_tpu_vm_commands(tmp_path, backend, tpu_type
 JAX_SETTINGS = SETTINGS.model_copy(update={"backend": "jax"})
 JAX_IMAGE = "us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja-jax:latest"
 # what Vertex AI sets on a replica of a job of two pools (https://cloud.google.com/vertex-ai/docs/training/distributed-training)
-CLUSTER_SPEC = {"cluster": {"workerpool0": ["cmle-training-workerpool0-ab12-0:2222"],
-                            "workerpool1": ["cmle-training-workerpool1-ab12-0:2222",
-                                            "cmle-training-workerpool1-ab12-1:2222"]},
-                "environment": "cloud", "task": {"type": "workerpool1", "index": 1, "trial": ""}, "job": "{}"}
+CLUSTER_SPEC = {
+    "cluster": {
+        "workerpool0": ["cmle-training-workerpool0-ab12-0:2222"],
+        "workerpool1": ["cmle-training-workerpool1-ab12-0:2222", "cmle-training-workerpool1-ab12-1:2222"],
+    },
+    "environment": "cloud",
+    "task": {"type": "workerpool1", "index": 1, "trial": ""},
+    "job": "{}",
+}
 
 
 def _jax_expected():
@@ -277,7 +355,9 @@ def test_jax_on_several_gpu_hosts_renders_the_process_count_and_starts_through_t
     assert (chief.replica_count, workers.replica_count) == (1, 3)
     assert chief.container_spec == workers.container_spec
     assert list(chief.container_spec.command) == vertex.JAX_LAUNCH
-    assert vertex.JAX_LAUNCH[:4] == ["python", "-m", "gpt2ja.infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
+    assert (
+        vertex.JAX_LAUNCH[:4] == ["python", "-m", "gpt2ja.infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
+    )
     assert _env(chief) == {"KERAS_BACKEND": "jax", "JAX_NUM_PROCESSES": "4"}
     assert _as_gpt2ja_parses(list(chief.container_spec.args)) == _jax_expected()
     assert request.custom_job.job_spec.scheduling.restart_job_on_worker_restart  # jax.distributed restarts whole
@@ -294,12 +374,17 @@ def test_the_tensorflow_request_is_what_it_was():
 
 def test_the_launcher_numbers_the_processes_pool_by_pool_from_cluster_spec():
     got = vertex.jax_processes(json.dumps(CLUSTER_SPEC))
-    assert got == {"JAX_COORDINATOR_ADDRESS": "cmle-training-workerpool0-ab12-0:2222", "JAX_NUM_PROCESSES": "3",
-                   "JAX_PROCESS_ID": "2"}
+    assert got == {
+        "JAX_COORDINATOR_ADDRESS": "cmle-training-workerpool0-ab12-0:2222",
+        "JAX_NUM_PROCESSES": "3",
+        "JAX_PROCESS_ID": "2",
+    }
     chief = {**CLUSTER_SPEC, "task": {"type": "workerpool0", "index": 0}}
     assert vertex.jax_processes(json.dumps(chief))["JAX_PROCESS_ID"] == "0"
-    env = vertex.launch(["gpt2ja", "train"], {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3",
-                                              "KERAS_BACKEND": "jax"})
+    env = vertex.launch(
+        ["gpt2ja", "train"],
+        {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3", "KERAS_BACKEND": "jax"},
+    )
     assert env == {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "KERAS_BACKEND": "jax", **got}
     with pytest.raises(JobError, match="rendered for JAX_NUM_PROCESSES=4 hosts but CLUSTER_SPEC lists 3"):
         vertex.launch(["gpt2ja"], {"CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "4"})
@@ -310,13 +395,14 @@ def test_the_launcher_numbers_the_processes_pool_by_pool_from_cluster_spec():
 
 
 def test_the_launcher_runs_the_command_with_the_process_variables():
-    """``python -m gpt2ja.infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, with the variables set."""
+    """``python -m gpt2ja.infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, variables set."""
     import sys
 
     show = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('JAX_')}))"
     env = {**os.environ, "CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3"}
-    got = procs.run([sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO,
-                    env=env)
+    got = procs.run(
+        [sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO, env=env
+    )
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == vertex.jax_processes(json.dumps(CLUSTER_SPEC))
     assert "JAX_PROCESS_ID=2" in got.stderr  # one line saying what it set
@@ -325,10 +411,15 @@ def test_the_launcher_runs_the_command_with_the_process_variables():
     assert got.returncode == 2 and got.stderr.startswith("error: CLUSTER_SPEC is not set")
 
 
-@pytest.mark.parametrize("tpu_type, chips, machine, topology", [
-    ("v6e", 16, "ct6e-standard-4t", "4x4"), ("v6e", 8, "ct6e-standard-8t", "2x4"),
-    ("v5e", 4, "ct5lp-hightpu-4t", "2x2"), ("v5e", 64, "ct5lp-hightpu-4t", "8x8"),
-])
+@pytest.mark.parametrize(
+    "tpu_type, chips, machine, topology",
+    [
+        ("v6e", 16, "ct6e-standard-4t", "4x4"),
+        ("v6e", 8, "ct6e-standard-8t", "2x4"),
+        ("v5e", 4, "ct5lp-hightpu-4t", "2x2"),
+        ("v5e", 64, "ct5lp-hightpu-4t", "8x8"),
+    ],
+)
 def test_a_vertex_tpu_slice_is_one_pool_of_its_machine_type_and_topology(v1, tpu_type, chips, machine, topology):
     job = vertex.VertexTpuJob(project="p1", image=JAX_IMAGE, tpu_type=tpu_type, chips=chips)
     request = vertex.custom_job_request(job, vertex.train_args(JAX_SETTINGS, DATA, RUN, job))
@@ -349,25 +440,53 @@ def test_the_vertex_tpu_dry_run_prints_the_request(v1, capsys, tmp_path):
     config["train"]["backend"] = "jax"
     path = tmp_path / "jax.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
-    code = vertex.main(["render", "--config", str(path), "--root", "gs://b1/gpt2ja", "--project", "p1",
-                        "--image", JAX_IMAGE, "--vertex-tpu", "v6e", "--chips", "16", "--dry-run"])
+    code = vertex.main(
+        [
+            "render",
+            "--config",
+            str(path),
+            "--root",
+            "gs://b1/gpt2ja",
+            "--project",
+            "p1",
+            "--image",
+            JAX_IMAGE,
+            "--vertex-tpu",
+            "v6e",
+            "--chips",
+            "16",
+            "--dry-run",
+        ]
+    )
     assert code == 0
     (pool,) = json.loads(capsys.readouterr().out)["customJob"]["jobSpec"]["workerPoolSpecs"]
     assert pool["machineSpec"] == {"machineType": "ct6e-standard-4t", "tpuTopology": "4x4"}
     assert _as_gpt2ja_parses(pool["containerSpec"]["args"]).backend == "jax"
 
 
-@pytest.mark.parametrize("settings, job, expected", [
-    (SETTINGS, vertex.VertexTpuJob(project="p", image="i", tpu_type="v5e", chips=8),
-     "Vertex AI TPU v5e slice of 8 chip(s) trains with backend jax only (set backend: jax); TensorFlow on a "
-     "TPU runs on a TPU VM (--tpu TYPE)"),
-    (JAX_SETTINGS.model_copy(update={"strategy": "multi_worker"}), GpuJob(project="p", image="i", gpus=1, replicas=2),
-     "train strategy 'multi_worker' is TensorFlow's; backend jax trains on every device of 2 host(s) × 1 L4 "
-     "without one (leave strategy default)"),
-    (JAX_SETTINGS.model_copy(update={"micro_batch": 8}), vertex.VertexTpuJob(project="p", image="i", chips=16),
-     "micro_batch 8 is not a multiple of the 16 devices of Vertex AI TPU v6e slice of 16 chip(s) (it is summed "
-     "over them); use micro_batch 16"),
-])
+@pytest.mark.parametrize(
+    "settings, job, expected",
+    [
+        (
+            SETTINGS,
+            vertex.VertexTpuJob(project="p", image="i", tpu_type="v5e", chips=8),
+            "Vertex AI TPU v5e slice of 8 chip(s) trains with backend jax only (set backend: jax); TensorFlow on a "
+            "TPU runs on a TPU VM (--tpu TYPE)",
+        ),
+        (
+            JAX_SETTINGS.model_copy(update={"strategy": "multi_worker"}),
+            GpuJob(project="p", image="i", gpus=1, replicas=2),
+            "train strategy 'multi_worker' is TensorFlow's; backend jax trains on every device of 2 host(s) × 1 L4 "
+            "without one (leave strategy default)",
+        ),
+        (
+            JAX_SETTINGS.model_copy(update={"micro_batch": 8}),
+            vertex.VertexTpuJob(project="p", image="i", chips=16),
+            "micro_batch 8 is not a multiple of the 16 devices of Vertex AI TPU v6e slice of 16 chip(s) (it is summed "
+            "over them); use micro_batch 16",
+        ),
+    ],
+)
 def test_jax_settings_that_do_not_fit_are_one_clear_line(settings, job, expected):
     with pytest.raises(JobError) as err:
         vertex.train_args(settings, DATA, RUN, job)
@@ -385,10 +504,15 @@ def test_jax_on_a_tpu_vm_slice_sets_up_and_trains_on_every_worker():
     gcloud = [c for c in commands if c[0] == "gcloud"]
     create, scp, setup, train = gcloud
     assert create[create.index("--version") + 1] == "v2-alpha-tpuv6e"
-    assert scp[5:8] == ["build/wheel/gpt2ja-0.1.0-py3-none-any.whl", "deploy/jobs/tpu-vm-setup.sh",
-                        "deploy/jobs/install-jax.sh"]
-    assert setup[setup.index("--command") + 1] == f"bash ~/tpu-vm-setup.sh {vertex.JAX_VERSION} " \
-                                                  "~/gpt2ja-0.1.0-py3-none-any.whl jax"
+    assert scp[5:8] == [
+        "build/wheel/gpt2ja-0.1.0-py3-none-any.whl",
+        "deploy/jobs/tpu-vm-setup.sh",
+        "deploy/jobs/install-jax.sh",
+    ]
+    assert (
+        setup[setup.index("--command") + 1] == f"bash ~/tpu-vm-setup.sh {vertex.JAX_VERSION} "
+        "~/gpt2ja-0.1.0-py3-none-any.whl jax"
+    )
     assert all("--worker=all" in c for c in (scp, setup, train)) and "--worker=0" not in train
     command = shlex.split(train[train.index("--command") + 1])
     assert command[:2] == ["KERAS_BACKEND=jax", "~/gpt2ja-venv/bin/gpt2ja"]  # no TPU_LOAD_LIBRARY, no tpu name
@@ -396,13 +520,25 @@ def test_jax_on_a_tpu_vm_slice_sets_up_and_trains_on_every_worker():
     assert (cfg.backend, cfg.strategy, cfg.tpu) == ("jax", "default", None) and cfg == _jax_expected()
 
 
-@pytest.mark.parametrize("tpu_type, runtime", [("v6e-8", "v2-alpha-tpuv6e"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
-                                               ("v5p-8", "v2-alpha-tpuv5"), ("v4-32", "tpu-ubuntu2204-base")])
+@pytest.mark.parametrize(
+    "tpu_type, runtime",
+    [
+        ("v6e-8", "v2-alpha-tpuv6e"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v4-32", "tpu-ubuntu2204-base"),
+    ],
+)
 def test_the_jax_tpu_software_follows_the_generation_in_the_renderer_and_the_script(tpu_type, runtime):
     import subprocess
 
     assert TpuVmJob(project="p", tpu_type=tpu_type).jax_runtime_version == runtime
-    out = subprocess.run(["bash", str(REPO / "deploy" / "jobs" / "tpu-vm.sh"), "--dry-run"], capture_output=True,
-                         text=True, check=True, env={**os.environ, "BACKEND": "jax", "TPU_TYPE": tpu_type}).stdout
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "jobs" / "tpu-vm.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BACKEND": "jax", "TPU_TYPE": tpu_type},
+    ).stdout
     create = next(shlex.split(ln[2:]) for ln in out.splitlines() if "tpu-vm create" in ln)
     assert create[create.index("--version") + 1] == runtime

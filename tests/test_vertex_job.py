@@ -40,8 +40,17 @@ SEQ_LEN = 32
 TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
 IMAGE = "us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja:latest"
 TWO_HOSTS = GpuJob(project="p1", image=IMAGE, gpus=1, replicas=2)
-SETTINGS = TrainSection(preset="tiny", steps=4, batch_tokens=8 * SEQ_LEN, micro_batch=8, learning_rate=3e-3,
-                        warmup_steps=1, checkpoint_every=4, eval_batches=0, log_every=1)
+SETTINGS = TrainSection(
+    preset="tiny",
+    steps=4,
+    batch_tokens=8 * SEQ_LEN,
+    micro_batch=8,
+    learning_rate=3e-3,
+    warmup_steps=1,
+    checkpoint_every=4,
+    eval_batches=0,
+    log_every=1,
+)
 # what the image's `gpt2ja` entry point is here: this checkout's console script
 GPT2JA = Path(sys.executable).with_name("gpt2ja")
 ENTRYPOINTS = {"gpt2ja": [str(GPT2JA)] if GPT2JA.exists() else [sys.executable, "-m", "gpt2ja"]}
@@ -72,11 +81,16 @@ def bucket(gcs_emulator, tmp_path_factory) -> str:
             for i in range(n):
                 out.write(Document.new(source="test", url=f"{split}/{i}", text=TEXT * 2))
     files = [storage.file_info(u, root=corpus) for u in storage.list_files(corpus)]
-    storage.write_manifest(corpus, storage.build_manifest(stage="clean", config={"test": "vertex"}, counts={},
-                                                          files=files, timings={}))
+    storage.write_manifest(
+        corpus, storage.build_manifest(stage="clean", config={"test": "vertex"}, counts={}, files=files, timings={})
+    )
     tok = ByteTokenizer().save(str(local / "tokenizer"))
-    write_shards(corpus, tok, str(local / "shards"),
-                 ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 2, "validation": 1}, workers=1))
+    write_shards(
+        corpus,
+        tok,
+        str(local / "shards"),
+        ShardsConfig(seq_len=SEQ_LEN, num_shards={"train": 2, "validation": 1}, workers=1),
+    )
     root = f"gs://{gcs_emulator.bucket}/vertex-{uuid.uuid4().hex[:8]}"
     for name in ("clean", "tokenizer", "shards"):  # manifests name their inputs relative to the root
         storage.upload_dir(str(local / name), storage.join(root, name))
@@ -115,8 +129,9 @@ def _versions(artifact_key: str) -> list:
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key])),
-                                     sort=ArtifactSort.CREATED_DESC)[::-1]
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key])), sort=ArtifactSort.CREATED_DESC
+        )[::-1]
 
 
 def _request_in(artifact) -> dict:
@@ -146,8 +161,10 @@ def test_two_hosts_train_as_chief_and_worker_and_the_flow_checks_the_run(prefect
 
     # both replicas ran with Vertex AI's TF_CONFIG, trained every step together, and exited 0
     assert job.state == "JOB_STATE_SUCCEEDED"
-    assert [(r.task_type, r.tf_config["task"]["index"], r.proc.returncode) for r in job.replicas] == \
-        [("chief", 0, 0), ("worker", 0, 0)]
+    assert [(r.task_type, r.tf_config["task"]["index"], r.proc.returncode) for r in job.replicas] == [
+        ("chief", 0, 0),
+        ("worker", 0, 0),
+    ]
     assert set(job.replicas[0].tf_config["cluster"]) == {"chief", "worker"}
     for r in job.replicas:
         assert "on 2 replica(s), strategy multi_worker" in r.log_text() and "step 4/4" in r.log_text(), _logs(job)
@@ -176,19 +193,31 @@ def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harnes
     server = stand_in()
     run = storage.join(bucket, "runs", "bad-batch")
     with pytest.raises(StageError) as failed:
-        train_vertex_flow(storage.join(bucket, "shards"), run, SETTINGS.model_copy(update={"batch_tokens": 100}),
-                          TWO_HOSTS, poll_seconds=0.2)
+        train_vertex_flow(
+            storage.join(bucket, "shards"),
+            run,
+            SETTINGS.model_copy(update={"batch_tokens": 100}),
+            TWO_HOSTS,
+            poll_seconds=0.2,
+        )
     (job,) = server.jobs.values()
     name = job.body["name"]
     line = str(failed.value)
     assert "\n" not in line
-    assert re.match(rf"train-vertex: Vertex AI job {name} \(gpt2ja-train\) ended JOB_STATE_FAILED: The replica "
-                    r"workerpool[01]-0 exited with a non-zero status of 1\. ", line), line
-    assert line.endswith(f"its logs: `gcloud ai custom-jobs stream-logs {name.rsplit('/', 1)[1]} --region us-central1 "
-                         f"--project p1` or {vertex_watch.console_url(name)}")
+    assert re.match(
+        rf"train-vertex: Vertex AI job {name} \(gpt2ja-train\) ended JOB_STATE_FAILED: The replica "
+        r"workerpool[01]-0 exited with a non-zero status of 1\. ",
+        line,
+    ), line
+    assert line.endswith(
+        f"its logs: `gcloud ai custom-jobs stream-logs {name.rsplit('/', 1)[1]} --region us-central1 "
+        f"--project p1` or {vertex_watch.console_url(name)}"
+    )
     assert job.state == "JOB_STATE_FAILED" and all(r.proc.returncode != 0 for r in job.replicas)
-    assert any("batch_tokens 100 is not a multiple of micro_batch × seq_len = 8 × 32 = 256" in r.log_text()
-               for r in job.replicas), _logs(job)
+    assert any(
+        "batch_tokens 100 is not a multiple of micro_batch × seq_len = 8 × 32 = 256" in r.log_text()
+        for r in job.replicas
+    ), _logs(job)
     assert storage.read_manifest(run) is None
     assert "JOB_STATE_FAILED" in _versions("train-vertex-bad-batch-job")[-1].data
 
@@ -204,8 +233,9 @@ def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stan
     assert server.requests == [] and server.jobs == {}
     (artifact,) = _versions("train-vertex-dry-request")
     body = _request_in(artifact)
-    expected = vertex.custom_job_request(job, vertex.train_args(settings, "gs://nowhere/datasets/x/y",
-                                                               "gs://nowhere/runs/dry", job))
+    expected = vertex.custom_job_request(
+        job, vertex.train_args(settings, "gs://nowhere/datasets/x/y", "gs://nowhere/runs/dry", job)
+    )
     assert v1.CreateCustomJobRequest.from_json(json.dumps(body)) == expected
     assert [int(p["replicaCount"]) for p in body["customJob"]["jobSpec"]["workerPoolSpecs"]] == [1, 2]
     assert "dry run: rendered only, nothing created" in artifact.data
@@ -238,14 +268,22 @@ def test_an_interrupted_follow_cancels_the_job_and_its_replicas_stop(stand_in):
         server.jobs[created.name.rsplit("/", 1)[1]].running.wait()
 
     with pytest.raises(KeyboardInterrupt):
-        vertex_watch.follow(client, created.name, poll_s=0.1, on_change=lambda j: states.append(j.state.name),
-                            say=said.append, sleep=interrupt_once_running)
+        vertex_watch.follow(
+            client,
+            created.name,
+            poll_s=0.1,
+            on_change=lambda j: states.append(j.state.name),
+            say=said.append,
+            sleep=interrupt_once_running,
+        )
     (job,) = server.jobs.values()
     assert ("POST", f"/v1/{created.name}:cancel", None) in [(m, p, b or None) for m, p, b in server.requests]
     job.done.wait()
     assert job.state == "JOB_STATE_CANCELLED" and all(r.proc.returncode is not None for r in job.replicas)
-    assert said == [f"cancelled Vertex AI job {created.name} (the flow run was interrupted); it stops within "
-                    f"minutes: {vertex_watch.console_url(created.name)}"]
+    assert said == [
+        f"cancelled Vertex AI job {created.name} (the flow run was interrupted); it stops within "
+        f"minutes: {vertex_watch.console_url(created.name)}"
+    ]
     assert client.get_custom_job(name=created.name).state == v1.JobState.JOB_STATE_CANCELLED
 
 
@@ -262,11 +300,19 @@ def test_a_signal_during_the_create_call_waits_for_the_job_then_cancels_it(stand
     client.create_custom_job = create_while_interrupted
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        vertex_watch.run(client, vertex.custom_job_request(TWO_HOSTS, ["train"]), poll_s=0.1,
-                         on_created=seen.append, on_change=seen.append, say=seen.append)
+        vertex_watch.run(
+            client,
+            vertex.custom_job_request(TWO_HOSTS, ["train"]),
+            poll_s=0.1,
+            on_created=seen.append,
+            on_change=seen.append,
+            say=seen.append,
+        )
     (job,) = server.jobs.values()
-    assert seen == [f"cancelled Vertex AI job {job.body['name']} (the flow run was interrupted); it stops within "
-                    f"minutes: {vertex_watch.console_url(job.body['name'])}"]
+    assert seen == [
+        f"cancelled Vertex AI job {job.body['name']} (the flow run was interrupted); it stops within "
+        f"minutes: {vertex_watch.console_url(job.body['name'])}"
+    ]
     assert ("POST", f"/v1/{job.body['name']}:cancel") in [(m, p) for m, p, _ in server.requests]
     job.done.wait()
     assert job.state == "JOB_STATE_CANCELLED"
@@ -282,20 +328,27 @@ def test_a_refused_request_is_one_line_naming_the_job_and_where(stand_in):
     assert str(refused.value) == (
         "Vertex AI refused the job 'gpt2ja-train' in projects/p1/locations/us-central1: 400 POST "
         f"{server.url}/v1/projects/p1/locations/us-central1/customJobs?%24alt=json%3Benum-encoding%3Dint: "
-        "workerPoolSpecs[1].containerSpec.imageUri is required; check the project, region, quota and image")
+        "workerPoolSpecs[1].containerSpec.imageUri is required; check the project, region, quota and image"
+    )
     assert server.jobs == {}
 
 
 def test_the_endpoint_variable_reaches_only_this_machine(monkeypatch):
     monkeypatch.setenv(vertex.ENDPOINT_ENV, "https://europe-west4-aiplatform.googleapis.com")
-    with pytest.raises(vertex.JobError, match=r"is not an http://127\.0\.0\.1:PORT address; it is for the local "
-                                              r"stand-in of tests/vertex_server\.py only: unset it"):
+    with pytest.raises(
+        vertex.JobError,
+        match=r"is not an http://127\.0\.0\.1:PORT address; it is for the local "
+        r"stand-in of tests/vertex_server\.py only: unset it",
+    ):
         vertex.job_client("europe-west4")
     monkeypatch.delenv(vertex.ENDPOINT_ENV)  # Vertex AI itself: credentials needed, and named when missing
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
-    with pytest.raises(vertex.JobError, match=r"^no Google Cloud credentials for Vertex AI here \(File "
-                                              r"/nonexistent/key\.json was not found\.\); run `gcloud auth "
-                                              r"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS$"):
+    with pytest.raises(
+        vertex.JobError,
+        match=r"^no Google Cloud credentials for Vertex AI here \(File "
+        r"/nonexistent/key\.json was not found\.\); run `gcloud auth "
+        r"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS$",
+    ):
         vertex.job_client("europe-west4")
 
 
@@ -312,9 +365,19 @@ def test_cancelling_the_flow_run_from_prefect_cancels_the_job(prefect_harness, b
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        serving = subprocess.Popen([sys.executable, "-c", "import prefect; from gpt2ja.flows.vertex_job import "
-                                    "train_vertex_flow as f; prefect.serve(f.to_deployment(name='cancel-test'))"],
-                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        serving = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import prefect; from gpt2ja.flows.vertex_job import "
+                "train_vertex_flow as f; prefect.serve(f.to_deployment(name='cancel-test'))",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         with get_client(sync_client=True) as client:
             while True:  # `serve` registers the deployment, then polls for runs
@@ -324,10 +387,16 @@ def test_cancelling_the_flow_run_from_prefect_cancels_the_job(prefect_harness, b
                     break
                 except ObjectNotFound:
                     time.sleep(0.2)
-            flow_run = client.create_flow_run_from_deployment(deployment.id, parameters={
-                "shards_uri": storage.join(bucket, "shards"), "run_uri": storage.join(bucket, "runs", "cancelled"),
-                "settings": SETTINGS.model_dump(mode="json"), "job": TWO_HOSTS.model_dump(mode="json"),
-                "poll_seconds": 0.2})
+            flow_run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={
+                    "shards_uri": storage.join(bucket, "shards"),
+                    "run_uri": storage.join(bucket, "runs", "cancelled"),
+                    "settings": SETTINGS.model_dump(mode="json"),
+                    "job": TWO_HOSTS.model_dump(mode="json"),
+                    "poll_seconds": 0.2,
+                },
+            )
             while not server.created.wait(0.2):
                 assert serving.poll() is None, log.read_text()
             (job,) = server.jobs.values()
@@ -348,8 +417,13 @@ def test_cancelling_the_flow_run_from_prefect_cancels_the_job(prefect_harness, b
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Google Cloud CLI is not installed")
 def test_gcloud_accepts_the_commands_the_flow_points_to(tmp_path):
     """Real gcloud parses the stream-logs / describe / cancel lines and stops at the missing account."""
-    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-           "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true", "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true"}
+    env = {
+        **os.environ,
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+    }
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
     for verb in ("stream-logs", "describe", "cancel"):
         line = vertex_watch.gcloud(verb, "projects/p1/locations/europe-west4/customJobs/1234")

@@ -26,23 +26,38 @@ from tests import procs
 REPO = Path(__file__).resolve().parent.parent
 GPT2JA = [str(Path(sys.executable).with_name("gpt2ja"))]
 
-UTF8_TEXT = ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
-             "ニャーニャー泣いていた事だけは記憶している。吾輩はここで始めて人間というものを見た。")
-SJIS_TEXT = ("ある日の暮方の事である。一人の下人が、羅生門の下で雨やみを待っていた。広い門の下には、この男のほかに"
-             "誰もいない。ただ、所々丹塗の剥げた、大きな円柱に、蟋蟀が一匹とまっている。")
-EUC_TEXT = ("親譲りの無鉄砲で小供の時から損ばかりしている。小学校に居る時分学校の二階から飛び降りて一週間ほど"
-            "腰を抜かした事がある。なぜそんな無闇をしたと聞く人があるかも知れぬ。")
-ENGLISH_TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, his chin "
-                "nuzzled into his breast in an effort to escape the vile wind, slipped quickly through the glass doors.")
-CHINESE_TEXT = ("天下大势，分久必合，合久必分。周末七国分争，并入于秦。及秦灭之后，楚、汉分争，又并入于汉。"
-                "汉朝自高祖斩白蛇而起义，一统天下，后来光武中兴，传至献帝，遂分为三国。")
+UTF8_TEXT = (
+    "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で"
+    "ニャーニャー泣いていた事だけは記憶している。吾輩はここで始めて人間というものを見た。"
+)
+SJIS_TEXT = (
+    "ある日の暮方の事である。一人の下人が、羅生門の下で雨やみを待っていた。広い門の下には、この男のほかに"
+    "誰もいない。ただ、所々丹塗の剥げた、大きな円柱に、蟋蟀が一匹とまっている。"
+)
+EUC_TEXT = (
+    "親譲りの無鉄砲で小供の時から損ばかりしている。小学校に居る時分学校の二階から飛び降りて一週間ほど"
+    "腰を抜かした事がある。なぜそんな無闇をしたと聞く人があるかも知れぬ。"
+)
+ENGLISH_TEXT = (
+    "It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, his chin "
+    "nuzzled into his breast in an effort to escape the vile wind, slipped quickly through the glass doors."
+)
+CHINESE_TEXT = (
+    "天下大势，分久必合，合久必分。周末七国分争，并入于秦。及秦灭之后，楚、汉分争，又并入于汉。"
+    "汉朝自高祖斩白蛇而起义，一统天下，后来光武中兴，传至献帝，遂分为三国。"
+)
 MALFORMED = b"this is not a WARC record\r\n\r\n"
-WET_TEXT = "山路を登りながら、こう考えた。智に働けば角が立つ。情に棹させば流される。意地を通せば窮屈だ。とかくに人の世は住みにくい。"
+WET_TEXT = (
+    "山路を登りながら、こう考えた。智に働けば角が立つ。情に棹させば流される。"
+    "意地を通せば窮屈だ。とかくに人の世は住みにくい。"
+)
 
 
 def page(text: str, title: str) -> str:
-    return (f"<html><head><title>{title}</title></head><body><nav><a href='/'>home</a></nav>"
-            f"<article><h1>{title}</h1><p>{text}</p><p>{text}</p></article><footer>footer</footer></body></html>")
+    return (
+        f"<html><head><title>{title}</title></head><body><nav><a href='/'>home</a></nav>"
+        f"<article><h1>{title}</h1><p>{text}</p><p>{text}</p></article><footer>footer</footer></body></html>"
+    )
 
 
 def _member(write) -> bytes:
@@ -59,18 +74,26 @@ def _response(writer, url: str, body: bytes, content_type: str | None, status: s
 
     headers = [("Content-Type", content_type)] if content_type else []
     record = writer.create_warc_record(
-        url, "response", payload=io.BytesIO(body),
+        url,
+        "response",
+        payload=io.BytesIO(body),
         http_headers=StatusAndHeaders(status, headers + [("Content-Length", str(len(body)))], protocol="HTTP/1.1"),
-        warc_headers_dict={"WARC-Date": date or "2024-03-01T12:00:00Z",
-                           "WARC-Record-ID": f"<urn:uuid:00000000-0000-0000-0000-{abs(hash(url)) % 10**12:012d}>"})
+        warc_headers_dict={
+            "WARC-Date": date or "2024-03-01T12:00:00Z",
+            "WARC-Record-ID": f"<urn:uuid:00000000-0000-0000-0000-{abs(hash(url)) % 10**12:012d}>",
+        },
+    )
     writer.write_record(record)
     return record.rec_headers.get_header("WARC-Record-ID")
 
 
 def _conversion(writer, url: str, text: str):
-    record = writer.create_warc_record(url, "conversion", payload=io.BytesIO(text.encode("utf-8")),
-                                       warc_headers_dict={"WARC-Date": "2024-03-02T00:00:00Z",
-                                                          "Content-Type": "text/plain"})
+    record = writer.create_warc_record(
+        url,
+        "conversion",
+        payload=io.BytesIO(text.encode("utf-8")),
+        warc_headers_dict={"WARC-Date": "2024-03-02T00:00:00Z", "Content-Type": "text/plain"},
+    )
     writer.write_record(record)
 
 
@@ -82,28 +105,44 @@ def archives(tmp_path_factory) -> dict:
 
     def pages(writer):
         writer.write_record(writer.create_warcinfo_record("test.warc.gz", {"software": "tests"}))
-        writer.write_record(writer.create_warc_record("https://news.example.jp/a", "request",
-                                                      payload=io.BytesIO(b"GET /a HTTP/1.1\r\n\r\n")))
-        ids["utf8"] = _response(writer, "https://news.example.jp/a", page(UTF8_TEXT, "猫").encode("utf-8"),
-                                "text/html; charset=UTF-8", date="2024-03-01T12:00:01Z")
-        ids["sjis"] = _response(writer, "https://old.example.jp/rashomon.html",
-                                page(SJIS_TEXT, "羅生門").encode("cp932"), "text/html")
-        ids["euc"] = _response(writer, "https://old.example.jp/botchan.html",
-                               page(EUC_TEXT, "坊っちゃん").encode("euc_jp"), "text/html")
+        writer.write_record(
+            writer.create_warc_record(
+                "https://news.example.jp/a", "request", payload=io.BytesIO(b"GET /a HTTP/1.1\r\n\r\n")
+            )
+        )
+        ids["utf8"] = _response(
+            writer,
+            "https://news.example.jp/a",
+            page(UTF8_TEXT, "猫").encode("utf-8"),
+            "text/html; charset=UTF-8",
+            date="2024-03-01T12:00:01Z",
+        )
+        ids["sjis"] = _response(
+            writer, "https://old.example.jp/rashomon.html", page(SJIS_TEXT, "羅生門").encode("cp932"), "text/html"
+        )
+        ids["euc"] = _response(
+            writer, "https://old.example.jp/botchan.html", page(EUC_TEXT, "坊っちゃん").encode("euc_jp"), "text/html"
+        )
         _response(writer, "https://example.com/en", page(ENGLISH_TEXT, "April").encode(), "text/html; charset=utf-8")
         _response(writer, "https://example.cn/zh", page(CHINESE_TEXT, "三国").encode(), "text/html; charset=utf-8")
-        _response(writer, "https://news.example.jp/gone", b"<html><body>Not Found</body></html>", "text/html",
-                  status="404 Not Found")
+        _response(
+            writer,
+            "https://news.example.jp/gone",
+            b"<html><body>Not Found</body></html>",
+            "text/html",
+            status="404 Not Found",
+        )
         _response(writer, "https://news.example.jp/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png")
 
     def after(writer):
-        ids["after"] = _response(writer, "https://news.example.jp/b", page(WET_TEXT, "草枕").encode("utf-8"),
-                                 "text/html; charset=utf-8")
+        ids["after"] = _response(
+            writer, "https://news.example.jp/b", page(WET_TEXT, "草枕").encode("utf-8"), "text/html; charset=utf-8"
+        )
 
     malformed = gzip.compress(MALFORMED, mtime=0)
     last = _member(lambda w: _response(w, "https://news.example.jp/c", page(UTF8_TEXT, "c").encode(), "text/html"))
     warc = d / "crawl-00000.warc.gz"
-    warc.write_bytes(_member(pages) + malformed + _member(after) + last[:len(last) // 2])
+    warc.write_bytes(_member(pages) + malformed + _member(after) + last[: len(last) // 2])
 
     def conversions(writer):
         writer.write_record(writer.create_warcinfo_record("test.warc.wet.gz", {"software": "tests"}))
@@ -129,8 +168,7 @@ DROPS = {"http_404": 1, "malformed_record": 1, "not_html": 1, "not_japanese": 3,
 
 @pytest.fixture(scope="module")
 def crawled(archives, tmp_path_factory) -> str:
-    cfg = WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(tmp_path_factory.mktemp("root")),
-                     crawl_id="t")
+    cfg = WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(tmp_path_factory.mktemp("root")), crawl_id="t")
     return crawl_warc(cfg, map_parts=in_process)
 
 
@@ -140,18 +178,32 @@ def test_records_become_documents_and_every_drop_is_named(archives, crawled):
     assert manifest["counts"]["drops"] == DROPS
     assert manifest["counts"]["records"] == {"conversion": 3, "request": 1, "response": 8, "warcinfo": 2}
     assert manifest["counts"]["documents"] == len(docs) == 5
-    assert set(docs) == {"https://news.example.jp/a", "https://old.example.jp/rashomon.html",
-                         "https://old.example.jp/botchan.html", "https://news.example.jp/b",
-                         "https://blog.example.jp/1"}
-    utf8, sjis, euc = (docs[u] for u in ("https://news.example.jp/a", "https://old.example.jp/rashomon.html",
-                                         "https://old.example.jp/botchan.html"))
+    assert set(docs) == {
+        "https://news.example.jp/a",
+        "https://old.example.jp/rashomon.html",
+        "https://old.example.jp/botchan.html",
+        "https://news.example.jp/b",
+        "https://blog.example.jp/1",
+    }
+    utf8, sjis, euc = (
+        docs[u]
+        for u in (
+            "https://news.example.jp/a",
+            "https://old.example.jp/rashomon.html",
+            "https://old.example.jp/botchan.html",
+        )
+    )
     assert UTF8_TEXT in utf8.text and (utf8.meta["encoding"], utf8.meta["encoding_source"]) == ("utf-8", "header")
     # no charset anywhere: detected among the Japanese encodings, as the web spider does
     assert SJIS_TEXT in sjis.text and sjis.meta["encoding"] in ("cp932", "shift_jis")
     assert EUC_TEXT in euc.text and euc.meta["encoding"] == "euc_jp"
     assert sjis.meta["encoding_source"] == euc.meta["encoding_source"] == "detected"
-    assert (utf8.url, utf8.source, utf8.title, utf8.fetched_at) == \
-        ("https://news.example.jp/a", "web", "猫", "2024-03-01T12:00:01Z")
+    assert (utf8.url, utf8.source, utf8.title, utf8.fetched_at) == (
+        "https://news.example.jp/a",
+        "web",
+        "猫",
+        "2024-03-01T12:00:01Z",
+    )
     assert utf8.meta["warc_record_id"] == archives["ids"]["utf8"] and utf8.meta["warc_file"] == archives["warc"]
     assert euc.meta["warc_record_id"] == archives["ids"]["euc"]
     # the record after the malformed one is read (one gzip member per record: the damage stays in its member)
@@ -182,8 +234,9 @@ def test_an_interrupted_crawl_redoes_only_its_unfinished_files(archives, crawled
     (out / "_MANIFEST.json").unlink()
     (out / "_work" / "00001.json").unlink()
     in_process.calls.clear()
-    crawl_warc(WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(root), crawl_id="t"),
-               map_parts=in_process)
+    crawl_warc(
+        WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(root), crawl_id="t"), map_parts=in_process
+    )
     assert in_process.calls == ["file-00001"]
     changed = {p.name for p in out.rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p.name)}
     assert changed == {"_MANIFEST.json", "part-00001.jsonl.gz", "00001.json"}
@@ -193,8 +246,9 @@ def test_an_interrupted_crawl_redoes_only_its_unfinished_files(archives, crawled
     (out / "_MANIFEST.json").unlink()
     (out / "part-00000.jsonl.gz").write_bytes(b"damaged")
     in_process.calls.clear()
-    crawl_warc(WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(root), crawl_id="t"),
-               map_parts=in_process)
+    crawl_warc(
+        WarcConfig(paths=[archives["warc"], archives["wet"]], root=str(root), crawl_id="t"), map_parts=in_process
+    )
     assert in_process.calls == ["file-00000"] and storage.read_manifest(str(out))["files"] == before["files"]
 
 
@@ -205,17 +259,23 @@ def test_uncompressed_archives_and_folders(archives, tmp_path):
     plain.write_bytes(gzip.decompress(whole.split(gzip.compress(MALFORMED, mtime=0))[0]))  # the members before it
     (tmp_path / "in" / "notes.txt").write_text("not an archive")
     assert [p for p, _ in expand_paths([str(tmp_path / "in")])] == [str(plain)]  # only archives inside folders
-    out = crawl_warc(WarcConfig(paths=[str(tmp_path / "in")], root=str(tmp_path / "root"), crawl_id="p"),
-                     map_parts=in_process)
+    out = crawl_warc(
+        WarcConfig(paths=[str(tmp_path / "in")], root=str(tmp_path / "root"), crawl_id="p"), map_parts=in_process
+    )
     counts = storage.read_manifest(out)["counts"]
     assert counts["documents"] == 3 and counts["drops"] == {"http_404": 1, "not_html": 1, "not_japanese": 2}
 
 
-@pytest.mark.parametrize("paths, needle", [
-    (["/no/such.warc.gz"], "/no/such.warc.gz: no such file or folder"),
-    (["s3://commoncrawl/crawl-data/CC-MAIN-2024-10/warc.paths.gz"],
-     "read the same file over HTTPS instead: https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/warc.paths.gz"),
-])
+@pytest.mark.parametrize(
+    "paths, needle",
+    [
+        (["/no/such.warc.gz"], "/no/such.warc.gz: no such file or folder"),
+        (
+            ["s3://commoncrawl/crawl-data/CC-MAIN-2024-10/warc.paths.gz"],
+            "read the same file over HTTPS instead: https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-10/warc.paths.gz",
+        ),
+    ],
+)
 def test_bad_inputs_are_one_line(paths, needle):
     with pytest.raises(WarcError, match=needle):
         expand_paths(paths)
@@ -269,22 +329,26 @@ def test_cli_end_to_end(archives, tmp_path):
     got = gpt2ja("crawl", "warc", archives["dir"], "--root", root, "--crawl-id", "cli", "--workers", "2")
     assert got.returncode == 0, got.stderr
     assert got.stdout.splitlines()[0].startswith("5 documents, ")
-    assert "dropped: http_404 1, malformed_record 1, not_html 1, not_japanese 3, too_short 1, truncated_gzip 1" \
+    assert (
+        "dropped: http_404 1, malformed_record 1, not_html 1, not_japanese 3, too_short 1, truncated_gzip 1"
         in got.stdout
+    )
     again = gpt2ja("crawl", "warc", archives["dir"], "--root", root, "--crawl-id", "cli")
     assert again.returncode == 0 and "already complete" in again.stderr
     bad = gpt2ja("crawl", "warc", str(tmp_path / "missing.warc.gz"), "--root", root)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.warc.gz'}: no such file or folder; "
-                                               "give WARC/WET files (.warc.gz, .wet.gz), folders of them, gs:// "
-                                               "or https:// URIs, or a warc.paths.gz listing"]
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing.warc.gz'}: no such file or folder; "
+        "give WARC/WET files (.warc.gz, .wet.gz), folders of them, gs:// "
+        "or https:// URIs, or a warc.paths.gz listing"
+    ]
     helptext = " ".join(gpt2ja("crawl", "warc", "-h").stdout.split())
     assert "--first" in helptext and "--paths-base" in helptext and "s3:// is refused" in helptext
 
 
 @pytest.mark.slow
 def test_the_warc_demo_config_crawls_and_cleans(tmp_path):
-    """configs/warc-demo.yaml: the bundled archive → raw documents → a clean corpus (the stages as the flow runs them)."""
+    """configs/warc-demo.yaml: the bundled archive → raw documents → a clean corpus, as the flow runs it."""
     import yaml
 
     from gpt2ja.corpus.clean import run_clean
@@ -300,7 +364,11 @@ def test_the_warc_demo_config_crawls_and_cleans(tmp_path):
     counts = storage.read_manifest(raw)["counts"]
     assert counts["drops"] == {"http_404": 1, "not_html": 1} and counts["documents"] == 68
     rashomon = next(d for d in read_documents(raw) if d.url.endswith("/127_15260.html"))
-    assert rashomon.title == "羅生門" and rashomon.meta["encoding"] == "cp932" and "ある日の暮方の事である" in rashomon.text
+    assert (
+        rashomon.title == "羅生門"
+        and rashomon.meta["encoding"] == "cp932"
+        and "ある日の暮方の事である" in rashomon.text
+    )
     assert rashomon.url == "http://mirror.local/cards/000879/files/127_15260.html"
     clean = run_clean(config.clean.clean_config([raw], config.clean_uri))
     manifest = storage.read_manifest(clean)

@@ -60,8 +60,10 @@ from tests.net import free_ports
 #: Vertex AI's worker pools by position → TF_CONFIG task type
 #: (https://cloud.google.com/vertex-ai/docs/training/distributed-training)
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-JOBS = re.compile(r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs"
-                  r"(?:/(?P<id>[0-9]+)(?P<cancel>:cancel)?)?$")
+JOBS = re.compile(
+    r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs"
+    r"(?:/(?P<id>[0-9]+)(?P<cancel>:cancel)?)?$"
+)
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
@@ -175,16 +177,24 @@ class VertexServer:
             problems.append("customJob.jobSpec.workerPoolSpecs must have at least one pool")
         elif int(pools[0].get("replicaCount", 0)) != 1:
             problems.append("the first worker pool must have replicaCount 1")
-        problems += [f"workerPoolSpecs[{i}].containerSpec.imageUri is required" for i, p in enumerate(pools)
-                     if not (p.get("containerSpec") or {}).get("imageUri")]
+        problems += [
+            f"workerPoolSpecs[{i}].containerSpec.imageUri is required"
+            for i, p in enumerate(pools)
+            if not (p.get("containerSpec") or {}).get("imageUri")
+        ]
         if problems:
             return 400, {"status": "INVALID_ARGUMENT", "message": problems[0]}
         with self._lock:
             job_id = str(self._next_id)
             self._next_id += 1
         now = _now()
-        body = {**job, "name": f"{parent}/customJobs/{job_id}", "state": "JOB_STATE_PENDING",
-                "createTime": now, "updateTime": now}
+        body = {
+            **job,
+            "name": f"{parent}/customJobs/{job_id}",
+            "state": "JOB_STATE_PENDING",
+            "createTime": now,
+            "updateTime": now,
+        }
         record = Job(body=body)
         self.jobs[job_id] = record
         self.created.set()
@@ -203,8 +213,10 @@ class VertexServer:
             return 404, {"status": "NOT_FOUND", "message": f"CustomJob {name} not found"}
         with self._lock:
             if job.state in TERMINAL:
-                return 400, {"status": "FAILED_PRECONDITION",
-                             "message": f"CustomJob {name} is already in a terminal state {job.state}"}
+                return 400, {
+                    "status": "FAILED_PRECONDITION",
+                    "message": f"CustomJob {name} is already in a terminal state {job.state}",
+                }
             job.cancel_requested = True
             self._set(job, "JOB_STATE_CANCELLING")
         self._kill(job)
@@ -227,19 +239,36 @@ class VertexServer:
             container = pool["containerSpec"]
             command = list(container.get("command") or [])
             if not command or command[0] not in self.entrypoints:
-                raise LookupError(f"stand-in: no local entry point for the container command {command[:1]} "
-                                  f"(known: {sorted(self.entrypoints)})")
+                raise LookupError(
+                    f"stand-in: no local entry point for the container command {command[:1]} "
+                    f"(known: {sorted(self.entrypoints)})"
+                )
             for r in range(n):
                 task = {"type": TASK_TYPES[i], "index": r}
                 tf_config = {"cluster": cluster, "task": {**task, "trial": ""}, "environment": "cloud", "job": spec}
-                env = {**self.env, **{e["name"]: e.get("value", "") for e in container.get("env") or []},
-                       "TF_CONFIG": json.dumps(tf_config),
-                       "CLUSTER_SPEC": json.dumps({"cluster": cluster_spec, "environment": "cloud",
-                                                   "task": {"type": f"workerpool{i}", "index": r}})}
-                replicas.append(Replica(pool=i, index=r, task_type=TASK_TYPES[i], tf_config=tf_config, env=env,
-                                        command=self.entrypoints[command[0]] + command[1:]
-                                        + list(container.get("args") or []),
-                                        log=self.log_dir / f"{job_id}-workerpool{i}-{r}.log"))
+                env = {
+                    **self.env,
+                    **{e["name"]: e.get("value", "") for e in container.get("env") or []},
+                    "TF_CONFIG": json.dumps(tf_config),
+                    "CLUSTER_SPEC": json.dumps(
+                        {
+                            "cluster": cluster_spec,
+                            "environment": "cloud",
+                            "task": {"type": f"workerpool{i}", "index": r},
+                        }
+                    ),
+                }
+                replicas.append(
+                    Replica(
+                        pool=i,
+                        index=r,
+                        task_type=TASK_TYPES[i],
+                        tf_config=tf_config,
+                        env=env,
+                        command=self.entrypoints[command[0]] + command[1:] + list(container.get("args") or []),
+                        log=self.log_dir / f"{job_id}-workerpool{i}-{r}.log",
+                    )
+                )
         return replicas
 
     def _run(self, job_id: str, job: Job) -> None:
@@ -259,8 +288,14 @@ class VertexServer:
             for r in job.replicas:
                 with open(r.log, "wb") as log:
                     # stdin: a pipe this process holds, so a replica that reads it ends with this process too
-                    r.proc = subprocess.Popen(r.command, env=r.env, stdin=subprocess.PIPE, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True)
+                    r.proc = subprocess.Popen(
+                        r.command,
+                        env=r.env,
+                        stdin=subprocess.PIPE,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
             self._set(job, "JOB_STATE_RUNNING", startTime=_now())
         job.running.set()
         exited = threading.Condition()
@@ -288,11 +323,20 @@ class VertexServer:
                 self._set(job, "JOB_STATE_CANCELLED", endTime=_now(), error={"code": 1, "message": "CANCELED"})
             elif failed is not None:
                 project = job.body["name"].split("/")[1]
-                self._set(job, "JOB_STATE_FAILED", endTime=_now(), error={"code": 3, "message": (
-                    f"The replica {failed.name} exited with a non-zero status of {failed.proc.returncode}. "
-                    "To find out more about why your job exited please check the logs: "
-                    f"https://console.cloud.google.com/logs/viewer?project={project}&resource=ml_job%2Fjob_id%2F"
-                    f"{job_id}&advancedFilter=resource.type%3D%22ml_job%22%0Aresource.labels.job_id%3D%22{job_id}%22")})
+                self._set(
+                    job,
+                    "JOB_STATE_FAILED",
+                    endTime=_now(),
+                    error={
+                        "code": 3,
+                        "message": (
+                            f"The replica {failed.name} exited with a non-zero status of {failed.proc.returncode}. "
+                            "To find out more about why your job exited please check the logs: "
+                            f"https://console.cloud.google.com/logs/viewer?project={project}&resource=ml_job%2Fjob_id%2F"
+                            f"{job_id}&advancedFilter=resource.type%3D%22ml_job%22%0Aresource.labels.job_id%3D%22{job_id}%22"
+                        ),
+                    },
+                )
             else:
                 self._set(job, "JOB_STATE_SUCCEEDED", endTime=_now())
         job.done.set()

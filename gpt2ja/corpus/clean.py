@@ -50,7 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gpt2ja.corpus import aozora
-from gpt2ja.corpus.dedup import DedupConfig, DedupRecord, Deduplicator, exact_key, signature
+from gpt2ja.corpus.dedup import DedupConfig, Deduplicator, DedupRecord, exact_key, signature
 from gpt2ja.corpus.document import Document
 from gpt2ja.corpus.filters import PRESETS, QualityConfig, build_filters, first_failure, preset_for_source
 from gpt2ja.corpus.jsonl import ShardWriter, iter_part_tolerant, list_parts
@@ -78,17 +78,26 @@ class CleanConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, never a silent default
 
-    inputs: list[str] = Field(description="raw crawl directories ({root}/raw/{source}/{crawl_id}), each with a manifest")
+    inputs: list[str] = Field(
+        description="raw crawl directories ({root}/raw/{source}/{crawl_id}), each with a manifest"
+    )
     out: str = Field(description="the clean corpus directory, e.g. {root}/clean/{corpus}")
-    presets: dict[str, QualityConfig] = Field(default_factory=lambda: {k: v.model_copy() for k, v in PRESETS.items()},
-                                              description="quality-filter presets by name")
-    source_presets: dict[str, str] = Field(default_factory=lambda: {"aozora": "literature", "files": "literature",
-                                                                    "web": "web"},
-                                           description="which preset each source uses")
+    presets: dict[str, QualityConfig] = Field(
+        default_factory=lambda: {k: v.model_copy() for k, v in PRESETS.items()},
+        description="quality-filter presets by name",
+    )
+    source_presets: dict[str, str] = Field(
+        default_factory=lambda: {"aozora": "literature", "files": "literature", "web": "web"},
+        description="which preset each source uses",
+    )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
-                         description="processes for the per-shard phases")
+    workers: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="processes for the per-shard phases",
+    )
     part_docs: int = Field(2000, ge=1, description="documents per work part (memory bound of a worker)")
     allow_empty: bool = Field(False, description="publish a corpus that the filters emptied (else an error)")
 
@@ -121,8 +130,9 @@ class CleanConfig(BaseModel):
             dedup |= {"engine", "bucket_window"}
         if self.dedup.index is None:
             dedup |= {"index"}
-        return self.model_dump(exclude={"workers": True, "inputs": True, "out": True, "allow_empty": True,
-                                        "dedup": dedup})
+        return self.model_dump(
+            exclude={"workers": True, "inputs": True, "out": True, "allow_empty": True, "dedup": dedup}
+        )
 
 
 # --------------------------------------------------------------------------- phase 1
@@ -137,19 +147,30 @@ class PartResult:
     docs_kept: int = 0
     chars_kept: int = 0
     drops: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)      # reason -> {title, url, snippet, detail}
+    examples: dict = field(default_factory=dict)  # reason -> {title, url, snippet, detail}
 
     def drop(self, reason: str, doc: Document | None, detail: str = "") -> None:
         self.drops[reason] += 1
         if reason not in self.examples:
-            self.examples[reason] = {"title": doc.title if doc else "", "url": doc.url if doc else "",
-                                     "snippet": doc.text[:EXAMPLE_CHARS] if doc else "", "detail": detail[:300]}
+            self.examples[reason] = {
+                "title": doc.title if doc else "",
+                "url": doc.url if doc else "",
+                "snippet": doc.text[:EXAMPLE_CHARS] if doc else "",
+                "detail": detail[:300],
+            }
             logger.warning("drop %s: %s%s", reason, (doc.url if doc else detail), " (first of its kind)")
 
     def to_json(self) -> dict:
-        return {"index": self.index, "source_uri": self.source_uri, "docs_in": self.docs_in,
-                "chars_in": self.chars_in, "docs_kept": self.docs_kept, "chars_kept": self.chars_kept,
-                "drops": dict(sorted(self.drops.items())), "examples": self.examples}
+        return {
+            "index": self.index,
+            "source_uri": self.source_uri,
+            "docs_in": self.docs_in,
+            "chars_in": self.chars_in,
+            "docs_kept": self.docs_kept,
+            "chars_kept": self.chars_kept,
+            "drops": dict(sorted(self.drops.items())),
+            "examples": self.examples,
+        }
 
 
 def clean_document(doc: Document, cfg: CleanConfig, filters: dict) -> tuple[Document | None, str | None, str]:
@@ -167,8 +188,9 @@ def clean_document(doc: Document, cfg: CleanConfig, filters: dict) -> tuple[Docu
     if not text.strip():
         return None, "empty_after_cleaning", ""
     preset = preset_for_source(doc.source, cfg.source_presets)
-    cleaned = Document(**{**doc.__dict__, "text": text,
-                          "meta": {**doc.meta, "clean": {"preset": preset, "chars_raw": len(doc.text)}}})
+    cleaned = Document(
+        **{**doc.__dict__, "text": text, "meta": {**doc.meta, "clean": {"preset": preset, "chars_raw": len(doc.text)}}}
+    )
     reason = first_failure(cleaned, filters[preset])
     if reason:
         return None, reason, ""
@@ -224,9 +246,10 @@ def process_part(args: tuple) -> dict:
     buf = io.BytesIO()
     np.savez(buf, sigs=np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32))
     storage.write_bytes(storage.join(work, f"dedup{index:05d}.npz"), buf.getvalue())
-    storage.write_text(storage.join(work, f"dedup{index:05d}.json"),
-                       json.dumps({"keys": keys, "prios": prios, "exacts": exacts, "metas": metas},
-                                  ensure_ascii=False))
+    storage.write_text(
+        storage.join(work, f"dedup{index:05d}.json"),
+        json.dumps({"keys": keys, "prios": prios, "exacts": exacts, "metas": metas}, ensure_ascii=False),
+    )
     # the completion record, last
     storage.write_text(storage.join(work, f"done{index:05d}.json"), json.dumps(res.to_json(), ensure_ascii=False))
     return res.to_json()
@@ -239,13 +262,21 @@ def load_records(work: str, index: int) -> list[DedupRecord]:
         sigs = npz["sigs"]
     out = []
     for i, key in enumerate(meta["keys"]):
-        out.append(DedupRecord(key=key, priority=tuple(meta["prios"][i]), exact=meta["exacts"][i],
-                               sig=sigs[i] if len(sigs) else None, meta=meta["metas"][i]))
+        out.append(
+            DedupRecord(
+                key=key,
+                priority=tuple(meta["prios"][i]),
+                exact=meta["exacts"][i],
+                sig=sigs[i] if len(sigs) else None,
+                meta=meta["metas"][i],
+            )
+        )
     return out
 
 
-def find_duplicates(work: str, indices: list[int], cfg: DedupConfig,
-                    expected: int | None = None, map_parts: "MapParts | None" = None) -> tuple[dict, list[dict], dict]:
+def find_duplicates(
+    work: str, indices: list[int], cfg: DedupConfig, expected: int | None = None, map_parts: "MapParts | None" = None
+) -> tuple[dict, list[dict], dict]:
     """Phase 2 over the records of parts ``indices``; ``expected`` (their count) sizes the progress bar.
 
     ``cfg.engine`` ``memory``: one sequential pass here; ``sharded``: the tasks of
@@ -348,8 +379,9 @@ def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
         return run_clean_indexed(cfg, map_parts)
     started = time.time()
     parts, manifests = _inputs(cfg)
-    content = hashlib.sha256(json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests])
-                             .encode()).hexdigest()
+    content = hashlib.sha256(
+        json.dumps([[f["sha256"] for f in m.get("files", [])] for m in manifests]).encode()
+    ).hexdigest()
     config = {**cfg.fingerprint_config(), "inputs_content": content}
     fp = storage.fingerprint(config, manifests)
 
@@ -366,15 +398,23 @@ def run_clean(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
     return cfg.out
 
 
-def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: dict, fp: str, started: float,
-           map_parts: MapParts) -> dict:
+def _build(
+    cfg: CleanConfig,
+    parts: list[str],
+    manifests: list[dict],
+    config: dict,
+    fp: str,
+    started: float,
+    map_parts: MapParts,
+) -> dict:
     """Phases 1–3 and the report into ``cfg.out``; the manifest (written by run_stage)."""
     work = _work_dir(cfg, fp)
     t1 = time.time()
     results = filter_parts(cfg, work, list(enumerate(parts)), list(zip(cfg.inputs, manifests)), map_parts)
     t2 = time.time()
-    dropped, clusters, dedup_stats = find_duplicates(work, list(range(len(parts))), cfg.dedup,
-                                                     sum(r["docs_kept"] for r in results), map_parts)
+    dropped, clusters, dedup_stats = find_duplicates(
+        work, list(range(len(parts))), cfg.dedup, sum(r["docs_kept"] for r in results), map_parts
+    )
     t3 = time.time()
     split_counts = write_parts(cfg, work, list(range(len(parts))), dropped, map_parts)
     t4 = time.time()
@@ -384,38 +424,59 @@ def _build(cfg: CleanConfig, parts: list[str], manifests: list[dict], config: di
     counts = summarize(results, dropped, split_counts)
     if counts["documents_out"] == 0 and not cfg.allow_empty:
         top = ", ".join(f"{k} {v}" for k, v in sorted(counts["drops"].items(), key=lambda kv: -kv[1])[:4])
-        raise CleanError(f"clean {cfg.out}: all {counts['documents_in']:,} documents were dropped ({top or 'none'}); "
-                         "check the inputs or loosen the filters, or pass --set allow_empty=true to publish it empty")
+        raise CleanError(
+            f"clean {cfg.out}: all {counts['documents_in']:,} documents were dropped ({top or 'none'}); "
+            "check the inputs or loosen the filters, or pass --set allow_empty=true to publish it empty"
+        )
     lengths = sorted(n for c in split_counts for n in c["lengths"])
     report = write_report(cfg.out, counts, results, clusters, dedup_stats, cfg, lengths)
     files = [storage.file_info(u, root=cfg.out) for s in SPLITS for u in list_parts(storage.join(cfg.out, s))]
     files += [storage.file_info(u, root=cfg.out) for u in report]
     manifest = storage.build_manifest(
-        stage="clean", config=config, inputs=manifests, counts=counts, files=files,
-        timings={"filter_s": round(t2 - t1, 3), "dedup_s": round(t3 - t2, 3), "write_s": round(t4 - t3, 3),
-                 "total_s": round(time.time() - started, 3)},
-        extra={"steps": list(STEPS), "dedup": dedup_stats})
+        stage="clean",
+        config=config,
+        inputs=manifests,
+        counts=counts,
+        files=files,
+        timings={
+            "filter_s": round(t2 - t1, 3),
+            "dedup_s": round(t3 - t2, 3),
+            "write_s": round(t4 - t3, 3),
+            "total_s": round(time.time() - started, 3),
+        },
+        extra={"steps": list(STEPS), "dedup": dedup_stats},
+    )
     storage.delete(work)
     return manifest
 
 
-def filter_parts(cfg: CleanConfig, work: str, numbered: list[tuple[int, str]], crawls: list[tuple[str, dict]],
-                 map_parts: MapParts) -> list[dict]:
+def filter_parts(
+    cfg: CleanConfig, work: str, numbered: list[tuple[int, str]], crawls: list[tuple[str, dict]], map_parts: MapParts
+) -> list[dict]:
     """Phase 1 over ``(part number, raw part URI)`` pairs of the ``(uri, manifest)`` crawls; their
     completion records, in that order. Parts whose completion record is in ``work`` (an earlier,
     interrupted run) are not run again."""
     sizes = {storage.join(uri, f["path"]): f.get("bytes", 0) for uri, m in crawls for f in m.get("files", [])}
     cfg_json = cfg.model_dump_json()
-    todo = [(i, uri, cfg_json, work) for i, uri in numbered
-            if not storage.exists(storage.join(work, f"done{i:05d}.json"))]
+    todo = [
+        (i, uri, cfg_json, work) for i, uri in numbered if not storage.exists(storage.join(work, f"done{i:05d}.json"))
+    ]
     # progress advances here, in the parent, as each part's worker finishes (workers never draw)
     with progress(len(numbered), "clean: filter", "parts") as bar:
         bar.advance(len(numbered) - len(todo))
         if todo:  # the parts' results are read back from their completion records, in part order
-            map_with_progress(map_parts, process_part, todo, [f"filter-{job[0]:05d}" for job in todo],
-                              lambda r: bar.advance(1, docs=r["docs_in"], kept=r["docs_kept"],
-                                                    **({"bytes": sizes[r["source_uri"]]}
-                                                       if r["source_uri"] in sizes else {})))
+            map_with_progress(
+                map_parts,
+                process_part,
+                todo,
+                [f"filter-{job[0]:05d}" for job in todo],
+                lambda r: bar.advance(
+                    1,
+                    docs=r["docs_in"],
+                    kept=r["docs_kept"],
+                    **({"bytes": sizes[r["source_uri"]]} if r["source_uri"] in sizes else {}),
+                ),
+            )
     return [json.loads(storage.read_text(storage.join(work, f"done{i:05d}.json"))) for i, _ in numbered]
 
 
@@ -426,8 +487,13 @@ def write_parts(cfg: CleanConfig, work: str, indices: list[int], dropped: dict, 
         by_part[int(key.split(":")[0])].append(key)
     jobs = [(i, work, cfg.out, sorted(by_part[i]), cfg.split.model_dump_json()) for i in indices]
     with progress(len(indices), "clean: write", "parts") as bar:
-        return map_with_progress(map_parts, write_part, jobs, [f"write-{i:05d}" for i in indices],
-                                 lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())))
+        return map_with_progress(
+            map_parts,
+            write_part,
+            jobs,
+            [f"write-{i:05d}" for i in indices],
+            lambda c: bar.advance(1, docs=sum(s["documents"] for s in c["splits"].values())),
+        )
 
 
 def summarize(results: list[dict], dropped: dict, split_counts: list[dict]) -> dict:
@@ -435,8 +501,13 @@ def summarize(results: list[dict], dropped: dict, split_counts: list[dict]) -> d
     for r in results:
         drops.update(r["drops"])
     drops.update(reason for reason, _ in dropped.values())
-    splits = {s: {"documents": sum(c["splits"][s]["documents"] for c in split_counts),
-                  "characters": sum(c["splits"][s]["characters"] for c in split_counts)} for s in SPLITS}
+    splits = {
+        s: {
+            "documents": sum(c["splits"][s]["documents"] for c in split_counts),
+            "characters": sum(c["splits"][s]["characters"] for c in split_counts),
+        }
+        for s in SPLITS
+    }
     return {
         "parts_in": len(results),
         "documents_in": sum(r["docs_in"] for r in results),

@@ -95,40 +95,52 @@ def _part_number(uri: str) -> int:
 
 def _rel(uri: str, root: str) -> str:
     if storage.is_gcs(uri):
-        return uri[len(root.rstrip("/")) + 1:]
+        return uri[len(root.rstrip("/")) + 1 :]
     return os.path.relpath(uri, os.path.abspath(os.path.expanduser(root))).replace(os.sep, "/")
 
 
 def _check(cfg: CleanConfig, chain: Chain, contents: list[str], before: dict | None) -> None:
     """Refuse (one line) what the index and this clean disagree on; reads manifests and listings only."""
-    index, fix = chain.uri, f"delete {chain.uri} so that the next clean rebuilds the corpus and its index from " \
-                            "every input"
+    index, fix = (
+        chain.uri,
+        f"delete {chain.uri} so that the next clean rebuilds the corpus and its index from every input",
+    )
     latest = chain.latest
     if latest["config"]["clean"] != _clean_config(cfg):
-        raise CleanError(f"clean settings differ from those dedup index {index} was built with "
-                         f"({_difference(latest['config']['clean'], _clean_config(cfg))}); the corpus's documents "
-                         f"were cleaned with the old ones: restore them, or {fix}")
+        raise CleanError(
+            f"clean settings differ from those dedup index {index} was built with "
+            f"({_difference(latest['config']['clean'], _clean_config(cfg))}); the corpus's documents "
+            f"were cleaned with the old ones: restore them, or {fix}"
+        )
     owner = storage.resolve_ref(latest["corpus"]["uri"], latest["uri"])
     if not same_uri(owner, cfg.out):
-        raise CleanError(f"dedup index {index} belongs to the corpus {owner}, not {cfg.out}; give each corpus its own "
-                         "dedup.index (auto puts it beside the corpus)")
+        raise CleanError(
+            f"dedup index {index} belongs to the corpus {owner}, not {cfg.out}; give each corpus its own "
+            "dedup.index (auto puts it beside the corpus)"
+        )
     built = ((before or {}).get("dedup_index") or {}).get("build_id")
     if before is not None and built not in {v["build_id"] for v in chain.versions}:
         raise CleanError(f"corpus {cfg.out} was built without dedup index {index} (or from another one); {fix}")
     for c in chain.consumed():
         match = [i for i, uri in enumerate(cfg.inputs) if same_uri(uri, c["uri"])]
         if not match:
-            raise CleanError(f"crawl {c['uri']}, cleaned into dedup index v{c['version']}, is not among the inputs; "
-                             f"an indexed corpus keeps every document it has: add it back, or {fix}")
+            raise CleanError(
+                f"crawl {c['uri']}, cleaned into dedup index v{c['version']}, is not among the inputs; "
+                f"an indexed corpus keeps every document it has: add it back, or {fix}"
+            )
         if c["content"] != contents[match[0]]:
-            raise CleanError(f"crawl {c['uri']} changed since dedup index v{c['version']} cleaned it; put new "
-                             f"documents in a new crawl (a refresh), or {fix}")
+            raise CleanError(
+                f"crawl {c['uri']} changed since dedup index v{c['version']} cleaned it; put new "
+                f"documents in a new crawl (a refresh), or {fix}"
+            )
     sizes = {_rel(u, cfg.out): n for s in SPLITS for u, n in storage.list_sizes(storage.join(cfg.out, s)).items()}
     for f in chain.corpus_files():
         if sizes.get(f["path"]) != f["bytes"]:
             found = "missing" if f["path"] not in sizes else f"{sizes[f['path']]:,} bytes, not {f['bytes']:,}"
-            raise CleanError(f"corpus {cfg.out}: {f['path']}, recorded by dedup index {index}, is {found}; "
-                             f"the corpus and its index disagree: {fix}")
+            raise CleanError(
+                f"corpus {cfg.out}: {f['path']}, recorded by dedup index {index}, is {found}; "
+                f"the corpus and its index disagree: {fix}"
+            )
 
 
 def run_clean_indexed(cfg: CleanConfig, map_parts: MapParts | None = None) -> str:
@@ -136,10 +148,14 @@ def run_clean_indexed(cfg: CleanConfig, map_parts: MapParts | None = None) -> st
     started = time.time()
     index = resolve(cfg.dedup.index, cfg.out)  # type: ignore[arg-type]
     if overlap(index, cfg.out):
-        raise CleanError(f"dedup.index {index} and the corpus {cfg.out} overlap; give the index a folder of its "
-                         "own (auto: {root}/dedup-index/{corpus})")
-    manifests = [require(uri, "crawl", "finish (resume) that crawl first, or drop it from --in", CleanError)
-                 for uri in cfg.inputs]
+        raise CleanError(
+            f"dedup.index {index} and the corpus {cfg.out} overlap; give the index a folder of its "
+            "own (auto: {root}/dedup-index/{corpus})"
+        )
+    manifests = [
+        require(uri, "crawl", "finish (resume) that crawl first, or drop it from --in", CleanError)
+        for uri in cfg.inputs
+    ]
     contents = [input_content(m) for m in manifests]
     config = {**cfg.fingerprint_config(), "inputs_content": hashlib.sha256(json.dumps(contents).encode()).hexdigest()}
     fp = storage.fingerprint(config, manifests)
@@ -153,8 +169,11 @@ def run_clean_indexed(cfg: CleanConfig, map_parts: MapParts | None = None) -> st
     def build() -> dict:
         chain = found["chain"]
         consumed = [c["uri"] for c in chain.consumed()] if chain else []
-        new = [(u, m, c) for u, m, c in zip(cfg.inputs, manifests, contents)
-               if not any(same_uri(u, old) for old in consumed)]
+        new = [
+            (u, m, c)
+            for u, m, c in zip(cfg.inputs, manifests, contents)
+            if not any(same_uri(u, old) for old in consumed)
+        ]
         # work files hold part numbers and pairs with that index version: an attempt over another is not resumed
         key = hashlib.sha256(f"{fp}:{chain.latest['build_id'] if chain else ''}".encode()).hexdigest()
         work = storage.join(cfg.out, "_work", key[:16])
@@ -167,27 +186,46 @@ def run_clean_indexed(cfg: CleanConfig, map_parts: MapParts | None = None) -> st
         produced = chain.latest
         # what the clean that made the newest version found, as its manifest holds it (the same report again)
         made = json.loads(json.dumps(produced["corpus"]["report"], sort_keys=True))
-        report = write_report(cfg.out, counts, [{"examples": made["examples"]}], made["clusters"], made["dedup"],
-                              cfg, sorted(chain.lengths().tolist()))
+        report = write_report(
+            cfg.out,
+            counts,
+            [{"examples": made["examples"]}],
+            made["clusters"],
+            made["dedup"],
+            cfg,
+            sorted(chain.lengths().tolist()),
+        )
         storage.delete(work)
         return storage.build_manifest(
-            stage="clean", config=config, inputs=manifests, counts=counts,
+            stage="clean",
+            config=config,
+            inputs=manifests,
+            counts=counts,
             files=chain.corpus_files() + [storage.file_info(u, root=cfg.out) for u in report],
             timings={**timings, "total_s": round(time.time() - started, 3)},
-            extra={"steps": list(STEPS), "dedup": made["dedup"], "dedup_index": {
-                "uri": storage.relative_ref(index, cfg.out), "produced": f"v{chain.number}",
-                "against": f"v{chain.number - 1}" if chain.number > 1 else None, "build_id": produced["build_id"],
-                "inputs_read": [storage.relative_ref(u, cfg.out) for u, _, _ in new], "documents_read": read}})
+            extra={
+                "steps": list(STEPS),
+                "dedup": made["dedup"],
+                "dedup_index": {
+                    "uri": storage.relative_ref(index, cfg.out),
+                    "produced": f"v{chain.number}",
+                    "against": f"v{chain.number - 1}" if chain.number > 1 else None,
+                    "build_id": produced["build_id"],
+                    "inputs_read": [storage.relative_ref(u, cfg.out) for u, _, _ in new],
+                    "documents_read": read,
+                },
+            },
+        )
 
-    outcome = run_stage("clean", cfg.out, fingerprint=fp, build=build, inputs=cfg.inputs, keep=("_work/",),
-                        check=check)
+    outcome = run_stage("clean", cfg.out, fingerprint=fp, build=build, inputs=cfg.inputs, keep=("_work/",), check=check)
     if outcome.skipped:
         print(f"clean: {cfg.out} is complete for these inputs and config; skipped", file=sys.stderr)
     return cfg.out
 
 
-def _add_version(cfg: CleanConfig, index: str, chain: Chain | None, new: list[tuple[str, dict, str]], work: str,
-                 mapper: MapParts) -> tuple[Chain, int, dict]:
+def _add_version(
+    cfg: CleanConfig, index: str, chain: Chain | None, new: list[tuple[str, dict, str]], work: str, mapper: MapParts
+) -> tuple[Chain, int, dict]:
     """Steps 2–5 over the ``new`` crawls ``(uri, manifest, content)``: their parts cleaned, deduplicated
     against ``chain``, appended to the corpus, and index version N+1 published. Returns the chain with
     it, the documents read and the timings. Crawls with no part make a version too (they are consumed)."""
@@ -205,22 +243,42 @@ def _add_version(cfg: CleanConfig, index: str, chain: Chain | None, new: list[tu
     indices = [i for i, _ in numbered]
     dropped, clusters, stats = {}, [], {}
     if indices:
-        dropped, clusters, stats = find_duplicates_sharded(work, indices, cfg.dedup, task_runner(mapper),
-                                                           sum(r["docs_kept"] for r in results),
-                                                           prior=chain.prior() if chain else no_prior())
+        dropped, clusters, stats = find_duplicates_sharded(
+            work,
+            indices,
+            cfg.dedup,
+            task_runner(mapper),
+            sum(r["docs_kept"] for r in results),
+            prior=chain.prior() if chain else no_prior(),
+        )
     t3 = time.time()
     added = summarize(results, dropped, write_parts(cfg, work, indices, dropped, mapper))
     _refuse_empty(cfg, _sum([*(chain.corpus_counts() if chain else []), added]))  # before the index moves on
-    files = [storage.file_info(u, root=cfg.out) for s in SPLITS for u in list_parts(storage.join(cfg.out, s))
-             if _part_number(u) >= base]
+    files = [
+        storage.file_info(u, root=cfg.out)
+        for s in SPLITS
+        for u in list_parts(storage.join(cfg.out, s))
+        if _part_number(u) >= base
+    ]
     examples: dict = {}
     for r in results:  # the first example of each reason, in part order (as the report shows them)
         for reason, ex in r["examples"].items():
             examples.setdefault(reason, ex)
-    version = publish_version(index, chain, work=work, parts=indices, dropped=dropped, dedup=cfg.dedup,
-                              clean_config=_clean_config(cfg), consumed=new, corpus=cfg.out, corpus_files=files,
-                              corpus_counts=added, run=task_runner(mapper),
-                              corpus_report={"examples": examples, "clusters": clusters[:TOP_CLUSTERS], "dedup": stats})
+    version = publish_version(
+        index,
+        chain,
+        work=work,
+        parts=indices,
+        dropped=dropped,
+        dedup=cfg.dedup,
+        clean_config=_clean_config(cfg),
+        consumed=new,
+        corpus=cfg.out,
+        corpus_files=files,
+        corpus_counts=added,
+        run=task_runner(mapper),
+        corpus_report={"examples": examples, "clusters": clusters[:TOP_CLUSTERS], "dedup": stats},
+    )
     timings = {"filter_s": round(t2 - t1, 3), "dedup_s": round(t3 - t2, 3), "write_s": round(time.time() - t3, 3)}
     return Chain(index, [*(chain.versions if chain else []), version]), sum(r["docs_in"] for r in results), timings
 
@@ -228,6 +286,8 @@ def _add_version(cfg: CleanConfig, index: str, chain: Chain | None, new: list[tu
 def _refuse_empty(cfg: CleanConfig, counts: dict) -> None:
     if counts.get("documents_out", 0) == 0 and not cfg.allow_empty:
         top = ", ".join(f"{k} {v}" for k, v in sorted(counts.get("drops", {}).items(), key=lambda kv: -kv[1])[:4])
-        raise CleanError(f"clean {cfg.out}: all {counts.get('documents_in', 0):,} documents were dropped "
-                         f"({top or 'none'}); check the inputs or loosen the filters, or pass --set allow_empty=true "
-                         "to publish it empty")
+        raise CleanError(
+            f"clean {cfg.out}: all {counts.get('documents_in', 0):,} documents were dropped "
+            f"({top or 'none'}); check the inputs or loosen the filters, or pass --set allow_empty=true "
+            "to publish it empty"
+        )

@@ -134,29 +134,48 @@ class DedupConfig(BaseModel):
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
     bands: int | None = Field(None, ge=2, le=1024, description="LSH bands b; None: chosen for threshold")
     rows: int | None = Field(None, ge=1, le=1024, description="LSH rows per band r; None: chosen for threshold")
-    threshold: float = Field(0.7, ge=0.05, le=0.99, description="Jaccard similarity above which a pair is a near duplicate")
+    threshold: float = Field(
+        0.7, ge=0.05, le=0.99, description="Jaccard similarity above which a pair is a near duplicate"
+    )
     seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the MinHash permutations")
     verify: bool = Field(True, description="confirm LSH candidates by estimated Jaccard ≥ threshold")
     engine: Literal["memory", "sharded"] = Field(
-        "memory", description="memory: one sequential pass with the whole LSH index in one process (~6.5 KB per "
-                              "kept document); sharded: band buckets sorted per task on the stage's runner, "
-                              "no index in memory (gpt2ja.corpus.lsh_index); clusters are connected components")
-    bucket_window: int = Field(16, ge=1, le=1024, description="sharded: each document is compared with up to "
-                                                             "this many documents before it in a band's bucket")
-    bands_per_task: int = Field(4, ge=1, le=1024, description="sharded: bands bucketed by one task (does not "
-                                                              "change the result)")
-    max_rows_in_memory: int = Field(4_000_000, ge=16, le=2**31, description="sharded: bucket rows (24 bytes) a "
-                                    "task sorts in memory; more are sorted in runs on local disk and merged "
-                                    "(does not change the result)")
-    index: str | None = Field(None, description="sharded: a persistent index of what earlier cleans kept "
-                              "(gpt2ja.corpus.dedup_index): 'auto' ({root}/dedup-index/{corpus}) or a folder; a clean then "
-                              "reads only the inputs no index version consumed and dedups them against it")
+        "memory",
+        description="memory: one sequential pass with the whole LSH index in one process (~6.5 KB per "
+        "kept document); sharded: band buckets sorted per task on the stage's runner, "
+        "no index in memory (gpt2ja.corpus.lsh_index); clusters are connected components",
+    )
+    bucket_window: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="sharded: each document is compared with up to this many documents before it in a band's bucket",
+    )
+    bands_per_task: int = Field(
+        4, ge=1, le=1024, description="sharded: bands bucketed by one task (does not change the result)"
+    )
+    max_rows_in_memory: int = Field(
+        4_000_000,
+        ge=16,
+        le=2**31,
+        description="sharded: bucket rows (24 bytes) a "
+        "task sorts in memory; more are sorted in runs on local disk and merged "
+        "(does not change the result)",
+    )
+    index: str | None = Field(
+        None,
+        description="sharded: a persistent index of what earlier cleans kept "
+        "(gpt2ja.corpus.dedup_index): 'auto' ({root}/dedup-index/{corpus}) or a folder; a clean then "
+        "reads only the inputs no index version consumed and dedups them against it",
+    )
 
     @model_validator(mode="after")
     def _index_needs_sharded(self) -> "DedupConfig":
         if self.index is not None and self.engine != "sharded":
-            raise ValueError("dedup: index needs engine: sharded (the memory engine's index lives in one process "
-                             "and is never stored); set dedup.engine: sharded, or drop dedup.index")
+            raise ValueError(
+                "dedup: index needs engine: sharded (the memory engine's index lives in one process "
+                "and is never stored); set dedup.engine: sharded, or drop dedup.index"
+            )
         return self
 
     @model_validator(mode="after")
@@ -341,8 +360,14 @@ class Deduplicator:
         self._meta: dict[str, dict] = {}  # kept key → meta
         self._members: dict[str, list[dict]] = {}  # kept key → its dropped duplicates
         self._last: tuple | None = None
-        self._counts = {"documents": 0, "kept": 0, "exact_duplicate": 0, "near_duplicate": 0,
-                        "lsh_candidates": 0, "rejected_by_verify": 0}
+        self._counts = {
+            "documents": 0,
+            "kept": 0,
+            "exact_duplicate": 0,
+            "near_duplicate": 0,
+            "lsh_candidates": 0,
+            "rejected_by_verify": 0,
+        }
 
     def add(self, rec: DedupRecord) -> tuple[str | None, str | None]:
         """``(None, None)`` when ``rec`` is kept, else ``(reason, kept_key)``."""
@@ -367,7 +392,9 @@ class Deduplicator:
         if self.cfg.near and rec.sig is not None:
             sig = np.asarray(rec.sig, dtype=np.uint32)
             if sig.shape != (self.cfg.num_perm,):
-                raise ValueError(f"dedup: signature of {rec.key!r} has shape {sig.shape}, expected ({self.cfg.num_perm},)")
+                raise ValueError(
+                    f"dedup: signature of {rec.key!r} has shape {sig.shape}, expected ({self.cfg.num_perm},)"
+                )
             mh = MinHash(seed=self.cfg.seed, hashvalues=sig, permutations=self._perms, scheme=SCHEME)
             best = self._best_match(sig, self._lsh.query(mh))
             if best is not None:

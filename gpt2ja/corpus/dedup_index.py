@@ -63,8 +63,17 @@ from gpt2ja.corpus.lsh_rows import ID, NEAR, ROW, groups, run_names
 from gpt2ja.infra import stage, storage
 from gpt2ja.infra.errors import Gpt2jaError
 
-__all__ = ["DedupIndexError", "Chain", "resolve", "same_uri", "overlap", "read_chain", "publish_version",
-           "index_part", "index_runs"]
+__all__ = [
+    "DedupIndexError",
+    "Chain",
+    "resolve",
+    "same_uri",
+    "overlap",
+    "read_chain",
+    "publish_version",
+    "index_part",
+    "index_runs",
+]
 
 STAGE = "dedup-index"
 
@@ -81,8 +90,10 @@ def resolve(index: str, out: str) -> str:
     parent, _, corpus = out.rstrip("/").rpartition("/")
     root, _, clean = parent.rpartition("/")
     if clean != "clean" or not corpus:
-        raise DedupIndexError(f"dedup.index auto: the corpus {out} is not {{root}}/clean/{{corpus}}, so its index "
-                              "has no default place; set dedup.index to a folder")
+        raise DedupIndexError(
+            f"dedup.index auto: the corpus {out} is not {{root}}/clean/{{corpus}}, so its index "
+            "has no default place; set dedup.index to a folder"
+        )
     return storage.join(root or ".", "dedup-index", corpus)
 
 
@@ -132,8 +143,11 @@ class Chain:
 
     def consumed(self) -> list[dict]:
         """The crawls the versions consumed: ``{"uri", "content", "version"}``, in order."""
-        return [{**c, "uri": storage.resolve_ref(c["uri"], v["uri"]), "version": v["version"]}
-                for v in self.versions for c in v["consumed"]]
+        return [
+            {**c, "uri": storage.resolve_ref(c["uri"], v["uri"]), "version": v["version"]}
+            for v in self.versions
+            for c in v["consumed"]
+        ]
 
     def corpus_files(self) -> list[dict]:
         """Every corpus file the versions' cleans wrote (``{"path", "bytes", "sha256"}`` relative to the corpus)."""
@@ -143,8 +157,9 @@ class Chain:
         return [v["corpus"]["counts"] for v in self.versions]
 
     def lengths(self) -> np.ndarray:
-        return np.concatenate([np.load(io.BytesIO(storage.read_bytes(storage.join(v["uri"], "lengths.npy"))))
-                               for v in self.versions])
+        return np.concatenate(
+            [np.load(io.BytesIO(storage.read_bytes(storage.join(v["uri"], "lengths.npy")))) for v in self.versions]
+        )
 
     def prior(self) -> dict:
         """What :func:`gpt2ja.corpus.lsh_index.find_duplicates_sharded` dedups against: plain data for the tasks."""
@@ -174,14 +189,20 @@ def read_chain(index: str) -> Chain | None:
         if problems:
             raise DedupIndexError(f"dedup index {uri} is damaged ({'; '.join(problems[:2])}); {fix}")
         previous = versions[-1] if versions else None
-        if manifest.get("stage") != STAGE or manifest.get("version") != len(versions) + 1 or \
-                (manifest.get("previous") or {}).get("build_id") != (previous or {}).get("build_id"):
-            raise DedupIndexError(f"dedup index {uri} is not version {len(versions) + 1} built on "
-                                  f"{previous['uri'] if previous else 'nothing'}; {fix}")
+        if (
+            manifest.get("stage") != STAGE
+            or manifest.get("version") != len(versions) + 1
+            or (manifest.get("previous") or {}).get("build_id") != (previous or {}).get("build_id")
+        ):
+            raise DedupIndexError(
+                f"dedup index {uri} is not version {len(versions) + 1} built on "
+                f"{previous['uri'] if previous else 'nothing'}; {fix}"
+            )
         versions.append(manifest)
     if storage.exists(version_uri(index, len(versions) + 2)):
-        raise DedupIndexError(f"dedup index {index}: v{len(versions) + 2} exists but v{len(versions) + 1} "
-                              f"is unfinished or missing; {fix}")
+        raise DedupIndexError(
+            f"dedup index {index}: v{len(versions) + 2} exists but v{len(versions) + 1} is unfinished or missing; {fix}"
+        )
     return Chain(index, versions) if versions else None
 
 
@@ -196,10 +217,14 @@ def index_part(args: tuple) -> dict:
     gone = set(dropped_pos)
     meta["kept"] = [i not in gone for i in range(len(meta["keys"]))]
     storage.write_text(storage.join(records, f"dedup{part:05d}.json"), json.dumps(meta, ensure_ascii=False))
-    storage.write_bytes(storage.join(records, f"dedup{part:05d}.npz"),
-                        storage.read_bytes(storage.join(work, f"dedup{part:05d}.npz")))
-    return {"part": part, "records": len(meta["keys"]),
-            "lengths": [m["chars"] for m, k in zip(meta["metas"], meta["kept"]) if k]}
+    storage.write_bytes(
+        storage.join(records, f"dedup{part:05d}.npz"), storage.read_bytes(storage.join(work, f"dedup{part:05d}.npz"))
+    )
+    return {
+        "part": part,
+        "records": len(meta["keys"]),
+        "lengths": [m["chars"] for m, k in zip(meta["metas"], meta["kept"]) if k],
+    }
 
 
 def _read_rows(f, max_rows: int):
@@ -249,9 +274,22 @@ def _refs(keys) -> np.ndarray:
     return np.array(sorted((int(part) << 32) | int(pos) for part, pos in refs), dtype=np.int64)
 
 
-def publish_version(index: str, chain: Chain | None, *, work: str, parts: list[int], dropped: dict,
-                    dedup: DedupConfig, clean_config: dict, consumed: list[tuple[str, dict, str]], corpus: str,
-                    corpus_files: list[dict], corpus_counts: dict, corpus_report: dict, run: RunTasks) -> dict:
+def publish_version(
+    index: str,
+    chain: Chain | None,
+    *,
+    work: str,
+    parts: list[int],
+    dropped: dict,
+    dedup: DedupConfig,
+    clean_config: dict,
+    consumed: list[tuple[str, dict, str]],
+    corpus: str,
+    corpus_files: list[dict],
+    corpus_counts: dict,
+    corpus_report: dict,
+    run: RunTasks,
+) -> dict:
     """Publish version N+1 (N: ``chain``'s) through the stage contract; its manifest.
 
     ``parts``: this clean's raw part numbers (its records in ``work``); ``dropped``: its
@@ -276,31 +314,54 @@ def publish_version(index: str, chain: Chain | None, *, work: str, parts: list[i
             part, pos = key.split(":")
             by_part[int(part)].append(int(pos))
         records = storage.join(out, "records")
-        done = run(index_part, [(work, p, records, by_part[p]) for p in parts],
-                   [f"index-records-{p:05d}" for p in parts], "clean: index records")
+        done = run(
+            index_part,
+            [(work, p, records, by_part[p]) for p in parts],
+            [f"index-records-{p:05d}" for p in parts],
+            "clean: index records",
+        )
         plan = groups(dedup) if parts else []  # no part: no bucket file, no rows
-        rows = run(index_runs, [(work, g, out, gone, gone_id, dedup.max_rows_in_memory) for g in plan],
-                   [f"index-runs-{g['label']}" for g in plan], "clean: index runs")
+        rows = run(
+            index_runs,
+            [(work, g, out, gone, gone_id, dedup.max_rows_in_memory) for g in plan],
+            [f"index-runs-{g['label']}" for g in plan],
+            "clean: index runs",
+        )
         lengths = np.array(sorted(n for d in done for n in d["lengths"]), dtype=np.uint32)
         buf = io.BytesIO()
         np.save(buf, lengths, allow_pickle=False)
         storage.write_bytes(storage.join(out, "lengths.npy"), buf.getvalue())
         files = [storage.file_info(u, root=out) for u in storage.list_files(out)]
         row_counts = {name: n for r in rows for name, n in r.items()}
-        counts = {"parts": len(parts), "records": sum(d["records"] for d in done), "documents": len(lengths),
-                  "rows": dict(sorted(row_counts.items()))}
+        counts = {
+            "parts": len(parts),
+            "records": sum(d["records"] for d in done),
+            "documents": len(lengths),
+            "rows": dict(sorted(row_counts.items())),
+        }
         extra = {
             "version": number,
             "previous": {"version": number - 1, "build_id": chain.latest["build_id"]} if chain else None,
-            "parts": list(parts), "next_part": max([base, *(p + 1 for p in parts)]),
+            "parts": list(parts),
+            "next_part": max([base, *(p + 1 for p in parts)]),
             "runs": sorted(row_counts),
             "consumed": [{"uri": storage.relative_ref(u, out), "content": c} for u, _, c in consumed],
-            "corpus": {"uri": storage.relative_ref(corpus, out), "files": corpus_files, "counts": corpus_counts,
-                       "report": corpus_report},
+            "corpus": {
+                "uri": storage.relative_ref(corpus, out),
+                "files": corpus_files,
+                "counts": corpus_counts,
+                "report": corpus_report,
+            },
         }
-        return storage.build_manifest(stage=STAGE, config=config, inputs=previous + [m for _, m, _ in consumed],
-                                      counts=counts, files=files, timings={"seconds": round(time.time() - started, 3)},
-                                      extra=extra)
+        return storage.build_manifest(
+            stage=STAGE,
+            config=config,
+            inputs=previous + [m for _, m, _ in consumed],
+            counts=counts,
+            files=files,
+            timings={"seconds": round(time.time() - started, 3)},
+            extra=extra,
+        )
 
     inputs = [p["uri"] for p in previous] + [u for u, _, _ in consumed]
     return stage.run_stage(STAGE, out, fingerprint=fp, build=build, inputs=inputs, deep=True).manifest

@@ -132,7 +132,8 @@ class QualityConfig(BaseModel):
         "cover more than this share of the characters."
     )
     ngram_sample_chars: int = Field(
-        ge=1_000, le=MAX_SAMPLE,
+        ge=1_000,
+        le=MAX_SAMPLE,
         description="n-gram statistics look at most at this many characters (four evenly spaced windows).",
     )
     ng_words: list[str] = Field(
@@ -145,8 +146,10 @@ class QualityConfig(BaseModel):
     @model_validator(mode="after")
     def _ng_words_need_a_limit(self) -> "QualityConfig":
         if self.ng_words and self.max_ng_word_fraction is None:
-            raise ValueError("ng_words is set but max_ng_word_fraction is not; give the largest share of "
-                             "characters the words may cover (0 drops any document that contains one)")
+            raise ValueError(
+                "ng_words is set but max_ng_word_fraction is not; give the largest share of "
+                "characters the words may cover (0 drops any document that contains one)"
+            )
         if any(not word for word in self.ng_words):
             raise ValueError("ng_words contains an empty word; remove it")
         return self

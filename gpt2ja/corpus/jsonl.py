@@ -54,8 +54,16 @@ class ShardWriter:
     are already there, so a resumed crawl appends instead of overwriting.
     """
 
-    def __init__(self, dir_uri: str, *, prefix: str = "part", max_docs: int = 2000,
-                 max_bytes: int = 64 * 1024 * 1024, compresslevel: int = 6, start_index: int | None = None):
+    def __init__(
+        self,
+        dir_uri: str,
+        *,
+        prefix: str = "part",
+        max_docs: int = 2000,
+        max_bytes: int = 64 * 1024 * 1024,
+        compresslevel: int = 6,
+        start_index: int | None = None,
+    ):
         self.dir_uri = dir_uri
         self.prefix = prefix
         self.max_docs = max_docs
@@ -63,8 +71,9 @@ class ShardWriter:
         self.compresslevel = compresslevel
         if start_index is None:  # continue after the parts already there
             existing = list_parts(dir_uri, prefix)
-            start_index = 1 + max((int(PART_RE.match(u.rsplit("/", 1)[-1]).group("index")) for u in existing),
-                                  default=-1)
+            start_index = 1 + max(
+                (int(PART_RE.match(u.rsplit("/", 1)[-1]).group("index")) for u in existing), default=-1
+            )
         self.next_index = start_index
         self.published: list[str] = []
         self.documents = 0
@@ -143,10 +152,14 @@ def iter_part(uri: str) -> Iterator[Document]:
                     try:
                         yield Document.from_json(line)
                     except ValueError as exc:
-                        raise ShardError(f"{uri}: line {lineno} is not a Document ({exc}); "
-                                         "rebuild this part by rerunning the stage that wrote it") from None
+                        raise ShardError(
+                            f"{uri}: line {lineno} is not a Document ({exc}); "
+                            "rebuild this part by rerunning the stage that wrote it"
+                        ) from None
     except (EOFError, OSError, zlib.error) as exc:
-        raise ShardError(f"{uri}: corrupt or truncated gzip ({exc}); delete it and rerun the stage that wrote it") from None
+        raise ShardError(
+            f"{uri}: corrupt or truncated gzip ({exc}); delete it and rerun the stage that wrote it"
+        ) from None
 
 
 def iter_part_tolerant(uri: str) -> Iterator[tuple[Document | None, str | None, str]]:

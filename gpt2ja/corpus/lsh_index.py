@@ -81,13 +81,42 @@ from typing import Any
 import numpy as np
 
 from gpt2ja.corpus.dedup import DedupConfig
-from gpt2ja.corpus.lsh_rows import (EDGE, EXACT, ID, NEAR, PAIR, ROW, PairSink, UnionFind, band_hashes, groups,
-                             hex128, id_hex, load_array, merge_sorted_runs, open_runs, pairs_in_buckets, run_names,
-                             save_array, sort_externally)
+from gpt2ja.corpus.lsh_rows import (
+    EDGE,
+    EXACT,
+    ID,
+    NEAR,
+    PAIR,
+    ROW,
+    PairSink,
+    UnionFind,
+    band_hashes,
+    groups,
+    hex128,
+    id_hex,
+    load_array,
+    merge_sorted_runs,
+    open_runs,
+    pairs_in_buckets,
+    run_names,
+    save_array,
+    sort_externally,
+)
 from gpt2ja.infra import storage
 
-__all__ = ["ROW", "EDGE", "band_hashes", "groups", "find_duplicates_sharded", "bucket_uri", "no_prior",
-           "sign_part", "bucket_group", "verify_part", "merge_sorted_runs"]
+__all__ = [
+    "ROW",
+    "EDGE",
+    "band_hashes",
+    "groups",
+    "find_duplicates_sharded",
+    "bucket_uri",
+    "no_prior",
+    "sign_part",
+    "bucket_group",
+    "verify_part",
+    "merge_sorted_runs",
+]
 
 #: ``run(fn, items, names, desc)`` → ``[fn(item) for item in items]``, run wherever the clean stage
 #: runs its parts (:data:`gpt2ja.corpus.clean.MapParts` with a progress bar).
@@ -188,14 +217,16 @@ def bucket_group(args: tuple) -> dict:
     stats: dict = {}
     carry = np.empty(0, ROW)
     total = 0
-    with tempfile.TemporaryDirectory(prefix=f"dedup-{label}-") as tmp, \
-            storage.open(bucket_uri(work, label), "wb") as out:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"dedup-{label}-") as tmp,
+        storage.open(bucket_uri(work, label), "wb") as out,
+    ):
         sink = PairSink(tmp, cfg.max_rows_in_memory // 4)
         prior = open_runs(prior_runs, tmp)
         rows = (load_array(_rows_uri(work, label, part)) for part in parts)
         for chunk in sort_externally(rows, cfg.max_rows_in_memory, tmp, stats, prior):
             for start in range(0, len(chunk), PAIR_STEP):
-                piece = chunk[start: start + PAIR_STEP]
+                piece = chunk[start : start + PAIR_STEP]
                 mine = piece[piece["part"] >= base] if prior_runs else piece
                 out.write(mine.tobytes())
                 total += len(mine)
@@ -238,8 +269,12 @@ def verify_part(args: tuple) -> dict:
     near = edges["kind"] == NEAR
     keep = ~near | (edges["same"] / cfg.num_perm >= cfg.threshold) if cfg.verify else np.ones(len(edges), bool)
     save_array(_edges_uri(work, part), edges[keep])
-    record = {"part": part, "lsh_candidates": int(near.sum()), "rejected_by_verify": int((~keep).sum()),
-              "edges": int(keep.sum())}
+    record = {
+        "part": part,
+        "lsh_candidates": int(near.sum()),
+        "rejected_by_verify": int((~keep).sum()),
+        "edges": int(keep.sum()),
+    }
     storage.write_text(_marker(work, f"edges{part:05d}"), json.dumps(record))
     return record
 
@@ -268,8 +303,9 @@ def _documents(nodes: np.ndarray, work: str, records: dict, base: int) -> tuple[
     return keys, metas, rank
 
 
-def _jaccards(near: list[tuple[int, int]], nodes: np.ndarray, work: str, records: dict,
-              num_perm: int) -> dict[int, float]:
+def _jaccards(
+    near: list[tuple[int, int]], nodes: np.ndarray, work: str, records: dict, num_perm: int
+) -> dict[int, float]:
     """``{d: estimated Jaccard of d and k}`` for the near duplicates ``d`` kept for ``k`` (``near``:
     ``(d, k)``, indices into ``nodes``), as the memory engine reports it. Holds the signatures of those documents only,
     copied out of each part's array as it is read, and lets them go before the result is built."""
@@ -284,13 +320,16 @@ def _jaccards(near: list[tuple[int, int]], nodes: np.ndarray, work: str, records
         sig[lo:hi] = sigs[nodes[need[lo:hi]] & 0xFFFFFFFF]
     dup = np.searchsorted(need, [d for d, _ in near])  # rows of sig
     kept = np.searchsorted(need, [k for _, k in near])
-    same = np.concatenate([np.count_nonzero(sig[dup[i: i + 4096]] == sig[kept[i: i + 4096]], axis=1)
-                           for i in range(0, len(near), 4096)] or [np.empty(0, np.int64)])  # (len(near),)
+    same = np.concatenate(
+        [np.count_nonzero(sig[dup[i : i + 4096]] == sig[kept[i : i + 4096]], axis=1) for i in range(0, len(near), 4096)]
+        or [np.empty(0, np.int64)]
+    )  # (len(near),)
     return dict(zip((d for d, _ in near), (same / num_perm).tolist()))
 
 
-def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[dict], documents: int,
-             prior: dict) -> tuple[dict, list[dict], dict]:
+def _cluster(
+    work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[dict], documents: int, prior: dict
+) -> tuple[dict, list[dict], dict]:
     """Step 4, in the driver. It holds, for the documents in some edge only: the edges as arrays,
     each document's record key, meta, rank and three union-find parents (most of it the key and
     meta that the result returns anyway), then the signatures (``num_perm × 4`` bytes each) of
@@ -370,7 +409,10 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
         "lsh_candidates": sum(v["lsh_candidates"] for v in verify_stats),
         "rejected_by_verify": sum(v["rejected_by_verify"] for v in verify_stats),
         "clusters": len(clusters),
-        "num_perm": cfg.num_perm, "bands": cfg.bands, "rows": cfg.rows, "threshold": cfg.threshold,
+        "num_perm": cfg.num_perm,
+        "bands": cfg.bands,
+        "rows": cfg.rows,
+        "threshold": cfg.threshold,
         "s_curve_threshold": round(cfg.s_curve, 4),
         "bucket_window": cfg.bucket_window,
     }
@@ -380,8 +422,9 @@ def _cluster(work: str, parts: list[int], cfg: DedupConfig, verify_stats: list[d
 # --------------------------------------------------------------------------- the engine
 
 
-def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: RunTasks, documents: int,
-                            prior: dict | None = None) -> tuple[dict, list[dict], dict]:
+def find_duplicates_sharded(
+    work: str, parts: list[int], cfg: DedupConfig, run: RunTasks, documents: int, prior: dict | None = None
+) -> tuple[dict, list[dict], dict]:
     """Steps 1–4 over the dedup records of ``parts`` in ``work`` (``documents`` records in all);
     the same kind of result as
     :func:`gpt2ja.corpus.clean.find_duplicates` (``{dropped key: (reason, kept key)}``, clusters, stats).
@@ -407,8 +450,11 @@ def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: 
         done = {}
         for label in labels:
             rec = has_marker(label)
-            if rec is not None and storage.exists(bucket_uri(work, label)) and \
-                    all(storage.exists(_pairs_uri(work, label, int(p))) for p in rec["pairs"]):
+            if (
+                rec is not None
+                and storage.exists(bucket_uri(work, label))
+                and all(storage.exists(_pairs_uri(work, label, int(p))) for p in rec["pairs"])
+            ):
                 done[label] = rec
         return done
 
@@ -425,19 +471,37 @@ def find_duplicates_sharded(work: str, parts: list[int], cfg: DedupConfig, run: 
         bucket_done = done_buckets()
         bucket_todo = [g for g in plan if g["label"] not in bucket_done]
         if bucket_todo:
-            sign_todo = [p for p in parts if not (has_marker(f"sign{p:05d}") and all(
-                storage.exists(_rows_uri(work, label, p)) for label in labels))]
-            run(sign_part, [(work, p, cfg_json) for p in sign_todo], [f"dedup-sign-{p:05d}" for p in sign_todo],
-                "clean: dedup sign")
-            jobs = [(work, g, parts, cfg_json, [u for name in run_names(g) for u in runs.get(name, [])], base)
-                    for g in bucket_todo]
-            for rec in run(bucket_group, jobs, [f"dedup-bucket-{g['label']}" for g in bucket_todo],
-                           "clean: dedup bucket"):
+            sign_todo = [
+                p
+                for p in parts
+                if not (
+                    has_marker(f"sign{p:05d}") and all(storage.exists(_rows_uri(work, label, p)) for label in labels)
+                )
+            ]
+            run(
+                sign_part,
+                [(work, p, cfg_json) for p in sign_todo],
+                [f"dedup-sign-{p:05d}" for p in sign_todo],
+                "clean: dedup sign",
+            )
+            jobs = [
+                (work, g, parts, cfg_json, [u for name in run_names(g) for u in runs.get(name, [])], base)
+                for g in bucket_todo
+            ]
+            for rec in run(
+                bucket_group, jobs, [f"dedup-bucket-{g['label']}" for g in bucket_todo], "clean: dedup bucket"
+            ):
                 bucket_done[rec["label"]] = rec
         verify_todo = [p for p in to_verify(bucket_done) if not verified(p)]
-        run(verify_part, [(work, p, [lb for lb in labels if str(p) in bucket_done[lb]["pairs"]], cfg_json,
-                           records.get(str(p))) for p in verify_todo],
-            [f"dedup-verify-{p:05d}" for p in verify_todo], "clean: dedup verify")
+        run(
+            verify_part,
+            [
+                (work, p, [lb for lb in labels if str(p) in bucket_done[lb]["pairs"]], cfg_json, records.get(str(p)))
+                for p in verify_todo
+            ],
+            [f"dedup-verify-{p:05d}" for p in verify_todo],
+            "clean: dedup verify",
+        )
     verify_parts = to_verify(bucket_done)
     verify_stats = [has_marker(f"edges{p:05d}") for p in verify_parts]
     return _cluster(work, verify_parts, cfg, verify_stats, documents, index)  # type: ignore[arg-type]

@@ -35,9 +35,29 @@ import numpy as np
 from gpt2ja.corpus.dedup import DedupConfig
 from gpt2ja.infra import storage
 
-__all__ = ["ROW", "PAIR", "EDGE", "NEAR", "EXACT", "ID", "band_hashes", "hex128", "id_hex", "groups",
-           "run_names", "save_array", "load_array", "sort_rows", "merge_sorted_runs", "sort_externally",
-           "pairs_in_buckets", "open_runs", "RunFile", "PairSink", "UnionFind"]
+__all__ = [
+    "ROW",
+    "PAIR",
+    "EDGE",
+    "NEAR",
+    "EXACT",
+    "ID",
+    "band_hashes",
+    "hex128",
+    "id_hex",
+    "groups",
+    "run_names",
+    "save_array",
+    "load_array",
+    "sort_rows",
+    "merge_sorted_runs",
+    "sort_externally",
+    "pairs_in_buckets",
+    "open_runs",
+    "RunFile",
+    "PairSink",
+    "UnionFind",
+]
 
 ROW = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("part", "<u4"), ("pos", "<u4")])  # 24 bytes
 PAIR = np.dtype([("a_part", "<u4"), ("a_pos", "<u4"), ("b_part", "<u4"), ("b_pos", "<u4"), ("kind", "u1")])
@@ -170,8 +190,13 @@ def sort_rows(rows: np.ndarray) -> np.ndarray:
 def _upto(rows: np.ndarray, bound: np.void) -> int:
     """How many leading rows of the sorted ``rows`` are ≤ ``bound`` in ``(hi, lo, part, pos)`` order."""
     hi, lo, part, pos = (bound[f] for f in ("hi", "lo", "part", "pos"))
-    le = (rows["hi"] < hi) | ((rows["hi"] == hi) & ((rows["lo"] < lo) | ((rows["lo"] == lo) & (
-        (rows["part"] < part) | ((rows["part"] == part) & (rows["pos"] <= pos))))))
+    le = (rows["hi"] < hi) | (
+        (rows["hi"] == hi)
+        & (
+            (rows["lo"] < lo)
+            | ((rows["lo"] == lo) & ((rows["part"] < part) | ((rows["part"] == part) & (rows["pos"] <= pos))))
+        )
+    )
     return int(np.count_nonzero(le))
 
 
@@ -182,12 +207,15 @@ def merge_sorted_runs(runs: list, max_rows: int) -> Iterator[np.ndarray]:
     block = max(1, max_rows // (2 * max(1, len(runs))))
     at = [0] * len(runs)
     while True:
-        heads = [(i, np.asarray(r[at[i]: at[i] + block])) for i, r in enumerate(runs) if at[i] < len(r)]
+        heads = [(i, np.asarray(r[at[i] : at[i] + block])) for i, r in enumerate(runs) if at[i] < len(r)]
         if not heads:
             return
         open_ends = [h[-1] for i, h in heads if at[i] + len(h) < len(runs[i])]
-        bound = min(open_ends, key=lambda v: (int(v["hi"]), int(v["lo"]), int(v["part"]), int(v["pos"]))) \
-            if open_ends else None
+        bound = (
+            min(open_ends, key=lambda v: (int(v["hi"]), int(v["lo"]), int(v["part"]), int(v["pos"])))
+            if open_ends
+            else None
+        )
         taken = []
         for i, h in heads:
             k = len(h) if bound is None else _upto(h, bound)
@@ -196,8 +224,9 @@ def merge_sorted_runs(runs: list, max_rows: int) -> Iterator[np.ndarray]:
         yield sort_rows(np.concatenate(taken))
 
 
-def sort_externally(arrays: Iterable[np.ndarray], max_rows: int, tmp: str, stats: dict,
-                    prior: list[RunFile]) -> Iterator[np.ndarray]:
+def sort_externally(
+    arrays: Iterable[np.ndarray], max_rows: int, tmp: str, stats: dict, prior: list[RunFile]
+) -> Iterator[np.ndarray]:
     """The rows of ``arrays`` (e.g. a group's row file of each part) in sorted chunks: in memory when
     they fit in ``max_rows``, else sorted runs of ``max_rows`` rows spilled to local ``tmp`` and
     merged (an external sort); the ``prior`` index's sorted runs are merged in too. The buffer is
@@ -221,7 +250,7 @@ def sort_externally(arrays: Iterable[np.ndarray], max_rows: int, tmp: str, stats
 
     for rows in arrays:
         for start in range(0, len(rows), max_rows):
-            piece = rows[start: start + max_rows]
+            piece = rows[start : start + max_rows]
             if held + len(piece) > max_rows and buf:
                 spill()
             buf.append(piece)
@@ -311,7 +340,7 @@ class PairSink:
                     heads[i] = heads[i][k:]
                     if len(heads[i]) or at[i] >= len(src):
                         break
-                    heads[i] = src[at[i]: at[i] + block]  # the block ended inside this part: read on
+                    heads[i] = src[at[i] : at[i] + block]  # the block ended inside this part: read on
                     at[i] += len(heads[i])
             pairs = np.concatenate(pieces)
             yield part, pairs if len(sources) == 1 else np.unique(pairs)

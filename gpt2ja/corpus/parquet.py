@@ -78,7 +78,7 @@ from gpt2ja.infra.errors import Gpt2jaError
 from gpt2ja.infra.stage import require, run_stage, scratch_dir, verify
 
 STAGE = "parquet"
-SCHEMA_VERSION = 1          # bump when the columns or their meaning change: every export is rebuilt
+SCHEMA_VERSION = 1  # bump when the columns or their meaning change: every export is rebuilt
 WORK_DIR = "_work"
 #: (column, where its value comes from); all columns are non-null UTF-8 strings
 COLUMNS = (
@@ -111,13 +111,14 @@ class ParquetConfig(BaseModel):
     corpus: str = Field(description="the clean corpus directory ({root}/clean/{corpus}), with its manifest")
     out: str = Field(description="where the Parquet files go (local or gs://), a directory of its own")
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
-        "zstd", description="column compression (zstd: small files that every current reader opens)")
-    row_group_docs: int = Field(1000, ge=1, le=1_000_000,
-                                description="documents per row group (also closed at 32 MiB of text)")
+        "zstd", description="column compression (zstd: small files that every current reader opens)"
+    )
+    row_group_docs: int = Field(
+        1000, ge=1, le=1_000_000, description="documents per row group (also closed at 32 MiB of text)"
+    )
 
     def fingerprint_config(self) -> dict:
-        return {"format": "parquet", "schema_version": SCHEMA_VERSION,
-                **self.model_dump(exclude={"corpus", "out"})}
+        return {"format": "parquet", "schema_version": SCHEMA_VERSION, **self.model_dump(exclude={"corpus", "out"})}
 
 
 def import_pyarrow():
@@ -137,9 +138,18 @@ def schema(pa):
 
 def row(doc, split: str) -> dict:
     """One Document as a row of :func:`schema`."""
-    return {"id": doc.id, "source": doc.source, "url": doc.url, "title": doc.title, "author": doc.author,
-            "text": doc.text, "license": doc.license, "fetched_at": doc.fetched_at, "split": split,
-            "meta": json.dumps(doc.meta, ensure_ascii=False, separators=(",", ":"))}
+    return {
+        "id": doc.id,
+        "source": doc.source,
+        "url": doc.url,
+        "title": doc.title,
+        "author": doc.author,
+        "text": doc.text,
+        "license": doc.license,
+        "fetched_at": doc.fetched_at,
+        "split": split,
+        "meta": json.dumps(doc.meta, ensure_ascii=False, separators=(",", ":")),
+    }
 
 
 def corpus_parts(manifest: dict) -> list[tuple[str, int, str]]:
@@ -165,16 +175,20 @@ def _valid_record(out: str, split: str, index: int, fp: str) -> dict | None:
     try:
         rec = json.loads(storage.read_text(_record_uri(out, split, index)))
         uri = storage.join(out, rec["file"]["path"])
-        if (rec.get("fingerprint") == fp and storage.size(uri) == rec["file"]["bytes"]
-                and storage.file_info(uri)["sha256"] == rec["file"]["sha256"]):
+        if (
+            rec.get("fingerprint") == fp
+            and storage.size(uri) == rec["file"]["bytes"]
+            and storage.file_info(uri)["sha256"] == rec["file"]["sha256"]
+        ):
             return rec
     except (storage.StorageError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable or stale: the part is exported again
     return None
 
 
-def export_part(corpus: str, split: str, index: int, path: str, out: str, cfg: ParquetConfig, fp: str,
-                tmp: str) -> dict:
+def export_part(
+    corpus: str, split: str, index: int, path: str, out: str, cfg: ParquetConfig, fp: str, tmp: str
+) -> dict:
     """Write one corpus part as one Parquet file, publish it, then its completion record; returns the record."""
     pa, pq = import_pyarrow()
     sch = schema(pa).with_metadata({"gpt2ja": json.dumps({"schema_version": SCHEMA_VERSION, "corpus_part": path})})
@@ -183,6 +197,7 @@ def export_part(corpus: str, split: str, index: int, path: str, out: str, cfg: P
     rows, chars, docs, characters = [], 0, 0, 0
     compression = None if cfg.compression == "none" else cfg.compression
     with pq.ParquetWriter(local, sch, compression=compression) as writer:
+
         def flush() -> None:
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=sch))
@@ -206,8 +221,15 @@ def export_part(corpus: str, split: str, index: int, path: str, out: str, cfg: P
     info["path"] = name
     storage.publish(local, storage.join(out, name))
     os.unlink(local)
-    record = {"fingerprint": fp, "split": split, "index": index, "corpus_part": path, "file": info,
-              "documents": docs, "characters": characters}
+    record = {
+        "fingerprint": fp,
+        "split": split,
+        "index": index,
+        "corpus_part": path,
+        "file": info,
+        "documents": docs,
+        "characters": characters,
+    }
     storage.write_text(_record_uri(out, split, index), json.dumps(record, sort_keys=True))
     return record
 
@@ -219,8 +241,10 @@ def _check_counts(corpus: str, manifest: dict, counts: dict) -> None:
         got = counts["splits"].get(split, {"documents": 0, "characters": 0})
         for key in ("documents", "characters"):
             if key in want and want[key] != got[key]:
-                raise ParquetError(f"corpus {corpus}: its manifest counts {want[key]:,} {key} in {split}, its parts "
-                                   f"hold {got[key]:,}; rebuild the corpus with `gpt2ja clean`; nothing was published")
+                raise ParquetError(
+                    f"corpus {corpus}: its manifest counts {want[key]:,} {key} in {split}, its parts "
+                    f"hold {got[key]:,}; rebuild the corpus with `gpt2ja clean`; nothing was published"
+                )
 
 
 def export_parquet(cfg: ParquetConfig, log=None) -> tuple[str, dict]:
@@ -234,12 +258,16 @@ def export_parquet(cfg: ParquetConfig, log=None) -> tuple[str, dict]:
     import_pyarrow()  # before anything else: one line that says how to install it
     manifest = require(cfg.corpus, "corpus", "build it with `gpt2ja clean`, or check the --corpus path", ParquetError)
     if manifest.get("stage") not in ("clean", None):
-        raise ParquetError(f"{cfg.corpus} is a {manifest['stage']} artifact, not a clean corpus; give --corpus "
-                           "the output of `gpt2ja clean` (e.g. data/clean/aozora)")
+        raise ParquetError(
+            f"{cfg.corpus} is a {manifest['stage']} artifact, not a clean corpus; give --corpus "
+            "the output of `gpt2ja clean` (e.g. data/clean/aozora)"
+        )
     parts = corpus_parts(manifest)
     if not parts:
-        raise ParquetError(f"corpus {cfg.corpus} lists no document parts ({'/ or '.join(SPLITS)}/part-NNNNN.jsonl.gz) "
-                           "in its manifest; rebuild it with `gpt2ja clean`")
+        raise ParquetError(
+            f"corpus {cfg.corpus} lists no document parts ({'/ or '.join(SPLITS)}/part-NNNNN.jsonl.gz) "
+            "in its manifest; rebuild it with `gpt2ja clean`"
+        )
     # the parts' checksums too (as the clean stage does with its crawls): other files are another export,
     # even under a corpus fingerprint that did not change
     listed = {f["path"]: f.get("sha256") for f in manifest.get("files", [])}
@@ -263,22 +291,35 @@ def export_parquet(cfg: ParquetConfig, log=None) -> tuple[str, dict]:
                 records.append(rec)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        splits = {s: {"documents": sum(r["documents"] for r in records if r["split"] == s),
-                      "characters": sum(r["characters"] for r in records if r["split"] == s),
-                      "files": sum(1 for r in records if r["split"] == s)} for s in SPLITS}
-        counts = {"documents": sum(c["documents"] for c in splits.values()),
-                  "characters": sum(c["characters"] for c in splits.values()),
-                  "files": len(records), "splits": splits}
+        splits = {
+            s: {
+                "documents": sum(r["documents"] for r in records if r["split"] == s),
+                "characters": sum(r["characters"] for r in records if r["split"] == s),
+                "files": sum(1 for r in records if r["split"] == s),
+            }
+            for s in SPLITS
+        }
+        counts = {
+            "documents": sum(c["documents"] for c in splits.values()),
+            "characters": sum(c["characters"] for c in splits.values()),
+            "files": len(records),
+            "splits": splits,
+        }
         _check_counts(cfg.corpus, manifest, counts)
         did.update({"skipped": False, "built": built, "reused": len(records) - built})
         files = [{**r["file"], "split": r["split"], "rows": r["documents"]} for r in records]
         return storage.build_manifest(
-            stage=STAGE, config=config, inputs=[manifest], counts=counts, files=files,
+            stage=STAGE,
+            config=config,
+            inputs=[manifest],
+            counts=counts,
+            files=files,
             timings={"total_s": round(time.monotonic() - started, 3)},
-            extra={"schema": [{"name": name, "type": "string", "nullable": False, "from": src}
-                              for name, src in COLUMNS],
-                   "corpus": {"uri": storage.relative_ref(cfg.corpus, cfg.out),
-                              "fingerprint": manifest["fingerprint"]}})
+            extra={
+                "schema": [{"name": name, "type": "string", "nullable": False, "from": src} for name, src in COLUMNS],
+                "corpus": {"uri": storage.relative_ref(cfg.corpus, cfg.out), "fingerprint": manifest["fingerprint"]},
+            },
+        )
 
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     run_stage(STAGE, cfg.out, fingerprint=fp, build=build, inputs=[cfg.corpus], keep=(WORK_DIR + "/",), log=say)
@@ -289,6 +330,9 @@ def summary(manifest: dict, did: dict) -> str:
     """One line about a Parquet export: rows per split, files, what this run did."""
     c = manifest["counts"]
     per = ", ".join(f"{s} {v['documents']:,}" for s, v in c["splits"].items())
-    what = ("already up to date (manifest verifies): nothing was written" if did.get("skipped") else
-            f"wrote {did['built']} file(s), reused {did['reused']}")
+    what = (
+        "already up to date (manifest verifies): nothing was written"
+        if did.get("skipped")
+        else f"wrote {did['built']} file(s), reused {did['reused']}"
+    )
     return f"{c['documents']:,} documents ({per}) in {c['files']} Parquet files → {manifest['uri']}; {what}"

@@ -25,13 +25,16 @@ SPLITS = ("train", "validation")
 class SplitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt holdout_authors must not leak that author
 
-    validation_fraction: float = Field(0.05, ge=0.0, le=0.5,
-                                       description="share of documents (by id hash) that go to validation")
+    validation_fraction: float = Field(
+        0.05, ge=0.0, le=0.5, description="share of documents (by id hash) that go to validation"
+    )
     salt: str = Field("gpt2ja-split-v1", description="changing it reshuffles the split; keep it across refreshes")
-    holdout_authors: list[str] = Field(default_factory=list,
-                                       description="every document by these authors goes to validation")
-    holdout_sites: list[str] = Field(default_factory=list,
-                                     description="every document from these host names goes to validation")
+    holdout_authors: list[str] = Field(
+        default_factory=list, description="every document by these authors goes to validation"
+    )
+    holdout_sites: list[str] = Field(
+        default_factory=list, description="every document from these host names goes to validation"
+    )
 
 
 def id_fraction(doc_id: str, salt: str) -> float:
@@ -42,7 +45,8 @@ def id_fraction(doc_id: str, salt: str) -> float:
 
 def split_of(doc_id: str, author: str, url: str, cfg: SplitConfig) -> str:
     if author and author.replace(" ", "").replace("\u3000", "") in {
-            a.replace(" ", "").replace("\u3000", "") for a in cfg.holdout_authors}:
+        a.replace(" ", "").replace("\u3000", "") for a in cfg.holdout_authors
+    }:
         return "validation"
     if cfg.holdout_sites and (urlsplit(url).hostname or "") in cfg.holdout_sites:
         return "validation"

@@ -212,7 +212,9 @@ class TextStats:
                 head = n - tail
                 count = len(self.ngram_sample(max_chars)) - n + 1
                 shift = np.uint64(pow(int(_HASH_BASE), tail, 1 << 64))
-                hashes = self._hashes(head, max_chars)[:count] * shift + self._hashes(tail, max_chars)[head : head + count]
+                hashes = (
+                    self._hashes(head, max_chars)[:count] * shift + self._hashes(tail, max_chars)[head : head + count]
+                )
             self._hash_cache[key] = hashes
         return hashes
 

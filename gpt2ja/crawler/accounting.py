@@ -12,8 +12,7 @@ import logging
 from scrapy import exceptions as scrapy_exceptions
 from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
-from twisted.internet.error import (ConnectError, ConnectionRefusedError, DNSLookupError, TCPTimedOutError,
-                                    TimeoutError)
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TCPTimedOutError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
@@ -78,9 +77,9 @@ def failure_reason(failure: Failure) -> tuple[str, str]:
 
 
 def drops(stats: dict) -> dict[str, int]:
-    return {k[len(DROP_PREFIX):]: v for k, v in sorted(stats.items()) if k.startswith(DROP_PREFIX)}
+    return {k[len(DROP_PREFIX) :]: v for k, v in sorted(stats.items()) if k.startswith(DROP_PREFIX)}
 
 
 def http_statuses(stats: dict) -> dict[str, int]:
     prefix = "downloader/response_status_count/"
-    return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}

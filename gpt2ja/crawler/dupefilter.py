@@ -42,15 +42,22 @@ class KnownDocumentsDupeFilter(RFPDupeFilter):
             self.known.add(self.fingerprinter.fingerprint(Request(aliased(doc.url, back))))
         self.known_skipped = 0
         if known_crawls:
-            logger.info("known documents: %d URLs from %d earlier crawl(s) will not be fetched again",
-                        len(self.known), len(known_crawls))
+            logger.info(
+                "known documents: %d URLs from %d earlier crawl(s) will not be fetched again",
+                len(self.known),
+                len(known_crawls),
+            )
 
     @classmethod
     def from_crawler(cls, crawler):
-        return cls(job_dir(crawler.settings), crawler.settings.getbool("DUPEFILTER_DEBUG"),
-                   fingerprinter=crawler.request_fingerprinter,
-                   known_crawls=crawler.settings.getlist("GPT2JA_KNOWN_CRAWLS"), stats=crawler.stats,
-                   url_alias=crawler.settings.getdict("GPT2JA_URL_ALIAS"))
+        return cls(
+            job_dir(crawler.settings),
+            crawler.settings.getbool("DUPEFILTER_DEBUG"),
+            fingerprinter=crawler.request_fingerprinter,
+            known_crawls=crawler.settings.getlist("GPT2JA_KNOWN_CRAWLS"),
+            stats=crawler.stats,
+            url_alias=crawler.settings.getdict("GPT2JA_URL_ALIAS"),
+        )
 
     def request_seen(self, request) -> bool:
         if self._fingerprint(request) in self.known:

@@ -14,11 +14,11 @@ from scrapy import signals
 from scrapy.http.request import NO_CALLBACK
 from twisted.internet import task
 
+from gpt2ja import __version__
 from gpt2ja.corpus.document import utc_now
 from gpt2ja.corpus.jsonl import list_parts, read_documents
 from gpt2ja.crawler import accounting
 from gpt2ja.crawler.warc_writer import WarcFiles, from_scrapy
-from gpt2ja import __version__
 from gpt2ja.infra import storage
 
 logger = logging.getLogger("gpt2ja.crawl")
@@ -41,7 +41,7 @@ class ProgressLine:
         self.log_file = crawler.settings.get("LOG_FILE")
         self.started = time.monotonic()
         self.loop: task.LoopingCall | None = None
-        self.live = None    # the gpt2ja.infra.progress context while a live line is shown
+        self.live = None  # the gpt2ja.infra.progress context while a live line is shown
         self.bar = None
         crawler.signals.connect(self.opened, signal=signals.spider_opened)
         crawler.signals.connect(self.closed, signal=signals.spider_closed)
@@ -66,8 +66,7 @@ class ProgressLine:
 
     def counts(self) -> tuple[int, int, dict[str, int]]:
         stats = self.crawler.stats.get_stats()
-        return (stats.get("response_received_count", 0), stats.get("item_scraped_count", 0),
-                accounting.drops(stats))
+        return (stats.get("response_received_count", 0), stats.get("item_scraped_count", 0), accounting.drops(stats))
 
     def line(self, spider) -> str:
         pages, docs, drops = self.counts()
@@ -94,8 +93,11 @@ class ProgressLine:
         if by_reason:
             print(f"crawl {spider.name}: dropped by reason: {by_reason}", file=sys.stderr, flush=True)
         if self.log_file:
-            print(f"crawl {spider.name}: log (every drop, Scrapy's messages): {self.log_file}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"crawl {spider.name}: log (every drop, Scrapy's messages): {self.log_file}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class WarcArchive:
@@ -122,14 +124,22 @@ class WarcArchive:
         self.crawler = crawler
         self.alias = settings.getdict("GPT2JA_URL_ALIAS")
         prefix = settings.get("GPT2JA_WARC_PREFIX") or "crawl"
-        info = {"software": f"gpt2ja-crawler/{__version__} (Scrapy, warcio)",
-                "isPartOf": prefix, "robots": "obey" if settings.getbool("ROBOTSTXT_OBEY") else "ignore",
-                "http-header-user-agent": settings.get("USER_AGENT") or "",
-                "description": "every 2xx response handed to a spider callback; bodies as Scrapy received them "
-                               "(transfer and content codings undone, Content-Length the stored length)"}
-        self.files = WarcFiles(settings.get("GPT2JA_OUT"), os.path.join(settings.get("GPT2JA_STATE"), "warc"),
-                               prefix, info=info, max_file_bytes=settings.getint("GPT2JA_WARC_FILE_BYTES"),
-                               max_record_bytes=settings.getint("DOWNLOAD_MAXSIZE") or (1 << 62))
+        info = {
+            "software": f"gpt2ja-crawler/{__version__} (Scrapy, warcio)",
+            "isPartOf": prefix,
+            "robots": "obey" if settings.getbool("ROBOTSTXT_OBEY") else "ignore",
+            "http-header-user-agent": settings.get("USER_AGENT") or "",
+            "description": "every 2xx response handed to a spider callback; bodies as Scrapy received them "
+            "(transfer and content codings undone, Content-Length the stored length)",
+        }
+        self.files = WarcFiles(
+            settings.get("GPT2JA_OUT"),
+            os.path.join(settings.get("GPT2JA_STATE"), "warc"),
+            prefix,
+            info=info,
+            max_file_bytes=settings.getint("GPT2JA_WARC_FILE_BYTES"),
+            max_record_bytes=settings.getint("DOWNLOAD_MAXSIZE") or (1 << 62),
+        )
         self.failed: str | None = None
         self.closed_files: list[str] | None = None
         crawler.signals.connect(self.opened, signal=signals.spider_opened)
@@ -144,14 +154,19 @@ class WarcArchive:
         try:
             self.files.open()
         except (OSError, storage.StorageError) as exc:
-            self._fail(f"cannot read the crawl's WARC files in {self.files.folder} ({exc}); check that folder "
-                       f"and {self.files.state_dir}, then rerun the same command")
+            self._fail(
+                f"cannot read the crawl's WARC files in {self.files.folder} ({exc}); check that folder "
+                f"and {self.files.state_dir}, then rerun the same command"
+            )
             return
         for note in self.files.notes:
             logger.warning("warc: %s", note)
         if self.files.published or self.files.stored:
-            logger.info("warc: %d responses already stored in %d file(s) by earlier sessions",
-                        len(self.files.stored), len(self.files.published))
+            logger.info(
+                "warc: %d responses already stored in %d file(s) by earlier sessions",
+                len(self.files.stored),
+                len(self.files.published),
+            )
 
     def received(self, response, request, spider):
         if self.failed or request.callback is NO_CALLBACK or not 200 <= response.status < 300:
@@ -159,8 +174,10 @@ class WarcArchive:
         try:
             why = self.files.add(from_scrapy(response, request, utc_now(), self.alias))
         except (OSError, storage.StorageError) as exc:
-            self._fail(f"cannot store {response.url} in the crawl's WARC file ({exc}); free disk space (or fix "
-                       f"{self.files.state_dir}) and rerun the same command: the crawl resumes")
+            self._fail(
+                f"cannot store {response.url} in the crawl's WARC file ({exc}); free disk space (or fix "
+                f"{self.files.state_dir}) and rerun the same command: the crawl resumes"
+            )
             return
         if why == "already_stored":
             self.crawler.stats.inc_value("gpt2ja/warc/already_stored")
@@ -190,8 +207,11 @@ class WarcArchive:
             try:
                 self.closed_files = [] if self.failed else self.files.close()
             except (OSError, storage.StorageError) as exc:  # the file stays in the state dir: the rerun publishes it
-                self._fail(f"cannot publish the WARC file to {self.files.folder} ({exc}); check that folder, then "
-                           "rerun the same command", stop=False)
+                self._fail(
+                    f"cannot publish the WARC file to {self.files.folder} ({exc}); check that folder, then "
+                    "rerun the same command",
+                    stop=False,
+                )
             already = self.crawler.stats.get_value("gpt2ja/warc/already_stored", 0)
             if already:
                 logger.info("warc: %d responses fetched again were already stored (a resumed crawl)", already)
@@ -252,7 +272,7 @@ class CrawlManifest:
 
     def session_counts(self) -> dict:
         stats = self.crawler.stats.get_stats()
-        warc = {k[len(WARC_NOT_STORED):]: v for k, v in sorted(stats.items()) if k.startswith(WARC_NOT_STORED)}
+        warc = {k[len(WARC_NOT_STORED) :]: v for k, v in sorted(stats.items()) if k.startswith(WARC_NOT_STORED)}
         return {
             **({"warc_not_stored": warc} if warc else {}),
             "pages_fetched": stats.get("response_received_count", 0),
@@ -281,18 +301,26 @@ class CrawlManifest:
         if reason == "finished" and session["pages_fetched"] == 0 and errors:
             # nothing answered: a failure to retry, not a crawl that found nothing new
             session["reason"] = "unreachable"
-            kinds = [k.rsplit("/", 1)[-1].rsplit(".", 1)[-1] for k in stats
-                     if k.startswith("downloader/exception_type_count/")]
-            FAILED[self.out_uri] = (f"no page could be fetched ({errors} connection error(s): "
-                                    f"{', '.join(kinds) or 'see the log'}); check the addresses and the network, "
-                                    "then rerun: nothing was marked complete")
+            kinds = [
+                k.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+                for k in stats
+                if k.startswith("downloader/exception_type_count/")
+            ]
+            FAILED[self.out_uri] = (
+                f"no page could be fetched ({errors} connection error(s): "
+                f"{', '.join(kinds) or 'see the log'}); check the addresses and the network, "
+                "then rerun: nothing was marked complete"
+            )
         with open(os.path.join(sessions_dir, f"{n:04d}.json"), "w", encoding="utf-8") as fh:
             json.dump(session, fh, ensure_ascii=False, indent=1)
         with contextlib.suppress(FileNotFoundError):  # this session closed: its state can be trusted
             os.unlink(os.path.join(self.state_dir, RUNNING))
         if session["reason"] not in COMPLETE:
-            logger.warning("crawl stopped (%s) after writing %d documents; rerun the same command to resume it",
-                           session["reason"], session["documents"])
+            logger.warning(
+                "crawl stopped (%s) after writing %d documents; rerun the same command to resume it",
+                session["reason"],
+                session["documents"],
+            )
             return
         sessions = []
         for name in sorted(os.listdir(sessions_dir)):
@@ -310,9 +338,13 @@ class CrawlManifest:
             counts["warc"] = archive.files.summary()
         # published by gpt2ja.crawler.runner.run_crawl through gpt2ja.infra.stage.run_stage (verified, manifest last)
         FINISHED[self.out_uri] = storage.build_manifest(
-            stage="crawl", config=self.config, counts=counts, files=files,
+            stage="crawl",
+            config=self.config,
+            counts=counts,
+            files=files,
             timings={"seconds": counts.pop("seconds"), "sessions": len(sessions)},
-            extra={"close_reasons": [s["reason"] for s in sessions]})
+            extra={"close_reasons": [s["reason"] for s in sessions]},
+        )
         logger.info("crawl complete: %d documents in %s", counts["documents"], self.out_uri)
 
 

@@ -99,14 +99,14 @@ def decode_text(data: bytes, where: str) -> tuple[str, str]:
     except UnicodeDecodeError:
         pass
     if not found:
-        raise ExtractError(f"{where}: not UTF-8, Shift_JIS (cp932/2004) or EUC-JP; "
-                           "convert it to UTF-8 and run again")
+        raise ExtractError(f"{where}: not UTF-8, Shift_JIS (cp932/2004) or EUC-JP; convert it to UTF-8 and run again")
     ranked = sorted(((japanese_score(t), t, c) for t, c in found.items()), key=lambda r: -r[0])
     best = ranked[0]
     if len(ranked) > 1 and (best[0] < MIN_SCORE or best[0] - ranked[1][0] < MARGIN):
         scores = ", ".join(f"{c} {s:.2f}" for s, _, c in ranked)
-        raise AmbiguousEncoding(f"{where}: its encoding cannot be told from its text ({scores}); "
-                                "convert it to UTF-8 and run again")
+        raise AmbiguousEncoding(
+            f"{where}: its encoding cannot be told from its text ({scores}); convert it to UTF-8 and run again"
+        )
     return best[1], best[2]
 
 
@@ -117,29 +117,49 @@ def _docs_from_file(path: str, drops: Counter) -> Iterator[Document]:
         if name.endswith(".zip"):
             with open(path, "rb") as fh:
                 got = aozora_extract.from_zip(fh.read(), path)
-            yield Document.new(source="files", url=url, text=got.text, title=got.title, author=got.author,
-                               meta={"path": path, "encoding": got.encoding, "notation": got.counts,
-                                     "aozora_notation_removed": True})
+            yield Document.new(
+                source="files",
+                url=url,
+                text=got.text,
+                title=got.title,
+                author=got.author,
+                meta={"path": path, "encoding": got.encoding, "notation": got.counts, "aozora_notation_removed": True},
+            )
         elif name.endswith(".txt"):
             with open(path, "rb") as fh:
                 data = fh.read()
             text, encoding = decode_text(data, path)
             if looks_like_aozora(text):
                 body = strip_notation(text)
-                yield Document.new(source="files", url=url, text=body.text, title=body.title, author=body.author,
-                                   meta={"path": path, "encoding": encoding, "notation": body.counts,
-                                         "aozora_notation_removed": True})
+                yield Document.new(
+                    source="files",
+                    url=url,
+                    text=body.text,
+                    title=body.title,
+                    author=body.author,
+                    meta={"path": path, "encoding": encoding, "notation": body.counts, "aozora_notation_removed": True},
+                )
             else:
-                yield Document.new(source="files", url=url, text=text, title=os.path.splitext(name)[0],
-                                   meta={"path": path, "encoding": encoding})
+                yield Document.new(
+                    source="files",
+                    url=url,
+                    text=text,
+                    title=os.path.splitext(name)[0],
+                    meta={"path": path, "encoding": encoding},
+                )
         elif name.endswith((".jsonl", ".jsonl.gz")):
             yield from _docs_from_jsonl(path, url, drops)
         else:
             drops["unsupported_file"] += 1
             logger.warning("drop unsupported_file: %s (accepted: %s)", path, ", ".join(SUFFIXES))
     except ExtractError as exc:
-        reason = ("bad_zip" if name.endswith(".zip") else
-                  "ambiguous_encoding" if isinstance(exc, AmbiguousEncoding) else "undecodable")
+        reason = (
+            "bad_zip"
+            if name.endswith(".zip")
+            else "ambiguous_encoding"
+            if isinstance(exc, AmbiguousEncoding)
+            else "undecodable"
+        )
         drops[reason] += 1
         logger.warning("drop %s: %s", reason, exc)
 
@@ -158,14 +178,22 @@ def _docs_from_jsonl(path: str, url: str, drops: Counter) -> Iterator[Document]:
                         raise TypeError('no "text" string')
                 except (ValueError, TypeError) as exc:
                     drops["bad_jsonl_line"] += 1
-                    logger.warning("drop bad_jsonl_line: %s:%d (%s; each line needs a JSON object with \"text\")",
-                                   path, lineno, exc)
+                    logger.warning(
+                        'drop bad_jsonl_line: %s:%d (%s; each line needs a JSON object with "text")', path, lineno, exc
+                    )
                     continue
                 line_url = record.get("url") or f"{url}#L{lineno}"
                 meta = dict(record.get("meta") or {})
                 meta.update({"path": path, "line": lineno})
-                yield Document.new(source="files", url=line_url, text=text, title=record.get("title", ""),
-                                   author=record.get("author", ""), license=record.get("license", ""), meta=meta)
+                yield Document.new(
+                    source="files",
+                    url=line_url,
+                    text=text,
+                    title=record.get("title", ""),
+                    author=record.get("author", ""),
+                    license=record.get("license", ""),
+                    meta=meta,
+                )
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         drops["undecodable"] += 1
         logger.warning("drop undecodable: %s (%s; expected UTF-8 JSON Lines, optionally gzip)", path, exc)
@@ -215,13 +243,24 @@ def crawl_files(directory: str, root: str = "data", crawl_id: str | None = None,
                         continue
                     writer.write(doc)
         if writer.documents == 0:
-            raise FilesError(f"no usable text in {directory} ({files_read} files read, drops: {dict(drops)}); "
-                             f"accepted: {', '.join(SUFFIXES)}")
-        counts = {"files_read": files_read, "documents": writer.documents, "characters": writer.characters,
-                  "drops": dict(sorted(drops.items()))}
+            raise FilesError(
+                f"no usable text in {directory} ({files_read} files read, drops: {dict(drops)}); "
+                f"accepted: {', '.join(SUFFIXES)}"
+            )
+        counts = {
+            "files_read": files_read,
+            "documents": writer.documents,
+            "characters": writer.characters,
+            "drops": dict(sorted(drops.items())),
+        }
         files = [storage.file_info(uri) for uri in list_parts(out)]
-        return storage.build_manifest(stage="crawl", config=config, counts=counts, files=files,
-                                      timings={"seconds": round(time.time() - started, 3)})
+        return storage.build_manifest(
+            stage="crawl",
+            config=config,
+            counts=counts,
+            files=files,
+            timings={"seconds": round(time.time() - started, 3)},
+        )
 
     # the directory read is an input too: an output inside it would be read back as text
     outcome = run_stage("crawl", out, fingerprint=fp, build=build, inputs=[directory])

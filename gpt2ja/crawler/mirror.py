@@ -21,8 +21,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 class RecordingHandler(SimpleHTTPRequestHandler):
     """A static-file handler that records each request and stays quiet on stderr."""
 
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".zip": "application/zip",
-                      ".html": "text/html", ".txt": "text/plain"}
+    extensions_map = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".zip": "application/zip",
+        ".html": "text/html",
+        ".txt": "text/plain",
+    }
 
     def log_request(self, code="-", size="-"):
         self.server.requests.append((self.path, int(code) if str(code).isdigit() else code, time.monotonic()))

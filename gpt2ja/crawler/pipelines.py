@@ -40,7 +40,7 @@ def aliased(url: str, alias: dict[str, str]) -> str:
     """
     for prefix, to in alias.items():
         if url.startswith(prefix):
-            return to + url[len(prefix):]
+            return to + url[len(prefix) :]
     return url
 
 

@@ -80,7 +80,7 @@ def crawl_history(root: str, source: str, crawl_id: str) -> list[Crawl]:
     prefix = (storage.local_path(parent) or parent).rstrip("/") + "/"  # what list_files returns starts so
     ids = set()
     for uri in storage.list_files(parent):
-        name = uri[len(prefix):].split("/", 1)[0] if uri.startswith(prefix) else ""
+        name = uri[len(prefix) :].split("/", 1)[0] if uri.startswith(prefix) else ""
         if name == crawl_id or name.startswith(crawl_id + REFRESH_MARK):
             ids.add(name)
     out = []
@@ -95,8 +95,10 @@ def crawl_history(root: str, source: str, crawl_id: str) -> list[Crawl]:
 def plan_refresh(root: str, source: str, crawl_id: str, refresh_id: str) -> RefreshPlan:
     """Decide the crawl a refresh runs (see the module docstring); pure but for reading manifests."""
     if not re.match(REFRESH_ID, refresh_id):
-        raise ValueError(f"refresh id {refresh_id!r}: use letters, digits, '-' and '_' only "
-                         "(default: the UTC time, e.g. 20260105T040000Z)")
+        raise ValueError(
+            f"refresh id {refresh_id!r}: use letters, digits, '-' and '_' only "
+            "(default: the UTC time, e.g. 20260105T040000Z)"
+        )
     history = crawl_history(root, source, crawl_id)
     finished = [c for c in history if c.finished]
     if not any(c.crawl_id == crawl_id for c in finished):  # no base crawl yet: this refresh makes it

@@ -51,37 +51,66 @@ class CrawlConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["aozora", "web"] = Field(description="which spider: aozora (author/card pages) or web (seeds, sitemaps)")
-    start_urls: list[str] = Field(default_factory=list, description="aozora: author pages or card pages; web: seed pages")
-    sitemaps: list[str] = Field(default_factory=list, description="web: sitemap URLs (or robots.txt URLs listing sitemaps)")
+    source: Literal["aozora", "web"] = Field(
+        description="which spider: aozora (author/card pages) or web (seeds, sitemaps)"
+    )
+    start_urls: list[str] = Field(
+        default_factory=list, description="aozora: author pages or card pages; web: seed pages"
+    )
+    sitemaps: list[str] = Field(
+        default_factory=list, description="web: sitemap URLs (or robots.txt URLs listing sitemaps)"
+    )
     root: str = Field("data", description="run root: a local directory or gs://bucket/prefix")
-    crawl_id: str = Field(default_factory=default_crawl_id, pattern=r"^[A-Za-z0-9._-]+$",
-                          description="names the output directory; the same id resumes an interrupted crawl")
-    editions: list[Literal["txt", "xhtml"]] = Field(default_factory=lambda: ["txt", "xhtml"],
-                                                    description="aozora: editions to fetch, preferred first")
-    polite: bool = Field(True, description="robots delays, AutoThrottle, 1 request at a time per domain; off only for local mirrors")
+    crawl_id: str = Field(
+        default_factory=default_crawl_id,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="names the output directory; the same id resumes an interrupted crawl",
+    )
+    editions: list[Literal["txt", "xhtml"]] = Field(
+        default_factory=lambda: ["txt", "xhtml"], description="aozora: editions to fetch, preferred first"
+    )
+    polite: bool = Field(
+        True, description="robots delays, AutoThrottle, 1 request at a time per domain; off only for local mirrors"
+    )
     obey_robots: bool = Field(True, description="honour robots.txt (always on for polite crawls)")
-    max_pages: int | None = Field(None, ge=0, description="stop after this many responses (0: no limit; "
-                                                        f"default {WEB_MAX_PAGES} for web, no limit for aozora)")
+    max_pages: int | None = Field(
+        None,
+        ge=0,
+        description="stop after this many responses (0: no limit; "
+        f"default {WEB_MAX_PAGES} for web, no limit for aozora)",
+    )
     depth_limit: int = Field(4, ge=0, le=50, description="how many links deep from a start page (0: no limit)")
     download_delay: float = Field(1.0, ge=0, description="seconds between requests to one domain when polite (>= 1)")
     download_timeout: float = Field(30.0, gt=0, description="seconds before a request is given up")
     download_maxsize: int = Field(32 * 1024 * 1024, gt=0, description="bytes; larger responses are dropped")
-    min_kana_ratio: float = Field(0.05, ge=0, le=1, description="web: pages with fewer hiragana+katakana are not Japanese")
+    min_kana_ratio: float = Field(
+        0.05, ge=0, le=1, description="web: pages with fewer hiragana+katakana are not Japanese"
+    )
     min_chars: int = Field(25, ge=1, description="documents with fewer characters are dropped (too_short)")
     part_docs: int = Field(500, ge=1, description="documents per output part")
     progress_interval: float = Field(10.0, ge=0, description="seconds between progress lines (0: off)")
     contact: str = Field("", description="added to the User-Agent so site owners can reach you")
-    state_dir: str | None = Field(None, description="local directory for the resumable state (default under the root, or ./.gpt2ja-state for gs://)")
-    warc: bool | None = Field(None, description="store the raw responses as WARC files in warc/ beside the documents "
-                                               "(default: on for web, off for aozora)")
-    warc_file_bytes: int = Field(DEFAULT_FILE_BYTES, ge=1, description="a WARC file is closed and published when "
-                                                                     "it reaches this many bytes (compressed)")
+    state_dir: str | None = Field(
+        None,
+        description="local directory for the resumable state (default under the root, or ./.gpt2ja-state for gs://)",
+    )
+    warc: bool | None = Field(
+        None,
+        description="store the raw responses as WARC files in warc/ beside the documents "
+        "(default: on for web, off for aozora)",
+    )
+    warc_file_bytes: int = Field(
+        DEFAULT_FILE_BYTES,
+        ge=1,
+        description="a WARC file is closed and published when it reaches this many bytes (compressed)",
+    )
     settings: dict = Field(default_factory=dict, description="extra Scrapy settings (advanced)")
     url_alias: dict[str, str] = Field(
-        default_factory=dict, description="documents fetched from a URL under a key are recorded under its value "
-                                          "(a local mirror on 127.0.0.1:PORT keeps the site's address, so document "
-                                          "ids do not depend on the port)")
+        default_factory=dict,
+        description="documents fetched from a URL under a key are recorded under its value "
+        "(a local mirror on 127.0.0.1:PORT keeps the site's address, so document "
+        "ids do not depend on the port)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "CrawlConfig":
@@ -92,8 +121,10 @@ class CrawlConfig(BaseModel):
         if not self.start_urls and not self.sitemaps:
             raise ValueError("give at least one start URL (--start-url / --seed) or sitemap (--sitemap)")
         if self.polite and self.download_delay < 1.0:
-            raise ValueError("a polite crawl waits at least 1 s between requests to a domain "
-                             "(use polite=False only for a local mirror)")
+            raise ValueError(
+                "a polite crawl waits at least 1 s between requests to a domain "
+                "(use polite=False only for a local mirror)"
+            )
         if self.polite and not self.obey_robots:
             raise ValueError("a polite crawl honours robots.txt; set polite=False to change that")
         return self
@@ -163,14 +194,22 @@ def scrapy_settings(cfg: CrawlConfig) -> dict:
     }
     if cfg.contact:
         from gpt2ja.crawler.settings import USER_AGENT
+
         s["USER_AGENT"] = USER_AGENT.rstrip(")") + f"; contact: {cfg.contact})"
     if cfg.polite:
         s["DOWNLOAD_DELAY"] = cfg.download_delay
         s["AUTOTHROTTLE_START_DELAY"] = cfg.download_delay
     else:
         # A local mirror: no delays, several requests at once. robots.txt is still honoured.
-        s.update({"DOWNLOAD_DELAY": 0, "AUTOTHROTTLE_ENABLED": False, "CONCURRENT_REQUESTS": 16,
-                  "CONCURRENT_REQUESTS_PER_DOMAIN": 8, "RETRY_TIMES": 0})
+        s.update(
+            {
+                "DOWNLOAD_DELAY": 0,
+                "AUTOTHROTTLE_ENABLED": False,
+                "CONCURRENT_REQUESTS": 16,
+                "CONCURRENT_REQUESTS_PER_DOMAIN": 8,
+                "RETRY_TIMES": 0,
+            }
+        )
     s.update(cfg.settings)
     return s
 
@@ -227,12 +266,15 @@ def run_crawl(cfg: CrawlConfig, *, fresh: bool = False) -> str:
             raise CrawlError(f"{where}: {extensions.FAILED.pop(cfg.out_uri)}")
         manifest = extensions.FINISHED.pop(cfg.out_uri, None)
         if manifest is None:
-            raise CrawlError(f"{where} stopped before its end (see {cfg.log_path}); rerun the same command to "
-                             "resume it")
+            raise CrawlError(
+                f"{where} stopped before its end (see {cfg.log_path}); rerun the same command to resume it"
+            )
         return manifest
 
-    refuse = (f"{cfg.out_uri} already holds a finished crawl made with another config; "
-              "choose another --crawl-id (or delete that directory)")
+    refuse = (
+        f"{cfg.out_uri} already holds a finished crawl made with another config; "
+        "choose another --crawl-id (or delete that directory)"
+    )
     outcome = run_stage("crawl", cfg.out_uri, fingerprint=fp, build=build, replace=True if fresh else refuse)
     if outcome.skipped:
         print(f"{where}: already complete in {cfg.out_uri} (manifest matches); skipped", file=sys.stderr)
@@ -274,16 +316,25 @@ def _after_a_kill(cfg: CrawlConfig, where: str) -> dict:
     if not os.path.exists(marker):
         return {}
     shutil.rmtree(os.path.join(cfg.state_path, "jobdir"), ignore_errors=True)
-    print(f"{where}: the last session ended without closing (killed?); its request queue cannot be trusted, "
-          "so the crawl starts again from its start URLs, keeping the documents already stored", file=sys.stderr)
+    print(
+        f"{where}: the last session ended without closing (killed?); its request queue cannot be trusted, "
+        "so the crawl starts again from its start URLs, keeping the documents already stored",
+        file=sys.stderr,
+    )
     if cfg.source not in SKIP_KNOWN_SOURCES:
         return {}
     known = list(cfg.settings.get("GPT2JA_KNOWN_CRAWLS", [])) + [cfg.out_uri]
     return known_settings(known)
 
 
-def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: dict | None = None,
-                        show_progress: bool = False, fresh: bool = False) -> str:
+def crawl_in_subprocess(
+    cfg: CrawlConfig,
+    *,
+    timeout: float | None = None,
+    env: dict | None = None,
+    show_progress: bool = False,
+    fresh: bool = False,
+) -> str:
     """Run the crawl in a fresh Python process (the reactor cannot restart); returns the output URI.
 
     The child's output (its status lines and errors; Scrapy's log goes to
@@ -295,8 +346,9 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
     import threading
 
     cmd = [sys.executable, "-m", "gpt2ja.crawler.runner", cfg.model_dump_json(), *(["--fresh"] if fresh else [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     tail: collections.deque[str] = collections.deque(maxlen=15)
 
     def pump() -> None:
@@ -323,8 +375,9 @@ def crawl_in_subprocess(cfg: CrawlConfig, *, timeout: float | None = None, env: 
         if proc.returncode == 1 and said:  # a refusal for people (a held lock, an unfinished crawl): no retry helps
             raise CrawlError(said[-1].removeprefix("error: "))
         lines = "\n".join(tail)
-        raise RuntimeError(f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}; its log: "
-                           f"{cfg.log_path}):\n{lines}")
+        raise RuntimeError(
+            f"crawl {cfg.source}/{cfg.crawl_id} failed (exit {proc.returncode}; its log: {cfg.log_path}):\n{lines}"
+        )
     return cfg.out_uri
 
 

@@ -20,7 +20,7 @@ USER_AGENT = f"gpt2ja-crawler/{__version__} (Japanese GPT-2 corpus research; pol
 ROBOTSTXT_OBEY = True
 CONCURRENT_REQUESTS = 8
 CONCURRENT_REQUESTS_PER_DOMAIN = 1
-DOWNLOAD_DELAY = 1.0                 # seconds between requests to one domain, at least
+DOWNLOAD_DELAY = 1.0  # seconds between requests to one domain, at least
 # Never randomised: a random factor would go below 1 s half the time. Scrapy ≥ 2.14 names this
 # DOWNLOAD_DELAY_JITTER (and warns about the old name); older ones RANDOMIZE_DOWNLOAD_DELAY.
 if hasattr(_scrapy_defaults, "DOWNLOAD_DELAY_JITTER"):

@@ -58,8 +58,19 @@ from gpt2ja.corpus.document import Document, canonical_url
 from gpt2ja.corpus.jsonl import ShardWriter, part_name
 from gpt2ja.crawler.extract.web import PageRejected, decode_html, kana_ratio, page_from_html
 from gpt2ja.crawler.runner import CrawlConfig, default_crawl_id
-from gpt2ja.crawler.warc_inputs import (DEFAULT_PATHS_BASE, SUFFIXES, Retry, WarcError, head_size, is_archive, is_http,
-                                 is_listing, listing_inputs, open_input, refuse_s3)
+from gpt2ja.crawler.warc_inputs import (
+    DEFAULT_PATHS_BASE,
+    SUFFIXES,
+    Retry,
+    WarcError,
+    head_size,
+    is_archive,
+    is_http,
+    is_listing,
+    listing_inputs,
+    open_input,
+    refuse_s3,
+)
 from gpt2ja.crawler.warc_records import iter_records
 from gpt2ja.infra import storage
 from gpt2ja.infra.stage import run_stage
@@ -68,8 +79,21 @@ logger = logging.getLogger("gpt2ja.crawl")
 
 WORK_DIR = "_work"
 #: what a record can be dropped for (the first five as the ``web`` spider names them)
-DROPS = ("not_html", "empty_page", "bad_encoding", "no_main_content", "not_japanese", "empty_text", "too_short",
-         "duplicate_url", "too_large", "http_<status>", "malformed_record", "bad_gzip", "truncated_gzip")
+DROPS = (
+    "not_html",
+    "empty_page",
+    "bad_encoding",
+    "no_main_content",
+    "not_japanese",
+    "empty_text",
+    "too_short",
+    "duplicate_url",
+    "too_large",
+    "http_<status>",
+    "malformed_record",
+    "bad_gzip",
+    "truncated_gzip",
+)
 VERSION = 1  # bump when a change to the extraction should rebuild finished outputs
 
 
@@ -90,37 +114,66 @@ class WarcConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(min_length=1, description="WARC/WET files (.warc.gz, .warc, .wet.gz, .wet), folders "
-                                                       "of them, gs:// objects and prefixes, http(s):// file URLs, "
-                                                       "or path listings (warc.paths.gz, wet.paths.gz, *.paths)")
+    paths: list[str] = Field(
+        min_length=1,
+        description="WARC/WET files (.warc.gz, .warc, .wet.gz, .wet), folders "
+        "of them, gs:// objects and prefixes, http(s):// file URLs, "
+        "or path listings (warc.paths.gz, wet.paths.gz, *.paths)",
+    )
     root: str = Field("data", description="run root: a local directory or gs://bucket/prefix")
-    crawl_id: str = Field(default_factory=default_crawl_id, pattern=r"^[A-Za-z0-9._-]+$",
-                          description="names the output {root}/raw/warc/{crawl_id}; the same id resumes")
-    min_kana_ratio: float = Field(_default("min_kana_ratio"), ge=0, le=1,
-                                  description="pages with fewer hiragana+katakana are not Japanese (not_japanese)")
+    crawl_id: str = Field(
+        default_factory=default_crawl_id,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="names the output {root}/raw/warc/{crawl_id}; the same id resumes",
+    )
+    min_kana_ratio: float = Field(
+        _default("min_kana_ratio"),
+        ge=0,
+        le=1,
+        description="pages with fewer hiragana+katakana are not Japanese (not_japanese)",
+    )
     min_chars: int = Field(_default("min_chars"), ge=1, description="shorter texts are dropped (too_short)")
-    max_bytes: int = Field(_default("download_maxsize"), gt=0,
-                           description="records with a larger body are dropped (too_large)")
-    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
-                         description="processes reading files in parallel (one file each)")
-    paths_base: str = Field(DEFAULT_PATHS_BASE, min_length=1,
-                            description="what the relative paths of a path listing are joined to (a URL, gs:// "
-                                        "prefix or folder)")
+    max_bytes: int = Field(
+        _default("download_maxsize"), gt=0, description="records with a larger body are dropped (too_large)"
+    )
+    workers: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="processes reading files in parallel (one file each)",
+    )
+    paths_base: str = Field(
+        DEFAULT_PATHS_BASE,
+        min_length=1,
+        description="what the relative paths of a path listing are joined to (a URL, gs:// prefix or folder)",
+    )
     offset: int = Field(0, ge=0, description="entries skipped at the start of each path listing")
-    limit: int | None = Field(None, ge=1, description="at most this many entries of each path listing, after "
-                                                      "`offset` (--first); a Common Crawl snapshot lists ~90,000")
-    http_retries: int = Field(5, ge=0, le=100, description="retries in a row of a failed HTTP request "
-                                                           "(connection, timeout, 5xx, 429), from the byte reached")
-    http_backoff_s: float = Field(2.0, ge=0, le=120, description="the wait before the first retry, doubled for "
-                                                                 "each next one (at most 120 s)")
-    http_timeout_s: float = Field(60.0, gt=0, le=3600, description="seconds a request may wait for an answer or a "
-                                                                   "byte before it counts as failed")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="at most this many entries of each path listing, after "
+        "`offset` (--first); a Common Crawl snapshot lists ~90,000",
+    )
+    http_retries: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="retries in a row of a failed HTTP request (connection, timeout, 5xx, 429), from the byte reached",
+    )
+    http_backoff_s: float = Field(
+        2.0, ge=0, le=120, description="the wait before the first retry, doubled for each next one (at most 120 s)"
+    )
+    http_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="seconds a request may wait for an answer or a byte before it counts as failed"
+    )
 
     @model_validator(mode="after")
     def _selection_needs_a_listing(self):
         if (self.offset or self.limit is not None) and not any(is_listing(p) for p in self.paths):
-            raise ValueError("first/limit and offset select entries of a path listing (warc.paths.gz, wet.paths.gz, "
-                             "*.paths), and none of the paths is one; give a listing, or leave them out")
+            raise ValueError(
+                "first/limit and offset select entries of a path listing (warc.paths.gz, wet.paths.gz, "
+                "*.paths), and none of the paths is one; give a listing, or leave them out"
+            )
         return self
 
     @property
@@ -135,16 +188,26 @@ class WarcConfig(BaseModel):
         """What defines the output: the input files (and their sizes), in order, the listings' selection when
         there is a listing, and the extraction settings."""
         listed = any(is_listing(p) for p in self.paths)
-        return {"source": "warc", "version": VERSION, "inputs": [list(i) for i in inputs],
-                **self.model_dump(include={"crawl_id", "min_kana_ratio", "min_chars", "max_bytes"}),
-                **({"listing": self.model_dump(include={"paths_base", "offset", "limit"})} if listed else {})}
+        return {
+            "source": "warc",
+            "version": VERSION,
+            "inputs": [list(i) for i in inputs],
+            **self.model_dump(include={"crawl_id", "min_kana_ratio", "min_chars", "max_bytes"}),
+            **({"listing": self.model_dump(include={"paths_base", "offset", "limit"})} if listed else {}),
+        }
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def expand_paths(paths: list[str], *, paths_base: str = DEFAULT_PATHS_BASE, offset: int = 0,
-                 limit: int | None = None, retry: Retry = Retry()) -> list[tuple[str, int]]:
+def expand_paths(
+    paths: list[str],
+    *,
+    paths_base: str = DEFAULT_PATHS_BASE,
+    offset: int = 0,
+    limit: int | None = None,
+    retry: Retry = Retry(),
+) -> list[tuple[str, int]]:
     """``[(file URI, size)]``: the given files, the archives in the given folders and prefixes (sorted), and
     the selected entries of the given path listings (in their order), each file once.
 
@@ -180,14 +243,20 @@ def expand_paths(paths: list[str], *, paths_base: str = DEFAULT_PATHS_BASE, offs
         if os.path.isfile(local):
             found.append((local, os.path.getsize(local)))
         elif os.path.isdir(local):
-            inside = sorted(os.path.join(d, n) for d, _, names in os.walk(local) for n in names
-                            if is_archive(n) and not n.startswith("."))
+            inside = sorted(
+                os.path.join(d, n)
+                for d, _, names in os.walk(local)
+                for n in names
+                if is_archive(n) and not n.startswith(".")
+            )
             if not inside:
                 raise WarcError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
             found.extend((p, os.path.getsize(p)) for p in inside)
         else:
-            raise WarcError(f"{path}: no such file or folder; give WARC/WET files (.warc.gz, .wet.gz), "
-                            "folders of them, gs:// or https:// URIs, or a warc.paths.gz listing")
+            raise WarcError(
+                f"{path}: no such file or folder; give WARC/WET files (.warc.gz, .wet.gz), "
+                "folders of them, gs:// or https:// URIs, or a warc.paths.gz listing"
+            )
     seen, unique = set(), []
     for uri, size in found:  # a file named twice (directly and by its folder) is read once
         if uri not in seen:
@@ -245,11 +314,21 @@ def response_document(record, cfg: WarcConfig) -> Document:
         candidate = urljoin(url, page.canonical_url)
         if _same_site(candidate, url):
             doc_url = candidate
-    return Document.new(source="web", url=canonical_url(doc_url), text=page.text, title=page.title,
-                        author=page.author, license=page.meta.get("license", ""),
-                        meta={"fetched_url": url, "encoding": page.encoding,
-                              "encoding_source": page.encoding_source, "kana_ratio": page.kana_ratio,
-                              **{k: v for k, v in page.meta.items() if k != "license"}})
+    return Document.new(
+        source="web",
+        url=canonical_url(doc_url),
+        text=page.text,
+        title=page.title,
+        author=page.author,
+        license=page.meta.get("license", ""),
+        meta={
+            "fetched_url": url,
+            "encoding": page.encoding,
+            "encoding_source": page.encoding_source,
+            "kana_ratio": page.kana_ratio,
+            **{k: v for k, v in page.meta.items() if k != "license"},
+        },
+    )
 
 
 def conversion_document(record, cfg: WarcConfig) -> Document:
@@ -272,8 +351,10 @@ def conversion_document(record, cfg: WarcConfig) -> Document:
     return Document.new(source="web", url=canonical_url(url), text=text.strip(), meta=meta)
 
 
-READERS: dict[str, Callable[[Any, WarcConfig], Document]] = {"response": response_document,
-                                                             "conversion": conversion_document}
+READERS: dict[str, Callable[[Any, WarcConfig], Document]] = {
+    "response": response_document,
+    "conversion": conversion_document,
+}
 
 
 def documents(fh: IO[bytes], where: str, cfg: WarcConfig, drops: Counter, records: Counter) -> Iterator[Document]:
@@ -310,8 +391,13 @@ def documents(fh: IO[bytes], where: str, cfg: WarcConfig, drops: Counter, record
             continue
         seen.add(doc.id)
         doc.fetched_at = record.rec_headers.get_header("WARC-Date") or doc.fetched_at
-        doc.meta.update({"warc_record_id": record.rec_headers.get_header("WARC-Record-ID") or "",
-                         "warc_file": where, "warc_offset": offset})
+        doc.meta.update(
+            {
+                "warc_record_id": record.rec_headers.get_header("WARC-Record-ID") or "",
+                "warc_file": where,
+                "warc_offset": offset,
+            }
+        )
         yield doc
 
 
@@ -334,15 +420,25 @@ def read_file(job: tuple) -> dict:
     drops: Counter = Counter()
     records: Counter = Counter()
     started = time.time()
-    with open_input(uri, size, cfg.retry) as fh, ShardWriter(out, max_docs=10**12, max_bytes=1 << 62,
-                                                    start_index=index) as writer:
+    with (
+        open_input(uri, size, cfg.retry) as fh,
+        ShardWriter(out, max_docs=10**12, max_bytes=1 << 62, start_index=index) as writer,
+    ):
         for doc in documents(fh, uri, cfg, drops, records):
             writer.write(doc)
     info = storage.file_info(part, root=out) if writer.published else None
-    record = {"fingerprint": fp, "index": index, "input": uri, "input_bytes": size, "part": info,
-              "documents": writer.documents, "characters": writer.characters,
-              "records": dict(sorted(records.items())), "drops": dict(sorted(drops.items())),
-              "seconds": round(time.time() - started, 3)}
+    record = {
+        "fingerprint": fp,
+        "index": index,
+        "input": uri,
+        "input_bytes": size,
+        "part": info,
+        "documents": writer.documents,
+        "characters": writer.characters,
+        "records": dict(sorted(records.items())),
+        "drops": dict(sorted(drops.items())),
+        "seconds": round(time.time() - started, 3),
+    }
     storage.write_text(_record_uri(out, index), json.dumps(record, ensure_ascii=False, sort_keys=True))
     logger.info("warc %s: %d documents, drops %s", uri, writer.documents, dict(drops))
     return record
@@ -387,8 +483,7 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
 
     def build() -> dict:
         done = {i: rec for i in range(len(inputs)) if (rec := _valid_record(out, i, fp)) is not None}
-        todo = [(i, uri, size, cfg.model_dump_json(), out, fp) for i, (uri, size) in enumerate(inputs)
-                if i not in done]
+        todo = [(i, uri, size, cfg.model_dump_json(), out, fp) for i, (uri, size) in enumerate(inputs) if i not in done]
         if todo:
             from gpt2ja.infra.parallel import pool_map
 
@@ -401,18 +496,28 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
         for rec in recs:
             drops.update(rec["drops"])
             kinds.update(rec["records"])
-        counts = {"files_read": len(recs), "documents": sum(r["documents"] for r in recs),
-                  "characters": sum(r["characters"] for r in recs), "records": dict(sorted(kinds.items())),
-                  "drops": dict(sorted(drops.items()))}
+        counts = {
+            "files_read": len(recs),
+            "documents": sum(r["documents"] for r in recs),
+            "characters": sum(r["characters"] for r in recs),
+            "records": dict(sorted(kinds.items())),
+            "drops": dict(sorted(drops.items())),
+        }
         if counts["documents"] == 0:
             top = ", ".join(f"{k} {v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:4]) or "none"
-            raise WarcError(f"no Japanese document in {len(recs)} WARC/WET file(s) (records {dict(kinds)}; drops: "
-                            f"{top}); check the inputs, or lower --min-kana-ratio")
+            raise WarcError(
+                f"no Japanese document in {len(recs)} WARC/WET file(s) (records {dict(kinds)}; drops: "
+                f"{top}); check the inputs, or lower --min-kana-ratio"
+            )
         files = [r["part"] for r in recs if r["part"] is not None]
-        return storage.build_manifest(stage="crawl", config=config, counts=counts, files=files,
-                                      timings={"seconds": round(time.time() - started, 3)},
-                                      extra={"per_file": [{"input": r["input"], "documents": r["documents"],
-                                                           "drops": r["drops"]} for r in recs]})
+        return storage.build_manifest(
+            stage="crawl",
+            config=config,
+            counts=counts,
+            files=files,
+            timings={"seconds": round(time.time() - started, 3)},
+            extra={"per_file": [{"input": r["input"], "documents": r["documents"], "drops": r["drops"]} for r in recs]},
+        )
 
     # folders and prefixes go to run_stage's check (an output inside one would be read back); a file cannot
     # hold the output, but one inside the output would be deleted by the rebuild
@@ -425,8 +530,11 @@ def crawl_warc(cfg: WarcConfig, map_parts: Callable[[Callable, list, list[str]],
         print(f"crawl warc/{cfg.crawl_id}: already complete in {out}; skipped", file=sys.stderr)
         return out
     c = outcome.manifest["counts"]
-    print(f"crawl warc: {c['documents']} documents from {c['files_read']} file(s) "
-          f"({len(redone)} read now, {c['files_read'] - len(redone)} finished earlier) → {out}", file=sys.stderr)
+    print(
+        f"crawl warc: {c['documents']} documents from {c['files_read']} file(s) "
+        f"({len(redone)} read now, {c['files_read'] - len(redone)} finished earlier) → {out}",
+        file=sys.stderr,
+    )
     return out
 
 

@@ -53,20 +53,28 @@ def write_warc(out: str, pages: list[tuple[str, str, bytes]], missing: list[str]
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     with open(out, "wb") as fh:
         writer = WARCWriter(fh, gzip=True)
-        info = writer.create_warcinfo_record(os.path.basename(out), {"software": "gpt2ja crawler.warc_demo",
-                                                                      "description": "examples/aozora-mirror"})
+        info = writer.create_warcinfo_record(
+            os.path.basename(out), {"software": "gpt2ja crawler.warc_demo", "description": "examples/aozora-mirror"}
+        )
         info.rec_headers.replace_header("WARC-Date", DATE.strftime("%Y-%m-%dT%H:%M:%SZ"))
         info.rec_headers.replace_header("WARC-Record-ID", _record_id(f"warcinfo:{os.path.basename(out)}"))
         writer.write_record(info)
         answers = [(url, "200 OK", ctype, body) for url, ctype, body in pages]
         answers += [(url, "404 Not Found", "text/html", b"<html><body>Not Found</body></html>") for url in missing]
         for i, (url, status, ctype, body) in enumerate(answers):
-            headers = StatusAndHeaders(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))],
-                                       protocol="HTTP/1.1")
+            headers = StatusAndHeaders(
+                status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1"
+            )
             date = (DATE + timedelta(seconds=i + 1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            writer.write_record(writer.create_warc_record(
-                url, "response", payload=io.BytesIO(body), http_headers=headers,
-                warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(url)}))
+            writer.write_record(
+                writer.create_warc_record(
+                    url,
+                    "response",
+                    payload=io.BytesIO(body),
+                    http_headers=headers,
+                    warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(url)},
+                )
+            )
 
 
 def make_demo(out: str, mirror: Path = MIRROR) -> str:

@@ -97,8 +97,10 @@ class Retry:
     def after(self, url: str, failures: int, problem: object) -> None:
         """Wait before try ``failures + 1``; raise :class:`FetchError` when the retries are used up."""
         if failures > self.retries:
-            raise FetchError(f"{url}: still failing after {failures} attempts (last: {problem}); rerun the same "
-                             "command later: the files already read are kept")
+            raise FetchError(
+                f"{url}: still failing after {failures} attempts (last: {problem}); rerun the same "
+                "command later: the files already read are kept"
+            )
         delay = min(MAX_WAIT_S, self.backoff_s * 2 ** (failures - 1))
         logger.warning("%s: %s; retry %d of %d in %.1f s", url, problem, failures, self.retries, delay)
         time.sleep(delay)
@@ -119,10 +121,12 @@ def is_archive(name: str) -> bool:
 
 def refuse_s3(uri: str) -> None:
     """``s3://`` → one line with the https URL of the same object (Common Crawl's bucket) or what to use."""
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     where = DEFAULT_PATHS_BASE + key if bucket == "commoncrawl" else "its https:// URL, or copy it to gs://"
-    raise WarcError(f"{uri}: s3:// needs AWS credentials and a client this project does not carry; "
-                    f"read the same file over HTTPS instead: {where}")
+    raise WarcError(
+        f"{uri}: s3:// needs AWS credentials and a client this project does not carry; "
+        f"read the same file over HTTPS instead: {where}"
+    )
 
 
 def _open(url: str, retry: Retry, method: str = "GET", headers: dict | None = None) -> http.client.HTTPResponse:
@@ -195,8 +199,10 @@ class HttpFile(io.RawIOBase):
             self.at, total = 0, length
         if self.size >= 0 and total is not None and total != self.size:
             resp.close()
-            raise WarcError(f"{self.url}: {total:,} bytes now, {self.size:,} when this crawl started: the file "
-                            "changed; rerun the same command to read the new version")
+            raise WarcError(
+                f"{self.url}: {total:,} bytes now, {self.size:,} when this crawl started: the file "
+                "changed; rerun the same command to read the new version"
+            )
         if self.validator is None:
             etag = resp.headers.get("ETag") or ""
             self.validator = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
@@ -224,12 +230,15 @@ class HttpFile(io.RawIOBase):
                     self._start()
                 data = self.resp.read(n)
                 if not data and not self._complete():
-                    raise ConnectionError(f"connection closed at byte {self.at:,} of "
-                                          f"{self.end if self.end is not None else self.size:,}")
+                    raise ConnectionError(
+                        f"connection closed at byte {self.at:,} of {self.end if self.end is not None else self.size:,}"
+                    )
             except _Refused as err:
                 self._stop()
-                raise WarcError(f"{self.url}: {err} while reading it; check the URL, then rerun the same command "
-                                "(the files already read are kept)") from None
+                raise WarcError(
+                    f"{self.url}: {err} while reading it; check the URL, then rerun the same command "
+                    "(the files already read are kept)"
+                ) from None
             except TRANSIENT as err:
                 self._stop()
                 self.failures += 1
@@ -242,7 +251,7 @@ class HttpFile(io.RawIOBase):
             start, self.at = self.at, self.at + len(data)
             if self.at <= self.pos:  # bytes already handed out (a server that sent the whole file again)
                 continue
-            data = data[self.pos - start:] if start < self.pos else data
+            data = data[self.pos - start :] if start < self.pos else data
             self.pos += len(data)
             self.failures = 0
             return data
@@ -250,7 +259,7 @@ class HttpFile(io.RawIOBase):
 
     def readinto(self, b) -> int:
         data = self.read(len(b))
-        b[:len(data)] = data
+        b[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -285,18 +294,25 @@ def read_listing(uri: str, base: str, offset: int, limit: int | None, retry: Ret
                     continue
                 seen += 1
                 if not is_archive(urlsplit(line).path):
-                    raise WarcError(f"{uri}: entry {seen} ({line}) is not a WARC/WET file ({', '.join(SUFFIXES)}); "
-                                    "give a warc.paths.gz or wet.paths.gz listing (wat and cdx files hold no pages)")
+                    raise WarcError(
+                        f"{uri}: entry {seen} ({line}) is not a WARC/WET file ({', '.join(SUFFIXES)}); "
+                        "give a warc.paths.gz or wet.paths.gz listing (wat and cdx files hold no pages)"
+                    )
                 if seen > offset:
                     entries.append(_entry_uri(base, line))
                 if limit is not None and len(entries) >= limit:
                     break
         except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as exc:
-            raise WarcError(f"{uri}: not a readable path listing ({type(exc).__name__}: {exc}); give a "
-                            "warc.paths.gz or wet.paths.gz listing (one path a line)") from None
+            raise WarcError(
+                f"{uri}: not a readable path listing ({type(exc).__name__}: {exc}); give a "
+                "warc.paths.gz or wet.paths.gz listing (one path a line)"
+            ) from None
     if not entries:
-        raise WarcError(f"{uri}: no entries after the first {offset} (it lists {seen}); lower --offset" if offset
-                        else f"{uri}: lists no files; give a warc.paths.gz or wet.paths.gz listing")
+        raise WarcError(
+            f"{uri}: no entries after the first {offset} (it lists {seen}); lower --offset"
+            if offset
+            else f"{uri}: lists no files; give a warc.paths.gz or wet.paths.gz listing"
+        )
     return entries
 
 
@@ -306,8 +322,10 @@ def listing_inputs(uri: str, base: str, offset: int, limit: int | None, retry: R
 
     def size(item: tuple[int, str]) -> int:
         n, entry = item
-        hint = (f" (entry {offset + n} of {uri}, its path joined to --paths-base {base}); check --paths-base, "
-                "or leave the entry out with --offset/--first")
+        hint = (
+            f" (entry {offset + n} of {uri}, its path joined to --paths-base {base}); check --paths-base, "
+            "or leave the entry out with --offset/--first"
+        )
         if is_http(entry):
             return head_size(entry, retry, hint)
         try:

@@ -91,15 +91,15 @@ def file_name(prefix: str, index: int) -> str:
 class Fetched:
     """One response as the crawler received it, with its request: plain data (no Scrapy here)."""
 
-    url: str                                   # WARC-Target-URI: the final URL
+    url: str  # WARC-Target-URI: the final URL
     status: int
-    headers: list[tuple[str, str]]             # as received, in order
-    body: bytes                                # decoded (no transfer or content coding left but Content-Encoding's)
-    fetched_at: str                            # WARC-Date, e.g. 2026-01-01T00:00:00Z
+    headers: list[tuple[str, str]]  # as received, in order
+    body: bytes  # decoded (no transfer or content coding left but Content-Encoding's)
+    fetched_at: str  # WARC-Date, e.g. 2026-01-01T00:00:00Z
     protocol: str = "HTTP/1.1"
     ip_address: str = ""
     method: str = "GET"
-    request_url: str = ""                      # the address asked (default: url)
+    request_url: str = ""  # the address asked (default: url)
     request_headers: list[tuple[str, str]] = field(default_factory=list)
     request_body: bytes = b""
     redirected_from: list[str] = field(default_factory=list)
@@ -113,11 +113,20 @@ def from_scrapy(response, request, fetched_at: str, alias: dict[str, str] | None
         return [(k.decode("latin-1"), v.decode("latin-1")) for k in headers for v in headers.getlist(k)]
 
     alias = alias or {}
-    return Fetched(url=aliased(response.url, alias), status=response.status, headers=pairs(response.headers),
-                   body=response.body, fetched_at=fetched_at, protocol=getattr(response, "protocol", None) or
-                   "HTTP/1.1", ip_address=str(getattr(response, "ip_address", None) or ""), method=request.method,
-                   request_url=request.url, request_headers=pairs(request.headers), request_body=request.body or b"",
-                   redirected_from=[aliased(u, alias) for u in request.meta.get("redirect_urls", [])])
+    return Fetched(
+        url=aliased(response.url, alias),
+        status=response.status,
+        headers=pairs(response.headers),
+        body=response.body,
+        fetched_at=fetched_at,
+        protocol=getattr(response, "protocol", None) or "HTTP/1.1",
+        ip_address=str(getattr(response, "ip_address", None) or ""),
+        method=request.method,
+        request_url=request.url,
+        request_headers=pairs(request.headers),
+        request_body=request.body or b"",
+        redirected_from=[aliased(u, alias) for u in request.meta.get("redirect_urls", [])],
+    )
 
 
 def response_headers(fetched: Fetched):
@@ -154,13 +163,24 @@ def record_bytes(fetched: Fetched) -> bytes:
         warc["WARC-IP-Address"] = fetched.ip_address
     if fetched.redirected_from:
         warc[REDIRECTED_FROM] = " ".join(fetched.redirected_from)
-    response = writer.create_warc_record(fetched.url, "response", payload=io.BytesIO(fetched.body),
-                                         http_headers=response_headers(fetched), warc_headers_dict=warc)
+    response = writer.create_warc_record(
+        fetched.url,
+        "response",
+        payload=io.BytesIO(fetched.body),
+        http_headers=response_headers(fetched),
+        warc_headers_dict=warc,
+    )
     writer.write_record(response)
     request = writer.create_warc_record(
-        fetched.url, "request", payload=io.BytesIO(fetched.request_body), http_headers=request_headers(fetched),
-        warc_headers_dict={"WARC-Date": fetched.fetched_at,
-                           "WARC-Concurrent-To": response.rec_headers.get_header("WARC-Record-ID")})
+        fetched.url,
+        "request",
+        payload=io.BytesIO(fetched.request_body),
+        http_headers=request_headers(fetched),
+        warc_headers_dict={
+            "WARC-Date": fetched.fetched_at,
+            "WARC-Concurrent-To": response.rec_headers.get_header("WARC-Record-ID"),
+        },
+    )
     writer.write_record(request)
     return buf.getvalue()
 
@@ -205,18 +225,26 @@ class WarcFiles:
     ``too_large``); :meth:`close` publishes the file being filled.
     """
 
-    def __init__(self, out_uri: str, state_dir: str, prefix: str, *, info: dict[str, str] | None = None,
-                 max_file_bytes: int = DEFAULT_FILE_BYTES, max_record_bytes: int = 1 << 62) -> None:
+    def __init__(
+        self,
+        out_uri: str,
+        state_dir: str,
+        prefix: str,
+        *,
+        info: dict[str, str] | None = None,
+        max_file_bytes: int = DEFAULT_FILE_BYTES,
+        max_record_bytes: int = 1 << 62,
+    ) -> None:
         self.out_uri, self.folder = out_uri, storage.join(out_uri, FOLDER)
         self.state_dir, self.prefix, self.info = state_dir, prefix, dict(info or {})
         self.max_file_bytes, self.max_record_bytes = max_file_bytes, max_record_bytes
         self.published: list[str] = []
-        self.kinds: Counter = Counter()         # records by type, over every file of the crawl
-        self.stored: set[str] = set()           # response URIs already in a file of the crawl
-        self.notes: list[str] = []              # what open() found and repaired, for the log
-        self._path: str | None = None           # the file being filled (local)
+        self.kinds: Counter = Counter()  # records by type, over every file of the crawl
+        self.stored: set[str] = set()  # response URIs already in a file of the crawl
+        self.notes: list[str] = []  # what open() found and repaired, for the log
+        self._path: str | None = None  # the file being filled (local)
         self._size = 0
-        self._responses = 0                     # responses in the file being filled
+        self._responses = 0  # responses in the file being filled
         self._next = 0
 
     # ------------------------------------------------------------------ open: what earlier sessions left
@@ -257,8 +285,10 @@ class WarcFiles:
         if end < size:
             with open(path, "r+b") as fh:
                 fh.truncate(end)
-            self.notes.append(f"{path}: cut back to its last complete record ({size - end:,} bytes of a record "
-                              f"torn by the kill removed: {problem or 'trailing bytes'})")
+            self.notes.append(
+                f"{path}: cut back to its last complete record ({size - end:,} bytes of a record "
+                f"torn by the kill removed: {problem or 'trailing bytes'})"
+            )
         if kinds.get("warcinfo", 0) == 0:  # torn before its first record was whole: start it again
             os.unlink(path)
             return False
@@ -299,7 +329,7 @@ class WarcFiles:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         self._size += len(data)

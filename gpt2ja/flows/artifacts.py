@@ -41,8 +41,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from gpt2ja.infra import storage
 
@@ -113,23 +117,31 @@ def crawl(source: str, crawl_id: str, uri: str) -> None:
 
 def clean(uri: str) -> None:
     c = _manifest(uri)["counts"]
-    rows = [{"measure": "documents in", "value": c["documents_in"]},
-            *({"measure": f"{s} documents", "value": v["documents"]} for s, v in c["splits"].items()),
-            *({"measure": f"{s} characters", "value": v["characters"]} for s, v in c["splits"].items()),
-            {"measure": "characters out", "value": c["characters_out"]}]
+    rows = [
+        {"measure": "documents in", "value": c["documents_in"]},
+        *({"measure": f"{s} documents", "value": v["documents"]} for s, v in c["splits"].items()),
+        *({"measure": f"{s} characters", "value": v["characters"]} for s, v in c["splits"].items()),
+        {"measure": "characters out", "value": c["characters_out"]},
+    ]
     table(key("clean", name_of(uri)), rows + drops_rows(c), f"clean corpus {uri} (report: {uri}/report.md)")
 
 
 def tokenizer(uri: str) -> None:
     m = _manifest(uri)
-    rows = [{"measure": "kind", "value": m.get("kind")},
-            *({"measure": k, "value": v} for k, v in (m.get("counts") or {}).items() if not isinstance(v, dict)),
-            *({"measure": k, "value": v} for k, v in (m.get("stats") or {}).items() if not isinstance(v, dict))]
+    rows = [
+        {"measure": "kind", "value": m.get("kind")},
+        *({"measure": k, "value": v} for k, v in (m.get("counts") or {}).items() if not isinstance(v, dict)),
+        *({"measure": k, "value": v} for k, v in (m.get("stats") or {}).items() if not isinstance(v, dict)),
+    ]
     val = (m.get("stats") or {}).get("validation") or {}
     if val.get("tokens"):
-        rows += [{"measure": "validation bytes_per_token", "value": val.get("bytes_per_token")},
-                 {"measure": "validation byte_fallback_share",
-                  "value": round((val.get("byte_fallback_tokens") or 0) / val["tokens"], 5)}]
+        rows += [
+            {"measure": "validation bytes_per_token", "value": val.get("bytes_per_token")},
+            {
+                "measure": "validation byte_fallback_share",
+                "value": round((val.get("byte_fallback_tokens") or 0) / val["tokens"], 5),
+            },
+        ]
     table(key("tokenizer", name_of(uri)), rows, f"tokenizer {uri}")
 
 
@@ -154,10 +166,12 @@ def train(run_uri: str, metrics: list[dict] | None = None, *, running: str = "")
     so_far = f" (training, at {running})" if running else ""
     table(key("train", name), rows, f"training run {run_uri}: loss per logged step (metrics.jsonl){so_far}")
     png = base64.b64encode(loss_curve_png(metrics, f"{name} (training{', ' + running if running else ''})"))
-    markdown(key("train", name, "loss-curve"),
-             f"# Loss of {run_uri}{so_far}\n\n![loss curve](data:image/png;base64,{png.decode('ascii')})\n\n"
-             f"{_loss_words(metrics)}\n",
-             f"loss curve of {run_uri}{so_far}")
+    markdown(
+        key("train", name, "loss-curve"),
+        f"# Loss of {run_uri}{so_far}\n\n![loss curve](data:image/png;base64,{png.decode('ascii')})\n\n"
+        f"{_loss_words(metrics)}\n",
+        f"loss curve of {run_uri}{so_far}",
+    )
 
 
 # ----------------------------------------------------------------- live: while a stage runs
@@ -200,8 +214,15 @@ class Progress:
             progress(i, len(parts))
     """
 
-    def __init__(self, artifact_key: str, description: str, *, start: float = 0.0, every_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        artifact_key: str,
+        description: str,
+        *,
+        start: float = 0.0,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.key, self.description = artifact_key, description
         self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
         self._clock = clock
@@ -245,7 +266,7 @@ class Progress:
 
 
 class TrainLive:
-    """What the UI shows of a training run while it trains; pass :meth:`on_log` as ``gpt2ja.model.train.train``'s ``on_log``.
+    """What the UI shows of a training run while it trains; pass :meth:`on_log` as ``train()``'s ``on_log``.
 
     * ``train-{run}-progress``: percent of ``steps`` done, from the task's start (a
       resumed run starts where its ``metrics.jsonl`` ends), updated at the log steps
@@ -271,9 +292,12 @@ class TrainLive:
         self._table_at = clock()
         self._table_broken = False
         done = min(self._metrics[-1]["step"], steps) if self._metrics else 0
-        self.progress = Progress(key("train", name_of(run_uri), "progress"),
-                                 f"training run {run_uri}: percent of its {steps:,} steps done",
-                                 start=round(100.0 * done / steps, 1), clock=clock)
+        self.progress = Progress(
+            key("train", name_of(run_uri), "progress"),
+            f"training run {run_uri}: percent of its {steps:,} steps done",
+            start=round(100.0 * done / steps, 1),
+            clock=clock,
+        )
 
     def on_log(self, step: int, record: dict) -> None:
         if not self._resumed:  # a resumed run rewrote metrics.jsonl up to its checkpoint: drop what came after
@@ -304,17 +328,41 @@ def evaluation(eval_uri: str) -> None:
 
     result = json.loads(storage.read_text(storage.join(eval_uri, "eval.json")))
     name = name_of(result["run"])
-    keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "bits_per_token", "tokens_per_character",
-            "texts", "characters", "bytes", "tokens", "context", "stride", "step")
+    keys = (
+        "bits_per_character",
+        "bits_per_byte",
+        "token_perplexity",
+        "bits_per_token",
+        "tokens_per_character",
+        "texts",
+        "characters",
+        "bytes",
+        "tokens",
+        "context",
+        "stride",
+        "step",
+    )
     base = result.get("baselines") or {}
-    base_keys = ("ppmd_order8_bits_per_character", "ppmd_order8_bits_per_byte",
-                 "ppmd_order8_primed_bits_per_character", "ppmd_order8_primed_bits_per_byte", "prime_characters",
-                 "gzip_bits_per_character", "gzip_bits_per_byte", "xz_bits_per_character", "xz_bits_per_byte",
-                 "model_beats_ppmd_order8", "model_beats_ppmd_order8_primed")
+    base_keys = (
+        "ppmd_order8_bits_per_character",
+        "ppmd_order8_bits_per_byte",
+        "ppmd_order8_primed_bits_per_character",
+        "ppmd_order8_primed_bits_per_byte",
+        "prime_characters",
+        "gzip_bits_per_character",
+        "gzip_bits_per_byte",
+        "xz_bits_per_character",
+        "xz_bits_per_byte",
+        "model_beats_ppmd_order8",
+        "model_beats_ppmd_order8_primed",
+    )
     rows = [{"measure": k, "value": result.get(k)} for k in keys]
     rows += [{"measure": k, "value": base.get(k)} for k in base_keys if base]
-    table(key("evaluate", name), rows,
-          f"evaluation of {result['run']} on {', '.join(result['texts_from'])} ({eval_uri}/report.md)")
+    table(
+        key("evaluate", name),
+        rows,
+        f"evaluation of {result['run']} on {', '.join(result['texts_from'])} ({eval_uri}/report.md)",
+    )
     samples = _samples(eval_uri, SAMPLES)
     if samples:
         markdown(key("samples", name), samples_markdown(result["run"], samples), f"samples of {result['run']}")
@@ -331,9 +379,12 @@ def samples_markdown(run_uri: str, samples: list[dict]) -> str:
 def export(uri: str, run_uri: str) -> None:
     m = _manifest(uri)
     rows = [{"file": f["path"], "bytes": f["bytes"], "sha256": f["sha256"][:16]} for f in m.get("files", [])]
-    table(key("export", name_of(run_uri)), rows,
-          f"Hugging Face export of {run_uri} at {uri}: step {m.get('counts', {}).get('step')}, logits checked "
-          f"against transformers (max difference {m.get('max_logit_diff', float('nan')):.2g})")
+    table(
+        key("export", name_of(run_uri)),
+        rows,
+        f"Hugging Face export of {run_uri} at {uri}: step {m.get('counts', {}).get('step')}, logits checked "
+        f"against transformers (max difference {m.get('max_logit_diff', float('nan')):.2g})",
+    )
 
 
 # ----------------------------------------------------------------- words
@@ -341,8 +392,10 @@ def export(uri: str, run_uri: str) -> None:
 
 def sampling_words(s: dict) -> str:
     """``temperature 1.0, top-k 40, top-p 0.9, ≤ 60 characters, seed 0`` from a sample row."""
-    return (f"temperature {float(s.get('temperature', 1.0))}, top-k {s.get('top_k') or 'off'}, "
-            f"top-p {s.get('top_p', 1.0):g}, ≤ {s.get('max_chars')} characters, seed {s.get('seed', 0)}")
+    return (
+        f"temperature {float(s.get('temperature', 1.0))}, top-k {s.get('top_k') or 'off'}, "
+        f"top-p {s.get('top_p', 1.0):g}, ≤ {s.get('max_chars')} characters, seed {s.get('seed', 0)}"
+    )
 
 
 def _loss_words(metrics: list[dict]) -> str:
@@ -350,8 +403,10 @@ def _loss_words(metrics: list[dict]) -> str:
     val = [m for m in metrics if "val_loss" in m]
     words = []
     if train:
-        words.append(f"training loss {train[0]['loss']:.3f} (step {train[0]['step']}) → {train[-1]['loss']:.3f} "
-                     f"(step {train[-1]['step']})")
+        words.append(
+            f"training loss {train[0]['loss']:.3f} (step {train[0]['step']}) → {train[-1]['loss']:.3f} "
+            f"(step {train[-1]['step']})"
+        )
     if val:
         words.append(f"validation loss {val[-1]['val_loss']:.3f} ({val[-1]['val_loss'] / math.log(2):.3f} bits/token)")
     return "; ".join(words) or "no metrics logged"
@@ -368,8 +423,11 @@ def _samples(eval_uri: str, name: str) -> list[dict]:
 def _size(uri: str) -> str:
     m = _manifest(uri)
     total = sum(f.get("bytes", 0) for f in m.get("files", []))
-    return f"{len(m.get('files', []))} files, {total / 2**20:.1f} MiB" if total >= 2**20 else \
-        f"{len(m.get('files', []))} files, {total / 2**10:.0f} KiB"
+    return (
+        f"{len(m.get('files', []))} files, {total / 2**20:.1f} MiB"
+        if total >= 2**20
+        else f"{len(m.get('files', []))} files, {total / 2**10:.0f} KiB"
+    )
 
 
 def _status(result: dict) -> str:
@@ -388,32 +446,45 @@ def summary(config, outcome: dict) -> str:
         c = _manifest(r["uri"])["counts"]
         drops = ", ".join(f"{k} {v}" for k, v in sorted((c.get("drops") or {}).items())) or "nothing"
         pages = f", {c['pages_fetched']:,} pages fetched" if "pages_fetched" in c else ""
-        out.append(f"  crawl      {c['documents']:,} documents, {c['characters']:,} characters{pages}; "
-                   f"dropped: {drops}  [{_status(r)}]")
+        out.append(
+            f"  crawl      {c['documents']:,} documents, {c['characters']:,} characters{pages}; "
+            f"dropped: {drops}  [{_status(r)}]"
+        )
         where.append(("crawl", f"{r['uri']}/part-*.jsonl.gz"))
     c = _manifest(outcome["clean"]["uri"])["counts"]
     splits = " + ".join(f"{v['documents']:,} {s} ({v['characters']:,} characters)" for s, v in c["splits"].items())
     drops = ", ".join(f"{k} {v}" for k, v in sorted(c["drops"].items())) or "nothing"
-    out.append(f"  clean      {c['documents_in']:,} documents in → {splits}; dropped: {drops}  "
-               f"[{_status(outcome['clean'])}]")
+    out.append(
+        f"  clean      {c['documents_in']:,} documents in → {splits}; dropped: {drops}  [{_status(outcome['clean'])}]"
+    )
     where.append(("clean", f"{outcome['clean']['uri']}/{{train,validation}}/part-*.jsonl.gz, report.md"))
     m = _manifest(outcome["tokenizer"]["uri"])
     stats, counts = m.get("stats") or {}, m.get("counts") or {}
     val = stats.get("validation") or {}
-    fallback = (f", {val['byte_fallback_tokens'] / val['tokens']:.2%} byte fallback"
-                if val.get("tokens") and val.get("byte_fallback_tokens") is not None else "")  # bytes: no fallback
-    kind = m.get("kind", "?") + (f" {(m.get('config') or {}).get('model_type')}"
-                                 if (m.get("config") or {}).get("model_type") else "")
-    out.append(f"  tokenizer  {kind}, {counts.get('vocab_size', '?'):,} ids; "
-               f"{stats.get('chars_per_token', float('nan')):.3f} characters/token on "
-               f"{val.get('characters', 0):,} validation characters{fallback}  [{_status(outcome['tokenizer'])}]")
+    fallback = (
+        f", {val['byte_fallback_tokens'] / val['tokens']:.2%} byte fallback"
+        if val.get("tokens") and val.get("byte_fallback_tokens") is not None
+        else ""
+    )  # bytes: no fallback
+    kind = m.get("kind", "?") + (
+        f" {(m.get('config') or {}).get('model_type')}" if (m.get("config") or {}).get("model_type") else ""
+    )
+    out.append(
+        f"  tokenizer  {kind}, {counts.get('vocab_size', '?'):,} ids; "
+        f"{stats.get('chars_per_token', float('nan')):.3f} characters/token on "
+        f"{val.get('characters', 0):,} validation characters{fallback}  [{_status(outcome['tokenizer'])}]"
+    )
     where.append(("tokenizer", outcome["tokenizer"]["uri"]))
     m = _manifest(outcome["shards"]["uri"])
     c = m["counts"]
-    per = "; ".join(f"{s} {v['documents']:,} documents, {v['tokens']:,} tokens, {v['examples']:,} examples"
-                    for s, v in c["splits"].items())
-    out.append(f"  shards     {per}; examples of {m.get('example_len')} ids in {c['shards']} files  "
-               f"[{_status(outcome['shards'])}]")
+    per = "; ".join(
+        f"{s} {v['documents']:,} documents, {v['tokens']:,} tokens, {v['examples']:,} examples"
+        for s, v in c["splits"].items()
+    )
+    out.append(
+        f"  shards     {per}; examples of {m.get('example_len')} ids in {c['shards']} files  "
+        f"[{_status(outcome['shards'])}]"
+    )
     where.append(("shards", f"{outcome['shards']['uri']} ({_size(outcome['shards']['uri'])})"))
     if "train" in outcome:
         from gpt2ja.model.evaluate import read_metrics
@@ -421,25 +492,34 @@ def summary(config, outcome: dict) -> str:
         run = outcome["train"]["uri"]
         m = _manifest(run)
         tc = m.get("counts", {})
-        out.append(f"  train      {config.train.preset or 'init_from'}, {tc.get('parameters', 0):,} parameters, "
-                   f"{tc.get('steps', 0):,} steps ({tc.get('tokens', 0):,} tokens): {_loss_words(read_metrics(run))}  "
-                   f"[{_status(outcome['train'])}]")
+        out.append(
+            f"  train      {config.train.preset or 'init_from'}, {tc.get('parameters', 0):,} parameters, "
+            f"{tc.get('steps', 0):,} steps ({tc.get('tokens', 0):,} tokens): {_loss_words(read_metrics(run))}  "
+            f"[{_status(outcome['train'])}]"
+        )
         where.append(("train", f"{run} (checkpoints/, metrics.jsonl, tensorboard/, hparams.json)"))
     if "evaluate" in outcome:
         ev = outcome["evaluate"]["uri"]
         r = json.loads(storage.read_text(storage.join(ev, "eval.json")))
-        out.append(f"  evaluate   {r['bits_per_character']:.3f} bits/character, {r['bits_per_byte']:.3f} bits/byte, "
-                   f"token perplexity {r['token_perplexity']:.1f} on {r['characters']:,} held-out characters "
-                   f"({r['tokens']:,} tokens)  [{_status(outcome['evaluate'])}]")
+        out.append(
+            f"  evaluate   {r['bits_per_character']:.3f} bits/character, {r['bits_per_byte']:.3f} bits/byte, "
+            f"token perplexity {r['token_perplexity']:.1f} on {r['characters']:,} held-out characters "
+            f"({r['tokens']:,} tokens)  [{_status(outcome['evaluate'])}]"
+        )
         if r.get("baselines"):
             from gpt2ja.model.baselines import verdict
 
             b = r["baselines"]
             primed = b.get("ppmd_order8_primed_bits_per_character")
-            out.append(f"  baselines  PPMd order 8 {b['ppmd_order8_bits_per_character']:.3f} bits/character"
-                       + (f" ({primed:.3f} primed with {b['prime_characters']:,} training characters)"
-                          if primed is not None else " (not primed)")
-                       + f", gzip -9 {b['gzip_bits_per_character']:.3f}, xz -9e {b['xz_bits_per_character']:.3f}")
+            out.append(
+                f"  baselines  PPMd order 8 {b['ppmd_order8_bits_per_character']:.3f} bits/character"
+                + (
+                    f" ({primed:.3f} primed with {b['prime_characters']:,} training characters)"
+                    if primed is not None
+                    else " (not primed)"
+                )
+                + f", gzip -9 {b['gzip_bits_per_character']:.3f}, xz -9e {b['xz_bits_per_character']:.3f}"
+            )
             out += [f"             {line}" for line in verdict(r["bits_per_character"], b)]
         from gpt2ja.model.evaluate import SAMPLES
 
@@ -452,8 +532,10 @@ def summary(config, outcome: dict) -> str:
     if "export" in outcome:
         ex = outcome["export"]["uri"]
         m = _manifest(ex)
-        out.append(f"  export     Hugging Face GPT2LMHeadModel, logits equal to the run's within "
-                   f"{m.get('max_logit_diff', float('nan')):.1g}  [{_status(outcome['export'])}]")
+        out.append(
+            f"  export     Hugging Face GPT2LMHeadModel, logits equal to the run's within "
+            f"{m.get('max_logit_diff', float('nan')):.1g}  [{_status(outcome['export'])}]"
+        )
         where.append(("export", f"{ex} ({_size(ex)})"))
     out += ["", "Artifacts (each directory ends with its _MANIFEST.json):"]
     out += [f"  {stage:<10} {path}" for stage, path in where]
@@ -472,6 +554,6 @@ def _prefect_where() -> str:
     if db.startswith("sqlite"):  # ephemeral mode: the temporary server used this database
         path = db.split(":///", 1)[-1]
         user = os.path.expanduser("~")
-        path = "~" + path[len(user):] if path.startswith(user) else path
+        path = "~" + path[len(user) :] if path.startswith(user) else path
         return f"in Prefect's local database {path}; `prefect server start` shows them"
     return "in Prefect's database"

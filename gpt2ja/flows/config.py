@@ -64,12 +64,12 @@ class ConfigError(Gpt2jaError, ValueError):
 # ----------------------------------------------------------------- crawl
 
 
-
 def _no_root_per_crawl(data):
     """A crawl entry's settings may not name a root: the pipeline has one, at the top level."""
     if isinstance(data, dict) and "root" in data:
         raise ValueError("root is set once for the whole pipeline (the top-level root), not per crawl")
     return data
+
 
 class SpiderCrawl(CrawlConfig):
     """One Scrapy crawl (``aozora`` or ``web``): every ``CrawlConfig`` field, the root aside.
@@ -82,10 +82,15 @@ class SpiderCrawl(CrawlConfig):
     model_config = ConfigDict(extra="forbid")
 
     root: SkipJsonSchema[str] = Field("data", exclude=True)  # set by the pipeline (PipelineConfig.root)
-    crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/{source}/{crawl_id}; "
-                                                    "a fixed id lets a rerun skip a finished crawl")
-    serve_mirror: str | None = Field(None, description="a local directory to serve on 127.0.0.1 while crawling; "
-                                                       f"URLs on http://{MIRROR_HOST}/ point at it")
+    crawl_id: str = Field(
+        pattern=NAME,
+        description="names the output {root}/raw/{source}/{crawl_id}; a fixed id lets a rerun skip a finished crawl",
+    )
+    serve_mirror: str | None = Field(
+        None,
+        description="a local directory to serve on 127.0.0.1 while crawling; "
+        f"URLs on http://{MIRROR_HOST}/ point at it",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -105,8 +110,10 @@ class SpiderCrawl(CrawlConfig):
         if mirror_url is not None:
             placeholder = f"http://{MIRROR_HOST}"
             for key in ("start_urls", "sitemaps"):
-                data[key] = [u.replace(placeholder, mirror_url.rstrip("/"), 1) if u.startswith(placeholder) else u
-                             for u in data[key]]
+                data[key] = [
+                    u.replace(placeholder, mirror_url.rstrip("/"), 1) if u.startswith(placeholder) else u
+                    for u in data[key]
+                ]
             # documents keep http://mirror.local/... as their URL, so their ids (and the split) do not
             # depend on the port the mirror happened to be served on
             data["url_alias"] = {**data.get("url_alias", {}), mirror_url.rstrip("/"): placeholder}
@@ -128,7 +135,7 @@ class FilesCrawl(BaseModel):
 
 
 class WarcCrawl(WarcConfig):
-    """WARC/WET files turned into a raw crawl (``gpt2ja.crawler.warc.crawl_warc``): every ``WarcConfig`` field, the root aside.
+    """WARC/WET files turned into a raw crawl (``crawler.warc.crawl_warc``): every ``WarcConfig`` field, the root aside.
 
     Its files are read as parts on ``task_runner`` (one task per file), like the clean stage's parts.
     """
@@ -137,11 +144,15 @@ class WarcCrawl(WarcConfig):
 
     source: Literal["warc"] = "warc"
     root: SkipJsonSchema[str] = Field("data", exclude=True)  # set by the pipeline (PipelineConfig.root)
-    crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/warc/{crawl_id}; "
-                                                    "a fixed id lets a rerun skip (or resume) it")
-    task_runner: TaskRunnerConfig = Field(default_factory=TaskRunnerConfig,
-                                          description="where the files are read: local (a process pool of "
-                                                      "`workers`), threads, processes or dask (gpt2ja/flows/runners.py)")
+    crawl_id: str = Field(
+        pattern=NAME,
+        description="names the output {root}/raw/warc/{crawl_id}; a fixed id lets a rerun skip (or resume) it",
+    )
+    task_runner: TaskRunnerConfig = Field(
+        default_factory=TaskRunnerConfig,
+        description="where the files are read: local (a process pool of "
+        "`workers`), threads, processes or dask (gpt2ja/flows/runners.py)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -159,8 +170,10 @@ CrawlEntry = Annotated[Union[SpiderCrawl, FilesCrawl, WarcCrawl], Field(discrimi
 # ----------------------------------------------------------------- clean
 
 
-_TASK_RUNNER_HELP = ("where the stage runs its parts: local (its own process pool), threads, processes or dask "
-                     "(gpt2ja/flows/runners.py); default: the pipeline's task_runner, else local")
+_TASK_RUNNER_HELP = (
+    "where the stage runs its parts: local (its own process pool), threads, processes or dask "
+    "(gpt2ja/flows/runners.py); default: the pipeline's task_runner, else local"
+)
 
 
 class _CleanSectionBase(BaseModel):
@@ -192,7 +205,9 @@ class _CleanSectionBase(BaseModel):
 
 #: ``CleanConfig`` without ``inputs`` and ``out`` (the pipeline fills them from the crawl and the corpus name).
 CleanSection = create_model(
-    "CleanSection", __base__=_CleanSectionBase, __doc__="The clean stage's settings (gpt2ja/corpus/clean.py CleanConfig).",
+    "CleanSection",
+    __base__=_CleanSectionBase,
+    __doc__="The clean stage's settings (gpt2ja/corpus/clean.py CleanConfig).",
     **{name: (f.annotation, f) for name, f in CleanConfig.model_fields.items() if name not in ("inputs", "out")},
 )
 
@@ -246,8 +261,10 @@ class _TrainSectionBase(BaseModel):
             return data
         placed = sorted({"data", "run"} & set(data))
         if placed:
-            raise ValueError(f"{', '.join(placed)} is set by the pipeline (the shards it built, "
-                             "{root}/runs/{run}), not in the train section")
+            raise ValueError(
+                f"{', '.join(placed)} is set by the pipeline (the shards it built, "
+                "{root}/runs/{run}), not in the train section"
+            )
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(cls.model_fields)}")
@@ -263,8 +280,9 @@ class _TrainSectionBase(BaseModel):
 
 #: ``TrainConfig`` without ``data`` and ``run`` (the pipeline fills them from the shards and the run name).
 TrainSection = create_model(
-    "TrainSection", __base__=_TrainSectionBase,
-    __doc__="The train stage's settings (gpt2ja/model/train.py TrainConfig): preset, steps, batch, optimizer, strategy.",
+    "TrainSection",
+    __base__=_TrainSectionBase,
+    __doc__="The train stage's settings (gpt2ja.model.train.TrainConfig): preset, steps, batch, optimizer, strategy.",
     **{name: (f.annotation, f) for name, f in TrainConfig.model_fields.items() if name not in ("data", "run")},
 )
 
@@ -277,13 +295,19 @@ class EvaluateSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    texts: list[str] | None = Field(None, min_length=1, description="held-out text: .txt files or clean-corpus split "
-                                                                    "folders; default: the corpus's validation split")
+    texts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="held-out text: .txt files or clean-corpus split folders; default: the corpus's validation split",
+    )
     context: int | None = Field(None, ge=2, description="tokens per scoring window (default: the model's context)")
     stride: int | None = Field(None, ge=1, description="window start every this many tokens (default: context / 2)")
     batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass (speed only, not fingerprinted)")
-    prime_chars: int = Field(4_000_000, ge=0, description="characters of the run's training text that prime the PPMd "
-                                                          "baseline (0: no primed figure)")
+    prime_chars: int = Field(
+        4_000_000,
+        ge=0,
+        description="characters of the run's training text that prime the PPMd baseline (0: no primed figure)",
+    )
 
 
 class GenerateSection(BaseModel):
@@ -299,11 +323,13 @@ class GenerateSection(BaseModel):
     num: int = Field(1, ge=1, le=64, description="continuations per prompt")
     max_chars: int = Field(200, ge=1, le=100_000, description="stop after this many characters")
     # defaults: the sampling study's choice (gpt2ja.model.generate.DEFAULT_SAMPLING, docs/studies/sampling-reference.md)
-    temperature: float = Field(DEFAULT_SAMPLING["temperature"], gt=0, le=100,
-                               description="divide the logits by this first")
+    temperature: float = Field(
+        DEFAULT_SAMPLING["temperature"], gt=0, le=100, description="divide the logits by this first"
+    )
     top_k: int = Field(DEFAULT_SAMPLING["top_k"], ge=0, description="keep the k most likely tokens (0: off)")
-    top_p: float = Field(DEFAULT_SAMPLING["top_p"], gt=0, le=1,
-                         description="keep the smallest set whose probability reaches p (1: off)")
+    top_p: float = Field(
+        DEFAULT_SAMPLING["top_p"], gt=0, le=1, description="keep the smallest set whose probability reaches p (1: off)"
+    )
     seed: int = Field(0, ge=0, description="random seed (the same seed gives the same samples)")
 
 
@@ -312,8 +338,9 @@ class ExportSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["hf"] = Field("hf", description="hf: a transformers GPT2LMHeadModel with safetensors weights, "
-                                                    "verified by comparing logits")
+    format: Literal["hf"] = Field(
+        "hf", description="hf: a transformers GPT2LMHeadModel with safetensors weights, verified by comparing logits"
+    )
 
 
 # ----------------------------------------------------------------- the pipeline
@@ -334,13 +361,16 @@ class PipelineConfig(BaseModel):
     tokenizer: TokenizerSection
     shards: ShardsSection
     train: TrainSection | None = Field(  # type: ignore[valid-type]
-        None, description="train a GPT-2 on the shards (omit: stop after the shards)")
+        None, description="train a GPT-2 on the shards (omit: stop after the shards)"
+    )
     evaluate: EvaluateSection | None = Field(None, description="bits per character of the trained run")
     generate: GenerateSection | None = Field(None, description="samples of the trained run (with evaluate)")
     export: ExportSection | None = Field(None, description="export the trained run (omit: no export)")
     task_runner: TaskRunnerConfig | None = Field(
-        None, description="where clean and shards run their parts unless their section sets its own "
-                          "(gpt2ja/flows/runners.py; omit: local, each stage's own process pool)")
+        None,
+        description="where clean and shards run their parts unless their section sets its own "
+        "(gpt2ja/flows/runners.py; omit: local, each stage's own process pool)",
+    )
 
     @model_validator(mode="after")
     def _sections_inherit_the_task_runner(self) -> "PipelineConfig":
@@ -359,8 +389,10 @@ class PipelineConfig(BaseModel):
         if later and self.train is None:
             raise ValueError(f"{later[0]}: needs a train section (the run it works on)")
         if self.generate is not None and self.evaluate is None:
-            raise ValueError("generate: the samples are written by the evaluate stage; add an evaluate section "
-                             "(evaluate: {} uses the validation split)")
+            raise ValueError(
+                "generate: the samples are written by the evaluate stage; add an evaluate section "
+                "(evaluate: {} uses the validation split)"
+            )
         return self
 
     @property
@@ -388,8 +420,11 @@ class PipelineConfig(BaseModel):
     @property
     def eval_texts(self) -> list[str]:
         """What the evaluate stage scores: the configured texts, or the corpus's validation split."""
-        return list(self.evaluate.texts) if self.evaluate and self.evaluate.texts else \
-            [storage.join(self.clean_uri, "validation")]
+        return (
+            list(self.evaluate.texts)
+            if self.evaluate and self.evaluate.texts
+            else [storage.join(self.clean_uri, "validation")]
+        )
 
     @property
     def export_uri(self) -> str | None:
@@ -409,5 +444,11 @@ def validate_config(data, where: str) -> PipelineConfig:
         data = yaml.safe_load(open("configs/demo.yaml"))
         validate_config({**data, "root": "/tmp/demo"}, "configs/demo.yaml")
     """
-    return validate(PipelineConfig, data, where, ConfigError, expected="root, corpus, crawl, ...",
-                    unknown_hint="see configs/demo.yaml for the sections")
+    return validate(
+        PipelineConfig,
+        data,
+        where,
+        ConfigError,
+        expected="root, corpus, crawl, ...",
+        unknown_hint="see configs/demo.yaml for the sections",
+    )

@@ -129,8 +129,11 @@ def vertex_parameters(config: PipelineConfig) -> dict:
     from gpt2ja.infra import storage
 
     on_gcs = storage.is_gcs(config.root)
-    return {"shards_uri": config.shards_uri if on_gcs else None, "run_uri": config.run_uri if on_gcs else None,
-            "settings": config.train}
+    return {
+        "shards_uri": config.shards_uri if on_gcs else None,
+        "run_uri": config.run_uri if on_gcs else None,
+        "settings": config.train,
+    }
 
 
 def _jsonable(value):
@@ -183,8 +186,10 @@ def build_deployments(serve_config: ServeConfig, config: PipelineConfig) -> list
             raise ConfigError(f"deployment {flow.name}: {err}") from None
         extra = {}
         if flow is corpus_refresh:  # two refreshes at once would share a crawl
-            extra = {"concurrency_limit": 1,
-                     "schedules": [Cron(refresh.cron, timezone=refresh.timezone, active=refresh.active)]}
+            extra = {
+                "concurrency_limit": 1,
+                "schedules": [Cron(refresh.cron, timezone=refresh.timezone, active=refresh.active)],
+            }
         deployments.append(flow.to_deployment(name=flow.name, tags=tags, parameters=parameters, **extra))
     return deployments
 
@@ -194,8 +199,10 @@ def describe(deployments: list) -> list[str]:
     lines = []
     for d in deployments:
         cron = ", ".join(f"cron '{s.schedule.cron}' {s.schedule.timezone}" for s in d.schedules or [])
-        lines.append(f"{d.flow_name + '/' + d.name:<30} {d.entrypoint:<34} {cron or 'no schedule':<30} "
-                     f"defaults: {', '.join(d.parameters) or '-'}")
+        lines.append(
+            f"{d.flow_name + '/' + d.name:<30} {d.entrypoint:<34} {cron or 'no schedule':<30} "
+            f"defaults: {', '.join(d.parameters) or '-'}"
+        )
     return lines
 
 
@@ -234,8 +241,10 @@ def prefect_api(port: int = PORT) -> Iterator[tuple[str, bool]]:
             return
         parts = urllib.parse.urlsplit(configured)
         if parts.hostname not in (HOST, "localhost"):
-            raise ServeError(f"PREFECT_API_URL={configured} does not answer; start that server, or unset "
-                             f"PREFECT_API_URL to have gpt2ja start one on {HOST}")
+            raise ServeError(
+                f"PREFECT_API_URL={configured} does not answer; start that server, or unset "
+                f"PREFECT_API_URL to have gpt2ja start one on {HOST}"
+            )
         port = parts.port or port
     url = f"http://{HOST}:{port}/api"
     if answers(url):  # a `prefect server start` of the user's
@@ -243,24 +252,47 @@ def prefect_api(port: int = PORT) -> Iterator[tuple[str, bool]]:
         return
     log_path = server_log_path(port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
     env.pop("PREFECT_API_URL", None)
     with open(log_path, "ab") as log:
         # its own session: Ctrl-C reaches `serve` only, which then stops the server after the runner
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", HOST,
-                                 "--port", str(port), "--analytics-off"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--analytics-off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         print(f"starting a Prefect server on {HOST}:{port} (SQLite; log: {log_path})", file=sys.stderr, flush=True)
         deadline = time.monotonic() + SERVER_START_S
         while not answers(url):
             if proc.poll() is not None:
-                raise ServeError(f"the Prefect server exited (code {proc.returncode}) before answering on port "
-                                 f"{port}: {_last_line(log_path)}; see {log_path}")
+                raise ServeError(
+                    f"the Prefect server exited (code {proc.returncode}) before answering on port "
+                    f"{port}: {_last_line(log_path)}; see {log_path}"
+                )
             if time.monotonic() > deadline:
-                raise ServeError(f"the Prefect server did not answer on {url} within {SERVER_START_S} s; "
-                                 f"see {log_path}")
+                raise ServeError(
+                    f"the Prefect server did not answer on {url} within {SERVER_START_S} s; see {log_path}"
+                )
             time.sleep(0.5)
         yield url, True
     finally:
@@ -299,8 +331,12 @@ def cli_serve(config_path: str, port: int = PORT, check: bool = False) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with prefect_api(port) as (url, started):  # a ServeError is printed by the command line
-        print(f"Prefect UI: {url.removesuffix('/api')}/deployments "
-              f"(Ctrl-C stops serving{' and the server' if started else ''})", file=sys.stderr, flush=True)
+        print(
+            f"Prefect UI: {url.removesuffix('/api')}/deployments "
+            f"(Ctrl-C stops serving{' and the server' if started else ''})",
+            file=sys.stderr,
+            flush=True,
+        )
         os.environ["PREFECT_API_URL"] = url  # the runner's flow-run processes inherit it
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:

@@ -40,16 +40,22 @@ def pipeline(config: PipelineConfig) -> dict:
     results = stage_results(out)
     skipped = [s.name for s in STAGES if s.name in out and all(r["skipped"] for n, r in results if n == s.name)]
     get_run_logger().info("pipeline done; skipped (up to date): %s", ", ".join(skipped) or "none")
-    artifacts.markdown(artifacts.key("pipeline", artifacts.name_of(config.root)),
-                       "```text\n" + artifacts.summary(config, out).strip("\n") + "\n```\n",
-                       f"pipeline summary for {config.root}")
+    artifacts.markdown(
+        artifacts.key("pipeline", artifacts.name_of(config.root)),
+        "```text\n" + artifacts.summary(config, out).strip("\n") + "\n```\n",
+        f"pipeline summary for {config.root}",
+    )
     return out
 
 
 def stage_results(outcome: dict) -> list[tuple[str, dict]]:
     """``[(stage, {"uri", "skipped"}), …]`` in pipeline order (one entry per crawl)."""
-    return [(s.name, r) for s in STAGES if s.name in outcome
-            for r in (outcome[s.name] if isinstance(outcome[s.name], list) else [outcome[s.name]])]
+    return [
+        (s.name, r)
+        for s in STAGES
+        if s.name in outcome
+        for r in (outcome[s.name] if isinstance(outcome[s.name], list) else [outcome[s.name]])
+    ]
 
 
 def cli_run(config_path: str) -> None:

@@ -31,8 +31,18 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from gpt2ja.flows.config import CrawlEntry, FilesCrawl, PipelineConfig, SpiderCrawl, WarcCrawl
-from gpt2ja.flows.stages import (StageError, _crawl_artifact, _created, _key, _not_stage_error, _outcome, clean_flow,
-                          crawl_archives, crawl_directory, crawl_spider)
+from gpt2ja.flows.stages import (
+    StageError,
+    _crawl_artifact,
+    _created,
+    _key,
+    _not_stage_error,
+    _outcome,
+    clean_flow,
+    crawl_archives,
+    crawl_directory,
+    crawl_spider,
+)
 from gpt2ja.infra import storage
 
 
@@ -49,16 +59,27 @@ def plan_crawl(entry: CrawlEntry, root: str, refresh_id: str) -> dict:
         plan = plan_refresh(root, _source(entry), entry.crawl_id, refresh_id)
     except ValueError as err:
         raise StageError(f"corpus-refresh: {err}") from None
-    get_run_logger().info("%s/%s: %s", _source(entry), entry.crawl_id,
-                          "no base crawl yet: crawling it" if plan.base else
-                          f"{plan.crawl_id} already finished" if plan.done else
-                          f"{'resuming' if plan.resume else 'crawling'} {plan.crawl_id}, skipping the documents "
-                          f"of {len(plan.known)} earlier crawl(s)")
+    get_run_logger().info(
+        "%s/%s: %s",
+        _source(entry),
+        entry.crawl_id,
+        "no base crawl yet: crawling it"
+        if plan.base
+        else f"{plan.crawl_id} already finished"
+        if plan.done
+        else f"{'resuming' if plan.resume else 'crawling'} {plan.crawl_id}, skipping the documents "
+        f"of {len(plan.known)} earlier crawl(s)",
+    )
     return {"crawl_id": plan.crawl_id, "base": plan.base, "known": plan.known, "done": plan.done}
 
 
-@task(retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
-      task_run_name="crawl-{entry.source}-{crawl_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=[10, 30],
+    retry_condition_fn=_not_stage_error,
+    cache_policy=NO_CACHE,
+    task_run_name="crawl-{entry.source}-{crawl_id}",
+)
 def crawl_increment(entry: SpiderCrawl, root: str, crawl_id: str, known: list[str]) -> dict:
     """One refresh crawl (own process) that skips the documents of the ``known`` crawls.
 
@@ -83,8 +104,11 @@ def crawl_increment(entry: SpiderCrawl, root: str, crawl_id: str, known: list[st
         try:
             server = MirrorServer(entry.serve_mirror, port=port or 0)
         except OSError:
-            get_run_logger().warning("port %s of the earlier mirror crawls is taken: the mirror's URLs change, "
-                                     "so this refresh fetches every page again", port)
+            get_run_logger().warning(
+                "port %s of the earlier mirror crawls is taken: the mirror's URLs change, "
+                "so this refresh fetches every page again",
+                port,
+            )
             server, port, known = MirrorServer(entry.serve_mirror), None, []
         with server:
             cfg = _with_known(entry.crawl_config(root, server.url("/")), known)
@@ -151,21 +175,39 @@ def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dic
         crawls.append(_run_crawl(entry, config.root, plan))
     before = _documents(config.clean_uri)
     if config.clean.dedup.index is None:
-        get_run_logger().info("clean reads every crawl again; with clean.dedup {engine: sharded, index: auto} "
-                              "it reads only this refresh's")
+        get_run_logger().info(
+            "clean reads every crawl again; with clean.dedup {engine: sharded, index: auto} "
+            "it reads only this refresh's"
+        )
     clean = clean_flow(clean_inputs(config), config.clean_uri, config.clean)
     after = _documents(config.clean_uri)
     index = _dedup_index(config.clean_uri) if config.clean.dedup.index is not None else None
-    rows = [*({"measure": f"new documents in {c['uri']}",
-               "value": (storage.read_manifest(c["uri"]) or {}).get("counts", {}).get("documents", 0)}
-              for c in crawls if not c["skipped"]),
-            {"measure": "corpus documents before", "value": before},
-            {"measure": "corpus documents after", "value": after},
-            *([{"measure": "dedup index", "value": f"{index['against'] or '-'} → {index['produced']}"},
-               {"measure": "documents read by clean", "value": index["documents_read"]}] if index else [])]
-    create_table_artifact(key=_key("corpus-refresh", config.corpus), table=rows,
-                          description=f"corpus refresh {refresh_id}: {config.clean_uri}")
-    get_run_logger().info("corpus %s: %d documents before, %d after (refresh %s)",
-                          config.clean_uri, before, after, refresh_id)
-    return {"crawl": crawls, "clean": clean, "documents_before": before, "documents_after": after,
-            "dedup_index": index}
+    rows = [
+        *(
+            {
+                "measure": f"new documents in {c['uri']}",
+                "value": (storage.read_manifest(c["uri"]) or {}).get("counts", {}).get("documents", 0),
+            }
+            for c in crawls
+            if not c["skipped"]
+        ),
+        {"measure": "corpus documents before", "value": before},
+        {"measure": "corpus documents after", "value": after},
+        *(
+            [
+                {"measure": "dedup index", "value": f"{index['against'] or '-'} → {index['produced']}"},
+                {"measure": "documents read by clean", "value": index["documents_read"]},
+            ]
+            if index
+            else []
+        ),
+    ]
+    create_table_artifact(
+        key=_key("corpus-refresh", config.corpus),
+        table=rows,
+        description=f"corpus refresh {refresh_id}: {config.clean_uri}",
+    )
+    get_run_logger().info(
+        "corpus %s: %d documents before, %d after (refresh %s)", config.clean_uri, before, after, refresh_id
+    )
+    return {"crawl": crawls, "clean": clean, "documents_before": before, "documents_after": after, "dedup_index": index}

@@ -58,14 +58,24 @@ class TaskRunnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local", "threads", "processes", "dask"] = Field(
-        "local", description="local: the stage's own process pool; threads / processes / dask: one Prefect task "
-                             "per part on that task runner")
-    address: str | None = Field(None, description="dask: the scheduler of a running cluster, tcp://host:port "
-                                                  "(omit: start a LocalCluster for the stage)")
-    n_workers: int | None = Field(None, ge=1, le=1024, description="threads, processes or LocalCluster workers "
-                                                                   "(default: the stage's workers setting)")
-    connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="dask: give up reaching the scheduler "
-                                                                      "after this many seconds")
+        "local",
+        description="local: the stage's own process pool; threads / processes / dask: one Prefect task "
+        "per part on that task runner",
+    )
+    address: str | None = Field(
+        None,
+        description="dask: the scheduler of a running cluster, tcp://host:port "
+        "(omit: start a LocalCluster for the stage)",
+    )
+    n_workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="threads, processes or LocalCluster workers (default: the stage's workers setting)",
+    )
+    connect_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="dask: give up reaching the scheduler after this many seconds"
+    )
 
     @field_validator("address")
     @classmethod
@@ -73,8 +83,10 @@ class TaskRunnerConfig(BaseModel):
         if value is not None:
             m = _ADDRESS_RE.match(value)
             if not m or not 0 < int(m.group(3)) < 65536:
-                raise ValueError(f"{value!r} is not a Dask scheduler address; write tcp://host:port, "
-                                 "e.g. tcp://10.0.0.5:8786 (the address `dask scheduler` prints)")
+                raise ValueError(
+                    f"{value!r} is not a Dask scheduler address; write tcp://host:port, "
+                    "e.g. tcp://10.0.0.5:8786 (the address `dask scheduler` prints)"
+                )
         return value
 
     @model_validator(mode="after")
@@ -82,20 +94,28 @@ class TaskRunnerConfig(BaseModel):
         if self.address is not None and self.kind != "dask":
             raise ValueError(f"address is for kind dask, not {self.kind}; set kind: dask or drop address")
         if self.n_workers is not None and self.kind == "local":
-            raise ValueError("n_workers is not used by kind local (the stage's own pool): set the stage's "
-                             "workers instead, or choose kind threads, processes or dask")
+            raise ValueError(
+                "n_workers is not used by kind local (the stage's own pool): set the stage's "
+                "workers instead, or choose kind threads, processes or dask"
+            )
         if self.n_workers is not None and self.address is not None:
-            raise ValueError(f"n_workers: the cluster at {self.address} has its own workers; drop n_workers, "
-                             "or drop address to start a LocalCluster of n_workers processes")
+            raise ValueError(
+                f"n_workers: the cluster at {self.address} has its own workers; drop n_workers, "
+                "or drop address to start a LocalCluster of n_workers processes"
+            )
         return self
 
     def describe(self, workers: int) -> str:
         """Where the parts run, in words (for the logs)."""
         n = self.n_workers or workers
-        return {"local": f"a local pool of {workers} process(es)", "threads": f"{n} thread(s)",
-                "processes": f"{n} process(es)",
-                "dask": f"the Dask cluster at {self.address}" if self.address
-                else f"a Dask LocalCluster of {n} process(es)"}[self.kind]
+        return {
+            "local": f"a local pool of {workers} process(es)",
+            "threads": f"{n} thread(s)",
+            "processes": f"{n} process(es)",
+            "dask": f"the Dask cluster at {self.address}"
+            if self.address
+            else f"a Dask LocalCluster of {n} process(es)",
+        }[self.kind]
 
 
 def build_task_runner(cfg: TaskRunnerConfig, workers: int):
@@ -120,8 +140,10 @@ def build_task_runner(cfg: TaskRunnerConfig, workers: int):
         try:
             from prefect.task_runners import ProcessPoolTaskRunner
         except ImportError:
-            raise TaskRunnerError("task_runner kind processes needs a Prefect with ProcessPoolTaskRunner: "
-                                  "pip install -U prefect, or choose kind local or dask") from None
+            raise TaskRunnerError(
+                "task_runner kind processes needs a Prefect with ProcessPoolTaskRunner: "
+                "pip install -U prefect, or choose kind local or dask"
+            ) from None
         return ProcessPoolTaskRunner(max_workers=n)
     try:
         from prefect_dask import DaskTaskRunner
@@ -132,10 +154,11 @@ def build_task_runner(cfg: TaskRunnerConfig, workers: int):
         return DaskTaskRunner(address=cfg.address, client_kwargs=client_kwargs)
     # processes, one thread each: the parts are CPU-bound Python (the GIL) and TensorFlow writers;
     # the scheduler's HTTP server (dashboard) on a free port: two clusters would fight over the fixed 8787
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": n, "processes": True, "threads_per_worker": 1,
-                                          "dashboard_address": ":0"},
-                          client_kwargs=client_kwargs)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": n, "processes": True, "threads_per_worker": 1, "dashboard_address": ":0"},
+        client_kwargs=client_kwargs,
+    )
 
 
 class PartMapper:
@@ -174,16 +197,19 @@ class PartMapper:
         if self._runner is None:
             runner = build_task_runner(self.cfg, self.workers)
             if runner is None:
-                raise TaskRunnerError("task_runner kind local runs the parts in the stage's own pool; "
-                                      "there is nothing to map them on")
+                raise TaskRunnerError(
+                    "task_runner kind local runs the parts in the stage's own pool; there is nothing to map them on"
+                )
             self._stack.enter_context(runner)
             if self.cfg.kind == "dask":
                 try:
                     runner.client  # connect now (or start the LocalCluster): a failure is one line here
                 except OSError as err:  # a timeout or a refused connection
                     where = f"the Dask scheduler at {self.cfg.address}" if self.cfg.address else "a Dask LocalCluster"
-                    raise TaskRunnerError(f"cannot reach {where} ({_first_line(err)}); start it (`dask scheduler` "
-                                          "and `dask worker ADDRESS`) or fix task_runner.address") from None
+                    raise TaskRunnerError(
+                        f"cannot reach {where} ({_first_line(err)}); start it (`dask scheduler` "
+                        "and `dask worker ADDRESS`) or fix task_runner.address"
+                    ) from None
             self._runner = runner
         return self._runner
 
@@ -193,11 +219,17 @@ class PartMapper:
         from prefect.futures import wait
 
         runner = self._start()
-        _logger().info("%s: %d part(s) of %s on %s", self.stage, len(items), fn.__name__.strip("_"),
-                              self.cfg.describe(self.workers))
-        futures = [runner.submit(self.task, {"stage": self.stage, "fn": fn, "item": item,
-                                             "name": f"{self.stage}-{name}"})
-                   for item, name in zip(items, names)]
+        _logger().info(
+            "%s: %d part(s) of %s on %s",
+            self.stage,
+            len(items),
+            fn.__name__.strip("_"),
+            self.cfg.describe(self.workers),
+        )
+        futures = [
+            runner.submit(self.task, {"stage": self.stage, "fn": fn, "item": item, "name": f"{self.stage}-{name}"})
+            for item, name in zip(items, names)
+        ]
         wait(futures)  # every part finishes (and writes its completion record) before an error is raised
         results = []
         for name, future in zip(names, futures):
@@ -205,9 +237,11 @@ class PartMapper:
                 results.append(future.result())
             except Exception as err:  # noqa: BLE001 - a lost worker becomes one line; a part's own error passes
                 if type(err).__name__ in ("KilledWorker", "BrokenProcessPool"):
-                    raise TaskRunnerError(f"a worker died while running {self.stage}-{name} (killed for memory?); "
-                                          "rerun: finished parts are kept; give the workers more memory or use "
-                                          "fewer per machine") from None
+                    raise TaskRunnerError(
+                        f"a worker died while running {self.stage}-{name} (killed for memory?); "
+                        "rerun: finished parts are kept; give the workers more memory or use "
+                        "fewer per machine"
+                    ) from None
                 raise
         return results
 

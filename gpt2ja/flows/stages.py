@@ -31,8 +31,20 @@ from prefect.cache_policies import NO_CACHE
 
 from gpt2ja.flows import artifacts
 from gpt2ja.flows.artifacts import key as _key  # noqa: F401 - gpt2ja.flows.refresh imports these names from here
-from gpt2ja.flows.config import (CleanSection, CrawlEntry, EvaluateSection, ExportSection, FilesCrawl, GenerateSection,
-                          PipelineConfig, ShardsSection, SpiderCrawl, TokenizerSection, TrainSection, WarcCrawl)
+from gpt2ja.flows.config import (
+    CleanSection,
+    CrawlEntry,
+    EvaluateSection,
+    ExportSection,
+    FilesCrawl,
+    GenerateSection,
+    PipelineConfig,
+    ShardsSection,
+    SpiderCrawl,
+    TokenizerSection,
+    TrainSection,
+    WarcCrawl,
+)
 from gpt2ja.flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from gpt2ja.infra import storage
 from gpt2ja.infra.errors import Gpt2jaError
@@ -110,8 +122,13 @@ def _crawl_done(cfg) -> bool:
     return not verify(cfg.out_uri, storage.fingerprint(cfg.fingerprint_config()))[1]
 
 
-@task(retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
-      task_run_name="crawl-{entry.source}-{entry.crawl_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=[10, 30],
+    retry_condition_fn=_not_stage_error,
+    cache_policy=NO_CACHE,
+    task_run_name="crawl-{entry.source}-{entry.crawl_id}",
+)
 def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
     """One Scrapy crawl in its own process; with ``serve_mirror``, the mirror is served while it runs.
 
@@ -154,8 +171,13 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
     return result
 
 
-@task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
-      task_run_name="crawl-files-{entry.crawl_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=[5, 20],
+    retry_condition_fn=_not_stage_error,
+    cache_policy=NO_CACHE,
+    task_run_name="crawl-files-{entry.crawl_id}",
+)
 def crawl_directory(entry: FilesCrawl, root: str) -> dict:
     """A directory of files turned into a raw crawl (storage I/O only)."""
     from gpt2ja.crawler.files import crawl_files
@@ -168,8 +190,13 @@ def crawl_directory(entry: FilesCrawl, root: str) -> dict:
     return result
 
 
-@task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_not_stage_error, cache_policy=NO_CACHE,
-      task_run_name="crawl-warc-{entry.crawl_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=[5, 20],
+    retry_condition_fn=_not_stage_error,
+    cache_policy=NO_CACHE,
+    task_run_name="crawl-warc-{entry.crawl_id}",
+)
 def crawl_archives(entry: WarcCrawl, root: str) -> dict:
     """WARC/WET files turned into a raw crawl; its files read on ``entry.task_runner`` (one task per file)."""
     from gpt2ja.crawler.warc import crawl_warc
@@ -192,8 +219,13 @@ def crawl_flow(root: str, crawl: list[CrawlEntry]) -> list[dict]:
     """Run every crawl of the config (one after another: each is I/O-bound and polite); returns their outcomes."""
     results = []
     for entry in crawl:
-        t = crawl_directory if isinstance(entry, FilesCrawl) else crawl_archives if isinstance(entry, WarcCrawl) \
+        t = (
+            crawl_directory
+            if isinstance(entry, FilesCrawl)
+            else crawl_archives
+            if isinstance(entry, WarcCrawl)
             else crawl_spider
+        )
         results.append(t(entry, root))
     return results
 
@@ -234,8 +266,10 @@ def clean_task(inputs: list[str], out: str, settings: CleanSection) -> dict:  # 
     from gpt2ja.corpus.clean import run_clean
 
     before = _created(out)
-    with _parts_on("clean", settings.task_runner, settings.workers) as map_parts, \
-            artifacts.stage_progress("clean", out):
+    with (
+        _parts_on("clean", settings.task_runner, settings.workers) as map_parts,
+        artifacts.stage_progress("clean", out),
+    ):
         _call("clean", run_clean, settings.clean_config(inputs, out), map_parts=map_parts)
     result = _outcome("clean", out, before)
     artifacts.clean(out)
@@ -256,8 +290,16 @@ def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
     from gpt2ja.tokenization.train import train_tokenizer
 
     before = _created(out)
-    _call("tokenizer", train_tokenizer, corpus_uri, settings.kind, settings.vocab_size, out,
-          model_type=settings.model_type, sample_sentences=settings.sample_sentences)
+    _call(
+        "tokenizer",
+        train_tokenizer,
+        corpus_uri,
+        settings.kind,
+        settings.vocab_size,
+        out,
+        model_type=settings.model_type,
+        sample_sentences=settings.sample_sentences,
+    )
     result = _outcome("tokenizer", out, before)
     artifacts.tokenizer(out)
     return result
@@ -274,12 +316,14 @@ def tokenizer_flow(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
 
 @task(cache_policy=NO_CACHE, task_run_name="shards")
 def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsSection) -> dict:
-    """``gpt2ja.tokenization.shards.write_shards``; its shards built on ``settings.task_runner`` (one task per shard)."""
+    """``tokenization.shards.write_shards``; its shards built on ``settings.task_runner`` (one task per shard)."""
     from gpt2ja.tokenization.shards import write_shards
 
     before = _created(out)
-    with _parts_on("shards", settings.task_runner, settings.workers) as map_parts, \
-            artifacts.stage_progress("shards", out):
+    with (
+        _parts_on("shards", settings.task_runner, settings.workers) as map_parts,
+        artifacts.stage_progress("shards", out),
+    ):
         _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings.shards_config(), map_parts=map_parts)
     result = _outcome("shards", out, before)
     artifacts.shards(out)
@@ -306,8 +350,9 @@ def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
 
     before = _created(run_uri)  # train() itself refuses a run that was started on other shards
     live = artifacts.TrainLive(run_uri, settings.steps)
-    _call("train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info,
-          on_log=live.on_log)
+    _call(
+        "train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info, on_log=live.on_log
+    )
     result = _outcome("train", run_uri, before)
     live.finish()
     artifacts.train(run_uri)
@@ -315,7 +360,7 @@ def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
 
 
 def use_backend(name: str | None) -> None:
-    """This flow run's Keras backend (``gpt2ja.model.backend.use``), chosen before a stage loads Keras; one line if it can't."""
+    """This flow run's Keras backend (``model.backend.use``), chosen before a stage loads Keras (one line if not)."""
     from gpt2ja.model import backend
 
     try:
@@ -335,23 +380,34 @@ def train_flow(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate")
-def evaluate_task(run_uri: str, texts: list[str], out: str, settings: EvaluateSection,
-                  sampling: GenerateSection | None = None) -> dict:
+def evaluate_task(
+    run_uri: str, texts: list[str], out: str, settings: EvaluateSection, sampling: GenerateSection | None = None
+) -> dict:
     from gpt2ja.model.evaluate import write_evaluation
 
     before = _created(out)
-    _call("evaluate", write_evaluation, run_uri, texts, out, context=settings.context, stride=settings.stride,
-          batch_size=settings.batch_size, prime_chars=settings.prime_chars,
-          prompts=sampling.prompts if sampling else (),
-          sampling=sampling.model_dump(exclude={"prompts"}) if sampling else None)
+    _call(
+        "evaluate",
+        write_evaluation,
+        run_uri,
+        texts,
+        out,
+        context=settings.context,
+        stride=settings.stride,
+        batch_size=settings.batch_size,
+        prime_chars=settings.prime_chars,
+        prompts=sampling.prompts if sampling else (),
+        sampling=sampling.model_dump(exclude={"prompts"}) if sampling else None,
+    )
     result = _outcome("evaluate", out, before)
     artifacts.evaluation(out)
     return result
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(run_uri: str, texts: list[str], out: str, settings: EvaluateSection,
-                  sampling: GenerateSection | None = None) -> dict:
+def evaluate_flow(
+    run_uri: str, texts: list[str], out: str, settings: EvaluateSection, sampling: GenerateSection | None = None
+) -> dict:
     """Bits per character and per byte of held-out ``texts``, token perplexity, and samples; written to ``out``."""
     return evaluate_task(run_uri, texts, out, settings, sampling)
 
@@ -363,12 +419,18 @@ def evaluate_flow(run_uri: str, texts: list[str], out: str, settings: EvaluateSe
 def generate_task(run_uri: str, settings: GenerateSection) -> int:
     from gpt2ja.model.generate import generate_run
 
-    samples = _call("generate", generate_run, run_uri, list(settings.prompts),
-                    **settings.model_dump(exclude={"prompts"}))
-    rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, **settings.model_dump(exclude={"prompts"})}
-            for s in samples]
-    artifacts.markdown(artifacts.key("generate", artifacts.name_of(run_uri)),
-                       artifacts.samples_markdown(run_uri, rows), f"samples of {run_uri}")
+    samples = _call(
+        "generate", generate_run, run_uri, list(settings.prompts), **settings.model_dump(exclude={"prompts"})
+    )
+    rows = [
+        {"prompt": s.prompt, "text": s.text, "stopped": s.stopped, **settings.model_dump(exclude={"prompts"})}
+        for s in samples
+    ]
+    artifacts.markdown(
+        artifacts.key("generate", artifacts.name_of(run_uri)),
+        artifacts.samples_markdown(run_uri, rows),
+        f"samples of {run_uri}",
+    )
     for r in rows:
         get_run_logger().info("%s", (r["prompt"] + r["text"]).replace("\n", " ⏎ "))
     return len(rows)
@@ -431,28 +493,58 @@ def _clean_inputs(config: PipelineConfig) -> list[str]:
     """Every finished crawl of the configured sources (corpus-refresh's too), else the configured crawls' outputs."""
     from gpt2ja.flows.refresh import clean_inputs
 
-    return clean_inputs(config) or [e.out_uri(config.root) if isinstance(e, FilesCrawl)
-                                    else e.warc_config(config.root).out_uri if isinstance(e, WarcCrawl)
-                                    else e.crawl_config(config.root, "http://127.0.0.1").out_uri
-                                    for e in config.crawl]
+    return clean_inputs(config) or [
+        e.out_uri(config.root)
+        if isinstance(e, FilesCrawl)
+        else e.warc_config(config.root).out_uri
+        if isinstance(e, WarcCrawl)
+        else e.crawl_config(config.root, "http://127.0.0.1").out_uri
+        for e in config.crawl
+    ]
 
 
 #: The stages in pipeline order: the one list the pipeline, the deployments and the summary read.
 STAGES: tuple[Stage, ...] = (
     Stage("crawl", crawl_flow, None, lambda c: {"root": c.root, "crawl": c.crawl}),
-    Stage("clean", clean_flow, None, lambda c: {"inputs": _clean_inputs(c), "out": c.clean_uri,
-                                                "settings": c.clean}),
-    Stage("tokenizer", tokenizer_flow, None, lambda c: {"corpus_uri": c.clean_uri, "out": c.tokenizer_uri,
-                                                        "settings": c.tokenizer}),
-    Stage("shards", shards_flow, None, lambda c: {"corpus_uri": c.clean_uri, "tokenizer_uri": c.tokenizer_uri,
-                                                  "out": c.shards_uri, "settings": c.shards}),
-    Stage("train", train_flow, "train", lambda c: {"shards_uri": c.shards_uri, "run_uri": c.run_uri,
-                                                   "settings": c.train}),
-    Stage("evaluate", evaluate_flow, "evaluate", lambda c: {"run_uri": c.run_uri, "texts": c.eval_texts,
-                                                            "out": c.eval_uri, "settings": c.evaluate,
-                                                            "sampling": c.generate}),
-    Stage("generate", generate_flow, "generate", lambda c: {"run_uri": c.run_uri, "settings": c.generate},
-          in_pipeline=False),
-    Stage("export", export_flow, "export", lambda c: {"run_uri": c.run_uri, "out": c.export_uri,
-                                                      "settings": c.export}),
+    Stage("clean", clean_flow, None, lambda c: {"inputs": _clean_inputs(c), "out": c.clean_uri, "settings": c.clean}),
+    Stage(
+        "tokenizer",
+        tokenizer_flow,
+        None,
+        lambda c: {"corpus_uri": c.clean_uri, "out": c.tokenizer_uri, "settings": c.tokenizer},
+    ),
+    Stage(
+        "shards",
+        shards_flow,
+        None,
+        lambda c: {
+            "corpus_uri": c.clean_uri,
+            "tokenizer_uri": c.tokenizer_uri,
+            "out": c.shards_uri,
+            "settings": c.shards,
+        },
+    ),
+    Stage(
+        "train", train_flow, "train", lambda c: {"shards_uri": c.shards_uri, "run_uri": c.run_uri, "settings": c.train}
+    ),
+    Stage(
+        "evaluate",
+        evaluate_flow,
+        "evaluate",
+        lambda c: {
+            "run_uri": c.run_uri,
+            "texts": c.eval_texts,
+            "out": c.eval_uri,
+            "settings": c.evaluate,
+            "sampling": c.generate,
+        },
+    ),
+    Stage(
+        "generate",
+        generate_flow,
+        "generate",
+        lambda c: {"run_uri": c.run_uri, "settings": c.generate},
+        in_pipeline=False,
+    ),
+    Stage("export", export_flow, "export", lambda c: {"run_uri": c.run_uri, "out": c.export_uri, "settings": c.export}),
 )

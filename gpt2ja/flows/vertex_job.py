@@ -49,23 +49,39 @@ def _key(run_uri: str, what: str) -> str:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="render-vertex-job")
-def render_task(shards_uri: str, run_uri: str, settings: TrainSection, job: GpuJob,  # type: ignore[valid-type]
-                dry_run: bool) -> str:
+def render_task(
+    shards_uri: str,
+    run_uri: str,
+    settings: TrainSection,
+    job: GpuJob,  # type: ignore[valid-type]
+    dry_run: bool,
+) -> str:
     """The CreateCustomJob request as the REST JSON (what is sent), published as a Markdown artifact."""
     from gpt2ja.infra import vertex
 
     args = _call(STAGE, vertex.train_args, settings, shards_uri, run_uri, job)
     text = vertex.request_json(_call(STAGE, vertex.custom_job_request, job, args))
     pools = "one worker pool" if job.replicas == 1 else f"the chief's pool + {job.replicas - 1} worker(s)"
-    verdict = ("dry run: rendered only, nothing created" if dry_run
-               else "created with JobServiceClient.create_custom_job")
-    artifacts.markdown(_key(run_uri, "request"),
-                       f"# Vertex AI custom job for {run_uri}\n\n{job.replicas} host(s) × {job.gpus} "
-                       f"{job.gpu_type.upper()} ({job.machine_type}), {pools}, in {job.project}/{job.region}; "
-                       f"{verdict}.\n\n```json\n{text}\n```\n",
-                       f"{STAGE} request for {run_uri}")
-    get_run_logger().info("%s: %d host(s) × %d %s (%s), strategy %s; %s", run_uri, job.replicas, job.gpus,
-                          job.gpu_type, job.machine_type, job.strategy(), verdict)
+    verdict = (
+        "dry run: rendered only, nothing created" if dry_run else "created with JobServiceClient.create_custom_job"
+    )
+    artifacts.markdown(
+        _key(run_uri, "request"),
+        f"# Vertex AI custom job for {run_uri}\n\n{job.replicas} host(s) × {job.gpus} "
+        f"{job.gpu_type.upper()} ({job.machine_type}), {pools}, in {job.project}/{job.region}; "
+        f"{verdict}.\n\n```json\n{text}\n```\n",
+        f"{STAGE} request for {run_uri}",
+    )
+    get_run_logger().info(
+        "%s: %d host(s) × %d %s (%s), strategy %s; %s",
+        run_uri,
+        job.replicas,
+        job.gpus,
+        job.gpu_type,
+        job.machine_type,
+        job.strategy(),
+        verdict,
+    )
     return text
 
 
@@ -91,8 +107,12 @@ class _JobView:
     def on_created(self, job) -> None:
         from gpt2ja.infra import vertex_watch
 
-        get_run_logger().info("created Vertex AI job %s: %s; logs: %s", job.name, vertex_watch.console_url(job.name),
-                              vertex_watch.gcloud("stream-logs", job.name))
+        get_run_logger().info(
+            "created Vertex AI job %s: %s; logs: %s",
+            job.name,
+            vertex_watch.console_url(job.name),
+            vertex_watch.gcloud("stream-logs", job.name),
+        )
         self._guarded("progress", self._start_progress)
 
     def on_change(self, job) -> None:
@@ -127,14 +147,16 @@ class _JobView:
 
         rows = "\n".join(f"| {when} | {s} |" for when, s in self.history)
         ended = job.state.name in vertex_watch.ENDED and job.error.message
-        artifacts.markdown(_key(self.run_uri, "job"),
-                           f"# Vertex AI job {job.display_name}: {job.state.name}\n\n"
-                           f"* job: `{job.name}`\n* console: {vertex_watch.console_url(job.name)}\n"
-                           f"* logs: `{vertex_watch.gcloud('stream-logs', job.name)}`\n"
-                           f"* cancel: cancel this flow run, or `{vertex_watch.gcloud('cancel', job.name)}`\n"
-                           f"* run: {self.run_uri}\n\n| time (UTC) | state |\n| --- | --- |\n{rows}\n"
-                           + (f"\n{vertex_watch.failure(job)}\n" if ended else ""),
-                           f"Vertex AI job training {self.run_uri}")
+        artifacts.markdown(
+            _key(self.run_uri, "job"),
+            f"# Vertex AI job {job.display_name}: {job.state.name}\n\n"
+            f"* job: `{job.name}`\n* console: {vertex_watch.console_url(job.name)}\n"
+            f"* logs: `{vertex_watch.gcloud('stream-logs', job.name)}`\n"
+            f"* cancel: cancel this flow run, or `{vertex_watch.gcloud('cancel', job.name)}`\n"
+            f"* run: {self.run_uri}\n\n| time (UTC) | state |\n| --- | --- |\n{rows}\n"
+            + (f"\n{vertex_watch.failure(job)}\n" if ended else ""),
+            f"Vertex AI job training {self.run_uri}",
+        )
 
     def _guarded(self, what: str, fn, *args) -> None:
         if what in self._broken:
@@ -143,8 +165,13 @@ class _JobView:
             fn(*args)
         except Exception as err:  # noqa: BLE001 - the view must never stop following the job
             self._broken.add(what)
-            get_run_logger().warning("%s of %s: %s: %s; following the job without it", what, self.run_uri,
-                                     type(err).__name__, " ".join(str(err).split()))
+            get_run_logger().warning(
+                "%s of %s: %s: %s; following the job without it",
+                what,
+                self.run_uri,
+                type(err).__name__,
+                " ".join(str(err).split()),
+            )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="vertex-job")  # no retries: a retry would create a second job
@@ -157,26 +184,44 @@ def vertex_job_task(request_json: str, region: str, run_uri: str, steps: int, po
     request = v1.CreateCustomJobRequest.from_json(request_json)
     client = _call(STAGE, vertex.job_client, region)
     view = _JobView(run_uri, steps)
-    job = _call(STAGE, vertex_watch.run, client, request, poll_s=poll_seconds, on_created=view.on_created,
-                on_change=view.on_change, on_poll=view.on_poll, say=get_run_logger().warning)
+    job = _call(
+        STAGE,
+        vertex_watch.run,
+        client,
+        request,
+        poll_s=poll_seconds,
+        on_created=view.on_created,
+        on_change=view.on_change,
+        on_poll=view.on_poll,
+        say=get_run_logger().warning,
+    )
     view.finish()
     return job.name
 
 
 @task(cache_policy=NO_CACHE, task_run_name="check-run")
-def check_run_task(shards_uri: str, run_uri: str, settings: TrainSection, job: GpuJob,  # type: ignore[valid-type]
-                   name: str) -> dict:
+def check_run_task(
+    shards_uri: str,
+    run_uri: str,
+    settings: TrainSection,
+    job: GpuJob,  # type: ignore[valid-type]
+    name: str,
+) -> dict:
     """The run the job wrote is complete (manifest, files, settings); then the loss table and curve."""
     from gpt2ja.infra import vertex, vertex_watch
 
     cfg = vertex.job_train_config(settings, shards_uri, run_uri, job)
     if cfg.stop_at is not None:
-        get_run_logger().info("run %s pauses at stop_at %d by design: no manifest to check; run again without "
-                              "stop_at to finish it", run_uri, cfg.stop_at)
+        get_run_logger().info(
+            "run %s pauses at stop_at %d by design: no manifest to check; run again without stop_at to finish it",
+            run_uri,
+            cfg.stop_at,
+        )
         return {"uri": run_uri, "job": name, "complete": False}
     manifest = _call(STAGE, vertex_watch.check_run, run_uri, cfg, name)
-    get_run_logger().info("run %s: complete, %s steps (manifest checked)", run_uri,
-                          (manifest.get("counts") or {}).get("steps"))
+    get_run_logger().info(
+        "run %s: complete, %s steps (manifest checked)", run_uri, (manifest.get("counts") or {}).get("steps")
+    )
     artifacts.train(run_uri)
     return {"uri": run_uri, "job": name, "complete": True}
 
@@ -185,8 +230,13 @@ def check_run_task(shards_uri: str, run_uri: str, settings: TrainSection, job: G
 def require_shards_task(shards_uri: str) -> None:
     from gpt2ja.infra.stage import require
 
-    _call(STAGE, require, shards_uri, "shards", "build them first (the pipeline with a gs:// root, or copy them "
-          "with `gcloud storage cp -r`)")
+    _call(
+        STAGE,
+        require,
+        shards_uri,
+        "shards",
+        "build them first (the pipeline with a gs:// root, or copy them with `gcloud storage cp -r`)",
+    )
 
 
 @flow(name=STAGE, log_prints=True)

@@ -56,8 +56,14 @@ def reap_when_gone() -> None:
     """
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", "gpt2ja.infra.lifetime", str(os.getpid())], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    subprocess.Popen(
+        [sys.executable, "-m", "gpt2ja.infra.lifetime", str(os.getpid())],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 def _reaper(pid: int) -> None:

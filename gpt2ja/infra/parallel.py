@@ -46,15 +46,19 @@ class PoolMap:
     def __init__(self, workers: int) -> None:
         self.workers = workers
 
-    def __call__(self, fn: Callable[[Any], Any], items: list, names: list[str],
-                 on_done: Callable[[Any], None] | None = None) -> list:
+    def __call__(
+        self, fn: Callable[[Any], Any], items: list, names: list[str], on_done: Callable[[Any], None] | None = None
+    ) -> list:
         if not items:
             return []
         results: list = [None] * len(items)
         # spawn, not fork: a forked child would share the parent's GCS client and its threads;
         # die_with_parent: a killed stage leaves no orphan workers
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)),
-                                   mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+        )
         try:
             with pool:
                 futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
@@ -63,13 +67,16 @@ class PoolMap:
                     if on_done is not None:
                         on_done(results[futures[future]])
         except BrokenProcessPool:
-            raise WorkerDied("a worker process died (killed for memory?); rerun the same command with fewer "
-                             "workers: finished parts are kept") from None
+            raise WorkerDied(
+                "a worker process died (killed for memory?); rerun the same command with fewer "
+                "workers: finished parts are kept"
+            ) from None
         return results
 
 
-def map_with_progress(map_parts: MapParts, fn: Callable[[Any], Any], items: list, names: list[str],
-                      on_done: Callable[[Any], None]) -> list:
+def map_with_progress(
+    map_parts: MapParts, fn: Callable[[Any], Any], items: list, names: list[str], on_done: Callable[[Any], None]
+) -> list:
     """``map_parts(fn, items, names)``, calling ``on_done`` per result: as each finishes when the
     mapper can say so (:class:`PoolMap`), else once all have (a Prefect or Dask mapper)."""
     if isinstance(map_parts, PoolMap):

@@ -40,14 +40,14 @@ from collections.abc import Callable, Iterator
 
 ENV = "GPT2JA_PROGRESS"
 MODES = ("auto", "bar", "plain", "off")
-PLAIN_EVERY_S = 10.0       # a plain line at least this often while something runs
+PLAIN_EVERY_S = 10.0  # a plain line at least this often while something runs
 # No plain line for a task that ends sooner (as tqdm's ``delay``): a short step, or one that fails
 # fast with its one-line error, says nothing more. GPT2JA_PROGRESS_DELAY_S changes it (tests: 0).
 PLAIN_DELAY_S = 2.0
 PLAIN_EVERY_FRACTION = 0.1  # ... and at every tenth of the total
 _OFF_WORDS = ("0", "off", "false", "no", "none")
 _warned: set[str] = set()
-_live = None                # the rich Progress on screen now (a nested bar joins it as another row)
+_live = None  # the rich Progress on screen now (a nested bar joins it as another row)
 _live_lock = threading.Lock()
 _listeners: list[Callable[[str, int, int | None], None]] = []  # see listening()
 
@@ -143,8 +143,9 @@ class Progress:
     ``bytes`` is shown as a throughput (MB/s) instead.
     """
 
-    def __init__(self, total: int | None, desc: str, unit: str, how: str,
-                 sink: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, total: int | None, desc: str, unit: str, how: str, sink: Callable[[str], None] | None = None
+    ) -> None:
         self.total, self.desc, self.unit, self.how = total, desc, unit, how
         self.done = 0
         self.counts: dict[str, int] = {}
@@ -162,7 +163,7 @@ class Progress:
         self._pushed = 0.0
         self._finished: float | None = None
         self._delay = _delay_s()
-        self._said = False   # a plain line was printed (then the last one is printed too)
+        self._said = False  # a plain line was printed (then the last one is printed too)
 
     # ---------------------------------------------------------------- updates
 
@@ -174,8 +175,9 @@ class Progress:
                 self.counts[k] = self.counts.get(k, 0) + v
         self._changed()
 
-    def update(self, completed: int | None = None, *, total: int | None = None, info: str | None = None,
-               **counts: int) -> None:
+    def update(
+        self, completed: int | None = None, *, total: int | None = None, info: str | None = None, **counts: int
+    ) -> None:
         """Set absolute values: units done, the total, a short note, counters."""
         with self._lock:
             if completed is not None:
@@ -244,8 +246,12 @@ class Progress:
         """What the bar shows right of itself: percentage, counts, rate, elapsed and ETA."""
         eta = self.eta()
         counts = ", ".join(p for p in (self.numbers(), self.info) if p)
-        parts = [f"{100 * self.done / self.total:3.0f}%" if self.total else "", counts,
-                 _duration(self.elapsed()), f"ETA {_duration(eta)}" if eta is not None else ""]
+        parts = [
+            f"{100 * self.done / self.total:3.0f}%" if self.total else "",
+            counts,
+            _duration(self.elapsed()),
+            f"ETA {_duration(eta)}" if eta is not None else "",
+        ]
         return " ".join(p for p in parts if p)
 
     # ---------------------------------------------------------------- plain lines
@@ -296,7 +302,8 @@ class Progress:
     def _start_bar(self) -> None:
         global _live
         from rich.console import Console
-        from rich.progress import BarColumn, Progress as RichProgress, ProgressColumn, SpinnerColumn, TextColumn
+        from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, TextColumn
+        from rich.progress import Progress as RichProgress
         from rich.text import Text
 
         class _Bar(BarColumn):
@@ -311,8 +318,14 @@ class Progress:
         with _live_lock:
             if _live is None:
                 console = Console(file=sys.stderr, force_terminal=True, force_interactive=True)
-                _live = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), _Bar(bar_width=24),
-                                     _Numbers(), console=console, refresh_per_second=8)
+                _live = RichProgress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    _Bar(bar_width=24),
+                    _Numbers(),
+                    console=console,
+                    refresh_per_second=8,
+                )
                 _live.start()
                 self._owner = True
             self._rich = _live
@@ -351,8 +364,9 @@ class Progress:
 
 
 @contextlib.contextmanager
-def progress(total: int | None, desc: str, unit: str = "items", *,
-             sink: Callable[[str], None] | None = None) -> Iterator[Progress]:
+def progress(
+    total: int | None, desc: str, unit: str = "items", *, sink: Callable[[str], None] | None = None
+) -> Iterator[Progress]:
     """Track one task of ``total`` ``unit`` (None: unknown length) while the block runs; see the module docstring.
 
     ``sink`` receives the plain lines instead of stderr (a logger's ``info``).

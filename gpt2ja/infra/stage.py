@@ -67,8 +67,18 @@ from typing import Callable, Iterable, Sequence
 from gpt2ja.infra import storage
 from gpt2ja.infra.errors import Gpt2jaError
 
-__all__ = ["LockHeld", "Outcome", "OutputLock", "StageError", "check_inputs", "input_uri", "lock_uri", "require",
-           "run_stage", "verify"]
+__all__ = [
+    "LockHeld",
+    "Outcome",
+    "OutputLock",
+    "StageError",
+    "check_inputs",
+    "input_uri",
+    "lock_uri",
+    "require",
+    "run_stage",
+    "verify",
+]
 
 #: seconds between heartbeats of a held lock, and the age after which a lock
 #: without heartbeat counts as abandoned (overridable for tests and slow links)
@@ -127,8 +137,10 @@ def lock_uri(out: str) -> str:
 def _describe(holder: dict | None, stage: str, out: str) -> str:
     if not holder:
         return f"{stage} {out} is being built by another process (its lock has no readable holder yet)"
-    return (f"{holder.get('stage', stage)} {out} is being built by pid {holder.get('pid')} on host "
-            f"{holder.get('host')} since {holder.get('started')} (heartbeat {holder.get('heartbeat')})")
+    return (
+        f"{holder.get('stage', stage)} {out} is being built by pid {holder.get('pid')} on host "
+        f"{holder.get('host')} since {holder.get('started')} (heartbeat {holder.get('heartbeat')})"
+    )
 
 
 class OutputLock:
@@ -138,14 +150,29 @@ class OutputLock:
     that hold a lock across processes (the crawl's child process).
     """
 
-    def __init__(self, out: str, stage: str, *, stale_s: float | None = None, heartbeat_s: float | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        out: str,
+        stage: str,
+        *,
+        stale_s: float | None = None,
+        heartbeat_s: float | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.out, self.stage, self.uri = out, stage, lock_uri(out)
         self.stale_s = STALE_S if stale_s is None else stale_s
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.info = {"stage": stage, "out": out, "host": socket.gethostname(), "pid": os.getpid(),
-                     "started": _now(), "heartbeat": _now(), "token": uuid.uuid4().hex, "released": False}
+        self.info = {
+            "stage": stage,
+            "out": out,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": _now(),
+            "heartbeat": _now(),
+            "token": uuid.uuid4().hex,
+            "released": False,
+        }
         self.lost = False
         self._fd: int | None = None
         self._generation: int | None = None
@@ -164,8 +191,10 @@ class OutputLock:
             if holder is None:
                 break
             if time.monotonic() >= deadline:
-                raise LockHeld(f"{_describe(holder, self.stage, self.out)}; wait for it to finish (or pass a longer "
-                               f"wait), or stop that process: {self._fix()}")
+                raise LockHeld(
+                    f"{_describe(holder, self.stage, self.out)}; wait for it to finish (or pass a longer "
+                    f"wait), or stop that process: {self._fix()}"
+                )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 2.0)
         self._beat = threading.Thread(target=self._heartbeat, name=f"lock-{self.stage}", daemon=True)
@@ -174,8 +203,10 @@ class OutputLock:
 
     def _fix(self) -> str:
         if storage.is_gcs(self.uri):
-            return (f"a lock without heartbeat for {self.stale_s:.0f} s is taken over by itself, or delete "
-                    f"{self.uri} if that machine is gone")
+            return (
+                f"a lock without heartbeat for {self.stale_s:.0f} s is taken over by itself, or delete "
+                f"{self.uri} if that machine is gone"
+            )
         return "the lock frees itself when that process ends"
 
     def release(self) -> None:
@@ -206,8 +237,10 @@ class OutputLock:
     def check(self) -> None:
         """Raise :class:`StageError` when the lock was lost (another writer took it over): publish nothing."""
         if self.lost:
-            raise StageError(f"{self.stage} {self.out}: another writer took over this build's lock {self.uri} "
-                             "(no heartbeat reached it in time); nothing was published, rerun the stage")
+            raise StageError(
+                f"{self.stage} {self.out}: another writer took over this build's lock {self.uri} "
+                "(no heartbeat reached it in time); nothing was published, rerun the stage"
+            )
 
     # ---------------------------------------------------------------- local: flock
 
@@ -229,9 +262,11 @@ class OutputLock:
         self._fd = fd
         self._write_local(self.info)
         if previous and not previous.get("released", True):
-            self.log(f"{self.stage} {self.out}: took over the lock of pid {previous.get('pid')} on host "
-                     f"{previous.get('host')} (started {previous.get('started')}): that process is gone; "
-                     "its partial output is checked and resumed or rebuilt")
+            self.log(
+                f"{self.stage} {self.out}: took over the lock of pid {previous.get('pid')} on host "
+                f"{previous.get('host')} (started {previous.get('started')}): that process is gone; "
+                "its partial output is checked and resumed or rebuilt"
+            )
         return None
 
     def _read_local(self) -> dict | None:
@@ -272,8 +307,10 @@ class OutputLock:
                 self._generation = storage.write_if_generation(self.uri, self._encode(), generation)
             except storage.GenerationMismatch:
                 continue  # another taker (or the holder's heartbeat) came first: look again
-            self.log(f"{self.stage} {self.out}: took over the lock {self.uri} of pid {holder.get('pid')} on host "
-                     f"{holder.get('host')} (last heartbeat {holder.get('heartbeat')}): that writer is gone")
+            self.log(
+                f"{self.stage} {self.out}: took over the lock {self.uri} of pid {holder.get('pid')} on host "
+                f"{holder.get('host')} (last heartbeat {holder.get('heartbeat')}): that writer is gone"
+            )
             return None
         return holder
 
@@ -318,7 +355,7 @@ def _inside(child: str, parent: str) -> str | None:
     sep = "/" if storage.is_gcs(c) else os.sep
     if c == p:
         return ""
-    return c[len(p) + 1:] if c.startswith(p + sep) else None
+    return c[len(p) + 1 :] if c.startswith(p + sep) else None
 
 
 def check_inputs(stage: str, out: str, inputs: Iterable[str]) -> None:
@@ -330,17 +367,22 @@ def check_inputs(stage: str, out: str, inputs: Iterable[str]) -> None:
     for uri in inputs:
         below = _inside(out, uri)
         if below == "":
-            raise StageError(f"{stage}: the output {out} is its input {uri}; give --out a directory of its own "
-                             "(writing there would replace the input's manifest)")
+            raise StageError(
+                f"{stage}: the output {out} is its input {uri}; give --out a directory of its own "
+                "(writing there would replace the input's manifest)"
+            )
         if below is not None:
             manifest = storage.read_manifest(uri) or {}
             first = below.split("/")[0].split(os.sep)[0]
             if not any(first == d or first.startswith(d + "-") for d in DERIVED.get(manifest.get("stage"), ())):
-                raise StageError(f"{stage}: the output {out} is inside its input {uri}; give --out a directory "
-                                 "outside it")
+                raise StageError(
+                    f"{stage}: the output {out} is inside its input {uri}; give --out a directory outside it"
+                )
         if _inside(uri, out) is not None:
-            raise StageError(f"{stage}: the output {out} holds its input {uri}; give --out a directory of its own "
-                             "(rebuilding it would delete the input)")
+            raise StageError(
+                f"{stage}: the output {out} holds its input {uri}; give --out a directory of its own "
+                "(rebuilding it would delete the input)"
+            )
 
 
 def require(uri: str, what: str, fix: str, error: type[Gpt2jaError] = StageError) -> dict:
@@ -361,8 +403,9 @@ def require(uri: str, what: str, fix: str, error: type[Gpt2jaError] = StageError
 # -------------------------------------------------------------------- verify
 
 
-def verify(out: str, fingerprint: str | None = None, *, deep: bool = False,
-           manifest: dict | None = None) -> tuple[dict | None, list[str]]:
+def verify(
+    out: str, fingerprint: str | None = None, *, deep: bool = False, manifest: dict | None = None
+) -> tuple[dict | None, list[str]]:
     """``(manifest, problems)``: what is wrong with the artifact at ``out``; no problems means it verifies.
 
     Checks that a manifest is there, that its fingerprint is ``fingerprint``
@@ -391,7 +434,7 @@ def verify(out: str, fingerprint: str | None = None, *, deep: bool = False,
 
 def _rel(uri: str, out: str) -> str:
     if storage.is_gcs(uri):
-        return uri[len(out.rstrip("/")) + 1:]
+        return uri[len(out.rstrip("/")) + 1 :]
     return os.path.relpath(uri, os.path.abspath(os.path.expanduser(out))).replace(os.sep, "/")
 
 
@@ -408,10 +451,21 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dict], inputs: Sequence[str] = (),
-              deep: bool = False, wait_s: float | None = None, prune: bool = True, keep: Sequence[str] = (),
-              replace: bool | str = True, log: Callable[[str], None] | None = None,
-              check: Callable[[], None] | None = None) -> Outcome:
+def run_stage(
+    stage: str,
+    out: str,
+    *,
+    fingerprint: str,
+    build: Callable[[], dict],
+    inputs: Sequence[str] = (),
+    deep: bool = False,
+    wait_s: float | None = None,
+    prune: bool = True,
+    keep: Sequence[str] = (),
+    replace: bool | str = True,
+    log: Callable[[str], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Outcome:
     """Build ``out`` once under its lock, or skip it when it verifies; see the module docstring.
 
     ``build()`` writes the stage's files into ``out`` (it may reuse files of an
@@ -432,9 +486,12 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
         if not problems:
             return Outcome(out, True, manifest)
         if manifest is not None and replace is not True and manifest.get("fingerprint") != fingerprint:
-            raise StageError(replace if isinstance(replace, str) else
-                             f"{stage}: {out} holds an artifact built with another config; choose another output "
-                             "(or delete that directory)")
+            raise StageError(
+                replace
+                if isinstance(replace, str)
+                else f"{stage}: {out} holds an artifact built with another config; choose another output "
+                "(or delete that directory)"
+            )
         if check is not None:
             check()
         notes = []
@@ -448,8 +505,10 @@ def run_stage(stage: str, out: str, *, fingerprint: str, build: Callable[[], dic
         new = build()
         lock.check()
         if _builds(stage, inputs) != seen:
-            raise StageError(f"{stage}: an input of {out} was rebuilt while this stage read it "
-                             f"({', '.join(inputs)}); nothing was published, rerun the stage")
+            raise StageError(
+                f"{stage}: an input of {out} was rebuilt while this stage read it "
+                f"({', '.join(inputs)}); nothing was published, rerun the stage"
+            )
         new = _publish(stage, out, new, fingerprint, prune=prune, keep=keep)
         lock.check()
         return Outcome(out, False, new, notes)
@@ -470,8 +529,12 @@ def _sweep(out: str) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(root):
             parts = entry.name.split("-")
-            if entry.name.startswith(SCRATCH + "-") and len(parts) > 3 and parts[2].isdigit() \
-                    and not _pid_alive(int(parts[2])):
+            if (
+                entry.name.startswith(SCRATCH + "-")
+                and len(parts) > 3
+                and parts[2].isdigit()
+                and not _pid_alive(int(parts[2]))
+            ):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
@@ -489,8 +552,11 @@ def _builds(stage: str, inputs: Sequence[str]) -> list:
     seen = []
     for uri in inputs:
         manifest = storage.read_manifest(uri)
-        seen.append(None if manifest is None else (manifest.get("fingerprint"), manifest.get("build_id"),
-                                                   manifest.get("created_at")))
+        seen.append(
+            None
+            if manifest is None
+            else (manifest.get("fingerprint"), manifest.get("build_id"), manifest.get("created_at"))
+        )
     return seen
 
 
@@ -518,18 +584,23 @@ def _withdraw(out: str) -> None:
 
 def _publish(stage: str, out: str, manifest: dict, fingerprint: str, *, prune: bool, keep: Sequence[str]) -> dict:
     if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
-        raise StageError(f"{stage}: the build of {out} returned a manifest for another fingerprint; "
-                         "this is a bug in the stage, please report it")
+        raise StageError(
+            f"{stage}: the build of {out} returned a manifest for another fingerprint; "
+            "this is a bug in the stage, please report it"
+        )
     manifest = dict(manifest)
     manifest.pop("uri", None)
-    manifest["inputs"] = [{**i, "uri": storage.relative_ref(i["uri"], out)} if i.get("uri") else i
-                          for i in manifest.get("inputs", [])]
+    manifest["inputs"] = [
+        {**i, "uri": storage.relative_ref(i["uri"], out)} if i.get("uri") else i for i in manifest.get("inputs", [])
+    ]
     manifest["refs"] = "relative"  # input URIs are relative to this manifest's folder (storage.resolve_ref)
     manifest["build_id"] = uuid.uuid4().hex  # tells two builds with one fingerprint apart (see _builds)
     _, problems = verify(out, fingerprint, manifest=manifest)
     if problems:
-        raise StageError(f"{stage}: the files just built do not match their manifest ({'; '.join(problems)}); "
-                         "nothing was published, rerun the stage")
+        raise StageError(
+            f"{stage}: the files just built do not match their manifest ({'; '.join(problems)}); "
+            "nothing was published, rerun the stage"
+        )
     if prune:
         listed = {f["path"] for f in manifest.get("files", [])}
         for uri in storage.list_files(out):

@@ -119,7 +119,7 @@ def is_gcs(uri: str) -> bool:
 
 def _split(uri: str) -> tuple[str, str]:
     """Split ``gs://bucket/some/key`` into ``("bucket", "some/key")``."""
-    rest = uri[len(_GCS_SCHEME):]
+    rest = uri[len(_GCS_SCHEME) :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise StorageError(f"invalid GCS URI {uri!r}: no bucket name; write it as gs://BUCKET/PREFIX")
@@ -225,9 +225,7 @@ def _gcs_client():
 
                     _require_emulator(emulator)
 
-                    _client = gcs.Client(
-                        project=project or _EMULATOR_PROJECT, credentials=AnonymousCredentials()
-                    )
+                    _client = gcs.Client(project=project or _EMULATOR_PROJECT, credentials=AnonymousCredentials())
                 elif project:
                     _client = gcs.Client(project=project)
                 else:
@@ -250,9 +248,11 @@ def _require_emulator(address: str) -> None:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5):
             return
     except OSError as err:
-        raise StorageError(f"cannot reach the GCS emulator at STORAGE_EMULATOR_HOST={address} "
-                           f"({err.strerror or err}); start it, or unset STORAGE_EMULATOR_HOST to use Google "
-                           "Cloud Storage") from None
+        raise StorageError(
+            f"cannot reach the GCS emulator at STORAGE_EMULATOR_HOST={address} "
+            f"({err.strerror or err}); start it, or unset STORAGE_EMULATOR_HOST to use Google "
+            "Cloud Storage"
+        ) from None
 
 
 def reset_client() -> None:
@@ -283,9 +283,7 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
     except gexc.NotFound as err:
         raise StorageError(f"cannot {action}: not found: {uri}; check the bucket and prefix") from err
     except (gexc.Forbidden, gexc.Unauthorized, auth_exc.GoogleAuthError) as err:
-        raise StorageError(
-            f"cannot {action} {uri}: permission denied ({_one_line(err)}); {_CREDENTIALS_HINT}"
-        ) from err
+        raise StorageError(f"cannot {action} {uri}: permission denied ({_one_line(err)}); {_CREDENTIALS_HINT}") from err
     except gexc.GoogleAPIError as err:
         raise StorageError(
             f"cannot {action} {uri}: {_one_line(err)}; retry later, the client already retried transient errors"
@@ -375,11 +373,7 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
                     out.extend(os.path.join(dirpath, n) for n in names if not _is_temp_name(n))
             else:
                 with os.scandir(root) as entries:
-                    out.extend(
-                        os.path.join(root, e.name)
-                        for e in entries
-                        if e.is_file() and not _is_temp_name(e.name)
-                    )
+                    out.extend(os.path.join(root, e.name) for e in entries if e.is_file() and not _is_temp_name(e.name))
         return sorted(out)
 
     return sorted(list_sizes(uri, recursive=recursive))
@@ -398,8 +392,11 @@ def list_sizes(uri: str, recursive: bool = True) -> dict[str, int]:
     with _gcs_errors(uri, "list"):
         blobs = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter=None if recursive else "/")
         # Names ending in "/" are folder placeholders made by the console, not files.
-        return {_gcs_uri(bucket, b.name): int(b.size) for b in blobs
-                if not b.name.endswith("/") and not _is_temp_name(b.name.rsplit("/", 1)[-1])}
+        return {
+            _gcs_uri(bucket, b.name): int(b.size)
+            for b in blobs
+            if not b.name.endswith("/") and not _is_temp_name(b.name.rsplit("/", 1)[-1])
+        }
 
 
 def size(uri: str) -> int:
@@ -443,7 +440,7 @@ def file_info(uri: str, *, root: str | None = None) -> dict:
             base = root.rstrip("/") + "/"
             if not uri.startswith(base):
                 raise StorageError(f"file_info: {uri} is not under root {root}; pass the directory that contains it")
-            rel = uri[len(base):]
+            rel = uri[len(base) :]
         else:
             rel = os.path.relpath(_local(uri), _local(root)).replace(os.sep, "/")
             if rel.startswith("../"):
@@ -685,7 +682,7 @@ def _manifest_last(rel_paths: list[str]) -> list[str]:
 def _run_batches(func, items: list, parallel: bool) -> None:
     """Run ``func`` over items; manifests (the tail) strictly after the rest."""
     data = [i for i in items if i[0].rsplit("/", 1)[-1] != MANIFEST]
-    manifests = items[len(data):]
+    manifests = items[len(data) :]
     if parallel and len(data) > 1:
         with ThreadPoolExecutor(max_workers=_GCS_WORKERS) as pool:
             # list() re-raises the first failure.
@@ -707,10 +704,7 @@ def upload_dir(local_dir: str, uri: str, *, create_only: bool = False) -> list[s
     src_root = _local(local_dir)
     if not os.path.isdir(src_root):
         raise StorageError(f"cannot upload {src_root}: not a directory; check the source path")
-    rels = [
-        os.path.relpath(p, src_root).replace(os.sep, "/")
-        for p in list_files(src_root, recursive=True)
-    ]
+    rels = [os.path.relpath(p, src_root).replace(os.sep, "/") for p in list_files(src_root, recursive=True)]
     items = [(os.path.join(src_root, rel), join(uri, *rel.split("/"))) for rel in _manifest_last(rels)]
     _run_batches(lambda src, dest: publish(src, dest, create_only=create_only), items, parallel=is_gcs(uri))
     return sorted(dest for _src, dest in items)
@@ -737,7 +731,7 @@ def download_dir(uri: str, local_dir: str) -> list[str]:
     base = uri.rstrip("/") + "/" if is_gcs(uri) else None
     rels = []
     for src in list_files(uri, recursive=True):
-        rels.append(src[len(base):] if base else os.path.relpath(src, _local(uri)).replace(os.sep, "/"))
+        rels.append(src[len(base) :] if base else os.path.relpath(src, _local(uri)).replace(os.sep, "/"))
     items = [(join(uri, *rel.split("/")), os.path.join(dest_root, *rel.split("/"))) for rel in _manifest_last(rels)]
     _run_batches(_download_one, items, parallel=is_gcs(uri))
     os.makedirs(dest_root, exist_ok=True)
@@ -858,9 +852,7 @@ def _canonical_default(obj: Any) -> Any:
 
 
 def _canonical_json(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default
-    )
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default)
 
 
 def _input_fingerprint(manifest: dict) -> str:
@@ -902,7 +894,10 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return version
@@ -910,7 +905,15 @@ def code_version() -> str:
 
 
 _MANIFEST_KEYS = (
-    "stage", "config", "fingerprint", "inputs", "counts", "files", "code_version", "created_at", "timings",
+    "stage",
+    "config",
+    "fingerprint",
+    "inputs",
+    "counts",
+    "files",
+    "code_version",
+    "created_at",
+    "timings",
 )
 
 

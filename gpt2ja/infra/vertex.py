@@ -85,13 +85,18 @@ class GpuType(BaseModel):
 #: Vertex AI custom-training machine types per GPU count (https://cloud.google.com/vertex-ai/docs/training/configure-compute).
 GPU_TYPES: dict[str, GpuType] = {
     # the default: bf16 (Ada), 24 GB; the same GPU as deploy/jobs/gpu-vm.sh
-    "l4": GpuType(accelerator="NVIDIA_L4",
-                  machines={1: "g2-standard-12", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}),
+    "l4": GpuType(
+        accelerator="NVIDIA_L4",
+        machines={1: "g2-standard-12", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"},
+    ),
     # cheapest, but no bf16 (use mixed_precision fp16) and 16 GB
-    "t4": GpuType(accelerator="NVIDIA_TESLA_T4",
-                  machines={1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}),
-    "a100": GpuType(accelerator="NVIDIA_TESLA_A100",
-                    machines={1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g"}),
+    "t4": GpuType(
+        accelerator="NVIDIA_TESLA_T4", machines={1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32"}
+    ),
+    "a100": GpuType(
+        accelerator="NVIDIA_TESLA_A100",
+        machines={1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g"},
+    ),
     "h100": GpuType(accelerator="NVIDIA_H100_80GB", machines={8: "a3-highgpu-8g"}),
 }
 
@@ -109,8 +114,11 @@ class GpuJob(BaseModel):
 
     project: str = Field(min_length=1, description="Google Cloud project id")
     region: str = Field("us-central1", description="Vertex AI region (it must offer the GPU)")
-    image: str = Field(min_length=1, description="the image of deploy/Dockerfile in Artifact Registry (its "
-                       "tensorflow target, or its jax target for backend jax)")
+    image: str = Field(
+        min_length=1,
+        description="the image of deploy/Dockerfile in Artifact Registry (its "
+        "tensorflow target, or its jax target for backend jax)",
+    )
     gpu_type: Literal["l4", "t4", "a100", "h100"] = Field("l4", description="a key of GPU_TYPES")
     gpus: int = Field(1, ge=1, le=16, description="GPUs per host")
     replicas: int = Field(1, ge=1, le=64, description="hosts (replicas); more than one trains multi_worker")
@@ -172,12 +180,13 @@ class TpuVmJob(BaseModel):
         ``tpu-ubuntu2204-base`` (v4 and older); JAX itself is installed by ``tpu-vm-setup.sh``.
         """
         generation = self.tpu_type.rsplit("-", 1)[0]
-        return {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5",
-                "v5litepod": "v2-alpha-tpuv5-lite"}.get(generation, "tpu-ubuntu2204-base")
+        return {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite"}.get(
+            generation, "tpu-ubuntu2204-base"
+        )
 
     @property
     def devices(self) -> int:
-        """TPUStrategy replicas (JAX devices): v4 and v5p names count TensorCores, two per chip and one device (megacore)."""
+        """TPUStrategy replicas (JAX devices): v4 and v5p names count TensorCores, two a chip, one device (megacore)."""
         count = int(self.tpu_type.rsplit("-", 1)[1])
         return count // 2 if self.tpu_type.startswith(("v4-", "v5p-")) else count
 
@@ -186,8 +195,10 @@ class TpuVmJob(BaseModel):
 
 
 #: Vertex AI's TPU machine types by chips per host (https://cloud.google.com/vertex-ai/docs/training/configure-compute).
-VERTEX_TPU_MACHINES = {"v5e": {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t", 8: "ct5lp-hightpu-8t"},
-                       "v6e": {1: "ct6e-standard-1t", 4: "ct6e-standard-4t", 8: "ct6e-standard-8t"}}
+VERTEX_TPU_MACHINES = {
+    "v5e": {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t", 8: "ct5lp-hightpu-8t"},
+    "v6e": {1: "ct6e-standard-1t", 4: "ct6e-standard-4t", 8: "ct6e-standard-8t"},
+}
 #: The 2-D slice shapes of v5e and v6e by chips (https://cloud.google.com/tpu/docs/supported-tpu-configurations).
 TPU_TOPOLOGIES = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
@@ -216,8 +227,9 @@ class VertexTpuJob(BaseModel):
     @model_validator(mode="after")
     def _a_slice_of_that_shape(self) -> "VertexTpuJob":
         if self.chips not in TPU_TOPOLOGIES:
-            raise ValueError(f"{self.tpu_type} slices have {', '.join(map(str, TPU_TOPOLOGIES))} chips, "
-                             f"not {self.chips}")
+            raise ValueError(
+                f"{self.tpu_type} slices have {', '.join(map(str, TPU_TOPOLOGIES))} chips, not {self.chips}"
+            )
         return self
 
     @property
@@ -258,29 +270,39 @@ def job_train_config(settings, data: str, run: str, job: GpuJob | TpuVmJob | Ver
 
     for name, uri in (("data", data), ("run", run)):
         if not uri.startswith("gs://"):
-            raise JobError(f"{name} {uri} is not on gs://; a cloud job reads and writes gs:// only "
-                           "(give --root gs://BUCKET/PREFIX)")
+            raise JobError(
+                f"{name} {uri} is not on gs://; a cloud job reads and writes gs:// only "
+                "(give --root gs://BUCKET/PREFIX)"
+            )
     values = settings.model_dump() if isinstance(settings, BaseModel) else dict(settings)
     given = values.get("strategy", "default")
     if values.get("backend", "tensorflow") == "jax":
         if given != "default":
-            raise JobError(f"train strategy {given!r} is TensorFlow's; backend jax trains on every device of "
-                           f"{_describe(job)} without one (leave strategy default)")
+            raise JobError(
+                f"train strategy {given!r} is TensorFlow's; backend jax trains on every device of "
+                f"{_describe(job)} without one (leave strategy default)"
+            )
     elif isinstance(job, VertexTpuJob):
-        raise JobError(f"{_describe(job)} trains with backend jax only (set backend: jax); TensorFlow on a "
-                       "TPU runs on a TPU VM (--tpu TYPE)")
+        raise JobError(
+            f"{_describe(job)} trains with backend jax only (set backend: jax); TensorFlow on a "
+            "TPU runs on a TPU VM (--tpu TYPE)"
+        )
     else:
         wanted = job.strategy()
         allowed = {wanted} | ({"default", "mirrored"} if wanted == "default" else set())
         if given != "default" and given not in allowed:
-            raise JobError(f"train strategy {given!r} does not fit {_describe(job)}: it needs {wanted!r} "
-                           f"(set strategy: {wanted}, or leave it default)")
+            raise JobError(
+                f"train strategy {given!r} does not fit {_describe(job)}: it needs {wanted!r} "
+                f"(set strategy: {wanted}, or leave it default)"
+            )
         values["strategy"] = wanted if given == "default" else given
     cfg = TrainConfig.model_validate({**values, "data": data, "run": run})
     if cfg.micro_batch % job.devices:
         up = -(-cfg.micro_batch // job.devices) * job.devices
-        raise JobError(f"micro_batch {cfg.micro_batch} is not a multiple of the {job.devices} devices of "
-                       f"{_describe(job)} (it is summed over them); use micro_batch {up}")
+        raise JobError(
+            f"micro_batch {cfg.micro_batch} is not a multiple of the {job.devices} devices of "
+            f"{_describe(job)} (it is summed over them); use micro_batch {up}"
+        )
     return cfg
 
 
@@ -306,9 +328,18 @@ def train_args(settings, data: str, run: str, job: GpuJob | TpuVmJob | VertexTpu
 
 
 #: Settings that ``gpt2ja train`` has a flag for (the rest go as ``--set name=value``, read as YAML).
-TRAIN_FLAGS = {"preset": "--preset", "init_from": "--init-from", "steps": "--steps", "batch_tokens": "--batch-tokens",
-               "micro_batch": "--micro-batch", "learning_rate": "--learning-rate", "warmup_steps": "--warmup-steps",
-               "backend": "--backend", "strategy": "--strategy", "mixed_precision": "--mixed-precision"}
+TRAIN_FLAGS = {
+    "preset": "--preset",
+    "init_from": "--init-from",
+    "steps": "--steps",
+    "batch_tokens": "--batch-tokens",
+    "micro_batch": "--micro-batch",
+    "learning_rate": "--learning-rate",
+    "warmup_steps": "--warmup-steps",
+    "backend": "--backend",
+    "strategy": "--strategy",
+    "mixed_precision": "--mixed-precision",
+}
 
 
 def backend_of(args: list[str]) -> str:
@@ -364,32 +395,39 @@ def custom_job_request(job: GpuJob | VertexTpuJob, args: list[str]):
     if isinstance(job, VertexTpuJob):
         machine = v1.MachineSpec(machine_type=job.machine_type, tpu_topology=job.topology)
     else:
-        machine = v1.MachineSpec(machine_type=job.machine_type,
-                                 accelerator_type=v1.AcceleratorType[GPU_TYPES[job.gpu_type].accelerator],
-                                 accelerator_count=job.gpus)
-    container = v1.ContainerSpec(image_uri=job.image, command=command, args=args,
-                                 env=[v1.EnvVar(name=k, value=v) for k, v in env.items()])
+        machine = v1.MachineSpec(
+            machine_type=job.machine_type,
+            accelerator_type=v1.AcceleratorType[GPU_TYPES[job.gpu_type].accelerator],
+            accelerator_count=job.gpus,
+        )
+    container = v1.ContainerSpec(
+        image_uri=job.image, command=command, args=args, env=[v1.EnvVar(name=k, value=v) for k, v in env.items()]
+    )
     disk = v1.DiskSpec(boot_disk_type="pd-ssd", boot_disk_size_gb=job.boot_disk_gb)
 
     def pool(replicas: int):
-        return v1.WorkerPoolSpec(machine_spec=machine, replica_count=replicas, container_spec=container,
-                                 disk_spec=disk)
+        return v1.WorkerPoolSpec(machine_spec=machine, replica_count=replicas, container_spec=container, disk_spec=disk)
 
     # pool 0: the chief (exactly one replica; JAX process 0); pool 1: the other hosts (TF_CONFIG "worker")
     pools = [pool(1)] + ([pool(hosts - 1)] if hosts > 1 else [])
-    spec = v1.CustomJobSpec(worker_pool_specs=pools,
-                            # a lost host restarts every replica: they resume from the newest checkpoint on gs://
-                            scheduling=v1.Scheduling(restart_job_on_worker_restart=hosts > 1))
+    spec = v1.CustomJobSpec(
+        worker_pool_specs=pools,
+        # a lost host restarts every replica: they resume from the newest checkpoint on gs://
+        scheduling=v1.Scheduling(restart_job_on_worker_restart=hosts > 1),
+    )
     if job.service_account:
         spec.service_account = job.service_account
-    return v1.CreateCustomJobRequest(parent=f"projects/{job.project}/locations/{job.region}",
-                                     custom_job=v1.CustomJob(display_name=job.display_name, job_spec=spec))
+    return v1.CreateCustomJobRequest(
+        parent=f"projects/{job.project}/locations/{job.region}",
+        custom_job=v1.CustomJob(display_name=job.display_name, job_spec=spec),
+    )
 
 
 def request_json(request) -> str:
     """The request as the REST API's JSON (camelCase fields, enum names)."""
-    return type(request).to_json(request, use_integers_for_enums=False, always_print_fields_with_no_presence=False,
-                                indent=2)
+    return type(request).to_json(
+        request, use_integers_for_enums=False, always_print_fields_with_no_presence=False, indent=2
+    )
 
 
 CLUSTER_SPEC_ENV = "CLUSTER_SPEC"
@@ -418,13 +456,15 @@ def jax_processes(cluster_spec: str) -> dict[str, str]:
         me = order.index((task["type"], int(task["index"])))
         coordinator = cluster["workerpool0"][0]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-        raise JobError(f"{CLUSTER_SPEC_ENV} is not Vertex AI's cluster spec with this replica in "
-                       f"workerpool0..N ({type(err).__name__}: {err}): {cluster_spec[:200]}") from None
+        raise JobError(
+            f"{CLUSTER_SPEC_ENV} is not Vertex AI's cluster spec with this replica in "
+            f"workerpool0..N ({type(err).__name__}: {err}): {cluster_spec[:200]}"
+        ) from None
     return {"JAX_COORDINATOR_ADDRESS": coordinator, "JAX_NUM_PROCESSES": str(len(order)), "JAX_PROCESS_ID": str(me)}
 
 
 def launch(command: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a JAX replica runs ``command`` with: ``environ`` plus :func:`jax_processes` of its ``CLUSTER_SPEC``.
+    """The environment a JAX replica runs ``command`` with: ``environ`` and :func:`jax_processes` of ``CLUSTER_SPEC``.
 
     A ``JAX_NUM_PROCESSES`` already there (the rendered job's) must agree with the cluster spec.
     """
@@ -432,13 +472,17 @@ def launch(command: list[str], environ: dict[str, str] | None = None) -> dict[st
     if not command:
         raise JobError("launch needs the command to run after --, e.g. -- gpt2ja train ...")
     if CLUSTER_SPEC_ENV not in environ:
-        raise JobError(f"{CLUSTER_SPEC_ENV} is not set: `python -m gpt2ja.infra.vertex launch` is the command of a JAX "
-                       "replica in a Vertex AI job of several hosts, which sets it")
+        raise JobError(
+            f"{CLUSTER_SPEC_ENV} is not set: `python -m gpt2ja.infra.vertex launch` is the command of a JAX "
+            "replica in a Vertex AI job of several hosts, which sets it"
+        )
     found = jax_processes(environ[CLUSTER_SPEC_ENV])
     rendered = environ.get("JAX_NUM_PROCESSES")
     if rendered is not None and rendered != found["JAX_NUM_PROCESSES"]:
-        raise JobError(f"the job was rendered for JAX_NUM_PROCESSES={rendered} hosts but {CLUSTER_SPEC_ENV} lists "
-                       f"{found['JAX_NUM_PROCESSES']}")
+        raise JobError(
+            f"the job was rendered for JAX_NUM_PROCESSES={rendered} hosts but {CLUSTER_SPEC_ENV} lists "
+            f"{found['JAX_NUM_PROCESSES']}"
+        )
     return {**environ, **found}
 
 
@@ -466,19 +510,25 @@ def job_client(region: str):
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
-            return v1.JobServiceClient(transport="rest", client_options=ClientOptions(
-                api_endpoint=f"{region}-aiplatform.googleapis.com"))
+            return v1.JobServiceClient(
+                transport="rest", client_options=ClientOptions(api_endpoint=f"{region}-aiplatform.googleapis.com")
+            )
         except DefaultCredentialsError as err:
-            raise JobError(f"no Google Cloud credentials for Vertex AI here ({' '.join(str(err).split())}); run "
-                           "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
+            raise JobError(
+                f"no Google Cloud credentials for Vertex AI here ({' '.join(str(err).split())}); run "
+                "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+            ) from None
     parts = urllib.parse.urlsplit(endpoint)
     if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
-        raise JobError(f"{ENDPOINT_ENV}={endpoint} is not an http://127.0.0.1:PORT address; it is for the local "
-                       "stand-in of tests/vertex_server.py only: unset it to reach Vertex AI")
+        raise JobError(
+            f"{ENDPOINT_ENV}={endpoint} is not an http://127.0.0.1:PORT address; it is for the local "
+            "stand-in of tests/vertex_server.py only: unset it to reach Vertex AI"
+        )
     from google.auth.credentials import AnonymousCredentials
 
-    return v1.JobServiceClient(credentials=AnonymousCredentials(), transport="rest",
-                               client_options=ClientOptions(api_endpoint=endpoint))
+    return v1.JobServiceClient(
+        credentials=AnonymousCredentials(), transport="rest", client_options=ClientOptions(api_endpoint=endpoint)
+    )
 
 
 def submit(request, region: str) -> str:
@@ -492,12 +542,19 @@ def prefect_job_variables(job: GpuJob) -> dict:
     That worker runs one replica per flow run, so only one host fits it.
     """
     if job.replicas > 1:
-        raise JobError("a Prefect vertex-ai work pool runs one replica per flow run; for "
-                       f"{job.replicas} hosts run the train-vertex deployment (gpt2ja/flows/vertex_job.py) or "
-                       "`python -m gpt2ja.infra.vertex render` instead")
-    return {"region": job.region, "image": job.image, "machine_type": job.machine_type,
-            "accelerator_type": GPU_TYPES[job.gpu_type].accelerator, "accelerator_count": job.gpus,
-            "boot_disk_size_gb": job.boot_disk_gb}
+        raise JobError(
+            "a Prefect vertex-ai work pool runs one replica per flow run; for "
+            f"{job.replicas} hosts run the train-vertex deployment (gpt2ja/flows/vertex_job.py) or "
+            "`python -m gpt2ja.infra.vertex render` instead"
+        )
+    return {
+        "region": job.region,
+        "image": job.image,
+        "machine_type": job.machine_type,
+        "accelerator_type": GPU_TYPES[job.gpu_type].accelerator,
+        "accelerator_count": job.gpus,
+        "boot_disk_size_gb": job.boot_disk_gb,
+    }
 
 
 # ----------------------------------------------------------------- Cloud TPU VM
@@ -533,14 +590,56 @@ def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
     if backend_of(args) == "jax":
         return [
             ["python3", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "build/wheel", "."],
-            ["gcloud", "compute", "tpus", "tpu-vm", "create", job.name, *at,
-             "--accelerator-type", job.tpu_type, "--version", job.jax_runtime_version],
-            ["gcloud", "compute", "tpus", "tpu-vm", "scp", f"build/wheel/{wheel}", "deploy/jobs/tpu-vm-setup.sh",
-             "deploy/jobs/install-jax.sh", f"{job.name}:", *at, "--worker=all"],
-            ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
-             "--command", f"bash ~/tpu-vm-setup.sh {job.jax_version} ~/{wheel} jax"],
-            ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
-             "--command", "KERAS_BACKEND=jax ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args)],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "create",
+                job.name,
+                *at,
+                "--accelerator-type",
+                job.tpu_type,
+                "--version",
+                job.jax_runtime_version,
+            ],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "scp",
+                f"build/wheel/{wheel}",
+                "deploy/jobs/tpu-vm-setup.sh",
+                "deploy/jobs/install-jax.sh",
+                f"{job.name}:",
+                *at,
+                "--worker=all",
+            ],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "ssh",
+                job.name,
+                *at,
+                "--worker=all",
+                "--command",
+                f"bash ~/tpu-vm-setup.sh {job.jax_version} ~/{wheel} jax",
+            ],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "ssh",
+                job.name,
+                *at,
+                "--worker=all",
+                "--command",
+                "KERAS_BACKEND=jax ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args),
+            ],
         ]
     env = "TF_CPP_MIN_LOG_LEVEL=2"
     if job.multi_host:
@@ -548,14 +647,55 @@ def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
         env = "TPU_LOAD_LIBRARY=0 " + env
     return [
         ["python3", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "build/wheel", "."],
-        ["gcloud", "compute", "tpus", "tpu-vm", "create", job.name, *at,
-         "--accelerator-type", job.tpu_type, "--version", job.runtime_version],
-        ["gcloud", "compute", "tpus", "tpu-vm", "scp", f"build/wheel/{wheel}", "deploy/jobs/tpu-vm-setup.sh",
-         f"{job.name}:", *at, "--worker=all"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=all",
-         "--command", f"bash ~/tpu-vm-setup.sh {job.tf_version} ~/{wheel}"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *at, "--worker=0",
-         "--command", f"{env} ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args)],
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            job.name,
+            *at,
+            "--accelerator-type",
+            job.tpu_type,
+            "--version",
+            job.runtime_version,
+        ],
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "scp",
+            f"build/wheel/{wheel}",
+            "deploy/jobs/tpu-vm-setup.sh",
+            f"{job.name}:",
+            *at,
+            "--worker=all",
+        ],
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            job.name,
+            *at,
+            "--worker=all",
+            "--command",
+            f"bash ~/tpu-vm-setup.sh {job.tf_version} ~/{wheel}",
+        ],
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            job.name,
+            *at,
+            "--worker=0",
+            "--command",
+            f"{env} ~/gpt2ja-venv/bin/gpt2ja " + shlex.join(args),
+        ],
     ]
 
 
@@ -585,20 +725,31 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--image", help="the training image (deploy/Dockerfile) in Artifact Registry")
     render.add_argument("--gpus", type=int, help="GPUs per host (Vertex AI)")
     render.add_argument("--gpu-type", default="l4", choices=sorted(GPU_TYPES))
-    render.add_argument("--replicas", type=int, default=1, help="hosts; more than one trains multi_worker "
-                        "(backend jax: one jax.distributed process per host)")
+    render.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="hosts; more than one trains multi_worker (backend jax: one jax.distributed process per host)",
+    )
     render.add_argument("--service-account")
     render.add_argument("--tpu", help="a Cloud TPU VM of this type instead, e.g. v4-8 (commands only)")
     render.add_argument("--zone", default="us-central2-b", help="the TPU VM's zone")
-    render.add_argument("--vertex-tpu", choices=sorted(VERTEX_TPU_MACHINES),
-                        help="a Vertex AI job on a TPU slice of this generation instead (backend jax)")
+    render.add_argument(
+        "--vertex-tpu",
+        choices=sorted(VERTEX_TPU_MACHINES),
+        help="a Vertex AI job on a TPU slice of this generation instead (backend jax)",
+    )
     render.add_argument("--chips", type=int, default=8, help="chips of the --vertex-tpu slice (1, 4, 8, 16 … 256)")
-    render.add_argument("--prefect", action="store_true",
-                        help="print the job variables of a Prefect vertex-ai work pool instead")
+    render.add_argument(
+        "--prefect", action="store_true", help="print the job variables of a Prefect vertex-ai work pool instead"
+    )
     render.add_argument("--dry-run", action="store_true", help="print the API request; create nothing")
-    launcher = sub.add_parser("launch", help="(a JAX replica of a Vertex AI job of several hosts) set "
-                              "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID from CLUSTER_SPEC, "
-                              "then run the command after --")
+    launcher = sub.add_parser(
+        "launch",
+        help="(a JAX replica of a Vertex AI job of several hosts) set "
+        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID from CLUSTER_SPEC, "
+        "then run the command after --",
+    )
     launcher.add_argument("cmd", nargs=argparse.REMAINDER, help="-- gpt2ja train ...")
     opts = parser.parse_args(argv)
 
@@ -627,14 +778,29 @@ def main(argv: list[str] | None = None) -> int:
         if opts.vertex_tpu:
             if not opts.image:
                 raise JobError("give --image URI (deploy/Dockerfile's jax target built with JAX_EXTRA=tpu)")
-            job = VertexTpuJob(project=opts.project, region=opts.region, image=opts.image,
-                               tpu_type=opts.vertex_tpu, chips=opts.chips, service_account=opts.service_account)
+            job = VertexTpuJob(
+                project=opts.project,
+                region=opts.region,
+                image=opts.image,
+                tpu_type=opts.vertex_tpu,
+                chips=opts.chips,
+                service_account=opts.service_account,
+            )
         elif opts.gpus is None or not opts.image:
-            raise JobError("give --gpus N and --image URI for a Vertex AI job (or --tpu TYPE for a TPU VM, "
-                           "--vertex-tpu v5e|v6e for a Vertex AI TPU slice)")
+            raise JobError(
+                "give --gpus N and --image URI for a Vertex AI job (or --tpu TYPE for a TPU VM, "
+                "--vertex-tpu v5e|v6e for a Vertex AI TPU slice)"
+            )
         else:
-            job = GpuJob(project=opts.project, region=opts.region, image=opts.image, gpu_type=opts.gpu_type,
-                         gpus=opts.gpus, replicas=opts.replicas, service_account=opts.service_account)
+            job = GpuJob(
+                project=opts.project,
+                region=opts.region,
+                image=opts.image,
+                gpu_type=opts.gpu_type,
+                gpus=opts.gpus,
+                replicas=opts.replicas,
+                service_account=opts.service_account,
+            )
         if opts.prefect:
             if not isinstance(job, GpuJob):
                 raise JobError("--prefect renders a GPU machine (--gpus) only")

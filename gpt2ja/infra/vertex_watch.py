@@ -34,8 +34,9 @@ from gpt2ja.infra.errors import Gpt2jaError
 
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
 #: the states a custom job does not leave (aiplatform_v1.JobState); every one but SUCCEEDED fails the flow
-ENDED = frozenset({SUCCEEDED, "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
-                   "JOB_STATE_PARTIALLY_SUCCEEDED"})
+ENDED = frozenset(
+    {SUCCEEDED, "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
+)
 #: how long a poll retries transient API errors (503, 429, connection resets) before giving up
 POLL_RETRY_S = 600.0
 
@@ -79,13 +80,23 @@ def create(client, request):
     try:
         return client.create_custom_job(request=request)
     except GoogleAPICallError as err:
-        raise VertexJobError(f"Vertex AI refused the job {request.custom_job.display_name!r} in {request.parent}: "
-                             f"{_one_line(err)}; check the project, region, quota and image") from None
+        raise VertexJobError(
+            f"Vertex AI refused the job {request.custom_job.display_name!r} in {request.parent}: "
+            f"{_one_line(err)}; check the project, region, quota and image"
+        ) from None
 
 
-def run(client, request, *, poll_s: float, on_created: Callable, on_change: Callable,
-        say: Callable[[str], None] = print, on_poll: Callable | None = None,
-        sleep: Callable[[float], None] = time.sleep):
+def run(
+    client,
+    request,
+    *,
+    poll_s: float,
+    on_created: Callable,
+    on_change: Callable,
+    say: Callable[[str], None] = print,
+    on_poll: Callable | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+):
     """Create the job and :func:`follow` it; ``on_created(job)`` first. An interruption from the moment the job
     exists cancels it: SIGINT and SIGTERM that arrive while the create call is in flight (the job's name is not
     known until it answers) are held and raised again right after, where they cancel the job."""
@@ -124,8 +135,16 @@ def _raise_again(caught: list[int]) -> None:
         signal.raise_signal(signum)
 
 
-def follow(client, name: str, *, poll_s: float, on_change: Callable, say: Callable[[str], None] = print,
-           on_poll: Callable | None = None, sleep: Callable[[float], None] = time.sleep):
+def follow(
+    client,
+    name: str,
+    *,
+    poll_s: float,
+    on_change: Callable,
+    say: Callable[[str], None] = print,
+    on_poll: Callable | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+):
     """Poll the job until it ends; returns it at ``JOB_STATE_SUCCEEDED``, else raises :class:`VertexJobError`.
 
     ``on_change(job)`` at each new state, ``on_poll(job)`` after every poll (the
@@ -147,9 +166,11 @@ def _poll(client, name: str, poll_s: float, on_change: Callable, on_poll: Callab
         try:
             job = client.get_custom_job(name=name, retry=again, timeout=60.0)
         except GoogleAPICallError as err:
-            raise VertexJobError(f"Vertex AI job {name}: its state could not be read ({_one_line(err)}); it may "
-                                 f"still be running: follow it with `{gcloud('describe', name)}` or "
-                                 f"{console_url(name)}, stop it with `{gcloud('cancel', name)}`") from None
+            raise VertexJobError(
+                f"Vertex AI job {name}: its state could not be read ({_one_line(err)}); it may "
+                f"still be running: follow it with `{gcloud('describe', name)}` or "
+                f"{console_url(name)}, stop it with `{gcloud('cancel', name)}`"
+            ) from None
         if job.state.name != state:
             state = job.state.name
             on_change(job)
@@ -179,8 +200,10 @@ def cancelled_if_interrupted(client, name: str, say: Callable[[str], None] = pri
 def failure(job) -> str:
     """One line: which job ended how, Vertex AI's reason, and where its logs are."""
     reason = _one_line(job.error.message) if job.error and job.error.message else "no reason given"
-    return (f"Vertex AI job {job.name} ({job.display_name}) ended {job.state.name}: {reason}; its logs: "
-            f"`{gcloud('stream-logs', job.name)}` or {console_url(job.name)}")
+    return (
+        f"Vertex AI job {job.name} ({job.display_name}) ended {job.state.name}: {reason}; its logs: "
+        f"`{gcloud('stream-logs', job.name)}` or {console_url(job.name)}"
+    )
 
 
 def cancel(client, name: str, say: Callable[[str], None] = print) -> bool:
@@ -190,11 +213,12 @@ def cancel(client, name: str, say: Callable[[str], None] = print) -> bool:
     try:
         client.cancel_custom_job(name=name, timeout=30.0)
     except GoogleAPICallError as err:
-        say(f"could not cancel Vertex AI job {name} ({_one_line(err)}); if it still runs, stop it with "
-            f"`{gcloud('cancel', name)}`")
+        say(
+            f"could not cancel Vertex AI job {name} ({_one_line(err)}); if it still runs, stop it with "
+            f"`{gcloud('cancel', name)}`"
+        )
         return False
-    say(f"cancelled Vertex AI job {name} (the flow run was interrupted); it stops within minutes: "
-        f"{console_url(name)}")
+    say(f"cancelled Vertex AI job {name} (the flow run was interrupted); it stops within minutes: {console_url(name)}")
     return True
 
 
@@ -218,6 +242,8 @@ def check_run(run_uri: str, cfg, name: str) -> dict:
     got = (manifest.get("config") or {}).get("train") or {}
     differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if differ:
-        raise VertexJobError(f"run {run_uri} holds a run of other settings than job {name} trained (differs in: "
-                             f"{', '.join(differ)}); {logs}")
+        raise VertexJobError(
+            f"run {run_uri} holds a run of other settings than job {name} trained (differs in: "
+            f"{', '.join(differ)}); {logs}"
+        )
     return manifest

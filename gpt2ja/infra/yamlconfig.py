@@ -37,13 +37,15 @@ def read_yaml(path: str | Path, error: type[Exception], *, example: str, label: 
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise error(f"{label} {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}; "
-                    "fix the file") from None
+        raise error(
+            f"{label} {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}; fix the file"
+        ) from None
     return {} if data is None else data
 
 
-def read_section(path: str | Path, section: str, error: type[Exception], *, example: str,
-                 allowed: Iterable[str] = ()) -> dict:
+def read_section(
+    path: str | Path, section: str, error: type[Exception], *, example: str, allowed: Iterable[str] = ()
+) -> dict:
     """The ``section:`` mapping of a YAML file (e.g. ``train:`` for ``gpt2ja train --config``).
 
     Any other top-level key must be one of ``allowed`` (the sections of a
@@ -52,15 +54,18 @@ def read_section(path: str | Path, section: str, error: type[Exception], *, exam
     """
     data = read_yaml(path, error, example=example)
     if not isinstance(data, dict):
-        raise error(f"config {path}: expected a mapping with a `{section}:` section at the top level, "
-                    f"got {type(data).__name__}")
+        raise error(
+            f"config {path}: expected a mapping with a `{section}:` section at the top level, got {type(data).__name__}"
+        )
     unknown = sorted(str(k) for k in set(data) - set(allowed) - {section})
     if unknown:
-        raise error(f"config {path}: unknown section {', '.join(unknown)} (this command reads `{section}:`); "
-                    "check its spelling")
+        raise error(
+            f"config {path}: unknown section {', '.join(unknown)} (this command reads `{section}:`); check its spelling"
+        )
     if not isinstance(data.get(section), dict) or not data[section]:
-        raise error(f"config {path}: no `{section}:` settings (an empty file would run on defaults); "
-                    f"add them, as in {example}")
+        raise error(
+            f"config {path}: no `{section}:` settings (an empty file would run on defaults); add them, as in {example}"
+        )
     return data[section]
 
 
@@ -129,12 +134,21 @@ def first_problem(err: ValidationError, *, unknown_hint: str = "check its spelli
     return f"{field + ': ' if field else ''}{msg}{more}"  # a whole-model rule names its fields itself
 
 
-def validate(model: type[M], data: object, where: str | Path, error: type[Exception], *, expected: str,
-             label: str = "config", unknown_hint: str = "check its spelling") -> M:
+def validate(
+    model: type[M],
+    data: object,
+    where: str | Path,
+    error: type[Exception],
+    *,
+    expected: str,
+    label: str = "config",
+    unknown_hint: str = "check its spelling",
+) -> M:
     """``model`` from a parsed document; a non-mapping or the first bad field raises ``error`` (one line)."""
     if not isinstance(data, dict):
-        raise error(f"{label} {where}: expected a mapping of settings ({expected}) at the top level, "
-                    f"got {type(data).__name__}")
+        raise error(
+            f"{label} {where}: expected a mapping of settings ({expected}) at the top level, got {type(data).__name__}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as err:

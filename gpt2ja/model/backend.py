@@ -57,13 +57,18 @@ def use(name: str | None = None) -> str:
         raise BackendError(f"backend {name!r} is not supported; use tensorflow or jax")
     have = loaded()
     if have is not None and have != name:
-        raise BackendError(f"this process already runs Keras on {have}, and {name} was asked for; run it as its own "
-                           f"command (`gpt2ja ... --backend {name}`, or KERAS_BACKEND={name})")
+        raise BackendError(
+            f"this process already runs Keras on {have}, and {name} was asked for; run it as its own "
+            f"command (`gpt2ja ... --backend {name}`, or KERAS_BACKEND={name})"
+        )
     if have is None:
         missing = "jax" if name == "jax" else "tensorflow"
         if importlib.util.find_spec(missing) is None:
-            extra = "pip install 'jax[cuda13]' (GPU), 'jax[tpu]' (TPU) or jax (CPU)" if name == "jax" else \
-                "pip install tensorflow, or train with --backend jax"
+            extra = (
+                "pip install 'jax[cuda13]' (GPU), 'jax[tpu]' (TPU) or jax (CPU)"
+                if name == "jax"
+                else "pip install tensorflow, or train with --backend jax"
+            )
             raise BackendError(f"backend {name}: {missing} is not installed here; {extra}")
         os.environ["KERAS_BACKEND"] = name
     return name

@@ -61,11 +61,11 @@ from gpt2ja.infra import storage
 
 PPMD_ORDER = 8
 DEFAULT_PRIME_CHARS = 4_000_000
-MIN_PPMD_MEMORY = 256 << 20   # bytes: the default prime (≈12 MB of UTF-8) needs ≈64 MiB
-MAX_PPMD_MEMORY = 2 << 30     # beyond this the arena is not worth reserving next to a loaded model
-PPMD_MEMORY_PER_BYTE = 8      # arena bytes per input byte: ≈5 measured, with a margin
-PRIME_SALT = "gpt2ja-ppmd-prime-v1"   # which training documents the sample takes (a hash of their id)
-PRIME_MARGIN = 1.25           # sample a little more than needed so the hash's variance rarely leaves it short
+MIN_PPMD_MEMORY = 256 << 20  # bytes: the default prime (≈12 MB of UTF-8) needs ≈64 MiB
+MAX_PPMD_MEMORY = 2 << 30  # beyond this the arena is not worth reserving next to a loaded model
+PPMD_MEMORY_PER_BYTE = 8  # arena bytes per input byte: ≈5 measured, with a margin
+PRIME_SALT = "gpt2ja-ppmd-prime-v1"  # which training documents the sample takes (a hash of their id)
+PRIME_MARGIN = 1.25  # sample a little more than needed so the hash's variance rarely leaves it short
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Prime:
     """
 
     text: str | None
-    source: str | None = None      # the training split it came from
+    source: str | None = None  # the training split it came from
     documents: int = 0
     missing: str | None = None
 
@@ -134,22 +134,27 @@ def compression_baselines(text: str, prime: Prime | None = None) -> dict:
     chars, nbytes = len(text), len(data)
     primed = prime.text.encode("utf-8") if prime is not None and prime.text is not None else None
     memory = ppmd_memory(nbytes + (len(primed) if primed is not None else 0))
-    sizes = {"ppmd_order8": ppmd_size(data, memory=memory),
-             "ppmd_order8_primed": (ppmd_primed_size(primed, data, memory=memory) if primed is not None else None),
-             "gzip": gzip_size(data), "xz": xz_size(data)}
+    sizes = {
+        "ppmd_order8": ppmd_size(data, memory=memory),
+        "ppmd_order8_primed": (ppmd_primed_size(primed, data, memory=memory) if primed is not None else None),
+        "gzip": gzip_size(data),
+        "xz": xz_size(data),
+    }
     out: dict = {"characters": chars, "bytes": nbytes, "ppmd_order": PPMD_ORDER, "ppmd_memory_bytes": memory}
     for name, size in sizes.items():
         out[f"{name}_compressed_bytes"] = size
         out[f"{name}_bits_per_character"] = 8 * size / chars if size is not None and chars else None
         out[f"{name}_bits_per_byte"] = 8 * size / nbytes if size is not None and nbytes else None
-    out.update({
-        "prime_characters": prime.characters if prime else 0,
-        "prime_bytes": len(primed) if primed is not None else 0,
-        "prime_documents": prime.documents if prime else 0,
-        "prime_source": prime.source if prime else None,
-        "prime_sha256": hashlib.sha256(primed).hexdigest() if primed is not None else None,
-        "prime_missing": (prime.missing if prime else "no priming sample given") if primed is None else None,
-    })
+    out.update(
+        {
+            "prime_characters": prime.characters if prime else 0,
+            "prime_bytes": len(primed) if primed is not None else 0,
+            "prime_documents": prime.documents if prime else 0,
+            "prime_source": prime.source if prime else None,
+            "prime_sha256": hashlib.sha256(primed).hexdigest() if primed is not None else None,
+            "prime_missing": (prime.missing if prime else "no priming sample given") if primed is None else None,
+        }
+    )
     return out
 
 
@@ -219,8 +224,11 @@ def training_sample(run_uri: str, chars: int = DEFAULT_PRIME_CHARS, *, exclude: 
         return Prime(None, missing=why)
     corpus = split.rsplit("/", 1)[0]
     try:
-        total = (((storage.read_manifest(corpus) or {}).get("counts") or {}).get("splits") or {}) \
-            .get("train", {}).get("characters")
+        total = (
+            (((storage.read_manifest(corpus) or {}).get("counts") or {}).get("splits") or {})
+            .get("train", {})
+            .get("characters")
+        )
     except storage.StorageError:
         total = None
     take = min(1.0, PRIME_MARGIN * chars / total) if total else 1.0
@@ -235,7 +243,7 @@ def training_sample(run_uri: str, chars: int = DEFAULT_PRIME_CHARS, *, exclude: 
                     continue
                 if not doc.text or hashlib.sha256(doc.text.encode("utf-8")).digest() in skip:
                     continue
-                pieces.append((doc.text + "\n")[:chars - have])
+                pieces.append((doc.text + "\n")[: chars - have])
                 have += len(pieces[-1])
                 if have >= chars:
                     break
@@ -253,12 +261,16 @@ def training_sample(run_uri: str, chars: int = DEFAULT_PRIME_CHARS, *, exclude: 
 
 def compare(bits_per_character: float | None, figures: dict) -> dict:
     """``figures`` with ``model_beats_ppmd_order8`` and ``model_beats_ppmd_order8_primed`` (None: no figure)."""
+
     def beats(key: str) -> bool | None:
         other = figures.get(key)
         return None if other is None or bits_per_character is None else bool(bits_per_character < other)
 
-    return {**figures, "model_beats_ppmd_order8": beats("ppmd_order8_bits_per_character"),
-            "model_beats_ppmd_order8_primed": beats("ppmd_order8_primed_bits_per_character")}
+    return {
+        **figures,
+        "model_beats_ppmd_order8": beats("ppmd_order8_bits_per_character"),
+        "model_beats_ppmd_order8_primed": beats("ppmd_order8_primed_bits_per_character"),
+    }
 
 
 def verdict(bits_per_character: float | None, figures: dict) -> list[str]:
@@ -269,14 +281,16 @@ def verdict(bits_per_character: float | None, figures: dict) -> list[str]:
     def sentence(key: str, what: str) -> str:
         other = figures[key]
         word = "beats" if bits_per_character < other else "does not beat"
-        return (f"The model ({bits_per_character:.3f} bits/character) {word} {what} "
-                f"({other:.3f} bits/character).")
+        return f"The model ({bits_per_character:.3f} bits/character) {word} {what} ({other:.3f} bits/character)."
 
     lines = [sentence("ppmd_order8_bits_per_character", "PPMd order 8 alone")]
     if figures.get("ppmd_order8_primed_bits_per_character") is not None:
-        lines.append(sentence("ppmd_order8_primed_bits_per_character",
-                              f"PPMd order 8 primed with {figures['prime_characters']:,} characters of its "
-                              "training text"))
+        lines.append(
+            sentence(
+                "ppmd_order8_primed_bits_per_character",
+                f"PPMd order 8 primed with {figures['prime_characters']:,} characters of its training text",
+            )
+        )
     else:
         lines.append(f"No primed PPMd figure: {figures.get('prime_missing') or 'no priming sample'}.")
     return lines
@@ -289,20 +303,32 @@ def report_markdown(result: dict) -> list[str]:
     def num(value) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    primed = (f"PPMd order 8 primed ({b['prime_characters']:,} training characters)"
-              if b.get("ppmd_order8_primed_bits_per_character") is not None else "PPMd order 8 primed (no sample)")
-    rows = [("this model", result.get("bits_per_character"), result.get("bits_per_byte")),
-            ("PPMd order 8", b["ppmd_order8_bits_per_character"], b["ppmd_order8_bits_per_byte"]),
-            (primed, b.get("ppmd_order8_primed_bits_per_character"), b.get("ppmd_order8_primed_bits_per_byte")),
-            ("gzip -9", b["gzip_bits_per_character"], b["gzip_bits_per_byte"]),
-            ("xz -9e", b["xz_bits_per_character"], b["xz_bits_per_byte"])]
-    lines = ["## Compression baselines", "",
-             f"The same {b['characters']:,} characters ({b['bytes']:,} UTF-8 bytes), the texts concatenated.", "",
-             "| coder | bits per character | bits per byte |", "|---|---|---|"]
+    primed = (
+        f"PPMd order 8 primed ({b['prime_characters']:,} training characters)"
+        if b.get("ppmd_order8_primed_bits_per_character") is not None
+        else "PPMd order 8 primed (no sample)"
+    )
+    rows = [
+        ("this model", result.get("bits_per_character"), result.get("bits_per_byte")),
+        ("PPMd order 8", b["ppmd_order8_bits_per_character"], b["ppmd_order8_bits_per_byte"]),
+        (primed, b.get("ppmd_order8_primed_bits_per_character"), b.get("ppmd_order8_primed_bits_per_byte")),
+        ("gzip -9", b["gzip_bits_per_character"], b["gzip_bits_per_byte"]),
+        ("xz -9e", b["xz_bits_per_character"], b["xz_bits_per_byte"]),
+    ]
+    lines = [
+        "## Compression baselines",
+        "",
+        f"The same {b['characters']:,} characters ({b['bytes']:,} UTF-8 bytes), the texts concatenated.",
+        "",
+        "| coder | bits per character | bits per byte |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {num(c)} | {num(by)} |" for name, c, by in rows]
     lines += [""] + verdict(result.get("bits_per_character"), b)
     if b.get("prime_source"):
-        lines.append(f"Priming sample: {b['prime_characters']:,} characters from {b['prime_documents']:,} documents "
-                     f"of `{b['prime_source']}`.")
+        lines.append(
+            f"Priming sample: {b['prime_characters']:,} characters from {b['prime_documents']:,} documents "
+            f"of `{b['prime_source']}`."
+        )
     lines.append("")
     return lines

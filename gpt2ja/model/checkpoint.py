@@ -132,12 +132,16 @@ def checkpoint_path(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"{NAME}-{step}{SUFFIX}")
 
 
-def save(ckpt_dir: str, step: int, arrays: dict[str, np.ndarray], *, examples: int, backend: str,
-         keep: int) -> str:
+def save(ckpt_dir: str, step: int, arrays: dict[str, np.ndarray], *, examples: int, backend: str, keep: int) -> str:
     """Publish checkpoint ``step`` (atomically), then the index, then drop all but the newest ``keep``; its path."""
     os.makedirs(ckpt_dir, exist_ok=True)
-    meta = {"format": FORMAT, "step": int(step), "examples": int(examples), "backend": backend,
-            "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}}
+    meta = {
+        "format": FORMAT,
+        "step": int(step),
+        "examples": int(examples),
+        "backend": backend,
+        "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+    }
     path = checkpoint_path(ckpt_dir, step)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -157,8 +161,7 @@ def save(ckpt_dir: str, step: int, arrays: dict[str, np.ndarray], *, examples: i
 
 
 def _write_index(ckpt_dir: str, newest: int, kept: list[int]) -> None:
-    index = {"format": FORMAT, "latest": f"{NAME}-{newest}{SUFFIX}",
-             "all": [f"{NAME}-{s}{SUFFIX}" for s in kept]}
+    index = {"format": FORMAT, "latest": f"{NAME}-{newest}{SUFFIX}", "all": [f"{NAME}-{s}{SUFFIX}" for s in kept]}
     path = os.path.join(ckpt_dir, INDEX)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -191,8 +194,10 @@ def read_index(text: str) -> dict:
     except ValueError:
         index = None
     if not isinstance(index, dict) or index.get("format") != FORMAT or "latest" not in index:
-        raise CheckpointError("not a gpt2ja checkpoint index (a TensorFlow checkpoint's?); convert the run with "
-                              "`gpt2ja convert-checkpoints --run RUN`")
+        raise CheckpointError(
+            "not a gpt2ja checkpoint index (a TensorFlow checkpoint's?); convert the run with "
+            "`gpt2ja convert-checkpoints --run RUN`"
+        )
     return index
 
 
@@ -212,9 +217,11 @@ def latest(ckpt_dir: str) -> str | None:
     if index is None:
         old = tf_checkpoints(ckpt_dir)
         if old and not _steps(ckpt_dir):
-            raise CheckpointError(f"{ckpt_dir} holds TensorFlow checkpoints of an older gpt2ja ({old[-1]}); "
-                                  f"convert them with `gpt2ja convert-checkpoints --run "
-                                  f"{os.path.dirname(ckpt_dir.rstrip('/'))}`")
+            raise CheckpointError(
+                f"{ckpt_dir} holds TensorFlow checkpoints of an older gpt2ja ({old[-1]}); "
+                f"convert them with `gpt2ja convert-checkpoints --run "
+                f"{os.path.dirname(ckpt_dir.rstrip('/'))}`"
+            )
         if bad:
             raise CheckpointError(bad)
         return None
@@ -224,8 +231,10 @@ def latest(ckpt_dir: str) -> str | None:
     for name in reversed(index.get("all") or []):  # the newest file went missing: the one before it
         if os.path.exists(os.path.join(ckpt_dir, name)):
             return os.path.join(ckpt_dir, name)
-    raise CheckpointError(f"{path} names {index['latest']}, which is not there; the run is damaged: delete "
-                          f"{path} to start the run again, or restore the file")
+    raise CheckpointError(
+        f"{path} names {index['latest']}, which is not there; the run is damaged: delete "
+        f"{path} to start the run again, or restore the file"
+    )
 
 
 def step_of(path: str) -> int:
@@ -242,27 +251,34 @@ def load(path: str) -> Checkpoint:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({' '.join(str(err).split())[:160]}); it is "
-                              "damaged: delete it (and the index names the previous one) to resume from the "
-                              "checkpoint before") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({' '.join(str(err).split())[:160]}); it is "
+            "damaged: delete it (and the index names the previous one) to resume from the "
+            "checkpoint before"
+        ) from None
     try:
         meta = json.loads(arrays.pop(META).tobytes())
     except (KeyError, ValueError):
         raise CheckpointError(f"checkpoint {path} has no readable {META}; it is not a gpt2ja checkpoint") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is in format {meta.get('format')!r}, not {FORMAT}; a newer "
-                              "gpt2ja wrote it: upgrade")
+        raise CheckpointError(
+            f"checkpoint {path} is in format {meta.get('format')!r}, not {FORMAT}; a newer gpt2ja wrote it: upgrade"
+        )
     return Checkpoint(path=path, step=int(meta["step"]), examples=int(meta["examples"]), arrays=arrays, meta=meta)
 
 
 def _check(ckpt: Checkpoint, key: str, variable) -> np.ndarray:
     if key not in ckpt.arrays:
-        raise CheckpointError(f"checkpoint {ckpt.path} has no {key}: it is of another model; delete it or "
-                              "train this run with the model it was started with")
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} has no {key}: it is of another model; delete it or "
+            "train this run with the model it was started with"
+        )
     value = ckpt.arrays[key]
     if tuple(value.shape) != tuple(variable.shape):
-        raise CheckpointError(f"checkpoint {ckpt.path}: {key} is {tuple(value.shape)}, the model's "
-                              f"{tuple(variable.shape)}; it is of another model shape")
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: {key} is {tuple(value.shape)}, the model's "
+            f"{tuple(variable.shape)}; it is of another model shape"
+        )
     return value
 
 
@@ -316,8 +332,9 @@ def tf_checkpoints(ckpt_dir: str) -> list[str]:
     return [f"{NAME}-{s}" for s in steps]
 
 
-def convert_tf_run(local_run: str, model_cfg, train_cfg: Any | None, *, examples_per_step: int | None = None,
-                   say=print) -> str:
+def convert_tf_run(
+    local_run: str, model_cfg, train_cfg: Any | None, *, examples_per_step: int | None = None, say=print
+) -> str:
     """Write the newest ``tf.train.Checkpoint`` of a local run in this format (TensorFlow needed); its path.
 
     The model, its AdamW and the step/examples counters are rebuilt on
@@ -338,8 +355,9 @@ def convert_tf_run(local_run: str, model_cfg, train_cfg: Any | None, *, examples
         raise CheckpointError(f"{ckpt_dir}: no TensorFlow checkpoint (ckpt-N.index) to convert")
     prefix = os.path.join(ckpt_dir, prefixes[-1])
     if keras.backend.backend() != "tensorflow":
-        raise CheckpointError("converting TensorFlow checkpoints needs Keras on TensorFlow; run it with "
-                              "KERAS_BACKEND=tensorflow")
+        raise CheckpointError(
+            "converting TensorFlow checkpoints needs Keras on TensorFlow; run it with KERAS_BACKEND=tensorflow"
+        )
     lm = gpt2.build_model(model_cfg)
     parts: dict[str, Any] = {"backbone": lm.backbone}
     opt = None
@@ -357,8 +375,9 @@ def convert_tf_run(local_run: str, model_cfg, train_cfg: Any | None, *, examples
     try:
         tf.train.Checkpoint(**parts).restore(prefix).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError, KeyError) as err:
-        raise CheckpointError(f"TensorFlow checkpoint {prefix} cannot be restored "
-                              f"({' '.join(str(err).split())[:200]})") from None
+        raise CheckpointError(
+            f"TensorFlow checkpoint {prefix} cannot be restored ({' '.join(str(err).split())[:200]})"
+        ) from None
     number = int(prefixes[-1].rsplit("-", 1)[1])
     at = int(examples.numpy())
     if "examples" not in names and examples_per_step:  # written before the global data order

@@ -70,9 +70,11 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
     manifest = stage.require(shards_uri, "shards", "build them with `gpt2ja shards`, or check the URI", DataError)
     missing = [k for k in _REQUIRED if k not in manifest]
     if manifest.get("stage") != STAGE or missing or manifest["dtype"] not in DTYPES:
-        raise DataError(f"shards {shards_uri}: its {storage.MANIFEST} is not a shards manifest "
-                        f"(stage {manifest.get('stage')!r}, missing {missing or 'nothing'}); "
-                        "point at a directory written by `gpt2ja shards`")
+        raise DataError(
+            f"shards {shards_uri}: its {storage.MANIFEST} is not a shards manifest "
+            f"(stage {manifest.get('stage')!r}, missing {missing or 'nothing'}); "
+            "point at a directory written by `gpt2ja shards`"
+        )
     if tokenizer is not None:
         name = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "kind", "given") + " tokenizer"
         if isinstance(tokenizer, str):
@@ -89,14 +91,16 @@ def read_manifest_checked(shards_uri: str, tokenizer: "Tokenizer | str | None" =
             raise DataError(
                 f"tokenizer/shard mismatch: {name} has vocab size {tokenizer.vocab_size} (eos_id {tokenizer.eos_id}) "
                 f"but shards {shards_uri} hold ids of vocab size {manifest['vocab_size']} (eos_id "
-                f"{manifest['eos_id']}) from {made_with}; {fix}")
+                f"{manifest['eos_id']}) from {made_with}; {fix}"
+            )
         built_with = (manifest.get("tokenizer") or {}).get("fingerprint")
         given = getattr(tokenizer, "fingerprint", None)
         if built_with and given and given != built_with:  # same size, another model: ids would mean other text
             raise DataError(
                 f"tokenizer/shard mismatch: {name} (fingerprint {given[:12]}) is not the tokenizer shards "
                 f"{shards_uri} were built with ({made_with}, fingerprint {built_with[:12]}), although both have "
-                f"{manifest['vocab_size']} ids; {fix}")
+                f"{manifest['vocab_size']} ids; {fix}"
+            )
     return manifest
 
 
@@ -104,8 +108,10 @@ def _split_entries(manifest: dict, split: str) -> list[dict]:
     entries = [f for f in manifest["files"] if f.get("split") == split]
     if not entries:
         have = sorted({f.get("split") for f in manifest["files"]})
-        raise DataError(f"shards {manifest['uri']}: no {split!r} split (it has {', '.join(have)}); "
-                        "use one of those or rebuild the shards with that split")
+        raise DataError(
+            f"shards {manifest['uri']}: no {split!r} split (it has {', '.join(have)}); "
+            "use one of those or rebuild the shards with that split"
+        )
     return entries
 
 
@@ -150,14 +156,26 @@ def _download(uri: str, path: str) -> None:
 def parse_examples(serialized, *, dtype: str):
     """(B,) serialized Examples → (B, example_len) int32 ids (a TensorFlow op, usable inside ``map``)."""
     import tensorflow as tf  # already imported by the caller; plain import so autograph can trace it
+
     raw = tf.io.parse_example(serialized, {FEATURE: tf.io.FixedLenFeature([], tf.string)})[FEATURE]
     ids = tf.io.decode_raw(raw, {"uint16": tf.uint16, "int32": tf.int32}[dtype], little_endian=True)
     return tf.cast(ids, tf.int32)
 
 
-def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 deterministic: bool = True, repeat: bool = True, num_input_pipelines: int = 1,
-                 input_pipeline_id: int = 0, shuffle_buffer: int = 10_000, prefetch: int = AUTOTUNE):
+def make_dataset(
+    shards_uri: str,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    deterministic: bool = True,
+    repeat: bool = True,
+    num_input_pipelines: int = 1,
+    input_pipeline_id: int = 0,
+    shuffle_buffer: int = 10_000,
+    prefetch: int = AUTOTUNE,
+):
     """A ``tf.data.Dataset`` of ``(inputs, targets)``, each ``(batch_size, seq_len)`` int32.
 
     ``targets`` is ``inputs`` shifted left by one (both are slices of one
@@ -168,8 +186,7 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
     """
     manifest = read_manifest_checked(shards_uri)
     files = shard_files(manifest, split)
-    _check_pipelines("make_dataset", shards_uri, split, len(files), batch_size, num_input_pipelines,
-                     input_pipeline_id)
+    _check_pipelines("make_dataset", shards_uri, split, len(files), batch_size, num_input_pipelines, input_pipeline_id)
     tf = import_tensorflow()
     dtype, example_len = manifest["dtype"], manifest["example_len"]
     compression = manifest["compression"]
@@ -183,8 +200,11 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
         ds = ds.repeat()
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=_READ_BUFFER),
-        cycle_length=min(own, _CYCLE_LENGTH), block_length=1, num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic)
+        cycle_length=min(own, _CYCLE_LENGTH),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)  # serialized records: small
 
@@ -199,15 +219,26 @@ def make_dataset(shards_uri: str, split: str, batch_size: int, *, shuffle: bool 
     return ds.with_options(options).prefetch(prefetch)
 
 
-def _check_pipelines(who: str, shards_uri: str, split: str, n_files: int, batch_size: int,
-                     num_input_pipelines: int, input_pipeline_id: int) -> None:
+def _check_pipelines(
+    who: str,
+    shards_uri: str,
+    split: str,
+    n_files: int,
+    batch_size: int,
+    num_input_pipelines: int,
+    input_pipeline_id: int,
+) -> None:
     if batch_size < 1 or num_input_pipelines < 1 or not 0 <= input_pipeline_id < num_input_pipelines:
-        raise DataError(f"{who}: batch_size {batch_size} must be ≥ 1 and input_pipeline_id "
-                        f"{input_pipeline_id} in 0..{num_input_pipelines - 1}; fix the arguments")
+        raise DataError(
+            f"{who}: batch_size {batch_size} must be ≥ 1 and input_pipeline_id "
+            f"{input_pipeline_id} in 0..{num_input_pipelines - 1}; fix the arguments"
+        )
     if n_files < num_input_pipelines:
-        raise DataError(f"shards {shards_uri}: the {split} split has {n_files} files, fewer than the "
-                        f"{num_input_pipelines} input pipelines (some would read nothing); rebuild the shards "
-                        f"with num_shards[{split!r}] ≥ {num_input_pipelines}")
+        raise DataError(
+            f"shards {shards_uri}: the {split} split has {n_files} files, fewer than the "
+            f"{num_input_pipelines} input pipelines (some would read nothing); rebuild the shards "
+            f"with num_shards[{split!r}] ≥ {num_input_pipelines}"
+        )
 
 
 # ----------------------------------------------------------------- without TensorFlow: numpy streams
@@ -215,8 +246,9 @@ def _check_pipelines(who: str, shards_uri: str, split: str, n_files: int, batch_
 PREFETCH = 4  # batches read ahead by a numpy pipeline's thread
 
 
-def validation_batches(shards_uri: str, batch_size: int, *, num_input_pipelines: int = 1,
-                       input_pipeline_id: int = 0) -> "Prefetched":
+def validation_batches(
+    shards_uri: str, batch_size: int, *, num_input_pipelines: int = 1, input_pipeline_id: int = 0
+) -> "Prefetched":
     """``make_dataset(shards_uri, "validation", batch_size, shuffle=False, repeat=True, ...)`` without TensorFlow.
 
     An endless iterator of ``(inputs, targets)``, ``(batch_size, seq_len)``
@@ -235,8 +267,9 @@ def validation_batches(shards_uri: str, batch_size: int, *, num_input_pipelines:
     """
     manifest = read_manifest_checked(shards_uri)
     uris = file_uris(manifest, "validation")
-    _check_pipelines("validation_batches", shards_uri, "validation", len(uris), batch_size, num_input_pipelines,
-                     input_pipeline_id)
+    _check_pipelines(
+        "validation_batches", shards_uri, "validation", len(uris), batch_size, num_input_pipelines, input_pipeline_id
+    )
     own = uris[input_pipeline_id::num_input_pipelines]
     read = file_reader(manifest)
     seen = [0]  # rows read so far: a pass over files that hold none would loop forever
@@ -250,9 +283,11 @@ def validation_batches(shards_uri: str, batch_size: int, *, num_input_pipelines:
         while True:
             yield from own
             if not seen[0]:  # every file has been opened and read once by now (see interleave)
-                raise DataError(f"shards {shards_uri}: the validation files of input pipeline {input_pipeline_id} "
-                                f"({', '.join(own)}) hold no example; rebuild the shards (verify_shards names "
-                                "a damaged one) or use fewer input pipelines")
+                raise DataError(
+                    f"shards {shards_uri}: the validation files of input pipeline {input_pipeline_id} "
+                    f"({', '.join(own)}) hold no example; rebuild the shards (verify_shards names "
+                    "a damaged one) or use fewer input pipelines"
+                )
 
     rows = interleave(repeated(), min(len(own), _CYCLE_LENGTH), counted)
     return Prefetched(pairs(rebatch(rows, batch_size)))
@@ -287,11 +322,12 @@ class _Slot:
 
     def take(self, n: int) -> np.ndarray:
         self.at += n
-        return self.rows[self.at - n:self.at]
+        return self.rows[self.at - n : self.at]
 
 
-def interleave(files: Iterator[str], cycle_length: int,
-               open_rows: Callable[[str], Iterator[np.ndarray]]) -> Iterator[np.ndarray]:
+def interleave(
+    files: Iterator[str], cycle_length: int, open_rows: Callable[[str], Iterator[np.ndarray]]
+) -> Iterator[np.ndarray]:
     """``tf.data.Dataset.interleave(..., cycle_length, block_length=1)`` over row blocks: the same rows, same order.
 
     tf.data's rule, replayed: ``cycle_length`` slots visited in turn; a visit
@@ -339,7 +375,7 @@ def rebatch(blocks: Iterable[np.ndarray], size: int, *, partial: bool = False) -
     parts, have = [], 0
     for block in blocks:
         while len(block):
-            part, block = block[:size - have], block[size - have:]
+            part, block = block[: size - have], block[size - have :]
             parts.append(part)
             have += len(part)
             if have == size:
@@ -370,6 +406,7 @@ class _Failed:
 
 def _produce(source: Iterator, out: queue.Queue, stop: threading.Event) -> None:
     """The reading thread: ``source``'s items (then an end mark, or the error it raised) into ``out``."""
+
     def put(item) -> bool:
         while not stop.is_set():
             try:
@@ -409,8 +446,9 @@ class Prefetched:
         self._queue: queue.Queue = queue.Queue(max(1, depth))
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=_produce, args=(source, self._queue, self._stop),
-                                        name="gpt2ja-prefetch", daemon=True)
+        self._thread = threading.Thread(
+            target=_produce, args=(source, self._queue, self._stop), name="gpt2ja-prefetch", daemon=True
+        )
         self._thread.start()
 
     def __iter__(self) -> "Prefetched":
@@ -462,8 +500,10 @@ def tf_message(err) -> str:
 
 
 def _rebuild_hint(manifest: dict) -> str:
-    return (f"delete it and {storage.join(manifest['uri'], storage.MANIFEST)}, then rerun `gpt2ja shards` with the "
-            "same arguments: only that shard is rebuilt")
+    return (
+        f"delete it and {storage.join(manifest['uri'], storage.MANIFEST)}, then rerun `gpt2ja shards` with the "
+        "same arguments: only that shard is rebuilt"
+    )
 
 
 def _file_examples(uri: str, manifest: dict, batch: int = 1024) -> Iterator[np.ndarray]:
@@ -496,7 +536,9 @@ def verify_shards(shards_uri: str) -> dict:
         uri = storage.join(manifest["uri"], entry["path"])
         n = sum(len(ids) for ids in _file_examples(uri, manifest))
         if n != entry.get("examples", n):
-            raise DataError(f"shards file {uri} has {n} examples, its manifest says {entry['examples']}: it was "
-                            f"replaced or damaged; delete it and {storage.MANIFEST}, then rerun `gpt2ja shards`")
+            raise DataError(
+                f"shards file {uri} has {n} examples, its manifest says {entry['examples']}: it was "
+                f"replaced or damaged; delete it and {storage.MANIFEST}, then rerun `gpt2ja shards`"
+            )
         total += n
     return {"files": len(manifest["files"]), "examples": total}

@@ -57,8 +57,21 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gpt2ja.model.data import (AUTOTUNE, DataError, _READ_BUFFER, Prefetched, file_reader, file_uris, interleave, pairs,
-                        parse_examples, read_manifest_checked, rebatch, shard_files, skip)
+from gpt2ja.model.data import (
+    _READ_BUFFER,
+    AUTOTUNE,
+    DataError,
+    Prefetched,
+    file_reader,
+    file_uris,
+    interleave,
+    pairs,
+    parse_examples,
+    read_manifest_checked,
+    rebatch,
+    shard_files,
+    skip,
+)
 from gpt2ja.model.fingerprint import keyed_order
 from gpt2ja.tokenization.shards import import_tensorflow
 
@@ -78,9 +91,18 @@ def _keyed_order(tf, prefix, n):
     return tf.argsort(tf.strings.to_hash_bucket_fast(keys, _HASH_BUCKETS), stable=True)
 
 
-def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worker: int = 0,
-                  start_example: int = 0, seed: int = 0, shuffle_buffer: int = 10_000,
-                  trace_dir: str | None = None, prefetch: int = AUTOTUNE):
+def train_dataset(
+    shards_uri: str,
+    *,
+    global_batch: int,
+    workers: int = 1,
+    worker: int = 0,
+    start_example: int = 0,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    trace_dir: str | None = None,
+    prefetch: int = AUTOTUNE,
+):
     """This worker's ``(inputs, targets)`` batches, ``(global_batch / workers, seq_len)`` int32 each.
 
     Batch ``k`` holds this worker's rows of global batch ``k`` counted from
@@ -102,7 +124,11 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     def read_group(group_files):
         return tf.data.Dataset.from_tensor_slices(group_files).interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=_READ_BUFFER),
-            cycle_length=GROUP, block_length=1, num_parallel_calls=GROUP, deterministic=True)
+            cycle_length=GROUP,
+            block_length=1,
+            num_parallel_calls=GROUP,
+            deterministic=True,
+        )
 
     def epoch(e, start):
         """Epoch ``e``'s examples from its position ``start`` on (tensors or Python ints)."""
@@ -117,7 +143,8 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
         g0 = tf.reduce_sum(tf.cast(group_end <= block_start, tf.int64))  # groups wholly before it: not read
         skipped = tf.concat([[0], group_end], 0)[g0]
         groups = tf.data.Dataset.range(g0, n_groups).map(
-            lambda g: ordered[g * GROUP:tf.minimum((g + 1) * GROUP, n_files)])
+            lambda g: ordered[g * GROUP : tf.minimum((g + 1) * GROUP, n_files)]
+        )
         stream = groups.flat_map(read_group).skip(block_start - skipped)
 
         def permute(k, records):
@@ -128,12 +155,13 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
         return blocks.unbatch().skip(start - block_start)
 
     e0, r0 = divmod(start_example, total)
-    stream = epoch(e0, r0).concatenate(
-        tf.data.Dataset.range(e0 + 1, 1 << 62).flat_map(lambda e: epoch(e, 0)))
+    stream = epoch(e0, r0).concatenate(tf.data.Dataset.range(e0 + 1, 1 << 62).flat_map(lambda e: epoch(e, 0)))
     rows = global_batch // workers
     lo = worker * rows
     stream = stream.enumerate(start=start_example)  # (global position, serialized record)
-    ds = stream.batch(global_batch, drop_remainder=True).map(lambda pos, rec: (pos[lo:lo + rows], rec[lo:lo + rows]))
+    ds = stream.batch(global_batch, drop_remainder=True).map(
+        lambda pos, rec: (pos[lo : lo + rows], rec[lo : lo + rows])
+    )
 
     def to_pair(pos, serialized):
         ids = tf.ensure_shape(parse_examples(serialized, dtype=dtype), [rows, example_len])
@@ -149,26 +177,39 @@ def train_dataset(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     return ds.with_options(options).prefetch(prefetch)
 
 
-def _checked(who: str, shards_uri: str, global_batch: int, workers: int, worker: int,
-             start_example: int) -> tuple[dict, list[str], list[int]]:
+def _checked(
+    who: str, shards_uri: str, global_batch: int, workers: int, worker: int, start_example: int
+) -> tuple[dict, list[str], list[int]]:
     """The manifest, the train files' URIs and example counts, after the checks both pipelines make."""
     manifest = read_manifest_checked(shards_uri)
     uris = file_uris(manifest, "train")  # a DataError when there is no train split
     counts = [int(f["examples"]) for f in manifest["files"] if f.get("split") == "train"]
     if global_batch < 1 or workers < 1 or not 0 <= worker < workers or global_batch % workers:
-        raise DataError(f"{who}: global_batch {global_batch} must be a positive multiple of the "
-                        f"{workers} workers and worker {worker} in 0..{workers - 1}; fix the arguments")
+        raise DataError(
+            f"{who}: global_batch {global_batch} must be a positive multiple of the "
+            f"{workers} workers and worker {worker} in 0..{workers - 1}; fix the arguments"
+        )
     if sum(counts) == 0:
-        raise DataError(f"shards {shards_uri}: the train split holds no example; rebuild the shards from a larger "
-                        "corpus or with a shorter seq_len")
+        raise DataError(
+            f"shards {shards_uri}: the train split holds no example; rebuild the shards from a larger "
+            "corpus or with a shorter seq_len"
+        )
     if start_example < 0:
         raise DataError(f"{who}: start_example {start_example} must be ≥ 0")
     return manifest, uris, counts
 
 
-def train_batches(shards_uri: str, *, global_batch: int, workers: int = 1, worker: int = 0,
-                  start_example: int = 0, seed: int = 0, shuffle_buffer: int = 10_000,
-                  trace_dir: str | None = None) -> Prefetched:
+def train_batches(
+    shards_uri: str,
+    *,
+    global_batch: int,
+    workers: int = 1,
+    worker: int = 0,
+    start_example: int = 0,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    trace_dir: str | None = None,
+) -> Prefetched:
     """:func:`train_dataset`'s batches as numpy, without TensorFlow: ``(inputs, targets)``, ``(g, seq_len)`` int32.
 
     ``g = global_batch / workers``. Bit-identical to ``train_dataset`` with
@@ -190,12 +231,19 @@ def train_batches(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     rows = global_batch // workers
     lo = worker * rows
     write = _tracer(trace_dir, worker) if trace_dir is not None else None
-    stream = _stream(shards_uri, files, counts, file_reader(manifest), start_example=start_example, seed=seed,
-                     block=int(shuffle_buffer))
+    stream = _stream(
+        shards_uri,
+        files,
+        counts,
+        file_reader(manifest),
+        start_example=start_example,
+        seed=seed,
+        block=int(shuffle_buffer),
+    )
 
     def batches() -> Iterator[np.ndarray]:
         for k, batch in enumerate(rebatch(stream, global_batch)):
-            mine = batch[lo:lo + rows]  # (g, example_len)
+            mine = batch[lo : lo + rows]  # (g, example_len)
             if write is not None:
                 first = start_example + k * global_batch + lo
                 write(np.arange(first, first + rows), mine[:, :4])
@@ -204,8 +252,9 @@ def train_batches(shards_uri: str, *, global_batch: int, workers: int = 1, worke
     return Prefetched(pairs(batches()))
 
 
-def _stream(shards_uri: str, files: list[str], counts: list[int], read, *, start_example: int, seed: int,
-            block: int) -> Iterator[np.ndarray]:
+def _stream(
+    shards_uri: str, files: list[str], counts: list[int], read, *, start_example: int, seed: int, block: int
+) -> Iterator[np.ndarray]:
     """The global stream from ``start_example`` on, as row blocks (stored dtype): :func:`train_dataset`'s records."""
     total = sum(counts)
     n_files, n_groups = len(files), -(-len(files) // GROUP)
@@ -215,12 +264,12 @@ def _stream(shards_uri: str, files: list[str], counts: list[int], read, *, start
         tag = f"{seed}:{e}"
         order = keyed_order(tag, n_files)
         ordered = [files[i] for i in order]
-        group_end = np.cumsum([counts_a[order[g * GROUP:(g + 1) * GROUP]].sum() for g in range(n_groups)])
+        group_end = np.cumsum([counts_a[order[g * GROUP : (g + 1) * GROUP]].sum() for g in range(n_groups)])
         first_block = start // block
         block_start = first_block * block  # where the block holding ``start`` begins
         g0 = int((group_end <= block_start).sum())  # groups wholly before it (by the manifest's counts): not read
         skipped = int(group_end[g0 - 1]) if g0 else 0
-        groups = (interleave(iter(ordered[g * GROUP:(g + 1) * GROUP]), GROUP, read) for g in range(g0, n_groups))
+        groups = (interleave(iter(ordered[g * GROUP : (g + 1) * GROUP]), GROUP, read) for g in range(g0, n_groups))
         records = skip(itertools.chain.from_iterable(groups), block_start - skipped)
 
         def permuted() -> Iterator[np.ndarray]:
@@ -236,8 +285,10 @@ def _stream(shards_uri: str, files: list[str], counts: list[int], read, *, start
             got += len(rows)
             yield rows
         if not got and not start:  # a whole epoch without a row: the files hold none, whatever the manifest says
-            raise DataError(f"shards {shards_uri}: the train files hold no example although the manifest counts "
-                            f"{total}; run verify_shards to find the damaged or replaced files, then rebuild them")
+            raise DataError(
+                f"shards {shards_uri}: the train files hold no example although the manifest counts "
+                f"{total}; run verify_shards to find the damaged or replaced files, then rebuild them"
+            )
         e, start = e + 1, 0
 
 

@@ -37,8 +37,10 @@ def make_strategy(kind: str, tpu: str | None = None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as err:
-        raise StrategyError(f"strategy tpu: no TPU reachable as {tpu or 'this VM'!r} ({err}); run on a TPU VM "
-                            "or set tpu to the TPU's name") from None
+        raise StrategyError(
+            f"strategy tpu: no TPU reachable as {tpu or 'this VM'!r} ({err}); run on a TPU VM "
+            "or set tpu to the TPU's name"
+        ) from None
     return tf.distribute.TPUStrategy(resolver)
 
 

@@ -54,24 +54,29 @@ from gpt2ja.model.presets import ModelError
 
 LN2 = math.log(2.0)
 STAGE = "evaluate"
-STAGE_VERSION = 2          # 2: eval.json has the compression baselines
-EVAL_DIR = "eval"          # {run}/eval/: the evaluate stage's artifact
+STAGE_VERSION = 2  # 2: eval.json has the compression baselines
+EVAL_DIR = "eval"  # {run}/eval/: the evaluate stage's artifact
 SAMPLES = "samples.jsonl"
 LOSS_PNG = "loss.png"
 REPORT = "report.md"
 #: the baseline figures repeated in the stage's manifest (all of them are in eval.json)
-BASELINE_KEYS = ("ppmd_order8_bits_per_character", "ppmd_order8_primed_bits_per_character",
-                 "gzip_bits_per_character", "xz_bits_per_character", "prime_characters")
+BASELINE_KEYS = (
+    "ppmd_order8_bits_per_character",
+    "ppmd_order8_primed_bits_per_character",
+    "gzip_bits_per_character",
+    "xz_bits_per_character",
+    "prime_characters",
+)
 
 log = logging.getLogger("gpt2ja.evaluate")
 
 
 @dataclass
 class Window:
-    text: int              # index of the text
-    start: int             # position in the text's sequence [EOS, ids...] of the first input
-    inputs: list[int]      # ≤ C ids
-    targets: list[int]     # same length; -1 where this window does not score the target
+    text: int  # index of the text
+    start: int  # position in the text's sequence [EOS, ids...] of the first input
+    inputs: list[int]  # ≤ C ids
+    targets: list[int]  # same length; -1 where this window does not score the target
 
 
 def windows(seq: Sequence[int], context: int, stride: int, text: int = 0) -> list[Window]:
@@ -105,7 +110,7 @@ class _Scorer:
         self.context, self.batch_size = context, batch_size
 
         def logprobs(inputs, targets):
-            scores = gpt2.mask_padding(gpt2.logits(lm, inputs), vocab_size)       # (B, C, V)
+            scores = gpt2.mask_padding(gpt2.logits(lm, inputs), vocab_size)  # (B, C, V)
             logp = ops.log_softmax(scores, axis=-1)
             picked = ops.take_along_axis(logp, ops.maximum(targets, 0)[..., None], axis=-1)[..., 0]  # (B, C)
             return ops.where(targets >= 0, picked, ops.zeros_like(picked))
@@ -124,14 +129,14 @@ class _Scorer:
         """
         out = []
         for i in range(0, len(wins), self.batch_size):
-            chunk = wins[i:i + self.batch_size]
+            chunk = wins[i : i + self.batch_size]
             inputs = np.zeros((self.batch_size, self.context), np.int32)
             targets = np.full((self.batch_size, self.context), -1, np.int32)
             for row, w in enumerate(chunk):
-                inputs[row, :len(w.inputs)] = w.inputs
-                targets[row, :len(w.targets)] = w.targets
+                inputs[row, : len(w.inputs)] = w.inputs
+                targets[row, : len(w.targets)] = w.targets
             lp = np.asarray(self.fn(inputs, targets), np.float64)
-            out.extend(lp[row, :len(w.targets)] for row, w in enumerate(chunk))
+            out.extend(lp[row, : len(w.targets)] for row, w in enumerate(chunk))
             if advance is not None:
                 advance(len(chunk), tokens=sum(t >= 0 for w in chunk for t in w.targets))
         return out
@@ -145,8 +150,16 @@ def _context_and_stride(lm, context: int | None, stride: int | None) -> tuple[in
     return context, stride or max(1, context // 2)
 
 
-def token_logprobs(lm, tokenizer, texts: Sequence[str], *, context: int | None = None, stride: int | None = None,
-                   batch_size: int = 8, show: str | None = None) -> list[tuple[list[int], np.ndarray]]:
+def token_logprobs(
+    lm,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    show: str | None = None,
+) -> list[tuple[list[int], np.ndarray]]:
     """For each text, its token ids and each token's log-probability (nats) under sliding-window scoring.
 
     ``show``: a label for a progress bar over the windows (None: no bar).
@@ -166,8 +179,9 @@ def token_logprobs(lm, tokenizer, texts: Sequence[str], *, context: int | None =
     return [(seq[1:], np.asarray(lp, np.float64)) for seq, lp in zip(seqs, per_text)]
 
 
-def bits_per_character(lm, tokenizer, texts: Sequence[str], *, context: int | None = None,
-                       stride: int | None = None, batch_size: int = 8) -> dict:
+def bits_per_character(
+    lm, tokenizer, texts: Sequence[str], *, context: int | None = None, stride: int | None = None, batch_size: int = 8
+) -> dict:
     """Bits per character and per UTF-8 byte of ``texts`` (summed over all), token perplexity, and the counts.
 
     ``bits = total NLL (nats) / ln 2``; ``bits_per_character = bits / characters``
@@ -175,22 +189,29 @@ def bits_per_character(lm, tokenizer, texts: Sequence[str], *, context: int | No
     bits / len(text.encode("utf-8"))``; ``token_perplexity = exp(NLL / tokens)``.
     """
     context, stride = _context_and_stride(lm, context, stride)
-    scored = token_logprobs(lm, tokenizer, texts, context=context, stride=stride, batch_size=batch_size,
-                            show="eval: score")
+    scored = token_logprobs(
+        lm, tokenizer, texts, context=context, stride=stride, batch_size=batch_size, show="eval: score"
+    )
     nats = -sum(float(lp.sum()) for _, lp in scored)
     tokens = sum(len(ids) for ids, _ in scored)
     chars = sum(len(t) for t in texts)
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
     bits = nats / LN2
     return {
-        "texts": len(texts), "characters": chars, "bytes": nbytes, "tokens": tokens,
-        "nll_nats": nats, "bits": bits,
+        "texts": len(texts),
+        "characters": chars,
+        "bytes": nbytes,
+        "tokens": tokens,
+        "nll_nats": nats,
+        "bits": bits,
         "bits_per_character": bits / chars if chars else None,
         "bits_per_byte": bits / nbytes if nbytes else None,
         "bits_per_token": bits / tokens if tokens else None,
         "token_perplexity": math.exp(nats / tokens) if tokens else None,
         "tokens_per_character": tokens / chars if chars else None,
-        "context": context, "stride": stride, "min_context": context - stride,
+        "context": context,
+        "stride": stride,
+        "min_context": context - stride,
     }
 
 
@@ -198,9 +219,9 @@ def bits_per_character(lm, tokenizer, texts: Sequence[str], *, context: int | No
 class Score:
     """Per-token log-probabilities of one text (natural log) and their total."""
 
-    tokens: list[tuple[str, float]]   # (piece as decoded text, log-probability)
+    tokens: list[tuple[str, float]]  # (piece as decoded text, log-probability)
     ids: list[int]
-    total: float                       # sum of log-probabilities (nats)
+    total: float  # sum of log-probabilities (nats)
 
     @property
     def bits(self) -> float:
@@ -233,15 +254,17 @@ def read_texts(uris: Iterable[str]) -> list[str]:
             else:
                 texts.append(storage.read_text(uri))
         except (storage.StorageError, ShardError, UnicodeDecodeError) as err:
-            raise ModelError(f"evaluation text {uri}: {err}; give UTF-8 .txt files or a clean corpus split "
-                             "directory") from None
+            raise ModelError(
+                f"evaluation text {uri}: {err}; give UTF-8 .txt files or a clean corpus split directory"
+            ) from None
     if not any(texts):
         raise ModelError(f"evaluation texts {', '.join(uris)} hold no text")
     return texts
 
 
-def with_baselines(result: dict, run_uri: str, texts: Sequence[str],
-                   prime_chars: int = baselines.DEFAULT_PRIME_CHARS) -> dict:
+def with_baselines(
+    result: dict, run_uri: str, texts: Sequence[str], prime_chars: int = baselines.DEFAULT_PRIME_CHARS
+) -> dict:
     """``result`` with ``baselines``: the compression figures of the scored characters (:mod:`gpt2ja.model.baselines`).
 
     The texts are measured as the model scored them (their characters,
@@ -258,8 +281,16 @@ def with_baselines(result: dict, run_uri: str, texts: Sequence[str],
     return {**result, "baselines": baselines.compare(result.get("bits_per_character"), figures)}
 
 
-def evaluate_run(run_uri: str, text_uris: Sequence[str], *, context: int | None = None, stride: int | None = None,
-                 batch_size: int = 8, prime_chars: int = baselines.DEFAULT_PRIME_CHARS, write: bool = True) -> dict:
+def evaluate_run(
+    run_uri: str,
+    text_uris: Sequence[str],
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    prime_chars: int = baselines.DEFAULT_PRIME_CHARS,
+    write: bool = True,
+) -> dict:
     """Score ``text_uris`` with the run's newest checkpoint; writes ``{run}/eval.json`` and returns its content.
 
     The content includes the compression baselines (:func:`with_baselines`;
@@ -271,14 +302,21 @@ def evaluate_run(run_uri: str, text_uris: Sequence[str], *, context: int | None 
         raise ModelError(f"prime characters {prime_chars} must be 0 (no priming) or more")
     run = runs.load_run(run_uri)
     texts = read_texts(text_uris)
-    result = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
-                                batch_size=batch_size)
-    result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
-              "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **result}
+    result = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride, batch_size=batch_size)
+    result = {
+        "run": run_uri,
+        "checkpoint": run.checkpoint.rsplit("/", 1)[-1],
+        "step": run.step,
+        "texts_from": list(text_uris),
+        "tokenizer": run.hparams.get("tokenizer", {}),
+        **result,
+    }
     result = with_baselines(result, run_uri, texts, prime_chars)
     if write:
-        storage.write_text(storage.join(run_uri, runs.EVAL_JSON),
-                           json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        storage.write_text(
+            storage.join(run_uri, runs.EVAL_JSON),
+            json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+        )
     return result
 
 
@@ -323,9 +361,18 @@ def loss_curve_png(metrics: Sequence[dict], title: str = "") -> bytes:
     return buf.getvalue()
 
 
-def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, context: int | None = None,
-                     stride: int | None = None, batch_size: int = 8, prompts: Sequence[str] = (),
-                     sampling: dict | None = None, prime_chars: int = baselines.DEFAULT_PRIME_CHARS) -> str:
+def write_evaluation(
+    run_uri: str,
+    text_uris: Sequence[str],
+    out_uri: str,
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    prompts: Sequence[str] = (),
+    sampling: dict | None = None,
+    prime_chars: int = baselines.DEFAULT_PRIME_CHARS,
+) -> str:
     """The evaluate stage: figures, samples, loss curve and report in ``out_uri``, manifest last; returns ``out_uri``.
 
     Writes ``eval.json`` (:func:`evaluate_run`'s figures, with the compression
@@ -350,59 +397,105 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
 
     started = time.monotonic()
     if out_uri.rstrip("/") == run_uri.rstrip("/"):
-        raise ModelError(f"evaluation of {run_uri}: give it a directory of its own (e.g. {run_uri}/{EVAL_DIR}), "
-                         "not the run itself (it has the run's manifest)")
+        raise ModelError(
+            f"evaluation of {run_uri}: give it a directory of its own (e.g. {run_uri}/{EVAL_DIR}), "
+            "not the run itself (it has the run's manifest)"
+        )
     # the samples' settings, the study's defaults filled in (they enter the fingerprint and samples.jsonl)
     sampling = {**DEFAULT_SAMPLING, **(sampling or {})} if prompts else dict(sampling or {})
     if prime_chars < 0:
         raise ModelError(f"prime characters {prime_chars} must be 0 (no priming) or more")
     if prompts:  # bad settings fail now, not after the scoring
-        check_sampling(temperature=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
-                       greedy=sampling.get("greedy", False))
+        check_sampling(
+            temperature=sampling["temperature"],
+            top_k=sampling["top_k"],
+            top_p=sampling["top_p"],
+            greedy=sampling.get("greedy", False),
+        )
     run_manifest = stage.require(run_uri, "run", "finish it (rerun the train stage) before evaluating it", ModelError)
     texts = read_texts(text_uris)
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
-    config = {"version": STAGE_VERSION, "texts": list(text_uris), "texts_sha256": digest, "context": context,
-              "stride": stride, "prompts": list(prompts), "prime_chars": prime_chars,
-              "sampling": sampling}  # defaults filled in: new defaults make new samples
+    config = {
+        "version": STAGE_VERSION,
+        "texts": list(text_uris),
+        "texts_sha256": digest,
+        "context": context,
+        "stride": stride,
+        "prompts": list(prompts),
+        "prime_chars": prime_chars,
+        "sampling": sampling,
+    }  # defaults filled in: new defaults make new samples
     fp = storage.fingerprint(config, [run_manifest])
 
     def build() -> dict:
         for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT):  # what an earlier evaluation may have left
             storage.delete(storage.join(out_uri, name))
         run = runs.load_run(run_uri)
-        figures = bits_per_character(run.model, run.tokenizer, texts, context=context, stride=stride,
-                                     batch_size=batch_size)
-        result = {"run": run_uri, "checkpoint": run.checkpoint.rsplit("/", 1)[-1], "step": run.step,
-                  "texts_from": list(text_uris), "tokenizer": run.hparams.get("tokenizer", {}), **figures}
+        figures = bits_per_character(
+            run.model, run.tokenizer, texts, context=context, stride=stride, batch_size=batch_size
+        )
+        result = {
+            "run": run_uri,
+            "checkpoint": run.checkpoint.rsplit("/", 1)[-1],
+            "step": run.step,
+            "texts_from": list(text_uris),
+            "tokenizer": run.hparams.get("tokenizer", {}),
+            **figures,
+        }
         result = with_baselines(result, run_uri, texts, prime_chars)
         samples = generate(run.model, run.tokenizer, list(prompts), **sampling) if prompts else []
-        rows = [{"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
-                for s in samples]
+        rows = [
+            {"prompt": s.prompt, "text": s.text, "stopped": s.stopped, "tokens": len(s.ids), **sampling}
+            for s in samples
+        ]
         metrics = read_metrics(run_uri)
 
-        storage.write_text(storage.join(out_uri, runs.EVAL_JSON),
-                           json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-        storage.write_text(storage.join(out_uri, SAMPLES),
-                           "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+        storage.write_text(
+            storage.join(out_uri, runs.EVAL_JSON),
+            json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+        )
+        storage.write_text(
+            storage.join(out_uri, SAMPLES),
+            "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
+        )
         if metrics:
             storage.write_bytes(storage.join(out_uri, LOSS_PNG), loss_curve_png(metrics, f"{run_uri} (training)"))
         storage.write_text(storage.join(out_uri, REPORT), _report(result, rows, sampling, metrics))
-        files = [storage.file_info(storage.join(out_uri, name), root=out_uri)
-                 for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT) if metrics or name != LOSS_PNG]
+        files = [
+            storage.file_info(storage.join(out_uri, name), root=out_uri)
+            for name in (runs.EVAL_JSON, SAMPLES, LOSS_PNG, REPORT)
+            if metrics or name != LOSS_PNG
+        ]
         counts = {k: result[k] for k in ("texts", "characters", "bytes", "tokens")}
         counts["samples"] = len(rows)
         return storage.build_manifest(
-            stage=STAGE, config=config, inputs=[run_manifest], counts=counts, files=files,
+            stage=STAGE,
+            config=config,
+            inputs=[run_manifest],
+            counts=counts,
+            files=files,
             timings={"seconds": round(time.monotonic() - started, 3)},
-            extra={"results": {k: result[k] for k in ("bits_per_character", "bits_per_byte", "bits_per_token",
-                                                       "token_perplexity", "tokens_per_character")}
-                       | {k: result["baselines"][k] for k in BASELINE_KEYS},
-                   "step": run.step, "checkpoint": result["checkpoint"]})
+            extra={
+                "results": {
+                    k: result[k]
+                    for k in (
+                        "bits_per_character",
+                        "bits_per_byte",
+                        "bits_per_token",
+                        "token_perplexity",
+                        "tokens_per_character",
+                    )
+                }
+                | {k: result["baselines"][k] for k in BASELINE_KEYS},
+                "step": run.step,
+                "checkpoint": result["checkpoint"],
+            },
+        )
 
     # prune=False: ``out_uri`` may be any folder; only the files named above are this stage's
-    outcome = stage.run_stage(STAGE, out_uri, fingerprint=fp, build=build, inputs=[run_uri], prune=False,
-                              log=log.warning)
+    outcome = stage.run_stage(
+        STAGE, out_uri, fingerprint=fp, build=build, inputs=[run_uri], prune=False, log=log.warning
+    )
     if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
     return out_uri
@@ -410,20 +503,27 @@ def write_evaluation(run_uri: str, text_uris: Sequence[str], out_uri: str, *, co
 
 def _report(result: dict, samples: list[dict], sampling: dict, metrics: list[dict]) -> str:
     """``report.md``: the figures, the loss curve and the samples with their settings."""
+
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = [f"# Evaluation of {result['run']}", "",
-             f"Checkpoint `{result['checkpoint']}` (step {result['step']:,}), scored on "
-             f"{', '.join(f'`{t}`' for t in result['texts_from'])}: {result['texts']:,} texts, "
-             f"{result['characters']:,} characters, {result['bytes']:,} UTF-8 bytes, {result['tokens']:,} tokens; "
-             f"windows of {result['context']} tokens every {result['stride']} "
-             f"(every target after the first window sees ≥ {result['min_context']} tokens).", "",
-             "| measure | value |", "|---|---|",
-             f"| bits per character | {num(result['bits_per_character'], '.4f')} |",
-             f"| bits per byte | {num(result['bits_per_byte'], '.4f')} |",
-             f"| token perplexity | {num(result['token_perplexity'], '.2f')} |",
-             f"| tokens per character | {num(result['tokens_per_character'], '.4f')} |", ""]
+    lines = [
+        f"# Evaluation of {result['run']}",
+        "",
+        f"Checkpoint `{result['checkpoint']}` (step {result['step']:,}), scored on "
+        f"{', '.join(f'`{t}`' for t in result['texts_from'])}: {result['texts']:,} texts, "
+        f"{result['characters']:,} characters, {result['bytes']:,} UTF-8 bytes, {result['tokens']:,} tokens; "
+        f"windows of {result['context']} tokens every {result['stride']} "
+        f"(every target after the first window sees ≥ {result['min_context']} tokens).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| bits per character | {num(result['bits_per_character'], '.4f')} |",
+        f"| bits per byte | {num(result['bits_per_byte'], '.4f')} |",
+        f"| token perplexity | {num(result['token_perplexity'], '.2f')} |",
+        f"| tokens per character | {num(result['tokens_per_character'], '.4f')} |",
+        "",
+    ]
     if "baselines" in result:
         lines += baselines.report_markdown(result)
     if metrics:
@@ -431,16 +531,26 @@ def _report(result: dict, samples: list[dict], sampling: dict, metrics: list[dic
         val = [m for m in metrics if "val_loss" in m]
         lines += ["## Training", "", f"![loss curve]({LOSS_PNG})", ""]
         if train:
-            lines.append(f"Training loss {train[0]['loss']:.4f} at step {train[0]['step']:,} → "
-                         f"{train[-1]['loss']:.4f} at step {train[-1]['step']:,}.")
+            lines.append(
+                f"Training loss {train[0]['loss']:.4f} at step {train[0]['step']:,} → "
+                f"{train[-1]['loss']:.4f} at step {train[-1]['step']:,}."
+            )
         if val:
-            lines.append(f"Validation loss {val[-1]['val_loss']:.4f} at step {val[-1]['step']:,} "
-                         f"({val[-1]['val_loss'] / LN2:.4f} bits per token).")
+            lines.append(
+                f"Validation loss {val[-1]['val_loss']:.4f} at step {val[-1]['step']:,} "
+                f"({val[-1]['val_loss'] / LN2:.4f} bits per token)."
+            )
         lines.append("")
     if samples:
         settings = ", ".join(f"{k} {v}" for k, v in sorted(sampling.items()))
         lines += ["## Samples", "", f"Sampling settings: {settings or 'defaults'}.", ""]
         for i, s in enumerate(samples, 1):
-            lines += [f"{i}. prompt `{s['prompt']}`, stopped: {s['stopped']}", "", "```text",
-                      s["prompt"] + s["text"], "```", ""]
+            lines += [
+                f"{i}. prompt `{s['prompt']}`, stopped: {s['stopped']}",
+                "",
+                "```text",
+                s["prompt"] + s["text"],
+                "```",
+                "",
+            ]
     return "\n".join(lines)

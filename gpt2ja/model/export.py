@@ -14,7 +14,7 @@
                                   left, model_max_length = context), checked against ours
         spm.model                 (sentencepiece kinds) the tokenizer's model, as-is
         gpt2ja_tokenizer/         a full copy of our tokenizer artifact (Tokenizer.load reads it)
-        README.md                 the model card (gpt2ja/model/model_card.py): Hub metadata (licence from the corpus's documents),
+        README.md                 the model card (model_card.py): Hub metadata (licence from the corpus's documents),
                                   use, sampling, evaluation (eval.json, baselines), training, limits
         _MANIFEST.json            written last: fingerprint (the run's manifest + format + eval), files,
                                   logit check
@@ -65,13 +65,13 @@ import numpy as np
 from gpt2ja.infra import stage, storage
 from gpt2ja.model.presets import ModelError
 
-ACTIVATION = "gelu_new"     # KerasHub's GPT2Backbone uses keras_utils.gelu_approximate (tanh form)
-LAYER_NORM_EPS = 1e-5       # KerasHub's GPT2Backbone: TransformerDecoder(layer_norm_epsilon=1e-05), final LN 1e-05
-TOLERANCE = 1e-4            # max abs logit difference (float32) accepted by the verification
+ACTIVATION = "gelu_new"  # KerasHub's GPT2Backbone uses keras_utils.gelu_approximate (tanh form)
+LAYER_NORM_EPS = 1e-5  # KerasHub's GPT2Backbone: TransformerDecoder(layer_norm_epsilon=1e-05), final LN 1e-05
+TOLERANCE = 1e-4  # max abs logit difference (float32) accepted by the verification
 TOKENIZER_COPY = "gpt2ja_tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 STAGE = "export"
-STAGE_VERSION = 2           # bump when the exported files change for the same run
+STAGE_VERSION = 2  # bump when the exported files change for the same run
 
 
 class ExportError(ModelError):
@@ -112,6 +112,7 @@ def hf_config(cfg, eos_id: int) -> dict:
 
 def hf_state_dict(backbone) -> dict[str, np.ndarray]:
     """KerasHub ``GPT2Backbone`` weights → ``{HF GPT2LMHeadModel name: float32 array}`` (lm_head is tied)."""
+
     def arr(v) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32))
 
@@ -127,7 +128,8 @@ def hf_state_dict(backbone) -> dict[str, np.ndarray]:
         att = layer._self_attention_layer
         q, k, v = att._query_dense, att._key_dense, att._value_dense
         out[p + "attn.c_attn.weight"] = np.concatenate(
-            [arr(d.kernel).reshape(hidden, hidden) for d in (q, k, v)], axis=1)           # (H, 3H)
+            [arr(d.kernel).reshape(hidden, hidden) for d in (q, k, v)], axis=1
+        )  # (H, 3H)
         out[p + "attn.c_attn.bias"] = np.concatenate([arr(d.bias).reshape(hidden) for d in (q, k, v)])
         out[p + "attn.c_proj.weight"] = arr(att._output_dense.kernel).reshape(hidden, hidden)  # (heads·hd, H)
         out[p + "attn.c_proj.bias"] = arr(att._output_dense.bias)
@@ -135,9 +137,9 @@ def hf_state_dict(backbone) -> dict[str, np.ndarray]:
         out[p + "ln_1.bias"] = arr(layer._self_attention_layer_norm.beta)
         out[p + "ln_2.weight"] = arr(layer._feedforward_layer_norm.gamma)
         out[p + "ln_2.bias"] = arr(layer._feedforward_layer_norm.beta)
-        out[p + "mlp.c_fc.weight"] = arr(layer._feedforward_intermediate_dense.kernel)      # (H, I)
+        out[p + "mlp.c_fc.weight"] = arr(layer._feedforward_intermediate_dense.kernel)  # (H, I)
         out[p + "mlp.c_fc.bias"] = arr(layer._feedforward_intermediate_dense.bias)
-        out[p + "mlp.c_proj.weight"] = arr(layer._feedforward_output_dense.kernel)          # (I, H)
+        out[p + "mlp.c_proj.weight"] = arr(layer._feedforward_output_dense.kernel)  # (I, H)
         out[p + "mlp.c_proj.bias"] = arr(layer._feedforward_output_dense.bias)
     return {name: np.ascontiguousarray(a) for name, a in out.items()}
 
@@ -158,7 +160,7 @@ def generation_config(cfg, eos_id: int) -> dict:
         "suppress_tokens": list(range(cfg.vocab_size, cfg.padded_vocab_size)),
         "do_sample": True,
         "temperature": float(DEFAULT_SAMPLING["temperature"]),
-        "top_k": int(DEFAULT_SAMPLING["top_k"]),   # 0: off, in transformers as in ours
+        "top_k": int(DEFAULT_SAMPLING["top_k"]),  # 0: off, in transformers as in ours
         "top_p": float(DEFAULT_SAMPLING["top_p"]),
         "max_new_tokens": max(1, cfg.context_length // 2),
     }
@@ -214,8 +216,10 @@ def _write_hf_tokenizer(tok, context_length: int, out_dir: str, run_uri: str) ->
     loaded = AutoTokenizer.from_pretrained(out_dir, local_files_only=True, model_max_length=1 << 30)
     bad = hf_tokenizer.mismatches(tok, loaded)
     if bad:
-        raise ExportError(f"export of {run_uri}: the transformers tokenizer gives other ids than ours on "
-                          f"{len(bad)} check text(s), first {bad[0][:40]!r}; nothing was published")
+        raise ExportError(
+            f"export of {run_uri}: the transformers tokenizer gives other ids than ours on "
+            f"{len(bad)} check text(s), first {bad[0][:40]!r}; nothing was published"
+        )
     return None
 
 
@@ -235,14 +239,20 @@ def export_hf(run_uri: str, out_uri: str) -> str:
 
     started = time.monotonic()
     if out_uri.rstrip("/") == run_uri.rstrip("/"):
-        raise ExportError(f"export of {run_uri}: give it a directory of its own (e.g. {run_uri}/export/hf), "
-                          "not the run itself")
+        raise ExportError(
+            f"export of {run_uri}: give it a directory of its own (e.g. {run_uri}/export/hf), not the run itself"
+        )
     evaluation = read_eval(run_uri)  # its figures go into the model card: a new evaluation redoes the export
     from gpt2ja.model.generate import DEFAULT_SAMPLING
 
-    config = {"format": "hf", "version": STAGE_VERSION, "eval_sha256": hashlib.sha256(
-        json.dumps(evaluation, sort_keys=True).encode()).hexdigest() if evaluation else None,
-        "sampling": dict(DEFAULT_SAMPLING)}   # generation_config.json's: new defaults redo the export
+    config = {
+        "format": "hf",
+        "version": STAGE_VERSION,
+        "eval_sha256": hashlib.sha256(json.dumps(evaluation, sort_keys=True).encode()).hexdigest()
+        if evaluation
+        else None,
+        "sampling": dict(DEFAULT_SAMPLING),
+    }  # generation_config.json's: new defaults redo the export
     try:
         run_manifest = storage.read_manifest(run_uri)
         if run_manifest is not None and not stage.verify(out_uri, storage.fingerprint(config, [run_manifest]))[1]:
@@ -254,8 +264,9 @@ def export_hf(run_uri: str, out_uri: str) -> str:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as err:
-        raise ExportError(f"export of {run_uri}: {err.name} is not installed; "
-                          "pip install torch transformers safetensors") from None
+        raise ExportError(
+            f"export of {run_uri}: {err.name} is not installed; pip install torch transformers safetensors"
+        ) from None
     from gpt2ja.model.runs import TOKENIZER_DIR, load_run
 
     loaded = []
@@ -263,14 +274,19 @@ def export_hf(run_uri: str, out_uri: str) -> str:
         source = run_manifest
     else:  # an unfinished run (no manifest yet) is identified by its hparams and newest checkpoint
         loaded.append(load_run(run_uri, dtype="float32"))
-        source = {"uri": run_uri, "fingerprint": hashlib.sha256(json.dumps(
-            [loaded[0].hparams, os.path.basename(loaded[0].checkpoint)], sort_keys=True).encode()).hexdigest()}
+        source = {
+            "uri": run_uri,
+            "fingerprint": hashlib.sha256(
+                json.dumps([loaded[0].hparams, os.path.basename(loaded[0].checkpoint)], sort_keys=True).encode()
+            ).hexdigest(),
+        }
     fp = storage.fingerprint(config, [source])
 
     def build() -> dict:
         run = loaded[0] if loaded else load_run(run_uri, dtype="float32")
         cfg, tok = run.config, run.tokenizer
         with tempfile.TemporaryDirectory(prefix=f"gpt2ja-export-{os.getpid()}-") as tmp:
+
             def write_json(name: str, value: dict) -> None:
                 with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                     json.dump(value, f, indent=2, ensure_ascii=False)
@@ -280,8 +296,9 @@ def export_hf(run_uri: str, out_uri: str) -> str:
             write_json("generation_config.json", generation_config(cfg, tok.eos_id))
             # one metadata key: safetensors keeps metadata in a hash map whose order changes from run to run,
             # and the same run must export to the same bytes (which run and step: the export's manifest)
-            safetensors.numpy.save_file(hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE),
-                                        metadata={"format": "pt"})
+            safetensors.numpy.save_file(
+                hf_state_dict(run.model.backbone), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"}
+            )
             copy = os.path.join(tmp, TOKENIZER_COPY)
             # the run's own tokenizer artifact, byte for byte (its manifest included): re-saving it would stamp
             # a new creation time, and the same run must export to the same bytes
@@ -291,28 +308,39 @@ def export_hf(run_uri: str, out_uri: str) -> str:
             hf_refused = _write_hf_tokenizer(tok, cfg.context_length, tmp, run_uri)
             licences, sources, _ = corpus_licenses(run_uri, run.hparams)
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-                f.write(model_card(run, hf_refused, licences, sources, evaluation,
-                                   os.path.exists(os.path.join(tmp, "spm.model"))))
+                f.write(
+                    model_card(
+                        run, hf_refused, licences, sources, evaluation, os.path.exists(os.path.join(tmp, "spm.model"))
+                    )
+                )
 
             try:
                 diff = max_logit_diff(run, tmp)
             except Exception as err:  # noqa: BLE001 - any loader failure is one line
                 first = " ".join(str(err).split())[:200]
-                raise ExportError(f"export of {run_uri}: transformers cannot load the exported model "
-                                  f"({type(err).__name__}: {first}); nothing was published") from None
+                raise ExportError(
+                    f"export of {run_uri}: transformers cannot load the exported model "
+                    f"({type(err).__name__}: {first}); nothing was published"
+                ) from None
             if not diff < TOLERANCE:
-                raise ExportError(f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
-                                  f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published")
+                raise ExportError(
+                    f"export of {run_uri}: transformers logits differ from the run's by {diff:.3g} "
+                    f"(limit {TOLERANCE:g}); the weight mapping is wrong, nothing was published"
+                )
             files = [storage.file_info(p, root=tmp) for p in storage.list_files(tmp)]
             try:
                 _publish_files(tmp, out_uri, {f["path"] for f in files})
             except storage.StorageError as err:
                 raise ExportError(f"export of {run_uri}: {err}") from None
         return storage.build_manifest(
-            stage=STAGE, config=config, inputs=[source], files=files,
+            stage=STAGE,
+            config=config,
+            inputs=[source],
+            files=files,
             counts={"parameters": int(run.model.count_params()), "step": run.step, "vocab_size": cfg.vocab_size},
             timings={"seconds": round(time.monotonic() - started, 3)},
-            extra={"max_logit_diff": diff, "tolerance": TOLERANCE, "checkpoint": os.path.basename(run.checkpoint)})
+            extra={"max_logit_diff": diff, "tolerance": TOLERANCE, "checkpoint": os.path.basename(run.checkpoint)},
+        )
 
     # prune=False: ``out_uri`` may be any folder; _publish_files removes what an earlier export left
     stage.run_stage(STAGE, out_uri, fingerprint=fp, build=build, inputs=[run_uri], prune=False)
@@ -336,8 +364,9 @@ def _publish_files(staged: str, out_uri: str, paths: set[str]) -> None:
     storage.upload_dir(staged, out_uri)
 
 
-def push_to_hub(export_uri: str, repo_id: str, *, private: bool = False, endpoint: str | None = None,
-                token: str | None = None) -> str:
+def push_to_hub(
+    export_uri: str, repo_id: str, *, private: bool = False, endpoint: str | None = None, token: str | None = None
+) -> str:
     """Upload a finished export (not its ``_MANIFEST.json``) to the Hub model repo ``repo_id``; the commit URL.
 
     ``huggingface_hub``'s ``HfApi.create_repo`` (``exist_ok``) then ``upload_folder``
@@ -354,8 +383,9 @@ def push_to_hub(export_uri: str, repo_id: str, *, private: bool = False, endpoin
 
     manifest = storage.read_manifest(export_uri)
     if manifest is None or manifest.get("stage") != STAGE:
-        raise ExportError(f"push of {export_uri}: not a finished export (no export _MANIFEST.json); "
-                          "run `gpt2ja export hf` first")
+        raise ExportError(
+            f"push of {export_uri}: not a finished export (no export _MANIFEST.json); run `gpt2ja export hf` first"
+        )
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=token or os.environ.get("HF_TOKEN") or None)
     with tempfile.TemporaryDirectory(prefix="gpt2ja-push-") as tmp:
@@ -366,12 +396,17 @@ def push_to_hub(export_uri: str, repo_id: str, *, private: bool = False, endpoin
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             info = api.upload_folder(
-                repo_id=repo_id, repo_type="model", folder_path=local,
+                repo_id=repo_id,
+                repo_type="model",
+                folder_path=local,
                 commit_message=f"gpt2ja export, step {manifest.get('counts', {}).get('step')}",
-                ignore_patterns=[storage.MANIFEST, ".*.lock", "**/.*.lock"])
+                ignore_patterns=[storage.MANIFEST, ".*.lock", "**/.*.lock"],
+            )
         except Exception as err:  # noqa: BLE001 - HTTP, auth and connection errors alike are one line
             first = " ".join(str(err).split())[:300]
-            raise ExportError(f"push of {export_uri} to {repo_id} at {endpoint or 'huggingface.co'}: "
-                              f"{type(err).__name__}: {first}; check HF_TOKEN (a write token) and the repo "
-                              "name") from None
+            raise ExportError(
+                f"push of {export_uri} to {repo_id} at {endpoint or 'huggingface.co'}: "
+                f"{type(err).__name__}: {first}; check HF_TOKEN (a write token) and the repo "
+                "name"
+            ) from None
     return str(getattr(info, "commit_url", info))

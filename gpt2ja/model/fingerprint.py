@@ -58,11 +58,11 @@ def _len16(u: int, v: int, mul: int) -> int:
 
 
 def _f64(s: bytes, i: int) -> int:
-    return int.from_bytes(s[i:i + 8], "little")
+    return int.from_bytes(s[i : i + 8], "little")
 
 
 def _f32(s: bytes, i: int) -> int:
-    return int.from_bytes(s[i:i + 4], "little")
+    return int.from_bytes(s[i : i + 4], "little")
 
 
 def _weak32(s: bytes, i: int, a: int, b: int) -> tuple[int, int]:
@@ -105,8 +105,9 @@ def fingerprint64_py(s: bytes | str) -> int:
         b = _f64(s, 8)
         c = (_f64(s, n - 8) * mul) & _M64
         d = (_f64(s, n - 16) * K2) & _M64
-        return _len16((_rot((a + b) & _M64, 43) + _rot(c, 30) + d) & _M64,
-                      (a + _rot((b + K2) & _M64, 18) + c) & _M64, mul)
+        return _len16(
+            (_rot((a + b) & _M64, 43) + _rot(c, 30) + d) & _M64, (a + _rot((b + K2) & _M64, 18) + c) & _M64, mul
+        )
     if n <= 64:
         a = (_f64(s, 0) * K2) & _M64
         b = _f64(s, 8)
@@ -118,8 +119,9 @@ def fingerprint64_py(s: bytes | str) -> int:
         f = _f64(s, 24)
         g = ((y + _f64(s, n - 32)) * mul) & _M64
         h = ((z + _f64(s, n - 24)) * mul) & _M64
-        return _len16((_rot((e + f) & _M64, 43) + _rot(g, 30) + h) & _M64,
-                      (e + _rot((f + a) & _M64, 18) + g) & _M64, mul)
+        return _len16(
+            (_rot((e + f) & _M64, 43) + _rot(g, 30) + h) & _M64, (e + _rot((f + a) & _M64, 18) + g) & _M64, mul
+        )
     seed = 81
     x = seed
     y = (seed * K1 + 113) & _M64
@@ -150,8 +152,7 @@ def fingerprint64_py(s: bytes | str) -> int:
     v = _weak32(s, i, (v[1] * mul) & _M64, (x + w[0]) & _M64)
     w = _weak32(s, i + 32, (z + w[1]) & _M64, (y + _f64(s, i + 16)) & _M64)
     z, x = x, z
-    return _len16((_len16(v[0], w[0], mul) + _mix(y) * K0 + z) & _M64,
-                  (_len16(v[1], w[1], mul) + x) & _M64, mul)
+    return _len16((_len16(v[0], w[0], mul) + _mix(y) * K0 + z) & _M64, (_len16(v[1], w[1], mul) + x) & _M64, mul)
 
 
 # ----------------------------------------------------------------- numpy: many keys of one length at once
@@ -177,11 +178,11 @@ def _vlen16(u: np.ndarray, v: np.ndarray, mul) -> np.ndarray:
 
 def _v64(rows: np.ndarray, i: int) -> np.ndarray:
     """Column of little-endian uint64 words at byte ``i`` of each row: ``(n, L)`` uint8 → ``(n,)``."""
-    return np.ascontiguousarray(rows[:, i:i + 8]).view("<u8")[:, 0].astype(_U)
+    return np.ascontiguousarray(rows[:, i : i + 8]).view("<u8")[:, 0].astype(_U)
 
 
 def _v32(rows: np.ndarray, i: int) -> np.ndarray:
-    return np.ascontiguousarray(rows[:, i:i + 4]).view("<u4")[:, 0].astype(_U)
+    return np.ascontiguousarray(rows[:, i : i + 4]).view("<u4")[:, 0].astype(_U)
 
 
 def _vweak32(rows: np.ndarray, i: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

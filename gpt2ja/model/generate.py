@@ -132,9 +132,12 @@ def _kth_largest_key(keys, k):
         enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int32), axis=-1, keepdims=True) >= k
         return tf.where(enough, mid, lo), tf.where(enough, hi, mid)
 
-    lo, _ = tf.while_loop(lambda lo, hi: True, halve,
-                          (tf.fill([batch, 1], tf.constant(_INT32_MIN, tf.int64)),
-                           tf.fill([batch, 1], tf.constant(2**31, tf.int64))), maximum_iterations=32)
+    lo, _ = tf.while_loop(
+        lambda lo, hi: True,
+        halve,
+        (tf.fill([batch, 1], tf.constant(_INT32_MIN, tf.int64)), tf.fill([batch, 1], tf.constant(2**31, tf.int64))),
+        maximum_iterations=32,
+    )
     return tf.cast(lo, tf.int32)
 
 
@@ -153,8 +156,8 @@ def _top_p_keep(scores, p):
     """
     import tensorflow as tf
 
-    probs = tf.nn.softmax(scores, axis=-1)                                        # removed tokens: 0
-    bits = tf.bitcast(probs, tf.int32)                                            # ≥ 0, monotone in probs
+    probs = tf.nn.softmax(scores, axis=-1)  # removed tokens: 0
+    bits = tf.bitcast(probs, tf.int32)  # ≥ 0, monotone in probs
     batch, vocab = tf.shape(scores)[0], tf.shape(scores)[-1]
     allowed = 1.0 - p
 
@@ -165,11 +168,14 @@ def _top_p_keep(scores, p):
         return tf.where(over, lo, mid), tf.where(over, mid, hi), tf.where(over, below, mass)
 
     # mass(bits ≤ lo) = below ≤ 1 - p < mass(bits ≤ hi); hi ends as the boundary probability's bits
-    _, hi, below = tf.while_loop(lambda *_: True, halve,
-                                 (tf.fill([batch, 1], -1), tf.fill([batch, 1], 0x3F800000), tf.zeros([batch, 1])),
-                                 maximum_iterations=30)
+    _, hi, below = tf.while_loop(
+        lambda *_: True,
+        halve,
+        (tf.fill([batch, 1], -1), tf.fill([batch, 1], 0x3F800000), tf.zeros([batch, 1])),
+        maximum_iterations=30,
+    )
     tie = tf.equal(bits, hi)
-    rank = tf.cumsum(tf.cast(tie, tf.float32), axis=-1)                           # 1, 2, … by id
+    rank = tf.cumsum(tf.cast(tie, tf.float32), axis=-1)  # 1, 2, … by id
     keep = (bits > hi) | (tie & (below + rank * tf.bitcast(hi, tf.float32) > allowed))
     # the largest probability (the last id among equals) is always kept, also where the row's mass ≤ 1 - p
     ids = tf.range(vocab)[None, :]
@@ -187,12 +193,12 @@ def _filter_sorted(scores, top_k, top_p):
     # the k-th largest is read from it, and the top-k survivors keep their order in it (whatever top-k
     # removes lies below them). The top-p verdicts go back to id order by a scatter, not a second sort:
     # 8 × 8,000 logits, one sort instead of three: 4.5 vs 6.7 ms a call on this 2-core CPU.
-    order = tf.argsort(scores, axis=-1, direction="ASCENDING", stable=True)       # (B, V)
+    order = tf.argsort(scores, axis=-1, direction="ASCENDING", stable=True)  # (B, V)
     ascending = tf.gather(scores, order, batch_dims=1)
 
     # top-k: the k-th largest value is the threshold
     k = tf.minimum(tf.cast(top_k, tf.int32), vocab)
-    kth = tf.gather(ascending, vocab - tf.maximum(k, 1), axis=-1)[:, None]       # (B, 1)
+    kth = tf.gather(ascending, vocab - tf.maximum(k, 1), axis=-1)[:, None]  # (B, 1)
     kth = tf.where(k > 0, kth, neg_inf)
     scores = tf.where(scores < kth, neg_inf, scores)
     ascending = tf.where(ascending < kth, neg_inf, ascending)
@@ -215,9 +221,9 @@ def prefill_length(index: int, context: int) -> int:
 @dataclass
 class Sample:
     prompt: str
-    text: str              # the generated continuation (prompt not included; cut at max_chars)
-    ids: list[int]         # the token ids generated (EOS not included; may run past max_chars)
-    stopped: str           # "eos", "max_chars" or "max_tokens"
+    text: str  # the generated continuation (prompt not included; cut at max_chars)
+    ids: list[int]  # the token ids generated (EOS not included; may run past max_chars)
+    stopped: str  # "eos", "max_chars" or "max_tokens"
 
 
 class Generator:
@@ -303,25 +309,24 @@ class Generator:
             def cond(i, buffer, cache, index, done, t):
                 return (i < n) & tf.logical_not(tf.reduce_all(done))
 
-            weights = gpt2.decoding_weights(lm) if use_cache else None   # once per call, outside the loop
+            weights = gpt2.decoding_weights(lm) if use_cache else None  # once per call, outside the loop
 
             def body(i, buffer, cache, index, done, t):
                 pos = index - 1  # the last filled position predicts the next one
                 if use_cache:
-                    last = tf.gather(buffer, tf.reshape(pos, [1]), axis=1)           # (B, 1)
+                    last = tf.gather(buffer, tf.reshape(pos, [1]), axis=1)  # (B, 1)
                     out, cache = gpt2.call_with_layer_caches(lm, last, cache, pos, weights)
-                    scores = out[:, 0, :]                                            # (B, V_padded)
+                    scores = out[:, 0, :]  # (B, V_padded)
                 else:
-                    scores = tf.gather(gpt2.logits(lm, buffer), pos, axis=1)          # full pass (B, C, V) → (B, V)
+                    scores = tf.gather(gpt2.logits(lm, buffer), pos, axis=1)  # full pass (B, C, V) → (B, V)
                 scores = gpt2.mask_padding(tf.cast(scores, tf.float32), vocab)
                 if greedy:
                     picked = tf.argmax(scores, axis=-1, output_type=tf.int32)
                 else:
                     warped = filter_logits(scores, temperature, top_k, top_p)
-                    picked = tf.random.stateless_categorical(warped, 1, seed=tf.stack([seed, t]),
-                                                             dtype=tf.int32)[:, 0]
-                column = tf.equal(tf.range(context), index)[None, :]                 # (1, C)
-                forced = tf.reduce_any(fixed & column, axis=1)                       # (B,) still in the prompt
+                    picked = tf.random.stateless_categorical(warped, 1, seed=tf.stack([seed, t]), dtype=tf.int32)[:, 0]
+                column = tf.equal(tf.range(context), index)[None, :]  # (1, C)
+                forced = tf.reduce_any(fixed & column, axis=1)  # (B,) still in the prompt
                 current = tf.reduce_sum(tf.where(column, buffer, 0), axis=1)
                 picked = tf.where(forced, current, picked)
                 picked = tf.where(done, eos, picked)
@@ -330,7 +335,8 @@ class Generator:
                 return i + 1, buffer, cache, index + 1, done, t + 1
 
             _, buffer, cache, index, done, t = tf.while_loop(
-                cond, body, (tf.constant(0), buffer, cache, index, done, t))
+                cond, body, (tf.constant(0), buffer, cache, index, done, t)
+            )
             return buffer, cache, index, done, t
 
         return decode
@@ -347,8 +353,19 @@ class Generator:
 
         return self._prefill(tf.constant(buffer))
 
-    def _chunk(self, use_cache: bool, greedy: bool, buffer: np.ndarray, fixed: np.ndarray, cache, index: int,
-               n: int, done: np.ndarray, t: int, sampling: tuple) -> tuple[np.ndarray, object, int, int]:
+    def _chunk(
+        self,
+        use_cache: bool,
+        greedy: bool,
+        buffer: np.ndarray,
+        fixed: np.ndarray,
+        cache,
+        index: int,
+        n: int,
+        done: np.ndarray,
+        t: int,
+        sampling: tuple,
+    ) -> tuple[np.ndarray, object, int, int]:
         """Up to ``n`` decoding steps from position ``index``: ``(buffer, cache, index, t)`` after them.
 
         ``sampling`` is ``(seed, temperature, top_k, top_p)``; ``t`` counts the
@@ -359,17 +376,37 @@ class Generator:
         seed, temperature, top_k, top_p = sampling
         decode = self._decoder(use_cache, greedy, self._xla(len(buffer)))
         new_buffer, cache, new_index, _, new_t = decode(
-            tf.constant(buffer), tf.constant(fixed), cache, tf.constant(index, tf.int32), tf.constant(n, tf.int32),
-            tf.constant(done), tf.constant(t, tf.int32), tf.constant(seed, tf.int32),
-            tf.constant(temperature, tf.float32), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32))
+            tf.constant(buffer),
+            tf.constant(fixed),
+            cache,
+            tf.constant(index, tf.int32),
+            tf.constant(n, tf.int32),
+            tf.constant(done),
+            tf.constant(t, tf.int32),
+            tf.constant(seed, tf.int32),
+            tf.constant(temperature, tf.float32),
+            tf.constant(top_k, tf.int32),
+            tf.constant(top_p, tf.float32),
+        )
         return new_buffer.numpy(), cache, int(new_index), int(new_t)
 
     # ------------------------------------------------------------ the loop
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int = 0, top_p: float = 1.0, greedy: bool = False, seed: int = 0,
-                     use_cache: bool = True, keep: int | None = None, chunk: int = 32,
-                     stop: Callable[[int, list[int]], bool] | None = None) -> list[tuple[list[int], str]]:
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int = 0,
+        use_cache: bool = True,
+        keep: int | None = None,
+        chunk: int = 32,
+        stop: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[tuple[list[int], str]]:
         """New ids for each prompt (a non-empty id list, usually starting with EOS) and why each stopped.
 
         ``stop(row, ids)`` is asked after each chunk; True ends that row ("max_chars").
@@ -381,13 +418,13 @@ class Generator:
             raise ModelError(f"keep {keep} must be between 1 and the context {c} - 1")
         if any(len(p) == 0 for p in prompts):
             raise ModelError("every prompt needs at least one id (start it with the EOS id)")
-        rows = [list(p)[-(c - 1):] for p in prompts]  # leave room for one new token
+        rows = [list(p)[-(c - 1) :] for p in prompts]  # leave room for one new token
         batch = len(rows)
         buffer = np.zeros((batch, c), np.int32)
         fixed = np.zeros((batch, c), bool)
         for b, ids in enumerate(rows):
-            buffer[b, :len(ids)] = ids
-            fixed[b, :len(ids)] = True
+            buffer[b, : len(ids)] = ids
+            fixed[b, : len(ids)] = True
         index = min(len(r) for r in rows)
         out: list[list[int]] = [[] for _ in rows]
         reason: list[str | None] = [None] * batch
@@ -396,16 +433,17 @@ class Generator:
         sampling = (seed % (2**31), float(temperature), int(min(top_k, 2**31 - 1)), float(top_p))
         while any(r is None for r in reason):
             if index == c:  # the window is full: keep its last `keep` tokens
-                buffer = np.concatenate([buffer[:, c - keep:], np.zeros((batch, c - keep), np.int32)], axis=1)
-                fixed = np.concatenate([fixed[:, c - keep:], np.zeros((batch, c - keep), bool)], axis=1)
+                buffer = np.concatenate([buffer[:, c - keep :], np.zeros((batch, c - keep), np.int32)], axis=1)
+                fixed = np.concatenate([fixed[:, c - keep :], np.zeros((batch, c - keep), bool)], axis=1)
                 index, stale = keep, True
             if use_cache and stale:
                 # only the filled positions: the decoder writes position index - 1 onwards before reading it
-                cache, stale = self._fill(buffer[:, :prefill_length(index, c)]), False
+                cache, stale = self._fill(buffer[:, : prefill_length(index, c)]), False
             n = min(chunk, c - index)
             done = np.array([r is not None for r in reason])
-            buffer, cache, new_index, t = self._chunk(use_cache, greedy, buffer, fixed, cache, index, n, done, t,
-                                                      sampling)
+            buffer, cache, new_index, t = self._chunk(
+                use_cache, greedy, buffer, fixed, cache, index, n, done, t, sampling
+            )
             for b in range(batch):
                 for p in range(index, new_index):
                     if reason[b] is not None:
@@ -425,11 +463,23 @@ class Generator:
         return [(ids, r) for ids, r in zip(out, reason)]
 
 
-def generate(lm, tokenizer, prompts: str | Sequence[str], *, num: int = 1, max_chars: int | None = None,
-             max_new_tokens: int | None = None, temperature: float = DEFAULT_SAMPLING["temperature"],
-             top_k: int = DEFAULT_SAMPLING["top_k"], top_p: float = DEFAULT_SAMPLING["top_p"],
-             greedy: bool = False, seed: int = 0, use_cache: bool = True, keep: int | None = None,
-             generator: Generator | None = None) -> list[Sample]:
+def generate(
+    lm,
+    tokenizer,
+    prompts: str | Sequence[str],
+    *,
+    num: int = 1,
+    max_chars: int | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = DEFAULT_SAMPLING["temperature"],
+    top_k: int = DEFAULT_SAMPLING["top_k"],
+    top_p: float = DEFAULT_SAMPLING["top_p"],
+    greedy: bool = False,
+    seed: int = 0,
+    use_cache: bool = True,
+    keep: int | None = None,
+    generator: Generator | None = None,
+) -> list[Sample]:
     """``num`` continuations of each prompt (rows ordered prompt by prompt), stopped at EOS or a length.
 
     ``max_chars`` cuts the decoded continuation at that many characters;
@@ -439,7 +489,7 @@ def generate(lm, tokenizer, prompts: str | Sequence[str], *, num: int = 1, max_c
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if num < 1 or not prompts:
-        raise ModelError(f"num {num} must be ≥ 1 and at least one prompt is needed (it may be empty: \"\")")
+        raise ModelError(f'num {num} must be ≥ 1 and at least one prompt is needed (it may be empty: "")')
     if max_chars is None and max_new_tokens is None:
         raise ModelError("give max_chars or max_new_tokens: generation needs a length limit")
     if (max_chars is not None and max_chars < 1) or (max_new_tokens is not None and max_new_tokens < 1):
@@ -453,8 +503,18 @@ def generate(lm, tokenizer, prompts: str | Sequence[str], *, num: int = 1, max_c
         # strictly more than max_chars: the first max_chars characters are then complete
         return max_chars is not None and len(tokenizer.decode(ids)) > max_chars
 
-    results = gen.generate_ids(encoded, max_new_tokens=limit, temperature=temperature, top_k=top_k, top_p=top_p,
-                               greedy=greedy, seed=seed, use_cache=use_cache, keep=keep, stop=stop)
+    results = gen.generate_ids(
+        encoded,
+        max_new_tokens=limit,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        seed=seed,
+        use_cache=use_cache,
+        keep=keep,
+        stop=stop,
+    )
     samples = []
     for prompt, (ids, why) in zip(rows, results):
         text = tokenizer.decode(ids)

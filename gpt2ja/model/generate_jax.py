@@ -47,11 +47,11 @@ def filter_logits(scores, temperature, top_k, top_p):
 
     scores = scores.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
     vocab = scores.shape[-1]
-    order = jnp.argsort(scores, axis=-1, stable=True)                            # (B, V) ascending
+    order = jnp.argsort(scores, axis=-1, stable=True)  # (B, V) ascending
     ascending = jnp.take_along_axis(scores, order, axis=-1)
     # top-k: the k-th largest value is the threshold (ties at it are kept)
     k = jnp.minimum(jnp.asarray(top_k, jnp.int32), vocab)
-    kth = jnp.take(ascending, vocab - jnp.maximum(k, 1), axis=-1)[:, None]        # (B, 1)
+    kth = jnp.take(ascending, vocab - jnp.maximum(k, 1), axis=-1)[:, None]  # (B, 1)
     kth = jnp.where(k > 0, kth, -jnp.inf)
     scores = jnp.where(scores < kth, -jnp.inf, scores)
     ascending = jnp.where(ascending < kth, -jnp.inf, ascending)
@@ -96,8 +96,19 @@ class JaxGenerator(Generator):
     def _fill(self, buffer: np.ndarray):
         return self._prefill(buffer)
 
-    def _chunk(self, use_cache: bool, greedy: bool, buffer: np.ndarray, fixed: np.ndarray, cache, index: int,
-               n: int, done: np.ndarray, t: int, sampling: tuple) -> tuple[np.ndarray, object, int, int]:
+    def _chunk(
+        self,
+        use_cache: bool,
+        greedy: bool,
+        buffer: np.ndarray,
+        fixed: np.ndarray,
+        cache,
+        index: int,
+        n: int,
+        done: np.ndarray,
+        t: int,
+        sampling: tuple,
+    ) -> tuple[np.ndarray, object, int, int]:
         key = (use_cache, greedy)
         if key not in self._decoders:
             from gpt2ja.model import gpt2
@@ -105,8 +116,18 @@ class JaxGenerator(Generator):
             self._decoders[key] = gpt2.stateless_jit(self.lm, self._make_decode(use_cache, greedy))
         seed, temperature, top_k, top_p = sampling
         new_buffer, cache, new_index, new_t = self._decoders[key](
-            buffer, fixed, cache, np.int32(index), np.int32(n), done, np.int32(t), np.int32(seed),
-            np.float32(temperature), np.int32(top_k), np.float32(top_p))
+            buffer,
+            fixed,
+            cache,
+            np.int32(index),
+            np.int32(n),
+            done,
+            np.int32(t),
+            np.int32(seed),
+            np.float32(temperature),
+            np.int32(top_k),
+            np.float32(top_p),
+        )
         return np.asarray(new_buffer), cache, int(new_index), int(new_t)
 
     def _make_decode(self, use_cache: bool, greedy: bool):
@@ -129,10 +150,10 @@ class JaxGenerator(Generator):
                 i, buffer, cache, index, done, t = state
                 pos = index - 1  # the last filled position predicts the next one
                 if use_cache:
-                    last = jax.lax.dynamic_slice_in_dim(buffer, pos, 1, axis=1)          # (B, 1)
+                    last = jax.lax.dynamic_slice_in_dim(buffer, pos, 1, axis=1)  # (B, 1)
                     out, _, cache = lm.call_with_cache(last, cache, pos)
-                    scores = out[:, 0, :]                                                # (B, V_padded)
-                else:                                                                    # full pass (B, C, V)
+                    scores = out[:, 0, :]  # (B, V_padded)
+                else:  # full pass (B, C, V)
                     scores = jax.lax.dynamic_index_in_dim(gpt2.logits(lm, buffer), pos, axis=1, keepdims=False)
                 scores = gpt2.mask_padding(scores.astype(jnp.float32), vocab)
                 if greedy:
@@ -140,8 +161,8 @@ class JaxGenerator(Generator):
                 else:
                     warped = filter_logits(scores, temperature, top_k, top_p)
                     picked = jax.random.categorical(jax.random.fold_in(base, t), warped, axis=-1).astype(jnp.int32)
-                column = (jnp.arange(context) == index)[None, :]                         # (1, C)
-                forced = jnp.any(fixed & column, axis=1)                                 # (B,) still in the prompt
+                column = (jnp.arange(context) == index)[None, :]  # (1, C)
+                forced = jnp.any(fixed & column, axis=1)  # (B,) still in the prompt
                 current = jnp.sum(jnp.where(column, buffer, 0), axis=1)
                 picked = jnp.where(forced, current, picked)
                 picked = jnp.where(done, eos, picked)
@@ -150,7 +171,8 @@ class JaxGenerator(Generator):
                 return i + 1, buffer, cache, index + 1, done, t + 1
 
             _, buffer, cache, index, _, t = jax.lax.while_loop(
-                cond, body, (jnp.int32(0), buffer, cache, index, done, t))
+                cond, body, (jnp.int32(0), buffer, cache, index, done, t)
+            )
             return buffer, cache, index, t
 
         return decode

@@ -83,7 +83,7 @@ def logits(lm, token_ids, *, training: bool = False):
 def mask_padding(scores, vocab_size: int):
     """Logits ``(..., V_padded)`` with those of padding ids (``≥ vocab_size``) at -inf: never sampled or scored."""
     scores = ops.convert_to_tensor(scores)
-    real = ops.arange(scores.shape[-1]) < vocab_size                   # (V_padded,): the width is static
+    real = ops.arange(scores.shape[-1]) < vocab_size  # (V_padded,): the width is static
     return ops.where(real, scores, ops.full_like(scores, float("-inf")))
 
 
@@ -143,8 +143,10 @@ def dropout_rng_states(lm) -> list:
 def describe(lm) -> str:
     """One line: layers, width, heads, vocabulary, context and parameter count."""
     b = lm.backbone
-    return (f"GPT-2 {b.num_layers} layers × {b.hidden_dim} wide, {b.num_heads} heads, "
-            f"{b.vocabulary_size:,} ids, {b.max_sequence_length} positions, {lm.count_params():,} parameters")
+    return (
+        f"GPT-2 {b.num_layers} layers × {b.hidden_dim} wide, {b.num_heads} heads, "
+        f"{b.vocabulary_size:,} ids, {b.max_sequence_length} positions, {lm.count_params():,} parameters"
+    )
 
 
 def stateless_jit(lm, fn: Callable, **jit_options) -> Callable:
@@ -228,16 +230,16 @@ def call_with_layer_caches(lm, token_ids, caches: tuple, index, weights: list | 
     batch, steps, length = tf.shape(token_ids)[0], tf.shape(token_ids)[1], caches[0].shape[2]
     # position index + t sees the cache's positions ≤ index + t: (1, 1, T, C)
     mask = (tf.range(length)[None, :] <= index + tf.range(steps)[:, None])[None, None]
-    keys, values = list(caches[:len(layers)]), list(caches[len(layers):])
+    keys, values = list(caches[: len(layers)]), list(caches[len(layers) :])
     weights = weights if weights is not None else decoding_weights(lm)
     for i, layer in enumerate(layers):
         kernel, bias, out_kernel, out_bias = weights[i]
         h = tf.reshape(layer._self_attention_layer_norm(x), [-1, width])
         qkv = tf.reshape(tf.matmul(h, kernel) + bias, [batch, steps, 3, heads, depth])
-        q, k, v = (tf.transpose(qkv[:, :, j], [0, 2, 1, 3]) for j in range(3))        # (B, H, T, D)
+        q, k, v = (tf.transpose(qkv[:, :, j], [0, 2, 1, 3]) for j in range(3))  # (B, H, T, D)
         keys[i] = ops.slice_update(keys[i], [0, 0, index, 0], k)
         values[i] = ops.slice_update(values[i], [0, 0, index, 0], v)
-        scores = tf.matmul(q * tf.cast(depth ** -0.5, q.dtype), keys[i], transpose_b=True)  # (B, H, T, C)
+        scores = tf.matmul(q * tf.cast(depth**-0.5, q.dtype), keys[i], transpose_b=True)  # (B, H, T, C)
         probs = tf.nn.softmax(tf.where(mask, scores, tf.cast(float("-inf"), scores.dtype)), axis=-1)
         attended = tf.reshape(tf.transpose(tf.matmul(probs, values[i]), [0, 2, 1, 3]), [-1, width])
         x = x + tf.reshape(tf.matmul(attended, out_kernel) + out_bias, [batch, steps, width])
@@ -279,5 +281,5 @@ def reverse_embedding(embedding, x):
     if not embedding.tie_weights or embedding.reverse_dtype is not None or embedding.logit_soft_cap is not None:
         return embedding(x, reverse=True)
     table = tf.cast(embedding.embeddings, x.dtype)
-    rows = tf.reshape(x, [-1, x.shape[-1]])                    # a 2-D matmul: cheaper than a batched one here
+    rows = tf.reshape(x, [-1, x.shape[-1]])  # a 2-D matmul: cheaper than a batched one here
     return tf.reshape(tf.matmul(rows, table, transpose_b=True), tf.concat([tf.shape(x)[:-1], [-1]], 0))

@@ -87,19 +87,22 @@ def _sentencepiece(tok):
     sp = tok._sp
     model_type = tok.options().get("model_type")
     if model_type != "unigram":
-        raise HFTokenizerError(f"{tok.kind} tokenizer: model type {model_type!r} has no "
-                               "verified transformers equivalent (only unigram); the export ships gpt2ja's "
-                               "tokenizer artifact only")
+        raise HFTokenizerError(
+            f"{tok.kind} tokenizer: model type {model_type!r} has no "
+            "verified transformers equivalent (only unigram); the export ships gpt2ja's "
+            "tokenizer artifact only"
+        )
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     fast = Tokenizer(models.Unigram(vocab, unk_id=UNK_ID, byte_fallback=True))
     fast.normalizer = normalizers.Replace(" ", META_SPACE)
-    fast.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement=META_SPACE, prepend_scheme="never", split=True),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
-    fast.decoder = decoders.Sequence([decoders.Replace(META_SPACE, " "), decoders.ByteFallback(),
-                                      decoders.Fuse()])
+    fast.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement=META_SPACE, prepend_scheme="never", split=True),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    fast.decoder = decoders.Sequence([decoders.Replace(META_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     return fast
 
 
@@ -128,16 +131,25 @@ def build(tok, context_length: int | None = None):
         raise HFTokenizerError(f"tokenizer kind {tok.kind!r} has no transformers equivalent")
     fast.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])
     if fast.token_to_id(EOS) != tok.eos_id:
-        raise HFTokenizerError(f"{tok.kind} tokenizer: {EOS} would get id {fast.token_to_id(EOS)}, "
-                               f"not our eos_id {tok.eos_id}")
+        raise HFTokenizerError(
+            f"{tok.kind} tokenizer: {EOS} would get id {fast.token_to_id(EOS)}, not our eos_id {tok.eos_id}"
+        )
     # the document start, exactly as training saw it: (T,) → (1 + T,)
     fast.post_processor = processors.TemplateProcessing(
-        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B:1", special_tokens=[(EOS, tok.eos_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=fast, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token=None, model_max_length=context_length,
-                                   padding_side="left", truncation_side="left",
-                                   model_input_names=["input_ids", "attention_mask"],
-                                   clean_up_tokenization_spaces=False)
+        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B:1", special_tokens=[(EOS, tok.eos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=fast,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        unk_token=None,
+        model_max_length=context_length,
+        padding_side="left",
+        truncation_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def save(fast, out_dir: str) -> None:
@@ -163,7 +175,10 @@ def mismatches(tok, hf, texts=CHECK_TEXTS) -> list[str]:
     bad = []
     for text in texts:
         ids = tok.encode(text)
-        if (hf.encode(text, add_special_tokens=False) != ids or hf(text)["input_ids"] != [tok.eos_id] + ids
-                or hf.decode(ids) != tok.decode(ids)):
+        if (
+            hf.encode(text, add_special_tokens=False) != ids
+            or hf(text)["input_ids"] != [tok.eos_id] + ids
+            or hf.decode(ids) != tok.decode(ids)
+        ):
             bad.append(text)
     return bad

@@ -70,8 +70,13 @@ def make_optimizer(cfg: "TrainConfig", lm):
         def _all_reduce_sum_gradients(self, grads_and_vars):
             return list(grads_and_vars)
 
-    opt = AdamW(learning_rate=lr_schedule(cfg), weight_decay=cfg.weight_decay, beta_1=cfg.beta1,
-                beta_2=cfg.beta2, epsilon=cfg.epsilon)
+    opt = AdamW(
+        learning_rate=lr_schedule(cfg),
+        weight_decay=cfg.weight_decay,
+        beta_1=cfg.beta1,
+        beta_2=cfg.beta2,
+        epsilon=cfg.epsilon,
+    )
     variables = lm.trainable_variables
     opt.exclude_from_weight_decay(var_list=[v for v in variables if not decayed(v)])
     if cfg.mixed_precision == "fp16":

@@ -35,38 +35,80 @@ VOCAB_MULTIPLE = 64
 # the preset's default (OpenAI's n_ctx); training uses the shards' seq_len.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "config": {"num_layers": 2, "hidden_dim": 128, "num_heads": 2, "intermediate_dim": 512,
-                   "context_length": 128, "dropout": 0.0},
+        "config": {
+            "num_layers": 2,
+            "hidden_dim": 128,
+            "num_heads": 2,
+            "intermediate_dim": 512,
+            "context_length": 128,
+            "dropout": 0.0,
+        },
         "metadata": {"description": "2 layers, 128 wide: the CPU demo, trains in minutes"},
     },
     "micro": {
-        "config": {"num_layers": 4, "hidden_dim": 256, "num_heads": 4, "intermediate_dim": 1024,
-                   "context_length": 256, "dropout": 0.0},
+        "config": {
+            "num_layers": 4,
+            "hidden_dim": 256,
+            "num_heads": 4,
+            "intermediate_dim": 1024,
+            "context_length": 256,
+            "dropout": 0.0,
+        },
         "metadata": {"description": "4 layers, 256 wide: between tiny and mini, for CPU budgets of an hour or two"},
     },
     "mini": {
-        "config": {"num_layers": 6, "hidden_dim": 384, "num_heads": 6, "intermediate_dim": 1536,
-                   "context_length": 512, "dropout": 0.1},
+        "config": {
+            "num_layers": 6,
+            "hidden_dim": 384,
+            "num_heads": 6,
+            "intermediate_dim": 1536,
+            "context_length": 512,
+            "dropout": 0.1,
+        },
         "metadata": {"description": "6 layers, 384 wide: a real model on a laptop or one small GPU"},
     },
     "small": {
-        "config": {"num_layers": 12, "hidden_dim": 768, "num_heads": 12, "intermediate_dim": 3072,
-                   "context_length": 1024, "dropout": 0.1},
+        "config": {
+            "num_layers": 12,
+            "hidden_dim": 768,
+            "num_heads": 12,
+            "intermediate_dim": 3072,
+            "context_length": 1024,
+            "dropout": 0.1,
+        },
         "metadata": {"description": "GPT-2 small, the 117M family (124M with the 50,257-id GPT-2 vocabulary)"},
     },
     "medium": {
-        "config": {"num_layers": 24, "hidden_dim": 1024, "num_heads": 16, "intermediate_dim": 4096,
-                   "context_length": 1024, "dropout": 0.1},
+        "config": {
+            "num_layers": 24,
+            "hidden_dim": 1024,
+            "num_heads": 16,
+            "intermediate_dim": 4096,
+            "context_length": 1024,
+            "dropout": 0.1,
+        },
         "metadata": {"description": "GPT-2 medium, the 345M family (355M with the GPT-2 vocabulary)"},
     },
     "large": {
-        "config": {"num_layers": 36, "hidden_dim": 1280, "num_heads": 20, "intermediate_dim": 5120,
-                   "context_length": 1024, "dropout": 0.1},
+        "config": {
+            "num_layers": 36,
+            "hidden_dim": 1280,
+            "num_heads": 20,
+            "intermediate_dim": 5120,
+            "context_length": 1024,
+            "dropout": 0.1,
+        },
         "metadata": {"description": "GPT-2 large, the 774M family"},
     },
     "xl": {
-        "config": {"num_layers": 48, "hidden_dim": 1600, "num_heads": 25, "intermediate_dim": 6400,
-                   "context_length": 1024, "dropout": 0.1},
+        "config": {
+            "num_layers": 48,
+            "hidden_dim": 1600,
+            "num_heads": 25,
+            "intermediate_dim": 6400,
+            "context_length": 1024,
+            "dropout": 0.1,
+        },
         "metadata": {"description": "GPT-2 XL, the 1.5B family"},
     },
 }
@@ -118,8 +160,9 @@ class ModelConfig(BaseModel):
         return self.hidden_dim // self.num_heads
 
     @classmethod
-    def from_preset(cls, name: str, *, vocab_size: int, context_length: int | None = None,
-                    dropout: float | None = None) -> "ModelConfig":
+    def from_preset(
+        cls, name: str, *, vocab_size: int, context_length: int | None = None, dropout: float | None = None
+    ) -> "ModelConfig":
         """The preset ``name`` with the tokenizer's ``vocab_size`` (and the shards' ``context_length``)."""
         if name not in PRESETS:
             raise ModelError(f"unknown model preset {name!r}; use one of {', '.join(PRESETS)}")

@@ -123,7 +123,7 @@ def _data_crcs(buf: bytes, rows: np.ndarray, first: int, stride: int, n: int) ->
     """Masked CRCs of ``rows`` (``(k, n)``, record data at ``first + j·stride`` of ``buf``) → ``(k,)`` uint32."""
     if _crc32c_c is not None:
         value = _crc32c_c
-        raw = [value(buf[o:o + n]) for o in range(first, first + len(rows) * stride, stride)]
+        raw = [value(buf[o : o + n]) for o in range(first, first + len(rows) * stride, stride)]
         return _mask(np.array(raw, np.uint32))
     return _mask(crc32c_rows(rows))
 
@@ -138,8 +138,10 @@ def _broken(uri: str, detail: str, fix: str) -> DataError:
 def _blocks(uri: str, compression: str | None, fix: str) -> Iterator[bytes]:
     """The decompressed bytes of ``uri`` in blocks of at most about :data:`BLOCK` (bounded memory)."""
     if compression not in _NONE and compression not in _WBITS:
-        raise DataError(f"shards file {uri}: compression {compression!r} is not one of GZIP, ZLIB or none; "
-                        "fix the manifest or rebuild the shards")
+        raise DataError(
+            f"shards file {uri}: compression {compression!r} is not one of GZIP, ZLIB or none; "
+            "fix the manifest or rebuild the shards"
+        )
     try:
         with storage.open(uri, "rb") as f:
             if compression in _NONE:
@@ -191,7 +193,7 @@ def read_record_runs(uri: str, compression: str | None = "GZIP", *, fix: str = _
         pos = 0
         while len(buf) - pos >= _HEADER.size:
             n, length_crc = _HEADER.unpack_from(buf, pos)
-            if _mask(crc32c(buf[pos:pos + 8])) != length_crc:
+            if _mask(crc32c(buf[pos : pos + 8])) != length_crc:
                 raise _broken(uri, f"record {index}: the length's CRC does not match", fix)
             stride = n + 16
             k = (len(buf) - pos) // stride
@@ -201,8 +203,8 @@ def read_record_runs(uri: str, compression: str | None = "GZIP", *, fix: str = _
             same = (np.ascontiguousarray(run[:, :12]) == run[0, :12]).all(axis=1)  # length and its CRC
             k = int(np.argmin(same)) if not same.all() else k  # stop at the first record of another length
             run = run[:k]
-            rows = run[:, 12:12 + n]
-            stored = np.ascontiguousarray(run[:, 12 + n:]).view("<u4")[:, 0]
+            rows = run[:, 12 : 12 + n]
+            stored = np.ascontiguousarray(run[:, 12 + n :]).view("<u4")[:, 0]
             bad = np.flatnonzero(_data_crcs(buf, rows, pos + 12, stride, n) != stored)
             if len(bad):
                 raise _broken(uri, f"record {index + int(bad[0])}: the data's CRC does not match", fix)
@@ -224,7 +226,7 @@ def read_records(uri: str, compression: str | None = "GZIP", *, fix: str = _DEFA
         data = run.tobytes()
         n = run.shape[1]
         for i in range(0, len(data), n) if n else range(len(run)):
-            yield data[i:i + n]
+            yield data[i : i + n]
 
 
 # ----------------------------------------------------------------- tf.train.Example
@@ -259,12 +261,12 @@ def _fields(b: bytes) -> Iterator[tuple[int, int, bytes | int]]:
             size = 8 if wire == 1 else 4
             if i + size > len(b):
                 raise ValueError("a fixed-width field runs past the end")
-            value, i = b[i:i + size], i + size
+            value, i = b[i : i + size], i + size
         elif wire == 2:
             size, i = _varint(b, i)
             if i + size > len(b):
                 raise ValueError("a length-delimited field runs past the end")
-            value, i = b[i:i + size], i + size
+            value, i = b[i : i + size], i + size
         else:
             raise ValueError(f"wire type {wire} (groups are not used by tf.train.Example)")
         yield field, wire, value
@@ -316,8 +318,9 @@ def parse_bytes_feature(serialized: bytes, name: str) -> bytes:
             body = body + v if kind == field else v
             kind = field
     if kind != 1:
-        raise ValueError(f"feature {name!r} is {({2: 'a float list', 3: 'an int64 list'}).get(kind, 'empty')}, "
-                         "not bytes")
+        raise ValueError(
+            f"feature {name!r} is {({2: 'a float list', 3: 'an int64 list'}).get(kind, 'empty')}, not bytes"
+        )
     values = list(_messages(body, 1))
     if len(values) != 1:
         raise ValueError(f"feature {name!r} has {len(values)} values, not 1")
@@ -362,8 +365,10 @@ def example_prefix(name: str, size: int) -> bytes:
 
 # ----------------------------------------------------------------- token rows
 
-def read_token_rows(uri: str, *, compression: str | None, dtype: str, example_len: int, feature: str = FEATURE,
-                    fix: str = _DEFAULT_FIX) -> Iterator[np.ndarray]:
+
+def read_token_rows(
+    uri: str, *, compression: str | None, dtype: str, example_len: int, feature: str = FEATURE, fix: str = _DEFAULT_FIX
+) -> Iterator[np.ndarray]:
     """One shard file's examples as ``(k, example_len)`` arrays of the stored dtype (``<u2`` or ``<i4``), in file order.
 
     Records written by the shard writer are sliced out of the record matrix
@@ -381,21 +386,26 @@ def read_token_rows(uri: str, *, compression: str | None, dtype: str, example_le
     index = 0
     for run in read_record_runs(uri, compression, fix=fix):
         k, n = run.shape
-        if n == len(prefix) + size and (run[:, :len(prefix)] == prefix).all():
-            data = run[:, len(prefix):]
+        if n == len(prefix) + size and (run[:, : len(prefix)] == prefix).all():
+            data = run[:, len(prefix) :]
         else:
             values = []
             for j in range(k):
                 try:
                     values.append(parse_bytes_feature(run[j].tobytes(), feature))
                 except ValueError as err:
-                    raise _broken(uri, f"record {index + j} is not a tf.train.Example with one bytes feature "
-                                       f"{feature!r}: {err}", fix) from None
+                    raise _broken(
+                        uri,
+                        f"record {index + j} is not a tf.train.Example with one bytes feature {feature!r}: {err}",
+                        fix,
+                    ) from None
             bad = next((v for v in values if len(v) != size), None)
             if bad is not None:
                 ids = len(bad) / np_dtype.itemsize
-                raise DataError(f"shards file {uri} holds examples of {ids:g} ids, its manifest says {example_len}; "
-                                "rebuild the shards")
+                raise DataError(
+                    f"shards file {uri} holds examples of {ids:g} ids, its manifest says {example_len}; "
+                    "rebuild the shards"
+                )
             data = np.frombuffer(b"".join(values), np.uint8).reshape(k, size)
         yield np.ascontiguousarray(data).view(np_dtype)
         index += k

@@ -74,8 +74,8 @@ class RunSync:
 
     def __init__(self, local: str, run_uri: str, *, min_rewrite_s: float = MIN_REWRITE_S) -> None:
         self.local, self.run_uri, self.min_rewrite_s = local, run_uri.rstrip("/"), min_rewrite_s
-        self._sent: dict[str, Stamp] = {}      # run-relative path → stamp of the bytes last uploaded
-        self._sent_at: dict[str, float] = {}   # run-relative path → time.monotonic() of that upload
+        self._sent: dict[str, Stamp] = {}  # run-relative path → stamp of the bytes last uploaded
+        self._sent_at: dict[str, float] = {}  # run-relative path → time.monotonic() of that upload
         self._remote_checkpoints: set[str] = set()  # checkpoints/ckpt-* files in the bucket (pruned as locally)
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="gpt2ja-run-sync")
         self._background = ThreadPoolExecutor(1, thread_name_prefix="gpt2ja-run-sync-logs")
@@ -90,9 +90,13 @@ class RunSync:
         """Start uploading the logs changed since their last upload; returns once the previous round is done."""
         self._wait()
         now = time.monotonic()
-        due = [(rel, stamp) for rel, stamp in self._local_files().items()
-               if not rel.startswith(_CHECKPOINTS) and self._sent.get(rel) != stamp
-               and (rel not in self._sent_at or now - self._sent_at[rel] >= self.min_rewrite_s)]
+        due = [
+            (rel, stamp)
+            for rel, stamp in self._local_files().items()
+            if not rel.startswith(_CHECKPOINTS)
+            and self._sent.get(rel) != stamp
+            and (rel not in self._sent_at or now - self._sent_at[rel] >= self.min_rewrite_s)
+        ]
         if due:
             self._round = self._background.submit(self._upload_all, due)
 
@@ -132,7 +136,7 @@ class RunSync:
     def _seed(self) -> None:
         """What the bucket already holds: files just downloaded to resume, and the checkpoints to prune later."""
         base = self.run_uri + "/"
-        remote = {uri[len(base):]: size for uri, size in storage.list_sizes(self.run_uri).items()}
+        remote = {uri[len(base) :]: size for uri, size in storage.list_sizes(self.run_uri).items()}
         self._remote_checkpoints = {rel for rel in remote if rel.startswith(_CHECKPOINT_FILES)}
         for rel, stamp in self._local_files().items():
             if rel.startswith(_IMMUTABLE) and remote.get(rel) == stamp[0]:
@@ -174,13 +178,17 @@ class RunSync:
         except FileNotFoundError:
             return
         except OSError as err:
-            raise storage.StorageError(f"run {self.run_uri}: cannot read {path} to upload it ({err.strerror}); "
-                                       "training stopped, check the local disk and rerun the same command "
-                                       "to resume from the newest checkpoint in the bucket") from err
+            raise storage.StorageError(
+                f"run {self.run_uri}: cannot read {path} to upload it ({err.strerror}); "
+                "training stopped, check the local disk and rerun the same command "
+                "to resume from the newest checkpoint in the bucket"
+            ) from err
         except storage.StorageError as err:
-            raise storage.StorageError(f"run {self.run_uri}: uploading {rel} failed ({err}); training stopped, "
-                                       "rerun the same command to resume from the newest checkpoint in the "
-                                       "bucket") from err
+            raise storage.StorageError(
+                f"run {self.run_uri}: uploading {rel} failed ({err}); training stopped, "
+                "rerun the same command to resume from the newest checkpoint in the "
+                "bucket"
+            ) from err
         self._sent[rel], self._sent_at[rel] = stamp, time.monotonic()
 
     def _delete(self, rel: str) -> None:

@@ -117,12 +117,13 @@ def read_hparams(run_uri: str) -> dict:
     try:
         data = json.loads(storage.read_text(uri))
     except storage.StorageError:
-        raise ModelError(f"run {run_uri}: no readable {HPARAMS}; is this a run directory written by "
-                         "`gpt2ja train`? Check the URI") from None
+        raise ModelError(
+            f"run {run_uri}: no readable {HPARAMS}; is this a run directory written by `gpt2ja train`? Check the URI"
+        ) from None
     except json.JSONDecodeError as err:
         raise ModelError(f"run {run_uri}: {HPARAMS} is not valid JSON ({err}); the run is damaged") from None
     if "model" not in data:
-        raise ModelError(f"run {run_uri}: {HPARAMS} has no \"model\" section; the run is damaged")
+        raise ModelError(f'run {run_uri}: {HPARAMS} has no "model" section; the run is damaged')
     return data
 
 
@@ -170,9 +171,9 @@ def restore_weights(lm, path: str, *, what: str) -> None:
 @dataclass
 class LoadedRun:
     uri: str
-    model: Any            # keras_hub GPT2CausalLM
+    model: Any  # keras_hub GPT2CausalLM
     config: ModelConfig
-    tokenizer: Any        # gpt2ja.tokenization.tokenizer.Tokenizer
+    tokenizer: Any  # gpt2ja.tokenization.tokenizer.Tokenizer
     hparams: dict
     checkpoint: str
     step: int
@@ -214,8 +215,10 @@ def fetch(run_uri: str) -> str:
             raise storage.StorageError(f"{index_uri}: {err}") from None
         names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(ckpt_uri, recursive=False)]
         if newest not in names:
-            error = storage.StorageError(f"{index_uri} names checkpoint {newest}, which is not in the bucket; "
-                                         "the run is damaged: resume its training to write a new checkpoint")
+            error = storage.StorageError(
+                f"{index_uri} names checkpoint {newest}, which is not in the bucket; "
+                "the run is damaged: resume its training to write a new checkpoint"
+            )
             continue
         try:
             target = os.path.join(ckpt_local, newest)
@@ -243,19 +246,29 @@ def load_run(run_uri: str, *, dtype: str | None = None) -> LoadedRun:
         raise ModelError(f"run {run_uri}: {err}") from None
     prefix = latest_checkpoint(local)
     if prefix is None:
-        raise ModelError(f"run {run_uri}: no checkpoint under {CHECKPOINT_DIR}/; train it first "
-                         f"(`gpt2ja train --run {run_uri} ...`) or wait for its first checkpoint")
+        raise ModelError(
+            f"run {run_uri}: no checkpoint under {CHECKPOINT_DIR}/; train it first "
+            f"(`gpt2ja train --run {run_uri} ...`) or wait for its first checkpoint"
+        )
     try:
         tok = Tokenizer.load(storage.join(run_uri, TOKENIZER_DIR))
     except (TokenizerError, storage.StorageError) as err:
         raise ModelError(f"run {run_uri}: its tokenizer copy cannot be loaded ({err})") from None
     if tok.vocab_size != cfg.vocab_size:
-        raise ModelError(f"run {run_uri}: tokenizer has {tok.vocab_size} ids but the model {cfg.vocab_size}; "
-                         "the run is damaged")
+        raise ModelError(
+            f"run {run_uri}: tokenizer has {tok.vocab_size} ids but the model {cfg.vocab_size}; the run is damaged"
+        )
     lm = gpt2.build_model(cfg, dtype=dtype)
     restore_weights(lm, prefix, what=f"run {run_uri}")
-    return LoadedRun(uri=run_uri, model=lm, config=cfg, tokenizer=tok, hparams=hparams, checkpoint=prefix,
-                     step=checkpoint_step(prefix))
+    return LoadedRun(
+        uri=run_uri,
+        model=lm,
+        config=cfg,
+        tokenizer=tok,
+        hparams=hparams,
+        checkpoint=prefix,
+        step=checkpoint_step(prefix),
+    )
 
 
 # ----------------------------------------------------------------- writing (training's side)
@@ -304,8 +317,9 @@ def download(run_uri: str, local_run: str) -> None:
 # ----------------------------------------------------------------- what training writes
 
 
-def write_run_files(local: str, cfg: "TrainConfig", model_cfg: ModelConfig, manifest: dict, tok, lm,
-                     resumed: int | None = None) -> None:
+def write_run_files(
+    local: str, cfg: "TrainConfig", model_cfg: ModelConfig, manifest: dict, tok, lm, resumed: int | None = None
+) -> None:
     """``hparams.json`` (and the tokenizer copy of a new run); a resume keeps the run's history of changes."""
     history: list[dict] = []
     if resumed is not None:  # a resumed run: what it was trained with so far stays on record
@@ -319,25 +333,36 @@ def write_run_files(local: str, cfg: "TrainConfig", model_cfg: ModelConfig, mani
             if (before.get("train") or {}).get("steps") not in (None, cfg.steps):
                 changed["steps"] = (before["train"]["steps"], cfg.steps)
             if changed:
-                history.append({"step": resumed, "changed": {k: list(v) for k, v in changed.items()},
-                                "override": cfg.override, "code_version": storage.code_version()})
+                history.append(
+                    {
+                        "step": resumed,
+                        "changed": {k: list(v) for k, v in changed.items()},
+                        "override": cfg.override,
+                        "code_version": storage.code_version(),
+                    }
+                )
     hparams = {
         "format": FORMAT,
         "model": model_cfg.model_dump(),
         "train": cfg.model_dump(),
         "refs": "relative",  # data.uri is relative to the run directory (data_uri); "train" is as given
-        "data": {"uri": storage.relative_ref(cfg.data, cfg.run), "fingerprint": manifest.get("fingerprint"),
-                 "seq_len": manifest["seq_len"], "vocab_size": manifest["vocab_size"], "eos_id": manifest["eos_id"]},
-        "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "vocab_size": tok.vocab_size,
-                      "eos_id": tok.eos_id},
+        "data": {
+            "uri": storage.relative_ref(cfg.data, cfg.run),
+            "fingerprint": manifest.get("fingerprint"),
+            "seq_len": manifest["seq_len"],
+            "vocab_size": manifest["vocab_size"],
+            "eos_id": manifest["eos_id"],
+        },
+        "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
         "padded_vocab_size": model_cfg.padded_vocab_size,
         "parameters": int(lm.count_params()),
         "code_version": storage.code_version(),
         "history": history,  # [{step, changed: {setting: [before, after]}, …}]: settings changed on resume
     }
     # atomically: a second train of this run reads it (_check_resumable) before it finds the run locked
-    storage.write_text(os.path.join(local, HPARAMS),
-                       json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    storage.write_text(
+        os.path.join(local, HPARAMS), json.dumps(hparams, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    )
     tok_dir = os.path.join(local, TOKENIZER_DIR)
     if not (resumed is not None and storage.read_manifest(tok_dir)):
         tok.save(tok_dir)
@@ -350,13 +375,22 @@ def build_run_manifest(local: str, cfg: "TrainConfig", fp: str, inputs: list[dic
     (:func:`is_training_file`), so the run's ``eval/`` and ``export/`` can change without
     making the run unverifiable.
     """
-    files = [storage.file_info(p, root=local) for p in storage.list_files(local)
-             if is_training_file(os.path.relpath(p, local).replace(os.sep, "/"))]
+    files = [
+        storage.file_info(p, root=local)
+        for p in storage.list_files(local)
+        if is_training_file(os.path.relpath(p, local).replace(os.sep, "/"))
+    ]
     counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
     config = {"train": cfg.fingerprint_config()}
     from gpt2ja.model.train import STAGE
 
-    manifest = storage.build_manifest(stage=STAGE, config=config, inputs=inputs, counts=counts, files=files,
-                                      timings={"last_session_s": round(seconds, 3)})
+    manifest = storage.build_manifest(
+        stage=STAGE,
+        config=config,
+        inputs=inputs,
+        counts=counts,
+        files=files,
+        timings={"last_session_s": round(seconds, 3)},
+    )
     manifest["fingerprint"] = fp  # the fingerprint train() checks (includes the model shape)
     return manifest

@@ -79,7 +79,7 @@ TAGS = {
     "val_bits_per_byte": (VALIDATION_RUN, "bits_per_byte"),
 }
 PROMPT_CHARS = 16  # characters of the sample prompt taken from the validation data
-_MAX_EDGE = 4      # a UTF-8 character has at most 4 bytes: the partial pieces at a row's edges
+_MAX_EDGE = 4  # a UTF-8 character has at most 4 bytes: the partial pieces at a row's edges
 
 
 class TextCounts(NamedTuple):
@@ -129,13 +129,12 @@ def sample_prompt(tokenizer: "Tokenizer", ids: list[int], chars: int = PROMPT_CH
     """The first ``chars`` characters of a document in a validation row (after its first EOS, if any)."""
     ids = [int(i) for i in ids]
     if tokenizer.eos_id in ids[:-1]:
-        ids = ids[ids.index(tokenizer.eos_id) + 1:]  # a document's start, as the sample will begin (EOS + prompt)
-        ids = ids[:ids.index(tokenizer.eos_id)] if tokenizer.eos_id in ids else ids
+        ids = ids[ids.index(tokenizer.eos_id) + 1 :]  # a document's start, as the sample will begin (EOS + prompt)
+        ids = ids[: ids.index(tokenizer.eos_id)] if tokenizer.eos_id in ids else ids
     return whole_characters(tokenizer, ids)[1][:chars].strip()
 
 
-def from_validation(tokenizer: "Tokenizer", val_ds: Iterable[tuple[Any, Any]], batches: int
-                    ) -> tuple[TextCounts, str]:
+def from_validation(tokenizer: "Tokenizer", val_ds: Iterable[tuple[Any, Any]], batches: int) -> tuple[TextCounts, str]:
     """The counts of the first ``batches`` validation batches (what an evaluation scores) and a sample prompt.
 
     ``val_ds`` is any iterable of ``(inputs, targets)`` batches, unshuffled so that every evaluation sees
@@ -193,26 +192,58 @@ class Sampler:
                 raise ValueError("Sampler(weights=…) is for the JAX backend; on TensorFlow assign the variables")
             scope = keras.StatelessScope(state_mapping=list(zip(self.lm.trainable_variables, weights, strict=True)))
         with scope:  # the JAX generator reads each variable's value when it is called: these values in the scope
-            [sample] = generate(self.lm, self.tokenizer, self.prompt, max_new_tokens=self.tokens, seed=self.seed,
-                                generator=self.generator)
+            [sample] = generate(
+                self.lm,
+                self.tokenizer,
+                self.prompt,
+                max_new_tokens=self.tokens,
+                seed=self.seed,
+                generator=self.generator,
+            )
         return self.prompt, sample.text
 
 
-def run_hparams(cfg: "TrainConfig", model_cfg: "ModelConfig", *, seq_len: int, accum: int, replicas: int,
-                tokenizer: str, parameters: int) -> dict[str, bool | int | float | str]:
+def run_hparams(
+    cfg: "TrainConfig",
+    model_cfg: "ModelConfig",
+    *,
+    seq_len: int,
+    accum: int,
+    replicas: int,
+    tokenizer: str,
+    parameters: int,
+) -> dict[str, bool | int | float | str]:
     """The settings the HParams dashboard shows for a run (its values must be bool, int, float or str)."""
     return {
-        "preset": model_cfg.preset or "custom", "num_layers": model_cfg.num_layers,
-        "hidden_dim": model_cfg.hidden_dim, "num_heads": model_cfg.num_heads,
-        "intermediate_dim": model_cfg.intermediate_dim, "dropout": model_cfg.dropout,
-        "vocab_size": model_cfg.vocab_size, "padded_vocab_size": model_cfg.padded_vocab_size,
-        "parameters": parameters, "tokenizer": tokenizer, "seq_len": seq_len,
-        "batch_tokens": cfg.batch_tokens, "micro_batch": cfg.micro_batch, "accumulation_steps": accum,
-        "replicas": replicas, "strategy": cfg.strategy, "mixed_precision": cfg.mixed_precision,
-        "jit_compile": cfg.jit_compile, "steps": cfg.steps, "schedule": "warmup_cosine",
-        "learning_rate": cfg.learning_rate, "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio,
-        "weight_decay": cfg.weight_decay, "beta1": cfg.beta1, "beta2": cfg.beta2, "clip_norm": cfg.clip_norm,
-        "seed": cfg.seed, "init_from": cfg.init_from or "",
+        "preset": model_cfg.preset or "custom",
+        "num_layers": model_cfg.num_layers,
+        "hidden_dim": model_cfg.hidden_dim,
+        "num_heads": model_cfg.num_heads,
+        "intermediate_dim": model_cfg.intermediate_dim,
+        "dropout": model_cfg.dropout,
+        "vocab_size": model_cfg.vocab_size,
+        "padded_vocab_size": model_cfg.padded_vocab_size,
+        "parameters": parameters,
+        "tokenizer": tokenizer,
+        "seq_len": seq_len,
+        "batch_tokens": cfg.batch_tokens,
+        "micro_batch": cfg.micro_batch,
+        "accumulation_steps": accum,
+        "replicas": replicas,
+        "strategy": cfg.strategy,
+        "mixed_precision": cfg.mixed_precision,
+        "jit_compile": cfg.jit_compile,
+        "steps": cfg.steps,
+        "schedule": "warmup_cosine",
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": cfg.warmup_steps,
+        "min_lr_ratio": cfg.min_lr_ratio,
+        "weight_decay": cfg.weight_decay,
+        "beta1": cfg.beta1,
+        "beta2": cfg.beta2,
+        "clip_norm": cfg.clip_norm,
+        "seed": cfg.seed,
+        "init_from": cfg.init_from or "",
     }
 
 
@@ -240,8 +271,9 @@ class EventFile:
 
         os.makedirs(folder, exist_ok=True)
         # the name tf.summary gives its files: TensorBoard reads every file whose name holds "tfevents"
-        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
-                f"{next(self._serial)}.v2")
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._serial)}.v2"
+        )
         self.path = os.path.join(folder, name)
         self._event = event_pb2.Event
         self._records = RecordWriter(open(self.path, "wb"))
@@ -281,10 +313,12 @@ class TensorBoard:
         """The HParams experiment (settings + the metrics it compares: their last values) and this run's values."""
         from tensorboard.plugins.hparams import summary_v2 as hp
 
-        metrics = [hp.Metric("loss", group=TRAIN_RUN, display_name="training loss"),
-                   hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss"),
-                   hp.Metric("bits_per_character", group=VALIDATION_RUN, display_name="validation bits/char"),
-                   hp.Metric("bits_per_byte", group=VALIDATION_RUN, display_name="validation bits/byte")]
+        metrics = [
+            hp.Metric("loss", group=TRAIN_RUN, display_name="training loss"),
+            hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss"),
+            hp.Metric("bits_per_character", group=VALIDATION_RUN, display_name="validation bits/char"),
+            hp.Metric("bits_per_byte", group=VALIDATION_RUN, display_name="validation bits/byte"),
+        ]
         # what hp.hparams_config / hp.hparams write through tf.summary: these raw summaries at step 0
         self.root.add(hp.hparams_config_pb(hparams=[hp.HParam(name) for name in values], metrics=metrics), step=0)
         self.root.add(hp.hparams_pb(values), step=0)

@@ -97,8 +97,11 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="shards URI (a `gpt2ja shards` artifact), local or gs://")
     run: str = Field(description="run directory URI, local or gs://; an existing run is resumed")
-    preset: str | None = Field(None, description="model preset (tiny, micro, mini, small, medium, large, xl); "
-                                                 "omit with init_from to keep that run's model")
+    preset: str | None = Field(
+        None,
+        description="model preset (tiny, micro, mini, small, medium, large, xl); "
+        "omit with init_from to keep that run's model",
+    )
     init_from: str | None = Field(None, description="start from this run's newest weights (fresh optimizer)")
     tokenizer: str | None = Field(None, description="tokenizer URI; default: the one the shards were built with")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the preset's dropout")
@@ -106,8 +109,12 @@ class TrainConfig(BaseModel):
     batch_tokens: int = Field(524_288, ge=1, description="global batch in tokens per optimizer step")
     micro_batch: int = Field(8, ge=1, description="sequences per forward/backward pass, summed over replicas")
     steps: int = Field(ge=1, description="optimizer steps in total (a resumed run continues to this)")
-    stop_at: int | None = Field(None, ge=1, description="pause after this step (checkpointed, no manifest): the "
-                                "schedule stays that of `steps`, and the same command without it continues")
+    stop_at: int | None = Field(
+        None,
+        ge=1,
+        description="pause after this step (checkpointed, no manifest): the "
+        "schedule stays that of `steps`, and the same command without it continues",
+    )
 
     learning_rate: float = Field(6e-4, gt=0, le=1.0, description="peak learning rate")
     warmup_steps: int = Field(100, ge=0, description="linear warmup from 0 to the peak")
@@ -120,34 +127,53 @@ class TrainConfig(BaseModel):
 
     seed: int = Field(0, ge=0, description="weights, dropout and data order")
     deterministic: bool = Field(False, description="deterministic TF ops (bitwise-repeatable, slower)")
-    shuffle_buffer: int = Field(10_000, ge=1, description="examples per block of the data order that is "
-                                "shuffled as one (gpt2ja.model.data_order)")
-    trace_examples: str | None = Field(None, description="a local directory: each host appends the stream "
-                                       "position and first ids of every example it reads (an audit of the order)")
+    shuffle_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="examples per block of the data order that is shuffled as one (gpt2ja.model.data_order)",
+    )
+    trace_examples: str | None = Field(
+        None,
+        description="a local directory: each host appends the stream "
+        "position and first ids of every example it reads (an audit of the order)",
+    )
 
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="keep the newest K checkpoints")
     eval_every: int = Field(500, ge=1, description="steps between validation losses")
     eval_batches: int = Field(20, ge=0, description="validation micro-batches per evaluation (0 = none)")
     log_every: int = Field(10, ge=1, description="steps between progress lines / metrics.jsonl entries")
-    eval_sample_tokens: int = Field(32, ge=0, le=4096, description="tokens of the text sample written to "
-                                    "TensorBoard at each evaluation, continuing a fixed validation prompt (0 = off)")
-    tensorboard_by_tokens: bool = Field(True, description="also write TensorBoard's scalars under tokens_seen/ "
-                                                          "with the tokens seen as their step")
+    eval_sample_tokens: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="tokens of the text sample written to "
+        "TensorBoard at each evaluation, continuing a fixed validation prompt (0 = off)",
+    )
+    tensorboard_by_tokens: bool = Field(
+        True, description="also write TensorBoard's scalars under tokens_seen/ with the tokens seen as their step"
+    )
 
     backend: Literal["tensorflow", "jax"] = Field(
-        "tensorflow", description="tensorflow (tf.distribute strategies, the CPU default) or jax (one jitted "
-        "step over every local device, jax.distributed across hosts; GPUs and Cloud TPU)")
+        "tensorflow",
+        description="tensorflow (tf.distribute strategies, the CPU default) or jax (one jitted "
+        "step over every local device, jax.distributed across hosts; GPUs and Cloud TPU)",
+    )
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = Field(
-        "default", description="the TensorFlow backend's tf.distribute strategy (jax: ignored, every local "
-        "device is used)")
+        "default",
+        description="the TensorFlow backend's tf.distribute strategy (jax: ignored, every local device is used)",
+    )
     tpu: str | None = Field(None, description="TPU name or grpc:// address for strategy tpu ('' = this TPU VM)")
     mixed_precision: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="bf16 on TPU and Ampere+ GPUs, fp16 (with loss scaling) on older GPUs")
+        "off", description="bf16 on TPU and Ampere+ GPUs, fp16 (with loss scaling) on older GPUs"
+    )
     jit_compile: bool = Field(False, description="compile the training step with XLA")
     steps_per_execution: int = Field(1, ge=1, description="optimizer steps per tf.function call")
-    override: bool = Field(False, description="resume although settings that change the optimisation differ "
-                                              "from the run's; the change is recorded in its hparams history")
+    override: bool = Field(
+        False,
+        description="resume although settings that change the optimisation differ "
+        "from the run's; the change is recorded in its hparams history",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -162,14 +188,23 @@ class TrainConfig(BaseModel):
         per_micro = self.micro_batch * seq_len
         if self.batch_tokens % per_micro:
             near = max(1, round(self.batch_tokens / per_micro)) * per_micro
-            raise TrainError(f"batch_tokens {self.batch_tokens:,} is not a multiple of micro_batch × seq_len = "
-                             f"{self.micro_batch} × {seq_len} = {per_micro:,}; use batch_tokens {near:,}")
+            raise TrainError(
+                f"batch_tokens {self.batch_tokens:,} is not a multiple of micro_batch × seq_len = "
+                f"{self.micro_batch} × {seq_len} = {per_micro:,}; use batch_tokens {near:,}"
+            )
         return self.batch_tokens // per_micro
 
     def fingerprint_config(self) -> dict:
         """What defines the run's result (the run URI itself, logging cadence and TensorBoard extras do not)."""
-        skip = {"run", "log_every", "override", "eval_sample_tokens", "tensorboard_by_tokens", "trace_examples",
-                "stop_at"}
+        skip = {
+            "run",
+            "log_every",
+            "override",
+            "eval_sample_tokens",
+            "tensorboard_by_tokens",
+            "trace_examples",
+            "stop_at",
+        }
         out = {k: v for k, v in self.model_dump().items() if k not in skip}
         if out["backend"] == "tensorflow":  # the default, and every run made before the field existed
             del out["backend"]
@@ -182,19 +217,23 @@ class TrainConfig(BaseModel):
 class Plan(NamedTuple):
     """What :func:`train` settles before TensorFlow starts: the checked inputs and the run's fingerprint."""
 
-    manifest: dict               # the shards' manifest
-    tok: Any                     # their tokenizer (gpt2ja.tokenization.tokenizer.Tokenizer)
+    manifest: dict  # the shards' manifest
+    tok: Any  # their tokenizer (gpt2ja.tokenization.tokenizer.Tokenizer)
     tok_uri: str
     seq_len: int
-    accum: int                   # micro-batches per optimizer step (TrainConfig.accumulation_steps)
+    accum: int  # micro-batches per optimizer step (TrainConfig.accumulation_steps)
     model_cfg: ModelConfig
-    init_prefix: str | None      # init_from's newest checkpoint
+    init_prefix: str | None  # init_from's newest checkpoint
     input_manifests: list[dict]  # shards, tokenizer: what the fingerprint and the run's manifest name
-    fp: str                      # the run's fingerprint
+    fp: str  # the run's fingerprint
 
 
-def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
-          on_log: Callable[[int, dict], None] | None = None) -> str:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: Callable[[str], None] | None = print,
+    on_log: Callable[[int, dict], None] | None = None,
+) -> str:
     """Train (or resume) the run ``cfg.run``; returns its URI once ``cfg.steps`` are done.
 
     ``progress`` receives the human progress lines (default: print); ``on_log``
@@ -236,8 +275,15 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = print,
         if not rt.chief:  # another host of a multi-worker job: the chief holds the run's lock and writes its manifest
             session()
             return cfg.run
-        outcome = stage.run_stage(STAGE, cfg.run, fingerprint=plan.fp, build=session,
-                                  inputs=[cfg.data, plan.tok_uri], prune=False, log=progress)
+        outcome = stage.run_stage(
+            STAGE,
+            cfg.run,
+            fingerprint=plan.fp,
+            build=session,
+            inputs=[cfg.data, plan.tok_uri],
+            prune=False,
+            log=progress,
+        )
     except TrainPaused as paused:
         say(str(paused))
         return cfg.run
@@ -273,30 +319,46 @@ def _plan(cfg: TrainConfig) -> Plan:
     model_cfg, init_prefix = _model_config(cfg, tok.vocab_size, seq_len)
     input_manifests = [manifest, storage.read_manifest(tok_uri) or {}]
     fp = storage.fingerprint({"train": cfg.fingerprint_config(), "model": model_cfg.model_dump()}, input_manifests)
-    return Plan(manifest=manifest, tok=tok, tok_uri=tok_uri, seq_len=seq_len, accum=accum, model_cfg=model_cfg,
-                init_prefix=init_prefix, input_manifests=input_manifests, fp=fp)
+    return Plan(
+        manifest=manifest,
+        tok=tok,
+        tok_uri=tok_uri,
+        seq_len=seq_len,
+        accum=accum,
+        model_cfg=model_cfg,
+        init_prefix=init_prefix,
+        input_manifests=input_manifests,
+        fp=fp,
+    )
 
 
 def _model_config(cfg: TrainConfig, vocab_size: int, seq_len: int) -> tuple[ModelConfig, str | None]:
     """The model to train and, with init_from, the checkpoint to start from."""
     if not cfg.init_from:
         try:
-            return ModelConfig.from_preset(cfg.preset, vocab_size=vocab_size, context_length=seq_len,
-                                           dropout=cfg.dropout), None
+            return ModelConfig.from_preset(
+                cfg.preset, vocab_size=vocab_size, context_length=seq_len, dropout=cfg.dropout
+            ), None
         except ModelError as err:
             raise TrainError(str(err)) from None
     hparams = runs.read_hparams(cfg.init_from)
     base = runs.model_config(hparams, run_uri=f"init_from {cfg.init_from}")
     if cfg.preset and base.preset != cfg.preset:
-        raise TrainError(f"init_from {cfg.init_from} is a {base.preset} model, not {cfg.preset}; drop preset "
-                         "or choose a run of that preset")
+        raise TrainError(
+            f"init_from {cfg.init_from} is a {base.preset} model, not {cfg.preset}; drop preset "
+            "or choose a run of that preset"
+        )
     if base.vocab_size != vocab_size:
-        raise TrainError(f"init_from {cfg.init_from} has a {base.vocab_size}-id vocabulary but the shards "
-                         f"{cfg.data} use {vocab_size}; build the shards with that run's tokenizer")
+        raise TrainError(
+            f"init_from {cfg.init_from} has a {base.vocab_size}-id vocabulary but the shards "
+            f"{cfg.data} use {vocab_size}; build the shards with that run's tokenizer"
+        )
     if seq_len > base.context_length:
-        raise TrainError(f"shards {cfg.data} have seq_len {seq_len}, longer than the {base.context_length} "
-                         f"positions of init_from {cfg.init_from}; rebuild the shards with seq_len ≤ "
-                         f"{base.context_length}")
+        raise TrainError(
+            f"shards {cfg.data} have seq_len {seq_len}, longer than the {base.context_length} "
+            f"positions of init_from {cfg.init_from}; rebuild the shards with seq_len ≤ "
+            f"{base.context_length}"
+        )
     if cfg.dropout is not None:
         base = base.model_copy(update={"dropout": cfg.dropout})
     prefix = runs.latest_checkpoint(runs.fetch(cfg.init_from))
@@ -312,10 +374,12 @@ def _check_memory(model_cfg: ModelConfig, rt, cfg: TrainConfig) -> None:
     need = training_memory_bytes(model_cfg, rt.per_replica, mixed_precision=cfg.mixed_precision != "off")
     have = host_memory_bytes()
     if have and need > have:
-        raise TrainError(f"preset {model_cfg.preset} with micro_batch {cfg.micro_batch} needs about "
-                         f"{need / 2**30:.1f} GiB to train ({param_count(model_cfg):,} parameters), this machine "
-                         f"has {have / 2**30:.1f} GiB; use a smaller preset or micro_batch (with more "
-                         "accumulation steps)")
+        raise TrainError(
+            f"preset {model_cfg.preset} with micro_batch {cfg.micro_batch} needs about "
+            f"{need / 2**30:.1f} GiB to train ({param_count(model_cfg):,} parameters), this machine "
+            f"has {have / 2**30:.1f} GiB; use a smaller preset or micro_batch (with more "
+            "accumulation steps)"
+        )
 
 
 def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
@@ -328,29 +392,51 @@ def _check_resumable(run_uri: str, data_uri: str, manifest: dict, model_cfg: Mod
     except storage.StorageError:
         return  # a new run
     except ValueError:
-        raise TrainError(f"run {run_uri}: {runs.HPARAMS} is not valid JSON; the run is damaged: delete it or "
-                         "choose another run URI") from None
+        raise TrainError(
+            f"run {run_uri}: {runs.HPARAMS} is not valid JSON; the run is damaged: delete it or choose another run URI"
+        ) from None
     had = (hparams.get("data") or {}).get("fingerprint")
     if had and had != manifest.get("fingerprint"):
-        raise TrainError(f"run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
-                         f"{str(manifest.get('fingerprint'))[:12]} at {data_uri}); choose another run URI, or "
-                         f"delete {run_uri} to train it again from scratch")
+        raise TrainError(
+            f"run {run_uri} was trained on other shards (fingerprint {had[:12]}, now "
+            f"{str(manifest.get('fingerprint'))[:12]} at {data_uri}); choose another run URI, or "
+            f"delete {run_uri} to train it again from scratch"
+        )
     old = hparams.get("model")
     if old != model_cfg.model_dump():
-        raise TrainError(f"run {run_uri} was started with another model ({old}); resume it with the same "
-                         "preset, data and dropout, or choose a new run URI")
+        raise TrainError(
+            f"run {run_uri} was started with another model ({old}); resume it with the same "
+            "preset, data and dropout, or choose a new run URI"
+        )
     changed = changed_settings(hparams.get("train") or {}, cfg)
     if changed and not cfg.override:
         said = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
-        raise TrainError(f"run {run_uri} was trained with other settings ({said}); resume it with the same ones, "
-                         "or pass --override to go on with the new ones (the change is recorded in the run's "
-                         f"{runs.HPARAMS} history)")
+        raise TrainError(
+            f"run {run_uri} was trained with other settings ({said}); resume it with the same ones, "
+            "or pass --override to go on with the new ones (the change is recorded in the run's "
+            f"{runs.HPARAMS} history)"
+        )
 
 
 #: settings whose change alters the optimisation of a run being resumed (steps may grow: it is recorded)
-GUARDED = ("batch_tokens", "learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2",
-           "epsilon", "clip_norm", "seed", "shuffle_buffer", "dropout", "mixed_precision", "tokenizer", "init_from",
-           "backend")
+GUARDED = (
+    "batch_tokens",
+    "learning_rate",
+    "warmup_steps",
+    "min_lr_ratio",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "epsilon",
+    "clip_norm",
+    "seed",
+    "shuffle_buffer",
+    "dropout",
+    "mixed_precision",
+    "tokenizer",
+    "init_from",
+    "backend",
+)
 
 
 def changed_settings(before: dict, cfg: TrainConfig) -> dict[str, tuple]:

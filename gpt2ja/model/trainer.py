@@ -37,47 +37,55 @@ from gpt2ja.model.distribute import StrategyError, make_strategy, worker_info
 from gpt2ja.model.optim import lr_schedule, make_optimizer
 from gpt2ja.model.train import Plan, TrainConfig, TrainError, TrainPaused
 
-__all__ = ["Runtime", "Session", "build_session", "finish", "make_eval_step", "make_train_step", "run_loop",
-           "start_runtime"]
+__all__ = [
+    "Runtime",
+    "Session",
+    "build_session",
+    "finish",
+    "make_eval_step",
+    "make_train_step",
+    "run_loop",
+    "start_runtime",
+]
 
 
 class Runtime(NamedTuple):
     """The strategy and how a batch splits over its replicas (made before the run's lock is taken)."""
 
-    strategy: Any        # tf.distribute strategy
-    replicas: int        # replicas in sync, all hosts
-    worker: int          # this host's index among the workers
-    workers: int         # hosts
-    chief: bool          # this host writes the run directory
+    strategy: Any  # tf.distribute strategy
+    replicas: int  # replicas in sync, all hosts
+    worker: int  # this host's index among the workers
+    workers: int  # hosts
+    chief: bool  # this host writes the run directory
     local_replicas: int  # replicas on this host
-    per_replica: int     # sequences per replica per micro-batch
+    per_replica: int  # sequences per replica per micro-batch
     accelerated: bool = False  # GPUs or TPUs (host memory is not what limits the model)
-    platform: str = "cpu"      # JAX's platform name (cpu, gpu, tpu); the TensorFlow backend's is not asked
+    platform: str = "cpu"  # JAX's platform name (cpu, gpu, tpu); the TensorFlow backend's is not asked
 
 
 class Steps(NamedTuple):
-    """What :func:`run_loop` drives, made by a backend (this module's :func:`make_steps`, or gpt2ja.model.trainer_jax's)."""
+    """What :func:`run_loop` drives, made by a backend (this module's :func:`make_steps`, or trainer_jax's)."""
 
-    start: int                                        # optimizer steps done when the session starts
-    train: Callable[[int], tuple]                     # n → (loss sum, last loss, last grad norm) of n steps
-    validation_loss: Callable[[], float] | None       # the mean NLL over eval_batches; None without validation
-    save: Callable[[int], None]                       # publish the checkpoint of that step (the chief's)
-    sync: Callable[[], None]                          # the Keras model's variables hold the training state
+    start: int  # optimizer steps done when the session starts
+    train: Callable[[int], tuple]  # n → (loss sum, last loss, last grad norm) of n steps
+    validation_loss: Callable[[], float] | None  # the mean NLL over eval_batches; None without validation
+    save: Callable[[int], None]  # publish the checkpoint of that step (the chief's)
+    sync: Callable[[], None]  # the Keras model's variables hold the training state
 
 
 class Session(NamedTuple):
     """What one host trains with: built by :func:`build_session`, restored to the newest checkpoint."""
 
-    local: str           # the run directory on this host (chief), or a scratch directory (other workers)
-    lm: Any              # keras_hub GPT2CausalLM
-    opt: Any             # AdamW (gpt2ja.model.optim)
-    step: Any            # tf.Variable int64: optimizer steps done (checkpointed)
-    examples: Any        # tf.Variable int64: examples of the global order consumed (checkpointed)
-    train_ds: Any        # tf.data: (host_rows, seq_len) int32 pairs, host_rows = local_replicas × per_replica × accum
-    iterator: Any        # a plain iterator over train_ds (from ``examples`` on)
-    ckpt_dir: str        # {local}/checkpoints: gpt2ja.model.checkpoint files (model, optimizer, step, examples, rng)
-    val_ds: Any          # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
-    board: Any           # gpt2ja.model.summaries.TensorBoard: the summary writers (chief); None on other hosts
+    local: str  # the run directory on this host (chief), or a scratch directory (other workers)
+    lm: Any  # keras_hub GPT2CausalLM
+    opt: Any  # AdamW (gpt2ja.model.optim)
+    step: Any  # tf.Variable int64: optimizer steps done (checkpointed)
+    examples: Any  # tf.Variable int64: examples of the global order consumed (checkpointed)
+    train_ds: Any  # tf.data: (host_rows, seq_len) int32 pairs, host_rows = local_replicas × per_replica × accum
+    iterator: Any  # a plain iterator over train_ds (from ``examples`` on)
+    ckpt_dir: str  # {local}/checkpoints: gpt2ja.model.checkpoint files (model, optimizer, step, examples, rng)
+    val_ds: Any  # tf.data: (local_replicas × per_replica, seq_len) pairs; None without validation
+    board: Any  # gpt2ja.model.summaries.TensorBoard: the summary writers (chief); None on other hosts
 
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
@@ -109,12 +117,21 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     replicas = strategy.num_replicas_in_sync
     worker, workers, chief = worker_info(strategy)
     if cfg.micro_batch % replicas:
-        raise TrainError(f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} replicas of strategy "
-                         f"{cfg.strategy}; use a multiple of {replicas}")
+        raise TrainError(
+            f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} replicas of strategy "
+            f"{cfg.strategy}; use a multiple of {replicas}"
+        )
     accelerated = bool(tf.config.list_physical_devices("GPU")) or cfg.strategy == "tpu"
-    return Runtime(strategy=strategy, replicas=replicas, worker=worker, workers=workers, chief=chief,
-                   local_replicas=replicas // workers, per_replica=cfg.micro_batch // replicas,
-                   accelerated=accelerated)
+    return Runtime(
+        strategy=strategy,
+        replicas=replicas,
+        worker=worker,
+        workers=workers,
+        chief=chief,
+        local_replicas=replicas // workers,
+        per_replica=cfg.micro_batch // replicas,
+        accelerated=accelerated,
+    )
 
 
 # ----------------------------------------------------------------- build
@@ -145,20 +162,46 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     examples.assign(at_example)
 
     # ---- the training data from this run's position; then validation data, TensorBoard
-    train_ds = data_order.train_dataset(cfg.data, global_batch=plan.accum * cfg.micro_batch, workers=rt.workers,
-                                        worker=rt.worker, start_example=int(examples.numpy()), seed=cfg.seed,
-                                        shuffle_buffer=cfg.shuffle_buffer, trace_dir=cfg.trace_examples)
+    train_ds = data_order.train_dataset(
+        cfg.data,
+        global_batch=plan.accum * cfg.micro_batch,
+        workers=rt.workers,
+        worker=rt.worker,
+        start_example=int(examples.numpy()),
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        trace_dir=cfg.trace_examples,
+    )
     val_ds = None
     if cfg.eval_batches > 0 and any(f.get("split") == "validation" for f in plan.manifest["files"]):
-        val_ds = data_mod.make_dataset(cfg.data, "validation", rt.local_replicas * rt.per_replica, shuffle=False,
-                                       deterministic=True, num_input_pipelines=rt.workers,
-                                       input_pipeline_id=rt.worker)
+        val_ds = data_mod.make_dataset(
+            cfg.data,
+            "validation",
+            rt.local_replicas * rt.per_replica,
+            shuffle=False,
+            deterministic=True,
+            num_input_pipelines=rt.workers,
+            input_pipeline_id=rt.worker,
+        )
     board = None
     if rt.chief:
-        board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
-                                      by_tokens=cfg.tensorboard_by_tokens)
-    return Session(local=local, lm=lm, opt=opt, step=step, examples=examples, train_ds=train_ds,
-                   iterator=iter(train_ds), ckpt_dir=ckpt_dir, val_ds=val_ds, board=board)
+        board = summaries.TensorBoard(
+            os.path.join(local, runs.TENSORBOARD_DIR),
+            batch_tokens=cfg.batch_tokens,
+            by_tokens=cfg.tensorboard_by_tokens,
+        )
+    return Session(
+        local=local,
+        lm=lm,
+        opt=opt,
+        step=step,
+        examples=examples,
+        train_ds=train_ds,
+        iterator=iter(train_ds),
+        ckpt_dir=ckpt_dir,
+        val_ds=val_ds,
+        board=board,
+    )
 
 
 def host_dir(cfg: TrainConfig, rt: Runtime) -> str:
@@ -171,8 +214,9 @@ def host_dir(cfg: TrainConfig, rt: Runtime) -> str:
     return local
 
 
-def resume_or_start(cfg: TrainConfig, rt: Runtime, plan: Plan, lm, opt, local: str,
-                    say: Callable[[str], None]) -> tuple[int, int]:
+def resume_or_start(
+    cfg: TrainConfig, rt: Runtime, plan: Plan, lm, opt, local: str, say: Callable[[str], None]
+) -> tuple[int, int]:
     """Restore the newest checkpoint into ``lm`` and ``opt`` (or init_from's weights); ``(step, examples)``.
 
     Every host restores the chief's newest checkpoint: its own copy (the chief; any host of a gs:// run) or
@@ -198,8 +242,10 @@ def resume_or_start(cfg: TrainConfig, rt: Runtime, plan: Plan, lm, opt, local: s
             checkpoint.assign_rng(lm, ckpt)
     except checkpoint.CheckpointError as err:
         raise TrainError(f"run {cfg.run}: {err}") from None
-    say(f"resuming run {cfg.run} from step {ckpt.step} at example {ckpt.examples:,} (epoch "
-        f"{ckpt.examples / data_order.epoch_size(cfg.data):.2f})")
+    say(
+        f"resuming run {cfg.run} from step {ckpt.step} at example {ckpt.examples:,} (epoch "
+        f"{ckpt.examples / data_order.epoch_size(cfg.data):.2f})"
+    )
     if rt.chief:
         runs.write_run_files(local, cfg, plan.model_cfg, plan.manifest, plan.tok, lm, resumed=ckpt.step)
         runs.truncate_metrics(local, ckpt.step)
@@ -211,8 +257,14 @@ def save_checkpoint(cfg: TrainConfig, rt: Runtime, s: Session, step: int) -> Non
     from gpt2ja.model import checkpoint
 
     if rt.chief:
-        checkpoint.save(s.ckpt_dir, step, checkpoint.state_arrays(s.lm, s.opt), examples=int(s.examples.numpy()),
-                        backend="tensorflow", keep=cfg.keep_checkpoints)
+        checkpoint.save(
+            s.ckpt_dir,
+            step,
+            checkpoint.state_arrays(s.lm, s.opt),
+            examples=int(s.examples.numpy()),
+            backend="tensorflow",
+            keep=cfg.keep_checkpoints,
+        )
 
 
 # ----------------------------------------------------------------- compiled steps
@@ -224,7 +276,7 @@ def _rows(tensor, size: int, local_replicas: int):
 
     ctx = tf.distribute.get_replica_context()
     local_id = ctx.replica_id_in_sync_group % local_replicas
-    return tensor[local_id * size:(local_id + 1) * size]
+    return tensor[local_id * size : (local_id + 1) * size]
 
 
 def make_train_step(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session):
@@ -263,9 +315,12 @@ def make_train_step(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session):
         # parallel_iterations=1: micro-batches are sequential anyway (and it bounds memory); with
         # TF's default of 10, Grappler's AddOpsRewrite puts TemporaryVariable ops in the loop body that
         # collide between iterations ("AlreadyExistsError ... tmp_var ... iter:1") on some batch shapes.
-        _, grads, nll, count = tf.while_loop(lambda i, *_: i < accum, micro,
-                                             (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0)),
-                                             parallel_iterations=1)
+        _, grads, nll, count = tf.while_loop(
+            lambda i, *_: i < accum,
+            micro,
+            (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0)),
+            parallel_iterations=1,
+        )
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         nll, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [nll, count])
@@ -310,9 +365,10 @@ def make_eval_step(cfg: TrainConfig, rt: Runtime, s: Session) -> Callable[[], fl
     lm, strategy, per_replica, local_replicas = s.lm, rt.strategy, rt.per_replica, rt.local_replicas
 
     def replica_eval(inputs, targets):
-        total, n = gpt2.causal_lm_loss_sum(gpt2.logits(lm, _rows(inputs, per_replica, local_replicas),
-                                                       training=False),
-                                           _rows(targets, per_replica, local_replicas))
+        total, n = gpt2.causal_lm_loss_sum(
+            gpt2.logits(lm, _rows(inputs, per_replica, local_replicas), training=False),
+            _rows(targets, per_replica, local_replicas),
+        )
         ctx = tf.distribute.get_replica_context()
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [total, n])
 
@@ -350,28 +406,44 @@ def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session) -> Steps:
         try:
             return train_chunk(s.iterator, tf.constant(n, tf.int32))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:  # a damaged shard, mid-run?
-            if isinstance(err, tf.errors.InvalidArgumentError) and not re.search(r"record|parse|[Ee]xample",
-                                                                                 str(err)):
+            if isinstance(err, tf.errors.InvalidArgumentError) and not re.search(r"record|parse|[Ee]xample", str(err)):
                 raise  # not about the data: a bug, with its traceback
             raise _named_data_error(cfg, err) from None
 
-    return Steps(start=int(s.step.numpy()), train=train, validation_loss=make_eval_step(cfg, rt, s),
-                 save=lambda step: save_checkpoint(cfg, rt, s, step), sync=lambda: None)
+    return Steps(
+        start=int(s.step.numpy()),
+        train=train,
+        validation_loss=make_eval_step(cfg, rt, s),
+        save=lambda step: save_checkpoint(cfg, rt, s, step),
+        sync=lambda: None,
+    )
 
 
 def describe_run(cfg: TrainConfig, rt: Runtime, plan: Plan, lm) -> str:
     """The first line of a new run: the model, the batch, where it trains."""
     from gpt2ja.model import gpt2
 
-    where = (f"strategy {cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}"
-             if cfg.backend == "tensorflow" else f"JAX on {rt.replicas} {rt.platform} device(s), {rt.workers} "
-             f"process(es), precision {cfg.mixed_precision}")
-    return (f"training {gpt2.describe(lm)}; {cfg.steps:,} steps of {cfg.batch_tokens:,} tokens "
-            f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), {where}")
+    where = (
+        f"strategy {cfg.strategy}, precision {cfg.mixed_precision}, XLA {'on' if cfg.jit_compile else 'off'}"
+        if cfg.backend == "tensorflow"
+        else f"JAX on {rt.replicas} {rt.platform} device(s), {rt.workers} process(es), precision {cfg.mixed_precision}"
+    )
+    return (
+        f"training {gpt2.describe(lm)}; {cfg.steps:,} steps of {cfg.batch_tokens:,} tokens "
+        f"({plan.accum} × {cfg.micro_batch} sequences of {plan.seq_len}) on {rt.replicas} replica(s), {where}"
+    )
 
 
-def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s, steps: Steps, *, say: Callable[[str], None],
-             on_log: Callable[[int, dict], None] | None) -> dict | None:
+def run_loop(
+    cfg: TrainConfig,
+    rt: Runtime,
+    plan: Plan,
+    s,
+    steps: Steps,
+    *,
+    say: Callable[[str], None],
+    on_log: Callable[[int, dict], None] | None,
+) -> dict | None:
     """Train from ``steps.start`` to ``cfg.steps``; then :func:`finish` (the chief's manifest, else None).
 
     Backend-neutral: ``s`` is either backend's session (``local``, ``lm``,
@@ -388,9 +460,17 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s, steps: Steps, *, say:
     has_validation = validation_loss is not None
     counts, sampler = None, None  # the chief's: validation text counts (bits/char) and text samples
     if rt.chief:
-        s.board.hparams(summaries.run_hparams(cfg, plan.model_cfg, seq_len=plan.seq_len, accum=plan.accum,
-                                              replicas=rt.replicas, tokenizer=plan.tok.kind,
-                                              parameters=int(s.lm.count_params())))
+        s.board.hparams(
+            summaries.run_hparams(
+                cfg,
+                plan.model_cfg,
+                seq_len=plan.seq_len,
+                accum=plan.accum,
+                replicas=rt.replicas,
+                tokenizer=plan.tok.kind,
+                parameters=int(s.lm.count_params()),
+            )
+        )
         if has_validation:
             counts, prompt = summaries.from_validation(plan.tok, s.val_ds, cfg.eval_batches)
             if cfg.eval_sample_tokens:
@@ -412,12 +492,20 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s, steps: Steps, *, say:
             done = current - window_step
             tokens_s = done * cfg.batch_tokens / max(now - window_start, 1e-9)
             lr = float(schedule(current - 1))  # the rate the last step used
-            record = {"step": current, "loss": window_loss / done, "lr": lr, "grad_norm": float(norm),
-                      "tokens_per_s": tokens_s, "tokens": current * cfg.batch_tokens}
+            record = {
+                "step": current,
+                "loss": window_loss / done,
+                "lr": lr,
+                "grad_norm": float(norm),
+                "tokens_per_s": tokens_s,
+                "tokens": current * cfg.batch_tokens,
+            }
             rate = (current - session_first) / max(now - session_start, 1e-9)
             eta = (cfg.steps - current) / rate if rate > 0 else float("inf")
-            say(f"step {current:>{len(str(cfg.steps))}}/{cfg.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
-                f"{tokens_s:,.0f} tok/s  ETA {_duration(eta)}")
+            say(
+                f"step {current:>{len(str(cfg.steps))}}/{cfg.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
+                f"{tokens_s:,.0f} tok/s  ETA {_duration(eta)}"
+            )
             window_start, window_step, window_loss = now, current, 0.0
         if has_validation and (current % cfg.eval_every == 0 or current == cfg.steps):
             val = validation_loss()
@@ -449,8 +537,10 @@ def run_loop(cfg: TrainConfig, rt: Runtime, plan: Plan, s, steps: Steps, *, say:
         _pause(rt, s)
         if sync is not None:
             sync.close()
-        raise TrainPaused(f"run {cfg.run} paused at step {current:,} of {cfg.steps:,} (stop_at {cfg.stop_at}), "
-                          f"checkpointed; the same command without stop_at continues it")
+        raise TrainPaused(
+            f"run {cfg.run} paused at step {current:,} of {cfg.steps:,} (stop_at {cfg.stop_at}), "
+            f"checkpointed; the same command without stop_at continues it"
+        )
     return finish(cfg, rt, plan, s, session_start, sync)
 
 
@@ -462,8 +552,9 @@ def _pause(rt: Runtime, s: Session) -> None:
         shutil.rmtree(s.local, ignore_errors=True)
 
 
-def finish(cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start: float,
-           sync: run_sync.RunSync | None = None) -> dict | None:
+def finish(
+    cfg: TrainConfig, rt: Runtime, plan: Plan, s: Session, session_start: float, sync: run_sync.RunSync | None = None
+) -> dict | None:
     """Every file in place; the chief's manifest goes to the run last (run_stage). Other hosts: None."""
     if not rt.chief:
         shutil.rmtree(s.local, ignore_errors=True)
@@ -487,8 +578,10 @@ def _named_data_error(cfg: TrainConfig, err) -> Exception:
         data_mod.verify_shards(cfg.data)  # reads every file once; the first damaged one is a DataError naming it
     except data_mod.DataError as named:
         return TrainError(f"{named}; the run's last checkpoint is kept, so the same command resumes it")
-    return TrainError(f"reading shards {cfg.data} failed ({data_mod.tf_message(err)}); check them with "
-                      "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged")
+    return TrainError(
+        f"reading shards {cfg.data} failed ({data_mod.tf_message(err)}); check them with "
+        "`gpt2ja show` and rebuild them with `gpt2ja shards` if a file is damaged"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""The JAX backend of :func:`gpt2ja.model.train.train`: the same model, data order, schedule and checkpoints, no TensorFlow.
+"""The JAX backend of :func:`~gpt2ja.model.train.train`: same model, data order, schedule, checkpoints; no TensorFlow.
 
 What differs from :mod:`gpt2ja.model.trainer` (TensorFlow) is how a step runs; what
 it computes is the same: the KerasHub GPT-2 built from the same preset, AdamW
@@ -67,17 +67,17 @@ _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS
 class JaxSession(NamedTuple):
     """What one host trains with: the Keras model (for its structure) and the state as JAX arrays."""
 
-    local: str           # the run directory on this host (chief), or a scratch directory (other hosts)
-    lm: Any              # keras_hub GPT2CausalLM (its variables hold the state at checkpoints and samples)
-    opt: Any             # AdamW (gpt2ja.model.optim), built for lm's trainable variables
-    state: dict          # {"trainable", "non_trainable", "optimizer"}: lists of jax arrays, the live state
-    start: int           # optimizer steps done (from the checkpoint)
-    examples: int        # examples of the global order consumed at ``start``
-    train_ds: Any        # gpt2ja.model.data_order.train_batches: this host's (rows, seq_len) numpy pairs
+    local: str  # the run directory on this host (chief), or a scratch directory (other hosts)
+    lm: Any  # keras_hub GPT2CausalLM (its variables hold the state at checkpoints and samples)
+    opt: Any  # AdamW (gpt2ja.model.optim), built for lm's trainable variables
+    state: dict  # {"trainable", "non_trainable", "optimizer"}: lists of jax arrays, the live state
+    start: int  # optimizer steps done (from the checkpoint)
+    examples: int  # examples of the global order consumed at ``start``
+    train_ds: Any  # gpt2ja.model.data_order.train_batches: this host's (rows, seq_len) numpy pairs
     val_ds: list | None  # the eval_batches validation batches, each scored at every evaluation
     ckpt_dir: str
-    board: Any           # gpt2ja.model.summaries.TensorBoard (chief), None on other hosts
-    mesh: Any            # the devices as one "batch" axis (batches are split along it); None on one device
+    board: Any  # gpt2ja.model.summaries.TensorBoard (chief), None on other hosts
+    mesh: Any  # the devices as one "batch" axis (batches are split along it); None on one device
 
 
 def _start_distributed() -> None:
@@ -87,14 +87,15 @@ def _start_distributed() -> None:
     given = [os.environ.get(k) for k in _DISTRIBUTED_ENV]
     if any(given):
         if not all(given):
-            raise TrainError(f"set all of {', '.join(_DISTRIBUTED_ENV)} for a JAX job of several hosts (set: "
-                             f"{', '.join(k for k, v in zip(_DISTRIBUTED_ENV, given) if v)})")
+            raise TrainError(
+                f"set all of {', '.join(_DISTRIBUTED_ENV)} for a JAX job of several hosts (set: "
+                f"{', '.join(k for k, v in zip(_DISTRIBUTED_ENV, given) if v)})"
+            )
         try:  # CPU hosts (the tests) exchange gradients through gloo; GPUs and TPUs ignore the setting
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         except (AttributeError, ValueError):
             pass
-        jax.distributed.initialize(coordinator_address=given[0], num_processes=int(given[1]),
-                                   process_id=int(given[2]))
+        jax.distributed.initialize(coordinator_address=given[0], num_processes=int(given[1]), process_id=int(given[2]))
     elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("GPT2JA_JAX_DISTRIBUTED") == "auto":
         jax.distributed.initialize()  # a Cloud TPU slice (or a cluster JAX detects: SLURM, Open MPI, …)
 
@@ -115,14 +116,24 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     devices = jax.devices()
     replicas, workers, worker = len(devices), jax.process_count(), jax.process_index()
     if cfg.micro_batch % replicas:
-        raise TrainError(f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} JAX devices; use a "
-                         f"multiple of {replicas}")
+        raise TrainError(
+            f"micro_batch {cfg.micro_batch} is not divisible by the {replicas} JAX devices; use a "
+            f"multiple of {replicas}"
+        )
     if replicas > 1:
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     platform = devices[0].platform
-    return Runtime(strategy=None, replicas=replicas, worker=worker, workers=workers, chief=worker == 0,
-                   local_replicas=jax.local_device_count(), per_replica=cfg.micro_batch // replicas,
-                   accelerated=platform != "cpu", platform=platform)
+    return Runtime(
+        strategy=None,
+        replicas=replicas,
+        worker=worker,
+        workers=workers,
+        chief=worker == 0,
+        local_replicas=jax.local_device_count(),
+        per_replica=cfg.micro_batch // replicas,
+        accelerated=platform != "cpu",
+        platform=platform,
+    )
 
 
 # ----------------------------------------------------------------- build
@@ -141,25 +152,48 @@ def build_session(cfg: TrainConfig, rt: Runtime, plan: Plan, say: Callable[[str]
     opt = make_optimizer(cfg, lm)
     start, examples = resume_or_start(cfg, rt, plan, lm, opt, local, say)
 
-    state = {"trainable": [v.value for v in lm.trainable_variables],
-             "non_trainable": [v.value for v in lm.non_trainable_variables],
-             "optimizer": [v.value for v in opt.variables]}
-    train_ds = data_order.train_batches(cfg.data, global_batch=plan.accum * cfg.micro_batch, workers=rt.workers,
-                                        worker=rt.worker, start_example=examples, seed=cfg.seed,
-                                        shuffle_buffer=cfg.shuffle_buffer, trace_dir=cfg.trace_examples)
+    state = {
+        "trainable": [v.value for v in lm.trainable_variables],
+        "non_trainable": [v.value for v in lm.non_trainable_variables],
+        "optimizer": [v.value for v in opt.variables],
+    }
+    train_ds = data_order.train_batches(
+        cfg.data,
+        global_batch=plan.accum * cfg.micro_batch,
+        workers=rt.workers,
+        worker=rt.worker,
+        start_example=examples,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        trace_dir=cfg.trace_examples,
+    )
     val_ds = None
     if cfg.eval_batches > 0 and any(f.get("split") == "validation" for f in plan.manifest["files"]):
-        stream = data_mod.validation_batches(cfg.data, cfg.micro_batch // rt.workers,
-                                             num_input_pipelines=rt.workers, input_pipeline_id=rt.worker)
+        stream = data_mod.validation_batches(
+            cfg.data, cfg.micro_batch // rt.workers, num_input_pipelines=rt.workers, input_pipeline_id=rt.worker
+        )
         val_ds = [next(stream) for _ in range(cfg.eval_batches)]
         stream.close()
     board = None
     if rt.chief:
-        board = summaries.TensorBoard(os.path.join(local, runs.TENSORBOARD_DIR), batch_tokens=cfg.batch_tokens,
-                                      by_tokens=cfg.tensorboard_by_tokens)
-    return JaxSession(local=local, lm=lm, opt=opt, state=state, start=start, examples=examples, train_ds=train_ds,
-                      val_ds=val_ds, ckpt_dir=os.path.join(local, runs.CHECKPOINT_DIR), board=board,
-                      mesh=_mesh(rt))
+        board = summaries.TensorBoard(
+            os.path.join(local, runs.TENSORBOARD_DIR),
+            batch_tokens=cfg.batch_tokens,
+            by_tokens=cfg.tensorboard_by_tokens,
+        )
+    return JaxSession(
+        local=local,
+        lm=lm,
+        opt=opt,
+        state=state,
+        start=start,
+        examples=examples,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        ckpt_dir=os.path.join(local, runs.CHECKPOINT_DIR),
+        board=board,
+        mesh=_mesh(rt),
+    )
 
 
 def _mesh(rt: Runtime):
@@ -203,8 +237,9 @@ def make_step(cfg: TrainConfig, lm, opt, *, accum: int) -> Callable:
     clip = float(cfg.clip_norm)
 
     def objective(trainable, non_trainable, x, y):
-        out, non_trainable = lm.stateless_call(trainable, non_trainable,
-                                               {"token_ids": x, "padding_mask": jnp.ones_like(x)}, training=True)
+        out, non_trainable = lm.stateless_call(
+            trainable, non_trainable, {"token_ids": x, "padding_mask": jnp.ones_like(x)}, training=True
+        )
         total, n = _loss_sum(out, y)
         return total / expected, (non_trainable, total, n)
 
@@ -237,8 +272,9 @@ def make_eval(lm) -> Callable:
     import jax.numpy as jnp
 
     def evaluate(trainable, non_trainable, x, y):
-        out, _ = lm.stateless_call(trainable, non_trainable, {"token_ids": x, "padding_mask": jnp.ones_like(x)},
-                                   training=False)
+        out, _ = lm.stateless_call(
+            trainable, non_trainable, {"token_ids": x, "padding_mask": jnp.ones_like(x)}, training=False
+        )
         return _loss_sum(out, y)
 
     return jax.jit(evaluate)
@@ -261,7 +297,7 @@ def _put(array, mesh, axis: int, workers: int):
 
 
 def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: JaxSession) -> Steps:
-    """The jitted step and evaluation, the checkpoints and the model sync, as :func:`gpt2ja.model.trainer.run_loop` drives."""
+    """The jitted step and evaluation, the checkpoints and the model sync, as :func:`~.trainer.run_loop` drives."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -277,8 +313,10 @@ def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: JaxSession) -> Step
         except DataError as err:
             raise TrainError(f"{err}; the run's last checkpoint is kept, so the same command resumes it") from None
         shape = (accum, host_micro, inputs.shape[-1])  # micro-batch i = this host's rows i·m … (i+1)·m - 1
-        return (_put(np.ascontiguousarray(inputs.reshape(shape)), s.mesh, 1, rt.workers),
-                _put(np.ascontiguousarray(targets.reshape(shape)), s.mesh, 1, rt.workers))
+        return (
+            _put(np.ascontiguousarray(inputs.reshape(shape)), s.mesh, 1, rt.workers),
+            _put(np.ascontiguousarray(targets.reshape(shape)), s.mesh, 1, rt.workers),
+        )
 
     def train(n: int) -> tuple:
         st = s.state
@@ -286,7 +324,8 @@ def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: JaxSession) -> Step
         for _ in range(n):  # each call is dispatched asynchronously: reading the next batch overlaps the step
             inputs, targets = next_batch()
             st["trainable"], st["non_trainable"], st["optimizer"], loss, norm = step(
-                st["trainable"], st["non_trainable"], st["optimizer"], inputs, targets)
+                st["trainable"], st["non_trainable"], st["optimizer"], inputs, targets
+            )
             loss_sum = loss_sum + loss
             done["examples"] += global_batch
         return float(loss_sum), float(loss), float(norm)
@@ -306,11 +345,12 @@ def make_steps(cfg: TrainConfig, rt: Runtime, plan: Plan, s: JaxSession) -> Step
         if not rt.chief:
             return
         st = s.state
-        arrays = {**checkpoint.model_arrays(s.lm, _gather(st["trainable"])),
-                  **checkpoint.optimizer_arrays(s.opt, _gather(st["optimizer"])),
-                  **checkpoint.rng_arrays(_gather(_rng_values(s.lm, st["non_trainable"])))}
-        checkpoint.save(s.ckpt_dir, at, arrays, examples=done["examples"], backend="jax",
-                        keep=cfg.keep_checkpoints)
+        arrays = {
+            **checkpoint.model_arrays(s.lm, _gather(st["trainable"])),
+            **checkpoint.optimizer_arrays(s.opt, _gather(st["optimizer"])),
+            **checkpoint.rng_arrays(_gather(_rng_values(s.lm, st["non_trainable"]))),
+        }
+        checkpoint.save(s.ckpt_dir, at, arrays, examples=done["examples"], backend="jax", keep=cfg.keep_checkpoints)
 
     def sync() -> None:
         """Copies of the state into the Keras variables (the step donates its own buffers): for samples."""
@@ -339,4 +379,3 @@ def _gather(arrays: list) -> list:
             x = x.addressable_shards[0].data  # replicated state: every host holds all of it
         out.append(np.asarray(jax.device_get(x)))
     return out
-

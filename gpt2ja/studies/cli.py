@@ -20,10 +20,13 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Measure what the seed project guessed: vocabulary size (vocab), decoding methods "
-                       "against context length (sampling), and the best recipe for a CPU time budget (recipe). "
-                       "Each writes a report to docs/studies/.",
-                  no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(
+    help="Measure what the seed project guessed: vocabulary size (vocab), decoding methods "
+    "against context length (sampling), and the best recipe for a CPU time budget (recipe). "
+    "Each writes a report to docs/studies/.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def _fail(message: str, code: int) -> None:
@@ -37,8 +40,11 @@ def _command(*parts: str) -> str:
 
 @app.command("vocab")
 def vocab(
-    config: Path = typer.Option(Path("configs/studies/vocab.yaml"), "--config",
-                                help="The study's YAML (tokenizers, model, budget, held-out author, paths)."),
+    config: Path = typer.Option(
+        Path("configs/studies/vocab.yaml"),
+        "--config",
+        help="The study's YAML (tokenizers, model, budget, held-out author, paths).",
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (overrides the config's `out`)."),
 ) -> None:
     """Train one model shape per tokenizer on the same characters; compare bits/char on validation and held-out text."""
@@ -60,8 +66,11 @@ def vocab(
 @app.command("sampling")
 def sampling(
     run: str = typer.Option(..., "--run", help="A finished run directory (e.g. one of the vocab study's runs)."),
-    config: Path = typer.Option(Path("configs/studies/sampling.yaml"), "--config",
-                                help="The study's YAML (texts, context lengths, methods, seeds)."),
+    config: Path = typer.Option(
+        Path("configs/studies/sampling.yaml"),
+        "--config",
+        help="The study's YAML (texts, context lengths, methods, seeds).",
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (overrides the config's `out`)."),
 ) -> None:
     """Decode validation prompts with greedy, sampling, top-k and top-p at several context lengths; compare to human."""
@@ -72,8 +81,9 @@ def sampling(
         cfg = load_config(config, SamplingStudyConfig, {"out": out})
     except StudyError as err:
         _fail(str(err), 2)
-    command = _command("gpt2ja", "study", "sampling", "--run", run, "--config", str(config),
-                       *(["--out", out] if out else []))
+    command = _command(
+        "gpt2ja", "study", "sampling", "--run", run, "--config", str(config), *(["--out", out] if out else [])
+    )
     try:
         written = run_sampling_study(run, cfg, command=command)
     except StudyError as err:
@@ -83,13 +93,17 @@ def sampling(
 
 @app.command("recipe")
 def recipe(
-    config: Path = typer.Option(Path("configs/studies/recipe.yaml"), "--config",
-                                help="The study's YAML (tokenizers, candidates, time budget, held-out author)."),
-    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes",
-                                                   help="Training minutes per candidate (overrides the config's)."),
-    final_minutes: Optional[float] = typer.Option(None, "--final-minutes",
-                                                  help="Training minutes of the winner's final run (overrides the "
-                                                       "config's)."),
+    config: Path = typer.Option(
+        Path("configs/studies/recipe.yaml"),
+        "--config",
+        help="The study's YAML (tokenizers, candidates, time budget, held-out author).",
+    ),
+    budget_minutes: Optional[float] = typer.Option(
+        None, "--budget-minutes", help="Training minutes per candidate (overrides the config's)."
+    ),
+    final_minutes: Optional[float] = typer.Option(
+        None, "--final-minutes", help="Training minutes of the winner's final run (overrides the config's)."
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (overrides the config's `out`)."),
 ) -> None:
     """Train every candidate recipe for the same time; compare bits/char on validation and a held-out author.
@@ -100,14 +114,21 @@ def recipe(
     from gpt2ja.studies.recipe import RecipeStudyConfig, run_recipe_study
 
     try:
-        cfg = load_config(config, RecipeStudyConfig,
-                          {"out": out, "budget_minutes": budget_minutes, "final_minutes": final_minutes})
+        cfg = load_config(
+            config, RecipeStudyConfig, {"out": out, "budget_minutes": budget_minutes, "final_minutes": final_minutes}
+        )
     except StudyError as err:
         _fail(str(err), 2)
-    command = _command("gpt2ja", "study", "recipe", "--config", str(config),
-                       *(["--budget-minutes", f"{budget_minutes:g}"] if budget_minutes else []),
-                       *(["--final-minutes", f"{final_minutes:g}"] if final_minutes else []),
-                       *(["--out", out] if out else []))
+    command = _command(
+        "gpt2ja",
+        "study",
+        "recipe",
+        "--config",
+        str(config),
+        *(["--budget-minutes", f"{budget_minutes:g}"] if budget_minutes else []),
+        *(["--final-minutes", f"{final_minutes:g}"] if final_minutes else []),
+        *(["--out", out] if out else []),
+    )
     try:
         written = run_recipe_study(cfg, command=command)
     except StudyError as err:

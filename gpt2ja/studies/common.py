@@ -30,14 +30,19 @@ def say(line: str) -> None:
 
 def validate(model: type[M], data: object, where: str) -> M:
     """``model`` from a parsed mapping; the first problem becomes ``config {where}: {field}: {message}``."""
-    return yamlconfig.validate(model, data, where, StudyError, expected="see configs/studies/ for examples",
-                               unknown_hint="check its spelling against configs/studies/")
+    return yamlconfig.validate(
+        model,
+        data,
+        where,
+        StudyError,
+        expected="see configs/studies/ for examples",
+        unknown_hint="check its spelling against configs/studies/",
+    )
 
 
 def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
     """Read the YAML file ``path`` and validate it as ``model`` (``overrides`` win over the file's values)."""
-    data = yamlconfig.read_yaml(path, StudyError,
-                                example="configs/studies/vocab.yaml or configs/studies/sampling.yaml")
+    data = yamlconfig.read_yaml(path, StudyError, example="configs/studies/vocab.yaml or configs/studies/sampling.yaml")
     if isinstance(data, dict) and overrides:
         data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     return validate(model, data, str(path))
@@ -75,5 +80,6 @@ def check_shape(preset: str, batch_tokens: int, micro_batch: int, seq_len: int, 
     per_micro = micro_batch * seq_len
     if batch_tokens % per_micro:
         near = max(1, round(batch_tokens / per_micro)) * per_micro
-        raise ValueError(f"{who}batch_tokens {batch_tokens} is not a multiple of micro_batch × seq_len = "
-                         f"{per_micro}; use {near}")
+        raise ValueError(
+            f"{who}batch_tokens {batch_tokens} is not a multiple of micro_batch × seq_len = {per_micro}; use {near}"
+        )

@@ -43,9 +43,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REPETITION_MIN_SPAN = 16    # characters a looping tail must cover (two copies of "ね、" are not a loop)
-ZIPF_MAX_RANK = 5000        # Holtzman et al. fit the 5,000 most frequent types
-BLEU_EPSILON = 0.1          # NLTK SmoothingFunction().method1
+REPETITION_MIN_SPAN = 16  # characters a looping tail must cover (two copies of "ね、" are not a loop)
+ZIPF_MAX_RANK = 5000  # Holtzman et al. fit the 5,000 most frequent types
+BLEU_EPSILON = 0.1  # NLTK SmoothingFunction().method1
 
 
 def char_ngrams(text: str, n: int) -> list[str]:
@@ -56,7 +56,7 @@ def char_ngrams(text: str, n: int) -> list[str]:
     """
     if n < 1:
         raise ValueError(f"n {n} must be ≥ 1")
-    return [text[i:i + n] for i in range(len(text) - n + 1)]
+    return [text[i : i + n] for i in range(len(text) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
@@ -190,7 +190,7 @@ def self_bleu(texts: Sequence[str], max_n: int = 4) -> float | None:
         for counts, table in per_n:
             matches.append(sum(min(k, table.max_except(g, i)) for g, k in counts[i].items()))
             totals.append(sum(counts[i].values()))
-        others = lengths[:i] + lengths[i + 1:]
+        others = lengths[:i] + lengths[i + 1 :]
         scores.append(_bleu(matches, totals, len(text), _closest_length(len(text), others)))
     return float(np.mean(scores))
 
@@ -198,8 +198,13 @@ def self_bleu(texts: Sequence[str], max_n: int = 4) -> float | None:
 def is_content_character(ch: str) -> bool:
     """Kanji (CJK ideographs, 々) or katakana (not the long-vowel mark ー): the characters that carry content."""
     code = ord(ch)
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
-            or ch == "々" or 0x30A1 <= code <= 0x30FA)
+    return (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0xF900 <= code <= 0xFAFF
+        or ch == "々"
+        or 0x30A1 <= code <= 0x30FA
+    )
 
 
 def prompt_overlap(prompt: str, continuation: str) -> float | None:

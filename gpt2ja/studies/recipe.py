@@ -41,7 +41,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpt2ja.infra import storage
-from gpt2ja.studies.common import StudyError, check_shape, require_unique, say as default_say
+from gpt2ja.studies.common import StudyError, check_shape, require_unique
+from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.report import machine, pyplot, save_png
 from gpt2ja.studies.vocab import TokenizerSpec, _stage_errors, training_clock, training_speed
 from gpt2ja.studies.vocab_data import ensure_corpus, ensure_eval_texts, eval_split
@@ -49,9 +50,26 @@ from gpt2ja.studies.vocab_report import HELDOUT, VALIDATION
 
 PLAN_VERSION = 1
 # TrainConfig fields a candidate sets itself (train_options may not override them).
-_OWN_FIELDS = {"data", "run", "preset", "steps", "batch_tokens", "micro_batch", "learning_rate", "warmup_steps",
-               "min_lr_ratio", "dropout", "seed", "eval_batches", "checkpoint_every", "log_every",
-               "keep_checkpoints", "init_from", "tokenizer", "stop_at"}
+_OWN_FIELDS = {
+    "data",
+    "run",
+    "preset",
+    "steps",
+    "batch_tokens",
+    "micro_batch",
+    "learning_rate",
+    "warmup_steps",
+    "min_lr_ratio",
+    "dropout",
+    "seed",
+    "eval_batches",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "init_from",
+    "tokenizer",
+    "stop_at",
+}
 
 
 class Candidate(BaseModel):
@@ -97,20 +115,33 @@ class RecipeStudyConfig(BaseModel):
     shard_workers: int = Field(1, ge=1, le=256)
 
     candidates: list[Candidate] = Field(min_length=1)
-    budget_minutes: float = Field(gt=0, description="training time of every candidate (calibration and "
-                                                    "evaluation not counted): the proxy runs that rank them")
-    final_minutes: float | None = Field(None, gt=0, description="the best candidate trained once more for this "
-                                                                "long (seed seeds[0], steps from its calibration): "
-                                                                "the study's result; none: the ranking only")
-    calibration_steps: int = Field(6, ge=3, description="steps of the calibration run (the first two, which build "
-                                                        "the step function, are not timed)")
+    budget_minutes: float = Field(
+        gt=0,
+        description="training time of every candidate (calibration and "
+        "evaluation not counted): the proxy runs that rank them",
+    )
+    final_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="the best candidate trained once more for this "
+        "long (seed seeds[0], steps from its calibration): "
+        "the study's result; none: the ranking only",
+    )
+    calibration_steps: int = Field(
+        6,
+        ge=3,
+        description="steps of the calibration run (the first two, which build the step function, are not timed)",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    winner_seeds: list[int] = Field(default_factory=list, description="more seeds for the best candidate once all "
-                                                                      "have run: the noise of the result that counts")
+    winner_seeds: list[int] = Field(
+        default_factory=list,
+        description="more seeds for the best candidate once all have run: the noise of the result that counts",
+    )
     checkpoints: int = Field(8, ge=1, description="checkpoints per run (an interrupted run resumes from the last)")
     log_every: int = Field(20, ge=1)
-    train_options: dict[str, Any] = Field(default_factory=dict,
-                                          description="other TrainConfig fields, e.g. jit_compile: true")
+    train_options: dict[str, Any] = Field(
+        default_factory=dict, description="other TrainConfig fields, e.g. jit_compile: true"
+    )
 
     eval_characters: int = Field(100_000, ge=100, description="characters of each evaluation text")
     eval_chunk_chars: int = Field(5_000, ge=50, description="at most this much of each document")
@@ -138,14 +169,18 @@ class RecipeStudyConfig(BaseModel):
         names = {t.name for t in self.tokenizers}
         for cand in self.candidates:
             if cand.tokenizer not in names:
-                raise ValueError(f"candidate {cand.name}: tokenizer {cand.tokenizer!r} is not one of the study's "
-                                 f"tokenizers ({', '.join(sorted(names))})")
+                raise ValueError(
+                    f"candidate {cand.name}: tokenizer {cand.tokenizer!r} is not one of the study's "
+                    f"tokenizers ({', '.join(sorted(names))})"
+                )
         from gpt2ja.model.train import TrainConfig
 
         bad = sorted(set(self.train_options) - (set(TrainConfig.model_fields) - _OWN_FIELDS))
         if bad:
-            raise ValueError(f"train_options {', '.join(bad)}: not a TrainConfig field the study leaves open "
-                             "(each candidate sets its shape, batch, schedule and steps)")
+            raise ValueError(
+                f"train_options {', '.join(bad)}: not a TrainConfig field the study leaves open "
+                "(each candidate sets its shape, batch, schedule and steps)"
+            )
         return self
 
     @property
@@ -165,28 +200,71 @@ def final_steps(cfg: RecipeStudyConfig, cand: Candidate, plan: dict) -> int:
     return max(1, math.floor((cfg.final_minutes or 0) * 60 * plan["tokens_per_s"] / cand.batch_tokens))
 
 
-def _train_config(cfg: RecipeStudyConfig, cand: Candidate, shards: str, run: str, steps: int, seed: int,
-                  checkpoints: int | None = None):
+def _train_config(
+    cfg: RecipeStudyConfig,
+    cand: Candidate,
+    shards: str,
+    run: str,
+    steps: int,
+    seed: int,
+    checkpoints: int | None = None,
+):
     from gpt2ja.model.train import TrainConfig
 
     checkpoints = checkpoints or cfg.checkpoints
     warmup = min(steps - 1, max(1 if steps > 1 else 0, round(cand.warmup_fraction * steps)))
-    return TrainConfig(**{**cfg.train_options, "data": shards, "run": run, "preset": cand.preset, "steps": steps,
-                          "batch_tokens": cand.batch_tokens, "micro_batch": cand.micro_batch,
-                          "learning_rate": cand.learning_rate, "warmup_steps": warmup,
-                          "min_lr_ratio": cand.min_lr_ratio, "dropout": cand.dropout, "seed": seed,
-                          "eval_batches": 0, "checkpoint_every": max(1, math.ceil(steps / checkpoints)),
-                          "keep_checkpoints": 1, "log_every": max(1, min(cfg.log_every, steps))})
+    return TrainConfig(
+        **{
+            **cfg.train_options,
+            "data": shards,
+            "run": run,
+            "preset": cand.preset,
+            "steps": steps,
+            "batch_tokens": cand.batch_tokens,
+            "micro_batch": cand.micro_batch,
+            "learning_rate": cand.learning_rate,
+            "warmup_steps": warmup,
+            "min_lr_ratio": cand.min_lr_ratio,
+            "dropout": cand.dropout,
+            "seed": seed,
+            "eval_batches": 0,
+            "checkpoint_every": max(1, math.ceil(steps / checkpoints)),
+            "keep_checkpoints": 1,
+            "log_every": max(1, min(cfg.log_every, steps)),
+        }
+    )
 
 
 def train_command(cand: Candidate, shards: str, run: str, steps: int, seed: int, train_options: dict) -> str:
     """The ``gpt2ja train`` command line that trains ``cand`` as the study did."""
     warmup = min(steps - 1, max(1 if steps > 1 else 0, round(cand.warmup_fraction * steps)))
-    parts = ["gpt2ja", "train", "--data", shards, "--run", run, "--preset", cand.preset, "--steps", str(steps),
-             "--batch-tokens", str(cand.batch_tokens), "--micro-batch", str(cand.micro_batch),
-             "--learning-rate", f"{cand.learning_rate:g}", "--warmup-steps", str(warmup)]
-    sets = {"seed": seed, "min_lr_ratio": cand.min_lr_ratio, **({"dropout": cand.dropout} if cand.dropout is not None else {}),
-            "eval_batches": 0, **train_options}
+    parts = [
+        "gpt2ja",
+        "train",
+        "--data",
+        shards,
+        "--run",
+        run,
+        "--preset",
+        cand.preset,
+        "--steps",
+        str(steps),
+        "--batch-tokens",
+        str(cand.batch_tokens),
+        "--micro-batch",
+        str(cand.micro_batch),
+        "--learning-rate",
+        f"{cand.learning_rate:g}",
+        "--warmup-steps",
+        str(warmup),
+    ]
+    sets = {
+        "seed": seed,
+        "min_lr_ratio": cand.min_lr_ratio,
+        **({"dropout": cand.dropout} if cand.dropout is not None else {}),
+        "eval_batches": 0,
+        **train_options,
+    }
     for key, value in sets.items():
         parts += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     return " ".join(shlex.quote(p) for p in parts)
@@ -203,8 +281,13 @@ def _plan(cfg: RecipeStudyConfig, cand: Candidate, shards: str, say: Callable[[s
     from gpt2ja.model.train import train
 
     shards_fp = (storage.read_manifest(shards) or {}).get("fingerprint")
-    key = {"version": PLAN_VERSION, "candidate": cand.model_dump(), "shards": shards_fp,
-           "budget_minutes": cfg.budget_minutes, "train_options": cfg.train_options}
+    key = {
+        "version": PLAN_VERSION,
+        "candidate": cand.model_dump(),
+        "shards": shards_fp,
+        "budget_minutes": cfg.budget_minutes,
+        "train_options": cfg.train_options,
+    }
     uri = storage.join(cfg.root, "plan", f"{cand.name}.json")
     if storage.exists(uri):
         try:
@@ -219,15 +302,18 @@ def _plan(cfg: RecipeStudyConfig, cand: Candidate, shards: str, say: Callable[[s
     train(tcfg.model_copy(update={"log_every": 1, "checkpoint_every": cfg.calibration_steps}), progress=lambda _: None)
     rates = [m["tokens_per_s"] for m in read_metrics(calib) if m.get("tokens_per_s") and m["step"] > 2]
     if not rates:
-        raise StudyError(f"candidate {cand.name}: the calibration run {calib} logged no tokens/s; raise "
-                         "calibration_steps")
+        raise StudyError(
+            f"candidate {cand.name}: the calibration run {calib} logged no tokens/s; raise calibration_steps"
+        )
     tokens_per_s = statistics.median(rates)
     steps = max(1, math.floor(cfg.budget_minutes * 60 * tokens_per_s / cand.batch_tokens))
     plan = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "steps": steps, "machine": machine()}
     storage.write_text(uri, json.dumps(plan, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     storage.delete(calib)
-    say(f"plan {cand.name}: {tokens_per_s:,.0f} tokens/s in calibration → {steps:,} steps of "
-        f"{cand.batch_tokens:,} tokens for {cfg.budget_minutes:g} min")
+    say(
+        f"plan {cand.name}: {tokens_per_s:,.0f} tokens/s in calibration → {steps:,} steps of "
+        f"{cand.batch_tokens:,} tokens for {cfg.budget_minutes:g} min"
+    )
     return plan
 
 
@@ -251,19 +337,34 @@ def prepare(cfg: RecipeStudyConfig, say: Callable[[str], None] = default_say) ->
             continue
         with _stage_errors(f"tokenizer {spec.name}"):
             coverage = {"character_coverage": spec.character_coverage} if spec.character_coverage else {}
-            train_tokenizer(cfg.corpus, spec.kind, spec.size, tok_uri, model_type=spec.model_type,
-                            sample_sentences=spec.sample_sentences or cfg.tokenizer_sample_sentences,
-                            num_threads=cfg.tokenizer_threads, **coverage)
+            train_tokenizer(
+                cfg.corpus,
+                spec.kind,
+                spec.size,
+                tok_uri,
+                model_type=spec.model_type,
+                sample_sentences=spec.sample_sentences or cfg.tokenizer_sample_sentences,
+                num_threads=cfg.tokenizer_threads,
+                **coverage,
+            )
         shards[key] = storage.join(cfg.root, "shards", f"{spec.name}-{cand.seq_len}")
         with _stage_errors(f"shards {spec.name}-{cand.seq_len}"):
-            write_shards(cfg.corpus, tok_uri, shards[key],
-                         ShardsConfig(seq_len=cand.seq_len, workers=cfg.shard_workers,
-                                      num_shards={"train": cfg.num_shards, "validation": 1}))
+            write_shards(
+                cfg.corpus,
+                tok_uri,
+                shards[key],
+                ShardsConfig(
+                    seq_len=cand.seq_len,
+                    workers=cfg.shard_workers,
+                    num_shards={"train": cfg.num_shards, "validation": 1},
+                ),
+            )
     return texts, shards
 
 
-def run_recipe_study(cfg: RecipeStudyConfig, *, command: str = "gpt2ja study recipe",
-                     say: Callable[[str], None] = default_say) -> dict[str, str]:
+def run_recipe_study(
+    cfg: RecipeStudyConfig, *, command: str = "gpt2ja study recipe", say: Callable[[str], None] = default_say
+) -> dict[str, str]:
     """Run (or resume) the study and write its report; returns ``{"markdown", "csv"}`` URIs."""
     texts, shards = prepare(cfg, say)
     plans = {}
@@ -283,14 +384,24 @@ def run_recipe_study(cfg: RecipeStudyConfig, *, command: str = "gpt2ja study rec
             rows.append(_train_and_score(cfg, best, seed, shards, plans, texts, say))
     if cfg.final_minutes:
         steps = final_steps(cfg, best, plans[best.name])
-        say(f"final {best.name}: {steps:,} steps of {best.batch_tokens:,} tokens for {cfg.final_minutes:g} min "
-            f"(seed {cfg.seeds[0]}; interrupt and rerun the same command to resume)")
+        say(
+            f"final {best.name}: {steps:,} steps of {best.batch_tokens:,} tokens for {cfg.final_minutes:g} min "
+            f"(seed {cfg.seeds[0]}; interrupt and rerun the same command to resume)"
+        )
         rows.append(_train_and_score(cfg, best, cfg.seeds[0], shards, plans, texts, say, final=True))
     return write_report(cfg, rows, texts, command=command, machine_line=plans[cfg.candidates[0].name]["machine"])
 
 
-def _train_and_score(cfg: RecipeStudyConfig, cand: Candidate, seed: int, shards: dict, plans: dict,
-                     texts: dict[str, str], say: Callable[[str], None], final: bool = False) -> dict:
+def _train_and_score(
+    cfg: RecipeStudyConfig,
+    cand: Candidate,
+    seed: int,
+    shards: dict,
+    plans: dict,
+    texts: dict[str, str],
+    say: Callable[[str], None],
+    final: bool = False,
+) -> dict:
     """Train (or find) the run of ``cand`` with ``seed``, evaluate it on both texts; its CSV row.
 
     ``final``: the run of ``final_minutes``, checkpointed about every 5 minutes of
@@ -313,40 +424,83 @@ def _train_and_score(cfg: RecipeStudyConfig, cand: Candidate, seed: int, shards:
         figures = {}
         for which, uri in texts.items():
             out = storage.join(run_uri, f"eval-{which}")
-            write_evaluation(run_uri, [eval_split(uri)], out, stride=cfg.eval_stride,
-                             batch_size=cfg.eval_batch_size, prime_chars=cfg.prime_chars)
+            write_evaluation(
+                run_uri,
+                [eval_split(uri)],
+                out,
+                stride=cfg.eval_stride,
+                batch_size=cfg.eval_batch_size,
+                prime_chars=cfg.prime_chars,
+            )
             figures[which] = json.loads(storage.read_text(storage.join(out, "eval.json")))
     tokens_per_s, seconds, loss = training_speed(read_metrics(run_uri), cand.batch_tokens)
     val, held = figures[VALIDATION], figures[HELDOUT]
     hb = held.get("baselines") or {}
     row = {
-        "stage": "final" if final else "proxy", "candidate": cand.name, "seed": seed, "preset": cand.preset, "tokenizer": spec.name,
-        "vocab_size": spec.size, "seq_len": cand.seq_len, "batch_tokens": cand.batch_tokens,
-        "learning_rate": cand.learning_rate, "warmup_fraction": cand.warmup_fraction,
-        "min_lr_ratio": cand.min_lr_ratio, "params": param_count(model_cfg), "steps": steps,
+        "stage": "final" if final else "proxy",
+        "candidate": cand.name,
+        "seed": seed,
+        "preset": cand.preset,
+        "tokenizer": spec.name,
+        "vocab_size": spec.size,
+        "seq_len": cand.seq_len,
+        "batch_tokens": cand.batch_tokens,
+        "learning_rate": cand.learning_rate,
+        "warmup_fraction": cand.warmup_fraction,
+        "min_lr_ratio": cand.min_lr_ratio,
+        "params": param_count(model_cfg),
+        "steps": steps,
         "train_tokens": steps * cand.batch_tokens,
         "epochs": round(steps * cand.batch_tokens / max(1, counts["examples"] * cand.seq_len), 3),
         "calibration_tokens_per_s": plans[cand.name]["tokens_per_s"],
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "train_minutes": round(seconds / 60, 2) if seconds else None,
         "final_train_loss": round(loss, 4) if loss is not None else None,
-        "bpc_validation": val["bits_per_character"], "bpc_heldout": held["bits_per_character"],
+        "bpc_validation": val["bits_per_character"],
+        "bpc_heldout": held["bits_per_character"],
         "ppmd_heldout": hb.get("ppmd_order8_bits_per_character"),
         "ppmd_primed_heldout": hb.get("ppmd_order8_primed_bits_per_character"),
         "ppmd_validation": (val.get("baselines") or {}).get("ppmd_order8_bits_per_character"),
-        "run": run_uri, "command": train_command(cand, data, run_uri, steps, seed, cfg.train_options),
+        "run": run_uri,
+        "command": train_command(cand, data, run_uri, steps, seed, cfg.train_options),
     }
-    say(f"run {name}: {val['bits_per_character']:.4f} bits/char on validation, {held['bits_per_character']:.4f} "
-        f"on {cfg.holdout_author} (PPMd alone {row['ppmd_heldout']}, primed {row['ppmd_primed_heldout']})")
+    say(
+        f"run {name}: {val['bits_per_character']:.4f} bits/char on validation, {held['bits_per_character']:.4f} "
+        f"on {cfg.holdout_author} (PPMd alone {row['ppmd_heldout']}, primed {row['ppmd_primed_heldout']})"
+    )
     return row
 
 
 # ----------------------------------------------------------------- the report
 
-COLUMNS = ["stage", "candidate", "seed", "preset", "tokenizer", "vocab_size", "seq_len", "batch_tokens", "learning_rate",
-           "warmup_fraction", "min_lr_ratio", "params", "steps", "train_tokens", "epochs", "calibration_tokens_per_s",
-           "tokens_per_s", "train_minutes", "final_train_loss", "bpc_validation", "bpc_heldout", "ppmd_heldout",
-           "ppmd_primed_heldout", "ppmd_validation", "run", "command"]
+COLUMNS = [
+    "stage",
+    "candidate",
+    "seed",
+    "preset",
+    "tokenizer",
+    "vocab_size",
+    "seq_len",
+    "batch_tokens",
+    "learning_rate",
+    "warmup_fraction",
+    "min_lr_ratio",
+    "params",
+    "steps",
+    "train_tokens",
+    "epochs",
+    "calibration_tokens_per_s",
+    "tokens_per_s",
+    "train_minutes",
+    "final_train_loss",
+    "bpc_validation",
+    "bpc_heldout",
+    "ppmd_heldout",
+    "ppmd_primed_heldout",
+    "ppmd_validation",
+    "run",
+    "command",
+]
 
 
 def _fmt(value: float | None) -> str:
@@ -365,8 +519,15 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for name, group in by.items():
         held = [r["bpc_heldout"] for r in group]
-        out.append({**group[0], "bpc_heldout": _mean(held), "spread": max(held) - min(held),
-                    "bpc_validation": _mean([r["bpc_validation"] for r in group]), "seeds": len(group)})
+        out.append(
+            {
+                **group[0],
+                "bpc_heldout": _mean(held),
+                "spread": max(held) - min(held),
+                "bpc_validation": _mean([r["bpc_validation"] for r in group]),
+                "seeds": len(group),
+            }
+        )
     return sorted(out, key=lambda r: r["bpc_heldout"])
 
 
@@ -377,20 +538,29 @@ def verdict(best: dict, spread: float) -> str:
         return "No PPMd figure was computed for the held-out text."
     gap = ppmd - best["bpc_heldout"]
     if gap > spread:
-        head = (f"The best candidate, {best['candidate']}, beats PPMd order 8 alone on the held-out author by "
-                f"{gap:.3f} bits/char ({best['bpc_heldout']:.3f} vs {ppmd:.3f}), more than the seed spread "
-                f"({spread:.3f}).")
+        head = (
+            f"The best candidate, {best['candidate']}, beats PPMd order 8 alone on the held-out author by "
+            f"{gap:.3f} bits/char ({best['bpc_heldout']:.3f} vs {ppmd:.3f}), more than the seed spread "
+            f"({spread:.3f})."
+        )
     elif gap > 0:
-        head = (f"The best candidate, {best['candidate']}, is {gap:.3f} bits/char below PPMd order 8 alone on the "
-                f"held-out author ({best['bpc_heldout']:.3f} vs {ppmd:.3f}), not more than the seed spread "
-                f"({spread:.3f}): not a clear win.")
+        head = (
+            f"The best candidate, {best['candidate']}, is {gap:.3f} bits/char below PPMd order 8 alone on the "
+            f"held-out author ({best['bpc_heldout']:.3f} vs {ppmd:.3f}), not more than the seed spread "
+            f"({spread:.3f}): not a clear win."
+        )
     else:
-        head = (f"No candidate beats PPMd order 8 alone on the held-out author: the best, {best['candidate']}, "
-                f"gives {best['bpc_heldout']:.3f} bits/char against {ppmd:.3f}.")
+        head = (
+            f"No candidate beats PPMd order 8 alone on the held-out author: the best, {best['candidate']}, "
+            f"gives {best['bpc_heldout']:.3f} bits/char against {ppmd:.3f}."
+        )
     if primed is not None:
         behind = best["bpc_heldout"] - primed
-        head += (f" PPMd primed with training text gives {primed:.3f}: {behind:+.3f} to go." if behind > 0 else
-                 f" It beats PPMd primed with training text ({primed:.3f}) too, by {-behind:.3f}.")
+        head += (
+            f" PPMd primed with training text gives {primed:.3f}: {behind:+.3f} to go."
+            if behind > 0
+            else f" It beats PPMd primed with training text ({primed:.3f}) too, by {-behind:.3f}."
+        )
     return head
 
 
@@ -410,7 +580,12 @@ def plot_losses(rows: list[dict]):
         clock = training_clock(read_metrics(row["run"]), row["batch_tokens"])
         points = [(seconds / 60, m["loss"]) for seconds, m in clock if m.get("loss") is not None]
         xs, ys = [x for x, _ in points], [y for _, y in points]
-        ax.plot(xs, ys, label=f"{row['candidate']} {'final ' if row.get('stage') == 'final' else ''}s{row['seed']}", linewidth=1.2)
+        ax.plot(
+            xs,
+            ys,
+            label=f"{row['candidate']} {'final ' if row.get('stage') == 'final' else ''}s{row['seed']}",
+            linewidth=1.2,
+        )
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("training loss (nats per token of its tokenizer)")
     ax.set_title("Recipe study: training loss within the budget")
@@ -423,8 +598,10 @@ def plot_losses(rows: list[dict]):
 def _final_section(cfg: RecipeStudyConfig, final: dict, best: dict, spread: float) -> list[str]:
     """The report's head when the winner also ran for ``final_minutes``: its figures, PPMd, its command."""
     return [
-        f"## The winner, {final['candidate']}, for {cfg.final_minutes:g} minutes", "",
-        "**" + verdict(final, spread).replace("The best candidate", "The final run of the best candidate") + "**", "",
+        f"## The winner, {final['candidate']}, for {cfg.final_minutes:g} minutes",
+        "",
+        "**" + verdict(final, spread).replace("The best candidate", "The final run of the best candidate") + "**",
+        "",
         "| run | steps | epochs | tokens/s | minutes | train loss | bits/char validation | bits/char held-out |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {final['candidate']} for {cfg.final_minutes:g} min | {final['steps']:,} | {final['epochs']:.2f} | "
@@ -432,15 +609,22 @@ def _final_section(cfg: RecipeStudyConfig, final: dict, best: dict, spread: floa
         f"{final['bpc_validation']:.3f} | {final['bpc_heldout']:.3f} |",
         f"| {best['candidate']} for {cfg.budget_minutes:g} min (mean of {best['seeds']} seeds) | {best['steps']:,} | "
         f"{best['epochs']:.2f} | {best['tokens_per_s'] or 0:,.0f} | {best['train_minutes'] or 0:.2f} | "
-        f"{best['final_train_loss']} | {best['bpc_validation']:.3f} | {best['bpc_heldout']:.3f} |", "",
-        f"The seed spread ({spread:.3f} bits/char) is measured on the {cfg.budget_minutes:g}-minute runs.", "",
+        f"{best['final_train_loss']} | {best['bpc_validation']:.3f} | {best['bpc_heldout']:.3f} |",
+        "",
+        f"The seed spread ({spread:.3f} bits/char) is measured on the {cfg.budget_minutes:g}-minute runs.",
+        "",
         "The final run by one command (the same data, steps, schedule and seed; a new `--run` trains it again):",
-        "", "```sh", final["command"], "```", "",
+        "",
+        "```sh",
+        final["command"],
+        "```",
+        "",
     ]
 
 
-def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str], *, command: str,
-                 machine_line: str) -> dict[str, str]:
+def write_report(
+    cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str], *, command: str, machine_line: str
+) -> dict[str, str]:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -457,56 +641,88 @@ def write_report(cfg: RecipeStudyConfig, rows: list[dict], texts: dict[str, str]
     best = summary[0]
     title = cfg.final_minutes if final else cfg.budget_minutes
     lines = [
-        f"# Recipe study: the best model {title:g} minutes of CPU training buy", "",
-        "```sh", command, "```", "", f"Machine: {machine_line}", "",
+        f"# Recipe study: the best model {title:g} minutes of CPU training buy",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Machine: {machine_line}",
+        "",
         f"Every candidate trains for the same time budget ({cfg.budget_minutes:g} min, steps fixed from a "
         f"{cfg.calibration_steps}-step calibration run) on the train split of `{cfg.corpus}`, from which "
         f"{cfg.holdout_author} is held out (as from the tokenizers' training text). Bits per character on "
         f"{chars[VALIDATION]:,} characters of validation text (other authors) and {chars[HELDOUT]:,} of "
         f"{cfg.holdout_author}; PPMd order 8 on the same characters, alone and primed with "
-        f"{cfg.prime_chars:,} characters of training text.", "",
+        f"{cfg.prime_chars:,} characters of training text.",
+        "",
     ]
     if final:
         lines += _final_section(cfg, final, best, spread)
         lines += [f"## The ranking: every candidate for {cfg.budget_minutes:g} minutes", ""]
     lines += [
-        "**" + verdict(best, spread) + "**", "",
+        "**" + verdict(best, spread) + "**",
+        "",
         "| candidate | preset | tokenizer | seq | batch tokens | lr | params | steps | epochs | tokens/s | "
         "minutes | train loss | bits/char validation | bits/char held-out |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in summary:
         held = f"{s['bpc_heldout']:.3f}" + (f" ± {s['spread'] / 2:.3f}" if s["seeds"] > 1 else "")
-        lines.append(f"| {s['candidate']} | {s['preset']} | {s['tokenizer']} | {s['seq_len']} | "
-                     f"{s['batch_tokens']:,} | {s['learning_rate']:g} | {s['params'] / 1e6:.2f} M | {s['steps']:,} | "
-                     f"{s['epochs']:.2f} | {s['tokens_per_s'] or 0:,.0f} | {s['train_minutes'] or 0:.2f} | "
-                     f"{s['final_train_loss']} | {s['bpc_validation']:.3f} | {held} |")
-    lines += ["", f"PPMd order 8 on the same texts, bits/char: validation {_fmt(best.get('ppmd_validation'))}, "
-              f"held-out {_fmt(best.get('ppmd_heldout'))} alone and {_fmt(best.get('ppmd_primed_heldout'))} primed.",
-              ""]
+        lines.append(
+            f"| {s['candidate']} | {s['preset']} | {s['tokenizer']} | {s['seq_len']} | "
+            f"{s['batch_tokens']:,} | {s['learning_rate']:g} | {s['params'] / 1e6:.2f} M | {s['steps']:,} | "
+            f"{s['epochs']:.2f} | {s['tokens_per_s'] or 0:,.0f} | {s['train_minutes'] or 0:.2f} | "
+            f"{s['final_train_loss']} | {s['bpc_validation']:.3f} | {held} |"
+        )
+    lines += [
+        "",
+        f"PPMd order 8 on the same texts, bits/char: validation {_fmt(best.get('ppmd_validation'))}, "
+        f"held-out {_fmt(best.get('ppmd_heldout'))} alone and {_fmt(best.get('ppmd_primed_heldout'))} primed.",
+        "",
+    ]
     if multi:
-        lines += [f"Noise: the largest difference between seeds of one candidate is {spread:.3f} bits/char "
-                  f"({', '.join(s['candidate'] for s in multi)}); differences smaller than that are not results.", ""]
+        lines += [
+            f"Noise: the largest difference between seeds of one candidate is {spread:.3f} bits/char "
+            f"({', '.join(s['candidate'] for s in multi)}); differences smaller than that are not results.",
+            "",
+        ]
     else:
         lines += ["Noise: each candidate ran with one seed; the report cannot tell small differences from noise.", ""]
     png_uri = storage.join(cfg.out, f"{cfg.name}-loss.png")
     save_png(plot_losses(rows), png_uri)
-    lines += [f"![training loss against minutes of training]({cfg.name}-loss.png)", "",
-              "Training loss per logged step against the training loop's minutes (from each run's "
-              "`metrics.jsonl`); losses are per token of each run's tokenizer, so only the table's bits/char "
-              "compare candidates of different vocabularies.", ""]
-    lines += ["The winner's run by one command (the same data, steps, schedule and seed; a new `--run` trains it "
-              "again):", "", "```sh",
-              best["command"], "```", ""] if not final else []
     lines += [
-              "## What it does not show", "",
-              f"- One ranking budget ({cfg.budget_minutes:g} min) on one machine: a longer budget favours larger "
-              "models; the order of the candidates can change with the budget"
-              + (f" (only the winner ran for {cfg.final_minutes:g} min)." if final else "."),
-              "- Time, not tokens, is held fixed: a machine with another balance of matmul speed and per-op "
-              "overhead (a GPU) charges the candidates differently.",
-              "- Steps come from a short calibration run; the measured minutes in the table show how well that "
-              "predicted the run on a machine whose load changed.", ""]
+        f"![training loss against minutes of training]({cfg.name}-loss.png)",
+        "",
+        "Training loss per logged step against the training loop's minutes (from each run's "
+        "`metrics.jsonl`); losses are per token of each run's tokenizer, so only the table's bits/char "
+        "compare candidates of different vocabularies.",
+        "",
+    ]
+    lines += (
+        [
+            "The winner's run by one command (the same data, steps, schedule and seed; a new `--run` trains it again):",
+            "",
+            "```sh",
+            best["command"],
+            "```",
+            "",
+        ]
+        if not final
+        else []
+    )
+    lines += [
+        "## What it does not show",
+        "",
+        f"- One ranking budget ({cfg.budget_minutes:g} min) on one machine: a longer budget favours larger "
+        "models; the order of the candidates can change with the budget"
+        + (f" (only the winner ran for {cfg.final_minutes:g} min)." if final else "."),
+        "- Time, not tokens, is held fixed: a machine with another balance of matmul speed and per-op "
+        "overhead (a GPU) charges the candidates differently.",
+        "- Steps come from a short calibration run; the measured minutes in the table show how well that "
+        "predicted the run on a machine whose load changed.",
+        "",
+    ]
     md_uri = storage.join(cfg.out, f"{cfg.name}.md")
     storage.write_text(md_uri, "\n".join(lines))
     return {"markdown": md_uri, "csv": csv_uri, "png_loss": png_uri}

@@ -31,12 +31,18 @@ def fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], formats: dict[str, str] | None = None,
-          align: dict[str, str] | None = None) -> str:
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    formats: dict[str, str] | None = None,
+    align: dict[str, str] | None = None,
+) -> str:
     """A GitHub Markdown table; ``formats`` maps a column to a format spec, ``align`` to ``l``/``r``."""
     formats, align = formats or {}, align or {}
-    out = ["| " + " | ".join(columns) + " |",
-           "|" + "|".join("---:" if align.get(c, "r") == "r" else ":---" for c in columns) + "|"]
+    out = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if align.get(c, "r") == "r" else ":---" for c in columns) + "|",
+    ]
     for row in rows:
         cells = [fmt(v, formats.get(c, "")).replace("|", "\\|") for c, v in zip(columns, row)]
         out.append("| " + " | ".join(cells) + " |")

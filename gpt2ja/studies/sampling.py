@@ -48,7 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gpt2ja.infra import storage
 from gpt2ja.infra.stage import require
-from gpt2ja.studies.common import StudyError, require_unique, say as default_say, slug
+from gpt2ja.studies.common import StudyError, require_unique, slug
+from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.metrics import text_metrics
 
 VERSION = 1
@@ -157,18 +158,28 @@ def select_prompts(texts: Sequence[str], cfg: SamplingStudyConfig) -> list[Promp
     """``cfg.prompts`` prompts from the texts long enough (hash order: stable, unrelated to corpus order)."""
     longest = max(cfg.context_lengths)
     need = longest + cfg.continuation_chars
-    order = sorted((i for i, t in enumerate(texts) if len(t) >= need),
-                   key=lambda i: hashlib.sha256(texts[i].encode("utf-8")).hexdigest())
+    order = sorted(
+        (i for i, t in enumerate(texts) if len(t) >= need),
+        key=lambda i: hashlib.sha256(texts[i].encode("utf-8")).hexdigest(),
+    )
     if len(order) < cfg.prompts:
-        raise StudyError(f"texts {', '.join(cfg.texts)}: {len(order)} documents have the {need:,} characters a "
-                         f"prompt needs (longest context {longest} + continuation {cfg.continuation_chars}), "
-                         f"{cfg.prompts} were asked for; lower prompts or context_lengths, or add texts")
+        raise StudyError(
+            f"texts {', '.join(cfg.texts)}: {len(order)} documents have the {need:,} characters a "
+            f"prompt needs (longest context {longest} + continuation {cfg.continuation_chars}), "
+            f"{cfg.prompts} were asked for; lower prompts or context_lengths, or add texts"
+        )
     out = []
-    for i in order[:cfg.prompts]:
+    for i in order[: cfg.prompts]:
         text = texts[i]
         cut = cut_point(text, longest, cfg.continuation_chars)
-        out.append(Prompt(doc=i, cut=cut, contexts={L: text[cut - L:cut] for L in cfg.context_lengths},
-                          human=text[cut:cut + cfg.continuation_chars]))
+        out.append(
+            Prompt(
+                doc=i,
+                cut=cut,
+                contexts={L: text[cut - L : cut] for L in cfg.context_lengths},
+                human=text[cut : cut + cfg.continuation_chars],
+            )
+        )
     return out
 
 
@@ -208,8 +219,14 @@ class Scorer:
 
 
 def _cell_fingerprint(run_fp: str, prompts: list[str], humans: list[str], what: dict, cfg) -> str:
-    body = {"version": VERSION, "run": run_fp, "prompts": prompts, "humans": humans, "what": what,
-            "continuation_chars": cfg.continuation_chars}
+    body = {
+        "version": VERSION,
+        "run": run_fp,
+        "prompts": prompts,
+        "humans": humans,
+        "what": what,
+        "continuation_chars": cfg.continuation_chars,
+    }
     return hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
 
@@ -226,8 +243,13 @@ def _cell(uri: str, fp: str, make: Callable[[], dict]) -> dict:
     return cell
 
 
-def cell_metrics(prompts: Sequence[str], texts: Sequence[str], cond: Sequence[tuple[float, int]],
-                 uncond: Sequence[tuple[float, int]], stopped: Sequence[str] | None = None) -> dict:
+def cell_metrics(
+    prompts: Sequence[str],
+    texts: Sequence[str],
+    cond: Sequence[tuple[float, int]],
+    uncond: Sequence[tuple[float, int]],
+    stopped: Sequence[str] | None = None,
+) -> dict:
     """Every metric of one set of continuations: the text metrics plus the model's figures."""
     out = text_metrics(texts, prompts)
     chars = sum(len(t) for t in texts)
@@ -240,8 +262,13 @@ def cell_metrics(prompts: Sequence[str], texts: Sequence[str], cond: Sequence[tu
     return out
 
 
-def run_sampling_study(run_uri: str, cfg: SamplingStudyConfig, *, command: str = "gpt2ja study sampling",
-                       say: Callable[[str], None] = default_say) -> dict[str, str]:
+def run_sampling_study(
+    run_uri: str,
+    cfg: SamplingStudyConfig,
+    *,
+    command: str = "gpt2ja study sampling",
+    say: Callable[[str], None] = default_say,
+) -> dict[str, str]:
     """Generate, score and measure every cell (reusing finished ones), then write the report; its URIs."""
     from gpt2ja.model import runs
     from gpt2ja.model.evaluate import read_texts
@@ -264,39 +291,75 @@ def run_sampling_study(run_uri: str, cfg: SamplingStudyConfig, *, command: str =
     scorer = Scorer(lm, tok, cfg.score_batch_size)
     humans = [p.human for p in prompts]
     rows = []
-    say(f"sampling study on {run_uri} (step {loaded.step}): {len(prompts)} prompts × "
-        f"{len(cfg.context_lengths)} context lengths × {len(cfg.methods)} methods, seeds {cfg.seeds}")
+    say(
+        f"sampling study on {run_uri} (step {loaded.step}): {len(prompts)} prompts × "
+        f"{len(cfg.context_lengths)} context lengths × {len(cfg.methods)} methods, seeds {cfg.seeds}"
+    )
     for L in cfg.context_lengths:
         contexts = [p.contexts[L] for p in prompts]
 
         def human_cell() -> dict:
-            return {"texts": humans, "cond": scorer.score(contexts, humans),
-                    "uncond": scorer.score([""] * len(humans), humans)}
+            return {
+                "texts": humans,
+                "cond": scorer.score(contexts, humans),
+                "uncond": scorer.score([""] * len(humans), humans),
+            }
 
         fp = _cell_fingerprint(run_manifest["fingerprint"], contexts, humans, {"human": True}, cfg)
         cell = _cell(storage.join(work, f"c{L}-human.json"), fp, human_cell)
-        rows.append({"context": L, "method": "human", "family": "human", "seed": None,
-                     **cell_metrics(contexts, humans, cell["cond"], cell["uncond"]),
-                     **_prompt_tokens(tok, contexts, scorer.context)})
+        rows.append(
+            {
+                "context": L,
+                "method": "human",
+                "family": "human",
+                "seed": None,
+                **cell_metrics(contexts, humans, cell["cond"], cell["uncond"]),
+                **_prompt_tokens(tok, contexts, scorer.context),
+            }
+        )
         for m in cfg.methods:
-            for seed in (cfg.seeds[:1] if m.greedy else cfg.seeds):
+            for seed in cfg.seeds[:1] if m.greedy else cfg.seeds:
 
                 def method_cell(m=m, seed=seed) -> dict:
-                    samples = generate(lm, tok, contexts, num=1, max_chars=cfg.continuation_chars, seed=seed,
-                                       generator=gen, **m.sampling())
+                    samples = generate(
+                        lm,
+                        tok,
+                        contexts,
+                        num=1,
+                        max_chars=cfg.continuation_chars,
+                        seed=seed,
+                        generator=gen,
+                        **m.sampling(),
+                    )
                     outs = [s.text for s in samples]
-                    return {"texts": outs, "stopped": [s.stopped for s in samples],
-                            "cond": scorer.score(contexts, outs), "uncond": scorer.score([""] * len(outs), outs)}
+                    return {
+                        "texts": outs,
+                        "stopped": [s.stopped for s in samples],
+                        "cond": scorer.score(contexts, outs),
+                        "uncond": scorer.score([""] * len(outs), outs),
+                    }
 
-                fp = _cell_fingerprint(run_manifest["fingerprint"], contexts, humans,
-                                       {**m.sampling(), "seed": seed}, cfg)
+                fp = _cell_fingerprint(
+                    run_manifest["fingerprint"], contexts, humans, {**m.sampling(), "seed": seed}, cfg
+                )
                 cell = _cell(storage.join(work, f"c{L}-{slug(m.name)}-s{seed}.json"), fp, method_cell)
-                rows.append({"context": L, "method": m.name, "family": m.family, "seed": seed,
-                             "top_k": m.top_k, "top_p": m.top_p, "temperature": m.temperature,
-                             **cell_metrics(contexts, cell["texts"], cell["cond"], cell["uncond"], cell["stopped"])})
+                rows.append(
+                    {
+                        "context": L,
+                        "method": m.name,
+                        "family": m.family,
+                        "seed": seed,
+                        "top_k": m.top_k,
+                        "top_p": m.top_p,
+                        "temperature": m.temperature,
+                        **cell_metrics(contexts, cell["texts"], cell["cond"], cell["uncond"], cell["stopped"]),
+                    }
+                )
             last = [r for r in rows if r["method"] == m.name and r["context"] == L]
-            say(f"context {L}: {m.name}: perplexity {_mean(last, 'perplexity'):.2f}, "
-                f"distinct-4 {_mean(last, 'distinct_4'):.3f}, context gain {_mean(last, 'context_gain'):+.3f}")
+            say(
+                f"context {L}: {m.name}: perplexity {_mean(last, 'perplexity'):.2f}, "
+                f"distinct-4 {_mean(last, 'distinct_4'):.3f}, context gain {_mean(last, 'context_gain'):+.3f}"
+            )
     examples = _examples(prompts, cfg, work)
     return write_report(run_uri, loaded, cfg, rows, prompts, examples, command=command)
 
@@ -309,8 +372,10 @@ def _mean(rows: list[dict], key: str) -> float:
 def _prompt_tokens(tok, contexts: Sequence[str], window: int) -> dict:
     """Mean prompt length in tokens and the share of prompts the model's window cannot hold whole."""
     lengths = [1 + len(tok.encode(c)) for c in contexts]
-    return {"prompt_tokens": statistics.fmean(lengths),
-            "prompts_over_window": sum(1 for n in lengths if n > window - 1) / len(lengths)}
+    return {
+        "prompt_tokens": statistics.fmean(lengths),
+        "prompts_over_window": sum(1 for n in lengths if n > window - 1) / len(lengths),
+    }
 
 
 def _examples(prompts: list[Prompt], cfg: SamplingStudyConfig, work: str) -> list[dict]:

@@ -69,8 +69,11 @@ def distance(entry: dict, human: dict, key: str) -> float | None:
 
 
 def _at(agg: list[dict], L: int, family: str | None = None, method: str | None = None) -> list[dict]:
-    return [e for e in agg if e["context"] == L and (family is None or e["family"] == family)
-            and (method is None or e["method"] == method)]
+    return [
+        e
+        for e in agg
+        if e["context"] == L and (family is None or e["family"] == family) and (method is None or e["method"] == method)
+    ]
 
 
 def _noise(*entries: dict, key: str) -> float | None:
@@ -99,12 +102,21 @@ def hypothesis_top_p(agg: list[dict], contexts: Sequence[int]) -> tuple[list[str
         h = human[0]
         k = min(ks, key=lambda e: (distance(e, h, "perplexity"), e["top_k"]))
         p = min(ps, key=lambda e: (distance(e, h, "perplexity"), e["top_p"]))
-        p_wins = [m for m in NATURAL if None not in (distance(p, h, m), distance(k, h, m))
-                  and distance(p, h, m) < distance(k, h, m)]
-        k_wins = [m for m in NATURAL if None not in (distance(p, h, m), distance(k, h, m))
-                  and distance(k, h, m) < distance(p, h, m)]
-        natural = "more natural" if len(p_wins) > len(k_wins) else (
-            "less natural" if len(p_wins) < len(k_wins) else "as natural")
+        p_wins = [
+            m
+            for m in NATURAL
+            if None not in (distance(p, h, m), distance(k, h, m)) and distance(p, h, m) < distance(k, h, m)
+        ]
+        k_wins = [
+            m
+            for m in NATURAL
+            if None not in (distance(p, h, m), distance(k, h, m)) and distance(k, h, m) < distance(p, h, m)
+        ]
+        natural = (
+            "more natural"
+            if len(p_wins) > len(k_wins)
+            else ("less natural" if len(p_wins) < len(k_wins) else "as natural")
+        )
         gain = p["context_gain"] - k["context_gain"]
         noise = _noise(p, k, key="context_gain")
         if noise is not None and abs(gain) <= noise:
@@ -121,15 +133,18 @@ def hypothesis_top_p(agg: list[dict], contexts: Sequence[int]) -> tuple[list[str
             + f", {k['method']} on {len(k_wins)}"
             + (f" ({', '.join(LABEL[m] for m in k_wins)})" if k_wins else "")
             + f": top-p is {natural}. Context gain {p['context_gain']:+.3f} against {k['context_gain']:+.3f} "
-              f"bits/char ({gain:+.3f}, {_versus(gain, noise)}; human {h['context_gain']:+.3f}); prompt overlap "
-              f"{overlap:+.3f}: top-p is {related}.")
+            f"bits/char ({gain:+.3f}, {_versus(gain, noise)}; human {h['context_gain']:+.3f}); prompt overlap "
+            f"{overlap:+.3f}: top-p is {related}."
+        )
     return lines, verdicts
 
 
 def _ranks(scored: list[tuple[float, object]]) -> list[tuple[object, float]]:
     """Rank of each (distance, item) among the others, 0 = closest; ties share their mean rank."""
-    return [(item, sum(1 for other, _ in scored if other < d) + (sum(1 for other, _ in scored if other == d) - 1) / 2)
-            for d, item in scored]
+    return [
+        (item, sum(1 for other, _ in scored if other < d) + (sum(1 for other, _ in scored if other == d) - 1) / 2)
+        for d, item in scored
+    ]
 
 
 def best_k(agg: list[dict], L: int) -> tuple[int | None, dict[str, str]]:
@@ -170,8 +185,11 @@ def recommend(agg: list[dict], contexts: Sequence[int]) -> list[tuple[dict, floa
             continue
         entries = [e for e in _at(agg, L) if e["family"] != "human" and e["method"] in ranks]
         for m in CLOSENESS:
-            scored = [(round(distance(e, human[0], m), 12), e["method"]) for e in entries
-                      if distance(e, human[0], m) is not None]
+            scored = [
+                (round(distance(e, human[0], m), 12), e["method"])
+                for e in entries
+                if distance(e, human[0], m) is not None
+            ]
             if len(scored) >= 2:
                 for name, rank in _ranks(scored):
                     ranks[name].append(rank)
@@ -191,8 +209,7 @@ def read_aggregate(uri: str) -> list[dict]:
             return text if key in ("method", "family") else None
         return int(text) if key in ("context", "top_k", "seeds") else float(text)
 
-    return [{k: value(k, v) for k, v in row.items()}
-            for row in csv.DictReader(io.StringIO(storage.read_text(uri)))]
+    return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(storage.read_text(uri)))]
 
 
 def settings_line(entry: dict) -> str:
@@ -231,9 +248,12 @@ def conclusions(agg: list[dict], cfg, window: int, model_line: str) -> list[str]
         both = [L for L, (n, r) in verdicts.items() if n == "more natural" and r == "less context-related"]
         nat = [L for L, (n, _) in verdicts.items() if n == "more natural"]
         rel = [L for L, (_, r) in verdicts.items() if r == "less context-related"]
-        out += [f"Of the context lengths tested ({_list(list(verdicts))} characters), both parts hold at "
-                f"{_list(both)}; top-p is more natural at {_list(nat)}; top-p is less context-related by more than "
-                f"the seed spread at {_list(rel)}.", ""]
+        out += [
+            f"Of the context lengths tested ({_list(list(verdicts))} characters), both parts hold at "
+            f"{_list(both)}; top-p is more natural at {_list(nat)}; top-p is less context-related by more than "
+            f"the seed spread at {_list(rel)}.",
+            "",
+        ]
     out += ["### Hypothesis 2: top-k should shrink as the context grows", ""]
     rows, bests = [], []
     for L in contexts:
@@ -245,35 +265,52 @@ def conclusions(agg: list[dict], cfg, window: int, model_line: str) -> list[str]
     if len(bests) < 2:
         out += ["Fewer than two context lengths have two or more top-k settings: not tested.", ""]
     else:
-        out += [table(["context (chars)", "best k (all measures)"] + [f"by {LABEL[m]}" for m in CLOSENESS], rows),
-                "",
-                "The best k (closest to the human continuation, mean rank over the measures; \"tie\": several k "
-                "equally close on that measure) "
-                f"{_trend([k for _, k in bests])} as the context grows: "
-                + ", ".join(f"{k} at {L} characters" for L, k in bests) + ".", ""]
+        out += [
+            table(["context (chars)", "best k (all measures)"] + [f"by {LABEL[m]}" for m in CLOSENESS], rows),
+            "",
+            'The best k (closest to the human continuation, mean rank over the measures; "tie": several k '
+            "equally close on that measure) "
+            f"{_trend([k for _, k in bests])} as the context grows: "
+            + ", ".join(f"{k} at {L} characters" for L, k in bests)
+            + ".",
+            "",
+        ]
     ranked = recommend(agg, contexts)
     if ranked:
         best, score = ranked[0]
-        out += ["### The defaults of `gpt2ja generate`", "",
-                "Every method ranked by its closeness to the human continuation on "
-                + ", ".join(LABEL[m] for m in CLOSENESS)
-                + f", at every context length ({_list(list(contexts))} characters); the mean rank (0 = closest of "
-                f"the {len(ranked)} methods every time):", "",
-                table(["method", "mean rank", "options"],
-                      [[e["method"], f"{r:.2f}", f"`{settings_line(e)}`"] for e, r in ranked], align={"method": "l"}),
-                "", f"The closest overall is **{best['method']}** (`{settings_line(best)}`, mean rank {score:.2f}).",
-                ""]
+        out += [
+            "### The defaults of `gpt2ja generate`",
+            "",
+            "Every method ranked by its closeness to the human continuation on "
+            + ", ".join(LABEL[m] for m in CLOSENESS)
+            + f", at every context length ({_list(list(contexts))} characters); the mean rank (0 = closest of "
+            f"the {len(ranked)} methods every time):",
+            "",
+            table(
+                ["method", "mean rank", "options"],
+                [[e["method"], f"{r:.2f}", f"`{settings_line(e)}`"] for e, r in ranked],
+                align={"method": "l"},
+            ),
+            "",
+            f"The closest overall is **{best['method']}** (`{settings_line(best)}`, mean rank {score:.2f}).",
+            "",
+        ]
     human = [e for e in agg if e["family"] == "human"]
     over = [(e["context"], e["prompts_over_window"]) for e in human if e.get("prompts_over_window")]
     notes = []
     if over:
-        notes.append("At " + ", ".join(f"{L} characters {share:.0%}" for L, share in over)
-                     + f" of the prompts are longer than the model's window of {window} tokens: the model sees only "
-                       "their end, so those columns measure less context than their label.")
-    notes.append(f"These are the numbers of one model ({model_line}) on {cfg.prompts} prompts with "
-                 f"{len(cfg.seeds)} seed(s); a larger model, other text or longer continuations may behave "
-                 "differently. Distances to the human values weigh every measure equally; the spreads between "
-                 "seeds are in the CSV.")
+        notes.append(
+            "At "
+            + ", ".join(f"{L} characters {share:.0%}" for L, share in over)
+            + f" of the prompts are longer than the model's window of {window} tokens: the model sees only "
+            "their end, so those columns measure less context than their label."
+        )
+    notes.append(
+        f"These are the numbers of one model ({model_line}) on {cfg.prompts} prompts with "
+        f"{len(cfg.seeds)} seed(s); a larger model, other text or longer continuations may behave "
+        "differently. Distances to the human values weigh every measure equally; the spreads between "
+        "seeds are in the CSV."
+    )
     out += ["### Limits", "", " ".join(notes), ""]
     return out
 
@@ -289,14 +326,15 @@ def plot_metric(agg: list[dict], key: str, contexts: Sequence[int]):
     scale = 100.0 if dict((k, s) for k, _, s in METRICS)[key] == "%" else 1.0
     humans = {e["context"]: e.get(key) for e in agg if e["family"] == "human"}
     same_human = len({round(v, 12) for v in humans.values() if v is not None}) <= 1
-    for ax, family, x_key, x_label in ((axes[0], "top-k", "top_k", "k (top-k, log scale)"),
-                                       (axes[1], "top-p", "top_p", "p (top-p)")):
+    for ax, family, x_key, x_label in (
+        (axes[0], "top-k", "top_k", "k (top-k, log scale)"),
+        (axes[1], "top-p", "top_p", "p (top-p)"),
+    ):
         for i, L in enumerate(contexts):
             color = COLORS[i % len(COLORS)]
             pts = sorted((e[x_key], e[key]) for e in _at(agg, L, family) if e.get(key) is not None)
             if pts:
-                ax.plot([x for x, _ in pts], [y * scale for _, y in pts], marker="o", color=color,
-                        label=f"context {L}")
+                ax.plot([x for x, _ in pts], [y * scale for _, y in pts], marker="o", color=color, label=f"context {L}")
             if not same_human and humans.get(L) is not None:
                 ax.axhline(humans[L] * scale, color=color, linestyle="--", linewidth=1)
         if same_human and any(v is not None for v in humans.values()):
@@ -312,22 +350,27 @@ def plot_metric(agg: list[dict], key: str, contexts: Sequence[int]):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(LABEL[key])
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{LABEL[key]} against k and p (dashed: human continuation"
-                 f"{'' if same_human else ', per context length'})")
+    fig.suptitle(
+        f"{LABEL[key]} against k and p (dashed: human continuation{'' if same_human else ', per context length'})"
+    )
     fig.tight_layout()
     return fig
 
 
-def write_report(run_uri: str, loaded, cfg, rows: list[dict], prompts, examples: list[dict], *,
-                 command: str) -> dict[str, str]:
+def write_report(
+    run_uri: str, loaded, cfg, rows: list[dict], prompts, examples: list[dict], *, command: str
+) -> dict[str, str]:
     """``{out}/{name}.md``, ``{name}.csv``, ``{name}-seeds.csv`` and one PNG per metric; returns their URIs."""
     import yaml
 
     from gpt2ja.studies.sampling import aggregate
 
     agg = aggregate(rows)
-    out = {"markdown": storage.join(cfg.out, f"{cfg.name}.md"), "csv": storage.join(cfg.out, f"{cfg.name}.csv"),
-           "seeds_csv": storage.join(cfg.out, f"{cfg.name}-seeds.csv")}
+    out = {
+        "markdown": storage.join(cfg.out, f"{cfg.name}.md"),
+        "csv": storage.join(cfg.out, f"{cfg.name}.csv"),
+        "seeds_csv": storage.join(cfg.out, f"{cfg.name}-seeds.csv"),
+    }
     keys = [k for k, _, _ in METRICS] + ["rep_1", "rep_2", "rep_3", "chars", "prompt_tokens", "prompts_over_window"]
     head = ["context", "method", "family", "top_k", "top_p", "temperature"]
     write_csv(out["csv"], agg, head + ["seeds"] + [c for k in keys for c in (k, f"{k}_spread")])
@@ -340,27 +383,35 @@ def write_report(run_uri: str, loaded, cfg, rows: list[dict], prompts, examples:
         out[f"png_{key}"] = uri
     model = loaded.config
     window = model.context_length
-    model_line = (f"preset {model.preset}, {loaded.hparams.get('parameters', 0):,} parameters, "
-                  f"{loaded.tokenizer.kind} tokenizer of {loaded.tokenizer.vocab_size:,} ids, "
-                  f"step {loaded.step:,}")
+    model_line = (
+        f"preset {model.preset}, {loaded.hparams.get('parameters', 0):,} parameters, "
+        f"{loaded.tokenizer.kind} tokenizer of {loaded.tokenizer.vocab_size:,} ids, "
+        f"step {loaded.step:,}"
+    )
     methods = ", ".join(f"{m.name}" for m in cfg.methods)
     lines = [
-        "# Sampling: decoding methods against human text, by context length", "",
+        "# Sampling: decoding methods against human text, by context length",
+        "",
         "The seed project noticed, without measuring, that top-p sampling gives more natural but less "
         "context-related text than top-k, and that k should shrink as the context grows. This page measures "
         "both, in the manner of Holtzman et al. (2020), *The Curious Case of Neural Text Degeneration*, Table 1, "
-        "once per context length.", "",
-        "## Setup", "",
+        "once per context length.",
+        "",
+        "## Setup",
+        "",
         f"- Model: run `{run_uri}` ({model_line}), a window of {window} tokens.",
         f"- Prompts: {cfg.prompts} documents of {', '.join(f'`{t}`' for t in cfg.texts)} long enough, in a fixed "
         "hash order, each cut once at the first sentence end after the longest context; the prompt of context "
         f"length L is the L characters before the cut (L = {', '.join(str(L) for L in cfg.context_lengths)}), "
         f"the human continuation the {cfg.continuation_chars} characters after it.",
         f"- Continuations: {cfg.continuation_chars} characters (or until end of text) per prompt, method and seed "
-        f"(seeds {', '.join(str(s) for s in cfg.seeds)}; greedy once). Methods: {methods}.", "",
-        "## Measures", "",
+        f"(seeds {', '.join(str(s) for s in cfg.seeds)}; greedy once). Methods: {methods}.",
+        "",
+        "## Measures",
+        "",
         "All text measures count characters (Japanese has no spaces). Each is computed over the "
-        f"{cfg.prompts} continuations of one (context length, method, seed), then averaged over seeds.", "",
+        f"{cfg.prompts} continuations of one (context length, method, seed), then averaged over seeds.",
+        "",
         "- **Perplexity**: per token of the continuation given `EOS prompt`, under the model; **bits/char**: the "
         "same likelihood per character.",
         "- **Self-BLEU-4**: BLEU-4 on character 1–4-grams of each continuation against the others, averaged "
@@ -374,28 +425,57 @@ def write_report(run_uri: str, loaded, cfg, rows: list[dict], prompts, examples:
         "occur in its prompt.",
         "- **context gain** (relevance): (log p(continuation | prompt) − log p(continuation)) in bits per "
         "character: how much the prompt raises the model's likelihood of the continuation.",
-        "- **EOS %**: continuations that ended with the end-of-text token before the length.", "",
-        "## Results", ""]
+        "- **EOS %**: continuations that ended with the end-of-text token before the length.",
+        "",
+        "## Results",
+        "",
+    ]
     cols = ["method"] + [label for _, label, _ in METRICS]
     for L in cfg.context_lengths:
-        body = [[e["method"]] + [cell(e.get(k), s) for k, _, s in METRICS]
-                for e in sorted(_at(agg, L), key=lambda e: e["family"] != "human")]  # human first, as Holtzman
+        body = [
+            [e["method"]] + [cell(e.get(k), s) for k, _, s in METRICS]
+            for e in sorted(_at(agg, L), key=lambda e: e["family"] != "human")
+        ]  # human first, as Holtzman
         lines += [f"### Context {L} characters", "", table(cols, body, align={"method": "l"}), ""]
-    lines += [f"Seed-to-seed spreads: [`{out['csv'].rsplit('/', 1)[-1]}`]({out['csv'].rsplit('/', 1)[-1]}) "
-              f"(`*_spread` = max − min over seeds); every seed: "
-              f"[`{out['seeds_csv'].rsplit('/', 1)[-1]}`]({out['seeds_csv'].rsplit('/', 1)[-1]}).", "",
-              "## Plots", ""]
+    lines += [
+        f"Seed-to-seed spreads: [`{out['csv'].rsplit('/', 1)[-1]}`]({out['csv'].rsplit('/', 1)[-1]}) "
+        f"(`*_spread` = max − min over seeds); every seed: "
+        f"[`{out['seeds_csv'].rsplit('/', 1)[-1]}`]({out['seeds_csv'].rsplit('/', 1)[-1]}).",
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"![{LABEL[k]} against k and p]({name})" for k, name in pngs] + [""]
     lines += ["## Conclusions", "", *conclusions(agg, cfg, window, model_line)]
     if examples:
-        lines += ["## Example", "", f"The first prompt at {max(cfg.context_lengths)} characters:", "", "```text",
-                  examples[0]["prompt"], "```", ""]
+        lines += [
+            "## Example",
+            "",
+            f"The first prompt at {max(cfg.context_lengths)} characters:",
+            "",
+            "```text",
+            examples[0]["prompt"],
+            "```",
+            "",
+        ]
         for e in examples:
             lines += [f"**{e['method']}**", "", "```text", e["text"], "```", ""]
-    lines += ["## Reproduce", "", "```sh", command, "```", "",
-              "Finished cells are kept under the work folder and reused; the same command rewrites this page "
-              "(byte-identical when nothing changed). The config:", "",
-              "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False).rstrip(),
-              "```", "", f"Machine: {machine()}.", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "Finished cells are kept under the work folder and reused; the same command rewrites this page "
+        "(byte-identical when nothing changed). The config:",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False).rstrip(),
+        "```",
+        "",
+        f"Machine: {machine()}.",
+        "",
+    ]
     storage.write_text(out["markdown"], "\n".join(lines))
     return out

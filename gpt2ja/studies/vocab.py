@@ -42,15 +42,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpt2ja.infra import storage
-from gpt2ja.studies.common import StudyError, check_shape, require_unique, say as default_say
+from gpt2ja.studies.common import StudyError, check_shape, require_unique
+from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.report import machine
 from gpt2ja.studies.vocab_data import ensure_corpus, ensure_eval_texts, ensure_pool, eval_split
 from gpt2ja.studies.vocab_report import HELDOUT, VALIDATION, write_report
 
 # Fields of TrainConfig the study sets itself (train_options may not override them).
-_STUDY_TRAIN_FIELDS = {"data", "run", "preset", "steps", "batch_tokens", "micro_batch", "learning_rate",
-                       "warmup_steps", "seed", "eval_batches", "checkpoint_every", "log_every", "keep_checkpoints",
-                       "init_from", "tokenizer"}
+_STUDY_TRAIN_FIELDS = {
+    "data",
+    "run",
+    "preset",
+    "steps",
+    "batch_tokens",
+    "micro_batch",
+    "learning_rate",
+    "warmup_steps",
+    "seed",
+    "eval_batches",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "init_from",
+    "tokenizer",
+}
 
 
 class TokenizerSpec(BaseModel):
@@ -64,11 +79,18 @@ class TokenizerSpec(BaseModel):
     model_type: Literal["unigram", "bpe"] = "unigram"
     seeds: list[int] | None = Field(None, min_length=1, description="training seeds; default: the study's seeds")
     character_coverage: float | None = Field(
-        None, gt=0.5, le=1.0, description="sentencepiece: share of the text whose characters get pieces (the rest is "
-                                          "byte fallback); default 0.9995, which needs ~4,400 ids on aozora-bulk")
+        None,
+        gt=0.5,
+        le=1.0,
+        description="sentencepiece: share of the text whose characters get pieces (the rest is "
+        "byte fallback); default 0.9995, which needs ~4,400 ids on aozora-bulk",
+    )
     sample_sentences: int | None = Field(
-        None, ge=1, description="sentences sampled to train this tokenizer; default: tokenizer_sample_sentences "
-                                "(MeCab pre-segmentation needs more text for the same number of pieces)")
+        None,
+        ge=1,
+        description="sentences sampled to train this tokenizer; default: tokenizer_sample_sentences "
+        "(MeCab pre-segmentation needs more text for the same number of pieces)",
+    )
 
     @model_validator(mode="after")
     def _size(self) -> "TokenizerSpec":
@@ -120,11 +142,13 @@ class VocabStudyConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (an interrupted run resumes)")
     log_every: int = Field(10, ge=1)
-    train_options: dict[str, Any] = Field(default_factory=dict,
-                                          description="other TrainConfig fields, e.g. mixed_precision: bf16")
+    train_options: dict[str, Any] = Field(
+        default_factory=dict, description="other TrainConfig fields, e.g. mixed_precision: bf16"
+    )
 
-    pool_margin: float = Field(1.3, ge=1.0, le=100.0,
-                               description="pool characters ÷ train_characters (above 1: no text is seen twice)")
+    pool_margin: float = Field(
+        1.3, ge=1.0, le=100.0, description="pool characters ÷ train_characters (above 1: no text is seen twice)"
+    )
     pool_chunk_chars: int = Field(2000, ge=100, description="paragraphs are grouped into chunks of at most this")
     num_shards: int = Field(4, ge=1, le=1024)
     shard_workers: int = Field(1, ge=1, le=256)
@@ -150,13 +174,16 @@ class VocabStudyConfig(BaseModel):
 
         bad = sorted(set(self.train_options) - (set(TrainConfig.model_fields) - _STUDY_TRAIN_FIELDS))
         if bad:
-            raise ValueError(f"train_options {', '.join(bad)}: not a TrainConfig field the study leaves open "
-                             "(it sets data, run, preset, steps, batch and seed itself)")
+            raise ValueError(
+                f"train_options {', '.join(bad)}: not a TrainConfig field the study leaves open "
+                "(it sets data, run, preset, steps, batch and seed itself)"
+            )
         from pydantic import ValidationError
 
         try:  # the values too, now rather than after the tokenizers are trained
-            TrainConfig(**{**self.train_options, "data": "-", "run": "-", "preset": self.preset, "steps": 2,
-                           "warmup_steps": 0})
+            TrainConfig(
+                **{**self.train_options, "data": "-", "run": "-", "preset": self.preset, "steps": 2, "warmup_steps": 0}
+            )
         except ValidationError as err:
             first = err.errors()[0]
             raise ValueError(f"train_options.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
@@ -182,8 +209,9 @@ def steps_for(cfg: VocabStudyConfig, chars_per_step: float) -> int:
     return max(1, math.ceil(cfg.train_characters / chars_per_step))
 
 
-def run_vocab_study(cfg: VocabStudyConfig, *, command: str = "gpt2ja study vocab",
-                    say: Callable[[str], None] = default_say) -> dict[str, str]:
+def run_vocab_study(
+    cfg: VocabStudyConfig, *, command: str = "gpt2ja study vocab", say: Callable[[str], None] = default_say
+) -> dict[str, str]:
     """Run (or resume) the study and write its report; returns ``{"markdown", "png", "csv"}`` URIs.
 
     Stage errors (a bad corpus, tokenizer, shards or run) are raised as one-line
@@ -207,13 +235,24 @@ def run_vocab_study(cfg: VocabStudyConfig, *, command: str = "gpt2ja study vocab
         with _stage_errors(f"tokenizer {spec.name}"):
             say(f"tokenizer {spec.name}: {spec.kind} {spec.size:,}")
             coverage = {"character_coverage": spec.character_coverage} if spec.character_coverage else {}
-            train_tokenizer(cfg.corpus, spec.kind, spec.size, tok_uri, model_type=spec.model_type,
-                            sample_sentences=spec.sample_sentences or cfg.tokenizer_sample_sentences, num_threads=cfg.tokenizer_threads,
-                            **coverage)
+            train_tokenizer(
+                cfg.corpus,
+                spec.kind,
+                spec.size,
+                tok_uri,
+                model_type=spec.model_type,
+                sample_sentences=spec.sample_sentences or cfg.tokenizer_sample_sentences,
+                num_threads=cfg.tokenizer_threads,
+                **coverage,
+            )
         shards_uri = storage.join(cfg.root, "shards", f"{spec.name}-{cfg.seq_len}")
         with _stage_errors(f"shards {spec.name}"):
-            write_shards(pool, tok_uri, shards_uri, ShardsConfig(seq_len=cfg.seq_len, workers=cfg.shard_workers,
-                                                                 num_shards={"train": cfg.num_shards}))
+            write_shards(
+                pool,
+                tok_uri,
+                shards_uri,
+                ShardsConfig(seq_len=cfg.seq_len, workers=cfg.shard_workers, num_shards={"train": cfg.num_shards}),
+            )
         train_counts = storage.read_manifest(shards_uri)["counts"]["splits"]["train"]
         chars = pool_manifest["counts"]["characters"]
         steps = steps_for(cfg, cfg.batch_tokens * chars / train_counts["tokens"])
@@ -227,23 +266,55 @@ def run_vocab_study(cfg: VocabStudyConfig, *, command: str = "gpt2ja study vocab
         run_uri = storage.join(cfg.root, "runs", name)
         warmup = min(steps - 1, max(1 if steps > 1 else 0, round(cfg.warmup_fraction * steps)))
         with _stage_errors(f"run {name}"):
-            train(TrainConfig(**{**cfg.train_options, "data": shards_uri, "run": run_uri, "preset": cfg.preset,
-                                 "steps": steps, "batch_tokens": cfg.batch_tokens, "micro_batch": cfg.micro_batch,
-                                 "learning_rate": cfg.learning_rate, "warmup_steps": warmup, "seed": seed,
-                                 "eval_batches": 0, "checkpoint_every": cfg.checkpoint_every,
-                                 "keep_checkpoints": 1, "log_every": min(cfg.log_every, steps)}), progress=say)
+            train(
+                TrainConfig(
+                    **{
+                        **cfg.train_options,
+                        "data": shards_uri,
+                        "run": run_uri,
+                        "preset": cfg.preset,
+                        "steps": steps,
+                        "batch_tokens": cfg.batch_tokens,
+                        "micro_batch": cfg.micro_batch,
+                        "learning_rate": cfg.learning_rate,
+                        "warmup_steps": warmup,
+                        "seed": seed,
+                        "eval_batches": 0,
+                        "checkpoint_every": cfg.checkpoint_every,
+                        "keep_checkpoints": 1,
+                        "log_every": min(cfg.log_every, steps),
+                    }
+                ),
+                progress=say,
+            )
             figures = {}
             for which, uri in texts.items():
                 out = storage.join(run_uri, f"eval-{which}")
-                write_evaluation(run_uri, [eval_split(uri)], out, stride=cfg.eval_stride,
-                                 batch_size=cfg.eval_batch_size)
+                write_evaluation(
+                    run_uri, [eval_split(uri)], out, stride=cfg.eval_stride, batch_size=cfg.eval_batch_size
+                )
                 figures[which] = json.loads(storage.read_text(storage.join(out, "eval.json")))
-            say(f"run {name}: {figures[VALIDATION]['bits_per_character']:.4f} bits/char on validation, "
-                f"{figures[HELDOUT]['bits_per_character']:.4f} on {cfg.holdout_author}")
+            say(
+                f"run {name}: {figures[VALIDATION]['bits_per_character']:.4f} bits/char on validation, "
+                f"{figures[HELDOUT]['bits_per_character']:.4f} on {cfg.holdout_author}"
+            )
         model_cfg = ModelConfig.from_preset(cfg.preset, vocab_size=spec.size, context_length=cfg.seq_len)
         tok = Tokenizer.load(tok_uri)
-        rows.append(_row(cfg, spec, seed, run_uri, steps, train_counts, pool_manifest, figures, model_cfg,
-                         param_count(model_cfg), tok))
+        rows.append(
+            _row(
+                cfg,
+                spec,
+                seed,
+                run_uri,
+                steps,
+                train_counts,
+                pool_manifest,
+                figures,
+                model_cfg,
+                param_count(model_cfg),
+                tok,
+            )
+        )
     return write_report(cfg, rows, corpus, pool_manifest, texts, command=command)
 
 
@@ -257,8 +328,16 @@ def _people_errors() -> tuple[type, ...]:
     from gpt2ja.tokenization.shards import ShardsError
     from gpt2ja.tokenization.tokenizer import TokenizerError
 
-    return (ShardError, DataError, StrategyError, ModelError, TrainError, ShardsError, TokenizerError,
-            storage.StorageError)
+    return (
+        ShardError,
+        DataError,
+        StrategyError,
+        ModelError,
+        TrainError,
+        ShardsError,
+        TokenizerError,
+        storage.StorageError,
+    )
 
 
 class _stage_errors:
@@ -284,8 +363,9 @@ class _stage_errors:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
-            raise StudyError(f"{self.stage}: train_options.{field}: {first['msg']}; fix train_options in the "
-                             "study config") from None
+            raise StudyError(
+                f"{self.stage}: train_options.{field}: {first['msg']}; fix train_options in the study config"
+            ) from None
         if isinstance(exc, _people_errors()):
             raise StudyError(f"{self.stage}: {exc}") from None
         return False
@@ -345,18 +425,28 @@ def _row(cfg, spec, seed, run_uri, steps, counts, pool_manifest, figures, model_
     trained_tokens = steps * cfg.batch_tokens
     val, held = figures[VALIDATION], figures[HELDOUT]
     return {
-        "tokenizer": spec.name, "kind": spec.kind, "vocab_size": spec.size, "seed": seed, "run": run_uri,
+        "tokenizer": spec.name,
+        "kind": spec.kind,
+        "vocab_size": spec.size,
+        "seed": seed,
+        "run": run_uri,
         "chars_per_token": round(chars / max(1, counts["tokens"] - counts["documents"]), 4),
         "chars_per_token_validation": (tok.stats or {}).get("chars_per_token"),
-        "steps": steps, "batch_tokens": cfg.batch_tokens, "train_tokens": trained_tokens,
+        "steps": steps,
+        "batch_tokens": cfg.batch_tokens,
+        "train_tokens": trained_tokens,
         "train_characters": round(trained_tokens * chars / counts["tokens"]),
         "epochs": round(trained_tokens / max(1, counts["examples"] * cfg.seq_len), 3),
-        "embedding_params": embedding, "non_embedding_params": params - embedding, "params": params,
+        "embedding_params": embedding,
+        "non_embedding_params": params - embedding,
+        "params": params,
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "train_seconds": round(seconds, 1) if seconds else None,
         "final_train_loss": round(loss, 4) if loss is not None else None,
-        "bpc_validation": val["bits_per_character"], "bpb_validation": val["bits_per_byte"],
+        "bpc_validation": val["bits_per_character"],
+        "bpb_validation": val["bits_per_byte"],
         "token_ppl_validation": val["token_perplexity"],
-        "bpc_heldout": held["bits_per_character"], "bpb_heldout": held["bits_per_byte"],
+        "bpc_heldout": held["bits_per_character"],
+        "bpb_heldout": held["bits_per_byte"],
         "machine": _results_machine(cfg, name, run_uri),
     }

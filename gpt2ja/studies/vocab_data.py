@@ -43,17 +43,25 @@ def ensure_corpus(cfg: VocabStudyConfig, say: Callable[[str], None]) -> dict:
     if existing is not None:
         held = {_norm(a) for a in (existing.get("config", {}).get("split", {}) or {}).get("holdout_authors", [])}
         if _norm(cfg.holdout_author) not in held:
-            raise StudyError(f"corpus {cfg.corpus} was cleaned without holding out {cfg.holdout_author} (its train "
-                             "split may hold that author's works); set corpus to a new directory and the study "
-                             "builds it from source")
+            raise StudyError(
+                f"corpus {cfg.corpus} was cleaned without holding out {cfg.holdout_author} (its train "
+                "split may hold that author's works); set corpus to a new directory and the study "
+                "builds it from source"
+            )
     if not storage.is_gcs(cfg.source) and not os.path.isdir(cfg.source):
-        raise StudyError(f"source {cfg.source}: not a directory; set source to the folder of texts "
-                         "(e.g. ../shared/aozora-bulk)")
+        raise StudyError(
+            f"source {cfg.source}: not a directory; set source to the folder of texts (e.g. ../shared/aozora-bulk)"
+        )
     say(f"corpus: files source {cfg.source} → clean {cfg.corpus} (held out: {', '.join(cfg.holdout_names)})")
     raw = crawl_files(cfg.source, root=cfg.root, crawl_id=cfg.crawl_id)
-    run_clean(CleanConfig(inputs=[raw], out=cfg.corpus, workers=cfg.clean_workers,
-                          split=SplitConfig(holdout_authors=cfg.holdout_names,
-                                            validation_fraction=cfg.validation_fraction)))
+    run_clean(
+        CleanConfig(
+            inputs=[raw],
+            out=cfg.corpus,
+            workers=cfg.clean_workers,
+            split=SplitConfig(holdout_authors=cfg.holdout_names, validation_fraction=cfg.validation_fraction),
+        )
+    )
     return storage.read_manifest(cfg.corpus)
 
 
@@ -91,13 +99,22 @@ def _piece(doc, index: int, text: str, **meta):
     from gpt2ja.corpus.document import Document
 
     digest = hashlib.sha256(f"{doc.id}:{index}".encode()).hexdigest()[:32]
-    return Document(id=digest, source=doc.source, url=f"{doc.url}#chunk{index}", title=doc.title, author=doc.author,
-                    text=text, license=doc.license, fetched_at=doc.fetched_at,
-                    meta={"study_chunk_of": doc.id, "chunk": index, **meta})
+    return Document(
+        id=digest,
+        source=doc.source,
+        url=f"{doc.url}#chunk{index}",
+        title=doc.title,
+        author=doc.author,
+        text=text,
+        license=doc.license,
+        fetched_at=doc.fetched_at,
+        meta={"study_chunk_of": doc.id, "chunk": index, **meta},
+    )
 
 
-def _publish(out_uri: str, split_docs: dict[str, list], stage: str, config: dict, inputs: list[dict],
-             counts: dict) -> None:
+def _publish(
+    out_uri: str, split_docs: dict[str, list], stage: str, config: dict, inputs: list[dict], counts: dict
+) -> None:
     """Write documents as a clean-corpus-like artifact (``{split}/part-*.jsonl.gz``) through run_stage."""
     from gpt2ja.corpus.jsonl import ShardWriter
 
@@ -107,13 +124,18 @@ def _publish(out_uri: str, split_docs: dict[str, list], stage: str, config: dict
             with ShardWriter(storage.join(out_uri, split), max_docs=2000) as writer:
                 for doc in docs:
                     writer.write(doc)
-        files = [storage.file_info(u, root=out_uri) for u in storage.list_files(out_uri)
-                 if not u.endswith(storage.MANIFEST)]
-        return storage.build_manifest(stage=stage, config=config, inputs=inputs, counts=counts, files=files,
-                                      timings={})
+        files = [
+            storage.file_info(u, root=out_uri) for u in storage.list_files(out_uri) if not u.endswith(storage.MANIFEST)
+        ]
+        return storage.build_manifest(stage=stage, config=config, inputs=inputs, counts=counts, files=files, timings={})
 
-    run_stage(stage, out_uri, fingerprint=storage.fingerprint(config, inputs), build=build,
-              inputs=[m["uri"] for m in inputs if m.get("uri")])
+    run_stage(
+        stage,
+        out_uri,
+        fingerprint=storage.fingerprint(config, inputs),
+        build=build,
+        inputs=[m["uri"] for m in inputs if m.get("uri")],
+    )
 
 
 def _up_to_date(out_uri: str, config: dict, inputs: list[dict]) -> bool:
@@ -144,10 +166,18 @@ def ensure_pool(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], None])
                 kept.append(_piece(doc, i, text))
                 chars += len(text)
     if chars < cfg.train_characters:
-        say(f"pool: only {chars:,} characters for a budget of {cfg.train_characters:,}: the runs will see some "
-            "text twice (the train split is small for this budget)")
-    _publish(out, {"train": kept}, STAGE_POOL, config, [corpus],
-             {"documents": len(kept), "characters": chars, "fraction": fraction})
+        say(
+            f"pool: only {chars:,} characters for a budget of {cfg.train_characters:,}: the runs will see some "
+            "text twice (the train split is small for this budget)"
+        )
+    _publish(
+        out,
+        {"train": kept},
+        STAGE_POOL,
+        config,
+        [corpus],
+        {"documents": len(kept), "characters": chars, "fraction": fraction},
+    )
     say(f"pool: {len(kept):,} chunks, {chars:,} characters ({fraction:.2%} of the train split) → {out}")
     return out
 
@@ -160,24 +190,36 @@ def ensure_eval_texts(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], 
     """
     from gpt2ja.corpus.jsonl import read_documents
 
-    uris = {VALIDATION: storage.join(cfg.root, "eval-texts", VALIDATION),
-            HELDOUT: storage.join(cfg.root, "eval-texts", HELDOUT)}
-    config = {"version": VERSION, "characters": cfg.eval_characters, "chunk_chars": cfg.eval_chunk_chars,
-              "holdout": sorted(_norm(n) for n in cfg.holdout_names)}
+    uris = {
+        VALIDATION: storage.join(cfg.root, "eval-texts", VALIDATION),
+        HELDOUT: storage.join(cfg.root, "eval-texts", HELDOUT),
+    }
+    config = {
+        "version": VERSION,
+        "characters": cfg.eval_characters,
+        "chunk_chars": cfg.eval_chunk_chars,
+        "holdout": sorted(_norm(n) for n in cfg.holdout_names),
+    }
     if all(_up_to_date(u, {**config, "text": name}, [corpus]) for name, u in uris.items()):
         return uris
     held = {_norm(n) for n in cfg.holdout_names}
     docs = sorted(read_documents(storage.join(cfg.corpus, VALIDATION)), key=lambda d: d.id)
-    groups = {HELDOUT: [d for d in docs if _norm(d.author) in held],
-              VALIDATION: [d for d in docs if _norm(d.author) not in held]}
+    groups = {
+        HELDOUT: [d for d in docs if _norm(d.author) in held],
+        VALIDATION: [d for d in docs if _norm(d.author) not in held],
+    }
     if not groups[HELDOUT]:
         authors = sorted({d.author for d in docs if d.author})
-        raise StudyError(f"holdout_author {cfg.holdout_author}: no document of that author in {cfg.corpus}'s "
-                         f"validation split (authors there: {', '.join(authors[:12]) or 'none'}); use the name as "
-                         "the corpus spells it, or add the spelling to holdout_aliases")
+        raise StudyError(
+            f"holdout_author {cfg.holdout_author}: no document of that author in {cfg.corpus}'s "
+            f"validation split (authors there: {', '.join(authors[:12]) or 'none'}); use the name as "
+            "the corpus spells it, or add the spelling to holdout_aliases"
+        )
     if not groups[VALIDATION]:
-        raise StudyError(f"corpus {cfg.corpus}: its validation split holds only the held-out author; "
-                         "raise split.validation_fraction in the clean config")
+        raise StudyError(
+            f"corpus {cfg.corpus}: its validation split holds only the held-out author; "
+            "raise split.validation_fraction in the clean config"
+        )
     for name, group in groups.items():
         pieces, chars = [], 0
         for doc in group:
@@ -186,13 +228,19 @@ def ensure_eval_texts(cfg: VocabStudyConfig, corpus: dict, say: Callable[[str], 
             first = chunks(doc.text, cfg.eval_chunk_chars)
             if not first:
                 continue
-            text = first[0][:cfg.eval_characters - chars]
+            text = first[0][: cfg.eval_characters - chars]
             pieces.append(_piece(doc, 0, text, study_eval=name))
             chars += len(text)
         if chars < cfg.eval_characters:
             say(f"eval texts: {name} has only {chars:,} of the {cfg.eval_characters:,} characters asked for")
-        _publish(uris[name], {VALIDATION: pieces}, STAGE_EVAL_TEXTS, {**config, "text": name}, [corpus],
-                 {"documents": len(pieces), "characters": chars})
+        _publish(
+            uris[name],
+            {VALIDATION: pieces},
+            STAGE_EVAL_TEXTS,
+            {**config, "text": name},
+            [corpus],
+            {"documents": len(pieces), "characters": chars},
+        )
         # the evaluation reads the split folder: {uri}/validation
     return uris
 

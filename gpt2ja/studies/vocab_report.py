@@ -24,11 +24,32 @@ if TYPE_CHECKING:
 VALIDATION, HELDOUT = "validation", "heldout"
 
 
-CSV_COLUMNS = ["tokenizer", "kind", "vocab_size", "seed", "chars_per_token", "chars_per_token_validation", "steps",
-               "batch_tokens", "train_tokens", "train_characters", "epochs", "embedding_params",
-               "non_embedding_params", "params", "tokens_per_s", "train_seconds", "final_train_loss",
-               "bpc_validation", "bpb_validation", "token_ppl_validation", "bpc_heldout", "bpb_heldout", "run",
-               "machine"]
+CSV_COLUMNS = [
+    "tokenizer",
+    "kind",
+    "vocab_size",
+    "seed",
+    "chars_per_token",
+    "chars_per_token_validation",
+    "steps",
+    "batch_tokens",
+    "train_tokens",
+    "train_characters",
+    "epochs",
+    "embedding_params",
+    "non_embedding_params",
+    "params",
+    "tokens_per_s",
+    "train_seconds",
+    "final_train_loss",
+    "bpc_validation",
+    "bpb_validation",
+    "token_ppl_validation",
+    "bpc_heldout",
+    "bpb_heldout",
+    "run",
+    "machine",
+]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -39,12 +60,31 @@ def summarize(rows: list[dict]) -> list[dict]:
             order.append(r["tokenizer"])
     for name in order:
         group = [r for r in rows if r["tokenizer"] == name]
-        entry = {k: group[0][k] for k in ("tokenizer", "kind", "vocab_size", "chars_per_token", "steps",
-                                          "train_tokens", "train_characters", "embedding_params",
-                                          "non_embedding_params", "params")}
+        entry = {
+            k: group[0][k]
+            for k in (
+                "tokenizer",
+                "kind",
+                "vocab_size",
+                "chars_per_token",
+                "steps",
+                "train_tokens",
+                "train_characters",
+                "embedding_params",
+                "non_embedding_params",
+                "params",
+            )
+        }
         entry["seeds"] = [r["seed"] for r in group]
-        for key in ("bpc_validation", "bpb_validation", "bpc_heldout", "bpb_heldout", "tokens_per_s",
-                    "train_seconds", "final_train_loss"):
+        for key in (
+            "bpc_validation",
+            "bpb_validation",
+            "bpc_heldout",
+            "bpb_heldout",
+            "tokens_per_s",
+            "train_seconds",
+            "final_train_loss",
+        ):
             values = [r[key] for r in group if r[key] is not None]
             entry[key] = statistics.fmean(values) if values else None
             entry[f"{key}_spread"] = (max(values) - min(values)) if len(values) > 1 else None
@@ -57,15 +97,24 @@ def plot(summary: list[dict], rows: list[dict], holdout: str):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100, sharey=True)
     markers = {"bytes": "s", "sentencepiece": "o", "mecab+sentencepiece": "^"}
-    for ax, key, title in ((axes[0], "bpc_validation", "validation text (other works)"),
-                           (axes[1], "bpc_heldout", f"held-out author ({holdout_label(holdout)})")):
+    for ax, key, title in (
+        (axes[0], "bpc_validation", "validation text (other works)"),
+        (axes[1], "bpc_heldout", f"held-out author ({holdout_label(holdout)})"),
+    ):
         for kind, color in (("bytes", "#666666"), ("sentencepiece", "#4a7ab8"), ("mecab+sentencepiece", "#d08030")):
-            entries = sorted((e for e in summary if e["kind"] == kind and e[key] is not None),
-                             key=lambda e: e["vocab_size"])
+            entries = sorted(
+                (e for e in summary if e["kind"] == kind and e[key] is not None), key=lambda e: e["vocab_size"]
+            )
             if not entries:
                 continue
-            ax.plot([e["vocab_size"] for e in entries], [e[key] for e in entries], marker=markers[kind],
-                    color=color, label=kind, linestyle="-" if len(entries) > 1 else "none")
+            ax.plot(
+                [e["vocab_size"] for e in entries],
+                [e[key] for e in entries],
+                marker=markers[kind],
+                color=color,
+                label=kind,
+                linestyle="-" if len(entries) > 1 else "none",
+            )
             dots = [(r["vocab_size"], r[key]) for r in rows if r["kind"] == kind and r[key] is not None]
             ax.scatter(*zip(*dots), color=color, s=10, alpha=0.6)
         ax.set_xscale("log", base=2)
@@ -92,8 +141,9 @@ def holdout_label(name: str) -> str:
     return name if name.isascii() else "its works"
 
 
-def write_report(cfg: VocabStudyConfig, rows: list[dict], corpus: dict, pool: dict, texts: dict[str, str], *,
-                 command: str) -> dict[str, str]:
+def write_report(
+    cfg: VocabStudyConfig, rows: list[dict], corpus: dict, pool: dict, texts: dict[str, str], *, command: str
+) -> dict[str, str]:
     """``{out}/{name}.md``, ``{name}-bpc.png`` and ``{name}.csv`` from the per-run rows; returns their URIs."""
     summary = summarize(rows)
     md_uri = storage.join(cfg.out, f"{cfg.name}.md")
@@ -102,8 +152,20 @@ def write_report(cfg: VocabStudyConfig, rows: list[dict], corpus: dict, pool: di
     write_csv(csv_uri, rows, CSV_COLUMNS)
     save_png(plot(summary, rows, cfg.holdout_author), png_uri)
     eval_counts = {k: storage.read_manifest(u)["counts"] for k, u in texts.items()}
-    storage.write_text(md_uri, markdown(cfg, rows, summary, corpus, pool, eval_counts, command=command,
-                                        png=png_uri.rsplit("/", 1)[-1], csv=csv_uri.rsplit("/", 1)[-1]))
+    storage.write_text(
+        md_uri,
+        markdown(
+            cfg,
+            rows,
+            summary,
+            corpus,
+            pool,
+            eval_counts,
+            command=command,
+            png=png_uri.rsplit("/", 1)[-1],
+            csv=csv_uri.rsplit("/", 1)[-1],
+        ),
+    )
     return {"markdown": md_uri, "png": png_uri, "csv": csv_uri}
 
 
@@ -114,8 +176,18 @@ def _pm(entry: dict, key: str, spec: str = ".3f") -> str:
     return f"{fmt(value, spec)} ± {spread / 2:{spec}}"
 
 
-def markdown(cfg: VocabStudyConfig, rows: list[dict], summary: list[dict], corpus: dict, pool: dict,
-             eval_counts: dict, *, command: str, png: str, csv: str) -> str:
+def markdown(
+    cfg: VocabStudyConfig,
+    rows: list[dict],
+    summary: list[dict],
+    corpus: dict,
+    pool: dict,
+    eval_counts: dict,
+    *,
+    command: str,
+    png: str,
+    csv: str,
+) -> str:
     """The report page: setup, table, plot, findings from the numbers, limits, how to reproduce."""
     import yaml
 
@@ -124,21 +196,51 @@ def markdown(cfg: VocabStudyConfig, rows: list[dict], summary: list[dict], corpu
     shape = PRESETS[cfg.preset]["config"]
     splits = corpus["counts"]["splits"]
     machines = sorted({r["machine"] for r in rows})
-    cols = ["tokenizer", "kind", "vocab", "chars/token", "steps", "train tokens", "embedding params",
-            "non-embedding params", "tokens/s", "train time", "bits/char validation", "bits/byte validation",
-            "bits/char held-out", "bits/byte held-out"]
-    body = [[e["tokenizer"], e["kind"], f"{e['vocab_size']:,}", f"{e['chars_per_token']:.3f}", f"{e['steps']:,}",
-             f"{e['train_tokens']:,}", f"{e['embedding_params']:,}", f"{e['non_embedding_params']:,}",
-             fmt(e["tokens_per_s"], ",.0f"), duration(e["train_seconds"]), _pm(e, "bpc_validation", ".4f"),
-             _pm(e, "bpb_validation", ".4f"), _pm(e, "bpc_heldout", ".4f"), _pm(e, "bpb_heldout", ".4f")]
-            for e in summary]
+    cols = [
+        "tokenizer",
+        "kind",
+        "vocab",
+        "chars/token",
+        "steps",
+        "train tokens",
+        "embedding params",
+        "non-embedding params",
+        "tokens/s",
+        "train time",
+        "bits/char validation",
+        "bits/byte validation",
+        "bits/char held-out",
+        "bits/byte held-out",
+    ]
+    body = [
+        [
+            e["tokenizer"],
+            e["kind"],
+            f"{e['vocab_size']:,}",
+            f"{e['chars_per_token']:.3f}",
+            f"{e['steps']:,}",
+            f"{e['train_tokens']:,}",
+            f"{e['embedding_params']:,}",
+            f"{e['non_embedding_params']:,}",
+            fmt(e["tokens_per_s"], ",.0f"),
+            duration(e["train_seconds"]),
+            _pm(e, "bpc_validation", ".4f"),
+            _pm(e, "bpb_validation", ".4f"),
+            _pm(e, "bpc_heldout", ".4f"),
+            _pm(e, "bpb_heldout", ".4f"),
+        ]
+        for e in summary
+    ]
     lines = [
-        f"# Vocabulary size: {len(summary)} tokenizers, one model shape, the same training text", "",
+        f"# Vocabulary size: {len(summary)} tokenizers, one model shape, the same training text",
+        "",
         "The seed project guessed, without measuring, that a small (117M) GPT-2 may do better with a vocabulary "
         "smaller than GPT-2's 50k. This page measures it at the scale configured below. Vocabularies are compared "
         "in bits per character (and per UTF-8 byte) of raw text: token perplexity depends on the tokenizer and "
-        "cannot compare them.", "",
-        "## Setup", "",
+        "cannot compare them.",
+        "",
+        "## Setup",
+        "",
         f"- Corpus: `{cfg.corpus}` (the `files` source over `{cfg.source}`, then `clean`): "
         f"{splits['train']['documents']:,} training documents ({splits['train']['characters']:,} characters), "
         f"{splits['validation']['documents']:,} validation documents. Every work of **{cfg.holdout_author}**"
@@ -146,8 +248,11 @@ def markdown(cfg: VocabStudyConfig, rows: list[dict], summary: list[dict], corpu
         "validation split: no tokenizer and no model saw it.",
         f"- Tokenizers: trained on the train split ({cfg.tokenizer_sample_sentences:,} sampled sentences each"
         + "".join(f"; {t.name}: {t.sample_sentences:,}" for t in cfg.tokenizers if t.sample_sentences)
-        + (", because pieces cannot cross MeCab's word boundaries and fewer sentences hold too few distinct "
-           "pieces" if any(t.sample_sentences and t.kind == "mecab+sentencepiece" for t in cfg.tokenizers) else "")
+        + (
+            ", because pieces cannot cross MeCab's word boundaries and fewer sentences hold too few distinct pieces"
+            if any(t.sample_sentences and t.kind == "mecab+sentencepiece" for t in cfg.tokenizers)
+            else ""
+        )
         + ").",
         f"- Training text: the pool `{storage.join(cfg.root, 'pool')}`, {pool['counts']['documents']:,} chunks of "
         f"≤ {cfg.pool_chunk_chars:,} characters sampled by hash from the whole train split "
@@ -164,25 +269,43 @@ def markdown(cfg: VocabStudyConfig, rows: list[dict], summary: list[dict], corpu
         f"{eval_counts[HELDOUT]['characters']:,} characters from {eval_counts[HELDOUT]['documents']} works of "
         f"{cfg.holdout_author}; at most {cfg.eval_chunk_chars:,} characters per document, each scored as a "
         "document (`EOS text`) with a sliding window "
-        f"(stride {cfg.eval_stride or 'half the context'}).", "",
-        "## Results", "",
-        table(cols, body, align={"tokenizer": "l", "kind": "l"}), "",
+        f"(stride {cfg.eval_stride or 'half the context'}).",
+        "",
+        "## Results",
+        "",
+        table(cols, body, align={"tokenizer": "l", "kind": "l"}),
+        "",
         "Values with ± are the mean over seeds ± half the range. chars/token: characters per token on the "
         "training pool; tokens/s: median of the logged training windows after the first; train time: the "
         "training loop, building the step function included (not tokenizer, shards or evaluation). "
-        f"Every run: [`{csv}`]({csv}).", "",
-        f"![bits per character against vocabulary size]({png})", "",
-        "## What the figures show", "",
-        *findings(cfg, summary), "",
-        "## What they do not show", "",
-        *limits(cfg, summary), "",
-        "## Reproduce", "",
-        "```sh", command, "```", "",
-        "Every step is an artifact with a manifest under the study's root; the same command resumes an "
-        "interrupted study and rewrites this page (byte-identical when nothing changed). The config:", "",
-        "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False).rstrip(), "```",
+        f"Every run: [`{csv}`]({csv}).",
         "",
-        "Machine" + ("s" if len(machines) > 1 else "") + ": " + "; ".join(machines) + ".", ""]
+        f"![bits per character against vocabulary size]({png})",
+        "",
+        "## What the figures show",
+        "",
+        *findings(cfg, summary),
+        "",
+        "## What they do not show",
+        "",
+        *limits(cfg, summary),
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "Every step is an artifact with a manifest under the study's root; the same command resumes an "
+        "interrupted study and rewrites this page (byte-identical when nothing changed). The config:",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "Machine" + ("s" if len(machines) > 1 else "") + ": " + "; ".join(machines) + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -224,65 +347,86 @@ def findings(cfg: VocabStudyConfig, summary: list[dict]) -> list[str]:
     by_val = sorted(done, key=lambda e: e["bpc_validation"])
     best, worst = by_val[0], by_val[-1]
     by_held = sorted(done, key=lambda e: e["bpc_heldout"])
-    out.append(f"On the validation text the lowest bits per character is **{best['tokenizer']}** "
-               f"({best['vocab_size']:,} ids, {best['bpc_validation']:.4f}); the highest is {worst['tokenizer']} "
-               f"({worst['bpc_validation']:.4f}). On the held-out author the lowest is **{by_held[0]['tokenizer']}** "
-               f"({by_held[0]['bpc_heldout']:.4f}), the highest {by_held[-1]['tokenizer']} "
-               f"({by_held[-1]['bpc_heldout']:.4f}).")
+    out.append(
+        f"On the validation text the lowest bits per character is **{best['tokenizer']}** "
+        f"({best['vocab_size']:,} ids, {best['bpc_validation']:.4f}); the highest is {worst['tokenizer']} "
+        f"({worst['bpc_validation']:.4f}). On the held-out author the lowest is **{by_held[0]['tokenizer']}** "
+        f"({by_held[0]['bpc_heldout']:.4f}), the highest {by_held[-1]['tokenizer']} "
+        f"({by_held[-1]['bpc_heldout']:.4f})."
+    )
     if noise is not None:
         multi = [e["tokenizer"] for e in summary if len(e["seeds"]) > 1]
-        out.append(f"Noise: the largest difference between seeds of the same setting ({', '.join(multi)}) is "
-                   f"{noise:.4f} bits per character; differences smaller than that are not measured differences.")
+        out.append(
+            f"Noise: the largest difference between seeds of the same setting ({', '.join(multi)}) is "
+            f"{noise:.4f} bits per character; differences smaller than that are not measured differences."
+        )
     else:
-        out.append("Noise was not measured (every setting has one seed), so no difference below can be told "
-                   "apart from the variation between seeds.")
+        out.append(
+            "Noise was not measured (every setting has one seed), so no difference below can be told "
+            "apart from the variation between seeds."
+        )
     sp = [e for e in done if e["kind"] == "sentencepiece"]
     if len(sp) >= 2:
         largest = max(sp, key=lambda e: e["vocab_size"])
         best_sp = min(sp, key=lambda e: e["bpc_validation"])
         if best_sp is largest:
-            out.append(f"Among the sentencepiece vocabularies the largest tried ({largest['vocab_size']:,}) is the "
-                       "best on validation: at this scale the numbers do not support the guess that a smaller "
-                       "vocabulary is better.")
+            out.append(
+                f"Among the sentencepiece vocabularies the largest tried ({largest['vocab_size']:,}) is the "
+                "best on validation: at this scale the numbers do not support the guess that a smaller "
+                "vocabulary is better."
+            )
         else:
             d = largest["bpc_validation"] - best_sp["bpc_validation"]
             dh = largest["bpc_heldout"] - best_sp["bpc_heldout"]
-            out.append(f"Among the sentencepiece vocabularies, {best_sp['vocab_size']:,} beats the largest tried "
-                       f"({largest['vocab_size']:,}) by {d:.4f} bits per character on validation "
-                       f"({_compare(d, noise)}) and by {dh:.4f} on the held-out author ({_compare(dh, noise)}).")
+            out.append(
+                f"Among the sentencepiece vocabularies, {best_sp['vocab_size']:,} beats the largest tried "
+                f"({largest['vocab_size']:,}) by {d:.4f} bits per character on validation "
+                f"({_compare(d, noise)}) and by {dh:.4f} on the held-out author ({_compare(dh, noise)})."
+            )
     ranks_v = _ranks([e["bpc_validation"] for e in done])
     ranks_h = _ranks([e["bpc_heldout"] for e in done])
     if len(done) >= 3:
         n = len(done)
         rho = 1 - 6 * sum((a - b) ** 2 for a, b in zip(ranks_v, ranks_h)) / (n * (n * n - 1))
-        out.append(f"The order of the tokenizers on validation and on the held-out author agrees with Spearman's "
-                   f"ρ = {rho:.2f} ({'the same order' if ranks_v == ranks_h else 'not the same order'}).")
+        out.append(
+            f"The order of the tokenizers on validation and on the held-out author agrees with Spearman's "
+            f"ρ = {rho:.2f} ({'the same order' if ranks_v == ranks_h else 'not the same order'})."
+        )
     for mecab in (e for e in done if e["kind"] == "mecab+sentencepiece"):
         twin = next((e for e in sp if e["vocab_size"] == mecab["vocab_size"]), None)
         if twin:
             d = mecab["bpc_validation"] - twin["bpc_validation"]
-            out.append(f"MeCab pre-segmentation at {mecab['vocab_size']:,} ids: {d:+.4f} bits per character on "
-                       f"validation against plain sentencepiece ({_compare(d, noise)}); it has "
-                       f"{mecab['chars_per_token']:.3f} characters per token against {twin['chars_per_token']:.3f}, "
-                       f"so it trains on {mecab['train_tokens'] / twin['train_tokens']:.2f} × the tokens for the "
-                       "same text.")
+            out.append(
+                f"MeCab pre-segmentation at {mecab['vocab_size']:,} ids: {d:+.4f} bits per character on "
+                f"validation against plain sentencepiece ({_compare(d, noise)}); it has "
+                f"{mecab['chars_per_token']:.3f} characters per token against {twin['chars_per_token']:.3f}, "
+                f"so it trains on {mecab['train_tokens'] / twin['train_tokens']:.2f} × the tokens for the "
+                "same text."
+            )
     for b in (e for e in done if e["kind"] == "bytes"):
         d = b["bpc_validation"] - best["bpc_validation"]
         if b is not best:
-            out.append(f"Bytes ({b['chars_per_token']:.3f} characters per token) are {d:.4f} bits per character "
-                       f"behind the best on validation ({_compare(d, noise)}), with "
-                       f"{b['train_tokens'] / best['train_tokens']:.1f} × its training tokens for the same "
-                       "characters.")
+            out.append(
+                f"Bytes ({b['chars_per_token']:.3f} characters per token) are {d:.4f} bits per character "
+                f"behind the best on validation ({_compare(d, noise)}), with "
+                f"{b['train_tokens'] / best['train_tokens']:.1f} × its training tokens for the same "
+                "characters."
+            )
     speed = [e for e in done if e["tokens_per_s"]]
     if len(speed) >= 2:
         fast, slow = max(speed, key=lambda e: e["tokens_per_s"]), min(speed, key=lambda e: e["tokens_per_s"])
         largest = max(speed, key=lambda e: e["vocab_size"])
-        why = (" (the largest vocabulary is the slowest per token: its output layer is the largest)"
-               if slow is largest else "")
-        out.append(f"Training speed: {fast['tokens_per_s']:,.0f} tokens/s for {fast['tokenizer']} down to "
-                   f"{slow['tokens_per_s']:,.0f} for {slow['tokenizer']}{why}; per character of text, "
-                   + ", ".join(f"{e['tokenizer']} {e['tokens_per_s'] * e['chars_per_token']:,.0f}"
-                               for e in speed) + " characters/s.")
+        why = (
+            " (the largest vocabulary is the slowest per token: its output layer is the largest)"
+            if slow is largest
+            else ""
+        )
+        out.append(
+            f"Training speed: {fast['tokens_per_s']:,.0f} tokens/s for {fast['tokenizer']} down to "
+            f"{slow['tokens_per_s']:,.0f} for {slow['tokenizer']}{why}; per character of text, "
+            + ", ".join(f"{e['tokenizer']} {e['tokens_per_s'] * e['chars_per_token']:,.0f}" for e in speed)
+            + " characters/s."
+        )
     return [" ".join(out)]
 
 
@@ -294,19 +438,25 @@ def limits(cfg: VocabStudyConfig, summary: list[dict]) -> list[str]:
     non_emb = summary[0]["non_embedding_params"] if summary else 0
     losses = [e["final_train_loss"] for e in summary if e.get("final_train_loss") is not None]
     largest = max((e["vocab_size"] for e in summary), default=0)
-    text = (f"One model shape ({cfg.preset}: {shape['num_layers']} × {shape['hidden_dim']}, {non_emb:,} "
-            f"non-embedding parameters) and one training budget ({cfg.train_characters:,} characters) were "
-            "measured; the best vocabulary can move with the model size and with longer training. A larger "
-            "vocabulary has more embedding rows to learn from the same text, but it also does more of the "
-            "compression in the tokenizer itself (more characters per token): which effect wins depends on how "
-            "far training has gone, so short runs cannot settle the question for converged models. ")
+    text = (
+        f"One model shape ({cfg.preset}: {shape['num_layers']} × {shape['hidden_dim']}, {non_emb:,} "
+        f"non-embedding parameters) and one training budget ({cfg.train_characters:,} characters) were "
+        "measured; the best vocabulary can move with the model size and with longer training. A larger "
+        "vocabulary has more embedding rows to learn from the same text, but it also does more of the "
+        "compression in the tokenizer itself (more characters per token): which effect wins depends on how "
+        "far training has gone, so short runs cannot settle the question for converged models. "
+    )
     if losses:
-        text += (f"The runs end at training losses of {min(losses):.2f}–{max(losses):.2f} nats per token: they are "
-                 "short runs, not converged models. ")
+        text += (
+            f"The runs end at training losses of {min(losses):.2f}–{max(losses):.2f} nats per token: they are "
+            "short runs, not converged models. "
+        )
     if largest < 50_257:
         text += f"The largest vocabulary tried is {largest:,} ids; GPT-2's 50,257 was not run. "
-    text += ("The corpus is public-domain literature (Aozora Bunko); web "
-             "text may rank the tokenizers differently. Seeds were repeated only where the Setup says; where a "
-             "difference is smaller than the measured seed spread, the figures do not separate the settings. "
-             "tokens/s and train time depend on the machine and on what else ran on it.")
+    text += (
+        "The corpus is public-domain literature (Aozora Bunko); web "
+        "text may rank the tokenizers differently. Seeds were repeated only where the Setup says; where a "
+        "difference is smaller than the measured seed spread, the figures do not separate the settings. "
+        "tokens/s and train time depend on the machine and on what else ran on it."
+    )
     return [text]

@@ -37,15 +37,18 @@ class ByteTokenizer(Tokenizer):
         try:
             return list(text.encode("utf-8"))
         except UnicodeEncodeError as err:  # a lone surrogate: not text
-            raise TokenizerError(f"bytes tokenizer: cannot encode {text[max(0, err.start - 10):err.end + 10]!r}: "
-                                 "it holds a lone surrogate (not valid Unicode); fix the input text") from None
+            raise TokenizerError(
+                f"bytes tokenizer: cannot encode {text[max(0, err.start - 10) : err.end + 10]!r}: "
+                "it holds a lone surrogate (not valid Unicode); fix the input text"
+            ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
         try:
             data = bytes(i for i in ids if i != 256)
         except ValueError:
-            raise TokenizerError("bytes tokenizer: an id is out of range 0–256; "
-                                 "the ids come from a different tokenizer") from None
+            raise TokenizerError(
+                "bytes tokenizer: an id is out of range 0–256; the ids come from a different tokenizer"
+            ) from None
         return data.decode("utf-8", errors="replace")
 
     def options(self) -> dict[str, Any]:

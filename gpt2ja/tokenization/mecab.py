@@ -41,8 +41,10 @@ class Segmenter:
         except ImportError as err:
             from gpt2ja.tokenization.tokenizer import TokenizerError
 
-            raise TokenizerError(f"mecab+sentencepiece training needs fugashi and unidic-lite ({err}); "
-                                 "install them: pip install fugashi unidic-lite") from None
+            raise TokenizerError(
+                f"mecab+sentencepiece training needs fugashi and unidic-lite ({err}); "
+                "install them: pip install fugashi unidic-lite"
+            ) from None
         dicdir = unidic_lite.DICDIR
         self._tagger = fugashi.Tagger(f'-d "{dicdir}" -r "{os.path.join(dicdir, "mecabrc")}"')
         self.unsplit = 0  # sentences MeCab could not reproduce exactly (kept whole)
@@ -54,7 +56,7 @@ class Segmenter:
         if joined == sentence:
             return words
         if sentence.startswith(joined):  # MeCab drops trailing whitespace
-            return words + [sentence[len(joined):]]
+            return words + [sentence[len(joined) :]]
         self.unsplit += 1
         return [sentence]
 
@@ -66,5 +68,10 @@ class Segmenter:
     def info() -> dict[str, Any]:
         from importlib.metadata import version
 
-        return {"segmenter": "mecab", "fugashi": version("fugashi"), "dictionary": "unidic-lite",
-                "dictionary_version": version("unidic-lite"), "delimiter": DELIMITER}
+        return {
+            "segmenter": "mecab",
+            "fugashi": version("fugashi"),
+            "dictionary": "unidic-lite",
+            "dictionary_version": version("unidic-lite"),
+            "delimiter": DELIMITER,
+        }

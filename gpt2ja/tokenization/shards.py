@@ -98,12 +98,18 @@ class ShardsConfig(BaseModel):
     seq_len: int = Field(ge=8, le=8192, description="model context length; each example holds seq_len + 1 ids")
     num_shards: dict[str, int] = Field(
         default_factory=lambda: {"train": 64, "validation": 4},
-        description="TFRecord files per split (≥ the number of hosts that read the split in parallel)")
-    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256,
-                         description="encoding processes (not fingerprinted: any count gives identical files)")
+        description="TFRecord files per split (≥ the number of hosts that read the split in parallel)",
+    )
+    workers: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="encoding processes (not fingerprinted: any count gives identical files)",
+    )
     compression: Literal["GZIP"] = Field("GZIP", description="TFRecord compression")
     dtype: Literal["auto", "uint16", "int32"] = Field(
-        "auto", description="stored id type; auto = uint16 up to 65,535 ids, int32 above")
+        "auto", description="stored id type; auto = uint16 up to 65,535 ids, int32 above"
+    )
 
     @field_validator("num_shards")
     @classmethod
@@ -117,8 +123,14 @@ class ShardsConfig(BaseModel):
         return {s: value[s] for s in SPLITS if s in value}
 
     def fingerprint_config(self, dtype: str) -> dict:
-        return {"version": CONFIG_VERSION, "seq_len": self.seq_len, "num_shards": self.num_shards,
-                "compression": self.compression, "dtype": dtype, "salt": SHARD_SALT}
+        return {
+            "version": CONFIG_VERSION,
+            "seq_len": self.seq_len,
+            "num_shards": self.num_shards,
+            "compression": self.compression,
+            "dtype": dtype,
+            "salt": SHARD_SALT,
+        }
 
 
 # ----------------------------------------------------------------- format
@@ -141,11 +153,14 @@ def token_dtype(vocab_size: int, requested: str = "auto", *, where: str = "shard
     if requested not in DTYPES:
         raise ShardsError(f"{where}: unknown dtype {requested!r}; use auto, uint16 or int32")
     if requested == "uint16" and vocab_size > UINT16_MAX_VOCAB:
-        raise ShardsError(f"{where}: the tokenizer has {vocab_size:,} ids, more than uint16 holds "
-                          f"({UINT16_MAX_VOCAB:,}); set dtype to int32 or auto")
+        raise ShardsError(
+            f"{where}: the tokenizer has {vocab_size:,} ids, more than uint16 holds "
+            f"({UINT16_MAX_VOCAB:,}); set dtype to int32 or auto"
+        )
     if requested == "int32" and vocab_size > 2**31 - 1:
-        raise ShardsError(f"{where}: the tokenizer has {vocab_size:,} ids, more than int32 holds; "
-                          "use a smaller vocabulary")
+        raise ShardsError(
+            f"{where}: the tokenizer has {vocab_size:,} ids, more than int32 holds; use a smaller vocabulary"
+        )
     return requested
 
 
@@ -196,10 +211,10 @@ class _ShardWriter:
         self.tokens += len(ids) + 1
         full = len(self.buffer) // self.window
         if full:
-            rows = np.asarray(self.buffer[:full * self.window], DTYPES[self.dtype]).reshape(full, self.window)
+            rows = np.asarray(self.buffer[: full * self.window], DTYPES[self.dtype]).reshape(full, self.window)
             for row in rows:  # (window,) ids
                 self.writer.write(serialize_example(self.tf, row.tobytes()))
-            del self.buffer[:full * self.window]
+            del self.buffer[: full * self.window]
             self.examples += full
 
     def close(self) -> int:
@@ -232,9 +247,17 @@ def _build(job: dict) -> list[dict]:
                 continue
             n = cfg["num_shards"][split]
             started = time.monotonic()
-            writers = {i: _ShardWriter(tf, os.path.join(tmp, shard_name(split, i, n)), seq_len=cfg["seq_len"],
-                                       eos_id=tok.eos_id, dtype=cfg["dtype"], compression=cfg["compression"])
-                       for i in owned}
+            writers = {
+                i: _ShardWriter(
+                    tf,
+                    os.path.join(tmp, shard_name(split, i, n)),
+                    seq_len=cfg["seq_len"],
+                    eos_id=tok.eos_id,
+                    dtype=cfg["dtype"],
+                    compression=cfg["compression"],
+                )
+                for i in owned
+            }
             batch: list[tuple[int, str]] = []
             chars = 0
 
@@ -263,9 +286,15 @@ def _build(job: dict) -> list[dict]:
                 storage.publish(writer.path, uri)
                 os.unlink(writer.path)
                 record = {
-                    "fingerprint": job["fingerprint"], "split": split, "index": i, "num_shards": n,
-                    "file": info, "documents": writer.documents, "tokens": writer.tokens,
-                    "examples": writer.examples, "dropped_tokens": dropped,
+                    "fingerprint": job["fingerprint"],
+                    "split": split,
+                    "index": i,
+                    "num_shards": n,
+                    "file": info,
+                    "documents": writer.documents,
+                    "tokens": writer.tokens,
+                    "examples": writer.examples,
+                    "dropped_tokens": dropped,
                     # the split's stream is shared by the worker's shards: its time is split evenly
                     "seconds": round(seconds / len(writers), 3),
                 }
@@ -280,8 +309,9 @@ def _build(job: dict) -> list[dict]:
 # ----------------------------------------------------------------- the stage
 
 
-def write_shards(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
-                 map_parts: MapParts | None = None) -> str:
+def write_shards(
+    corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig, map_parts: MapParts | None = None
+) -> str:
     """Tokenize ``corpus_uri`` with ``tokenizer_uri`` into TFRecord shards at ``out_uri``; returns ``out_uri``.
 
     Skipped when ``out_uri`` holds a manifest with the same fingerprint; after an
@@ -293,13 +323,15 @@ def write_shards(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsC
     return _write(corpus_uri, tokenizer_uri, out_uri, cfg, map_parts)[0]
 
 
-def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
-           map_parts: MapParts | None = None) -> tuple[str, dict]:
+def _write(
+    corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig, map_parts: MapParts | None = None
+) -> tuple[str, dict]:
     """``write_shards``; also returns what it did (for the CLI summary)."""
     started = time.monotonic()
     corpus_manifest = require(corpus_uri, "corpus", "build it with `gpt2ja clean`, or check the URI", ShardsError)
-    tok_manifest = require(tokenizer_uri, "tokenizer", "train it with `gpt2ja tokenizer train`, or check the URI",
-                           ShardsError)
+    tok_manifest = require(
+        tokenizer_uri, "tokenizer", "train it with `gpt2ja tokenizer train`, or check the URI", ShardsError
+    )
     from gpt2ja.tokenization.tokenizer import Tokenizer, TokenizerError
 
     try:
@@ -325,12 +357,18 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
             def finished(records: list[dict]) -> None:  # in this (the parent) process
                 for rec in records:
                     done[(rec["split"], rec["index"])] = rec
-                bar.advance(len(records), tokens=sum(r["tokens"] for r in records),
-                            examples=sum(r["examples"] for r in records))
+                bar.advance(
+                    len(records), tokens=sum(r["tokens"] for r in records), examples=sum(r["examples"] for r in records)
+                )
 
             try:
-                _run_jobs(todo, {"tokenizer": tok, "config": config, "out": out_uri, "corpus": corpus_uri,
-                                 "fingerprint": fp}, cfg.workers, map_parts, finished)
+                _run_jobs(
+                    todo,
+                    {"tokenizer": tok, "config": config, "out": out_uri, "corpus": corpus_uri, "fingerprint": fp},
+                    cfg.workers,
+                    map_parts,
+                    finished,
+                )
             except WorkerDied as err:
                 raise ShardsError(f"shards {out_uri}: {err}") from None
         build_s = time.monotonic() - t0
@@ -342,37 +380,77 @@ def _write(corpus_uri: str, tokenizer_uri: str, out_uri: str, cfg: ShardsConfig,
                 raise ShardsError(
                     f"shards {out_uri}: the {split} split of corpus {corpus_uri} has only {c['tokens']:,} tokens, "
                     f"not one example of {cfg.seq_len + 1} ids in any of its {cfg.num_shards[split]} shards; "
-                    "use fewer shards or a shorter seq_len")
-        files = [{**rec["file"], "split": rec["split"], "examples": rec["examples"], "tokens": rec["tokens"]}
-                 for rec in records]
-        did.update({"skipped": False, "built": len(todo), "reused": len(expected) - len(todo),
-                    "seconds": time.monotonic() - started, "build_s": build_s})
+                    "use fewer shards or a shorter seq_len"
+                )
+        files = [
+            {**rec["file"], "split": rec["split"], "examples": rec["examples"], "tokens": rec["tokens"]}
+            for rec in records
+        ]
+        did.update(
+            {
+                "skipped": False,
+                "built": len(todo),
+                "reused": len(expected) - len(todo),
+                "seconds": time.monotonic() - started,
+                "build_s": build_s,
+            }
+        )
         return storage.build_manifest(
-            stage=STAGE, config=config, inputs=[tok_manifest, corpus_manifest], counts=counts, files=files,
-            timings={"build_s": round(build_s, 3), "total_s": round(time.monotonic() - started, 3),
-                     "encode_and_write_s": round(sum(r["seconds"] for r in records), 3)},
+            stage=STAGE,
+            config=config,
+            inputs=[tok_manifest, corpus_manifest],
+            counts=counts,
+            files=files,
+            timings={
+                "build_s": round(build_s, 3),
+                "total_s": round(time.monotonic() - started, 3),
+                "encode_and_write_s": round(sum(r["seconds"] for r in records), 3),
+            },
             extra={
-                "seq_len": cfg.seq_len, "example_len": cfg.seq_len + 1, "dtype": dtype, "feature": FEATURE,
-                "compression": cfg.compression, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                "seq_len": cfg.seq_len,
+                "example_len": cfg.seq_len + 1,
+                "dtype": dtype,
+                "feature": FEATURE,
+                "compression": cfg.compression,
+                "vocab_size": tok.vocab_size,
+                "eos_id": tok.eos_id,
                 "num_shards": cfg.num_shards,
                 # relative to this folder (refs: relative), so the root can move or go to a bucket
-                "tokenizer": {"uri": storage.relative_ref(tokenizer_uri, out_uri), "kind": tok.kind,
-                              "fingerprint": tok_manifest["fingerprint"]},
-                "corpus": {"uri": storage.relative_ref(corpus_uri, out_uri),
-                           "fingerprint": corpus_manifest["fingerprint"]},
+                "tokenizer": {
+                    "uri": storage.relative_ref(tokenizer_uri, out_uri),
+                    "kind": tok.kind,
+                    "fingerprint": tok_manifest["fingerprint"],
+                },
+                "corpus": {
+                    "uri": storage.relative_ref(corpus_uri, out_uri),
+                    "fingerprint": corpus_manifest["fingerprint"],
+                },
                 "packing": "documents in corpus order per shard, each followed by eos_id; disjoint windows of "
-                           "seq_len + 1 ids; each shard's last partial window dropped",
-            })
+                "seq_len + 1 ids; each shard's last partial window dropped",
+            },
+        )
 
-    outcome = run_stage("shards", out_uri, fingerprint=fp, build=build, inputs=[corpus_uri, tokenizer_uri],
-                        keep=(WORK_DIR + "/",), log=log.warning)
+    outcome = run_stage(
+        "shards",
+        out_uri,
+        fingerprint=fp,
+        build=build,
+        inputs=[corpus_uri, tokenizer_uri],
+        keep=(WORK_DIR + "/",),
+        log=log.warning,
+    )
     if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
     return out_uri, did
 
 
-def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: MapParts | None,
-              finished: Callable[[list[dict]], None]) -> None:
+def _run_jobs(
+    todo: list[tuple[str, int]],
+    job: dict,
+    workers: int,
+    map_parts: MapParts | None,
+    finished: Callable[[list[dict]], None],
+) -> None:
     """Build the shards ``todo``; ``finished`` gets each finished job's completion records, in this process.
 
     A local job is one split's share of the shards of one worker (each reads that
@@ -383,8 +461,13 @@ def _run_jobs(todo: list[tuple[str, int]], job: dict, workers: int, map_parts: M
     if not todo:
         return
     if map_parts is not None:  # one call per shard: each reads its split and encodes its own documents
-        map_with_progress(map_parts, _build, [{**job, "tasks": [key]} for key in todo],
-                          [f"{split}-{index:05d}" for split, index in todo], finished)
+        map_with_progress(
+            map_parts,
+            _build,
+            [{**job, "tasks": [key]} for key in todo],
+            [f"{split}-{index:05d}" for split, index in todo],
+            finished,
+        )
         return
     jobs = []
     for split in SPLITS:
@@ -406,9 +489,11 @@ def _require_documents(corpus_uri: str, split: str) -> None:
     except ShardError as err:
         raise ShardsError(f"corpus {corpus_uri}: {err}") from None
     if not has_text:
-        raise ShardsError(f"corpus {corpus_uri} has no documents in its {split} split: nothing to shard; "
-                          f"rebuild it with `gpt2ja clean` (a validation split needs validation_fraction > 0) "
-                          f"or drop {split!r} from num_shards")
+        raise ShardsError(
+            f"corpus {corpus_uri} has no documents in its {split} split: nothing to shard; "
+            f"rebuild it with `gpt2ja clean` (a validation split needs validation_fraction > 0) "
+            f"or drop {split!r} from num_shards"
+        )
 
 
 def _valid_record(out_uri: str, split: str, index: int, fp: str) -> dict | None:
@@ -417,8 +502,11 @@ def _valid_record(out_uri: str, split: str, index: int, fp: str) -> dict | None:
         rec = json.loads(storage.read_text(_record_uri(out_uri, split, index)))
         uri = storage.join(out_uri, rec["file"]["path"])
         # a reused shard is read whole: a file damaged since it was written is rebuilt, never re-recorded
-        if (rec.get("fingerprint") == fp and storage.size(uri) == rec["file"]["bytes"]
-                and storage.file_info(uri)["sha256"] == rec["file"]["sha256"]):
+        if (
+            rec.get("fingerprint") == fp
+            and storage.size(uri) == rec["file"]["bytes"]
+            and storage.file_info(uri)["sha256"] == rec["file"]["sha256"]
+        ):
             return rec
     except (storage.StorageError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable or stale: the shard is rebuilt
@@ -456,18 +544,24 @@ def cli_shards(corpus: str, tokenizer: str, seq_len: int, out: str, workers: int
 def summary(manifest: dict, did: dict | None = None) -> str:
     """One paragraph about a shards artifact: examples and tokens per split, format, what this run did."""
     counts, did = manifest["counts"], did or {}
-    parts = [f"{s} {c['examples']:,} examples in {manifest['num_shards'][s]} files "
-             f"({c['documents']:,} documents, {c['tokens']:,} tokens, {c['dropped_tokens']:,} dropped)"
-             for s, c in counts["splits"].items()]
+    parts = [
+        f"{s} {c['examples']:,} examples in {manifest['num_shards'][s]} files "
+        f"({c['documents']:,} documents, {c['tokens']:,} tokens, {c['dropped_tokens']:,} dropped)"
+        for s, c in counts["splits"].items()
+    ]
     tok = manifest["tokenizer"]
-    text = (f"Shards at {manifest['uri']}: " + "; ".join(parts)
-            + f". Examples of {manifest['example_len']} ids (seq_len {manifest['seq_len']}) stored as "
-              f"{manifest['dtype']} in {manifest['compression']} TFRecords; vocab size {manifest['vocab_size']:,}, "
-              f"eos_id {manifest['eos_id']} ({tok['kind']} tokenizer {input_uri(manifest, tok['uri'])}).")
+    text = (
+        f"Shards at {manifest['uri']}: "
+        + "; ".join(parts)
+        + f". Examples of {manifest['example_len']} ids (seq_len {manifest['seq_len']}) stored as "
+        f"{manifest['dtype']} in {manifest['compression']} TFRecords; vocab size {manifest['vocab_size']:,}, "
+        f"eos_id {manifest['eos_id']} ({tok['kind']} tokenizer {input_uri(manifest, tok['uri'])})."
+    )
     if did.get("skipped"):
         text += " Already up to date (manifest fingerprint matches): nothing was rebuilt."
     elif did:
         rate = counts["tokens"] / did["build_s"] if did.get("build_s") and did["built"] else None
-        text += (f" Built {did['built']} shard(s), reused {did['reused']} finished one(s) in "
-                 f"{did['seconds']:.1f} s" + (f" ({rate:,.0f} tokens/s)." if rate and not did["reused"] else "."))
+        text += f" Built {did['built']} shard(s), reused {did['reused']} finished one(s) in {did['seconds']:.1f} s" + (
+            f" ({rate:,.0f} tokens/s)." if rate and not did["reused"] else "."
+        )
     return text

@@ -69,8 +69,10 @@ class SentencePieceTokenizer(Tokenizer):
         self._proto_bytes = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         if self._sp.id_to_piece(EOS_ID) != EOS or not self._sp.is_control(EOS_ID):
-            raise TokenizerError(f"{self.kind} model: id {EOS_ID} is not the control token {EOS}; "
-                                 "it was not trained by gpt2ja, train it with `gpt2ja tokenizer train`")
+            raise TokenizerError(
+                f"{self.kind} model: id {EOS_ID} is not the control token {EOS}; "
+                "it was not trained by gpt2ja, train it with `gpt2ja tokenizer train`"
+            )
         # The byte pieces that spell a literal "▁" (see the module docstring).
         self._meta_space_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in META_SPACE.encode("utf-8")]
 
@@ -119,8 +121,10 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             return self._sp.decode(ids)
         except (IndexError, ValueError, RuntimeError, TypeError):
-            raise TokenizerError(f"{self.kind} tokenizer: an id is out of range 0–{self.vocab_size - 1}; "
-                                 "the ids come from a different tokenizer") from None
+            raise TokenizerError(
+                f"{self.kind} tokenizer: an id is out of range 0–{self.vocab_size - 1}; "
+                "the ids come from a different tokenizer"
+            ) from None
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(token_id)
@@ -177,8 +181,15 @@ class MecabSentencePieceTokenizer(SentencePieceTokenizer):
 # ----------------------------------------------------------------- training
 
 
-def trainer_options(*, vocab_size: int, model_type: str, character_coverage: float, num_threads: int,
-                    max_sentence_length: int, pretokenization_delimiter: str = "") -> dict[str, Any]:
+def trainer_options(
+    *,
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+    num_threads: int,
+    max_sentence_length: int,
+    pretokenization_delimiter: str = "",
+) -> dict[str, Any]:
     """The sentencepiece trainer arguments (see the module docstring for why each is set)."""
     options = dict(
         model_type=model_type,
@@ -190,7 +201,11 @@ def trainer_options(*, vocab_size: int, model_type: str, character_coverage: flo
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         user_defined_symbols=["\n"],
-        unk_id=UNK_ID, eos_id=EOS_ID, eos_piece=EOS, bos_id=-1, pad_id=-1,
+        unk_id=UNK_ID,
+        eos_id=EOS_ID,
+        eos_piece=EOS,
+        bos_id=-1,
+        pad_id=-1,
         # The sample is made (deterministically) by gpt2ja; sentencepiece's own
         # reservoir sampling differs from run to run even with a fixed seed.
         input_sentence_size=0,
@@ -230,12 +245,16 @@ def _explain(message: str, options: dict) -> str:
     vocab = options["vocab_size"]
     high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
     if high:
-        return (f"vocab size {vocab} is more than sentencepiece can build from this text (at most {high.group(1)}); "
-                f"pass --vocab-size {high.group(1)} or less, or train on a larger corpus")
+        return (
+            f"vocab size {vocab} is more than sentencepiece can build from this text (at most {high.group(1)}); "
+            f"pass --vocab-size {high.group(1)} or less, or train on a larger corpus"
+        )
     low = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
     if low:
-        return (f"vocab size {vocab} is too small: byte fallback and the required characters need at least "
-                f"{low.group(1)}; pass --vocab-size {low.group(1)} or more")
+        return (
+            f"vocab size {vocab} is too small: byte fallback and the required characters need at least "
+            f"{low.group(1)}; pass --vocab-size {low.group(1)} or more"
+        )
     return f"sentencepiece training failed ({message}); check the corpus and the tokenizer options"
 
 

@@ -64,8 +64,15 @@ class Tokenizer(abc.ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, *, config: dict | None = None, corpus: dict | None = None, stats: dict | None = None,
-                 counts: dict | None = None, timings: dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: dict | None = None,
+        corpus: dict | None = None,
+        stats: dict | None = None,
+        counts: dict | None = None,
+        timings: dict | None = None,
+    ) -> None:
         self.config = dict(config or {"kind": self.kind})
         self.corpus = dict(corpus) if corpus else None
         self.stats = dict(stats or {})
@@ -140,8 +147,12 @@ class Tokenizer(abc.ABC):
     def manifest(self, files: list[dict]) -> dict:
         """The artifact manifest: fingerprint of ``config`` and the training corpus's manifest."""
         return storage.build_manifest(
-            stage=STAGE, config=self.config, inputs=[self.corpus] if self.corpus else [],
-            counts={"vocab_size": self.vocab_size, **self.counts}, files=files, timings=self.timings,
+            stage=STAGE,
+            config=self.config,
+            inputs=[self.corpus] if self.corpus else [],
+            counts={"vocab_size": self.vocab_size, **self.counts},
+            files=files,
+            timings=self.timings,
             extra={"kind": self.kind, "stats": self.stats},
         )
 
@@ -176,12 +187,15 @@ class Tokenizer(abc.ABC):
 
         def read(name: str) -> bytes:
             if name not in sums:
-                raise TokenizerError(f"tokenizer {uri}: {name} is not listed in its manifest; "
-                                     "the artifact is damaged, train it again")
+                raise TokenizerError(
+                    f"tokenizer {uri}: {name} is not listed in its manifest; the artifact is damaged, train it again"
+                )
             data = storage.read_bytes(storage.join(uri, name))
             if hashlib.sha256(data).hexdigest() != sums[name]:
-                raise TokenizerError(f"tokenizer {uri}: {name} does not match the checksum in its manifest; "
-                                     "the artifact is damaged, train or copy it again")
+                raise TokenizerError(
+                    f"tokenizer {uri}: {name} does not match the checksum in its manifest; "
+                    "the artifact is damaged, train or copy it again"
+                )
             return data
 
         try:
@@ -191,9 +205,11 @@ class Tokenizer(abc.ABC):
         cls = tokenizer_class(meta.get("kind", ""), where=f"tokenizer {uri}")
         tok = cls.from_files(meta, read)
         if tok.vocab_size != meta.get("vocab_size"):
-            raise TokenizerError(f"tokenizer {uri}: vocab size {tok.vocab_size} of the model differs from "
-                                 f"{meta.get('vocab_size')} in {TOKENIZER_JSON}; "
-                                 "the artifact is damaged, train it again")
+            raise TokenizerError(
+                f"tokenizer {uri}: vocab size {tok.vocab_size} of the model differs from "
+                f"{meta.get('vocab_size')} in {TOKENIZER_JSON}; "
+                "the artifact is damaged, train it again"
+            )
         tok.config = meta.get("config") or tok.config
         tok.corpus = meta.get("corpus")
         tok.stats = meta.get("stats") or {}

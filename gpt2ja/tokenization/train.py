@@ -118,11 +118,19 @@ class Reservoir:
 # ----------------------------------------------------------------- training
 
 
-def train_tokenizer(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, *,
-                    model_type: str = "unigram", sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
-                    seed: int = DEFAULT_SEED, character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
-                    max_sentence_chars: int = DEFAULT_MAX_SENTENCE_CHARS,
-                    num_threads: int = DEFAULT_NUM_THREADS) -> str:
+def train_tokenizer(
+    corpus_uri: str,
+    kind: str,
+    vocab_size: int | None,
+    out_uri: str,
+    *,
+    model_type: str = "unigram",
+    sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
+    seed: int = DEFAULT_SEED,
+    character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    max_sentence_chars: int = DEFAULT_MAX_SENTENCE_CHARS,
+    num_threads: int = DEFAULT_NUM_THREADS,
+) -> str:
     """Train a ``kind`` tokenizer on ``{corpus_uri}/train``, publish it at ``out_uri`` and return ``out_uri``.
 
     ``kind`` is ``bytes`` (``vocab_size`` must be 257 or None), ``sentencepiece``
@@ -130,39 +138,71 @@ def train_tokenizer(corpus_uri: str, kind: str, vocab_size: int | None, out_uri:
     work when ``out_uri`` already holds an artifact with the same fingerprint.
     Bad input raises :class:`TokenizerError` with one line naming the artifact.
     """
-    return _train(corpus_uri, kind, vocab_size, out_uri, model_type=model_type,
-                  sample_sentences=sample_sentences, seed=seed, character_coverage=character_coverage,
-                  max_sentence_chars=max_sentence_chars, num_threads=num_threads)[0]
+    return _train(
+        corpus_uri,
+        kind,
+        vocab_size,
+        out_uri,
+        model_type=model_type,
+        sample_sentences=sample_sentences,
+        seed=seed,
+        character_coverage=character_coverage,
+        max_sentence_chars=max_sentence_chars,
+        num_threads=num_threads,
+    )[0]
 
 
-def tokenizer_config(kind: str, vocab_size: int | None, *, model_type: str, sample_sentences: int, seed: int,
-                     character_coverage: float, max_sentence_chars: int, num_threads: int, where: str) -> dict:
+def tokenizer_config(
+    kind: str,
+    vocab_size: int | None,
+    *,
+    model_type: str,
+    sample_sentences: int,
+    seed: int,
+    character_coverage: float,
+    max_sentence_chars: int,
+    num_threads: int,
+    where: str,
+) -> dict:
     """The fingerprinted training config; checks every value (TokenizerError naming ``where``)."""
     if kind not in KINDS:
         tokenizer_class(kind, where=where)  # raises the one-line error
     if kind == "bytes":
         if vocab_size not in (None, 257):
-            raise TokenizerError(f"{where}: the bytes kind has a fixed vocab size of 257 (256 bytes + <|endoftext|>), "
-                                 f"not {vocab_size}; pass --vocab-size 257")
+            raise TokenizerError(
+                f"{where}: the bytes kind has a fixed vocab size of 257 (256 bytes + <|endoftext|>), "
+                f"not {vocab_size}; pass --vocab-size 257"
+            )
         return {"version": CONFIG_VERSION, "kind": kind, "vocab_size": 257}
     from gpt2ja.tokenization.spm import MODEL_TYPES, N_META_PIECES
 
     if model_type not in MODEL_TYPES:
         raise TokenizerError(f"{where}: unknown model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}")
     if not isinstance(vocab_size, int) or vocab_size <= N_META_PIECES:
-        raise TokenizerError(f"{where}: vocab size {vocab_size} is too small for byte fallback, which needs "
-                             f"{N_META_PIECES} fixed pieces plus the corpus's characters; "
-                             "pass --vocab-size 1000 or more")
+        raise TokenizerError(
+            f"{where}: vocab size {vocab_size} is too small for byte fallback, which needs "
+            f"{N_META_PIECES} fixed pieces plus the corpus's characters; "
+            "pass --vocab-size 1000 or more"
+        )
     if not 0.98 <= character_coverage <= 1.0:  # sentencepiece's own bounds
-        raise TokenizerError(f"{where}: character_coverage {character_coverage} is outside 0.98–1.0; "
-                             "use e.g. 0.9995 for Japanese")
+        raise TokenizerError(
+            f"{where}: character_coverage {character_coverage} is outside 0.98–1.0; use e.g. 0.9995 for Japanese"
+        )
     if sample_sentences < 1 or max_sentence_chars < 16 or num_threads < 1:
-        raise TokenizerError(f"{where}: sample_sentences, max_sentence_chars (>= 16) and num_threads must be "
-                             "positive; fix the tokenizer config")
+        raise TokenizerError(
+            f"{where}: sample_sentences, max_sentence_chars (>= 16) and num_threads must be "
+            "positive; fix the tokenizer config"
+        )
     config = {
-        "version": CONFIG_VERSION, "kind": kind, "vocab_size": vocab_size, "model_type": model_type,
-        "sample_sentences": sample_sentences, "seed": seed, "character_coverage": character_coverage,
-        "max_sentence_chars": max_sentence_chars, "num_threads": num_threads,
+        "version": CONFIG_VERSION,
+        "kind": kind,
+        "vocab_size": vocab_size,
+        "model_type": model_type,
+        "sample_sentences": sample_sentences,
+        "seed": seed,
+        "character_coverage": character_coverage,
+        "max_sentence_chars": max_sentence_chars,
+        "num_threads": num_threads,
     }
     if kind == "mecab+sentencepiece":
         config["segmenter"] = "mecab/unidic-lite"
@@ -176,18 +216,30 @@ def _train(corpus_uri: str, kind: str, vocab_size: int | None, out_uri: str, **s
     config = tokenizer_config(kind, vocab_size, where=where, **settings)
     corpus_manifest = _corpus_manifest(corpus_uri)
     fp = storage.fingerprint(config, [corpus_manifest])
-    outcome = run_stage("tokenizer", out_uri, fingerprint=fp, inputs=[corpus_uri], log=log.warning,
-                        build=lambda: _build(corpus_uri, kind, out_uri, config, corpus_manifest, where, started))
+    outcome = run_stage(
+        "tokenizer",
+        out_uri,
+        fingerprint=fp,
+        inputs=[corpus_uri],
+        log=log.warning,
+        build=lambda: _build(corpus_uri, kind, out_uri, config, corpus_manifest, where, started),
+    )
     if outcome.skipped:
         log.info("%s is up to date (fingerprint %s); skipping", out_uri, fp[:12])
         return out_uri, True
-    log.info("%s: %s tokenizer, vocab %d, %.3f chars/token on validation", out_uri, kind,
-             outcome.manifest["counts"]["vocab_size"], outcome.manifest["stats"]["chars_per_token"] or 0.0)
+    log.info(
+        "%s: %s tokenizer, vocab %d, %.3f chars/token on validation",
+        out_uri,
+        kind,
+        outcome.manifest["counts"]["vocab_size"],
+        outcome.manifest["stats"]["chars_per_token"] or 0.0,
+    )
     return out_uri, False
 
 
-def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manifest: dict, where: str,
-           started: float) -> dict:
+def _build(
+    corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manifest: dict, where: str, started: float
+) -> dict:
     """Train and write the tokenizer's files into ``out_uri``; its manifest (run_stage writes it)."""
     train_dir = storage.join(corpus_uri, "train")
     if not list_parts(train_dir):
@@ -206,8 +258,12 @@ def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manife
     timings["training_s"] = sum(timings.values())
     t0 = time.monotonic()
     with progress(_split_documents(corpus_manifest, "validation"), "tokenizer: validation", "docs") as bar:
-        validation = evaluate(tok, storage.join(corpus_uri, "validation"), num_threads=config.get("num_threads", 1),
-                              on_document=bar.advance)
+        validation = evaluate(
+            tok,
+            storage.join(corpus_uri, "validation"),
+            num_threads=config.get("num_threads", 1),
+            on_document=bar.advance,
+        )
     timings["validation_s"] = time.monotonic() - t0
     tok.stats = {
         "chars_per_token": validation["chars_per_token"],
@@ -217,15 +273,20 @@ def _build(corpus_uri: str, kind: str, out_uri: str, config: dict, corpus_manife
         from gpt2ja.tokenization.mecab import Segmenter
 
         tok.stats["segmenter"] = Segmenter.info()
-    tok.counts = {**counts, "validation_documents": validation["documents"],
-                  "validation_characters": validation["characters"], "validation_tokens": validation["tokens"]}
+    tok.counts = {
+        **counts,
+        "validation_documents": validation["documents"],
+        "validation_characters": validation["characters"],
+        "validation_tokens": validation["tokens"],
+    }
     timings["total_s"] = time.monotonic() - started
     tok.timings = {k: round(v, 3) for k, v in timings.items()}
     return tok.write_files(out_uri)
 
 
-def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, corpus_manifest: dict,
-                         where: str) -> tuple[bytes, dict, dict]:
+def _train_sentencepiece(
+    train_dir: str, config: dict, corpus_uri: str, corpus_manifest: dict, where: str
+) -> tuple[bytes, dict, dict]:
     """Sample, (segment,) check the vocab size, train: the model bytes, counts and timings."""
     from gpt2ja.tokenization.spm import train_model
 
@@ -247,8 +308,10 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, corpus_m
         chars: Counter = Counter()  # for the vocab-size check, as sentencepiece counts them
         sample_path = os.path.join(tmp, "sentences.txt")
         step = "segment (MeCab) and write" if segmenter else "write"
-        with open(sample_path, "w", encoding="utf-8") as f, \
-                progress(len(sample), f"tokenizer: {step} the sample", "sentences") as bar:
+        with (
+            open(sample_path, "w", encoding="utf-8") as f,
+            progress(len(sample), f"tokenizer: {step} the sample", "sentences") as bar,
+        ):
             for sentence in sample:
                 chars.update(sentence)
                 f.write((segmenter.segment(sentence) if segmenter else sentence) + "\n")
@@ -263,13 +326,19 @@ def _train_sentencepiece(train_dir: str, config: dict, corpus_uri: str, corpus_m
         t0 = time.monotonic()
         # sentencepiece trains in one C++ call that reports nothing: a spinner and the elapsed time
         with progress(None, f"tokenizer: sentencepiece {config['model_type']} training", "steps") as bar:
-            bar.update(info=f"{counts['sampled_sentences']:,} sentences, vocab "
-                            f"{config['vocab_size']:,} (one C++ call: no progress of its own)")
+            bar.update(
+                info=f"{counts['sampled_sentences']:,} sentences, vocab "
+                f"{config['vocab_size']:,} (one C++ call: no progress of its own)"
+            )
             model = train_model(
-                sample_path, where=f"{where} (corpus {corpus_uri})",
-                vocab_size=config["vocab_size"], model_type=config["model_type"],
-                character_coverage=config["character_coverage"], num_threads=config["num_threads"],
-                max_sentence_length=8 * config["max_sentence_chars"], pretokenization_delimiter=delimiter,
+                sample_path,
+                where=f"{where} (corpus {corpus_uri})",
+                vocab_size=config["vocab_size"],
+                model_type=config["model_type"],
+                character_coverage=config["character_coverage"],
+                num_threads=config["num_threads"],
+                max_sentence_length=8 * config["max_sentence_chars"],
+                pretokenization_delimiter=delimiter,
             )
         timings["sentencepiece_s"] = time.monotonic() - t0
     return model, counts, timings
@@ -293,8 +362,10 @@ def _corpus_manifest(corpus_uri: str) -> dict:
 
 
 def _empty(corpus_uri: str, what: str) -> TokenizerError:
-    return TokenizerError(f"corpus {corpus_uri} {what}: nothing to train a tokenizer on; "
-                          "rebuild it with `gpt2ja clean` or pass a corpus with documents")
+    return TokenizerError(
+        f"corpus {corpus_uri} {what}: nothing to train a tokenizer on; "
+        "rebuild it with `gpt2ja clean` or pass a corpus with documents"
+    )
 
 
 def _sample(docs: Iterable, config: dict) -> tuple[list[str], dict[str, int]]:
@@ -306,8 +377,12 @@ def _sample(docs: Iterable, config: dict) -> tuple[list[str], dict[str, int]]:
         for sentence in training_sentences(doc.text, config["max_sentence_chars"]):
             reservoir.add(sentence)
     sample = reservoir.sample()
-    return sample, {"train_documents": documents, "train_characters": characters,
-                    "train_sentences": reservoir.seen, "sampled_sentences": len(sample)}
+    return sample, {
+        "train_documents": documents,
+        "train_characters": characters,
+        "train_sentences": reservoir.seen,
+        "sampled_sentences": len(sample),
+    }
 
 
 def _check_vocab(config: dict, chars: Counter, corpus_uri: str, where: str) -> None:
@@ -320,14 +395,16 @@ def _check_vocab(config: dict, chars: Counter, corpus_uri: str, where: str) -> N
             f"{where}: vocab size {config['vocab_size']} is too small for corpus {corpus_uri}: byte fallback needs "
             f"{N_META_PIECES} fixed pieces plus the {needed} characters that cover "
             f"{config['character_coverage']:.2%} of its text, at least {minimum}; "
-            f"pass --vocab-size {minimum} or more")
+            f"pass --vocab-size {minimum} or more"
+        )
 
 
 # ----------------------------------------------------------------- evaluation
 
 
-def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1,
-             on_document: Callable[[], Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    tok: Tokenizer, split_uri: str, num_threads: int = 1, on_document: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     """Characters (and UTF-8 bytes) per token over every document of ``split_uri``.
 
     ``byte_fallback_tokens`` counts byte pieces (text the vocabulary does not
@@ -360,7 +437,11 @@ def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1,
     if not documents:
         log.warning("%s has no documents: characters per token not measured", split_uri)
     return {
-        "split": split_uri, "documents": documents, "characters": characters, "bytes": nbytes, "tokens": tokens,
+        "split": split_uri,
+        "documents": documents,
+        "characters": characters,
+        "bytes": nbytes,
+        "tokens": tokens,
         "chars_per_token": round(characters / tokens, 4) if tokens else None,
         "bytes_per_token": round(nbytes / tokens, 4) if tokens else None,
         "byte_fallback_tokens": fallback if byte_ids is not None else None,
@@ -370,13 +451,27 @@ def evaluate(tok: Tokenizer, split_uri: str, num_threads: int = 1,
 # ----------------------------------------------------------------- CLI
 
 
-def cli_train(corpus: str, kind: str, vocab_size: int, out: str, model_type: str = "unigram",
-              sample_sentences: int = DEFAULT_SAMPLE_SENTENCES) -> None:
+def cli_train(
+    corpus: str,
+    kind: str,
+    vocab_size: int,
+    out: str,
+    model_type: str = "unigram",
+    sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
+) -> None:
     """``gpt2ja tokenizer train``: train (or find up to date) and print a one-paragraph summary."""
-    uri, skipped = _train(corpus, kind, vocab_size, out, model_type=model_type,
-                          sample_sentences=sample_sentences, seed=DEFAULT_SEED,
-                          character_coverage=DEFAULT_CHARACTER_COVERAGE, max_sentence_chars=DEFAULT_MAX_SENTENCE_CHARS,
-                          num_threads=DEFAULT_NUM_THREADS)
+    uri, skipped = _train(
+        corpus,
+        kind,
+        vocab_size,
+        out,
+        model_type=model_type,
+        sample_sentences=sample_sentences,
+        seed=DEFAULT_SEED,
+        character_coverage=DEFAULT_CHARACTER_COVERAGE,
+        max_sentence_chars=DEFAULT_MAX_SENTENCE_CHARS,
+        num_threads=DEFAULT_NUM_THREADS,
+    )
     print(summary(Tokenizer.load(uri), uri, skipped=skipped))
 
 
@@ -386,17 +481,21 @@ def summary(tok: Tokenizer, uri: str, *, skipped: bool = False) -> str:
     val = stats.get("validation") or {}
     kind = tok.kind + (f" ({cfg['model_type']})" if cfg.get("model_type") else "")
     cpt = stats.get("chars_per_token")
-    text = (f"{kind} tokenizer at {uri}: vocab size {tok.vocab_size:,}, eos_id {tok.eos_id}; "
-            + (f"{cpt:.3f} characters per token on the validation split "
-               f"({val.get('documents', 0):,} documents, {val.get('characters', 0):,} characters)"
-               if cpt else "characters per token not measured (the validation split is empty)"))
+    text = f"{kind} tokenizer at {uri}: vocab size {tok.vocab_size:,}, eos_id {tok.eos_id}; " + (
+        f"{cpt:.3f} characters per token on the validation split "
+        f"({val.get('documents', 0):,} documents, {val.get('characters', 0):,} characters)"
+        if cpt
+        else "characters per token not measured (the validation split is empty)"
+    )
     if val.get("byte_fallback_tokens") is not None and val.get("tokens"):
         text += f", {val['byte_fallback_tokens'] / val['tokens']:.3%} of tokens byte fallback"
     seconds = ((storage.read_manifest(uri) or {}).get("timings") or {}).get("training_s", 0.0)  # not in the files:
     text += f"; trained in {seconds:.1f} s"  # a timing in tokenizer.json would make every build's bytes differ
     if counts.get("sampled_sentences") is not None:
-        text += (f" on {counts['sampled_sentences']:,} of {counts.get('train_sentences', 0):,} training sentences "
-                 f"(seed {cfg.get('seed')})")
+        text += (
+            f" on {counts['sampled_sentences']:,} of {counts.get('train_sentences', 0):,} training sentences "
+            f"(seed {cfg.get('seed')})"
+        )
     text += "."
     if skipped:
         text += " Already up to date (manifest fingerprint matches): nothing was retrained."

@@ -54,7 +54,13 @@ _SKIPPED_TAGS = frozenset({"rt", "rp", "script", "style"})
 # What a damaged or unusual zip raises inside zipfile (truncated data, bad CRC,
 # unsupported compression, encryption, …).
 _ZIP_ERRORS = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError, OSError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
 )
 _SUFFIXES = {".txt": "txt", ".zip": "zip", ".html": "xhtml", ".xhtml": "xhtml", ".htm": "xhtml"}
 
@@ -190,14 +196,14 @@ def from_xhtml(data: bytes, where: str) -> AozoraText:
     main = _first_by_class(root, "div", "main_text")
     if main is None:
         raise ExtractError(
-            f"{where}: no <div class=\"main_text\">; this is not an Aozora XHTML edition "
+            f'{where}: no <div class="main_text">; this is not an Aozora XHTML edition '
             "(use the card's text zip instead)"
         )
     counts: dict[str, int] = {}
     body = tidy_lines(_render_children(main, counts))
     if not body:
         raise ExtractError(
-            f"{where}: <div class=\"main_text\"> is empty; check that the file is a complete Aozora XHTML edition"
+            f'{where}: <div class="main_text"> is empty; check that the file is a complete Aozora XHTML edition'
         )
     header = _xhtml_header(root)
     return AozoraText(

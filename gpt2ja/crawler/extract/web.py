@@ -35,9 +35,19 @@ HREF_RE = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 CANDIDATES = ("utf_8", "cp932", "euc_jp")
 # Labels that pages use for the encodings Python knows by other names. Pages
 # labelled Shift_JIS are in practice Windows-31J (cp932: ①, ～, NEC and IBM extensions).
-ALIASES = {"shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "x-sjis": "cp932", "ms_kanji": "cp932",
-           "windows-31j": "cp932", "csshiftjis": "cp932", "euc-jp": "euc_jp", "x-euc-jp": "euc_jp",
-           "eucjp": "euc_jp", "cseucpkdfmtjapanese": "euc_jp"}
+ALIASES = {
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "ms_kanji": "cp932",
+    "windows-31j": "cp932",
+    "csshiftjis": "cp932",
+    "euc-jp": "euc_jp",
+    "x-euc-jp": "euc_jp",
+    "eucjp": "euc_jp",
+    "cseucpkdfmtjapanese": "euc_jp",
+}
 
 
 class PageRejected(ExtractError):
@@ -54,7 +64,7 @@ class WebPage:
     title: str
     author: str
     encoding: str
-    encoding_source: str          # header, bom, meta, detected
+    encoding_source: str  # header, bom, meta, detected
     kana_ratio: float
     canonical_url: str | None
     meta: dict = field(default_factory=dict)
@@ -101,13 +111,17 @@ def decode_html(body: bytes, content_type: str | None, where: str) -> tuple[str,
         except UnicodeDecodeError:
             continue
     if not decodable:
-        raise PageRejected("bad_encoding", f"{where}: not decodable as UTF-8, cp932 or EUC-JP"
-                           + (f" (declared {declared} does not fit either)" if declared else "")
-                           + "; the page is dropped")
+        raise PageRejected(
+            "bad_encoding",
+            f"{where}: not decodable as UTF-8, cp932 or EUC-JP"
+            + (f" (declared {declared} does not fit either)" if declared else "")
+            + "; the page is dropped",
+        )
     if len(decodable) == 1 or "utf_8" in decodable:
         enc = "utf_8" if "utf_8" in decodable else decodable[0]
     else:
         from charset_normalizer import from_bytes
+
         best = from_bytes(body, cp_isolation=decodable).best()
         enc = best.encoding if best is not None else decodable[0]
     label = "detected" if not declared else f"detected (declared {declared} failed)"
@@ -141,7 +155,10 @@ _RUBY_TAG_RE = re.compile(r"</?(?:ruby|rb|rtc)\b[^>]*>", re.I)
 
 
 def without_ruby(html: str) -> str:
-    """``html`` with ruby readings removed and the base text inline: ``<ruby><rb>下人</rb><rt>げにん</rt></ruby>`` → ``下人``."""
+    """``html`` with ruby readings removed and the base text inline.
+
+    ``<ruby><rb>下人</rb><rt>げにん</rt></ruby>`` → ``下人``.
+    """
     if "<ruby" not in html and "<RUBY" not in html:
         return html
     return _RUBY_TAG_RE.sub("", _RUBY_READING_RE.sub("", html))
@@ -156,8 +173,15 @@ def main_text(html: str, url: str) -> dict:
     if not html.strip():
         raise PageRejected("empty_page", f"{url}: empty page")
     html = without_ruby(html)
-    result = trafilatura.extract(html, url=url, output_format="json", with_metadata=True,
-                                 include_comments=False, include_tables=False, favor_precision=True)
+    result = trafilatura.extract(
+        html,
+        url=url,
+        output_format="json",
+        with_metadata=True,
+        include_comments=False,
+        include_tables=False,
+        favor_precision=True,
+    )
     data = json.loads(result) if result else {}
     if not (data.get("text") or "").strip():
         raise PageRejected("no_main_content", f"{url}: no main content found (navigation or boilerplate only)")
@@ -178,7 +202,13 @@ def extract_page(body: bytes, content_type: str | None, url: str) -> WebPage:
 def page_from_html(html: str, url: str, encoding: str, source: str) -> WebPage:
     data = main_text(html, url)
     text = data["text"].strip()
-    return WebPage(text=text, title=data.get("title") or "", author=data.get("author") or "",
-                   encoding=encoding, encoding_source=source, kana_ratio=round(kana_ratio(text), 4),
-                   canonical_url=canonical_link(html),
-                   meta={k: data[k] for k in ("date", "hostname", "license") if data.get(k)})
+    return WebPage(
+        text=text,
+        title=data.get("title") or "",
+        author=data.get("author") or "",
+        encoding=encoding,
+        encoding_source=source,
+        kana_ratio=round(kana_ratio(text), 4),
+        canonical_url=canonical_link(html),
+        meta={k: data[k] for k in ("date", "hostname", "license") if data.get(k)},
+    )

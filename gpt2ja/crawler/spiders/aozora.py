@@ -52,8 +52,9 @@ def parse_card(response) -> dict:
     zip_url = next((u for u in links if ZIP_RE.search(u)), None)
     xhtml_url = next((u for u in links if XHTML_RE.search(u)), None)
     cc = response.xpath("//a[contains(@href, 'creativecommons.org/licenses/')]/@href").get()
-    author = (response.xpath("//td[@class='header'][normalize-space(.)='著者名：']/following-sibling::td[1]//a/text()").get()
-              or _header_value(response, "作家名："))
+    author = response.xpath(
+        "//td[@class='header'][normalize-space(.)='著者名：']/following-sibling::td[1]//a/text()"
+    ).get() or _header_value(response, "作家名：")
     return {
         "card_url": response.url,
         "person_id": m.group("person") if m else "",
@@ -81,8 +82,9 @@ class AozoraSpider(scrapy.Spider):
 
     def __init__(self, start_urls: str | list[str] = "", editions: str | list[str] = "txt,xhtml", **kwargs):
         super().__init__(**kwargs)
-        self.start_urls = [u.strip() for u in (start_urls.split(",") if isinstance(start_urls, str) else start_urls)
-                           if u.strip()]
+        self.start_urls = [
+            u.strip() for u in (start_urls.split(",") if isinstance(start_urls, str) else start_urls) if u.strip()
+        ]
         wanted = editions.split(",") if isinstance(editions, str) else list(editions)
         self.editions = [e.strip() for e in wanted if e.strip()]
         bad = [e for e in self.editions if e not in EDITIONS]
@@ -118,13 +120,19 @@ class AozoraSpider(scrapy.Spider):
 
     def _edition_request(self, card: dict, plan: list, results: dict) -> scrapy.Request:
         (edition, url), rest = plan[0], plan[1:]
-        return scrapy.Request(url, callback=self.parse_edition, errback=self.on_edition_error,
-                              cb_kwargs={"card": card, "edition": edition, "rest": rest, "results": results})
+        return scrapy.Request(
+            url,
+            callback=self.parse_edition,
+            errback=self.on_edition_error,
+            cb_kwargs={"card": card, "edition": edition, "rest": rest, "results": results},
+        )
 
     def parse_edition(self, response, card, edition, rest, results):
         where = response.url
         try:
-            got = extract.from_zip(response.body, where) if edition == "txt" else extract.from_xhtml(response.body, where)
+            got = (
+                extract.from_zip(response.body, where) if edition == "txt" else extract.from_xhtml(response.body, where)
+            )
         except ExtractError as exc:
             reason = "bad_zip" if edition == "txt" and "zip" in str(exc).lower() else "undecodable"
             accounting.drop(self.crawler, reason, where, str(exc))
@@ -168,6 +176,12 @@ class AozoraSpider(scrapy.Spider):
             meta["editions_agree"] = results["txt"]["text"] == results["xhtml"]["text"]
             if not meta["editions_agree"]:
                 self.logger.warning("txt and XHTML editions differ: %s", card["card_url"])
-        yield Document.new(source="aozora", url=card["card_url"], text=text["text"],
-                           title=card["title"] or text["title"], author=card["author"] or text["author"],
-                           license=card["license"], meta=meta)
+        yield Document.new(
+            source="aozora",
+            url=card["card_url"],
+            text=text["text"],
+            title=card["title"] or text["title"],
+            author=card["author"] or text["author"],
+            license=card["license"],
+            meta=meta,
+        )

@@ -25,8 +25,30 @@ from gpt2ja.corpus.document import Document, canonical_url
 from gpt2ja.crawler import accounting
 from gpt2ja.crawler.extract.web import PageRejected, decode_html, page_from_html
 
-NON_HTML_EXTENSIONS = ["zip", "gz", "pdf", "jpg", "jpeg", "png", "gif", "webp", "svg", "mp3", "mp4", "css", "js",
-                       "ico", "woff", "woff2", "ttf", "xml", "json", "exe", "dmg", "iso"]
+NON_HTML_EXTENSIONS = [
+    "zip",
+    "gz",
+    "pdf",
+    "jpg",
+    "jpeg",
+    "png",
+    "gif",
+    "webp",
+    "svg",
+    "mp3",
+    "mp4",
+    "css",
+    "js",
+    "ico",
+    "woff",
+    "woff2",
+    "ttf",
+    "xml",
+    "json",
+    "exe",
+    "dmg",
+    "iso",
+]
 
 
 class WebSpider(scrapy.Spider):
@@ -107,12 +129,22 @@ class WebSpider(scrapy.Spider):
             candidate = urljoin(response.url, page.canonical_url)
             if self._same_site(candidate):
                 url = candidate
-        yield Document.new(source="web", url=canonical_url(url), text=page.text, title=page.title,
-                           author=page.author, license=page.meta.get("license", ""),
-                           meta={"fetched_url": response.url, "encoding": page.encoding,
-                                 "encoding_source": page.encoding_source, "kana_ratio": page.kana_ratio,
-                                 "depth": response.meta.get("depth", 0),
-                                 **{k: v for k, v in page.meta.items() if k != "license"}})
+        yield Document.new(
+            source="web",
+            url=canonical_url(url),
+            text=page.text,
+            title=page.title,
+            author=page.author,
+            license=page.meta.get("license", ""),
+            meta={
+                "fetched_url": response.url,
+                "encoding": page.encoding,
+                "encoding_source": page.encoding_source,
+                "kana_ratio": page.kana_ratio,
+                "depth": response.meta.get("depth", 0),
+                **{k: v for k, v in page.meta.items() if k != "license"},
+            },
+        )
 
     def _same_site(self, url: str) -> bool:
         host = urlsplit(url).hostname or ""
