@@ -1,6 +1,6 @@
 """Token shards: a clean corpus + a tokenizer → fixed-length examples in GZIP TFRecord files.
 
-    {root}/clean/{corpus}/  +  {root}/tokenizers/{name}/  ──write_shards──►  {root}/shards/{name}/
+    {root}/clean/{corpus}/  +  {root}/tokenizers/{name}/  ──write_shards──►  {root}/datasets/{corpus}/{dataset}/
         train-00000-of-00064.tfrecord ... train-00063-of-00064.tfrecord
         validation-00000-of-00004.tfrecord ...
         _work/train-00000.json ...      one completion record per finished shard
