@@ -83,10 +83,10 @@ def synthetic(paras: list[str], n: int, seed: int = 0) -> tuple[list[tuple[str, 
 
 
 def _sign(args: tuple) -> int:
-    """Phase 1's dedup records of one part, as gpt2ja.corpus.clean.process_part writes them."""
+    """Phase 1's dedup records of one part, as gpt2ja.corpus.clean_parts.process_part writes them."""
     import numpy as np
 
-    from gpt2ja.corpus.clean import record_key
+    from gpt2ja.corpus.clean_parts import record_key
     from gpt2ja.corpus.dedup import DedupConfig, exact_key, signature
     from gpt2ja.infra import storage
 
@@ -134,7 +134,7 @@ RUN_ENGINE = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {repo!r} + "/benchmarks"]
-from gpt2ja.corpus.clean import find_duplicates
+from gpt2ja.corpus.clean_parts import find_duplicates
 from gpt2ja.infra.parallel import pool_map
 from gpt2ja.corpus.dedup import DedupConfig
 from dedup_bench import Measured, peak_mb
@@ -220,7 +220,7 @@ def bench_synthetic(
 
 def bench_real(bulk: Path, works: int | None, workers: int) -> None:
     """Phase 1 of the clean stage on aozora-bulk, then both engines on the same dedup records."""
-    from gpt2ja.corpus.clean import CleanConfig, find_duplicates, process_part
+    from gpt2ja.corpus.clean_parts import CleanConfig, find_duplicates, process_part
     from gpt2ja.corpus.jsonl import list_parts
     from gpt2ja.crawler.files import crawl_files
     from gpt2ja.infra.parallel import pool_map

@@ -256,14 +256,14 @@ def test_interrupted_clean_resumes_per_shard(tmp_path):
     raw = raw_crawl(tmp_path, "r", [[doc("羅生門")], [doc("鼻")], [doc("ごん狐")]])
     cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)
     # simulate a first run that finished phase 1 for part 0 only
-    from gpt2ja.corpus.clean import _work_dir, process_part
+    from gpt2ja.corpus.clean_parts import process_part, work_dir
 
     fp_files = json.dumps([[f["sha256"] for f in storage.read_manifest(raw)["files"]]])
     import hashlib
 
     content = hashlib.sha256(fp_files.encode()).hexdigest()
     fp = storage.fingerprint({**cfg.fingerprint_config(), "inputs_content": content}, [storage.read_manifest(raw)])
-    work = _work_dir(cfg, fp)
+    work = work_dir(cfg, fp)
     process_part((0, list_parts(raw)[0], cfg.model_dump_json(), work))
     # Mark part 0's completion record: if the rerun reuses it, the mark shows in the totals.
     record = Path(work, "done00000.json")

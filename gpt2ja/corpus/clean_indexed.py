@@ -48,7 +48,7 @@ import os
 import sys
 import time
 
-from gpt2ja.corpus.clean import STEPS, CleanConfig, CleanError, filter_parts, summarize, task_runner, write_parts
+from gpt2ja.corpus.clean_parts import STEPS, CleanConfig, CleanError, filter_parts, summarize, task_runner, write_parts
 from gpt2ja.corpus.dedup_index import Chain, overlap, publish_version, read_chain, resolve, same_uri
 from gpt2ja.corpus.jsonl import PART_RE, list_parts
 from gpt2ja.corpus.lsh_index import find_duplicates_sharded, no_prior

@@ -119,7 +119,7 @@ __all__ = [
 ]
 
 #: ``run(fn, items, names, desc)`` → ``[fn(item) for item in items]``, run wherever the clean stage
-#: runs its parts (:data:`gpt2ja.corpus.clean.MapParts` with a progress bar).
+#: runs its parts (:data:`gpt2ja.infra.parallel.MapParts` with a progress bar).
 RunTasks = Callable[[Callable[[Any], Any], list, list[str], str], list]
 
 
@@ -427,7 +427,7 @@ def find_duplicates_sharded(
 ) -> tuple[dict, list[dict], dict]:
     """Steps 1–4 over the dedup records of ``parts`` in ``work`` (``documents`` records in all);
     the same kind of result as
-    :func:`gpt2ja.corpus.clean.find_duplicates` (``{dropped key: (reason, kept key)}``, clusters, stats).
+    :func:`gpt2ja.corpus.clean_parts.find_duplicates` (``{dropped key: (reason, kept key)}``, clusters, stats).
 
     ``prior``: the index this run dedups against (:meth:`gpt2ja.corpus.dedup_index.Chain.prior`, or
     :func:`no_prior` for the first version of an index): then the bucket files stay complete
