@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gpt2ja.tokenization.tokenizer import EOS, Tokenizer, TokenizerError
+from gpt2ja.tokenization.base import EOS, Tokenizer, TokenizerError
 
 
 class ByteTokenizer(Tokenizer):

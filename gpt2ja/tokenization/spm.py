@@ -40,7 +40,7 @@ from typing import Any
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-from gpt2ja.tokenization.tokenizer import EOS, Tokenizer, TokenizerError
+from gpt2ja.tokenization.base import EOS, Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 
