@@ -199,6 +199,26 @@ def recommend(agg: list[dict], contexts: Sequence[int]) -> list[tuple[dict, floa
     return [(next(e for e in methods if e["method"] == name), means[name]) for name in best]
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per (context, method): the mean over seeds of every metric and ``{metric}_spread`` (max − min)."""
+    fixed = ("context", "method", "family", "seed", "top_k", "top_p", "temperature")
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
+    out, seen = [], []
+    for r in rows:
+        if (r["context"], r["method"]) not in seen:
+            seen.append((r["context"], r["method"]))
+    for L, name in seen:
+        group = [r for r in rows if r["context"] == L and r["method"] == name]
+        entry = {k: group[0].get(k) for k in ("context", "method", "family", "top_k", "top_p", "temperature")}
+        entry["seeds"] = len(group)
+        for k in keys:
+            values = [r[k] for r in group if r.get(k) is not None]
+            entry[k] = statistics.fmean(values) if values else None
+            entry[f"{k}_spread"] = (max(values) - min(values)) if len(values) > 1 else None
+        out.append(entry)
+    return out
+
+
 def read_aggregate(uri: str) -> list[dict]:
     """The aggregated rows back from a report's ``sampling.csv`` (numbers as numbers, empty cells as None)."""
     import csv
@@ -362,8 +382,6 @@ def write_report(
 ) -> dict[str, str]:
     """``{out}/{name}.md``, ``{name}.csv``, ``{name}-seeds.csv`` and one PNG per metric; returns their URIs."""
     import yaml
-
-    from gpt2ja.studies.sampling import aggregate
 
     agg = aggregate(rows)
     out = {
