@@ -30,24 +30,21 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from gpt2ja.flows import artifacts
 from gpt2ja.flows.config import CrawlEntry, FilesCrawl, PipelineConfig, SpiderCrawl, WarcCrawl
 from gpt2ja.flows.stages import (
     StageError,
-    _crawl_artifact,
-    _created,
-    _key,
-    _not_stage_error,
-    _outcome,
     clean_flow,
     crawl_archives,
     crawl_directory,
+    crawl_source,
     crawl_spider,
+    finished_crawls,
+    manifest_stamp,
+    not_stage_error,
+    outcome,
 )
 from gpt2ja.infra import storage
-
-
-def _source(entry: CrawlEntry) -> str:
-    return "files" if isinstance(entry, FilesCrawl) else entry.source
 
 
 @task(cache_policy=NO_CACHE, task_run_name="plan-{entry.source}-{entry.crawl_id}")
@@ -56,12 +53,12 @@ def plan_crawl(entry: CrawlEntry, root: str, refresh_id: str) -> dict:
     from gpt2ja.crawler.refresh import plan_refresh
 
     try:
-        plan = plan_refresh(root, _source(entry), entry.crawl_id, refresh_id)
+        plan = plan_refresh(root, crawl_source(entry), entry.crawl_id, refresh_id)
     except ValueError as err:
         raise StageError(f"corpus-refresh: {err}") from None
     get_run_logger().info(
         "%s/%s: %s",
-        _source(entry),
+        crawl_source(entry),
         entry.crawl_id,
         "no base crawl yet: crawling it"
         if plan.base
@@ -76,7 +73,7 @@ def plan_crawl(entry: CrawlEntry, root: str, refresh_id: str) -> dict:
 @task(
     retries=2,
     retry_delay_seconds=[10, 30],
-    retry_condition_fn=_not_stage_error,
+    retry_condition_fn=not_stage_error,
     cache_policy=NO_CACHE,
     task_run_name="crawl-{entry.source}-{crawl_id}",
 )
@@ -94,9 +91,9 @@ def crawl_increment(entry: SpiderCrawl, root: str, crawl_id: str, known: list[st
     entry = entry.model_copy(update={"crawl_id": crawl_id})
     if entry.serve_mirror is None:
         cfg = _with_known(entry.crawl_config(root), known)
-        before = _created(cfg.out_uri)
+        before = manifest_stamp(cfg.out_uri)
         crawl_in_subprocess(cfg, show_progress=entry.progress_interval > 0)
-        result = _outcome("crawl", cfg.out_uri, before)
+        result = outcome("crawl", cfg.out_uri, before)
     else:
         from gpt2ja.crawler.mirror import MirrorServer
 
@@ -115,10 +112,10 @@ def crawl_increment(entry: SpiderCrawl, root: str, crawl_id: str, known: list[st
             if port is None:  # a new address: an interrupted session of this crawl cannot be resumed
                 storage.delete(cfg.out_uri)
                 storage.delete(cfg.state_path)
-            before = _created(cfg.out_uri)
+            before = manifest_stamp(cfg.out_uri)
             crawl_in_subprocess(cfg, show_progress=entry.progress_interval > 0)
-        result = _outcome("crawl", cfg.out_uri, before)
-    _crawl_artifact(entry.source, crawl_id, result["uri"])
+        result = outcome("crawl", cfg.out_uri, before)
+    artifacts.crawl(entry.source, crawl_id, result["uri"])
     return result
 
 
@@ -130,7 +127,7 @@ def _with_known(cfg, known: list[str]):
 
 def _run_crawl(entry: CrawlEntry, root: str, plan: dict) -> dict:
     if plan["done"]:
-        return {"uri": storage.join(root, "raw", _source(entry), plan["crawl_id"]), "skipped": True}
+        return {"uri": storage.join(root, "raw", crawl_source(entry), plan["crawl_id"]), "skipped": True}
     # files and archives are read again whole (what changed in them shows in clean); spiders skip what they know
     local = {FilesCrawl: crawl_directory, WarcCrawl: crawl_archives}.get(type(entry))
     if plan["base"]:  # exactly the pipeline's crawl
@@ -138,13 +135,6 @@ def _run_crawl(entry: CrawlEntry, root: str, plan: dict) -> dict:
     if local is not None:
         return local(entry.model_copy(update={"crawl_id": plan["crawl_id"]}), root)
     return crawl_increment(entry, root, plan["crawl_id"], plan["known"])
-
-
-def clean_inputs(config: PipelineConfig) -> list[str]:
-    """Every finished crawl with documents of every configured crawl: what the corpus is cleaned from."""
-    from gpt2ja.crawler.refresh import corpus_inputs
-
-    return corpus_inputs(config.root, [(_source(e), e.crawl_id) for e in config.crawl])
 
 
 def _documents(uri: str) -> int:
@@ -179,7 +169,7 @@ def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dic
             "clean reads every crawl again; with clean.dedup {engine: sharded, index: auto} "
             "it reads only this refresh's"
         )
-    clean = clean_flow(clean_inputs(config), config.clean_uri, config.clean)
+    clean = clean_flow(finished_crawls(config), config.clean_uri, config.clean)
     after = _documents(config.clean_uri)
     index = _dedup_index(config.clean_uri) if config.clean.dedup.index is not None else None
     rows = [
@@ -203,7 +193,7 @@ def corpus_refresh(config: PipelineConfig, refresh_id: str | None = None) -> dic
         ),
     ]
     create_table_artifact(
-        key=_key("corpus-refresh", config.corpus),
+        key=artifacts.key("corpus-refresh", config.corpus),
         table=rows,
         description=f"corpus refresh {refresh_id}: {config.clean_uri}",
     )

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from gpt2ja.flows import artifacts
 from gpt2ja.flows.config import TrainSection
-from gpt2ja.flows.stages import _call
+from gpt2ja.flows.stages import call_stage
 from gpt2ja.infra.vertex import GpuJob
 
 STAGE = "train-vertex"
@@ -59,8 +59,8 @@ def render_task(
     """The CreateCustomJob request as the REST JSON (what is sent), published as a Markdown artifact."""
     from gpt2ja.infra import vertex
 
-    args = _call(STAGE, vertex.train_args, settings, shards_uri, run_uri, job)
-    text = vertex.request_json(_call(STAGE, vertex.custom_job_request, job, args))
+    args = call_stage(STAGE, vertex.train_args, settings, shards_uri, run_uri, job)
+    text = vertex.request_json(call_stage(STAGE, vertex.custom_job_request, job, args))
     pools = "one worker pool" if job.replicas == 1 else f"the chief's pool + {job.replicas - 1} worker(s)"
     verdict = (
         "dry run: rendered only, nothing created" if dry_run else "created with JobServiceClient.create_custom_job"
@@ -182,9 +182,9 @@ def vertex_job_task(request_json: str, region: str, run_uri: str, steps: int, po
     from gpt2ja.infra import vertex, vertex_watch
 
     request = v1.CreateCustomJobRequest.from_json(request_json)
-    client = _call(STAGE, vertex.job_client, region)
+    client = call_stage(STAGE, vertex.job_client, region)
     view = _JobView(run_uri, steps)
-    job = _call(
+    job = call_stage(
         STAGE,
         vertex_watch.run,
         client,
@@ -218,7 +218,7 @@ def check_run_task(
             cfg.stop_at,
         )
         return {"uri": run_uri, "job": name, "complete": False}
-    manifest = _call(STAGE, vertex_watch.check_run, run_uri, cfg, name)
+    manifest = call_stage(STAGE, vertex_watch.check_run, run_uri, cfg, name)
     get_run_logger().info(
         "run %s: complete, %s steps (manifest checked)", run_uri, (manifest.get("counts") or {}).get("steps")
     )
@@ -230,7 +230,7 @@ def check_run_task(
 def require_shards_task(shards_uri: str) -> None:
     from gpt2ja.infra.stage import require
 
-    _call(
+    call_stage(
         STAGE,
         require,
         shards_uri,
