@@ -30,7 +30,6 @@ from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gpt2ja.flows import artifacts
-from gpt2ja.flows.artifacts import key as _key  # noqa: F401 - gpt2ja.flows.refresh imports these names from here
 from gpt2ja.flows.config import (
     CleanSection,
     CrawlEntry,
@@ -69,14 +68,15 @@ for _name in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_name).addFilter(_ONE_LINE)
 
 
-def _created(uri: str) -> tuple | None:
+def manifest_stamp(uri: str) -> tuple | None:
+    """What identifies the manifest at ``uri`` (fingerprint, created_at, build_id), or None: a rebuild changes it."""
     m = storage.read_manifest(uri)
     return None if m is None else (m.get("fingerprint"), m.get("created_at"), m.get("build_id"))
 
 
-def _outcome(stage: str, uri: str, before: tuple | None) -> dict:
+def outcome(stage: str, uri: str, before: tuple | None) -> dict:
     """``{"uri", "skipped"}``: the stage skipped when its manifest is the one it found."""
-    after = _created(uri)
+    after = manifest_stamp(uri)
     if after is None:
         raise StageError(f"{stage}: {uri} has no manifest after the stage ran; the stage did not finish")
     skipped = before == after
@@ -84,7 +84,7 @@ def _outcome(stage: str, uri: str, before: tuple | None) -> dict:
     return {"uri": uri, "skipped": skipped}
 
 
-def _call(stage: str, fn, *args, **kwargs):
+def call_stage(stage: str, fn, *args, **kwargs):
     """Run a stage function; its one-line errors (:class:`Gpt2jaError`) become a :class:`StageError` ``"{stage}: …"``.
 
     Not ``StorageError``: a storage failure may be transient, and the crawl retries it.
@@ -97,7 +97,7 @@ def _call(stage: str, fn, *args, **kwargs):
         raise StageError(f"{stage}: {err}") from None
 
 
-def _not_stage_error(task, task_run, state) -> bool:
+def not_stage_error(task, task_run, state) -> bool:
     """Retry network and storage failures, not a refused config or input."""
     try:
         state.result()
@@ -125,7 +125,7 @@ def _crawl_done(cfg) -> bool:
 @task(
     retries=2,
     retry_delay_seconds=[10, 30],
-    retry_condition_fn=_not_stage_error,
+    retry_condition_fn=not_stage_error,
     cache_policy=NO_CACHE,
     task_run_name="crawl-{entry.source}-{entry.crawl_id}",
 )
@@ -142,10 +142,10 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
     show = entry.progress_interval > 0
     if entry.serve_mirror is None:
         cfg = entry.crawl_config(root)
-        before = _created(cfg.out_uri)
+        before = manifest_stamp(cfg.out_uri)
         if not _crawl_done(cfg):
-            _call("crawl", crawl_in_subprocess, cfg, show_progress=show)
-        result = _outcome("crawl", cfg.out_uri, before)
+            call_stage("crawl", crawl_in_subprocess, cfg, show_progress=show)
+        result = outcome("crawl", cfg.out_uri, before)
     else:
         from gpt2ja.crawler.mirror import MirrorServer
 
@@ -153,7 +153,7 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
         port = _mirror_port(storage.read_manifest(out))
         done = port is not None and _crawl_done(entry.crawl_config(root, f"http://127.0.0.1:{port}/"))
         if done:  # nothing to fetch: no server, no crawl process
-            result = _outcome("crawl", out, _created(out))
+            result = outcome("crawl", out, manifest_stamp(out))
         else:
             try:
                 server = MirrorServer(entry.serve_mirror, port=port or 0)
@@ -162,11 +162,11 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
                 server, port = MirrorServer(entry.serve_mirror), None
             with server:
                 cfg = entry.crawl_config(root, server.url("/"))
-                before = _created(cfg.out_uri)
+                before = manifest_stamp(cfg.out_uri)
                 get_run_logger().info("serving %s at %s", entry.serve_mirror, server.url("/"))
                 # a new address: an earlier output or state cannot be reused (the crawl deletes them under its lock)
-                _call("crawl", crawl_in_subprocess, cfg, show_progress=show, fresh=port is None)
-            result = _outcome("crawl", cfg.out_uri, before)
+                call_stage("crawl", crawl_in_subprocess, cfg, show_progress=show, fresh=port is None)
+            result = outcome("crawl", cfg.out_uri, before)
     _crawl_artifact(entry.source, entry.crawl_id, result["uri"])
     return result
 
@@ -174,7 +174,7 @@ def crawl_spider(entry: SpiderCrawl, root: str) -> dict:
 @task(
     retries=2,
     retry_delay_seconds=[5, 20],
-    retry_condition_fn=_not_stage_error,
+    retry_condition_fn=not_stage_error,
     cache_policy=NO_CACHE,
     task_run_name="crawl-files-{entry.crawl_id}",
 )
@@ -183,9 +183,9 @@ def crawl_directory(entry: FilesCrawl, root: str) -> dict:
     from gpt2ja.crawler.files import crawl_files
 
     out = entry.out_uri(root)
-    before = _created(out)
-    _call("crawl", crawl_files, entry.directory, root, entry.crawl_id, entry.part_docs)
-    result = _outcome("crawl", out, before)
+    before = manifest_stamp(out)
+    call_stage("crawl", crawl_files, entry.directory, root, entry.crawl_id, entry.part_docs)
+    result = outcome("crawl", out, before)
     _crawl_artifact("files", entry.crawl_id, out)
     return result
 
@@ -193,7 +193,7 @@ def crawl_directory(entry: FilesCrawl, root: str) -> dict:
 @task(
     retries=2,
     retry_delay_seconds=[5, 20],
-    retry_condition_fn=_not_stage_error,
+    retry_condition_fn=not_stage_error,
     cache_policy=NO_CACHE,
     task_run_name="crawl-warc-{entry.crawl_id}",
 )
@@ -202,10 +202,10 @@ def crawl_archives(entry: WarcCrawl, root: str) -> dict:
     from gpt2ja.crawler.warc import crawl_warc
 
     cfg = entry.warc_config(root)
-    before = _created(cfg.out_uri)
+    before = manifest_stamp(cfg.out_uri)
     with _parts_on("crawl", entry.task_runner, cfg.workers) as map_parts:
-        _call("crawl", crawl_warc, cfg, map_parts=map_parts)
-    result = _outcome("crawl", cfg.out_uri, before)
+        call_stage("crawl", crawl_warc, cfg, map_parts=map_parts)
+    result = outcome("crawl", cfg.out_uri, before)
     _crawl_artifact("warc", entry.crawl_id, cfg.out_uri)
     return result
 
@@ -241,7 +241,7 @@ def part_task(stage: str, fn, item, name: str):
     (threads, processes, a Dask cluster); its result is small (counts, a
     completion record), the files it writes are the output.
     """
-    return _call(stage, fn, item)
+    return call_stage(stage, fn, item)
 
 
 @contextlib.contextmanager
@@ -265,13 +265,13 @@ def clean_task(inputs: list[str], out: str, settings: CleanSection) -> dict:  # 
     """``gpt2ja.corpus.clean.run_clean``; its per-part phases on ``settings.task_runner`` (one task per part)."""
     from gpt2ja.corpus.clean import run_clean
 
-    before = _created(out)
+    before = manifest_stamp(out)
     with (
         _parts_on("clean", settings.task_runner, settings.workers) as map_parts,
         artifacts.stage_progress("clean", out),
     ):
-        _call("clean", run_clean, settings.clean_config(inputs, out), map_parts=map_parts)
-    result = _outcome("clean", out, before)
+        call_stage("clean", run_clean, settings.clean_config(inputs, out), map_parts=map_parts)
+    result = outcome("clean", out, before)
     artifacts.clean(out)
     return result
 
@@ -289,8 +289,8 @@ def clean_flow(inputs: list[str], out: str, settings: CleanSection) -> dict:  # 
 def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dict:
     from gpt2ja.tokenization.train import train_tokenizer
 
-    before = _created(out)
-    _call(
+    before = manifest_stamp(out)
+    call_stage(
         "tokenizer",
         train_tokenizer,
         corpus_uri,
@@ -300,7 +300,7 @@ def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
         model_type=settings.model_type,
         sample_sentences=settings.sample_sentences,
     )
-    result = _outcome("tokenizer", out, before)
+    result = outcome("tokenizer", out, before)
     artifacts.tokenizer(out)
     return result
 
@@ -319,13 +319,15 @@ def shards_task(corpus_uri: str, tokenizer_uri: str, out: str, settings: ShardsS
     """``tokenization.shards.write_shards``; its shards built on ``settings.task_runner`` (one task per shard)."""
     from gpt2ja.tokenization.shards import write_shards
 
-    before = _created(out)
+    before = manifest_stamp(out)
     with (
         _parts_on("shards", settings.task_runner, settings.workers) as map_parts,
         artifacts.stage_progress("shards", out),
     ):
-        _call("shards", write_shards, corpus_uri, tokenizer_uri, out, settings.shards_config(), map_parts=map_parts)
-    result = _outcome("shards", out, before)
+        call_stage(
+            "shards", write_shards, corpus_uri, tokenizer_uri, out, settings.shards_config(), map_parts=map_parts
+        )
+    result = outcome("shards", out, before)
     artifacts.shards(out)
     return result
 
@@ -348,12 +350,12 @@ def train_task(shards_uri: str, run_uri: str, settings: TrainSection) -> dict:  
     """
     from gpt2ja.model.train import train
 
-    before = _created(run_uri)  # train() itself refuses a run that was started on other shards
+    before = manifest_stamp(run_uri)  # train() itself refuses a run that was started on other shards
     live = artifacts.TrainLive(run_uri, settings.steps)
-    _call(
+    call_stage(
         "train", train, settings.train_config(shards_uri, run_uri), progress=get_run_logger().info, on_log=live.on_log
     )
-    result = _outcome("train", run_uri, before)
+    result = outcome("train", run_uri, before)
     live.finish()
     artifacts.train(run_uri)
     return result
@@ -385,8 +387,8 @@ def evaluate_task(
 ) -> dict:
     from gpt2ja.model.evaluate import write_evaluation
 
-    before = _created(out)
-    _call(
+    before = manifest_stamp(out)
+    call_stage(
         "evaluate",
         write_evaluation,
         run_uri,
@@ -399,7 +401,7 @@ def evaluate_task(
         prompts=sampling.prompts if sampling else (),
         sampling=sampling.model_dump(exclude={"prompts"}) if sampling else None,
     )
-    result = _outcome("evaluate", out, before)
+    result = outcome("evaluate", out, before)
     artifacts.evaluation(out)
     return result
 
@@ -419,7 +421,7 @@ def evaluate_flow(
 def generate_task(run_uri: str, settings: GenerateSection) -> int:
     from gpt2ja.model.generate import generate_run
 
-    samples = _call(
+    samples = call_stage(
         "generate", generate_run, run_uri, list(settings.prompts), **settings.model_dump(exclude={"prompts"})
     )
     rows = [
@@ -449,12 +451,12 @@ def generate_flow(run_uri: str, settings: GenerateSection) -> dict:
 def export_task(run_uri: str, out: str, settings: ExportSection) -> dict:
     from gpt2ja.model.export import export_hf
 
-    before = _created(out)
+    before = manifest_stamp(out)
     try:
-        _call("export", export_hf, run_uri, out)
+        call_stage("export", export_hf, run_uri, out)
     except ImportError as err:  # torch / transformers / safetensors are the `export` extra
         raise StageError(f"export: {err.name} is missing; pip install -e '.[export]'") from None
-    result = _outcome("export", out, before)
+    result = outcome("export", out, before)
     artifacts.export(out, run_uri)
     return result
 
@@ -489,11 +491,21 @@ class Stage:
         return self.in_pipeline and (self.section is None or getattr(config, self.section) is not None)
 
 
+def crawl_source(entry: CrawlEntry) -> str:
+    """The source directory a crawl entry writes under (``{root}/raw/{source}/``)."""
+    return "files" if isinstance(entry, FilesCrawl) else entry.source
+
+
+def finished_crawls(config: PipelineConfig) -> list[str]:
+    """Every finished crawl with documents of every configured crawl (corpus-refresh's too)."""
+    from gpt2ja.crawler.refresh import corpus_inputs
+
+    return corpus_inputs(config.root, [(crawl_source(e), e.crawl_id) for e in config.crawl])
+
+
 def _clean_inputs(config: PipelineConfig) -> list[str]:
     """Every finished crawl of the configured sources (corpus-refresh's too), else the configured crawls' outputs."""
-    from gpt2ja.flows.refresh import clean_inputs
-
-    return clean_inputs(config) or [
+    return finished_crawls(config) or [
         e.out_uri(config.root)
         if isinstance(e, FilesCrawl)
         else e.warc_config(config.root).out_uri
