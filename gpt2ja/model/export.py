@@ -63,19 +63,14 @@ import time
 import numpy as np
 
 from gpt2ja.infra import stage, storage
-from gpt2ja.model.presets import ModelError
+from gpt2ja.model.export_common import TOKENIZER_COPY, ExportError, generation_config
 
 ACTIVATION = "gelu_new"  # KerasHub's GPT2Backbone uses keras_utils.gelu_approximate (tanh form)
 LAYER_NORM_EPS = 1e-5  # KerasHub's GPT2Backbone: TransformerDecoder(layer_norm_epsilon=1e-05), final LN 1e-05
 TOLERANCE = 1e-4  # max abs logit difference (float32) accepted by the verification
-TOKENIZER_COPY = "gpt2ja_tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 STAGE = "export"
 STAGE_VERSION = 2  # bump when the exported files change for the same run
-
-
-class ExportError(ModelError):
-    """An export that cannot be written or does not reproduce the run: one line naming the run and the fix."""
 
 
 def hf_config(cfg, eos_id: int) -> dict:
@@ -142,28 +137,6 @@ def hf_state_dict(backbone) -> dict[str, np.ndarray]:
         out[p + "mlp.c_proj.weight"] = arr(layer._feedforward_output_dense.kernel)  # (I, H)
         out[p + "mlp.c_proj.bias"] = arr(layer._feedforward_output_dense.bias)
     return {name: np.ascontiguousarray(a) for name, a in out.items()}
-
-
-def generation_config(cfg, eos_id: int) -> dict:
-    """``generation_config.json``: ``gpt2ja generate``'s sampling defaults, padding ids suppressed.
-
-    No ``max_length``: ``max_new_tokens`` is half the context (our generator's
-    default ``keep``), so a prompt of up to half the context plus the new tokens
-    fits the position embedding (transformers cannot slide the window as ours does).
-    """
-    from gpt2ja.model.generate import DEFAULT_SAMPLING
-
-    return {
-        "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
-        "pad_token_id": eos_id,
-        "suppress_tokens": list(range(cfg.vocab_size, cfg.padded_vocab_size)),
-        "do_sample": True,
-        "temperature": float(DEFAULT_SAMPLING["temperature"]),
-        "top_k": int(DEFAULT_SAMPLING["top_k"]),  # 0: off, in transformers as in ours
-        "top_p": float(DEFAULT_SAMPLING["top_p"]),
-        "max_new_tokens": max(1, cfg.context_length // 2),
-    }
 
 
 def verification_ids(cfg, batch: int = 2, length: int = 16) -> np.ndarray:
@@ -235,7 +208,7 @@ def export_hf(run_uri: str, out_uri: str) -> str:
     A run that cannot be loaded is the ModelError of :func:`gpt2ja.model.runs.load_run`;
     an export that does not match is an :class:`ExportError`.
     """
-    from gpt2ja.model.model_card import corpus_licenses, model_card, read_eval  # it imports this module
+    from gpt2ja.model.model_card import corpus_licenses, model_card, read_eval
 
     started = time.monotonic()
     if out_uri.rstrip("/") == run_uri.rstrip("/"):

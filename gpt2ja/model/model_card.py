@@ -19,7 +19,7 @@ import json
 import re
 
 from gpt2ja.infra import stage, storage
-from gpt2ja.model.export import TOKENIZER_COPY, ExportError, generation_config
+from gpt2ja.model.export_common import TOKENIZER_COPY, ExportError, generation_config
 from gpt2ja.model.generate import SAMPLING_STUDY
 
 #: what the Hub's metadata says about the corpus, by the Document ``source`` that crawled it
