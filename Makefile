@@ -40,7 +40,7 @@ demo: venv
 ui: venv
 	$(BIN)/python -m gpt2ja serve configs/serve-demo.yaml
 
-# Speed figures with the machine they ran on (see README "Speed"); tokens_bench and
+# Speed figures with the machine they ran on (see docs/speed.md); tokens_bench and
 # model_bench need the aozora-bulk clean corpus / a shards artifact: see their docstrings.
 bench: venv
 	$(BIN)/python benchmarks/crawl_bench.py

@@ -1,6 +1,6 @@
 """What the lent GPU machines lack for gpt2ja's JAX path, as wheels to carry, and a local stand-in of such a machine.
 
-The device machines (one H100 or H200; see README "Running on GPUs and Cloud
+The device machines (one H100 or H200; see docs/train.md "GPUs and Cloud
 TPU") have Python 3.12, PyTorch, JAX on CUDA 13, transformers, sentencepiece,
 tensorboard and numpy (:data:`DEVICE_HAS`, their image's package list), but no
 TensorFlow, no Keras and no package index, and take at most 64 MiB of files per

@@ -23,7 +23,7 @@ id is the last id, masked like the padding ids (never sampled), so every row run
 its full 256 tokens and the two timings cover the same work.
 
 Usage, CPU (the shards come from `gpt2ja tokenizer train` + `gpt2ja shards` over
-the aozora-bulk clean corpus; see README "Speed")::
+the aozora-bulk clean corpus; see docs/speed.md)::
 
     .venv/bin/python benchmarks/model_bench.py --data data/bulk/datasets/aozora-bulk/sp8k-1024 \\
         --presets tiny,mini,small --micro-batch 4 --steps 5

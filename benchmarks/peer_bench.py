@@ -17,7 +17,7 @@ same number of steps; the figure of one measurement is the median tokens/s of
 the steps after the first (the first traces or compiles). The PyTorch side
 feeds pre-drawn random ids from memory; gpt2ja reads its shards through
 ``tf.data`` as ``gpt2ja train`` does (hundreds of times faster than any step
-here: README "Speed").
+here: docs/speed.md).
 
 Honest figures: beside every training figure the script prints the model
 FLOP/s it implies (PaLM's ``6·N + 12·L·H·T`` per token, ``ceiling.flops_per_token``)

@@ -56,7 +56,7 @@ def main() -> None:
         root = base / "root"
         v1 = crawl_files(str(a), str(root), "bulk")
         # fetch times have whole seconds: a refresh fetched in v1's last second would tie with it, and a clean
-        # from scratch breaks the tie by id, where the index keeps the indexed copy (README)
+        # from scratch breaks the tie by id, where the index keeps the indexed copy (docs/clean.md)
         time.sleep(1.1)
         v2 = crawl_files(str(b), str(root), "bulk.refresh-r2")
 

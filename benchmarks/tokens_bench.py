@@ -8,7 +8,7 @@ presets on the same machine, so the reader sees whether input can ever be
 the bottleneck.
 
 Usage (the clean corpus comes from ``gpt2ja crawl files`` + ``gpt2ja clean``
-over ``../shared/aozora-bulk``; see README)::
+over ``../shared/aozora-bulk``; see docs/speed.md)::
 
     .venv/bin/python benchmarks/tokens_bench.py --corpus data/bulk/clean/aozora-bulk \\
         [--kinds bytes,sp-unigram-16k,mecab-unigram-8k] [--sample 100000] [--seq-len 1024]

@@ -273,7 +273,7 @@ def reverse_embedding(embedding, x):
     transposed copy of the whole ``(V, d)`` matrix in its graph (24.8 MB at
     8,064 × 768), and multiplies as a batched matmul; here one 2-D
     ``matmul(…, transpose_b=True)`` reads ``E`` as it is. (Not timed alone: it
-    was part of the decoding-step change measured in the README's Speed.)
+    it is part of the decoding step measured in docs/speed.md.)
     An untied, soft-capped or recast head goes through KerasHub's own call.
     """
     import tensorflow as tf
