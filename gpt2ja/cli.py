@@ -15,9 +15,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from gpt2ja.crawler.runner import WEB_MAX_PAGES, CrawlConfig  # pydantic only: no Scrapy until a crawl starts
-from gpt2ja.model.baselines import DEFAULT_PRIME_CHARS  # no TensorFlow, no pyppmd until an evaluation runs
-from gpt2ja.model.generate import DEFAULT_SAMPLING as SAMPLING  # no TensorFlow: it is imported when sampling starts
+from gpt2ja import registry  # pydantic models only: each stage imports its libraries when it runs
 
 # `gpt2ja --help` lists the commands in the order a pipeline runs them, then the tools around it
 COMMAND_ORDER = (
@@ -102,296 +100,179 @@ SET = typer.Option(
 )
 
 
-CRAWL_ID = typer.Option(
-    None, "--crawl-id", help="Output name; default today's UTC date. The same id resumes an interrupted crawl."
-)
-
-
-def _crawl_default(name: str):
-    """A crawl setting's default, from its one home (CrawlConfig), for the help texts."""
-    return CrawlConfig.model_fields[name].get_default(call_default_factory=True)
-
-
-# Crawl options: None means "the config model's default" (each default lives in its model only).
-POLITE = typer.Option(None, "--polite/--no-polite", help="--no-polite only for a local mirror (default polite).")
-DEPTH_LIMIT = typer.Option(
-    None, help=f"Links deep from a start page (default {_crawl_default('depth_limit')}; 0: no limit)."
-)
-PROGRESS = typer.Option(
-    None, help=f"Seconds between progress lines (default {_crawl_default('progress_interval')}; 0: off)."
-)
-CONTACT = typer.Option(None, help="Contact added to the User-Agent.")
-WARC = typer.Option(
-    None,
-    "--warc/--no-warc",
-    help="Store the raw responses as WARC files in warc/ beside the documents (default: on for web, off for aozora).",
-)
-
-
 def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def _crawl(sets: list[str] | None, **kwargs) -> None:
-    from gpt2ja.crawler.runner import run_crawl
-
-    cfg = _settings(CrawlConfig, "crawl", None, sets, kwargs)
-    out = run_crawl(cfg)
-    _print_summary(out)
-
-
-def _print_summary(out_uri: str) -> None:
-    from gpt2ja.infra import storage
-
-    manifest = storage.read_manifest(out_uri)
-    if manifest is None:
-        print(f"{out_uri}: no manifest yet (crawl interrupted?): rerun the same command to resume", file=sys.stderr)
-        raise typer.Exit(1)
-    c = manifest["counts"]
-    print(f"{c.get('documents', 0)} documents, {c.get('characters', 0):,} characters → {out_uri}")
-    if c.get("warc"):
-        records = c["warc"].get("records", {})
-        print(
-            f"warc: {records.get('response', 0)} responses in {c['warc'].get('files', 0)} file(s) → "
-            f"{out_uri.rstrip('/')}/warc/"
-        )
-    if c.get("drops"):
-        print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
-
-
-@crawl_app.command("aozora")
-def crawl_aozora(
-    start_url: list[str] = typer.Option(
-        ..., "--start-url", help="An author page (…/index_pages/personN.html) or a card page; repeat for several."
-    ),
-    root: str = ROOT,
-    crawl_id: Optional[str] = CRAWL_ID,
-    editions: Optional[str] = typer.Option(
-        None,
-        help="Editions to fetch, preferred first: txt (the zip), xhtml "
-        f"(default {','.join(_crawl_default('editions'))}).",
-    ),
-    polite: Optional[bool] = POLITE,
-    max_pages: Optional[int] = typer.Option(None, help="Stop after this many responses (default 0: no limit)."),
-    depth_limit: Optional[int] = DEPTH_LIMIT,
-    progress_interval: Optional[float] = PROGRESS,
-    contact: Optional[str] = CONTACT,
-    warc: Optional[bool] = WARC,
-    sets: Optional[list[str]] = SET,
-) -> None:
-    """Crawl Aozora Bunko: author pages → card pages → text zips and XHTML editions."""
-    _crawl(
-        sets,
-        source="aozora",
-        start_urls=start_url,
-        root=root,
-        crawl_id=crawl_id,
-        editions=[e.strip() for e in editions.split(",") if e.strip()] if editions else None,
-        polite=polite,
-        max_pages=max_pages,
-        depth_limit=depth_limit,
-        progress_interval=progress_interval,
-        contact=contact,
-        warc=warc,
-    )
-
-
-@crawl_app.command("web")
-def crawl_web(
-    seed: list[str] = typer.Option([], "--seed", help="A seed page; links are followed on the same site."),
-    sitemap: list[str] = typer.Option([], "--sitemap", help="A sitemap.xml (or robots.txt listing sitemaps)."),
-    root: str = ROOT,
-    crawl_id: Optional[str] = CRAWL_ID,
-    polite: Optional[bool] = POLITE,
-    max_pages: Optional[int] = typer.Option(
-        None, help=f"Stop after this many responses (default {WEB_MAX_PAGES}; 0: no limit)."
-    ),
-    depth_limit: Optional[int] = DEPTH_LIMIT,
-    min_kana_ratio: Optional[float] = typer.Option(
-        None,
-        help="Pages with a smaller hiragana+katakana share are not "
-        f"Japanese (default {_crawl_default('min_kana_ratio')}).",
-    ),
-    progress_interval: Optional[float] = PROGRESS,
-    contact: Optional[str] = CONTACT,
-    warc: Optional[bool] = WARC,
-    sets: Optional[list[str]] = SET,
-) -> None:
-    """Crawl web pages from seeds or sitemaps, keeping the main text of Japanese pages."""
-    _crawl(
-        sets,
-        source="web",
-        start_urls=seed,
-        sitemaps=sitemap,
-        root=root,
-        crawl_id=crawl_id,
-        polite=polite,
-        max_pages=max_pages,
-        depth_limit=depth_limit,
-        min_kana_ratio=min_kana_ratio,
-        progress_interval=progress_interval,
-        contact=contact,
-        warc=warc,
-    )
-
-
-@crawl_app.command("files")
-def crawl_files(
-    directory: Path = typer.Argument(..., help="A folder of .txt / .zip / .jsonl(.gz) files (searched recursively)."),
-    root: str = ROOT,
-    crawl_id: Optional[str] = CRAWL_ID,
-) -> None:
-    """Turn your own text files into raw Documents."""
-    from gpt2ja.crawler.files import crawl_files as run
-
-    out = run(str(directory), root=root, crawl_id=crawl_id)
-    _print_summary(out)
-
-
-@crawl_app.command("warc")
-def crawl_warc(
-    paths: list[str] = typer.Argument(
-        ...,
-        help="WARC or WET files (.warc.gz, .warc, .wet.gz, .wet), folders of "
-        "them, gs:// objects and prefixes, http(s):// file URLs, or path "
-        "listings such as Common Crawl's https://data.commoncrawl.org/"
-        "crawl-data/CC-MAIN-2024-10/wet.paths.gz (s3:// is refused: use "
-        "the https:// mirror).",
-    ),
-    root: str = ROOT,
-    crawl_id: Optional[str] = CRAWL_ID,
-    workers: Optional[int] = typer.Option(None, help="Files read in parallel, one process each (default: all cores)."),
-    min_kana_ratio: Optional[float] = typer.Option(
-        None,
-        help="Pages with a smaller hiragana+katakana share are not "
-        f"Japanese (default {_crawl_default('min_kana_ratio')}).",
-    ),
-    limit: Optional[int] = typer.Option(
-        None,
-        "--first",
-        help="Read only the first N entries of each path listing (after --offset); a snapshot lists ~90,000 files.",
-    ),
-    offset: Optional[int] = typer.Option(None, "--offset", help="Skip the first N entries of each path listing."),
-    paths_base: Optional[str] = typer.Option(
-        None,
-        "--paths-base",
-        help="What a listing's relative paths are joined to (default https://data.commoncrawl.org/).",
-    ),
-    sets: Optional[list[str]] = SET,
-) -> None:
-    """Read web archives: HTML responses (WARC) and text conversions (WET) → Japanese main text."""
-    from gpt2ja.crawler.warc import WarcConfig
-    from gpt2ja.crawler.warc import crawl_warc as run
-
-    out = run(
-        _settings(
-            WarcConfig,
-            "crawl",
-            None,
-            sets,
-            {
-                "paths": paths,
-                "root": root,
-                "crawl_id": crawl_id,
-                "workers": workers,
-                "min_kana_ratio": min_kana_ratio,
-                "limit": limit,
-                "offset": offset,
-                "paths_base": paths_base,
-            },
-        )
-    )
-    _print_summary(out)
-
-
-@app.command()
-def clean(
-    inputs: list[str] = typer.Option(
-        ...,
-        "--in",
-        help="A raw crawl directory ({root}/raw/{source}/{crawl_id}); repeat for several crawls and sources.",
-    ),
-    out: str = typer.Option(..., "--out", help="The clean corpus directory, e.g. data/clean/aozora."),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML with a `clean:` section (presets, dedup, split); see configs/clean.yaml."
-    ),
-    workers: Optional[int] = typer.Option(None, help="Processes for the per-shard phases (default: all cores)."),
-    sets: Optional[list[str]] = SET,
-) -> None:
-    """Clean raw crawls: Aozora notation, NFKC, Japanese quality filters, dedup, train/validation split."""
-    from gpt2ja.corpus.clean import CleanConfig, run_clean
-
-    run_clean(_settings(CleanConfig, "clean", config, sets, {"inputs": inputs, "out": out, "workers": workers}))
-    from gpt2ja.infra import storage
-
-    c = storage.read_manifest(out)["counts"]
-    print(
-        f"{c['documents_in']:,} documents in → {c['documents_out']:,} out "
-        f"(train {c['splits']['train']['documents']:,}, validation {c['splits']['validation']['documents']:,}); "
-        f"{c['characters_out']:,} characters → {out}"
-    )
-    if c["drops"]:
-        print("dropped: " + ", ".join(f"{k} {v}" for k, v in c["drops"].items()))
-    index = storage.read_manifest(out).get("dedup_index")
-    if index:  # an indexed clean (dedup.index): what it read and deduplicated against
-        print(
-            f"dedup index {index['against'] or '(none)'} → {index['produced']}: {index['documents_read']:,} "
-            f"documents read from {len(index['inputs_read'])} new crawl(s)"
-        )
-    print(f"report: {storage.join(out, 'report.md')}")
-
-
-def _settings(model, section: str, config: Optional[Path], sets: list[str], given: dict):
+def _settings(model, section: str, config: Optional[Path], sets: list[str], given: dict, *, pick: str | None = None):
     """The stage's config model from (in rising priority) its ``--config`` section, ``--set`` items and flags.
 
-    Every default lives in the model; unknown sections and settings are errors.
+    Every default lives in the model; unknown sections and settings are errors. ``pick``: the section may
+    be a list (a pipeline config's ``crawl:``), of which the one entry with this ``source`` is read.
     """
+
+    where = str(config) if config else "the command line"
+    data = _config_section(config, section, pick) if config else {}
+    data = _layered(data, sets, given)
+    return _validated(model, section, where, data)
+
+
+def _config_section(config: Path, section: str, pick: str | None) -> dict:
+    """The ``section:`` settings of a YAML file; of a list section, the one entry whose ``source`` is ``pick``."""
     from gpt2ja.flows.config import ConfigError, PipelineConfig
     from gpt2ja.infra import yamlconfig
 
-    where = str(config) if config else "the command line"
-    data = (
-        yamlconfig.read_section(
-            config, section, ConfigError, example="configs/demo.yaml", allowed=PipelineConfig.model_fields
-        )
-        if config
-        else {}
+    if pick is not None:
+        data = yamlconfig.read_yaml(config, ConfigError, example="configs/demo.yaml")
+        entries = data.get(section) if isinstance(data, dict) else None
+        if isinstance(entries, list):
+            found = [e for e in entries if isinstance(e, dict) and e.get("source") == pick]
+            if len(found) != 1:
+                raise ConfigError(
+                    f"config {config}: {len(found)} `{section}:` entries have source {pick}; this command reads one"
+                )
+            return dict(found[0])
+    return yamlconfig.read_section(
+        config, section, ConfigError, example="configs/demo.yaml", allowed=PipelineConfig.model_fields
     )
+
+
+def _layered(data: dict, sets: list[str] | None, given: dict) -> dict:
+    """``data`` with the ``--set`` items applied, then the flags given (None: not given)."""
+    from gpt2ja.flows.config import ConfigError
+    from gpt2ja.infra import yamlconfig
+
     data = yamlconfig.apply_overrides(data, sets or [], ConfigError)
     data.update({k: v for k, v in given.items() if v is not None})
+    return data
+
+
+def _validated(model, section: str, where: str, data: dict):
+    from gpt2ja.flows.config import ConfigError
+    from gpt2ja.infra import yamlconfig
+
     return yamlconfig.validate(
         model, data, where, ConfigError, expected=f"the {section} settings", label=f"{section} settings from"
     )
 
 
-@tokenizer_app.command("train")
-def tokenizer_train(
-    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory (its train split is used)."),
-    kind: str = typer.Option("sentencepiece", "--kind", help="bytes, sentencepiece or mecab+sentencepiece."),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="1,000 to 64,000 (bytes: 257)."),
-    out: str = typer.Option(..., "--out", help="Where the tokenizer goes, e.g. data/tokenizers/sp16k."),
-    model_type: str = typer.Option("unigram", "--model-type", help="sentencepiece kinds: unigram or bpe."),
-    sample_sentences: Optional[int] = typer.Option(
-        None,
-        "--sample-sentences",
-        help="Train on a seeded uniform sample of this many sentences (default "
-        "1,000,000; sentencepiece's time grows with it: 200,000 serves 8k–16k).",
-    ),
-) -> None:
-    """Train a tokenizer on a clean corpus; report characters per token on its validation split."""
-    from gpt2ja.tokenization.train import cli_train
+# ----------------------------------------------------------------- the stage commands, from gpt2ja.registry
 
-    if kind != "bytes" and vocab_size is None:
-        _fail("--vocab-size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
-    cli_train(
-        corpus,
-        kind,
-        vocab_size if vocab_size is not None else 257,
-        out,
-        model_type=model_type,
-        **({"sample_sentences": sample_sentences} if sample_sentences is not None else {}),
+
+class UsageError(registry.CommandError):
+    """A stage command without a setting it needs (exit status 2, as click's usage errors)."""
+
+    exit_code = 2
+
+
+def _cli_type(annotation):
+    """The type a flag reads for a field of this annotation; None where only ``--set`` can give it."""
+    import types
+    from typing import Literal, Union, get_args, get_origin
+
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        kept = [a for a in args if a is not type(None)]
+        return _cli_type(kept[0]) if len(kept) == 1 else None
+    if origin is Literal:
+        return type(args[0]) if len({type(a) for a in args}) == 1 else None
+    if annotation in (str, int, float, bool, Path):
+        return annotation
+    if origin is list and len(args) == 1 and _cli_type(args[0]) in (str, int, float):
+        return list[_cli_type(args[0])]
+    return None
+
+
+def _shown_default(field) -> str | bool:
+    """The model's default as ``--help`` shows it (False: none to show)."""
+    if field.is_required():
+        return False
+    value = field.get_default(call_default_factory=True)
+    if value is None or value in ([], {}, "", [""]):
+        return False
+    if field.default_factory is not None and not isinstance(value, list):
+        return False  # of this machine or day (workers: the cores, crawl_id: the date): the help says which
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+
+def _help(text: str, shown: str | bool) -> str:
+    """A flag's help: its text as one sentence, then the model's default (the flag's own default is None)."""
+    text = text.strip().rstrip(".") + "."
+    first = text.split(" ", 1)[0]
+    if not any(c.isdigit() or c in ":_/" for c in first):  # a sentence, not a name (bf16, web:, aozora:)
+        text = text[:1].upper() + text[1:]
+    return f"{text}  [default: {shown}]" if shown is not False else text
+
+
+def _stage_command(command: registry.Command):
+    """The typer function of a stage command: one parameter per flag, then ``--config`` and ``--set``."""
+    import inspect
+
+    fields = command.model.model_fields
+    params, annotations = [], {}
+    for flag in command.flags:
+        field = fields[flag.field]
+        kind = flag.kind or _cli_type(field.annotation)
+        if kind is None:
+            raise TypeError(f"{command.name}: field {flag.field} cannot be a flag; leave it to --set")
+        description = _help(flag.help or field.description or flag.field, _shown_default(field))
+        if flag.argument:
+            default = typer.Argument(None, help=description, show_default=False)
+        else:
+            default = typer.Option(None, *flag.names, help=description, show_default=False)
+        annotations[flag.field] = Optional[kind]
+        params.append(inspect.Parameter(flag.field, inspect.Parameter.KEYWORD_ONLY, default=default))
+    annotations["config"] = Optional[Path]
+    params.append(
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None,
+                "--config",
+                help=f"YAML with a `{command.section}:` section (any {command.model.__name__} field); "
+                "a pipeline config serves too.",
+            ),
+        )
     )
+    annotations["sets"] = Optional[list[str]]
+    params.append(inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, default=SET))
+
+    def run(**values) -> None:
+        config, sets = values.pop("config"), values.pop("sets")
+        given = dict(command.fixed)
+        for flag in command.flags:
+            value = values[flag.field]
+            if value == [] or value == ():  # a list flag not given
+                value = None
+            if value is not None and flag.convert is not None:
+                value = flag.convert(value)
+            given[flag.field] = value
+        pick = command.path[-1] if command.section == "crawl" else None
+        where = str(config) if config else "the command line"
+        data = _layered(_config_section(config, command.section, pick) if config else {}, sets, given)
+        if pick is not None and "source" not in fields:  # a pipeline crawl entry names its source
+            data.pop("source", None)
+        for flag in command.flags:
+            if (flag.required or fields[flag.field].is_required()) and data.get(flag.field) in (None, []):
+                what = (
+                    f"argument '{flag.field.upper()}'" if flag.argument else f"option '{flag.names[0].split('/')[0]}'"
+                )
+                raise UsageError(
+                    f"Missing {what} (or {flag.field} in --config or --set); see 'gpt2ja {command.name} --help'"
+                )
+        command.run(_validated(command.model, command.section, where, data))
+
+    run.__signature__ = inspect.Signature(params)
+    run.__annotations__ = annotations
+    run.__doc__ = command.help
+    run.__name__ = "_".join(command.path).replace("-", "_")
+    return run
 
 
 @tokenizer_app.command("encode")
@@ -415,90 +296,6 @@ def tokenizer_encode(
             pending = []
     print(" | ".join(p.replace("\n", "\\n") or "∅" for p in pieces))
     print(f"{len(text)} characters, {len(ids)} tokens, {len(text) / max(1, len(ids)):.2f} characters per token")
-
-
-@app.command()
-def shards(
-    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory."),
-    tokenizer: str = typer.Option(..., "--tokenizer", help="A tokenizer directory."),
-    seq_len: int = typer.Option(..., "--seq-len", help="Context length: examples hold seq_len + 1 ids."),
-    out: str = typer.Option(..., "--out", help="Where the TFRecords go, e.g. data/datasets/ja/sp16k-1024."),
-    workers: Optional[int] = typer.Option(None, help="Encoding processes (default: all cores)."),
-) -> None:
-    """Encode a clean corpus and pack it into GZIP TFRecord shards (train and validation)."""
-    from pydantic import ValidationError
-
-    from gpt2ja.tokenization.shards import cli_shards
-
-    try:
-        cli_shards(corpus, tokenizer, seq_len, out, workers=workers)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-
-
-@app.command()
-def train(
-    data: str = typer.Option(..., "--data", help="A shards directory (gpt2ja shards)."),
-    run: str = typer.Option(..., "--run", help="The run directory, local or gs://; an existing run resumes."),
-    preset: Optional[str] = typer.Option(None, help="tiny, micro, mini, small (117M), medium, large or xl."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
-    stop_at: Optional[int] = typer.Option(
-        None,
-        "--stop-at",
-        help="Pause after this step (checkpointed); the same "
-        "command without it continues. The schedule stays that of --steps.",
-    ),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune from this run's weights."),
-    batch_tokens: Optional[int] = typer.Option(None, help="Global batch in tokens (gradient accumulation reaches it)."),
-    micro_batch: Optional[int] = typer.Option(None, help="Sequences per forward/backward pass."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
-    backend: Optional[str] = typer.Option(
-        None,
-        help="tensorflow (default) or jax (GPUs, TPUs; no TensorFlow "
-        "needed): the same model, data order and checkpoints.",
-    ),
-    strategy: Optional[str] = typer.Option(
-        None, help="TensorFlow's strategy: default, mirrored, multi_worker (TF_CONFIG) or tpu."
-    ),
-    mixed_precision: Optional[str] = typer.Option(None, help="off, bf16 or fp16 (accelerators)."),
-    jit_compile: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="Compile the step with XLA."),
-    override: Optional[bool] = typer.Option(
-        None,
-        "--override",
-        help="Resume although the learning rate, batch "
-        "or other optimisation settings changed (recorded in hparams.json).",
-    ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML with a `train:` section (any TrainConfig field)."
-    ),
-    sets: Optional[list[str]] = SET,
-) -> None:
-    """Train (or resume) a GPT-2 on TFRecord shards; checkpoints, metrics.jsonl and TensorBoard in the run."""
-    from gpt2ja.model.train import TrainConfig
-    from gpt2ja.model.train import train as run_train
-
-    given = {
-        "data": data,
-        "run": run,
-        "preset": preset,
-        "steps": steps,
-        "stop_at": stop_at,
-        "init_from": init_from,
-        "batch_tokens": batch_tokens,
-        "micro_batch": micro_batch,
-        "learning_rate": learning_rate,
-        "warmup_steps": warmup_steps,
-        "backend": backend,
-        "strategy": strategy,
-        "mixed_precision": mixed_precision,
-        "jit_compile": jit_compile,
-        "override": override,
-    }
-    cfg = _settings(TrainConfig, "train", config, sets, given)
-    uri = run_train(cfg)
-    print(f"run: {uri}")
 
 
 @app.command("convert-checkpoints")
@@ -525,52 +322,6 @@ def convert_checkpoints(
     checkpoint.convert_tf_run(run, model_cfg, train_cfg, examples_per_step=per_step)
 
 
-@app.command("eval")
-def evaluate(
-    run: str = typer.Option(..., "--run", help="A run directory."),
-    text: list[str] = typer.Option(..., "--text", help="Held-out text: .txt files or a clean corpus split folder."),
-    stride: Optional[int] = typer.Option(None, help="Sliding-window stride in tokens (default: half the context)."),
-    prime_chars: int = typer.Option(
-        DEFAULT_PRIME_CHARS,
-        "--prime-chars",
-        min=0,
-        help="Characters of the run's training text that prime the PPMd baseline (0: no primed figure).",
-    ),
-    backend: Optional[str] = typer.Option(
-        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
-    ),
-) -> None:
-    """Bits per character and per UTF-8 byte on raw text (the figures that compare vocabularies), beside the same
-    text's compression baselines (PPMd order 8 alone and primed with training text, gzip, xz); writes eval.json."""
-    from gpt2ja.model import backend as backends
-
-    backends.use(backend)  # before any model code imports Keras
-    from gpt2ja.model.baselines import verdict
-    from gpt2ja.model.evaluate import evaluate_run
-
-    result = evaluate_run(run, text, stride=stride, prime_chars=prime_chars)
-    keys = ("bits_per_character", "bits_per_byte", "token_perplexity", "characters", "bytes", "tokens")
-    shown = {k: result[k] for k in keys if k in result}
-    b = result["baselines"]
-    shown["baselines"] = {
-        k: b[k]
-        for k in (
-            "ppmd_order8_bits_per_character",
-            "ppmd_order8_bits_per_byte",
-            "ppmd_order8_primed_bits_per_character",
-            "ppmd_order8_primed_bits_per_byte",
-            "prime_characters",
-            "prime_source",
-            "gzip_bits_per_character",
-            "gzip_bits_per_byte",
-            "xz_bits_per_character",
-            "xz_bits_per_byte",
-        )
-    }
-    print(json.dumps(shown, ensure_ascii=False, indent=2))
-    print("\n".join(verdict(result["bits_per_character"], b)))
-
-
 @app.command()
 def score(
     text: str = typer.Argument(..., help="The text to score."),
@@ -589,53 +340,6 @@ def score(
     print(f"total {got.total:.3f} nats = {got.bits:.2f} bits; {got.bits / max(1, len(text)):.3f} bits per character")
 
 
-@app.command()
-def generate(
-    run: str = typer.Option(..., "--run", help="A run directory."),
-    prompt: list[str] = typer.Option([""], "--prompt", help="A prompt (repeat for several; empty: unconditional)."),
-    top_k: int = typer.Option(
-        SAMPLING["top_k"],
-        "--top-k",
-        help="Keep the k most likely tokens (0: off; default: the sampling study's choice).",
-    ),
-    top_p: float = typer.Option(
-        SAMPLING["top_p"],
-        "--top-p",
-        help="Keep the smallest set whose probability reaches p (1: off; default: the sampling study's choice).",
-    ),
-    temperature: float = typer.Option(
-        SAMPLING["temperature"], help="Divide the logits by this first (default: the sampling study's choice)."
-    ),
-    greedy: bool = typer.Option(False, help="Always take the most likely token."),
-    max_chars: int = typer.Option(200, "--max-chars", help="Stop after this many characters."),
-    num: int = typer.Option(1, help="Samples per prompt."),
-    seed: int = typer.Option(0, help="Random seed."),
-    backend: Optional[str] = typer.Option(
-        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
-    ),
-) -> None:
-    """Sample continuations: temperature, then top-k, then top-p (as Hugging Face's warpers); stops at EOS."""
-    from gpt2ja.model import backend as backends
-
-    backends.use(backend)  # before any model code imports Keras
-    from gpt2ja.model.generate import generate_run
-
-    samples = generate_run(
-        run,
-        prompt,
-        num=num,
-        max_chars=max_chars,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        seed=seed,
-    )
-    for sample in samples:
-        print(f"--- prompt {sample.prompt!r} (stopped: {sample.stopped})")
-        print(sample.prompt + sample.text)
-
-
 export_app = typer.Typer(
     help="Export a trained run (Hugging Face) or a clean corpus (Parquet) to other formats.",
     no_args_is_help=True,
@@ -644,64 +348,10 @@ export_app = typer.Typer(
 app.add_typer(export_app, name="export")
 
 
-@export_app.command("hf")
-def export_hf_command(
-    run: str = typer.Option(..., "--run", help="A run directory."),
-    out: str = typer.Option(..., "--out", help="Where the Hugging Face model goes (local or gs://)."),
-    push_to_hub: str | None = typer.Option(
-        None,
-        "--push-to-hub",
-        metavar="REPO",
-        help="Then upload it to this Hub model repo (owner/name), created if "
-        "missing; token from HF_TOKEN, endpoint from HF_ENDPOINT.",
-    ),
-    private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
-    backend: Optional[str] = typer.Option(
-        None, help="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)."
-    ),
-) -> None:
-    """Export a run as a Hugging Face GPT2LMHeadModel (config.json, model.safetensors, tokenizer, model card),
-    verified by logits; optionally push it to the Hub."""
-    from gpt2ja.model import backend as backends
-
-    backends.use(backend)  # before any model code imports Keras
-    from gpt2ja.model.export import export_hf
-    from gpt2ja.model.export import push_to_hub as push
-
-    try:
-        uri = export_hf(run, out)
-        print(f"exported {run} → {uri} (logits checked against transformers' GPT2LMHeadModel)")
-        if push_to_hub:
-            print(f"pushed {uri} → {push(uri, push_to_hub, private=private)}")
-    except ImportError as exc:  # torch / transformers / safetensors / huggingface_hub are the `export` extra
-        _fail(f"the export needs torch and transformers ({exc.name} is missing): pip install -e '.[export]'", 1)
-
-
-@export_app.command("parquet")
-def export_parquet_command(
-    corpus: str = typer.Option(..., "--corpus", help="A clean corpus directory (local or gs://)."),
-    out: str = typer.Option(
-        ..., "--out", help="Where the Parquet files go (local or gs://), e.g. data/export/aozora-parquet."
-    ),
-    compression: Optional[str] = typer.Option(None, help="Column compression: zstd (default), snappy, gzip or none."),
-    row_group_docs: Optional[int] = typer.Option(
-        None, "--row-group-docs", help="Documents per row group (default 1,000; a group also ends at 32 MiB of text)."
-    ),
-) -> None:
-    """Export a clean corpus as Parquet: one file per part; columns id, source, url, title, author, text,
-    license, fetched_at, split, meta (JSON text)."""
-    from gpt2ja.corpus.parquet import ParquetConfig, export_parquet, summary
-    from gpt2ja.infra import storage
-
-    cfg = _settings(
-        ParquetConfig,
-        "parquet",
-        None,
-        None,
-        {"corpus": corpus, "out": out, "compression": compression, "row_group_docs": row_group_docs},
-    )
-    uri, did = export_parquet(cfg)
-    print(summary(storage.read_manifest(uri), did))
+_GROUPS = {"crawl": crawl_app, "tokenizer": tokenizer_app, "export": export_app}
+for _command in registry.COMMANDS:
+    _group = _GROUPS[_command.path[0]] if len(_command.path) > 1 else app
+    _group.command(_command.path[-1])(_stage_command(_command))
 
 
 @app.command("run")
@@ -804,7 +454,7 @@ URI_OPTIONS = {
     "raw",
     "out_dir",
 }
-URL_OPTIONS = {"seed", "sitemap", "start_url", "start_urls"}
+URL_OPTIONS = {"sitemaps", "start_urls"}
 METAVARS = {
     "sets": "KEY=VALUE",
     "set": "KEY=VALUE",

@@ -265,8 +265,8 @@ def test_cli_options_default_to_the_config_model():
 
     cmd = typer.main.get_command(app).commands["export"].commands["parquet"]
     params = {p.name: p.default for p in cmd.params}
-    assert set(params) == set(ParquetConfig.model_fields)
+    assert set(params) == set(ParquetConfig.model_fields) | {"config", "sets"}  # --config and --set: every stage's
     assert all(params[k] is None for k in ("compression", "row_group_docs"))
     helps = {p.name: p.help for p in cmd.params}  # the defaults the help names are the model's
-    assert f"{ParquetConfig.model_fields['compression'].default} (default)" in helps["compression"]
-    assert f"default {ParquetConfig.model_fields['row_group_docs'].default:,}" in helps["row_group_docs"]
+    assert f"[default: {ParquetConfig.model_fields['compression'].default}]" in helps["compression"]
+    assert f"[default: {ParquetConfig.model_fields['row_group_docs'].default}]" in helps["row_group_docs"]

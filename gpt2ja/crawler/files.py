@@ -28,6 +28,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2ja.corpus.aozora import looks_like_aozora, strip_notation
 from gpt2ja.corpus.document import Document
@@ -211,7 +214,31 @@ class FilesError(Gpt2jaError):
     """The files source refused its directory (one line)."""
 
 
-def crawl_files(directory: str, root: str = "data", crawl_id: str | None = None, part_docs: int = 500) -> str:
+DEFAULT_PART_DOCS = 500
+
+
+class FilesConfig(BaseModel):
+    """The files crawl's settings (``gpt2ja crawl files``, a ``source: files`` entry of the pipeline's crawls)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["files"] = Field("files", description="the crawl's kind")
+    directory: str = Field(description="the folder that holds your .txt/.zip/.jsonl(.gz) files (searched recursively)")
+    root: str = Field("data", description="run root: a local directory or gs://bucket/prefix")
+    crawl_id: str | None = Field(
+        None, description="names the output {root}/raw/files/{crawl_id}; default today's UTC date"
+    )
+    part_docs: int = Field(DEFAULT_PART_DOCS, ge=1, description="documents per output part")
+
+
+def run_files(cfg: FilesConfig) -> str:
+    """:func:`crawl_files` of ``cfg``; returns the crawl's URI."""
+    return crawl_files(cfg.directory, root=cfg.root, crawl_id=cfg.crawl_id, part_docs=cfg.part_docs)
+
+
+def crawl_files(
+    directory: str, root: str = "data", crawl_id: str | None = None, part_docs: int = DEFAULT_PART_DOCS
+) -> str:
     """Turn a directory of text into ``{root}/raw/files/{crawl_id}/``; returns that URI.
 
     Skipped when the output already has a manifest for the same directory and

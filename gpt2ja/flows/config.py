@@ -41,16 +41,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from gpt2ja.corpus.clean import CleanConfig
+from gpt2ja.crawler.files import FilesConfig
 from gpt2ja.crawler.runner import CrawlConfig
 from gpt2ja.crawler.warc import WarcConfig
 from gpt2ja.flows.runners import TaskRunnerConfig
 from gpt2ja.infra import storage
 from gpt2ja.infra.errors import Gpt2jaError
 from gpt2ja.infra.yamlconfig import first_problem, read_yaml, validate
-from gpt2ja.model.generate import DEFAULT_SAMPLING
+from gpt2ja.model.evaluate import EvaluateConfig
+from gpt2ja.model.export import ExportConfig
+from gpt2ja.model.generate import GenerateConfig
 from gpt2ja.model.train import TrainConfig
 from gpt2ja.tokenization.shards import ShardsConfig
-from gpt2ja.tokenization.train import DEFAULT_SAMPLE_SENTENCES
+from gpt2ja.tokenization.train import TokenizerConfig
 
 #: The host name that start URLs of a ``serve_mirror`` crawl use; replaced by the local server's address.
 MIRROR_HOST = "mirror.local"
@@ -59,6 +62,34 @@ NAME = r"^[A-Za-z0-9._-]+$"
 
 class ConfigError(Gpt2jaError, ValueError):
     """A bad pipeline config: one line naming the file, the field and the fix."""
+
+
+def stage_section(
+    name: str, model: type[BaseModel], doc: str, *, decided: dict, fill: dict | None = None, **overrides
+) -> type[BaseModel]:
+    """The pipeline section of a stage: ``model``'s fields without those in ``decided``, ``overrides`` replacing some.
+
+    The pipeline decides the fields of ``decided`` itself (where the stage reads and writes); their values
+    there, and those of ``fill`` for an overridden field left None (the pipeline fills it), are placeholders
+    with which the section is validated through ``model`` too, so that the stage's own cross-field checks
+    apply to the YAML section. Each default stays in ``model``.
+    """
+    fill = fill or {}
+
+    class Base(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        @model_validator(mode="after")
+        def _via_stage_model(self):
+            given = {k: v for k, v in self.model_dump().items() if v is not None or k not in fill}
+            try:
+                model.model_validate({**decided, **fill, **given})
+            except ValidationError as err:
+                raise ValueError(first_problem(err)) from None
+            return self
+
+    fields = {k: (f.annotation, f) for k, f in model.model_fields.items() if k not in decided}
+    return create_model(name, __base__=Base, __doc__=doc, **{**fields, **overrides})
 
 
 # ----------------------------------------------------------------- crawl
@@ -120,15 +151,18 @@ class SpiderCrawl(CrawlConfig):
         return CrawlConfig(**{**data, "root": root})
 
 
-class FilesCrawl(BaseModel):
-    """A directory of .txt/.zip/.jsonl files turned into a raw crawl (``gpt2ja.crawler.files.crawl_files``)."""
+class FilesCrawl(FilesConfig):
+    """A directory of text files turned into a raw crawl: every ``FilesConfig`` field, the root aside."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["files"] = "files"
-    directory: str = Field(description="the folder that holds your .txt/.zip/.jsonl files")
+    root: SkipJsonSchema[str] = Field("data", exclude=True)  # set by the pipeline (PipelineConfig.root)
     crawl_id: str = Field(pattern=NAME, description="names the output {root}/raw/files/{crawl_id}")
-    part_docs: int = Field(500, ge=1, description="documents per output part")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_root(cls, data):
+        return _no_root_per_crawl(data)
 
     def out_uri(self, root: str) -> str:
         return storage.join(root, "raw", "files", self.crawl_id)
@@ -235,15 +269,13 @@ class ShardsSection(ShardsConfig):
 # ----------------------------------------------------------------- tokenizer
 
 
-class TokenizerSection(BaseModel):
-    """The tokenizer stage's settings (``gpt2ja.tokenization.train.train_tokenizer``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["bytes", "sentencepiece", "mecab+sentencepiece"] = Field(description="tokenizer family")
-    vocab_size: int | None = Field(ge=257, le=1_000_000, description="pieces (257 or null for bytes)")
-    model_type: Literal["unigram", "bpe"] = Field("unigram", description="sentencepiece model type")
-    sample_sentences: int = Field(DEFAULT_SAMPLE_SENTENCES, ge=1, description="sentences sampled for training")
+#: ``TokenizerConfig`` without ``corpus`` and ``out`` (the pipeline fills them from the corpus and tokenizer names).
+TokenizerSection = stage_section(
+    "TokenizerSection",
+    TokenizerConfig,
+    "The tokenizer stage's settings (gpt2ja/tokenization/train.py TokenizerConfig).",
+    decided={"corpus": "-", "out": "-"},
+)
 
 
 # ----------------------------------------------------------------- train
@@ -290,57 +322,43 @@ TrainSection = create_model(
 # ----------------------------------------------------------------- evaluate, generate, export
 
 
-class EvaluateSection(BaseModel):
-    """The evaluate stage: bits per character and per byte, token perplexity (``gpt2ja.model.evaluate``)."""
+#: ``EvaluateConfig`` without ``run`` and ``backend`` (the pipeline's run and its train backend); ``texts``
+#: defaults to the corpus's validation split.
+EvaluateSection = stage_section(
+    "EvaluateSection",
+    EvaluateConfig,
+    "The evaluate stage: bits per character and per byte, token perplexity (gpt2ja/model/evaluate.py).",
+    decided={"run": "-", "backend": None},
+    fill={"texts": ["-"]},
+    texts=(
+        list[str] | None,
+        Field(
+            None,
+            min_length=1,
+            description="held-out text: .txt files or clean-corpus split folders; "
+            "default: the corpus's validation split",
+        ),
+    ),
+)
 
-    model_config = ConfigDict(extra="forbid")
+#: ``GenerateConfig`` without ``run``, ``backend`` and ``greedy``; the prompts are required. In the pipeline
+#: the samples are part of the evaluate stage (``{run}/eval/samples.jsonl``, the report and the UI); the
+#: ``generate`` flow samples from any run on demand.
+GenerateSection = stage_section(
+    "GenerateSection",
+    GenerateConfig,
+    "Sampled continuations (gpt2ja/model/generate.py): temperature, then top-k, then top-p; fixed seed.",
+    decided={"run": "-", "backend": None, "greedy": False},
+    prompts=(list[str], Field(min_length=1, description="prompts to continue (an empty string: unconditional)")),
+)
 
-    texts: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="held-out text: .txt files or clean-corpus split folders; default: the corpus's validation split",
-    )
-    context: int | None = Field(None, ge=2, description="tokens per scoring window (default: the model's context)")
-    stride: int | None = Field(None, ge=1, description="window start every this many tokens (default: context / 2)")
-    batch_size: int = Field(8, ge=1, le=4096, description="windows per forward pass (speed only, not fingerprinted)")
-    prime_chars: int = Field(
-        4_000_000,
-        ge=0,
-        description="characters of the run's training text that prime the PPMd baseline (0: no primed figure)",
-    )
-
-
-class GenerateSection(BaseModel):
-    """Sampled continuations (``gpt2ja.model.generate``): temperature, then top-k, then top-p; fixed seed.
-
-    In the pipeline they are part of the evaluate stage (``{run}/eval/samples.jsonl``,
-    the report and the UI); the ``generate`` flow samples from any run on demand.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompts: list[str] = Field(min_length=1, description="prompts to continue (an empty string: unconditional)")
-    num: int = Field(1, ge=1, le=64, description="continuations per prompt")
-    max_chars: int = Field(200, ge=1, le=100_000, description="stop after this many characters")
-    # defaults: the sampling study's choice (gpt2ja.model.generate.DEFAULT_SAMPLING, docs/studies/sampling-reference.md)
-    temperature: float = Field(
-        DEFAULT_SAMPLING["temperature"], gt=0, le=100, description="divide the logits by this first"
-    )
-    top_k: int = Field(DEFAULT_SAMPLING["top_k"], ge=0, description="keep the k most likely tokens (0: off)")
-    top_p: float = Field(
-        DEFAULT_SAMPLING["top_p"], gt=0, le=1, description="keep the smallest set whose probability reaches p (1: off)"
-    )
-    seed: int = Field(0, ge=0, description="random seed (the same seed gives the same samples)")
-
-
-class ExportSection(BaseModel):
-    """The export stage (``gpt2ja.model.export``): {root}/runs/{run}/export/{format}."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["hf"] = Field(
-        "hf", description="hf: a transformers GPT2LMHeadModel with safetensors weights, verified by comparing logits"
-    )
+#: ``ExportConfig`` without ``run`` and ``out`` ({root}/runs/{run}/export/{format}) and the Hub upload.
+ExportSection = stage_section(
+    "ExportSection",
+    ExportConfig,
+    "The export stage (gpt2ja/model/export.py): {root}/runs/{run}/export/{format}.",
+    decided={"run": "-", "out": "-", "push_to_hub": None, "private": False, "backend": None},
+)
 
 
 # ----------------------------------------------------------------- the pipeline

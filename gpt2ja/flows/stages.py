@@ -297,8 +297,7 @@ def tokenizer_task(corpus_uri: str, out: str, settings: TokenizerSection) -> dic
         settings.kind,
         settings.vocab_size,
         out,
-        model_type=settings.model_type,
-        sample_sentences=settings.sample_sentences,
+        **settings.model_dump(exclude={"kind", "vocab_size"}),
     )
     result = outcome("tokenizer", out, before)
     artifacts.tokenizer(out)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2ja.infra import stage, storage
 from gpt2ja.infra.progress import progress
@@ -59,6 +60,7 @@ EVAL_DIR = "eval"  # {run}/eval/: the evaluate stage's artifact
 SAMPLES = "samples.jsonl"
 LOSS_PNG = "loss.png"
 REPORT = "report.md"
+DEFAULT_BATCH_SIZE = 8  # windows per forward pass
 #: the baseline figures repeated in the stage's manifest (all of them are in eval.json)
 BASELINE_KEYS = (
     "ppmd_order8_bits_per_character",
@@ -69,6 +71,33 @@ BASELINE_KEYS = (
 )
 
 log = logging.getLogger("gpt2ja.evaluate")
+
+
+class EvaluateConfig(BaseModel):
+    """The evaluate stage's settings (``gpt2ja eval``, the pipeline's ``evaluate:`` section).
+
+    Example::
+
+        EvaluateConfig(run="data/runs/tiny", texts=["data/clean/aozora/validation"], prime_chars=0)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str = Field(description="a run directory")
+    texts: list[str] = Field(min_length=1, description="held-out text: .txt files or clean-corpus split folders")
+    context: int | None = Field(None, ge=2, description="tokens per scoring window (default: the model's context)")
+    stride: int | None = Field(None, ge=1, description="sliding-window stride in tokens (default: half the context)")
+    batch_size: int = Field(
+        DEFAULT_BATCH_SIZE, ge=1, le=4096, description="windows per forward pass (speed only, not fingerprinted)"
+    )
+    prime_chars: int = Field(
+        baselines.DEFAULT_PRIME_CHARS,
+        ge=0,
+        description="characters of the run's training text that prime the PPMd baseline (0: no primed figure)",
+    )
+    backend: str | None = Field(
+        None, description="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)"
+    )
 
 
 @dataclass
@@ -157,7 +186,7 @@ def token_logprobs(
     *,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     show: str | None = None,
 ) -> list[tuple[list[int], np.ndarray]]:
     """For each text, its token ids and each token's log-probability (nats) under sliding-window scoring.
@@ -180,7 +209,13 @@ def token_logprobs(
 
 
 def bits_per_character(
-    lm, tokenizer, texts: Sequence[str], *, context: int | None = None, stride: int | None = None, batch_size: int = 8
+    lm,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:
     """Bits per character and per UTF-8 byte of ``texts`` (summed over all), token perplexity, and the counts.
 
@@ -287,7 +322,7 @@ def evaluate_run(
     *,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     prime_chars: int = baselines.DEFAULT_PRIME_CHARS,
     write: bool = True,
 ) -> dict:
@@ -368,7 +403,7 @@ def write_evaluation(
     *,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     prompts: Sequence[str] = (),
     sampling: dict | None = None,
     prime_chars: int = baselines.DEFAULT_PRIME_CHARS,

@@ -59,8 +59,10 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2ja.infra import stage, storage
 from gpt2ja.model.export_common import TOKENIZER_COPY, ExportError, generation_config
@@ -71,6 +73,32 @@ TOLERANCE = 1e-4  # max abs logit difference (float32) accepted by the verificat
 WEIGHTS_FILE = "model.safetensors"
 STAGE = "export"
 STAGE_VERSION = 2  # bump when the exported files change for the same run
+
+
+class ExportConfig(BaseModel):
+    """The export stage's settings (``gpt2ja export hf``, the pipeline's ``export:`` section).
+
+    Example::
+
+        ExportConfig(run="data/runs/tiny", out="data/export/tiny", push_to_hub="me/gpt2ja-tiny")
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str = Field(description="a run directory")
+    out: str = Field(description="where the Hugging Face model goes (local or gs://)")
+    format: Literal["hf"] = Field(
+        "hf", description="hf: a transformers GPT2LMHeadModel with safetensors weights, verified by comparing logits"
+    )
+    push_to_hub: str | None = Field(
+        None,
+        description="then upload it to this Hub model repo (owner/name), created if missing; "
+        "token from HF_TOKEN, endpoint from HF_ENDPOINT",
+    )
+    private: bool = Field(False, description="create the Hub repo private (with push_to_hub)")
+    backend: str | None = Field(
+        None, description="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)"
+    )
 
 
 def hf_config(cfg, eos_id: int) -> dict:

@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2ja.model.presets import ModelError
 
@@ -61,6 +62,51 @@ SAMPLING_STUDY = "docs/studies/sampling-reference"
 #: closest to human text in :data:`SAMPLING_STUDY` ("The defaults of gpt2ja generate": top-k 640).
 #: tests/test_studies.py checks that they match that study's committed CSV.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 640, "top_p": 1.0}
+DEFAULT_MAX_CHARS = 200
+
+
+class GenerateConfig(BaseModel):
+    """The generate stage's settings (``gpt2ja generate``, the pipeline's ``generate:`` section).
+
+    Sampling: temperature, then top-k, then top-p; the defaults are :data:`DEFAULT_SAMPLING`. Example::
+
+        GenerateConfig(run="data/runs/tiny", prompts=["吾輩は"], num=3, max_chars=60)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str = Field(description="a run directory")
+    prompts: list[str] = Field(
+        default_factory=lambda: [""], min_length=1, description="prompts to continue (an empty string: unconditional)"
+    )
+    num: int = Field(1, ge=1, le=64, description="continuations per prompt")
+    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, le=100_000, description="stop after this many characters")
+    temperature: float = Field(
+        DEFAULT_SAMPLING["temperature"],
+        gt=0,
+        le=100,
+        description="divide the logits by this first (default: the sampling study's choice)",
+    )
+    top_k: int = Field(
+        DEFAULT_SAMPLING["top_k"],
+        ge=0,
+        description="keep the k most likely tokens (0: off; default: the sampling study's choice)",
+    )
+    top_p: float = Field(
+        DEFAULT_SAMPLING["top_p"],
+        gt=0,
+        le=1,
+        description="keep the smallest set whose probability reaches p (1: off; default: the sampling study's choice)",
+    )
+    greedy: bool = Field(False, description="always take the most likely token")
+    seed: int = Field(0, ge=0, description="random seed (the same seed gives the same samples)")
+    backend: str | None = Field(
+        None, description="tensorflow or jax (default: KERAS_BACKEND, else tensorflow where it is installed, else jax)"
+    )
+
+    def sampling(self) -> dict:
+        """The keyword arguments of :func:`generate` (everything but the run, the prompts and the backend)."""
+        return self.model_dump(exclude={"run", "prompts", "backend"})
 
 
 def check_sampling(*, temperature: float, top_k: int, top_p: float, greedy: bool = False) -> None:

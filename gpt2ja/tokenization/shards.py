@@ -534,11 +534,20 @@ def _counts(records: list[dict], cfg: ShardsConfig) -> dict:
 # ----------------------------------------------------------------- CLI
 
 
-def cli_shards(corpus: str, tokenizer: str, seq_len: int, out: str, workers: int | None = None) -> None:
-    """``gpt2ja shards``: build (or find up to date) the shards and print a one-paragraph summary."""
-    cfg = ShardsConfig(seq_len=seq_len, **({"workers": workers} if workers else {}))
-    uri, did = _write(corpus, tokenizer, out, cfg)
-    print(summary(storage.read_manifest(uri), did))
+class ShardsJob(ShardsConfig):
+    """``gpt2ja shards``: a ``ShardsConfig`` and what it reads and writes (the pipeline derives those from names)."""
+
+    corpus: str = Field(description="a clean corpus directory")
+    tokenizer: str = Field(description="a tokenizer directory")
+    out: str = Field(description="where the TFRecords go, e.g. data/datasets/ja/sp16k-1024")
+
+    def shards_config(self) -> ShardsConfig:
+        return ShardsConfig.model_validate(self.model_dump(exclude={"corpus", "tokenizer", "out"}))
+
+
+def run_shards(job: ShardsJob) -> tuple[str, dict]:
+    """Build (or find up to date) the shards of ``job``; returns their URI and what was done (for :func:`summary`)."""
+    return _write(job.corpus, job.tokenizer, job.out, job.shards_config())
 
 
 def summary(manifest: dict, did: dict | None = None) -> str:

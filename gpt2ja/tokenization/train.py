@@ -40,7 +40,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gpt2ja.corpus.jsonl import list_parts, read_documents
 from gpt2ja.infra import storage
@@ -56,6 +58,7 @@ DEFAULT_SEED = 0
 DEFAULT_CHARACTER_COVERAGE = 0.9995
 DEFAULT_MAX_SENTENCE_CHARS = 2048
 DEFAULT_NUM_THREADS = 4
+DEFAULT_MODEL_TYPE = "unigram"
 _SENTENCE_END = "。"
 _EVAL_BATCH = 64
 
@@ -115,6 +118,59 @@ class Reservoir:
         return [item for _, item in sorted(self._items, key=lambda pair: pair[0])]
 
 
+# ----------------------------------------------------------------- the stage's settings
+
+
+class TokenizerConfig(BaseModel):
+    """The tokenizer stage's settings (``gpt2ja tokenizer train``, the pipeline's ``tokenizer:`` section).
+
+    Example::
+
+        TokenizerConfig(corpus="data/clean/aozora", out="data/tokenizers/sp16k", vocab_size=16000)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str = Field(description="a clean corpus directory (its train split is used)")
+    out: str = Field(description="where the tokenizer goes, e.g. data/tokenizers/sp16k")
+    kind: Literal["bytes", "sentencepiece", "mecab+sentencepiece"] = Field(
+        "sentencepiece", description="tokenizer family: bytes, sentencepiece or mecab+sentencepiece"
+    )
+    vocab_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="pieces, 1,000 to 64,000 (bytes: 257); required for sentencepiece"
+    )
+    model_type: Literal["unigram", "bpe"] = Field(DEFAULT_MODEL_TYPE, description="sentencepiece kinds: unigram or bpe")
+    sample_sentences: int = Field(
+        DEFAULT_SAMPLE_SENTENCES,
+        ge=1,
+        description="train on a seeded uniform sample of this many sentences "
+        "(sentencepiece's time grows with it: 200,000 serves 8k–16k)",
+    )
+    seed: int = Field(DEFAULT_SEED, ge=0, description="seed of the sentence sample")
+    character_coverage: float = Field(
+        DEFAULT_CHARACTER_COVERAGE, ge=0.98, le=1.0, description="sentencepiece's share of characters kept as pieces"
+    )
+    max_sentence_chars: int = Field(
+        DEFAULT_MAX_SENTENCE_CHARS, ge=16, description="longer lines are cut into pieces of at most this many"
+    )
+    num_threads: int = Field(DEFAULT_NUM_THREADS, ge=1, description="sentencepiece training threads")
+
+    @model_validator(mode="after")
+    def _sentencepiece_needs_a_size(self) -> "TokenizerConfig":
+        if self.kind != "bytes" and self.vocab_size is None:
+            raise ValueError("vocab_size is required for sentencepiece kinds (e.g. --vocab-size 16000)")
+        return self
+
+    def settings(self) -> dict:
+        """The keyword arguments of :func:`train_tokenizer`."""
+        return self.model_dump(exclude={"corpus", "out", "kind", "vocab_size"})
+
+
+def run_tokenizer(cfg: TokenizerConfig) -> tuple[str, bool]:
+    """Train (or find up to date) the tokenizer of ``cfg``; returns its URI and whether it was skipped."""
+    return _train(cfg.corpus, cfg.kind, cfg.vocab_size, cfg.out, **cfg.settings())
+
+
 # ----------------------------------------------------------------- training
 
 
@@ -124,7 +180,7 @@ def train_tokenizer(
     vocab_size: int | None,
     out_uri: str,
     *,
-    model_type: str = "unigram",
+    model_type: str = DEFAULT_MODEL_TYPE,
     sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
     seed: int = DEFAULT_SEED,
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
@@ -449,30 +505,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------- CLI
-
-
-def cli_train(
-    corpus: str,
-    kind: str,
-    vocab_size: int,
-    out: str,
-    model_type: str = "unigram",
-    sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
-) -> None:
-    """``gpt2ja tokenizer train``: train (or find up to date) and print a one-paragraph summary."""
-    uri, skipped = _train(
-        corpus,
-        kind,
-        vocab_size,
-        out,
-        model_type=model_type,
-        sample_sentences=sample_sentences,
-        seed=DEFAULT_SEED,
-        character_coverage=DEFAULT_CHARACTER_COVERAGE,
-        max_sentence_chars=DEFAULT_MAX_SENTENCE_CHARS,
-        num_threads=DEFAULT_NUM_THREADS,
-    )
-    print(summary(Tokenizer.load(uri), uri, skipped=skipped))
 
 
 def summary(tok: Tokenizer, uri: str, *, skipped: bool = False) -> str:
