@@ -13,7 +13,7 @@ steps run:
   ``jax.jit`` program each, the weights their arguments
   (:func:`gpt2ja.model.gpt2.stateless_jit`), all shapes static;
 * the filters sort each row once (:func:`filter_logits`, the rule of
-  :func:`gpt2ja.model.generate._filter_sorted`) instead of TensorFlow's bisection;
+  :func:`gpt2ja.model.generator._filter_sorted`) instead of TensorFlow's bisection;
 * the draw is ``jax.random.categorical`` under the key ``fold_in(key(seed),
   step)``: a seed repeats its samples, but they are not TensorFlow's (nor are
   TensorFlow's under XLA its CPU kernels'). Greedy decoding gives the same ids
@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gpt2ja.model.generate import Generator
+from gpt2ja.model.generator import Generator
 
 
 def filter_logits(scores, temperature, top_k, top_p):
@@ -63,7 +63,7 @@ def filter_logits(scores, temperature, top_k, top_p):
     return jnp.where(drop, -jnp.inf, scores)
 
 
-class JaxGenerator(Generator):
+class JaxGenerator(Generator, keras_backend="jax"):
     """:class:`gpt2ja.model.generate.Generator` on the JAX backend (what ``Generator(...)`` gives there).
 
     ``jit_compile`` is accepted and ignored: every piece is jitted (XLA is

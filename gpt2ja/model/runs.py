@@ -34,13 +34,11 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpt2ja.infra import storage
 from gpt2ja.model.presets import ModelConfig, ModelError
-
-if TYPE_CHECKING:
-    from gpt2ja.model.train import TrainConfig
+from gpt2ja.model.train_config import STAGE, TrainConfig, changed_settings
 
 HPARAMS = "hparams.json"
 TOKENIZER_DIR = "tokenizer"
@@ -323,8 +321,6 @@ def write_run_files(
     """``hparams.json`` (and the tokenizer copy of a new run); a resume keeps the run's history of changes."""
     history: list[dict] = []
     if resumed is not None:  # a resumed run: what it was trained with so far stays on record
-        from gpt2ja.model.train import changed_settings
-
         with contextlib.suppress(OSError, ValueError):
             with open(os.path.join(local, HPARAMS), encoding="utf-8") as f:
                 before = json.load(f)
@@ -382,8 +378,6 @@ def build_run_manifest(local: str, cfg: "TrainConfig", fp: str, inputs: list[dic
     ]
     counts = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_tokens, "parameters": int(lm.count_params())}
     config = {"train": cfg.fingerprint_config()}
-    from gpt2ja.model.train import STAGE
-
     manifest = storage.build_manifest(
         stage=STAGE,
         config=config,

@@ -1,7 +1,7 @@
 """The parts of :func:`gpt2ja.model.train.train`: runtime, session, compiled steps, loop.
 
 :func:`gpt2ja.model.train.train` checks the inputs and computes the run's fingerprint
-(a :class:`gpt2ja.model.train.Plan`) before TensorFlow starts; then, in this order::
+(a :class:`gpt2ja.model.train_config.Plan`) before TensorFlow starts; then, in this order::
 
     start_runtime(cfg)                   TensorFlow's options, the strategy, this host's share of a batch
       │                                  (before the run's lock: a strategy that cannot start touches nothing)
@@ -35,7 +35,7 @@ from gpt2ja.infra import storage
 from gpt2ja.model import run_sync, runs, summaries
 from gpt2ja.model.distribute import StrategyError, make_strategy, worker_info
 from gpt2ja.model.optim import lr_schedule, make_optimizer
-from gpt2ja.model.train import Plan, TrainConfig, TrainError, TrainPaused
+from gpt2ja.model.train_config import Plan, TrainConfig, TrainError, TrainPaused
 
 __all__ = [
     "Runtime",
@@ -572,7 +572,6 @@ def finish(
 def _named_data_error(cfg: TrainConfig, err) -> Exception:
     """The error a damaged shard gives mid-run, naming the file: TensorFlow's does not (it reads them interleaved)."""
     from gpt2ja.model import data as data_mod
-    from gpt2ja.model.train import TrainError
 
     try:
         data_mod.verify_shards(cfg.data)  # reads every file once; the first damaged one is a DataError naming it

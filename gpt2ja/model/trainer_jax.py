@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from gpt2ja.model import backend, checkpoint, runs, summaries
 from gpt2ja.model.data import DataError
 from gpt2ja.model.optim import make_optimizer
-from gpt2ja.model.train import Plan, TrainConfig, TrainError
+from gpt2ja.model.train_config import Plan, TrainConfig, TrainError
 from gpt2ja.model.trainer import Runtime, Steps, host_dir, resume_or_start
 
 __all__ = ["JaxSession", "build_session", "make_steps", "start_runtime"]
