@@ -1,4 +1,4 @@
-"""gpt2ja/infra/vertex.py: Vertex AI custom jobs and Cloud TPU VM commands rendered from the train settings, offline.
+"""gpt2ja/flows/vertex.py: Vertex AI custom jobs and Cloud TPU VM commands rendered from the train settings, offline.
 
 Nothing here reaches Google Cloud: the requests are built with google-cloud-aiplatform's own
 proto-plus types (a wrong field or enum raises), printed as the REST JSON, parsed back, and the
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from gpt2ja.flows import vertex
 from gpt2ja.flows.config import TrainSection
-from gpt2ja.infra import vertex
-from gpt2ja.infra.vertex import GpuJob, JobError, TpuVmJob
+from gpt2ja.flows.vertex import GpuJob, JobError, TpuVmJob
 from tests import procs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,7 +356,7 @@ def test_jax_on_several_gpu_hosts_renders_the_process_count_and_starts_through_t
     assert chief.container_spec == workers.container_spec
     assert list(chief.container_spec.command) == vertex.JAX_LAUNCH
     assert (
-        vertex.JAX_LAUNCH[:4] == ["python", "-m", "gpt2ja.infra.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
+        vertex.JAX_LAUNCH[:4] == ["python", "-m", "gpt2ja.flows.vertex", "launch"] and vertex.JAX_LAUNCH[-1] == "gpt2ja"
     )
     assert _env(chief) == {"KERAS_BACKEND": "jax", "JAX_NUM_PROCESSES": "4"}
     assert _as_gpt2ja_parses(list(chief.container_spec.args)) == _jax_expected()
@@ -395,19 +395,19 @@ def test_the_launcher_numbers_the_processes_pool_by_pool_from_cluster_spec():
 
 
 def test_the_launcher_runs_the_command_with_the_process_variables():
-    """``python -m gpt2ja.infra.vertex launch -- CMD`` as the container runs it: CMD replaces it, variables set."""
+    """``python -m gpt2ja.flows.vertex launch -- CMD`` as the container runs it: CMD replaces it, variables set."""
     import sys
 
     show = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('JAX_')}))"
     env = {**os.environ, "CLUSTER_SPEC": json.dumps(CLUSTER_SPEC), "JAX_NUM_PROCESSES": "3"}
     got = procs.run(
-        [sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO, env=env
+        [sys.executable, "-m", "gpt2ja.flows.vertex", "launch", "--", sys.executable, "-c", show], cwd=REPO, env=env
     )
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == vertex.jax_processes(json.dumps(CLUSTER_SPEC))
     assert "JAX_PROCESS_ID=2" in got.stderr  # one line saying what it set
     env.pop("CLUSTER_SPEC")
-    got = procs.run([sys.executable, "-m", "gpt2ja.infra.vertex", "launch", "--", "true"], cwd=REPO, env=env)
+    got = procs.run([sys.executable, "-m", "gpt2ja.flows.vertex", "launch", "--", "true"], cwd=REPO, env=env)
     assert got.returncode == 2 and got.stderr.startswith("error: CLUSTER_SPEC is not set")
 
 

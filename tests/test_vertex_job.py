@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from gpt2ja.flows import vertex
 from gpt2ja.flows.config import TrainSection
-from gpt2ja.infra import storage, vertex, vertex_watch
-from gpt2ja.infra.vertex import GpuJob
+from gpt2ja.flows.vertex import GpuJob
+from gpt2ja.infra import storage, vertex_watch
 from tests import procs
 from tests.vertex_server import VertexServer
 

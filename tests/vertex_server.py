@@ -2,7 +2,7 @@
 
 The real client library (``google-cloud-aiplatform``'s ``JobServiceClient`` with
 ``transport="rest"``) is pointed at it through ``GPT2JA_VERTEX_API_ENDPOINT``
-(:func:`gpt2ja.infra.vertex.job_client`). It answers, on 127.0.0.1:
+(:func:`gpt2ja.flows.vertex.job_client`). It answers, on 127.0.0.1:
 
     POST /v1/projects/{p}/locations/{l}/customJobs            create: the CustomJob JSON, answered with its name
     GET  /v1/projects/{p}/locations/{l}/customJobs/{id}        the job, with its state (and error when it failed)

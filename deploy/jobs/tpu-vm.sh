@@ -35,8 +35,8 @@ JAX_VERSION=${JAX_VERSION:-0.10.2}                  # jax[tpu] of this version (
 # The TPU software version for TensorFlow, tpu-vm-tf-X.Y.Z[-pod]-pjrt (https://cloud.google.com/tpu/docs/runtimes;
 # -pod: a slice of several hosts, i.e. more than 8 in its name). Its TensorFlow is the system Python 3.10's;
 # gpt2ja needs 3.11, so tpu-vm-setup.sh installs tensorflow-tpu of the same version into its own venv.
-# gpt2ja/infra/vertex.py renders the same name (TpuVmJob.runtime_version).
-# JAX: the generation's base software version (the same page; gpt2ja/infra/vertex.py TpuVmJob.jax_runtime_version).
+# gpt2ja/flows/vertex.py renders the same name (TpuVmJob.runtime_version).
+# JAX: the generation's base software version (the same page; gpt2ja/flows/vertex.py TpuVmJob.jax_runtime_version).
 POD=""; (( ${TPU_TYPE##*-} > 8 )) && POD=-pod
 if [[ "$BACKEND" == "jax" ]]; then
   case "${TPU_TYPE%-*}" in

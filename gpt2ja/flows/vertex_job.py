@@ -1,7 +1,7 @@
 """``train-vertex``: the train stage as a Vertex AI custom job on one or more GPU hosts, run from the Prefect UI.
 
 The parameters are the ``train`` deployment's (the shards, the run, the same
-``TrainSection`` form) plus the job's hardware (:class:`gpt2ja.infra.vertex.GpuJob`:
+``TrainSection`` form) plus the job's hardware (:class:`gpt2ja.flows.vertex.GpuJob`:
 project, region, image, GPU type and count, hosts, service account) and ``dry_run``::
 
     train_vertex_flow("gs://b/gpt2ja/datasets/aozora/sp32k-1024", "gs://b/gpt2ja/runs/small",
@@ -9,7 +9,7 @@ project, region, image, GPU type and count, hosts, service account) and ``dry_ru
                       GpuJob(project="p1", image="us-central1-docker.pkg.dev/p1/gpt2ja/gpt2ja:latest",
                              gpu_type="a100", gpus=8, replicas=2))
 
-1. render: the ``CreateCustomJobRequest`` of :mod:`gpt2ja.infra.vertex` (one host: one worker
+1. render: the ``CreateCustomJobRequest`` of :mod:`gpt2ja.flows.vertex` (one host: one worker
    pool; N hosts: the chief's pool + N−1 workers, ``multi_worker``), shown exactly as
    sent (REST JSON) in the artifact ``train-vertex-{run}-request``. ``dry_run`` stops here.
 2. the shards' manifest must be in the bucket (a job on missing shards fails only
@@ -39,7 +39,7 @@ from pydantic import Field
 from gpt2ja.flows import artifacts
 from gpt2ja.flows.config import TrainSection
 from gpt2ja.flows.stages import call_stage
-from gpt2ja.infra.vertex import GpuJob
+from gpt2ja.flows.vertex import GpuJob
 
 STAGE = "train-vertex"
 
@@ -57,7 +57,7 @@ def render_task(
     dry_run: bool,
 ) -> str:
     """The CreateCustomJob request as the REST JSON (what is sent), published as a Markdown artifact."""
-    from gpt2ja.infra import vertex
+    from gpt2ja.flows import vertex
 
     args = call_stage(STAGE, vertex.train_args, settings, shards_uri, run_uri, job)
     text = vertex.request_json(call_stage(STAGE, vertex.custom_job_request, job, args))
@@ -179,7 +179,8 @@ def vertex_job_task(request_json: str, region: str, run_uri: str, steps: int, po
     """Create the job and follow it to its end; returns its resource name (a failed job raises one line)."""
     from google.cloud import aiplatform_v1 as v1
 
-    from gpt2ja.infra import vertex, vertex_watch
+    from gpt2ja.flows import vertex
+    from gpt2ja.infra import vertex_watch
 
     request = v1.CreateCustomJobRequest.from_json(request_json)
     client = call_stage(STAGE, vertex.job_client, region)
@@ -208,7 +209,8 @@ def check_run_task(
     name: str,
 ) -> dict:
     """The run the job wrote is complete (manifest, files, settings); then the loss table and curve."""
-    from gpt2ja.infra import vertex, vertex_watch
+    from gpt2ja.flows import vertex
+    from gpt2ja.infra import vertex_watch
 
     cfg = vertex.job_train_config(settings, shards_uri, run_uri, job)
     if cfg.stop_at is not None:
