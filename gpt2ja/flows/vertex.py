@@ -4,11 +4,11 @@ Both are rendered from the same settings the Prefect UI's ``train`` form edits
 (``gpt2ja/flows/config.py`` ``TrainSection``, i.e. ``gpt2ja/model/train.py`` ``TrainConfig``)
 and the pipeline config's URIs, so a job trains exactly what the deployment would::
 
-    python -m gpt2ja.infra.vertex render --config configs/demo.yaml --root gs://BUCKET/gpt2ja \\
+    python -m gpt2ja.flows.vertex render --config configs/demo.yaml --root gs://BUCKET/gpt2ja \\
         --project P --image us-central1-docker.pkg.dev/P/gpt2ja/gpt2ja:latest \\
         --gpus 8 --gpu-type a100 --replicas 2 --dry-run     # print the CreateCustomJob request
-    python -m gpt2ja.infra.vertex render ... --gpus 1              # without --dry-run: create the job
-    python -m gpt2ja.infra.vertex render --config ... --root gs://... --project P --tpu v4-8   # the TPU VM commands
+    python -m gpt2ja.flows.vertex render ... --gpus 1              # without --dry-run: create the job
+    python -m gpt2ja.flows.vertex render --config ... --root gs://... --project P --tpu v4-8   # the TPU VM commands
 
 Vertex AI: every replica runs the image of ``deploy/Dockerfile`` as ``gpt2ja train
 --data gs://… --run gs://… --set field=value …``, one ``--set`` per train
@@ -24,7 +24,7 @@ route:
 * ``jax``: the image's ``jax`` target (CUDA 13, no TensorFlow), ``KERAS_BACKEND=jax``,
   no strategy (one jitted step over every local device). Several hosts form one
   ``jax.distributed`` job: the container renders ``JAX_NUM_PROCESSES`` and starts
-  through ``python -m gpt2ja.infra.vertex launch``, which reads Vertex AI's ``CLUSTER_SPEC``
+  through ``python -m gpt2ja.flows.vertex launch``, which reads Vertex AI's ``CLUSTER_SPEC``
   on the replica and sets ``JAX_COORDINATOR_ADDRESS`` (pool 0's host) and
   ``JAX_PROCESS_ID`` (pool 0 is process 0) before it runs ``gpt2ja``
   (:func:`jax_processes`). TPU v5e and v6e slices (:class:`VertexTpuJob`) are
@@ -369,7 +369,7 @@ def aiplatform_v1():
 
 #: The container command of a JAX replica on several Vertex AI hosts: JAX's process variables from
 #: CLUSTER_SPEC (:func:`jax_processes`), then the entrypoint with the job's arguments.
-JAX_LAUNCH = ["python", "-m", "gpt2ja.infra.vertex", "launch", "--", "gpt2ja"]
+JAX_LAUNCH = ["python", "-m", "gpt2ja.flows.vertex", "launch", "--", "gpt2ja"]
 
 
 def custom_job_request(job: GpuJob | VertexTpuJob, args: list[str]):
@@ -473,7 +473,7 @@ def launch(command: list[str], environ: dict[str, str] | None = None) -> dict[st
         raise JobError("launch needs the command to run after --, e.g. -- gpt2ja train ...")
     if CLUSTER_SPEC_ENV not in environ:
         raise JobError(
-            f"{CLUSTER_SPEC_ENV} is not set: `python -m gpt2ja.infra.vertex launch` is the command of a JAX "
+            f"{CLUSTER_SPEC_ENV} is not set: `python -m gpt2ja.flows.vertex launch` is the command of a JAX "
             "replica in a Vertex AI job of several hosts, which sets it"
         )
     found = jax_processes(environ[CLUSTER_SPEC_ENV])
@@ -545,7 +545,7 @@ def prefect_job_variables(job: GpuJob) -> dict:
         raise JobError(
             "a Prefect vertex-ai work pool runs one replica per flow run; for "
             f"{job.replicas} hosts run the train-vertex deployment (gpt2ja/flows/vertex_job.py) or "
-            "`python -m gpt2ja.infra.vertex render` instead"
+            "`python -m gpt2ja.flows.vertex render` instead"
         )
     return {
         "region": job.region,
@@ -699,7 +699,7 @@ def tpu_vm_commands(job: TpuVmJob, args: list[str]) -> list[list[str]]:
     ]
 
 
-# ----------------------------------------------------------------- python -m gpt2ja.infra.vertex
+# ----------------------------------------------------------------- python -m gpt2ja.flows.vertex
 
 
 def _train_inputs(config_path: str, root: str):
@@ -715,7 +715,7 @@ def _train_inputs(config_path: str, root: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpt2ja.infra.vertex", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpt2ja.flows.vertex", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="render (and without --dry-run, create) the training job")
     render.add_argument("--config", required=True, help="pipeline YAML with a train section")
