@@ -41,6 +41,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpt2ja.infra import storage
+from gpt2ja.model.baselines import DEFAULT_PRIME_CHARS
+from gpt2ja.model.evaluate import DEFAULT_BATCH_SIZE
 from gpt2ja.studies.common import StudyError, check_shape, require_unique
 from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.report import machine, pyplot, save_png
@@ -146,8 +148,8 @@ class RecipeStudyConfig(BaseModel):
     eval_characters: int = Field(100_000, ge=100, description="characters of each evaluation text")
     eval_chunk_chars: int = Field(5_000, ge=50, description="at most this much of each document")
     eval_stride: int | None = Field(None, ge=1)
-    eval_batch_size: int = Field(8, ge=1)
-    prime_chars: int = Field(4_000_000, ge=0, description="training text that primes PPMd in the baselines")
+    eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    prime_chars: int = Field(DEFAULT_PRIME_CHARS, ge=0, description="training text that primes PPMd in the baselines")
 
     out: str = Field("docs/studies")
     name: str = Field("recipe", pattern=r"^[A-Za-z0-9._-]+$")

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gpt2ja.infra import storage
 from gpt2ja.infra.stage import require
+from gpt2ja.model.evaluate import DEFAULT_BATCH_SIZE
 from gpt2ja.studies.common import StudyError, require_unique, slug
 from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.metrics import text_metrics
@@ -102,7 +103,7 @@ class SamplingStudyConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: list[Method] = Field(min_length=1)
     work: str | None = Field(None, description="where finished cells are kept (default {run}/sampling-study)")
-    score_batch_size: int = Field(8, ge=1, le=4096)
+    score_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=4096)
     out: str = Field("docs/studies", description="the report's folder")
     name: str = Field("sampling", pattern=r"^[A-Za-z0-9._-]+$", description="{out}/{name}.md, .csv, -*.png")
 

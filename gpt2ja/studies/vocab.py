@@ -42,11 +42,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpt2ja.infra import storage
+from gpt2ja.model.evaluate import DEFAULT_BATCH_SIZE
 from gpt2ja.studies.common import StudyError, check_shape, require_unique
 from gpt2ja.studies.common import say as default_say
 from gpt2ja.studies.report import machine
 from gpt2ja.studies.vocab_data import ensure_corpus, ensure_eval_texts, ensure_pool, eval_split
 from gpt2ja.studies.vocab_report import HELDOUT, VALIDATION, write_report
+from gpt2ja.tokenization.train import DEFAULT_MODEL_TYPE
 
 # Fields of TrainConfig the study sets itself (train_options may not override them).
 _STUDY_TRAIN_FIELDS = {
@@ -76,7 +78,7 @@ class TokenizerSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", description="artifact name, e.g. sp16k")
     kind: Literal["bytes", "sentencepiece", "mecab+sentencepiece"]
     vocab_size: int | None = Field(None, ge=257, le=65_536, description="ids (bytes: 257, or leave it out)")
-    model_type: Literal["unigram", "bpe"] = "unigram"
+    model_type: Literal["unigram", "bpe"] = DEFAULT_MODEL_TYPE
     seeds: list[int] | None = Field(None, min_length=1, description="training seeds; default: the study's seeds")
     character_coverage: float | None = Field(
         None,
@@ -156,7 +158,7 @@ class VocabStudyConfig(BaseModel):
     eval_characters: int = Field(30_000, ge=100, description="characters of each evaluation text")
     eval_chunk_chars: int = Field(1000, ge=50, description="at most this much of each document (more documents)")
     eval_stride: int | None = Field(None, ge=1, description="sliding-window stride (default: half the context)")
-    eval_batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
 
     out: str = Field("docs/studies", description="the report's folder")
     name: str = Field("vocab", pattern=r"^[A-Za-z0-9._-]+$", description="{out}/{name}.md, .csv, -bpc.png")
