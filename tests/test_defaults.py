@@ -219,3 +219,19 @@ def test_tokenizer_and_shards_run_from_a_pipeline_config_with_set(tmp_path, caps
     assert f"Shards at {shards}: train" in printed and "in 2 files" in printed and "(seq_len 64)" in printed
     manifest = json.loads((tmp_path / "shards" / "_MANIFEST.json").read_text())
     assert manifest["num_shards"] == {"train": 2, "validation": 2} and manifest["seq_len"] == 64
+
+
+def test_generate_runs_from_a_pipeline_config_with_set(tmp_path, capsys):
+    """``gpt2ja generate --config`` samples with the pipeline's generate section, ``--set`` and flags on top."""
+    pytest.importorskip("keras")
+    from tests.corpora import write_tiny_run
+
+    run = write_tiny_run(tmp_path)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"generate": {"prompts": ["吾輩は", "ある日"], "num": 3, "max_chars": 40}}))
+    main(["generate", "--config", str(config), "--run", str(run), "--set", "num=2", "--max-chars", "5", "--greedy"])
+    printed = capsys.readouterr().out
+    assert printed.count("--- prompt '吾輩は'") == 2 and printed.count("--- prompt 'ある日'") == 2
+    samples = [line for line in printed.splitlines() if not line.startswith("--- prompt")]
+    assert len(samples) == 4 and all(len(s) <= len("ある日") + 5 for s in samples)
+    assert samples[0] == samples[1]  # greedy: the same continuation each time
