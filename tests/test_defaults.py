@@ -235,3 +235,25 @@ def test_generate_runs_from_a_pipeline_config_with_set(tmp_path, capsys):
     samples = [line for line in printed.splitlines() if not line.startswith("--- prompt")]
     assert len(samples) == 4 and all(len(s) <= len("ある日") + 5 for s in samples)
     assert samples[0] == samples[1]  # greedy: the same continuation each time
+
+
+def test_the_stage_packages_never_import_the_registry_or_the_cli():
+    """Imports go one way: the command line and the flows read the registry; the stages it lists do not."""
+    import ast
+    from pathlib import Path
+
+    package = Path(registry.__file__).parent
+    for folder in ("crawler", "corpus", "tokenization", "model", "studies", "infra"):
+        for path in (package / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                for name in names:
+                    assert not name.startswith(("gpt2ja.registry", "gpt2ja.cli")), (path, name)
+                if isinstance(node, ast.ImportFrom) and node.module == "gpt2ja":
+                    assert not {a.name for a in node.names} & {"registry", "cli"}, path
