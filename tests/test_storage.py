@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from gpt2ja.infra import stage, storage
+from gpt2ja.infra import fs, stage, storage
 from gpt2ja.infra.storage import AlreadyExistsError, StorageError, join
 
 
@@ -181,9 +181,9 @@ def test_upload_dir_writes_manifest_last(tmp_path, monkeypatch):
     for rel in ["z.bin", storage.MANIFEST, "sub/" + storage.MANIFEST, "sub/a.bin"]:
         (src / rel).write_text(rel)
     order = []
-    real_publish = storage.publish
-    monkeypatch.setattr(
-        storage, "publish", lambda s, d, **kw: (order.append(os.path.relpath(s, src)), real_publish(s, d, **kw))
+    real_publish = fs.publish
+    monkeypatch.setattr(  # upload_dir lives in gpt2ja.infra.fs and calls its publish
+        fs, "publish", lambda s, d, **kw: (order.append(os.path.relpath(s, src)), real_publish(s, d, **kw))
     )
     storage.upload_dir(str(src), str(tmp_path / "dest"))
     assert order == ["sub/a.bin", "z.bin", "sub/" + storage.MANIFEST, storage.MANIFEST]
@@ -330,7 +330,7 @@ def test_gcs_create_only_multipart(gcs_proxy_root, gcs_precondition_proxy):
 def test_gcs_create_only_resumable(gcs_proxy_root, gcs_precondition_proxy, monkeypatch, tmp_path):
     # Files above 8 MiB go through a resumable upload; with a 4 MiB chunk size
     # this one takes three chunked PUTs through the proxy.
-    monkeypatch.setattr(storage, "_CHUNK_SIZE", 4 * 1024 * 1024)
+    monkeypatch.setattr(fs, "_CHUNK_SIZE", 4 * 1024 * 1024)
     big = tmp_path / "big.bin"
     first = os.urandom(1024) * (9 * 1024)
     big.write_bytes(first)
@@ -367,13 +367,13 @@ def test_gcs_uri_errors(gcs_emulator):
 
 
 def test_gcs_client_follows_emulator_env(gcs_emulator, monkeypatch):
-    client = storage._gcs_client()
-    assert storage._gcs_client() is client  # cached
+    client = fs._gcs_client()
+    assert fs._gcs_client() is client  # cached
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "other-project")
-    other = storage._gcs_client()
+    other = fs._gcs_client()
     assert other is not client and other.project == "other-project"
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
-    assert storage._gcs_client().project == "gpt2ja-test"
+    assert fs._gcs_client().project == "gpt2ja-test"
 
 
 def test_manifest_json_is_readable(storage_root):
@@ -400,7 +400,7 @@ def test_gcs_error_messages(exc_name, expected):
 
     uri = "gs://bucket/run/x.bin"
     with pytest.raises(StorageError) as info:
-        with storage._gcs_errors(uri, "read"):
+        with fs._gcs_errors(uri, "read"):
             raise getattr(gexc, exc_name)("multi\nline server text")
     assert uri in _one_line(info.value) and expected in str(info.value)
     assert isinstance(info.value, AlreadyExistsError) == (exc_name == "PreconditionFailed")
@@ -419,3 +419,164 @@ def test_an_emulator_that_does_not_answer_is_one_quick_line(monkeypatch):
     finally:
         monkeypatch.undo()
         storage.reset_client()
+
+
+# ---------------------------------------------------------------- the fsspec layer (gpt2ja/infra/fs.py)
+
+
+def test_storage_names_are_the_fs_and_manifest_ones():
+    from gpt2ja.infra import manifest
+
+    for name in storage.__all__:
+        source = manifest if name in manifest.__all__ and name != "MANIFEST" else fs
+        assert getattr(storage, name) is getattr(source, name), name
+
+
+def test_modules_import_in_any_order_without_a_cycle():
+    # manifest imports fs, storage imports both, fs imports neither: each works as the first import.
+    import subprocess
+    import sys
+
+    for first in ("gpt2ja.infra.manifest", "gpt2ja.infra.fs", "gpt2ja.infra.storage"):
+        code = f"import {first}; from gpt2ja.infra import storage; storage.read_manifest"
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gcs_filesystem_follows_emulator_env(gcs_emulator, monkeypatch):
+    from gcsfs.core import GCSFileSystem
+    from gcsfs.extended_gcsfs import ExtendedGcsFileSystem
+
+    filesystem = fs._gcs_filesystem()
+    assert fs._gcs_filesystem() is filesystem  # cached
+    # The plain JSON-API filesystem (the extended one asks a gRPC API the emulator lacks), anonymous, uncached listings.
+    assert type(filesystem) is GCSFileSystem and not isinstance(filesystem, ExtendedGcsFileSystem)
+    assert filesystem._location == gcs_emulator.host
+    assert filesystem.credentials.token == "anon" and not filesystem.dircache.use_listings_cache
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "other-project")
+    other = fs._gcs_filesystem()
+    assert other is not filesystem and other.project == "other-project"
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
+    assert fs._gcs_filesystem().project == "gpt2ja-test"
+
+
+def _gcsfs_error(kind: str) -> BaseException:
+    import aiohttp
+    from gcsfs.retry import HttpError
+
+    return {
+        # what gcsfs.retry.validate_response raises for each status
+        "403": OSError("Forbidden: http://host/upload/storage/v1/b/bucket/o\nthe caller does not have access"),
+        "401": HttpError({"code": 401, "message": "Invalid Credentials"}),
+        "404": FileNotFoundError("http://host/download/storage/v1/b/bucket/o/run%2Fx.bin?alt=media"),
+        "412": FileExistsError("http://host/upload/storage/v1/b/bucket/o"),
+        "503": HttpError({"code": 503, "message": "Service Unavailable\nplease retry"}),
+        "network": aiohttp.ClientConnectionError("Cannot connect to host storage.googleapis.com:443"),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("403", "gcloud auth application-default login"),
+        ("401", "permission denied"),
+        ("404", "check the bucket and prefix"),
+        ("412", "already exists"),
+        ("503", "retry later"),
+        ("network", "check the network or STORAGE_EMULATOR_HOST"),
+    ],
+)
+def test_gcsfs_error_messages(kind, expected):
+    uri = "gs://bucket/run/x.bin"
+    with pytest.raises(StorageError) as info:
+        with fs._gcs_errors(uri, "read"):
+            raise _gcsfs_error(kind)
+    assert uri in _one_line(info.value) and expected in str(info.value)
+    assert isinstance(info.value, AlreadyExistsError) == (kind == "412")
+
+
+def test_gcsfs_bugs_are_not_storage_errors():
+    with pytest.raises(KeyError):
+        with fs._gcs_errors("gs://bucket/x", "read"):
+            raise KeyError("size")
+
+
+def test_gcs_upload_refused_is_one_line(gcs_proxy_root, gcs_precondition_proxy, tmp_path):
+    uri = join(gcs_proxy_root, "refused.bin")
+    gcs_precondition_proxy.refused.add(uri.split("/", 3)[3])
+    src = tmp_path / "refused.bin"
+    src.write_bytes(b"x")
+    for write in (lambda: storage.write_bytes(uri, b"x"), lambda: storage.publish(str(src), uri)):
+        with pytest.raises(StorageError) as info:
+            write()
+        assert uri in _one_line(info.value) and "permission denied" in str(info.value)
+    assert not storage.exists(uri)
+
+
+def test_gcs_bucket_exists(gcs_emulator):
+    assert storage.exists(f"gs://{gcs_emulator.bucket}")
+    assert not storage.exists("gs://no-such-bucket-gpt2ja")
+    assert storage.list_files("gs://no-such-bucket-gpt2ja/x") == []
+
+
+def test_gcs_content_type_from_the_name(gcs_emulator):
+    root = f"gs://{gcs_emulator.bucket}/content-type"
+    storage.write_text(join(root, "m.json"), "{}")
+    storage.write_bytes(join(root, "d.jsonl.gz"), b"\x1f\x8b")
+    filesystem = fs._gcs_filesystem()
+    assert filesystem.info(f"{gcs_emulator.bucket}/content-type/m.json")["contentType"] == "application/json"
+    assert (
+        filesystem.info(f"{gcs_emulator.bucket}/content-type/d.jsonl.gz")["contentType"] == "application/octet-stream"
+    )
+    storage.delete(root)
+
+
+def test_gcs_reads_stream_in_blocks_and_large_uploads_resume(
+    gcs_proxy_root, gcs_precondition_proxy, monkeypatch, tmp_path
+):
+    # 6 MiB: above gcsfs's 5 MiB simple-upload limit, so publish makes a resumable upload in 1 MiB chunks;
+    # reading it back streams 1 MiB blocks, one ranged GET each.
+    monkeypatch.setattr(fs, "_CHUNK_SIZE", 1024 * 1024)
+    data = os.urandom(1024) * (6 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    uri = join(gcs_proxy_root, "big.bin")
+    storage.publish(str(src), uri)
+    resumable = [p for m, p in gcs_precondition_proxy.requests if m == "POST" and "uploadType=resumable" in p]
+    chunks = [p for p in resumable if "upload_id=" in p]  # gcsfs POSTs its chunks to the session URL
+    assert len(resumable) - len(chunks) == 1 and len(chunks) == 6
+    assert storage.size(uri) == len(data)
+
+    gcs_precondition_proxy.requests.clear()
+    with storage.open(uri) as f:
+        head = f.read(10)
+        rest = b"".join(iter(lambda: f.read(1024 * 1024), b""))
+    assert head + rest == data
+    media = [p for m, p in gcs_precondition_proxy.requests if m == "GET" and "alt=media" in p]
+    assert len(media) >= 6 and all("generation=" in p for p in media)  # pinned to the generation it opened
+    assert storage.file_info(uri)["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_local_listing_skips_temp_and_lock_files(tmp_path):
+    root = tmp_path / "art"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.bin").write_bytes(b"aa")
+    (root / "sub" / ".a.bin.x1.tmp").write_bytes(b"in flight")
+    (root / ".out.lock").write_bytes(b"")
+    (root / "sub" / "b.bin").write_bytes(b"b")
+    os.symlink(root / "a.bin", root / "link.bin")
+    assert storage.list_sizes(str(root)) == {
+        str(root / "a.bin"): 2,
+        str(root / "link.bin"): 2,
+        str(root / "sub" / "b.bin"): 1,
+    }
+    assert storage.list_files(str(root), recursive=False) == [str(root / "a.bin"), str(root / "link.bin")]
+    assert storage.list_files(str(root / "a.bin")) == []  # a file is not a directory
+
+
+def test_local_relative_paths_stay_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage.write_text(os.path.join("rel", "x.txt"), "x")
+    assert storage.list_files("rel") == [os.path.join("rel", "x.txt")]
+    assert storage.read_text(os.path.join("rel", "x.txt")) == "x"
+    storage.delete("rel")
+    assert not storage.exists("rel")
