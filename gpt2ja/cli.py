@@ -1,6 +1,9 @@
 """The ``gpt2ja`` command line.
 
-Every command is a thin layer over a package function; heavy libraries
+The stage commands (crawl …, clean, tokenizer train, shards, train, eval, generate,
+export …) are generated from :data:`gpt2ja.registry.COMMANDS`: their options come from
+the stage's config model, and each takes ``--config`` and ``--set``. The other commands
+are written here. Every command is a thin layer over a package function; heavy libraries
 (Scrapy, TensorFlow, MeCab) are imported inside the command that needs them,
 so ``gpt2ja --help`` is instant. A bad argument gets one line that names it.
 """

@@ -1,9 +1,11 @@
 """The pipeline's configuration: one YAML file, validated by pydantic models.
 
 The same models are the Prefect flows' parameters, so the UI shows them as forms.
-Each section reuses the stage's own config model (``CrawlConfig``, ``CleanConfig``,
-``ShardsConfig``, ``TrainConfig``); only what the pipeline decides itself (the run
-root, where each stage writes) is left out of the sections. The data stages are
+Each section reuses the stage's own config model (``CrawlConfig``, ``FilesConfig``,
+``WarcConfig``, ``CleanConfig``, ``TokenizerConfig``, ``ShardsConfig``, ``TrainConfig``,
+``EvaluateConfig``, ``GenerateConfig``, ``ExportConfig``: the models of
+:data:`gpt2ja.registry.COMMANDS`), so each default has one home; only what the pipeline
+decides itself (the run root, where each stage reads and writes) is left out of the sections. The data stages are
 required; ``train``, ``evaluate``, ``generate`` and ``export`` are optional (a
 pipeline without ``train`` stops after the shards). Example (``configs/demo.yaml``)::
 
