@@ -219,6 +219,12 @@ def test_file_info(storage_root):
     storage.write_bytes(uri, data)
     assert storage.file_info(uri) == {"path": "f.bin", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert storage.file_info(uri, root=root)["path"] == "sub/f.bin"
+    empty = join(root, "empty.bin")
+    storage.write_bytes(empty, b"")
+    assert storage.file_info(empty) == {"path": "empty.bin", "bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    assert storage.read_bytes(empty) == b"" and storage.size(empty) == 0
+    with storage.open(empty) as f:
+        assert f.read() == b""
 
 
 # ---------------------------------------------------------------- manifests
@@ -580,3 +586,19 @@ def test_local_relative_paths_stay_relative(tmp_path, monkeypatch):
     assert storage.read_text(os.path.join("rel", "x.txt")) == "x"
     storage.delete("rel")
     assert not storage.exists("rel")
+
+
+def test_no_credentials_is_one_line_with_the_fix(monkeypatch, tmp_path):
+    """Without the emulator and without Application Default Credentials: one StorageError saying how to log in."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    storage.reset_client()
+    try:
+        for call in (lambda: storage.read_bytes("gs://bucket/x"), lambda: storage.read_generation("gs://bucket/x")):
+            with pytest.raises(StorageError, match="gcloud auth application-default login") as info:
+                call()
+            _one_line(info.value)
+    finally:
+        monkeypatch.undo()
+        storage.reset_client()

@@ -36,6 +36,18 @@ What fsspec does not do, and this module does itself:
   out again: a 5-byte pipe_file took 77 s, the cat_file after it 50 s.  The
   core filesystem speaks only the JSON API, as the client does.
 
+* Reads pinned to a generation (:func:`open`): gcsfs's file object keeps the
+  generation it is opened with but does not send it with its ranged reads, so
+  ``_PinnedObject`` asks ``cat_file`` for each range of that generation.
+  gcp-storage-emulator ignores ``generation=`` on reads (it serves the current
+  object), so the tests check that the parameter is sent, not GCS's 404.
+
+Requests per call, as benchmarks/storage_bench.py counts them: read_bytes,
+write_bytes, list_files and a small file_info are one each; exists, size and
+open ask gcsfs's ``info``, which sends the object lookup and a one-entry
+listing (is it a "directory"?) at once, so they cost one round trip but two
+requests where the client answered an existing object with one.
+
 ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:9023``) points both the
 filesystem (as its ``endpoint_url``) and the client at a local GCS emulator,
 with anonymous credentials; without it both use Application Default
@@ -598,6 +610,20 @@ def file_info(uri: str, *, root: str | None = None) -> dict:
         rel = uri.rstrip("/").rsplit("/", 1)[-1] if is_gcs(uri) else os.path.basename(_local(uri))
 
     sink = _HashingSink()
+    if is_gcs(uri):
+        # One ranged GET of the first _CHUNK_SIZE bytes: an object shorter than that is all there, from one
+        # generation, in one request (most manifest entries); a longer one is streamed, pinned, from the start.
+        fs, path = _target(uri, object_only=True)
+        with _gcs_errors(uri, "read"):
+            try:
+                first = fs.cat_file(path, start=0, end=_CHUNK_SIZE)
+            except Exception as err:
+                if "not satisfiable" not in str(err) and getattr(err, "code", None) != 416:
+                    raise
+                first = b""  # GCS answers 416 to a range of an empty object
+        if len(first) < _CHUNK_SIZE:
+            sink.write(first)
+            return {"path": rel, "bytes": sink.count, "sha256": sink.sha.hexdigest()}
     with _open_raw(uri, "read") as f, _errors(uri, "read"):
         for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             sink.write(block)
