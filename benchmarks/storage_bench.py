@@ -4,7 +4,9 @@ Each round writes one small object (``write_bytes``), reads it back
 (``read_bytes``), lists its directory (``list_files``, which holds ``--files``
 objects) and asks ``exists``; GCS runs against a gcp-storage-emulator this script
 starts on a free port, the way tests/conftest_gcs.py does.  The locks' calls
-(``read_generation`` then ``write_if_generation``) are timed on GCS too.  Prints
+(``read_generation`` then ``write_if_generation``) are timed on GCS too, and
+each GCS call's HTTP requests are counted once, through
+tests/gcs_precondition_proxy.py in front of a fresh emulator.  Prints
 the machine, the library versions and the commit, then one line per operation:
 the mean and median milliseconds per call over ``--rounds`` rounds.
 
@@ -134,6 +136,56 @@ def bench(storage, root: str, rounds: int, files: int, *, locks: bool) -> dict[s
     return results
 
 
+def count_requests(storage) -> dict[str, int]:
+    """HTTP requests per call on GCS, counted by tests/gcs_precondition_proxy.py in front of a fresh emulator."""
+    from tests.gcs_precondition_proxy import PreconditionProxy
+
+    proc, host = _start_emulator()
+    proxy = PreconditionProxy(host).start()
+    os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    storage.reset_client()
+    root = f"gs://{BUCKET}/count-{uuid.uuid4().hex[:8]}"
+    target, lock = storage.join(root, "d", "x.bin"), storage.join(root, ".lock-bench.lock")
+
+    def read_stream() -> None:
+        with storage.open(target) as f:
+            f.read()
+
+    ops = [
+        ("write_bytes", lambda: storage.write_bytes(target, b"x" * 1000)),
+        (
+            "write_bytes create_only",
+            lambda: storage.write_bytes(storage.join(root, "d", "c.bin"), b"c", create_only=True),
+        ),
+        ("read_bytes", lambda: storage.read_bytes(target)),
+        ("open+read", read_stream),
+        ("list_files", lambda: storage.list_files(root)),
+        ("exists", lambda: storage.exists(target)),
+        ("size", lambda: storage.size(target)),
+        ("file_info", lambda: storage.file_info(target)),
+        ("write_if_generation", lambda: storage.write_if_generation(lock, b"0", 0)),
+        ("read_generation", lambda: storage.read_generation(lock)),
+        ("delete (a prefix of 6 objects)", lambda: storage.delete(root)),
+    ]
+    counts = {}
+    try:
+        # The filesystem's and the client's set-up (the client reads the bucket's metadata once) are not counted.
+        storage.write_bytes(storage.join(root, "warm.bin"), b"w")
+        storage.write_bytes(storage.join(root, "warm-client.bin"), b"w", create_only=True)
+        for name, op in ops:
+            before = len(proxy.requests)
+            op()
+            counts[name] = len(proxy.requests) - before
+    finally:
+        proxy.stop()
+        proc.terminate()
+        proc.wait(timeout=10)
+        del os.environ["STORAGE_EMULATOR_HOST"]
+        storage.reset_client()
+    return counts
+
+
 def run(storage, backend: str, rounds: int, files: int) -> dict[str, list[float]]:
     if backend == "local":
         with tempfile.TemporaryDirectory(prefix="storage-bench-") as tmp:
@@ -185,6 +237,10 @@ def main() -> None:
             "median": round(median, 3),
         }
         print(f"{name:7s} {backend:5s} {op:38s} mean {mean:8.3f} ms  median {median:8.3f} ms  ({len(ms)} calls)")
+    if "gcs" in backends:
+        for name, module in impls.items():
+            report.setdefault("requests", {})[name] = counts = count_requests(module)
+            print(f"{name:7s} gcs   requests per call: " + ", ".join(f"{op} {n}" for op, n in counts.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

@@ -13,8 +13,9 @@ What stays on the ``google-cloud-storage`` client, and why:
   :func:`delete_if_generation`.  The stage locks (gpt2ja.infra.stage) need them;
   gcsfs offers create-only writes only as an experimental ``mode="create"`` and
   has no conditional write or delete against a given generation, nor a read
-  that returns the generation it read.  One client call per lock step also
-  keeps the locks' hot path at one request (see benchmarks/storage_bench.py).
+  that returns the generation it read.  The locks' calls keep their request
+  counts (read_generation two, write_if_generation and delete_if_generation
+  one; benchmarks/storage_bench.py counts them).
 
 What fsspec does not do, and this module does itself:
 
