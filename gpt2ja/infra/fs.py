@@ -50,9 +50,13 @@ listing (is it a "directory"?) at once, so they cost one round trip but two
 requests where the client answered an existing object with one.
 
 ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:9023``) points both the
-filesystem (as its ``endpoint_url``) and the client at a local GCS emulator,
-with anonymous credentials; without it both use Application Default
-Credentials.  gcsfs and google-cloud-storage are imported only when a
+filesystem and the client at a local GCS emulator, with anonymous credentials
+(``token="anon"``, ``AnonymousCredentials``); without it both use Application
+Default Credentials (``token="google_default"``: a missing login fails at once,
+where gcsfs's default would fall back to anonymous access).  gcsfs itself reads
+STORAGE_EMULATOR_HOST on every request; it is passed as ``endpoint_url`` instead,
+so a cached filesystem keeps the address it was built for, and the cache is
+keyed on the variable, as the client's is.  gcsfs and google-cloud-storage are imported only when a
 ``gs://`` URI is used, so local runs do not pay for them.
 """
 
