@@ -30,7 +30,6 @@ from gpt2ja.model.data import (
 from gpt2ja.tokenization.shards import (
     ShardsConfig,
     ShardsError,
-    cli_shards,
     import_tensorflow,
     pack_tokens,
     serialize_example,
@@ -230,10 +229,13 @@ def test_rerun_rebuilds_only_unfinished_shards(corpus, tokenizers, shards, tmp_p
 
 def test_cli_prints_a_summary(corpus, tokenizers, tmp_path, capsys):
     out = str(tmp_path / "cli")
-    cli_shards(corpus, tokenizers["bytes"], 32, out, workers=1)
+    from gpt2ja.cli import main
+
+    argv = ["shards", "--corpus", corpus, "--tokenizer", tokenizers["bytes"], "--seq-len", "32", "--out", out]
+    main([*argv, "--workers", "1"])
     text = capsys.readouterr().out.strip()
     assert "\n" not in text and "train" in text and "64 files" in text and "seq_len 32" in text and "uint16" in text
-    cli_shards(corpus, tokenizers["bytes"], 32, out, workers=1)
+    main([*argv, "--workers", "1"])
     assert "Already up to date" in capsys.readouterr().out
 
 

@@ -22,7 +22,7 @@ from gpt2ja.tokenization.bytes_tokenizer import ByteTokenizer
 from gpt2ja.tokenization.mecab import Segmenter
 from gpt2ja.tokenization.spm import BYTE_IDS, N_META_PIECES
 from gpt2ja.tokenization.tokenizer import EOS, TOKENIZER_JSON, Tokenizer, TokenizerError
-from gpt2ja.tokenization.train import Reservoir, cli_train, train_tokenizer, training_sentences
+from gpt2ja.tokenization.train import Reservoir, train_tokenizer, training_sentences
 from tests import procs
 from tests.assertions import one_line_error
 from tests.corpora import REPO, mirror_split, write_clean_corpus
@@ -412,7 +412,22 @@ def test_decode_rejects_foreign_ids(loaded):
 
 
 def test_cli_train_prints_a_summary(trained, clean_corpus, capsys):
-    cli_train(clean_corpus, "sentencepiece", VOCAB, trained["sentencepiece-bpe"], model_type="bpe")
+    from gpt2ja.cli import main
+
+    main(
+        [
+            "tokenizer",
+            "train",
+            "--corpus",
+            clean_corpus,
+            "--vocab-size",
+            str(VOCAB),
+            "--out",
+            trained["sentencepiece-bpe"],
+            "--model-type",
+            "bpe",
+        ]
+    )
     out = capsys.readouterr().out.strip()
     assert "\n" not in out
     for part in (
