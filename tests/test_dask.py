@@ -241,7 +241,8 @@ def test_a_bad_task_runner_gives_one_clear_line(tmp_path, task_runner, expected)
 def test_an_unreachable_dask_scheduler_is_one_line(prefect_harness, tmp_path):
     from gpt2ja.crawler.files import crawl_files
     from gpt2ja.flows.config import CleanSection
-    from gpt2ja.flows.stages import StageError, clean_flow
+    from gpt2ja.flows.stages import clean_flow
+    from gpt2ja.infra.stage import StageError
 
     raw = crawl_files(str(CARDS), root=str(tmp_path), crawl_id="mirror", part_docs=8)
     address = f"tcp://127.0.0.1:{free_port()}"

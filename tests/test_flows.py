@@ -342,7 +342,8 @@ def test_the_generate_flow_samples_what_the_evaluation_sampled(first_run, demo_c
 
 def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, demo_config, tmp_path):
     """The train stage would otherwise 'resume' a finished run on new data and call it trained."""
-    from gpt2ja.flows.stages import StageError, train_flow
+    from gpt2ja.flows.stages import train_flow
+    from gpt2ja.infra.stage import StageError
 
     run = tmp_path / "old-run"
     run.mkdir()
@@ -353,7 +354,8 @@ def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, de
 
 def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
     from gpt2ja.flows.config import FilesCrawl
-    from gpt2ja.flows.stages import StageError, crawl_flow
+    from gpt2ja.flows.stages import crawl_flow
+    from gpt2ja.infra.stage import StageError
 
     (tmp_path / "empty").mkdir()
     started = time.monotonic()
@@ -364,7 +366,8 @@ def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
 
 def test_evaluating_an_unfinished_run_is_one_line(prefect_harness, tmp_path):
     from gpt2ja.flows.config import EvaluateSection
-    from gpt2ja.flows.stages import StageError, evaluate_flow
+    from gpt2ja.flows.stages import evaluate_flow
+    from gpt2ja.infra.stage import StageError
 
     (tmp_path / "run").mkdir()
     with pytest.raises(StageError, match=r"^evaluate: run .*run has no _MANIFEST.json: .*rerun the train stage"):

@@ -188,8 +188,8 @@ def test_two_hosts_train_as_chief_and_worker_and_the_flow_checks_the_run(prefect
 
 def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harness, bucket, stand_in):
     """batch_tokens 100 is no multiple of micro_batch × seq_len: found by each replica (before TensorFlow)."""
-    from gpt2ja.flows.stages import StageError
     from gpt2ja.flows.vertex_job import train_vertex_flow
+    from gpt2ja.infra.stage import StageError
 
     server = stand_in()
     run = storage.join(bucket, "runs", "bad-batch")
@@ -243,8 +243,8 @@ def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stan
 
 
 def test_missing_shards_are_refused_before_a_job_is_created(prefect_harness, bucket, stand_in):
-    from gpt2ja.flows.stages import StageError
     from gpt2ja.flows.vertex_job import train_vertex_flow
+    from gpt2ja.infra.stage import StageError
 
     server = stand_in()
     missing = storage.join(bucket, "datasets", "none")

@@ -33,7 +33,6 @@ from prefect.cache_policies import NO_CACHE
 from gpt2ja.flows import artifacts
 from gpt2ja.flows.config import CrawlEntry, FilesCrawl, PipelineConfig, SpiderCrawl, WarcCrawl
 from gpt2ja.flows.stages import (
-    StageError,
     clean_flow,
     crawl_archives,
     crawl_directory,
@@ -45,6 +44,7 @@ from gpt2ja.flows.stages import (
     outcome,
 )
 from gpt2ja.infra import storage
+from gpt2ja.infra.stage import StageError
 
 
 @task(cache_policy=NO_CACHE, task_run_name="plan-{entry.source}-{entry.crawl_id}")

@@ -47,11 +47,7 @@ from gpt2ja.flows.config import (
 from gpt2ja.flows.runners import PartMapper, TaskRunnerConfig, TaskRunnerError
 from gpt2ja.infra import storage
 from gpt2ja.infra.errors import Gpt2jaError
-from gpt2ja.infra.stage import verify
-
-
-class StageError(Gpt2jaError, RuntimeError):
-    """A stage refused its input or config (one line); retrying would not help."""
+from gpt2ja.infra.stage import StageError, verify
 
 
 class _OneLineStageErrors(logging.Filter):

@@ -93,8 +93,11 @@ _LOCAL_LOCK_BYTES = 1024
 SCRATCH = "gpt2ja"  # scratch dirs are gpt2ja-{what}-{pid}-{random} (see scratch_dir)
 
 
-class StageError(Gpt2jaError):
-    """A stage refused its output, its inputs or a damaged artifact (one line)."""
+class StageError(Gpt2jaError, RuntimeError):
+    """A stage refused its output, its inputs, its config or a damaged artifact (one line); retrying would not help.
+
+    The flows (:mod:`gpt2ja.flows.stages`) raise it too, as ``"{stage}: …"``, and do not retry it.
+    """
 
 
 class LockHeld(StageError):

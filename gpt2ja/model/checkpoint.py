@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt2ja.infra.errors import Gpt2jaError
+from gpt2ja.model.presets import ModelError
 
 FORMAT = "gpt2ja-checkpoint/1"
 NAME = "ckpt"
@@ -69,8 +69,11 @@ _FILE = re.compile(rf"^{NAME}-(\d+){re.escape(SUFFIX)}$")
 _TF_INDEX = re.compile(rf"^{NAME}-(\d+)\.index$")
 
 
-class CheckpointError(Gpt2jaError, ValueError):
-    """A checkpoint that cannot be read or does not fit the model: one line naming it and the fix."""
+class CheckpointError(ModelError):
+    """A checkpoint that cannot be read or does not fit the model: one line naming it and the fix.
+
+    A :class:`~gpt2ja.model.presets.ModelError` (what loading a run raises), so it propagates as it is.
+    """
 
 
 @dataclass

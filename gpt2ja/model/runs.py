@@ -136,14 +136,12 @@ def model_config(hparams: dict, *, run_uri: str = "run") -> ModelConfig:
 def latest_checkpoint(local_run: str) -> str | None:
     """The newest checkpoint file under ``{local_run}/checkpoints`` (``…/ckpt-1200.npz``), or None.
 
-    A run holding only TensorFlow checkpoints of an older gpt2ja is one ModelError line saying how to convert it.
+    A run holding only TensorFlow checkpoints of an older gpt2ja is one CheckpointError (a ModelError) line
+    saying how to convert it.
     """
     from gpt2ja.model import checkpoint
 
-    try:
-        return checkpoint.latest(os.path.join(local_run, CHECKPOINT_DIR))
-    except checkpoint.CheckpointError as err:
-        raise ModelError(str(err)) from None
+    return checkpoint.latest(os.path.join(local_run, CHECKPOINT_DIR))
 
 
 def checkpoint_step(path: str) -> int:
@@ -156,14 +154,11 @@ def checkpoint_step(path: str) -> int:
 def restore_weights(lm, path: str, *, what: str) -> None:
     """Load the model weights of checkpoint ``path`` into ``lm`` (optimizer and data state ignored).
 
-    A damaged or mismatching checkpoint is one ModelError line naming it.
+    A damaged or mismatching checkpoint is one CheckpointError (a ModelError) line naming it.
     """
     from gpt2ja.model import checkpoint
 
-    try:
-        checkpoint.restore_weights(lm, path, what=what)
-    except checkpoint.CheckpointError as err:
-        raise ModelError(str(err)) from None
+    checkpoint.restore_weights(lm, path, what=what)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from gpt2ja.infra import storage
 from gpt2ja.model import run_sync, runs, summaries
-from gpt2ja.model.distribute import StrategyError, make_strategy, worker_info
+from gpt2ja.model.distribute import make_strategy, worker_info
 from gpt2ja.model.optim import lr_schedule, make_optimizer
 from gpt2ja.model.train_config import Plan, TrainConfig, TrainError, TrainPaused
 
@@ -93,10 +93,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     # Keras, then keras_hub (gpt2ja.model.gpt2), load before the strategy starts: the order train() always had
     from gpt2ja.model import backend
 
-    try:
-        backend.use("tensorflow")
-    except backend.BackendError as err:
-        raise TrainError(str(err)) from None
+    backend.use("tensorflow")  # a BackendError's line is complete: it propagates as it is
     import keras  # noqa: F401
     import tensorflow as tf
 
@@ -110,10 +107,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
 
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    try:
-        strategy = make_strategy(cfg.strategy, cfg.tpu)
-    except StrategyError as err:
-        raise TrainError(str(err)) from None
+    strategy = make_strategy(cfg.strategy, cfg.tpu)  # a StrategyError's line is complete
     replicas = strategy.num_replicas_in_sync
     worker, workers, chief = worker_info(strategy)
     if cfg.micro_batch % replicas:

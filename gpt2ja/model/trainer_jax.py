@@ -102,10 +102,7 @@ def _start_distributed() -> None:
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
     """Keras on JAX, ``jax.distributed`` for several hosts, the devices and how a micro-batch splits over them."""
-    try:
-        backend.use("jax")
-    except backend.BackendError as err:
-        raise TrainError(str(err)) from None
+    backend.use("jax")  # a BackendError's line is complete: it propagates as it is
     import jax
 
     if cfg.mixed_precision == "fp16":

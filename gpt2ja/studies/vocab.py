@@ -323,6 +323,7 @@ def run_vocab_study(
 def _people_errors() -> tuple[type, ...]:
     """The errors the stages raise for people: one line naming the artifact and the fix."""
     from gpt2ja.corpus.jsonl import ShardError
+    from gpt2ja.model.backend import BackendError
     from gpt2ja.model.data import DataError
     from gpt2ja.model.distribute import StrategyError
     from gpt2ja.model.presets import ModelError
@@ -332,6 +333,7 @@ def _people_errors() -> tuple[type, ...]:
 
     return (
         ShardError,
+        BackendError,
         DataError,
         StrategyError,
         ModelError,
