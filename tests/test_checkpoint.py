@@ -115,6 +115,6 @@ def test_a_tensorflow_checkpoint_of_an_older_run_converts(tmp_path):
     assert int(converted.arrays["optimizer/iteration"]) == 1
     assert len([k for k in converted.arrays if k.startswith("rng/")]) == 7
     # the converted run loads on JAX too (what the old files never could)
-    load = "import sys; from model import runs; print(runs.load_run(sys.argv[1]).step)"
+    load = "import sys; from gpt2ja.model import runs; print(runs.load_run(sys.argv[1]).step)"
     on_jax = procs.run([sys.executable, "-c", load, str(run)], cwd=REPO, env={**env, "KERAS_BACKEND": "jax"})
     assert on_jax.returncode == 0 and on_jax.stdout.strip() == "1", on_jax.stderr[-2000:]
