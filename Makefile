@@ -28,7 +28,7 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest
 
-# The tests that need no server, no training and no subprocess: seconds, for every edit.
+# The tests that take under a second each (unmarked; `slow` marks the rest): under a minute, for every edit.
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 

@@ -303,6 +303,7 @@ def test_jax_generation_follows_the_rules(sides):
     assert rules["distinct"] == 3
 
 
+@pytest.mark.slow
 def test_jax_filters_match_the_reference():
     """The JAX top-k/top-p (one sort) keep the numpy reference's tokens: ties, padding, k past V, p → 0."""
     jax = pytest.importorskip("jax")

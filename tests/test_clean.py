@@ -87,6 +87,7 @@ def literature(tmp_path_factory):
     return root, raw, cfg
 
 
+@pytest.mark.slow
 def test_clean_keeps_literature_and_reports(literature):
     root, raw, cfg = literature
     manifest = storage.read_manifest(cfg.out)
@@ -109,6 +110,7 @@ def test_split_follows_the_id_hash(literature):
             assert split_of(d.id, d.author, d.url, cfg.split) == split
 
 
+@pytest.mark.slow
 def test_rerun_is_skipped_and_rebuild_is_byte_identical(literature, tmp_path):
     root, raw, cfg = literature
     before = outputs(cfg.out)
@@ -122,6 +124,7 @@ def test_rerun_is_skipped_and_rebuild_is_byte_identical(literature, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_deleted_output_is_rebuilt(literature):
     _, _, cfg = literature
     part = list_parts(storage.join(cfg.out, "train"))[0]
@@ -145,6 +148,7 @@ def test_split_is_stable_when_the_corpus_grows():
     assert split_of("x", "芥川 竜之介", "https://example.com/a", held) == "train"
 
 
+@pytest.mark.slow
 def test_cross_crawl_and_cross_source_duplicates(tmp_path):
     """A refresh crawled a month later (new URLs) and a user's copy: the oldest copy is kept, nothing doubles."""
     old = raw_crawl(tmp_path, "2026-10", [[doc("羅生門"), doc("鼻")]])
@@ -181,6 +185,7 @@ def test_cross_crawl_and_cross_source_duplicates(tmp_path):
     assert "Largest duplicate clusters" in report and "鼻" in report
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_counted_never_fatal(tmp_path):
     ok = doc("蜘蛛の糸")
     unclosed = doc(
@@ -224,6 +229,7 @@ def test_bad_inputs_are_counted_never_fatal(tmp_path):
     assert any(r in counts["drops"] for r in ("low_japanese_ratio", "low_hiragana_ratio"))
 
 
+@pytest.mark.slow
 def test_a_clean_that_drops_every_document_fails_unless_allowed(tmp_path):
     english = doc(
         "English",
@@ -252,6 +258,7 @@ def test_missing_input_manifest_is_one_clear_error(tmp_path):
     assert not Path(tmp_path / "clean" / "_MANIFEST.json").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_clean_resumes_per_shard(tmp_path):
     raw = raw_crawl(tmp_path, "r", [[doc("羅生門")], [doc("鼻")], [doc("ごん狐")]])
     cfg = CleanConfig(inputs=[raw], out=str(tmp_path / "clean"), workers=1)

@@ -45,6 +45,7 @@ def crawled(tmp_path_factory):
     return server.requests, out, storage.read_manifest(out), list(read_documents(out))
 
 
+@pytest.mark.slow
 def test_reaches_all_48_cards(crawled):
     requests, *_ = crawled
     ok_cards = {path for path, status, _ in requests if CARD_PATH.match(path) and status == 200}
@@ -107,6 +108,7 @@ def test_manifest_lists_parts_with_checksums(crawled):
     assert manifest["fingerprint"] == storage.fingerprint(manifest["config"])
 
 
+@pytest.mark.slow
 def test_rerun_of_a_complete_crawl_is_skipped(crawled):
     _, out, manifest, _ = crawled
     root = out.rsplit("/raw/", 1)[0]
@@ -177,6 +179,7 @@ def test_interrupted_crawl_resumes_without_refetching(tmp_path):
     assert manifest["close_reasons"] == ["shutdown", "finished"]
 
 
+@pytest.mark.slow
 def test_a_killed_crawl_resumes_to_the_same_documents(tmp_path):
     """SIGKILL mid-crawl (an OOM kill, a preempted VM), then the same command: all 36 documents, once each.
 

@@ -140,6 +140,7 @@ def in_process(fn, items, names):
     return [fn(item) for item in items]
 
 
+@pytest.mark.slow
 def test_web_crawl_stores_what_reached_the_spider_and_crawl_warc_gives_the_same_documents(site, tmp_path):
     with MirrorServer(str(site), handler=ArchiveSiteHandler) as server:
         cfg = CrawlConfig(
@@ -325,6 +326,7 @@ def test_a_killed_crawl_resumes_its_warc_file_and_stores_each_response_once(tmp_
     }
 
 
+@pytest.mark.slow
 def test_warc_files_go_to_gcs_with_the_documents(gcs_emulator, tmp_path):
     """``--root gs://…``: the file is filled in the local state dir and uploaded whole; the manifest lists it."""
     from warcio.archiveiterator import ArchiveIterator
@@ -355,6 +357,7 @@ def test_warc_files_go_to_gcs_with_the_documents(gcs_emulator, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_warc_that_cannot_be_written_stops_the_crawl_in_one_line(tmp_path):
     """No WARC file can be made (its state folder is a file): the crawl stops, publishes nothing, says where."""
     from gpt2ja.crawler.runner import CrawlError

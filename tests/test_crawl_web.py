@@ -103,6 +103,7 @@ def bad_site(tmp_path):
     return site
 
 
+@pytest.mark.slow
 def test_web_crawl_counts_every_bad_input(bad_site, serve, tmp_path):
     server = serve(bad_site, slow_seconds=4)
     cfg = CrawlConfig(
@@ -143,6 +144,7 @@ def test_web_crawl_counts_every_bad_input(bad_site, serve, tmp_path):
     assert manifest["counts"]["documents"] == 5
 
 
+@pytest.mark.slow
 def test_sitemap_seeds_the_crawl(bad_site, serve, tmp_path):
     server = serve(bad_site)
     (bad_site / "sitemap.xml").write_text(
@@ -164,6 +166,7 @@ def test_sitemap_seeds_the_crawl(bad_site, serve, tmp_path):
     assert {"utf8.html", "eucjp.html"} <= urls
 
 
+@pytest.mark.slow
 def test_robots_crawl_delay_is_honoured(serve, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
@@ -191,6 +194,7 @@ def test_robots_crawl_delay_is_honoured(serve, tmp_path):
     assert min(gaps) >= 0.95, gaps
 
 
+@pytest.mark.slow
 def test_aozora_truncated_zip_falls_back_to_xhtml_and_is_counted(mirror_copy, serve, tmp_path):
     files = mirror_copy / "cards" / "000879" / "files"
     for name in ("127_ruby_150.zip", "42_ruby_154.zip"):  # 羅生門 has an XHTML edition, 鼻 has none
@@ -215,6 +219,7 @@ def test_aozora_truncated_zip_falls_back_to_xhtml_and_is_counted(mirror_copy, se
     assert len(docs) == 11
 
 
+@pytest.mark.slow
 def test_crawl_writes_to_gcs(serve, gcs_emulator, tmp_path):
     """``--root gs://…``: parts and manifest land in the bucket (the GCS emulator)."""
     from tests.conftest import MIRROR
@@ -254,6 +259,7 @@ def test_kana_ratio():
     assert kana_ratio("English only") == 0.0
 
 
+@pytest.mark.slow
 def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_path):
     """Nothing answers: exit 1 with one line and no manifest; once the site is up, the same crawl runs."""
     from tests.net import free_port
@@ -286,6 +292,7 @@ def test_an_unreachable_site_is_a_failure_that_a_rerun_retries(bad_site, tmp_pat
     assert storage.read_manifest(cfg.out_uri)["counts"]["documents"] > 0
 
 
+@pytest.mark.slow
 def test_reaching_max_pages_is_a_complete_bounded_crawl(bad_site, serve, tmp_path):
     server = serve(bad_site)
     cfg = CrawlConfig(

@@ -238,6 +238,7 @@ def test_a_bad_task_runner_gives_one_clear_line(tmp_path, task_runner, expected)
         assert msg.startswith(prefix + "task_runner") and expected in msg and "\n" not in msg, msg
 
 
+@pytest.mark.slow
 def test_an_unreachable_dask_scheduler_is_one_line(prefect_harness, tmp_path):
     from gpt2ja.crawler.files import crawl_files
     from gpt2ja.flows.config import CleanSection

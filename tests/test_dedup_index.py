@@ -148,6 +148,7 @@ def refreshed(crawls, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_a_refresh_keeps_only_the_new_works_and_reads_none_of_version_1(refreshed):
     r = refreshed
     out, first, second = r["out"], r["first"], r["second"]
@@ -211,6 +212,7 @@ def test_an_unchanged_refresh_skips_and_a_lost_corpus_manifest_is_rewritten_from
     assert read_chain(str(r["root"] / "dedup-index" / "lib")).number == 2  # no new version
 
 
+@pytest.mark.slow
 def test_an_index_build_interrupted_midway_is_rebuilt_and_equals_an_uninterrupted_one(crawls, refreshed, tmp_path):
     root, v1, v2, _ = crawls
     out = tmp_path / "clean" / "lib"
@@ -236,6 +238,7 @@ def test_an_index_build_interrupted_midway_is_rebuilt_and_equals_an_uninterrupte
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+@pytest.mark.slow
 def test_a_damaged_index_version_is_one_line_naming_it(crawls, tmp_path, damage):
     root, v1, v2, _ = crawls
     copy = raw_crawl(tmp_path, "lib", parts_of([work(p) for p in ZIPS[0::2]]))
@@ -438,6 +441,7 @@ def _crawl_at(root: str, name: str, parts: list[list[Document]]) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_the_index_on_a_bucket_gives_the_local_result(storage_root, refreshed):
     """The same refresh under ``gs://`` (the storage emulator) and locally: the same corpus parts."""
     from gpt2ja.corpus.jsonl import read_documents as read

@@ -114,6 +114,7 @@ def no_chains(tmp_path_factory):
     return root, [new, old]
 
 
+@pytest.mark.slow
 def test_without_chains_the_sharded_engine_drops_what_the_memory_engine_drops(no_chains, tmp_path):
     root, raws = no_chains
     memory = _clean(raws, tmp_path / "memory", "memory")
@@ -170,6 +171,7 @@ def test_a_chain_is_one_component_in_the_sharded_engine(tmp_path):
     assert "| A | B (near, " in report and "C (near, " in report  # C reported with its similarity to A (< 0.7)
 
 
+@pytest.mark.slow
 def test_the_external_sort_gives_the_same_result(no_chains, tmp_path):
     root, raws = no_chains
     tiny, default = InProcess(), InProcess()
@@ -184,6 +186,7 @@ def test_the_external_sort_gives_the_same_result(no_chains, tmp_path):
     assert _corpus_files(str(tmp_path / "tiny")) == _corpus_files(str(tmp_path / "default"))
 
 
+@pytest.mark.slow
 def test_merge_of_sorted_runs_equals_one_sort(tmp_path):
     rng = np.random.default_rng(0)
     rows = np.empty(5000, ROW)

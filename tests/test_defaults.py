@@ -221,6 +221,7 @@ def test_tokenizer_and_shards_run_from_a_pipeline_config_with_set(tmp_path, caps
     assert manifest["num_shards"] == {"train": 2, "validation": 2} and manifest["seq_len"] == 64
 
 
+@pytest.mark.slow
 def test_generate_runs_from_a_pipeline_config_with_set(tmp_path, capsys):
     """``gpt2ja generate --config`` samples with the pipeline's generate section, ``--set`` and flags on top."""
     pytest.importorskip("keras")

@@ -67,6 +67,7 @@ def _flow_of(entrypoint: str):
 # ----------------------------------------------------------------- the served deployments
 
 
+@pytest.mark.slow
 def test_the_deployments_are_the_refresh_the_pipeline_and_every_stage(demo):
     serve_config, config, deployments = demo
     stages = list(stage_flows())
@@ -91,6 +92,7 @@ def test_only_the_refresh_is_scheduled_with_the_cron_of_the_config(demo):
     assert not any(d.schedules for name, d in deployments.items() if name != "corpus-refresh")
 
 
+@pytest.mark.slow
 def test_the_parameters_are_the_ones_the_pipeline_passes(demo):
     _serve_config, config, deployments = demo
     whole = config.model_dump(mode="json")
@@ -167,6 +169,7 @@ def _validated(flow, parameters: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_prefect_yaml_holds_the_served_deployments_for_a_process_and_a_docker_pool(demo, prefect_yaml):
     serve_config, _config, deployments = demo
     listed = prefect_yaml["deployments"]
@@ -537,6 +540,7 @@ def test_serve_starts_a_server_serves_the_deployments_and_ctrl_c_stops_both(in_r
         urllib.request.urlopen(url + "/health", timeout=3)
 
 
+@pytest.mark.slow
 def test_building_the_deployments_imports_no_heavy_library(in_repo):
     code = (
         "import sys; from gpt2ja.flows.deployments import load_serve_config, build_deployments; "

@@ -125,6 +125,7 @@ def exported(tmp_path_factory):
     return runs.load_run(str(run)), out
 
 
+@pytest.mark.slow
 def test_export_layout_and_logits_match(exported):
     run, out = exported
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
@@ -174,6 +175,7 @@ def test_export_manifest_verifies_and_a_second_export_is_skipped(exported):
     assert storage.read_manifest(str(out))["created_at"] == manifest["created_at"]
 
 
+@pytest.mark.slow
 def test_the_export_check_scores_as_gpt2ja_eval(exported, tmp_path):
     """benchmarks/hf_export_check.py (what runs on a GPU machine): transformers alone, gpt2ja's windows,
     the same bits/char as our evaluation of the run; generate timed with the export's own settings."""
@@ -321,6 +323,7 @@ def test_sentencepiece_run_ships_spm_model_and_our_artifact(tmp_path):
     assert "No `AutoTokenizer` is shipped: sentencepiece tokenizer: model type 'bpe'" in readme
 
 
+@pytest.mark.slow
 def test_unigram_sentencepiece_loads_with_auto_tokenizer(tmp_path):
     """Unigram (the default kind): tokenizer.json gives our ids on text the vocabulary covers and does not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -364,6 +367,7 @@ def test_tokenizer_starts_every_text_with_the_document_start_and_pads_on_the_lef
     assert "pad_token_id" not in json.loads((out / "config.json").read_text())  # see hf_config
 
 
+@pytest.mark.slow
 def test_generate_on_the_tokenizer_output_is_our_greedy_generate(exported):
     """`model.generate(**tokenizer(prompt))` = `gpt2ja generate --greedy`, one prompt and a left-padded batch."""
     from gpt2ja.model.generate import generate
@@ -410,6 +414,7 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left(exported):
 # ----------------------------------------------------------------- generation_config.json
 
 
+@pytest.mark.slow
 def test_generation_config_samples_with_our_defaults_and_pipeline_does_not_warn(exported):
     import transformers
     from transformers import GenerationConfig, pipeline

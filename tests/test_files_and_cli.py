@@ -80,6 +80,7 @@ def test_files_source_reads_a_users_directory(user_dir, tmp_path):
     assert storage.read_manifest(out)["created_at"] == manifest["created_at"]
 
 
+@pytest.mark.slow
 def test_extract_prints_plain_text_and_editions_agree():
     from_zip = gpt2ja("extract", str(RASHOMON_ZIP))
     from_html = gpt2ja("extract", str(RASHOMON_XHTML))
@@ -89,6 +90,7 @@ def test_extract_prints_plain_text_and_editions_agree():
     assert from_zip.stdout == from_html.stdout
 
 
+@pytest.mark.slow
 def test_extract_txt_file(tmp_path):
     import zipfile
 
@@ -123,6 +125,7 @@ def test_extract_txt_file(tmp_path):
         (["show", "/no/such/artifact"], "no _MANIFEST.json"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments_get_one_clear_line(args, needle):
     got = gpt2ja(*args)
     assert got.returncode != 0
@@ -132,6 +135,7 @@ def test_bad_arguments_get_one_clear_line(args, needle):
     assert "Traceback" not in got.stderr
 
 
+@pytest.mark.slow
 def test_help_reads_well():
     got = gpt2ja("--help")
     assert got.returncode == 0
@@ -162,6 +166,7 @@ def test_demo_crawls_the_bundled_mirror(tmp_path):
     assert (root / "runs" / "tiny-demo" / "eval" / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_clean_command_with_config(tmp_path):
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -226,6 +231,7 @@ def test_clean_command_with_config(tmp_path):
     assert "羅(3 bytes) | 生(3 bytes) | 門(3 bytes)" in shown.stdout and "9 tokens" in shown.stdout
 
 
+@pytest.mark.slow
 def test_clean_command_bad_config(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("clean:\n  source_presets:\n    aozora: poetry\n")

@@ -89,6 +89,7 @@ def first_run(prefect_harness, demo_config):
     return {"outcome": outcome, "uris": uris, "created": _created(uris), "evaluation": evaluation}
 
 
+@pytest.mark.slow
 def test_importing_the_flows_imports_no_heavy_library():
     code = (
         "import sys, gpt2ja.flows.pipeline, gpt2ja.flows.stages, gpt2ja.flows.config, "
@@ -340,6 +341,7 @@ def test_the_generate_flow_samples_what_the_evaluation_sampled(first_run, demo_c
         assert sample["prompt"] + sample["text"] in artifact.data
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, demo_config, tmp_path):
     """The train stage would otherwise 'resume' a finished run on new data and call it trained."""
     from gpt2ja.flows.stages import train_flow
@@ -352,6 +354,7 @@ def test_a_run_trained_on_other_shards_is_refused(prefect_harness, first_run, de
         train_flow(demo_config.shards_uri, str(run), demo_config.train)
 
 
+@pytest.mark.slow
 def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
     from gpt2ja.flows.config import FilesCrawl
     from gpt2ja.flows.stages import crawl_flow
@@ -364,6 +367,7 @@ def test_a_refused_crawl_fails_at_once_with_one_line(prefect_harness, tmp_path):
     assert time.monotonic() - started < 5  # not retried: the first retry waits 5 s
 
 
+@pytest.mark.slow
 def test_evaluating_an_unfinished_run_is_one_line(prefect_harness, tmp_path):
     from gpt2ja.flows.config import EvaluateSection
     from gpt2ja.flows.stages import evaluate_flow

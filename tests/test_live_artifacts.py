@@ -96,6 +96,7 @@ def _versions(client, artifact_key: str) -> list:
     )[::-1]
 
 
+@pytest.mark.slow
 def test_the_progress_and_loss_table_show_a_run_while_it_trains(prefect_harness, monkeypatch, tmp_path):
     pytest.importorskip("tensorflow")
     from prefect import get_client

@@ -158,6 +158,7 @@ def test_windows_score_every_target_once_with_enough_context():
         windows(seq, 16, 0)
 
 
+@pytest.mark.slow
 def test_sliding_window_log_probs_match_a_direct_computation(random_lm):
     text = "吾輩は猫である。名前はまだ無い。"  # 48 bytes + EOS: three windows at context 16, stride 6
     context, stride = 16, 6
@@ -198,6 +199,7 @@ def reference_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: 
     return out
 
 
+@pytest.mark.slow
 def test_filters_match_the_reference_on_random_logits():
     rng = np.random.default_rng(2024)
     warp = tf.function(filter_logits)  # one trace per vocabulary size
@@ -225,6 +227,7 @@ def test_filters_match_the_reference_on_random_logits():
     assert cases == 40 * 3 * 5 * 4
 
 
+@pytest.mark.slow
 def test_large_vocabularies_keep_the_reference_tokens_by_bisection():
     """At a real vocabulary's size the bisection keeps the reference's tokens and the full sort's: ties
     (-0.0 and 0.0 among them), padding, p → 0, k past the vocabulary, and a flat row (a random model's)."""
@@ -277,6 +280,7 @@ def test_filter_semantics_by_hand():
 # ----------------------------------------------------------------- generation
 
 
+@pytest.mark.slow
 def test_generation_stops_at_eos():
     lm = steered(TOK.eos_id, 20.0)
     samples = generate(lm, TOK, ["吾輩は", ""], num=2, max_chars=50, top_k=5, seed=1)
@@ -285,6 +289,7 @@ def test_generation_stops_at_eos():
     ] * 2
 
 
+@pytest.mark.slow
 def test_generation_respects_max_chars_and_slides_past_the_context():
     lm = steered(ord("a"), 20.0)
     gen = Generator(lm, vocab_size=257, eos_id=256)
@@ -297,6 +302,7 @@ def test_generation_respects_max_chars_and_slides_past_the_context():
     assert (capped.text, capped.stopped) == ("a" * 7, "max_tokens")
 
 
+@pytest.mark.slow
 def test_padding_ids_are_never_sampled():
     lm = steered(300, 10.0)  # id 300 is padding (257 real ids → 320 rows); unmasked it would win almost always
     samples = generate(lm, TOK, ["", "吾輩"], num=4, max_new_tokens=40, seed=5)
@@ -306,6 +312,7 @@ def test_padding_ids_are_never_sampled():
     assert max(greedy.ids) < 257
 
 
+@pytest.mark.slow
 def test_cache_matches_full_forward_and_seeds_repeat(random_lm):
     lm = random_lm
     gen = Generator(lm, vocab_size=257, eos_id=256)
@@ -348,6 +355,7 @@ def test_xla_generation_matches_the_plain_graph(random_lm):
     assert all(len(ids) == 40 for ids, _ in sampled)
 
 
+@pytest.mark.slow
 def test_a_prompt_outside_the_vocabulary_goes_through_byte_fallback(tmp_path):
     """Characters the sentencepiece vocabulary never saw (emoji, a non-BMP kanji) are byte pieces, not <unk>:
     generation and scoring take such a prompt as it is and give it back unchanged."""

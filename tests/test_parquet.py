@@ -205,6 +205,7 @@ def test_counts_that_disagree_with_the_corpus_manifest_publish_nothing(tmp_path)
     assert not (out / "_MANIFEST.json").exists()
 
 
+@pytest.mark.slow
 def test_gcs(gcs_emulator, tmp_path):
     import uuid
 
@@ -224,6 +225,7 @@ def gpt2ja(*args: str) -> subprocess.CompletedProcess:
     return procs.run(GPT2JA + list(args))
 
 
+@pytest.mark.slow
 def test_cli_exports_and_a_bad_corpus_is_one_clear_line(tmp_path):
     corpus = write_corpus(str(tmp_path / "clean"))
     got = gpt2ja("export", "parquet", "--corpus", corpus, "--out", str(tmp_path / "pq"), "--compression", "snappy")

@@ -150,6 +150,7 @@ def test_fingerprint_pins():
     assert hash_bucket_fast([], 7).dtype == np.int64 and keyed_order("0:0", 0).tolist() == []
 
 
+@pytest.mark.slow
 def test_fingerprint_equals_tensorflow_on_every_length():
     """Thousands of random strings of every length 0..300 (ASCII, and multi-byte UTF-8 up to 1,200 bytes)."""
     rng = random.Random(7)
@@ -185,6 +186,7 @@ def test_crc32c_numpy_table_equals_the_c_extension():
 
 
 @pytest.mark.parametrize("name", ["many", "int32", "none"])
+@pytest.mark.slow
 def test_reader_equals_tf_data_record_for_record(shards, name):
     uri = shards[name]
     manifest = read_manifest_checked(uri)

@@ -177,6 +177,7 @@ def test_make_dataset_batches_shift_and_determinism(shards):
     assert len(take(seed=0, n=len(everything) // 8 + 5)) == len(everything) // 8 + 5
 
 
+@pytest.mark.slow
 def test_input_pipelines_read_disjoint_files(shards):
     uri = shards["bytes"]
     files = shard_files(read_manifest_checked(uri), "train")
@@ -242,6 +243,7 @@ def test_cli_prints_a_summary(corpus, tokenizers, tmp_path, capsys):
 # ----------------------------------------------------------------- GCS (emulator) and processes
 
 
+@pytest.mark.slow
 def test_gcs_output_with_two_worker_processes(corpus, tokenizers, shards, gcs_emulator, tmp_path):
     out = f"gs://{gcs_emulator.bucket}/shards-test"
     # Two spawned workers writing to GCS: the files are byte-identical to the local one-process build.

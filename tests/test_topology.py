@@ -148,6 +148,7 @@ def losses(run: Path | str) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, text.splitlines())}
 
 
+@pytest.mark.slow
 def test_the_order_does_not_depend_on_the_worker_count(id_shards):
     """Worker w of W gets rows [w·g, (w+1)·g) of the same global batches; an epoch is every id once."""
 

@@ -186,6 +186,7 @@ def test_two_hosts_train_as_chief_and_worker_and_the_flow_checks_the_run(prefect
     assert [row["step"] for row in json.loads(_versions("train-two-hosts")[-1].data)] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harness, bucket, stand_in):
     """batch_tokens 100 is no multiple of micro_batch × seq_len: found by each replica (before TensorFlow)."""
     from gpt2ja.flows.vertex_job import train_vertex_flow
@@ -223,6 +224,7 @@ def test_a_failing_replica_fails_the_job_and_the_flow_in_one_line(prefect_harnes
     assert "JOB_STATE_FAILED" in _versions("train-vertex-bad-batch-job")[-1].data
 
 
+@pytest.mark.slow
 def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stand_in):
     from gpt2ja.flows.vertex_job import train_vertex_flow
 
@@ -242,6 +244,7 @@ def test_a_dry_run_renders_the_request_and_creates_nothing(prefect_harness, stan
     assert "dry run: rendered only, nothing created" in artifact.data
 
 
+@pytest.mark.slow
 def test_missing_shards_are_refused_before_a_job_is_created(prefect_harness, bucket, stand_in):
     from gpt2ja.flows.vertex_job import train_vertex_flow
     from gpt2ja.infra.stage import StageError
@@ -300,6 +303,7 @@ def default_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_create_call_waits_for_the_job_then_cancels_it(stand_in, default_sigint):
     """Ctrl-C while create_custom_job is in flight: held back until the job's name is known, then it cancels."""
     server = stand_in(HOLD)

@@ -205,6 +205,7 @@ def test_first_and_offset_need_a_listing(archives):
         WarcConfig(paths=[archives["warc"]], limit=1)
 
 
+@pytest.mark.slow
 def test_a_flow_entry_reads_a_listing(server, tmp_path):
     """The pipeline's (and the refresh flow's) ``warc`` entry takes the same inputs and selection."""
     from gpt2ja.flows.config import WarcCrawl
